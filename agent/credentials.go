@@ -1,0 +1,214 @@
+package agent
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/quorumca/quorumca/ca"
+)
+
+// File names under <data-dir>/certificates/, stable for other programs.
+const (
+	CertificatesDir = "certificates"
+	KeyFile         = "node.key"
+	CertFile        = "node.crt"
+	BundleFile      = "root-ca.crt"
+)
+
+// ErrNoCredentials is returned by LoadCredentials when the data directory
+// holds no node certificate: the node has not joined.
+var ErrNoCredentials = errors.New("agent: no node credentials")
+
+// Credentials are a node's key, certificate chain and trust bundle, in
+// memory and on disk. TLS configurations made from them follow every
+// update, so a renewed certificate reaches live listeners and clients
+// without a restart. Safe for concurrent use.
+type Credentials struct {
+	dir string
+
+	mu     sync.RWMutex // guards the fields below
+	cert   *tls.Certificate
+	leaf   *x509.Certificate
+	id     ca.Identity
+	bundle []byte
+	roots  *x509.CertPool
+}
+
+// CertDir returns <dataDir>/certificates.
+func CertDir(dataDir string) string { return filepath.Join(dataDir, CertificatesDir) }
+
+// LoadCredentials reads the credentials stored under
+// <dataDir>/certificates/, finishing an update that a crash interrupted.
+func LoadCredentials(dataDir string) (*Credentials, error) {
+	dir := CertDir(dataDir)
+	if err := recoverPending(dir); err != nil {
+		return nil, err
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(dir, KeyFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w in %s; join a cluster first", ErrNoCredentials, dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	certPEM, err := os.ReadFile(filepath.Join(dir, CertFile))
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	bundle, err := os.ReadFile(filepath.Join(dir, BundleFile))
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	c := &Credentials{dir: dir}
+	if err := c.set(keyPEM, certPEM, bundle); err != nil {
+		return nil, fmt.Errorf("agent: credentials in %s: %w", dir, err)
+	}
+	return c, nil
+}
+
+// NewCredentials checks a key, certificate chain and bundle, writes them
+// under <dataDir>/certificates/ and returns them.
+func NewCredentials(dataDir string, keyPEM, certPEM, bundle []byte) (*Credentials, error) {
+	c := &Credentials{dir: CertDir(dataDir)}
+	if err := c.Update(keyPEM, certPEM, bundle); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Update checks and stores a new key and certificate chain (and bundle; nil
+// keeps the current one), on disk first, then in memory.
+func (c *Credentials) Update(keyPEM, certPEM, bundle []byte) error {
+	if bundle == nil {
+		bundle = c.Bundle()
+	}
+	next := &Credentials{dir: c.dir}
+	if err := next.set(keyPEM, certPEM, bundle); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(c.dir, 0o700); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	if err := writeCredentials(c.dir, keyPEM, certPEM, bundle); err != nil {
+		return err
+	}
+	return c.set(keyPEM, certPEM, bundle)
+}
+
+func (c *Credentials) set(keyPEM, certPEM, bundle []byte) error {
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return fmt.Errorf("agent: key and certificate: %w", err)
+	}
+	leaf := pair.Leaf
+	id, err := ca.IdentityOf(leaf)
+	if err != nil {
+		return fmt.Errorf("agent: node certificate: %w", err)
+	}
+	roots, _, err := ca.ParseBundle(bundle)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cert, c.leaf, c.id, c.bundle, c.roots = &pair, leaf, id, bundle, roots
+	return nil
+}
+
+// writeCredentials writes key, chain and bundle so that a crash leaves
+// either the old pair or the new one: node.key.new is written in full,
+// then node.crt.new, then both are renamed into place, key first.
+// recoverPending completes or discards an interrupted write.
+func writeCredentials(dir string, keyPEM, certPEM, bundle []byte) error {
+	newKey := filepath.Join(dir, KeyFile+".new")
+	newCert := filepath.Join(dir, CertFile+".new")
+	if err := writeFileAtomic(newKey, keyPEM, 0o600); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(newCert, certPEM, 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(newKey, filepath.Join(dir, KeyFile)); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	if err := os.Rename(newCert, filepath.Join(dir, CertFile)); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	if err := syncDir(dir); err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(dir, BundleFile), bundle, 0o644)
+}
+
+// recoverPending finishes a writeCredentials that a crash interrupted. A
+// node.crt.new means the new pair was complete: rename what is left of it
+// into place. A lone node.key.new means the certificate never was: discard
+// it and keep the old pair.
+func recoverPending(dir string) error {
+	newKey := filepath.Join(dir, KeyFile+".new")
+	newCert := filepath.Join(dir, CertFile+".new")
+	if !exists(newCert) {
+		if exists(newKey) {
+			if err := os.Remove(newKey); err != nil {
+				return fmt.Errorf("agent: discard interrupted key update: %w", err)
+			}
+		}
+		return nil
+	}
+	if exists(newKey) {
+		if err := os.Rename(newKey, filepath.Join(dir, KeyFile)); err != nil {
+			return fmt.Errorf("agent: recover interrupted key update: %w", err)
+		}
+	}
+	if err := os.Rename(newCert, filepath.Join(dir, CertFile)); err != nil {
+		return fmt.Errorf("agent: recover interrupted certificate update: %w", err)
+	}
+	return syncDir(dir)
+}
+
+// Identity returns who the current certificate names.
+func (c *Credentials) Identity() ca.Identity {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.id
+}
+
+// Leaf returns the current node certificate.
+func (c *Credentials) Leaf() *x509.Certificate {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.leaf
+}
+
+// Certificate returns the current key pair with its chain.
+func (c *Credentials) Certificate() *tls.Certificate {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.cert
+}
+
+// Bundle returns the PEM trust bundle.
+func (c *Credentials) Bundle() []byte {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.bundle
+}
+
+// Roots returns the trust bundle as a pool.
+func (c *Credentials) Roots() *x509.CertPool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.roots
+}
+
+// NotAfter returns when the current certificate expires.
+func (c *Credentials) NotAfter() time.Time { return c.Leaf().NotAfter }
+
+// Dir returns the directory the credentials are stored in.
+func (c *Credentials) Dir() string { return c.dir }

@@ -1,0 +1,89 @@
+package agent
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+
+	"github.com/quorumca/quorumca/ca"
+)
+
+// ManagerName is the DNS name every manager certificate carries (its role);
+// clients verify managers against it, whatever address they dialled.
+const ManagerName = string(ca.RoleManager)
+
+// ServerTLS returns a server configuration that always presents the current
+// certificate and verifies client certificates against the current trust
+// bundle. clientAuth is tls.RequireAndVerifyClientCert for node-to-node
+// links, tls.VerifyClientCertIfGiven for the API (joining nodes have no
+// certificate yet).
+func (c *Credentials) ServerTLS(clientAuth tls.ClientAuthType) *tls.Config {
+	base := &tls.Config{MinVersion: tls.VersionTLS12}
+	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		return &tls.Config{
+			MinVersion:   tls.VersionTLS12,
+			Certificates: []tls.Certificate{*c.Certificate()},
+			ClientAuth:   clientAuth,
+			ClientCAs:    c.Roots(),
+		}, nil
+	}
+	return base
+}
+
+// ClientTLS returns a client configuration that presents the current
+// certificate and accepts only a server whose certificate chains to the
+// current trust bundle and names serverName (ManagerName to reach a
+// manager).
+func (c *Credentials) ClientTLS(serverName string) *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return c.Certificate(), nil
+		},
+		// Verification is done by VerifyConnection against the bundle as it
+		// is at handshake time, which a root rotation changes; the static
+		// RootCAs field could not follow it.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return VerifyServer(cs, c.Roots(), serverName)
+		},
+	}
+}
+
+// ErrNoPeerCertificate is returned by VerifyServer when the server showed
+// no certificate.
+var ErrNoPeerCertificate = errors.New("agent: server presented no certificate")
+
+// VerifyServer checks the server's certificate chain of a TLS connection
+// against roots for serverAuth and serverName, as crypto/tls would.
+func VerifyServer(cs tls.ConnectionState, roots *x509.CertPool, serverName string) error {
+	if len(cs.PeerCertificates) == 0 {
+		return ErrNoPeerCertificate
+	}
+	inter := x509.NewCertPool()
+	for _, cert := range cs.PeerCertificates[1:] {
+		inter.AddCert(cert)
+	}
+	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+		Roots:         roots,
+		Intermediates: inter,
+		DNSName:       serverName,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+	if err != nil {
+		return fmt.Errorf("agent: server certificate not trusted: %w", err)
+	}
+	return nil
+}
+
+// BundleClientTLS returns a client configuration with no certificate that
+// trusts bundle: what a joining node uses once it has checked the bundle
+// against its token.
+func BundleClientTLS(roots *x509.CertPool, serverName string) *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		RootCAs:    roots,
+		ServerName: serverName,
+	}
+}

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/quorumca/quorumca/api"
+)
+
+func addFormatFlag(cmd *cobra.Command, g *globals) {
+	cmd.Flags().StringVar(&g.format, "format", "table", "output: table or json")
+}
+
+func (g *globals) checkFormat() error {
+	if g.format != "table" && g.format != "json" {
+		return fmt.Errorf("--format %q: use table or json", g.format)
+	}
+	return nil
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newStatusCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the cluster as this node sees it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
+			conn, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := timeoutCtx(cmd, 10*time.Second)
+			defer cancel()
+			st, err := api.NewControlClient(conn).Status(ctx, &api.StatusRequest{})
+			if err != nil {
+				return rpcError(err)
+			}
+			return printStatus(cmd.OutOrStdout(), g.format, st)
+		},
+	}
+	addFormatFlag(cmd, g)
+	return cmd
+}
+
+// statusJSON is the stable --format json shape of status.
+type statusJSON struct {
+	ClusterID       string        `json:"cluster_id"`
+	NodeID          string        `json:"node_id"`
+	Role            string        `json:"role"`
+	LeaderID        string        `json:"leader_id,omitempty"`
+	LeaderAddr      string        `json:"leader_addr,omitempty"`
+	RootFingerprint string        `json:"root_fingerprint"`
+	Nodes           uint32        `json:"nodes,omitempty"`
+	CertExpiry      string        `json:"cert_expiry,omitempty"`
+	Managers        []managerJSON `json:"managers"`
+}
+
+type managerJSON struct {
+	NodeID       string `json:"node_id,omitempty"`
+	Addr         string `json:"addr"`
+	RaftAddr     string `json:"raft_addr,omitempty"`
+	Voter        bool   `json:"voter"`
+	Leader       bool   `json:"leader"`
+	Reachability string `json:"reachability"`
+}
+
+func printStatus(w io.Writer, format string, st *api.StatusResponse) error {
+	out := statusJSON{
+		ClusterID: st.GetClusterId(), NodeID: st.GetNodeId(), Role: st.GetRole(),
+		LeaderID: st.GetLeaderId(), LeaderAddr: st.GetLeaderAddr(),
+		RootFingerprint: st.GetRootFingerprint(), Nodes: st.GetNodes(),
+		Managers: []managerJSON{},
+	}
+	if s := st.GetCertExpirySeconds(); s > 0 {
+		out.CertExpiry = (time.Duration(s) * time.Second).String()
+	}
+	for _, m := range st.GetManagers() {
+		out.Managers = append(out.Managers, managerJSON{
+			NodeID: m.GetNodeId(), Addr: m.GetAddr(), RaftAddr: m.GetRaftAddr(),
+			Voter: m.GetVoter(), Leader: m.GetLeader(), Reachability: m.GetReachability(),
+		})
+	}
+	if format == "json" {
+		return writeJSON(w, out)
+	}
+	fmt.Fprintf(w, "Cluster ID:   %s\n", out.ClusterID)
+	fmt.Fprintf(w, "Node ID:      %s\n", out.NodeID)
+	fmt.Fprintf(w, "Role:         %s\n", out.Role)
+	if out.LeaderID != "" {
+		fmt.Fprintf(w, "Leader:       %s (%s)\n", out.LeaderID, out.LeaderAddr)
+	} else if out.Role == "swarm-manager" {
+		fmt.Fprintf(w, "Leader:       none (no quorum)\n")
+	}
+	fmt.Fprintf(w, "Root CA:      sha256:%s\n", out.RootFingerprint)
+	if out.Nodes > 0 {
+		fmt.Fprintf(w, "Nodes:        %d\n", out.Nodes)
+	}
+	if out.CertExpiry != "" {
+		fmt.Fprintf(w, "Cert expiry:  %s\n", out.CertExpiry)
+	}
+	fmt.Fprintln(w, "Managers:")
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  ID\tADDRESS\tRAFT ADDRESS\tVOTER\tLEADER\tREACHABILITY")
+	for _, m := range out.Managers {
+		leader := ""
+		if m.Leader {
+			leader = "leader"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%v\t%s\t%s\n", dash(m.NodeID), dash(m.Addr), dash(m.RaftAddr), m.Voter, leader, m.Reachability)
+	}
+	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func newJoinTokenCmd(g *globals) *cobra.Command {
+	var quiet, rotate bool
+	cmd := &cobra.Command{
+		Use:   "join-token [-q] [--rotate] worker|manager",
+		Short: "Show (or rotate) the token that admits workers or managers",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] != "worker" && args[0] != "manager" {
+				return fmt.Errorf("role %q: use worker or manager", args[0])
+			}
+			conn, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := timeoutCtx(cmd, 15*time.Second)
+			defer cancel()
+			resp, err := api.NewControlClient(conn).JoinToken(ctx, &api.JoinTokenRequest{Role: args[0], Rotate: rotate})
+			if err != nil {
+				return rpcError(err)
+			}
+			w := cmd.OutOrStdout()
+			if quiet {
+				fmt.Fprintln(w, resp.GetToken())
+				return nil
+			}
+			if rotate {
+				fmt.Fprintf(w, "Rotated the %s join token; the old one no longer admits anyone.\n", args[0])
+			}
+			fmt.Fprintf(w, "To add a %s to this cluster, run:\n\n", args[0])
+			addr := "MANAGER_ADDR"
+			if len(resp.GetManagers()) > 0 {
+				addr = resp.GetManagers()[0]
+			}
+			fmt.Fprintf(w, "    quorumca join --token %s %s\n\n", resp.GetToken(), addr)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print the token only")
+	cmd.Flags().BoolVar(&rotate, "rotate", false, "replace the token's secret: the old token stops working at once")
+	return cmd
+}

@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/quorumca/quorumca/agent"
+	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/manager"
+)
+
+// daemonFlags are the flags of the commands that run the daemon.
+type daemonFlags struct {
+	listenAddr, advertiseAddr, raftAddr, raftAdvertiseAddr string
+}
+
+func (d *daemonFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&d.listenAddr, "listen-addr", manager.DefaultListenAddr, "API listen address (host:port)")
+	f.StringVar(&d.advertiseAddr, "advertise-addr", "", "API address other nodes reach this manager at (default: the listen address)")
+	f.StringVar(&d.raftAddr, "raft-addr", manager.DefaultRaftAddr, "Raft listen address (host:port)")
+	f.StringVar(&d.raftAdvertiseAddr, "raft-advertise-addr", "", "Raft address other managers reach this one at (default: the Raft listen address)")
+}
+
+func (g *globals) managerConfig(d *daemonFlags) (manager.Config, error) {
+	log, err := g.logger()
+	if err != nil {
+		return manager.Config{}, err
+	}
+	cfg := manager.DefaultConfig()
+	cfg.DataDir = g.dataDir
+	cfg.ListenAddr = d.listenAddr
+	cfg.AdvertiseAddr = d.advertiseAddr
+	cfg.RaftListenAddr = d.raftAddr
+	cfg.RaftAdvertiseAddr = d.raftAdvertiseAddr
+	cfg.Logger = log
+	return cfg, cfg.Validate()
+}
+
+func newInitCmd(g *globals) *cobra.Command {
+	var (
+		d             daemonFlags
+		certExpiry    time.Duration
+		caCert, caKey string
+	)
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Create a new cluster with this machine as its first manager, and run it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := g.managerConfig(&d)
+			if err != nil {
+				return err
+			}
+			if certExpiry < ca.MinCertExpiry {
+				return fmt.Errorf("--cert-expiry %s is under the minimum of %s", certExpiry, ca.MinCertExpiry)
+			}
+			opts := manager.InitOptions{CertExpiry: certExpiry}
+			if (caCert == "") != (caKey == "") {
+				return fmt.Errorf("--ca-cert and --ca-key go together: give both, or neither to generate a root")
+			}
+			if caCert != "" {
+				m, err := importCA(caCert, caKey)
+				if err != nil {
+					return err
+				}
+				opts.CA = &m
+			}
+			m, err := manager.Init(cmd.Context(), cfg, opts)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "Cluster initialized: node %s is the first manager of cluster %s.\n", m.NodeID(), m.ClusterID())
+			fmt.Fprintf(cmd.ErrOrStderr(), "To add a node, get a token with `quorumca join-token worker --data-dir %s`.\n", g.dataDir)
+			return waitManager(cmd.Context(), m)
+		},
+	}
+	d.register(cmd)
+	cmd.Flags().DurationVar(&certExpiry, "cert-expiry", ca.DefaultCertExpiry, "validity of node certificates (minimum 1h)")
+	cmd.Flags().StringVar(&caCert, "ca-cert", "", "PEM CA certificate (and its chain up to a root) to sign with instead of a generated root")
+	cmd.Flags().StringVar(&caKey, "ca-key", "", "PEM private key of --ca-cert")
+	return cmd
+}
+
+func importCA(certFile, keyFile string) (ca.Material, error) {
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return ca.Material{}, fmt.Errorf("--ca-cert: %w", err)
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return ca.Material{}, fmt.Errorf("--ca-key: %w", err)
+	}
+	m, err := ca.Import(certPEM, keyPEM, time.Now())
+	if err != nil {
+		return ca.Material{}, fmt.Errorf("--ca-cert/--ca-key: %w", err)
+	}
+	return m, nil
+}
+
+func newJoinCmd(g *globals) *cobra.Command {
+	var (
+		d     daemonFlags
+		token string
+	)
+	cmd := &cobra.Command{
+		Use:   "join --token TOKEN MANAGER_ADDR",
+		Short: "Join a cluster through any of its managers, and run",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if token == "" {
+				return fmt.Errorf("--token is required: get one with `quorumca join-token worker` on a manager")
+			}
+			if _, err := ca.ParseToken(token); err != nil {
+				return fmt.Errorf("--token: %w", err)
+			}
+			cfg, err := g.managerConfig(&d)
+			if err != nil {
+				return err
+			}
+			m, w, err := manager.Join(cmd.Context(), cfg, token, args[0])
+			if err != nil {
+				return err
+			}
+			if m != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "This node joined cluster %s as manager %s.\n", m.ClusterID(), m.NodeID())
+				return waitManager(cmd.Context(), m)
+			}
+			id := w.Credentials().Identity()
+			fmt.Fprintf(cmd.ErrOrStderr(), "This node joined cluster %s as worker %s.\n", id.ClusterID, id.NodeID)
+			return waitWorker(cmd.Context(), w)
+		},
+	}
+	d.register(cmd)
+	cmd.Flags().StringVar(&token, "token", os.Getenv("QUORUMCA_JOIN_TOKEN"), "join token (SWMTKN-1-...)")
+	return cmd
+}
+
+func newRunCmd(g *globals) *cobra.Command {
+	var d daemonFlags
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the node stored in --data-dir (after init or join, or a restart)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			nc, err := agent.LoadNodeConfig(g.dataDir)
+			if err != nil {
+				return err
+			}
+			if nc.Role != ca.RoleManager {
+				log, err := g.logger()
+				if err != nil {
+					return err
+				}
+				w, err := agent.StartWorker(agent.WorkerConfig{DataDir: g.dataDir, Logger: log})
+				if err != nil {
+					return err
+				}
+				return waitWorker(cmd.Context(), w)
+			}
+			// The addresses recorded at init or join stand, unless a flag
+			// overrides them.
+			fl := cmd.Flags()
+			if !fl.Changed("listen-addr") && nc.ListenAddr != "" {
+				d.listenAddr = nc.ListenAddr
+			}
+			if !fl.Changed("raft-addr") && nc.RaftAddr != "" {
+				d.raftAddr = nc.RaftAddr
+			}
+			if !fl.Changed("advertise-addr") {
+				d.advertiseAddr = nc.AdvertiseAddr
+			}
+			if !fl.Changed("raft-advertise-addr") {
+				d.raftAdvertiseAddr = nc.RaftAdvertiseAddr
+			}
+			cfg, err := g.managerConfig(&d)
+			if err != nil {
+				return err
+			}
+			m, err := manager.Start(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			return waitManager(cmd.Context(), m)
+		},
+	}
+	d.register(cmd)
+	return cmd
+}
+
+func waitManager(ctx context.Context, m *manager.Manager) error {
+	select {
+	case <-ctx.Done():
+	case <-m.Done():
+	}
+	return m.Stop()
+}
+
+func waitWorker(ctx context.Context, w *agent.Worker) error {
+	select {
+	case <-ctx.Done():
+	case <-w.Done():
+	}
+	w.Stop()
+	return nil
+}

@@ -1,0 +1,90 @@
+package fsm
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/quorumca/quorumca/ca"
+)
+
+// Version is the command encoding this package writes. Apply refuses
+// commands of a later version, so that a manager running an older binary
+// stops rather than misreads the log.
+const Version = 1
+
+// Command is one change to the state, as it is written to the Raft log:
+// exactly one of its operation fields is set. At is the leader's clock when
+// it proposed the command; Apply uses it in place of reading a clock.
+type Command struct {
+	Version int       `json:"v"`
+	At      time.Time `json:"at"`
+
+	Init         *Init         `json:"init,omitempty"`
+	Issue        *Issue        `json:"issue,omitempty"`
+	RotateSecret *RotateSecret `json:"rotate_secret,omitempty"`
+}
+
+// Init creates the cluster: its ID, CA, join secrets and first manager.
+type Init struct {
+	ClusterID     string        `json:"cluster_id"`
+	CertExpiry    time.Duration `json:"cert_expiry"`
+	CA            ca.Material   `json:"ca"`
+	WorkerSecret  string        `json:"worker_secret"`
+	ManagerSecret string        `json:"manager_secret"`
+	// Manager is the first manager, with the certificate it was issued.
+	Manager Node `json:"manager"`
+}
+
+// Issue records a certificate the leader signed: a node joining (Join set)
+// or an existing node renewing.
+type Issue struct {
+	Node Node `json:"node"`
+	// Join marks a new node. SecretHash is then the SHA-256 of the join
+	// secret that admitted it; Apply refuses the join if that secret is no
+	// longer the role's secret (it was rotated between check and commit).
+	Join       bool     `json:"join,omitempty"`
+	SecretHash [32]byte `json:"secret_hash,omitzero"`
+}
+
+// RotateSecret replaces the join secret of a role, invalidating its old
+// token at once.
+type RotateSecret struct {
+	Role   ca.Role `json:"role"`
+	Secret string  `json:"secret"`
+}
+
+// HashSecret returns the SHA-256 of a join secret, as Issue carries it.
+func HashSecret(secret string) [32]byte { return sha256.Sum256([]byte(secret)) }
+
+// Encode serialises a command for the Raft log, stamping Version.
+func Encode(c Command) ([]byte, error) {
+	c.Version = Version
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("fsm: encode command: %w", err)
+	}
+	return b, nil
+}
+
+// Decode parses a command from the Raft log.
+func Decode(b []byte) (Command, error) {
+	var c Command
+	if err := json.Unmarshal(b, &c); err != nil {
+		return Command{}, fmt.Errorf("%w: %v", ErrBadCommand, err)
+	}
+	if c.Version < 1 || c.Version > Version {
+		return Command{}, fmt.Errorf("%w: version %d; this manager reads versions 1 to %d: upgrade it", ErrBadCommand, c.Version, Version)
+	}
+	n := 0
+	for _, set := range []bool{c.Init != nil, c.Issue != nil, c.RotateSecret != nil} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return Command{}, fmt.Errorf("%w: %d operations in one command; want exactly 1", ErrBadCommand, n)
+	}
+	return c, nil
+}

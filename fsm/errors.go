@@ -1,0 +1,24 @@
+package fsm
+
+import "errors"
+
+// Errors Apply returns in a Result. They describe why a command was refused;
+// a refused command leaves the state as it was (but for Index).
+var (
+	// ErrNotInitialized is returned for any command but Init before Init.
+	ErrNotInitialized = errors.New("fsm: cluster not initialized")
+	// ErrInitialized is returned for Init on an initialized state.
+	ErrInitialized = errors.New("fsm: cluster already initialized")
+	// ErrNodeExists is returned when a join names a node ID already in use.
+	ErrNodeExists = errors.New("fsm: node ID already in use")
+	// ErrUnknownNode is returned for a command naming a node not in the
+	// cluster (never joined, or removed).
+	ErrUnknownNode = errors.New("fsm: unknown node")
+	// ErrBadCommand is returned for a command that does not decode or whose
+	// fields are invalid.
+	ErrBadCommand = errors.New("fsm: bad command")
+	// ErrStale is returned when a command was prepared against state that
+	// has since changed (for example a certificate signed under a CA that
+	// has been replaced, or a token secret rotated meanwhile).
+	ErrStale = errors.New("fsm: command prepared against stale state")
+)

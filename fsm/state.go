@@ -1,0 +1,124 @@
+// Package fsm is quorumca's replicated state and the commands that change
+// it. It is pure: Apply is a deterministic function of the state and the
+// command (the leader stamps the time into each command), and nothing here
+// touches the network, the disk, the clock or global randomness.
+//
+// The state is an immutable value: Apply builds a new State and never
+// mutates the old one, so a snapshot is just the pointer.
+package fsm
+
+import (
+	"sort"
+	"time"
+
+	"github.com/quorumca/quorumca/ca"
+)
+
+// State is the cluster's replicated state. Treat it as immutable: it is
+// shared between Apply, snapshots and readers.
+type State struct {
+	// Index is the Raft index of the last command applied.
+	Index uint64 `json:"index"`
+	// ClusterID names the cluster; empty until Init is applied.
+	ClusterID string `json:"cluster_id"`
+	// CertExpiry is the validity of node certificates issued from now on.
+	CertExpiry time.Duration `json:"cert_expiry"`
+	// CA is the signing material: certificate, key, chain and trust bundle.
+	CA ca.Material `json:"ca"`
+	// CAStatus is the TLS status of certificates CA signs; Apply refuses
+	// to record a certificate signed under any other.
+	CAStatus ca.TLSStatus `json:"ca_status"`
+	// WorkerSecret and ManagerSecret admit joining nodes; the join tokens
+	// are these secrets with the digest of CA.Bundle.
+	WorkerSecret  string `json:"worker_secret"`
+	ManagerSecret string `json:"manager_secret"`
+	// Nodes holds every member of the cluster by node ID.
+	Nodes map[string]Node `json:"nodes"`
+}
+
+// Node is one member of the cluster as the managers know it.
+type Node struct {
+	ID   string  `json:"id"`
+	Role ca.Role `json:"role"`
+	// Addr is the node's advertised API address (managers) or the address
+	// it joined from (workers).
+	Addr string `json:"addr,omitempty"`
+	// RaftAddr is a manager's Raft address; empty for workers.
+	RaftAddr string `json:"raft_addr,omitempty"`
+	// Cert describes the node's current certificate.
+	Cert CertInfo `json:"cert"`
+	// JoinedAt is when the node joined, by the leader's clock.
+	JoinedAt time.Time `json:"joined_at"`
+}
+
+// CertInfo describes a certificate the cluster issued.
+type CertInfo struct {
+	// Serial is the certificate's serial number in hex.
+	Serial    string    `json:"serial"`
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	// Issuer is the TLS status the certificate has: who signed it.
+	Issuer ca.TLSStatus `json:"issuer"`
+	// IssuedAt is when it was issued, by the leader's clock.
+	IssuedAt time.Time `json:"issued_at"`
+}
+
+// Initialized reports whether Init has been applied.
+func (s *State) Initialized() bool { return s != nil && s.ClusterID != "" }
+
+// Node returns the node with the given ID.
+func (s *State) Node(id string) (Node, bool) {
+	n, ok := s.Nodes[id]
+	return n, ok
+}
+
+// SortedNodes returns the nodes ordered by role (managers first), then ID.
+func (s *State) SortedNodes() []Node {
+	out := make([]Node, 0, len(s.Nodes))
+	for _, n := range s.Nodes {
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Role != out[j].Role {
+			return out[i].Role == ca.RoleManager
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// Managers returns the manager nodes, ordered by ID.
+func (s *State) Managers() []Node {
+	var out []Node
+	for _, n := range s.SortedNodes() {
+		if n.Role == ca.RoleManager {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Secret returns the join secret of role.
+func (s *State) Secret(role ca.Role) string {
+	if role == ca.RoleManager {
+		return s.ManagerSecret
+	}
+	return s.WorkerSecret
+}
+
+// Token returns the join token of role: its secret with the digest of the
+// trust bundle.
+func (s *State) Token(role ca.Role) (ca.Token, error) {
+	return ca.NewToken(s.CA.Bundle, s.Secret(role))
+}
+
+// clone returns a shallow copy of s with its own Nodes map, for Apply to
+// change.
+func (s *State) clone() *State {
+	c := *s
+	c.Nodes = make(map[string]Node, len(s.Nodes)+1)
+	for k, v := range s.Nodes {
+		c.Nodes[k] = v
+	}
+	return &c
+}

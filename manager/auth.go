@@ -1,0 +1,158 @@
+package manager
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+
+	"github.com/quorumca/quorumca/ca"
+)
+
+const tlsVerifyIfGiven = tls.VerifyClientCertIfGiven
+
+// Metadata a follower adds when it forwards a call to the leader. The
+// leader believes it only from a verified manager of this cluster, and
+// verifies the forwarded chain itself.
+const (
+	mdForwardedChain = "quorumca-forwarded-chain-bin"
+	mdForwardedAddr  = "quorumca-forwarded-addr"
+	mdForwardedLocal = "quorumca-forwarded-local"
+)
+
+// caller is who made a call.
+type caller struct {
+	// local is set for calls on the control socket: the daemon's own host
+	// administrator.
+	local bool
+	// addr is the caller's network address (the original caller's, for a
+	// forwarded call).
+	addr string
+	// id is the identity of a verified client certificate of this
+	// cluster; zero when the caller showed none.
+	id ca.Identity
+	// chain is that certificate's chain, leaf first.
+	chain []*x509.Certificate
+	// forwarded is set when a follower relayed the call.
+	forwarded bool
+}
+
+func (c caller) authenticated() bool { return c.id.NodeID != "" }
+
+// Errors about callers, mapped to gRPC codes in status.go.
+var (
+	// errUnauthenticated is returned when a call that needs a node
+	// certificate came without one.
+	errUnauthenticated = errors.New("this call needs a node certificate of this cluster (mutual TLS)")
+	// errPermission is returned when the caller's certificate does not
+	// allow the call.
+	errPermission = errors.New("permission denied")
+)
+
+// callerOf identifies the caller of ctx: the control socket, a verified
+// client certificate of this cluster, or (forwarded by a manager) the
+// original caller's certificate, verified here.
+func (m *Manager) callerOf(ctx context.Context) (caller, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return caller{}, errUnauthenticated
+	}
+	if _, ok := p.Addr.(*net.UnixAddr); ok {
+		return caller{local: true, addr: "local"}, nil
+	}
+	c := caller{addr: p.Addr.String()}
+	if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 {
+		chain := ti.State.VerifiedChains[0]
+		id, err := ca.IdentityOf(chain[0])
+		if err != nil {
+			return caller{}, fmt.Errorf("%w: %w", errPermission, err)
+		}
+		if id.ClusterID != m.node.ClusterID {
+			return caller{}, fmt.Errorf("%w: certificate of cluster %s, not this one", errPermission, id.ClusterID)
+		}
+		c.id, c.chain = id, ti.State.PeerCertificates
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	fwd := md.Get(mdForwardedChain)
+	fwdAddr := md.Get(mdForwardedAddr)
+	if len(fwdAddr) == 0 && len(fwd) == 0 {
+		return c, nil
+	}
+	if c.id.Role != ca.RoleManager {
+		return caller{}, fmt.Errorf("%w: only managers forward calls", errPermission)
+	}
+	orig := caller{forwarded: true, local: len(md.Get(mdForwardedLocal)) > 0}
+	if len(fwdAddr) > 0 {
+		orig.addr = fwdAddr[0]
+	}
+	if len(fwd) > 0 {
+		chain := make([]*x509.Certificate, 0, len(fwd))
+		for _, der := range fwd {
+			cert, err := x509.ParseCertificate([]byte(der))
+			if err != nil {
+				return caller{}, fmt.Errorf("%w: forwarded certificate: %v", errPermission, err)
+			}
+			chain = append(chain, cert)
+		}
+		id, _, err := ca.Verify(chain, m.creds.Roots(), m.cfg.Now())
+		if err != nil {
+			return caller{}, fmt.Errorf("%w: forwarded certificate: %w", errPermission, err)
+		}
+		if id.ClusterID != m.node.ClusterID {
+			return caller{}, fmt.Errorf("%w: forwarded certificate of cluster %s", errPermission, id.ClusterID)
+		}
+		orig.id, orig.chain = id, chain
+	}
+	return orig, nil
+}
+
+// requireNode returns the caller if it presented a node certificate of
+// this cluster.
+func (m *Manager) requireNode(ctx context.Context) (caller, error) {
+	c, err := m.callerOf(ctx)
+	if err != nil {
+		return caller{}, err
+	}
+	if !c.authenticated() {
+		return caller{}, errUnauthenticated
+	}
+	return c, nil
+}
+
+// requireManager returns the caller if it is the control socket or a
+// manager of this cluster; workers are refused.
+func (m *Manager) requireManager(ctx context.Context) (caller, error) {
+	c, err := m.callerOf(ctx)
+	if err != nil {
+		return caller{}, err
+	}
+	if c.local {
+		return c, nil
+	}
+	if !c.authenticated() {
+		return caller{}, errUnauthenticated
+	}
+	if c.id.Role != ca.RoleManager {
+		return caller{}, fmt.Errorf("%w: node %s is a %s; this call is for managers", errPermission, c.id.NodeID, c.id.Role.Short())
+	}
+	return c, nil
+}
+
+// forwardContext makes the outgoing context for relaying c's call to the
+// leader.
+func forwardContext(ctx context.Context, c caller) context.Context {
+	kv := []string{mdForwardedAddr, c.addr}
+	if c.local {
+		kv = append(kv, mdForwardedLocal, "1")
+	}
+	for _, cert := range c.chain {
+		kv = append(kv, mdForwardedChain, string(cert.Raw))
+	}
+	return metadata.AppendToOutgoingContext(ctx, kv...)
+}

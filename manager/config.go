@@ -1,0 +1,136 @@
+// Package manager is the manager daemon: it replicates the cluster state
+// through Raft, serves the CA and Control gRPC APIs, signs on the leader and
+// forwards leader-only calls from followers to the leader.
+package manager
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// Default addresses.
+const (
+	DefaultListenAddr = ":2377"
+	DefaultRaftAddr   = ":2378"
+)
+
+// Config configures a manager.
+type Config struct {
+	// DataDir holds certificates/, raft/, node.json and quorumca.sock.
+	DataDir string
+	// ListenAddr is the API address to listen on (default :2377).
+	ListenAddr string
+	// AdvertiseAddr is the API address other nodes use; default: the
+	// listener's address, with the first non-loopback IPv4 address of this
+	// host when it listens on all of them.
+	AdvertiseAddr string
+	// RaftListenAddr is the Raft address to listen on (default :2378).
+	RaftListenAddr string
+	// RaftAdvertiseAddr is the Raft address other managers dial.
+	RaftAdvertiseAddr string
+	// SocketPath is the control socket; default <DataDir>/quorumca.sock.
+	SocketPath string
+	// Logger receives the daemon's logs; default discard.
+	Logger *slog.Logger
+	// Rand supplies all randomness; default crypto/rand.
+	Rand io.Reader
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Raft timing; zero values take the raft package's defaults. Tests
+	// shorten them.
+	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout time.Duration
+	// ApplyTimeout bounds one Raft commit when the caller set no deadline.
+	ApplyTimeout time.Duration
+}
+
+// DefaultConfig returns a Config with the default ports and data directory.
+func DefaultConfig() Config {
+	return Config{
+		DataDir:        "/var/lib/quorumca",
+		ListenAddr:     DefaultListenAddr,
+		RaftListenAddr: DefaultRaftAddr,
+	}
+}
+
+func (c *Config) setDefaults() {
+	if c.ListenAddr == "" {
+		c.ListenAddr = DefaultListenAddr
+	}
+	if c.RaftListenAddr == "" {
+		c.RaftListenAddr = DefaultRaftAddr
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Reader
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.ApplyTimeout == 0 {
+		c.ApplyTimeout = 10 * time.Second
+	}
+}
+
+// Validate checks the configuration; its messages name the field.
+func (c Config) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("manager: DataDir (--data-dir) is empty")
+	}
+	for _, a := range []struct{ name, addr string }{
+		{"ListenAddr (--listen-addr)", c.ListenAddr},
+		{"RaftListenAddr (--raft-addr)", c.RaftListenAddr},
+	} {
+		if _, _, err := net.SplitHostPort(a.addr); err != nil {
+			return fmt.Errorf("manager: %s %q is not host:port: %v", a.name, a.addr, err)
+		}
+	}
+	for _, a := range []struct{ name, addr string }{
+		{"AdvertiseAddr (--advertise-addr)", c.AdvertiseAddr},
+		{"RaftAdvertiseAddr", c.RaftAdvertiseAddr},
+	} {
+		if a.addr == "" {
+			continue
+		}
+		host, port, err := net.SplitHostPort(a.addr)
+		if err != nil || host == "" || port == "" || port == "0" {
+			return fmt.Errorf("manager: %s %q must be host:port with a fixed port", a.name, a.addr)
+		}
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			return fmt.Errorf("manager: %s %q must name an address others can dial, not %s", a.name, a.addr, host)
+		}
+	}
+	return nil
+}
+
+// advertise returns the address to advertise for a listener: the explicit
+// one if set, else the listener's, with an unspecified host replaced by
+// this machine's first non-loopback IPv4 address.
+func advertise(explicit string, ln net.Listener) string {
+	if explicit != "" {
+		return explicit
+	}
+	addr := ln.Addr().(*net.TCPAddr)
+	if !addr.IP.IsUnspecified() {
+		return addr.String()
+	}
+	return net.JoinHostPort(hostIP(), fmt.Sprint(addr.Port))
+}
+
+func hostIP() string {
+	addrs, err := net.InterfaceAddrs()
+	if err == nil {
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && !n.IP.IsLoopback() && n.IP.To4() != nil {
+				return n.IP.String()
+			}
+		}
+	}
+	return "127.0.0.1"
+}

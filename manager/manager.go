@@ -1,0 +1,527 @@
+package manager
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/quorumca/quorumca/agent"
+	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/raft"
+)
+
+// SocketFile is the control socket's name under the data directory.
+const SocketFile = agent.SocketFile
+
+// RaftDir is the Raft directory's name under the data directory.
+const RaftDir = "raft"
+
+// Manager is a running manager daemon.
+type Manager struct {
+	cfg     Config
+	log     *slog.Logger
+	node    agent.NodeConfig
+	creds   *agent.Credentials
+	machine *fsm.Machine
+	raft    *raft.Node
+
+	apiLn, raftLn, sockLn net.Listener
+	apiAddr, raftAddr     string
+	server, local         *grpc.Server
+
+	signers signerCache
+	peers   *peerConns
+
+	stopOnce sync.Once
+	stopErr  error
+	done     chan struct{}
+}
+
+// InitOptions are the choices made once, when a cluster is created.
+type InitOptions struct {
+	// CertExpiry is the validity of node certificates (default
+	// ca.DefaultCertExpiry, minimum ca.MinCertExpiry).
+	CertExpiry time.Duration
+	// CA is an imported CA (--ca-cert/--ca-key); nil generates a root.
+	CA *ca.Material
+}
+
+// listeners opens the API and Raft listeners, so that nothing is written to
+// the data directory when an address is taken.
+func (m *Manager) listen() error {
+	var err error
+	if m.apiLn, err = net.Listen("tcp", m.cfg.ListenAddr); err != nil {
+		return fmt.Errorf("manager: listen on --listen-addr %s: %w", m.cfg.ListenAddr, err)
+	}
+	if m.raftLn, err = net.Listen("tcp", m.cfg.RaftListenAddr); err != nil {
+		m.apiLn.Close()
+		m.apiLn = nil
+		return fmt.Errorf("manager: listen on --raft-addr %s: %w", m.cfg.RaftListenAddr, err)
+	}
+	m.apiAddr = advertise(m.cfg.AdvertiseAddr, m.apiLn)
+	m.raftAddr = advertise(m.cfg.RaftAdvertiseAddr, m.raftLn)
+	return nil
+}
+
+func newManager(cfg Config) (*Manager, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.SocketPath == "" {
+		cfg.SocketPath = filepath.Join(cfg.DataDir, SocketFile)
+	}
+	m := &Manager{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		machine: fsm.NewMachine(),
+		done:    make(chan struct{}),
+	}
+	return m, nil
+}
+
+// Init creates a new cluster in cfg.DataDir (DESIGN.md flow 1): cluster ID,
+// root CA, both join secrets, a one-voter Raft, and this manager's own
+// certificate; then serves. A data directory that already holds a cluster
+// is refused untouched; on any failure, what Init created is removed.
+func Init(ctx context.Context, cfg Config, opts InitOptions) (_ *Manager, err error) {
+	m, err := newManager(cfg)
+	if err != nil {
+		return nil, err
+	}
+	cfg = m.cfg
+	if err := agent.CheckFresh(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	if opts.CertExpiry == 0 {
+		opts.CertExpiry = ca.DefaultCertExpiry
+	}
+	if opts.CertExpiry < ca.MinCertExpiry {
+		return nil, fmt.Errorf("manager: --cert-expiry %s is under the minimum of %s", opts.CertExpiry, ca.MinCertExpiry)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("manager: %w", err)
+	}
+	if err := m.listen(); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			m.Stop()
+			// CheckFresh found none of these: they are all ours to remove.
+			os.RemoveAll(agent.CertDir(cfg.DataDir))
+			os.RemoveAll(filepath.Join(cfg.DataDir, RaftDir))
+			os.Remove(filepath.Join(cfg.DataDir, agent.NodeFile))
+		}
+	}()
+
+	now := cfg.Now()
+	clusterID, err := ca.NewID(cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	nodeID, err := ca.NewID(cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	var material ca.Material
+	if opts.CA != nil {
+		material = *opts.CA
+	} else if material, err = ca.GenerateRoot(cfg.Rand, now, clusterID); err != nil {
+		return nil, err
+	}
+	signer, status, err := m.signers.get(material)
+	if err != nil {
+		return nil, err
+	}
+	workerSecret, err := ca.NewSecret(cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	managerSecret, err := ca.NewSecret(cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	key, err := ca.GenerateKey(cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := ca.MarshalKey(key)
+	if err != nil {
+		return nil, err
+	}
+	id := ca.Identity{NodeID: nodeID, Role: ca.RoleManager, ClusterID: clusterID}
+	issued, err := signer.SignKey(cfg.Rand, now, key.Public(), id, opts.CertExpiry)
+	if err != nil {
+		return nil, err
+	}
+	if m.creds, err = agent.NewCredentials(cfg.DataDir, keyPEM, issued.PEM, material.Bundle); err != nil {
+		return nil, err
+	}
+	m.node = agent.NodeConfig{
+		NodeID: nodeID, ClusterID: clusterID, Role: ca.RoleManager,
+		Managers:   []string{m.apiAddr},
+		ListenAddr: cfg.ListenAddr, AdvertiseAddr: m.apiAddr,
+		RaftAddr: cfg.RaftListenAddr, RaftAdvertiseAddr: m.raftAddr,
+	}
+	if err := m.openRaft(true); err != nil {
+		return nil, err
+	}
+	if err := m.waitLeader(ctx); err != nil {
+		return nil, err
+	}
+	self := fsm.Node{
+		ID: nodeID, Role: ca.RoleManager, Addr: m.apiAddr, RaftAddr: m.raftAddr,
+		Cert: certInfo(issued, status),
+	}
+	if _, err := m.propose(ctx, fsm.Command{At: now, Init: &fsm.Init{
+		ClusterID: clusterID, CertExpiry: opts.CertExpiry, CA: material,
+		WorkerSecret: workerSecret, ManagerSecret: managerSecret, Manager: self,
+	}}); err != nil {
+		return nil, err
+	}
+	if err := agent.SaveNodeConfig(cfg.DataDir, m.node); err != nil {
+		return nil, err
+	}
+	if err := m.serve(); err != nil {
+		return nil, err
+	}
+	m.log.Info("cluster initialized", "cluster_id", clusterID, "node_id", nodeID,
+		"api", m.apiAddr, "raft", m.raftAddr, "root", fingerprint(material.Bundle))
+	return m, nil
+}
+
+// Start restarts a manager from its data directory: the state comes back
+// from the Raft log and snapshots; nothing is re-initialized.
+func Start(ctx context.Context, cfg Config) (_ *Manager, err error) {
+	m, err := newManager(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if m.node, err = agent.LoadNodeConfig(m.cfg.DataDir); err != nil {
+		return nil, err
+	}
+	if m.node.Role != ca.RoleManager {
+		return nil, fmt.Errorf("manager: %s holds a %s; start it as a worker", m.cfg.DataDir, m.node.Role.Short())
+	}
+	if m.creds, err = agent.LoadCredentials(m.cfg.DataDir); err != nil {
+		return nil, err
+	}
+	if err := m.listen(); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			m.Stop()
+		}
+	}()
+	if err := m.openRaft(false); err != nil {
+		return nil, err
+	}
+	if err := m.serve(); err != nil {
+		return nil, err
+	}
+	m.log.Info("manager started", "node_id", m.node.NodeID, "cluster_id", m.node.ClusterID, "api", m.apiAddr, "raft", m.raftAddr)
+	return m, nil
+}
+
+// Join admits this node to a cluster with a token through the manager at
+// remote. A manager token makes it a manager: it starts, and asks the
+// leader to make it a Raft voter once its Raft transport listens; the
+// *Manager is returned. A worker token makes it a worker: the started
+// *agent.Worker is returned instead. The API and Raft listeners are opened
+// first, so a manager can advertise them; a worker does not need them, so a
+// port already taken only matters for a manager token.
+func Join(ctx context.Context, cfg Config, token, remote string) (_ *Manager, _ *agent.Worker, err error) {
+	m, err := newManager(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg = m.cfg
+	if err := agent.CheckFresh(cfg.DataDir); err != nil {
+		return nil, nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("manager: %w", err)
+	}
+	listenErr := m.listen()
+	jc := agent.JoinConfig{
+		DataDir: cfg.DataDir, Token: token, Remote: remote, Rand: cfg.Rand, Logger: cfg.Logger,
+	}
+	if listenErr == nil {
+		jc.Addr, jc.RaftAddr = m.apiAddr, m.raftAddr
+		jc.Node = agent.NodeConfig{
+			ListenAddr: cfg.ListenAddr, AdvertiseAddr: m.apiAddr,
+			RaftAddr: cfg.RaftListenAddr, RaftAdvertiseAddr: m.raftAddr,
+		}
+	}
+	res, err := agent.Join(ctx, jc)
+	if err != nil {
+		m.closeListeners()
+		if listenErr != nil {
+			return nil, nil, fmt.Errorf("%w (a manager token also needs: %v)", err, listenErr)
+		}
+		return nil, nil, err
+	}
+	if res.Node.Role != ca.RoleManager {
+		m.closeListeners()
+		w, err := agent.StartWorker(agent.WorkerConfig{DataDir: cfg.DataDir, SocketPath: cfg.SocketPath, Logger: cfg.Logger})
+		return nil, w, err
+	}
+	m.creds, m.node = res.Credentials, res.Node
+	defer func() {
+		if err != nil {
+			m.Stop()
+		}
+	}()
+	if err := m.openRaft(false); err != nil {
+		return nil, nil, err
+	}
+	if err := m.serve(); err != nil {
+		return nil, nil, err
+	}
+	if err := m.becomeVoter(ctx, append([]string{remote}, res.Node.Managers...)); err != nil {
+		return nil, nil, err
+	}
+	m.log.Info("manager joined", "node_id", m.node.NodeID, "cluster_id", m.node.ClusterID, "api", m.apiAddr, "raft", m.raftAddr)
+	return m, nil, nil
+}
+
+// becomeVoter asks the cluster, through any of the given managers, to add
+// this manager as a Raft voter, retrying while a leader is being elected.
+func (m *Manager) becomeVoter(ctx context.Context, remotes []string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var last error
+	for attempt := 0; ; attempt++ {
+		for _, r := range remotes {
+			if r == m.apiAddr {
+				continue
+			}
+			conn, err := m.peers.get(r)
+			if err != nil {
+				last = err
+				continue
+			}
+			cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err = api.NewControlClient(conn).AddVoter(cctx, &api.AddVoterRequest{RaftAddr: m.raftAddr})
+			ccancel()
+			if err == nil {
+				return nil
+			}
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("manager: could not become a Raft voter: %w", last)
+		case <-time.After(backoff(attempt)):
+		}
+	}
+}
+
+func backoff(attempt int) time.Duration {
+	d := 100 * time.Millisecond << min(attempt, 4)
+	return d
+}
+
+func (m *Manager) openRaft(bootstrap bool) error {
+	rc := raft.DefaultConfig()
+	rc.NodeID = m.node.NodeID
+	rc.DataDir = filepath.Join(m.cfg.DataDir, RaftDir)
+	rc.Listener = m.raftLn
+	rc.AdvertiseAddr = m.raftAddr
+	rc.TLS = m.raftTLS()
+	rc.ClusterID = m.node.ClusterID
+	rc.StateMachine = stateMachine{m.machine}
+	rc.Logger = m.log.With("component", "raft")
+	rc.Bootstrap = bootstrap
+	if m.cfg.HeartbeatTimeout > 0 {
+		rc.HeartbeatTimeout = m.cfg.HeartbeatTimeout
+	}
+	if m.cfg.ElectionTimeout > 0 {
+		rc.ElectionTimeout = m.cfg.ElectionTimeout
+	}
+	if m.cfg.LeaderLeaseTimeout > 0 {
+		rc.LeaderLeaseTimeout = m.cfg.LeaderLeaseTimeout
+	}
+	rc.ApplyTimeout = m.cfg.ApplyTimeout
+	if err := os.MkdirAll(rc.DataDir, 0o700); err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+	n, err := raft.Open(rc)
+	if err != nil {
+		return err
+	}
+	m.raft = n
+	m.raftLn = nil // owned by raft now
+	return nil
+}
+
+// raftTLS is the mutual-TLS configuration of the Raft transport: the
+// current certificate both ways, peers verified against the bundle (the
+// raft package checks they are managers of this cluster). The raft package
+// wants RootCAs set; a new bundle reaches it through Node.SetTLS.
+func (m *Manager) raftTLS() *tls.Config {
+	cfg := m.creds.ServerTLS(tls.RequireAndVerifyClientCert)
+	cfg.RootCAs = m.creds.Roots()
+	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		return m.creds.Certificate(), nil
+	}
+	return cfg
+}
+
+// waitLeader waits until this node is the Raft leader (after bootstrap).
+func (m *Manager) waitLeader(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for !m.raft.IsLeader() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("manager: no leader elected: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func (m *Manager) serve() error {
+	m.peers = newPeerConns(m.creds)
+	svc := &service{m: m}
+	m.server = grpc.NewServer(grpc.Creds(serverCreds(m.creds)))
+	api.RegisterCAServer(m.server, svc)
+	api.RegisterControlServer(m.server, svc)
+	m.local = grpc.NewServer()
+	api.RegisterCAServer(m.local, svc)
+	api.RegisterControlServer(m.local, svc)
+
+	sock := m.cfg.SocketPath
+	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("manager: remove stale socket %s: %w", sock, err)
+	}
+	ln, err := listenUnix(sock)
+	if err != nil {
+		return err
+	}
+	m.sockLn = ln
+	go m.server.Serve(m.apiLn)
+	go m.local.Serve(m.sockLn)
+	return nil
+}
+
+// Stop shuts the manager down: the API servers, then Raft. Safe to call
+// more than once.
+func (m *Manager) Stop() error {
+	m.stopOnce.Do(func() {
+		if m.server != nil {
+			stopGRPC(m.server)
+		}
+		if m.local != nil {
+			stopGRPC(m.local)
+		}
+		if m.peers != nil {
+			m.peers.close()
+		}
+		if m.raft != nil {
+			m.stopErr = m.raft.Shutdown()
+		}
+		m.closeListeners()
+		close(m.done)
+	})
+	return m.stopErr
+}
+
+// stopGRPC stops gracefully, but not for longer than a few seconds.
+func stopGRPC(s *grpc.Server) {
+	done := make(chan struct{})
+	go func() { s.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		s.Stop()
+		<-done
+	}
+}
+
+func (m *Manager) closeListeners() {
+	for _, ln := range []net.Listener{m.apiLn, m.raftLn, m.sockLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+}
+
+// Done is closed when the manager has stopped.
+func (m *Manager) Done() <-chan struct{} { return m.done }
+
+// Addr returns the advertised API address.
+func (m *Manager) Addr() string { return m.apiAddr }
+
+// RaftAddr returns the advertised Raft address.
+func (m *Manager) RaftAddr() string { return m.raftAddr }
+
+// NodeID returns this manager's node ID.
+func (m *Manager) NodeID() string { return m.node.NodeID }
+
+// ClusterID returns the cluster ID.
+func (m *Manager) ClusterID() string { return m.node.ClusterID }
+
+// IsLeader reports whether this manager is the Raft leader.
+func (m *Manager) IsLeader() bool { return m.raft.IsLeader() }
+
+// State returns the replicated state as this manager has applied it.
+func (m *Manager) State() *fsm.State { return m.machine.State() }
+
+// Credentials returns this manager's own credentials.
+func (m *Manager) Credentials() *agent.Credentials { return m.creds }
+
+// SocketPath returns the control socket's path.
+func (m *Manager) SocketPath() string { return m.cfg.SocketPath }
+
+// propose commits a command and returns the state after it, or the reason
+// it was refused.
+func (m *Manager) propose(ctx context.Context, cmd fsm.Command) (*fsm.State, error) {
+	b, err := fsm.Encode(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, m.cfg.ApplyTimeout)
+		defer cancel()
+	}
+	out, err := m.raft.Apply(ctx, b)
+	if err != nil {
+		return nil, err
+	}
+	res, ok := out.(fsm.Result)
+	if !ok {
+		panic(fmt.Sprintf("manager: state machine returned %T", out)) // broken invariant
+	}
+	return res.State, res.Err
+}
+
+// stateMachine adapts fsm.Machine to raft.StateMachine.
+type stateMachine struct{ m *fsm.Machine }
+
+func (s stateMachine) Apply(index uint64, cmd []byte) any { return s.m.Apply(index, cmd) }
+func (s stateMachine) Snapshot() (raft.Snapshot, error) {
+	return snapshot{s.m.Snapshot()}, nil
+}
+func (s stateMachine) Restore(r io.Reader) error { return s.m.Restore(r) }
+
+type snapshot struct{ st *fsm.State }
+
+func (s snapshot) Persist(w io.Writer) error { _, err := s.st.WriteTo(w); return err }
+func (snapshot) Release()                    {}

@@ -1,0 +1,119 @@
+package manager
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/quorumca/quorumca/agent"
+	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/fsm"
+)
+
+// peerConns keeps one mutual-TLS gRPC connection per manager address, for
+// forwarding to the leader and pinging peers; reusing them saves a TLS
+// handshake per forwarded call.
+type peerConns struct {
+	creds *agent.Credentials
+
+	mu    sync.Mutex // guards conns
+	conns map[string]*grpc.ClientConn
+}
+
+func newPeerConns(creds *agent.Credentials) *peerConns {
+	return &peerConns{creds: creds, conns: map[string]*grpc.ClientConn{}}
+}
+
+func (p *peerConns) get(addr string) (*grpc.ClientConn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.conns[addr]; ok {
+		return c, nil
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(p.creds.ClientTLS(agent.ManagerName))))
+	if err != nil {
+		return nil, fmt.Errorf("manager: connect to %s: %w", addr, err)
+	}
+	p.conns[addr] = c
+	return c, nil
+}
+
+func (p *peerConns) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for a, c := range p.conns {
+		c.Close()
+		delete(p.conns, a)
+	}
+}
+
+// serverCreds is the API's TLS: joining nodes come without a certificate,
+// so client certificates are verified when given, and checked per call.
+func serverCreds(c *agent.Credentials) credentials.TransportCredentials {
+	return credentials.NewTLS(c.ServerTLS(tlsVerifyIfGiven))
+}
+
+// signerCache keeps the parsed Signer of the current CA material, so that
+// the PEM is parsed once per CA, not once per certificate.
+type signerCache struct {
+	mu     sync.Mutex // guards the fields below
+	cert   string
+	chain  string
+	signer *ca.Signer
+	status ca.TLSStatus
+}
+
+func (c *signerCache) get(m ca.Material) (*ca.Signer, ca.TLSStatus, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.signer != nil && c.cert == string(m.Cert) && c.chain == string(m.Chain) {
+		return c.signer, c.status, nil
+	}
+	s, err := ca.NewSigner(m)
+	if err != nil {
+		return nil, ca.TLSStatus{}, err
+	}
+	c.cert, c.chain, c.signer, c.status = string(m.Cert), string(m.Chain), s, ca.StatusOf(s.Certificate())
+	return s, c.status, nil
+}
+
+func certInfo(iss ca.Issued, status ca.TLSStatus) fsm.CertInfo {
+	return fsm.CertInfo{
+		Serial:    serialHex(iss.Serial),
+		NotBefore: iss.NotBefore,
+		NotAfter:  iss.NotAfter,
+		Issuer:    status,
+	}
+}
+
+func serialHex(n *big.Int) string { return n.Text(16) }
+
+// fingerprint is the SHA-256 of the first certificate of a PEM bundle, hex.
+func fingerprint(bundle []byte) string {
+	certs, err := ca.ParseCertificates(bundle)
+	if err != nil {
+		return "?"
+	}
+	sum := sha256.Sum256(certs[0].Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// listenUnix listens on a Unix socket that only its owner may use.
+func listenUnix(path string) (net.Listener, error) {
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("manager: control socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("manager: control socket %s: %w", path, err)
+	}
+	return ln, nil
+}
