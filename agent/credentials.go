@@ -128,10 +128,10 @@ func (c *Credentials) set(keyPEM, certPEM, bundle []byte) error {
 func writeCredentials(dir string, keyPEM, certPEM, bundle []byte) error {
 	newKey := filepath.Join(dir, KeyFile+".new")
 	newCert := filepath.Join(dir, CertFile+".new")
-	if err := writeFileAtomic(newKey, keyPEM, 0o600); err != nil {
+	if err := WriteFileAtomic(newKey, keyPEM, 0o600); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(newCert, certPEM, 0o644); err != nil {
+	if err := WriteFileAtomic(newCert, certPEM, 0o644); err != nil {
 		return err
 	}
 	if err := os.Rename(newKey, filepath.Join(dir, KeyFile)); err != nil {
@@ -143,7 +143,7 @@ func writeCredentials(dir string, keyPEM, certPEM, bundle []byte) error {
 	if err := syncDir(dir); err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, BundleFile), bundle, 0o644)
+	return WriteFileAtomic(filepath.Join(dir, BundleFile), bundle, 0o644)
 }
 
 // recoverPending finishes a writeCredentials that a crash interrupted. A

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -32,7 +33,15 @@ type WorkerConfig struct {
 	// SocketPath defaults to <DataDir>/quorumca.sock.
 	SocketPath string
 	Logger     *slog.Logger
+	// HeartbeatPeriod, Rand and Now go to the Renewer (see RenewerConfig).
+	HeartbeatPeriod time.Duration
+	Rand            io.Reader
+	Now             func() time.Time
 }
+
+// ErrPromoted is the reason a worker stops by itself when it was promoted:
+// the node must go on as a manager (`quorumca run` does).
+var ErrPromoted = errors.New("agent: node promoted to manager")
 
 // Worker is a running worker daemon: it holds the node's credentials and
 // answers status on its control socket.
@@ -44,6 +53,13 @@ type Worker struct {
 	srv   *grpc.Server
 	once  sync.Once
 	done  chan struct{}
+
+	renewer *Renewer
+	cancel  context.CancelFunc
+	loop    sync.WaitGroup
+
+	mu     sync.Mutex // guards reason
+	reason error
 }
 
 // StartWorker starts a worker from its data directory.
@@ -79,6 +95,20 @@ func StartWorker(cfg WorkerConfig) (*Worker, error) {
 	w := &Worker{cfg: cfg, node: node, creds: creds, ln: ln, srv: grpc.NewServer(), done: make(chan struct{})}
 	api.RegisterControlServer(w.srv, &workerControl{w: w})
 	go w.srv.Serve(ln)
+	w.renewer = NewRenewer(RenewerConfig{
+		Credentials:     creds,
+		Managers:        node.Managers,
+		OnManagers:      w.saveManagers,
+		OnRole:          w.roleChanged,
+		HeartbeatPeriod: cfg.HeartbeatPeriod,
+		Rand:            cfg.Rand,
+		Now:             cfg.Now,
+		Logger:          cfg.Logger.With("component", "renewer"),
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	w.loop.Add(1)
+	go func() { defer w.loop.Done(); w.renewer.Run(ctx) }()
 	cfg.Logger.Info("worker started", "node_id", node.NodeID, "cluster_id", node.ClusterID)
 	return w, nil
 }
@@ -86,9 +116,40 @@ func StartWorker(cfg WorkerConfig) (*Worker, error) {
 // Credentials returns the worker's credentials.
 func (w *Worker) Credentials() *Credentials { return w.creds }
 
+// Renewer returns the worker's certificate renewer.
+func (w *Worker) Renewer() *Renewer { return w.renewer }
+
+// Reason returns why the worker stopped by itself (ErrPromoted), or nil.
+func (w *Worker) Reason() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.reason
+}
+
+func (w *Worker) roleChanged(role ca.Role) {
+	w.node.Role = role
+	if err := SaveNodeConfig(w.cfg.DataDir, w.node); err != nil {
+		w.cfg.Logger.Error("record new role", "err", err)
+	}
+	w.cfg.Logger.Info("promoted: stopping the worker to run as a manager", "role", role)
+	w.mu.Lock()
+	w.reason = ErrPromoted
+	w.mu.Unlock()
+	go w.Stop()
+}
+
+func (w *Worker) saveManagers(addrs []string) {
+	w.node.Managers = addrs
+	if err := SaveNodeConfig(w.cfg.DataDir, w.node); err != nil {
+		w.cfg.Logger.Warn("record managers", "err", err)
+	}
+}
+
 // Stop stops the worker. Safe to call more than once.
 func (w *Worker) Stop() {
 	w.once.Do(func() {
+		w.cancel()
+		w.loop.Wait()
 		w.srv.Stop()
 		w.ln.Close()
 		close(w.done)

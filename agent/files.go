@@ -8,11 +8,11 @@ import (
 	"path/filepath"
 )
 
-// writeFileAtomic writes data to path so that a reader (or a crash) sees
+// WriteFileAtomic writes data to path so that a reader (or a crash) sees
 // either the old file or the whole new one: write a temporary file in the
 // same directory with perm, fsync it, rename it over path, fsync the
 // directory.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {

@@ -39,7 +39,7 @@ func SaveNodeConfig(dataDir string, nc NodeConfig) error {
 	if err != nil {
 		return fmt.Errorf("agent: encode node config: %w", err)
 	}
-	return writeFileAtomic(filepath.Join(dataDir, NodeFile), append(b, '\n'), 0o600)
+	return WriteFileAtomic(filepath.Join(dataDir, NodeFile), append(b, '\n'), 0o600)
 }
 
 // LoadNodeConfig reads <dataDir>/node.json.

@@ -13,19 +13,40 @@ import (
 // clients verify managers against it, whatever address they dialled.
 const ManagerName = string(ca.RoleManager)
 
+// PeerCheck decides whether a verified peer may connect; the daemon
+// refuses removed nodes with it. It is called during the handshake.
+type PeerCheck func(ca.Identity) error
+
 // ServerTLS returns a server configuration that always presents the current
 // certificate and verifies client certificates against the current trust
-// bundle. clientAuth is tls.RequireAndVerifyClientCert for node-to-node
-// links, tls.VerifyClientCertIfGiven for the API (joining nodes have no
+// bundle, then runs checks on the verified identity. clientAuth is
+// tls.RequireAndVerifyClientCert for node-to-node links,
+// tls.VerifyClientCertIfGiven for the API (joining nodes have no
 // certificate yet).
-func (c *Credentials) ServerTLS(clientAuth tls.ClientAuthType) *tls.Config {
+func (c *Credentials) ServerTLS(clientAuth tls.ClientAuthType, checks ...PeerCheck) *tls.Config {
 	base := &tls.Config{MinVersion: tls.VersionTLS12}
+	verify := func(cs tls.ConnectionState) error {
+		if len(cs.VerifiedChains) == 0 {
+			return nil
+		}
+		id, err := ca.IdentityOf(cs.VerifiedChains[0][0])
+		if err != nil {
+			return err
+		}
+		for _, check := range checks {
+			if err := check(id); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
 		return &tls.Config{
-			MinVersion:   tls.VersionTLS12,
-			Certificates: []tls.Certificate{*c.Certificate()},
-			ClientAuth:   clientAuth,
-			ClientCAs:    c.Roots(),
+			MinVersion:       tls.VersionTLS12,
+			Certificates:     []tls.Certificate{*c.Certificate()},
+			ClientAuth:       clientAuth,
+			ClientCAs:        c.Roots(),
+			VerifyConnection: verify,
 		}, nil
 	}
 	return base

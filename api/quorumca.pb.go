@@ -716,8 +716,10 @@ func (x *JoinTokenResponse) GetManagers() []string {
 }
 
 type AddVoterRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RaftAddr      string                 `protobuf:"bytes,1,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	RaftAddr string                 `protobuf:"bytes,1,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	// The caller's API address.
+	Addr          string `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -755,6 +757,13 @@ func (*AddVoterRequest) Descriptor() ([]byte, []int) {
 func (x *AddVoterRequest) GetRaftAddr() string {
 	if x != nil {
 		return x.RaftAddr
+	}
+	return ""
+}
+
+func (x *AddVoterRequest) GetAddr() string {
+	if x != nil {
+		return x.Addr
 	}
 	return ""
 }
@@ -875,6 +884,1082 @@ func (x *PingResponse) GetNodeId() string {
 	return ""
 }
 
+type HeartbeatRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeartbeatRequest) Reset() {
+	*x = HeartbeatRequest{}
+	mi := &file_quorumca_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatRequest) ProtoMessage() {}
+
+func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
+func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{15}
+}
+
+type HeartbeatResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node's role in the cluster state now.
+	Role string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	// Renew at once: the certificate's role, expiry or issuer is out of date.
+	Renew             bool  `protobuf:"varint,2,opt,name=renew,proto3" json:"renew,omitempty"`
+	CertExpirySeconds int64 `protobuf:"varint,3,opt,name=cert_expiry_seconds,json=certExpirySeconds,proto3" json:"cert_expiry_seconds,omitempty"`
+	// How often to heartbeat, in milliseconds.
+	PeriodMs      int64    `protobuf:"varint,4,opt,name=period_ms,json=periodMs,proto3" json:"period_ms,omitempty"`
+	Managers      []string `protobuf:"bytes,5,rep,name=managers,proto3" json:"managers,omitempty"`
+	Bundle        []byte   `protobuf:"bytes,6,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeartbeatResponse) Reset() {
+	*x = HeartbeatResponse{}
+	mi := &file_quorumca_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatResponse) ProtoMessage() {}
+
+func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
+func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *HeartbeatResponse) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *HeartbeatResponse) GetRenew() bool {
+	if x != nil {
+		return x.Renew
+	}
+	return false
+}
+
+func (x *HeartbeatResponse) GetCertExpirySeconds() int64 {
+	if x != nil {
+		return x.CertExpirySeconds
+	}
+	return 0
+}
+
+func (x *HeartbeatResponse) GetPeriodMs() int64 {
+	if x != nil {
+		return x.PeriodMs
+	}
+	return 0
+}
+
+func (x *HeartbeatResponse) GetManagers() []string {
+	if x != nil {
+		return x.Managers
+	}
+	return nil
+}
+
+func (x *HeartbeatResponse) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+type Node struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Role     string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	Addr     string                 `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`
+	RaftAddr string                 `protobuf:"bytes,4,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	// "ready" or "down".
+	Status string `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
+	// Managers: "reachable" or "unreachable".
+	Reachability string `protobuf:"bytes,6,opt,name=reachability,proto3" json:"reachability,omitempty"`
+	Leader       bool   `protobuf:"varint,7,opt,name=leader,proto3" json:"leader,omitempty"`
+	CertSerial   string `protobuf:"bytes,8,opt,name=cert_serial,json=certSerial,proto3" json:"cert_serial,omitempty"`
+	CertNotAfter int64  `protobuf:"varint,9,opt,name=cert_not_after,json=certNotAfter,proto3" json:"cert_not_after,omitempty"`
+	// Who signed the node's certificate.
+	TlsStatus     string `protobuf:"bytes,10,opt,name=tls_status,json=tlsStatus,proto3" json:"tls_status,omitempty"`
+	JoinedAt      int64  `protobuf:"varint,11,opt,name=joined_at,json=joinedAt,proto3" json:"joined_at,omitempty"`
+	LastSeen      int64  `protobuf:"varint,12,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Node) Reset() {
+	*x = Node{}
+	mi := &file_quorumca_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Node) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Node) ProtoMessage() {}
+
+func (x *Node) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Node.ProtoReflect.Descriptor instead.
+func (*Node) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Node) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Node) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *Node) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *Node) GetRaftAddr() string {
+	if x != nil {
+		return x.RaftAddr
+	}
+	return ""
+}
+
+func (x *Node) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *Node) GetReachability() string {
+	if x != nil {
+		return x.Reachability
+	}
+	return ""
+}
+
+func (x *Node) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *Node) GetCertSerial() string {
+	if x != nil {
+		return x.CertSerial
+	}
+	return ""
+}
+
+func (x *Node) GetCertNotAfter() int64 {
+	if x != nil {
+		return x.CertNotAfter
+	}
+	return 0
+}
+
+func (x *Node) GetTlsStatus() string {
+	if x != nil {
+		return x.TlsStatus
+	}
+	return ""
+}
+
+func (x *Node) GetJoinedAt() int64 {
+	if x != nil {
+		return x.JoinedAt
+	}
+	return 0
+}
+
+func (x *Node) GetLastSeen() int64 {
+	if x != nil {
+		return x.LastSeen
+	}
+	return 0
+}
+
+type ListNodesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this node, when set.
+	NodeId        string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesRequest) Reset() {
+	*x = ListNodesRequest{}
+	mi := &file_quorumca_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesRequest) ProtoMessage() {}
+
+func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
+func (*ListNodesRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ListNodesRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+type ListNodesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*Node                `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesResponse) Reset() {
+	*x = ListNodesResponse{}
+	mi := &file_quorumca_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesResponse) ProtoMessage() {}
+
+func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
+func (*ListNodesResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ListNodesResponse) GetNodes() []*Node {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+type SetRoleRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// "manager" or "worker".
+	Role          string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRoleRequest) Reset() {
+	*x = SetRoleRequest{}
+	mi := &file_quorumca_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRoleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRoleRequest) ProtoMessage() {}
+
+func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRoleRequest.ProtoReflect.Descriptor instead.
+func (*SetRoleRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SetRoleRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *SetRoleRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+type SetRoleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRoleResponse) Reset() {
+	*x = SetRoleResponse{}
+	mi := &file_quorumca_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRoleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRoleResponse) ProtoMessage() {}
+
+func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRoleResponse.ProtoReflect.Descriptor instead.
+func (*SetRoleResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{21}
+}
+
+type RemoveNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Force         bool                   `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeRequest) Reset() {
+	*x = RemoveNodeRequest{}
+	mi := &file_quorumca_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeRequest) ProtoMessage() {}
+
+func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
+func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RemoveNodeRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *RemoveNodeRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type RemoveNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeResponse) Reset() {
+	*x = RemoveNodeResponse{}
+	mi := &file_quorumca_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeResponse) ProtoMessage() {}
+
+func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
+func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{23}
+}
+
+type UpdateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Seconds; 0 keeps the current value.
+	CertExpirySeconds int64 `protobuf:"varint,1,opt,name=cert_expiry_seconds,json=certExpirySeconds,proto3" json:"cert_expiry_seconds,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *UpdateRequest) Reset() {
+	*x = UpdateRequest{}
+	mi := &file_quorumca_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateRequest) ProtoMessage() {}
+
+func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
+func (*UpdateRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *UpdateRequest) GetCertExpirySeconds() int64 {
+	if x != nil {
+		return x.CertExpirySeconds
+	}
+	return 0
+}
+
+type UpdateResponse struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	CertExpirySeconds int64                  `protobuf:"varint,1,opt,name=cert_expiry_seconds,json=certExpirySeconds,proto3" json:"cert_expiry_seconds,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *UpdateResponse) Reset() {
+	*x = UpdateResponse{}
+	mi := &file_quorumca_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateResponse) ProtoMessage() {}
+
+func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateResponse.ProtoReflect.Descriptor instead.
+func (*UpdateResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *UpdateResponse) GetCertExpirySeconds() int64 {
+	if x != nil {
+		return x.CertExpirySeconds
+	}
+	return 0
+}
+
+type CreateTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Role  string                 `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	// Seconds; 0 for no expiry.
+	TtlSeconds int64 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// 0 for unlimited.
+	Uses          int32 `protobuf:"varint,3,opt,name=uses,proto3" json:"uses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenRequest) Reset() {
+	*x = CreateTokenRequest{}
+	mi := &file_quorumca_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenRequest) ProtoMessage() {}
+
+func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *CreateTokenRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *CreateTokenRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+func (x *CreateTokenRequest) GetUses() int32 {
+	if x != nil {
+		return x.Uses
+	}
+	return 0
+}
+
+type CreateTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Token         string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	Managers      []string               `protobuf:"bytes,3,rep,name=managers,proto3" json:"managers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenResponse) Reset() {
+	*x = CreateTokenResponse{}
+	mi := &file_quorumca_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenResponse) ProtoMessage() {}
+
+func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *CreateTokenResponse) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CreateTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CreateTokenResponse) GetManagers() []string {
+	if x != nil {
+		return x.Managers
+	}
+	return nil
+}
+
+type Token struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Role          string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	ExpiresAt     int64                  `protobuf:"varint,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	UsesLeft      int32                  `protobuf:"varint,4,opt,name=uses_left,json=usesLeft,proto3" json:"uses_left,omitempty"`
+	CreatedAt     int64                  `protobuf:"varint,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Token) Reset() {
+	*x = Token{}
+	mi := &file_quorumca_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Token) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Token) ProtoMessage() {}
+
+func (x *Token) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Token.ProtoReflect.Descriptor instead.
+func (*Token) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *Token) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Token) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *Token) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+func (x *Token) GetUsesLeft() int32 {
+	if x != nil {
+		return x.UsesLeft
+	}
+	return 0
+}
+
+func (x *Token) GetCreatedAt() int64 {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return 0
+}
+
+type ListTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensRequest) Reset() {
+	*x = ListTokensRequest{}
+	mi := &file_quorumca_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensRequest) ProtoMessage() {}
+
+func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListTokensRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{29}
+}
+
+type ListTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tokens        []*Token               `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensResponse) Reset() {
+	*x = ListTokensResponse{}
+	mi := &file_quorumca_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensResponse) ProtoMessage() {}
+
+func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListTokensResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListTokensResponse) GetTokens() []*Token {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+type RevokeTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeTokenRequest) Reset() {
+	*x = RevokeTokenRequest{}
+	mi := &file_quorumca_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTokenRequest) ProtoMessage() {}
+
+func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RevokeTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RevokeTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeTokenResponse) Reset() {
+	*x = RevokeTokenResponse{}
+	mi := &file_quorumca_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTokenResponse) ProtoMessage() {}
+
+func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
+func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{32}
+}
+
+type IssueAdminCertificateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Csr   []byte                 `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	// Seconds; 0 for the default.
+	TtlSeconds    int64 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueAdminCertificateRequest) Reset() {
+	*x = IssueAdminCertificateRequest{}
+	mi := &file_quorumca_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueAdminCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueAdminCertificateRequest) ProtoMessage() {}
+
+func (x *IssueAdminCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueAdminCertificateRequest.ProtoReflect.Descriptor instead.
+func (*IssueAdminCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *IssueAdminCertificateRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+func (x *IssueAdminCertificateRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+type IssueAdminCertificateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Certificate   []byte                 `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	Bundle        []byte                 `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueAdminCertificateResponse) Reset() {
+	*x = IssueAdminCertificateResponse{}
+	mi := &file_quorumca_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueAdminCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueAdminCertificateResponse) ProtoMessage() {}
+
+func (x *IssueAdminCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueAdminCertificateResponse.ProtoReflect.Descriptor instead.
+func (*IssueAdminCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *IssueAdminCertificateResponse) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *IssueAdminCertificateResponse) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
 var File_quorumca_proto protoreflect.FileDescriptor
 
 const file_quorumca_proto_rawDesc = "" +
@@ -928,22 +2013,104 @@ const file_quorumca_proto_rawDesc = "" +
 	"\x06rotate\x18\x02 \x01(\bR\x06rotate\"E\n" +
 	"\x11JoinTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1a\n" +
-	"\bmanagers\x18\x02 \x03(\tR\bmanagers\".\n" +
+	"\bmanagers\x18\x02 \x03(\tR\bmanagers\"B\n" +
 	"\x0fAddVoterRequest\x12\x1b\n" +
-	"\traft_addr\x18\x01 \x01(\tR\braftAddr\"\x12\n" +
+	"\traft_addr\x18\x01 \x01(\tR\braftAddr\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\"\x12\n" +
 	"\x10AddVoterResponse\"\r\n" +
 	"\vPingRequest\"'\n" +
 	"\fPingResponse\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\tR\x06nodeId2\xb6\x02\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\x12\n" +
+	"\x10HeartbeatRequest\"\xbe\x01\n" +
+	"\x11HeartbeatResponse\x12\x12\n" +
+	"\x04role\x18\x01 \x01(\tR\x04role\x12\x14\n" +
+	"\x05renew\x18\x02 \x01(\bR\x05renew\x12.\n" +
+	"\x13cert_expiry_seconds\x18\x03 \x01(\x03R\x11certExpirySeconds\x12\x1b\n" +
+	"\tperiod_ms\x18\x04 \x01(\x03R\bperiodMs\x12\x1a\n" +
+	"\bmanagers\x18\x05 \x03(\tR\bmanagers\x12\x16\n" +
+	"\x06bundle\x18\x06 \x01(\fR\x06bundle\"\xcf\x02\n" +
+	"\x04Node\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x12\n" +
+	"\x04addr\x18\x03 \x01(\tR\x04addr\x12\x1b\n" +
+	"\traft_addr\x18\x04 \x01(\tR\braftAddr\x12\x16\n" +
+	"\x06status\x18\x05 \x01(\tR\x06status\x12\"\n" +
+	"\freachability\x18\x06 \x01(\tR\freachability\x12\x16\n" +
+	"\x06leader\x18\a \x01(\bR\x06leader\x12\x1f\n" +
+	"\vcert_serial\x18\b \x01(\tR\n" +
+	"certSerial\x12$\n" +
+	"\x0ecert_not_after\x18\t \x01(\x03R\fcertNotAfter\x12\x1d\n" +
+	"\n" +
+	"tls_status\x18\n" +
+	" \x01(\tR\ttlsStatus\x12\x1b\n" +
+	"\tjoined_at\x18\v \x01(\x03R\bjoinedAt\x12\x1b\n" +
+	"\tlast_seen\x18\f \x01(\x03R\blastSeen\"+\n" +
+	"\x10ListNodesRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"<\n" +
+	"\x11ListNodesResponse\x12'\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x11.quorumca.v1.NodeR\x05nodes\"=\n" +
+	"\x0eSetRoleRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\"\x11\n" +
+	"\x0fSetRoleResponse\"B\n" +
+	"\x11RemoveNodeRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"\x14\n" +
+	"\x12RemoveNodeResponse\"?\n" +
+	"\rUpdateRequest\x12.\n" +
+	"\x13cert_expiry_seconds\x18\x01 \x01(\x03R\x11certExpirySeconds\"@\n" +
+	"\x0eUpdateResponse\x12.\n" +
+	"\x13cert_expiry_seconds\x18\x01 \x01(\x03R\x11certExpirySeconds\"]\n" +
+	"\x12CreateTokenRequest\x12\x12\n" +
+	"\x04role\x18\x01 \x01(\tR\x04role\x12\x1f\n" +
+	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
+	"ttlSeconds\x12\x12\n" +
+	"\x04uses\x18\x03 \x01(\x05R\x04uses\"W\n" +
+	"\x13CreateTokenResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12\x1a\n" +
+	"\bmanagers\x18\x03 \x03(\tR\bmanagers\"\x86\x01\n" +
+	"\x05Token\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x03 \x01(\x03R\texpiresAt\x12\x1b\n" +
+	"\tuses_left\x18\x04 \x01(\x05R\busesLeft\x12\x1d\n" +
+	"\n" +
+	"created_at\x18\x05 \x01(\x03R\tcreatedAt\"\x13\n" +
+	"\x11ListTokensRequest\"@\n" +
+	"\x12ListTokensResponse\x12*\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x12.quorumca.v1.TokenR\x06tokens\"$\n" +
+	"\x12RevokeTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
+	"\x13RevokeTokenResponse\"Q\n" +
+	"\x1cIssueAdminCertificateRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x1f\n" +
+	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
+	"ttlSeconds\"Y\n" +
+	"\x1dIssueAdminCertificateResponse\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x16\n" +
+	"\x06bundle\x18\x02 \x01(\fR\x06bundle2\x82\x03\n" +
 	"\x02CA\x12V\n" +
 	"\rGetRootBundle\x12!.quorumca.v1.GetRootBundleRequest\x1a\".quorumca.v1.GetRootBundleResponse\x12k\n" +
 	"\x14IssueNodeCertificate\x12(.quorumca.v1.IssueNodeCertificateRequest\x1a).quorumca.v1.IssueNodeCertificateResponse\x12k\n" +
-	"\x14RenewNodeCertificate\x12(.quorumca.v1.RenewNodeCertificateRequest\x1a).quorumca.v1.RenewNodeCertificateResponse2\x9e\x02\n" +
+	"\x14RenewNodeCertificate\x12(.quorumca.v1.RenewNodeCertificateRequest\x1a).quorumca.v1.RenewNodeCertificateResponse\x12J\n" +
+	"\tHeartbeat\x12\x1d.quorumca.v1.HeartbeatRequest\x1a\x1e.quorumca.v1.HeartbeatResponse2\xa5\a\n" +
 	"\aControl\x12A\n" +
 	"\x06Status\x12\x1a.quorumca.v1.StatusRequest\x1a\x1b.quorumca.v1.StatusResponse\x12J\n" +
 	"\tJoinToken\x12\x1d.quorumca.v1.JoinTokenRequest\x1a\x1e.quorumca.v1.JoinTokenResponse\x12G\n" +
 	"\bAddVoter\x12\x1c.quorumca.v1.AddVoterRequest\x1a\x1d.quorumca.v1.AddVoterResponse\x12;\n" +
-	"\x04Ping\x12\x18.quorumca.v1.PingRequest\x1a\x19.quorumca.v1.PingResponseB\"Z github.com/quorumca/quorumca/apib\x06proto3"
+	"\x04Ping\x12\x18.quorumca.v1.PingRequest\x1a\x19.quorumca.v1.PingResponse\x12J\n" +
+	"\tListNodes\x12\x1d.quorumca.v1.ListNodesRequest\x1a\x1e.quorumca.v1.ListNodesResponse\x12D\n" +
+	"\aSetRole\x12\x1b.quorumca.v1.SetRoleRequest\x1a\x1c.quorumca.v1.SetRoleResponse\x12M\n" +
+	"\n" +
+	"RemoveNode\x12\x1e.quorumca.v1.RemoveNodeRequest\x1a\x1f.quorumca.v1.RemoveNodeResponse\x12A\n" +
+	"\x06Update\x12\x1a.quorumca.v1.UpdateRequest\x1a\x1b.quorumca.v1.UpdateResponse\x12P\n" +
+	"\vCreateToken\x12\x1f.quorumca.v1.CreateTokenRequest\x1a .quorumca.v1.CreateTokenResponse\x12M\n" +
+	"\n" +
+	"ListTokens\x12\x1e.quorumca.v1.ListTokensRequest\x1a\x1f.quorumca.v1.ListTokensResponse\x12P\n" +
+	"\vRevokeToken\x12\x1f.quorumca.v1.RevokeTokenRequest\x1a .quorumca.v1.RevokeTokenResponse\x12n\n" +
+	"\x15IssueAdminCertificate\x12).quorumca.v1.IssueAdminCertificateRequest\x1a*.quorumca.v1.IssueAdminCertificateResponseB\"Z github.com/quorumca/quorumca/apib\x06proto3"
 
 var (
 	file_quorumca_proto_rawDescOnce sync.Once
@@ -957,45 +2124,85 @@ func file_quorumca_proto_rawDescGZIP() []byte {
 	return file_quorumca_proto_rawDescData
 }
 
-var file_quorumca_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_quorumca_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_quorumca_proto_goTypes = []any{
-	(*GetRootBundleRequest)(nil),         // 0: quorumca.v1.GetRootBundleRequest
-	(*GetRootBundleResponse)(nil),        // 1: quorumca.v1.GetRootBundleResponse
-	(*IssueNodeCertificateRequest)(nil),  // 2: quorumca.v1.IssueNodeCertificateRequest
-	(*IssueNodeCertificateResponse)(nil), // 3: quorumca.v1.IssueNodeCertificateResponse
-	(*RenewNodeCertificateRequest)(nil),  // 4: quorumca.v1.RenewNodeCertificateRequest
-	(*RenewNodeCertificateResponse)(nil), // 5: quorumca.v1.RenewNodeCertificateResponse
-	(*StatusRequest)(nil),                // 6: quorumca.v1.StatusRequest
-	(*StatusResponse)(nil),               // 7: quorumca.v1.StatusResponse
-	(*Manager)(nil),                      // 8: quorumca.v1.Manager
-	(*JoinTokenRequest)(nil),             // 9: quorumca.v1.JoinTokenRequest
-	(*JoinTokenResponse)(nil),            // 10: quorumca.v1.JoinTokenResponse
-	(*AddVoterRequest)(nil),              // 11: quorumca.v1.AddVoterRequest
-	(*AddVoterResponse)(nil),             // 12: quorumca.v1.AddVoterResponse
-	(*PingRequest)(nil),                  // 13: quorumca.v1.PingRequest
-	(*PingResponse)(nil),                 // 14: quorumca.v1.PingResponse
+	(*GetRootBundleRequest)(nil),          // 0: quorumca.v1.GetRootBundleRequest
+	(*GetRootBundleResponse)(nil),         // 1: quorumca.v1.GetRootBundleResponse
+	(*IssueNodeCertificateRequest)(nil),   // 2: quorumca.v1.IssueNodeCertificateRequest
+	(*IssueNodeCertificateResponse)(nil),  // 3: quorumca.v1.IssueNodeCertificateResponse
+	(*RenewNodeCertificateRequest)(nil),   // 4: quorumca.v1.RenewNodeCertificateRequest
+	(*RenewNodeCertificateResponse)(nil),  // 5: quorumca.v1.RenewNodeCertificateResponse
+	(*StatusRequest)(nil),                 // 6: quorumca.v1.StatusRequest
+	(*StatusResponse)(nil),                // 7: quorumca.v1.StatusResponse
+	(*Manager)(nil),                       // 8: quorumca.v1.Manager
+	(*JoinTokenRequest)(nil),              // 9: quorumca.v1.JoinTokenRequest
+	(*JoinTokenResponse)(nil),             // 10: quorumca.v1.JoinTokenResponse
+	(*AddVoterRequest)(nil),               // 11: quorumca.v1.AddVoterRequest
+	(*AddVoterResponse)(nil),              // 12: quorumca.v1.AddVoterResponse
+	(*PingRequest)(nil),                   // 13: quorumca.v1.PingRequest
+	(*PingResponse)(nil),                  // 14: quorumca.v1.PingResponse
+	(*HeartbeatRequest)(nil),              // 15: quorumca.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),             // 16: quorumca.v1.HeartbeatResponse
+	(*Node)(nil),                          // 17: quorumca.v1.Node
+	(*ListNodesRequest)(nil),              // 18: quorumca.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),             // 19: quorumca.v1.ListNodesResponse
+	(*SetRoleRequest)(nil),                // 20: quorumca.v1.SetRoleRequest
+	(*SetRoleResponse)(nil),               // 21: quorumca.v1.SetRoleResponse
+	(*RemoveNodeRequest)(nil),             // 22: quorumca.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),            // 23: quorumca.v1.RemoveNodeResponse
+	(*UpdateRequest)(nil),                 // 24: quorumca.v1.UpdateRequest
+	(*UpdateResponse)(nil),                // 25: quorumca.v1.UpdateResponse
+	(*CreateTokenRequest)(nil),            // 26: quorumca.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),           // 27: quorumca.v1.CreateTokenResponse
+	(*Token)(nil),                         // 28: quorumca.v1.Token
+	(*ListTokensRequest)(nil),             // 29: quorumca.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),            // 30: quorumca.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),            // 31: quorumca.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),           // 32: quorumca.v1.RevokeTokenResponse
+	(*IssueAdminCertificateRequest)(nil),  // 33: quorumca.v1.IssueAdminCertificateRequest
+	(*IssueAdminCertificateResponse)(nil), // 34: quorumca.v1.IssueAdminCertificateResponse
 }
 var file_quorumca_proto_depIdxs = []int32{
 	8,  // 0: quorumca.v1.StatusResponse.managers:type_name -> quorumca.v1.Manager
-	0,  // 1: quorumca.v1.CA.GetRootBundle:input_type -> quorumca.v1.GetRootBundleRequest
-	2,  // 2: quorumca.v1.CA.IssueNodeCertificate:input_type -> quorumca.v1.IssueNodeCertificateRequest
-	4,  // 3: quorumca.v1.CA.RenewNodeCertificate:input_type -> quorumca.v1.RenewNodeCertificateRequest
-	6,  // 4: quorumca.v1.Control.Status:input_type -> quorumca.v1.StatusRequest
-	9,  // 5: quorumca.v1.Control.JoinToken:input_type -> quorumca.v1.JoinTokenRequest
-	11, // 6: quorumca.v1.Control.AddVoter:input_type -> quorumca.v1.AddVoterRequest
-	13, // 7: quorumca.v1.Control.Ping:input_type -> quorumca.v1.PingRequest
-	1,  // 8: quorumca.v1.CA.GetRootBundle:output_type -> quorumca.v1.GetRootBundleResponse
-	3,  // 9: quorumca.v1.CA.IssueNodeCertificate:output_type -> quorumca.v1.IssueNodeCertificateResponse
-	5,  // 10: quorumca.v1.CA.RenewNodeCertificate:output_type -> quorumca.v1.RenewNodeCertificateResponse
-	7,  // 11: quorumca.v1.Control.Status:output_type -> quorumca.v1.StatusResponse
-	10, // 12: quorumca.v1.Control.JoinToken:output_type -> quorumca.v1.JoinTokenResponse
-	12, // 13: quorumca.v1.Control.AddVoter:output_type -> quorumca.v1.AddVoterResponse
-	14, // 14: quorumca.v1.Control.Ping:output_type -> quorumca.v1.PingResponse
-	8,  // [8:15] is the sub-list for method output_type
-	1,  // [1:8] is the sub-list for method input_type
-	1,  // [1:1] is the sub-list for extension type_name
-	1,  // [1:1] is the sub-list for extension extendee
-	0,  // [0:1] is the sub-list for field type_name
+	17, // 1: quorumca.v1.ListNodesResponse.nodes:type_name -> quorumca.v1.Node
+	28, // 2: quorumca.v1.ListTokensResponse.tokens:type_name -> quorumca.v1.Token
+	0,  // 3: quorumca.v1.CA.GetRootBundle:input_type -> quorumca.v1.GetRootBundleRequest
+	2,  // 4: quorumca.v1.CA.IssueNodeCertificate:input_type -> quorumca.v1.IssueNodeCertificateRequest
+	4,  // 5: quorumca.v1.CA.RenewNodeCertificate:input_type -> quorumca.v1.RenewNodeCertificateRequest
+	15, // 6: quorumca.v1.CA.Heartbeat:input_type -> quorumca.v1.HeartbeatRequest
+	6,  // 7: quorumca.v1.Control.Status:input_type -> quorumca.v1.StatusRequest
+	9,  // 8: quorumca.v1.Control.JoinToken:input_type -> quorumca.v1.JoinTokenRequest
+	11, // 9: quorumca.v1.Control.AddVoter:input_type -> quorumca.v1.AddVoterRequest
+	13, // 10: quorumca.v1.Control.Ping:input_type -> quorumca.v1.PingRequest
+	18, // 11: quorumca.v1.Control.ListNodes:input_type -> quorumca.v1.ListNodesRequest
+	20, // 12: quorumca.v1.Control.SetRole:input_type -> quorumca.v1.SetRoleRequest
+	22, // 13: quorumca.v1.Control.RemoveNode:input_type -> quorumca.v1.RemoveNodeRequest
+	24, // 14: quorumca.v1.Control.Update:input_type -> quorumca.v1.UpdateRequest
+	26, // 15: quorumca.v1.Control.CreateToken:input_type -> quorumca.v1.CreateTokenRequest
+	29, // 16: quorumca.v1.Control.ListTokens:input_type -> quorumca.v1.ListTokensRequest
+	31, // 17: quorumca.v1.Control.RevokeToken:input_type -> quorumca.v1.RevokeTokenRequest
+	33, // 18: quorumca.v1.Control.IssueAdminCertificate:input_type -> quorumca.v1.IssueAdminCertificateRequest
+	1,  // 19: quorumca.v1.CA.GetRootBundle:output_type -> quorumca.v1.GetRootBundleResponse
+	3,  // 20: quorumca.v1.CA.IssueNodeCertificate:output_type -> quorumca.v1.IssueNodeCertificateResponse
+	5,  // 21: quorumca.v1.CA.RenewNodeCertificate:output_type -> quorumca.v1.RenewNodeCertificateResponse
+	16, // 22: quorumca.v1.CA.Heartbeat:output_type -> quorumca.v1.HeartbeatResponse
+	7,  // 23: quorumca.v1.Control.Status:output_type -> quorumca.v1.StatusResponse
+	10, // 24: quorumca.v1.Control.JoinToken:output_type -> quorumca.v1.JoinTokenResponse
+	12, // 25: quorumca.v1.Control.AddVoter:output_type -> quorumca.v1.AddVoterResponse
+	14, // 26: quorumca.v1.Control.Ping:output_type -> quorumca.v1.PingResponse
+	19, // 27: quorumca.v1.Control.ListNodes:output_type -> quorumca.v1.ListNodesResponse
+	21, // 28: quorumca.v1.Control.SetRole:output_type -> quorumca.v1.SetRoleResponse
+	23, // 29: quorumca.v1.Control.RemoveNode:output_type -> quorumca.v1.RemoveNodeResponse
+	25, // 30: quorumca.v1.Control.Update:output_type -> quorumca.v1.UpdateResponse
+	27, // 31: quorumca.v1.Control.CreateToken:output_type -> quorumca.v1.CreateTokenResponse
+	30, // 32: quorumca.v1.Control.ListTokens:output_type -> quorumca.v1.ListTokensResponse
+	32, // 33: quorumca.v1.Control.RevokeToken:output_type -> quorumca.v1.RevokeTokenResponse
+	34, // 34: quorumca.v1.Control.IssueAdminCertificate:output_type -> quorumca.v1.IssueAdminCertificateResponse
+	19, // [19:35] is the sub-list for method output_type
+	3,  // [3:19] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_quorumca_proto_init() }
@@ -1009,7 +2216,7 @@ func file_quorumca_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quorumca_proto_rawDesc), len(file_quorumca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -47,6 +47,20 @@ func apply(s *State, cmd Command) (*State, error) {
 		return applyIssue(s, cmd.At, cmd.Issue)
 	case cmd.RotateSecret != nil:
 		return applyRotateSecret(s, cmd.RotateSecret)
+	case cmd.SetRole != nil:
+		return applySetRole(s, cmd.SetRole)
+	case cmd.RemoveNode != nil:
+		return applyRemoveNode(s, cmd.RemoveNode)
+	case cmd.Prune != nil:
+		return applyPrune(s, cmd.At), nil
+	case cmd.UpdateConfig != nil:
+		return applyUpdateConfig(s, cmd.UpdateConfig)
+	case cmd.CreateToken != nil:
+		return applyCreateToken(s, cmd.At, cmd.CreateToken)
+	case cmd.RevokeToken != nil:
+		return applyRevokeToken(s, cmd.RevokeToken)
+	case cmd.SetAddrs != nil:
+		return applySetAddrs(s, cmd.SetAddrs)
 	}
 	return nil, fmt.Errorf("%w: no operation", ErrBadCommand)
 }
@@ -92,12 +106,26 @@ func applyIssue(s *State, at time.Time, in *Issue) (*State, error) {
 	if !n.Cert.Issuer.Equal(s.CAStatus) {
 		return nil, fmt.Errorf("%w: certificate for %s was signed by %s, not the current CA %s", ErrStale, n.ID, n.Cert.Issuer, s.CAStatus)
 	}
+	if s.IsRemoved(n.ID) {
+		return nil, fmt.Errorf("%w: %s", ErrRemoved, n.ID)
+	}
 	old, exists := s.Nodes[n.ID]
+	next := s.clone()
 	if in.Join {
 		if exists {
 			return nil, fmt.Errorf("%w: %s", ErrNodeExists, n.ID)
 		}
-		if HashSecret(s.Secret(n.Role)) != in.SecretHash {
+		if in.TokenID != "" {
+			t, ok := s.Tokens[in.TokenID]
+			if !ok || !t.Usable(at) || t.Role != n.Role || t.SecretHash != in.SecretHash {
+				return nil, fmt.Errorf("%w: token %s", ErrTokenUnusable, in.TokenID)
+			}
+			if t.UsesLeft > 0 {
+				t.UsesLeft--
+			}
+			next.cloneTokens()
+			next.Tokens[t.ID] = t
+		} else if HashSecret(s.Secret(n.Role)) != in.SecretHash {
 			return nil, fmt.Errorf("%w: the %s join token was rotated while the join was in flight; join again with the new token", ErrStale, n.Role.Short())
 		}
 		n.JoinedAt = at
@@ -117,8 +145,148 @@ func applyIssue(s *State, at time.Time, in *Issue) (*State, error) {
 		}
 	}
 	n.Cert.IssuedAt = at
+	n.CertsValidUntil = old.CertsValidUntil
+	if n.Cert.NotAfter.After(n.CertsValidUntil) {
+		n.CertsValidUntil = n.Cert.NotAfter
+	}
+	next.Nodes[n.ID] = n
+	return next, nil
+}
+
+func applySetRole(s *State, in *SetRole) (*State, error) {
+	n, ok := s.Nodes[in.NodeID]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, in.NodeID)
+	}
+	if in.Role != ca.RoleManager && in.Role != ca.RoleWorker {
+		return nil, fmt.Errorf("%w: unknown role %q", ErrBadCommand, in.Role)
+	}
+	if n.Role == in.Role {
+		return nil, fmt.Errorf("%w: node %s is already a %s", ErrBadCommand, n.ID, n.Role.Short())
+	}
+	if n.Role == ca.RoleManager && len(s.Managers()) <= 1 {
+		return nil, fmt.Errorf("%w: %s", ErrLastManager, n.ID)
+	}
+	n.Role = in.Role
+	if n.Role == ca.RoleWorker {
+		n.RaftAddr = ""
+	}
 	next := s.clone()
 	next.Nodes[n.ID] = n
+	return next, nil
+}
+
+func applyRemoveNode(s *State, in *RemoveNode) (*State, error) {
+	n, ok := s.Nodes[in.NodeID]
+	if !ok {
+		if s.IsRemoved(in.NodeID) {
+			return nil, fmt.Errorf("%w: %s", ErrRemoved, in.NodeID)
+		}
+		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, in.NodeID)
+	}
+	if n.Role == ca.RoleManager && len(s.Managers()) <= 1 {
+		return nil, fmt.Errorf("%w: %s", ErrLastManager, n.ID)
+	}
+	next := s.clone()
+	delete(next.Nodes, n.ID)
+	next.cloneRemoved()
+	until := n.CertsValidUntil
+	if n.Cert.NotAfter.After(until) {
+		until = n.Cert.NotAfter
+	}
+	next.Removed[n.ID] = until
+	return next, nil
+}
+
+// applyPrune drops what has expired by at. It keeps s itself when nothing
+// did, so that a prune with nothing to do costs nothing.
+func applyPrune(s *State, at time.Time) *State {
+	var removed, tokens []string
+	for id, until := range s.Removed {
+		if !at.Before(until) {
+			removed = append(removed, id)
+		}
+	}
+	for id, t := range s.Tokens {
+		if !t.Usable(at) {
+			tokens = append(tokens, id)
+		}
+	}
+	if len(removed) == 0 && len(tokens) == 0 {
+		c := *s
+		return &c
+	}
+	next := s.clone()
+	if len(removed) > 0 {
+		next.cloneRemoved()
+		for _, id := range removed {
+			delete(next.Removed, id)
+		}
+	}
+	if len(tokens) > 0 {
+		next.cloneTokens()
+		for _, id := range tokens {
+			delete(next.Tokens, id)
+		}
+	}
+	return next
+}
+
+// NeedsPrune reports whether a Prune at t would drop anything.
+func (s *State) NeedsPrune(at time.Time) bool {
+	for _, until := range s.Removed {
+		if !at.Before(until) {
+			return true
+		}
+	}
+	for _, t := range s.Tokens {
+		if !t.Usable(at) {
+			return true
+		}
+	}
+	return false
+}
+
+func applyUpdateConfig(s *State, in *UpdateConfig) (*State, error) {
+	if in.CertExpiry != 0 && in.CertExpiry < ca.MinCertExpiry {
+		return nil, fmt.Errorf("%w: cert expiry %s is under the minimum of %s", ErrBadCommand, in.CertExpiry, ca.MinCertExpiry)
+	}
+	next := s.clone()
+	if in.CertExpiry != 0 {
+		next.CertExpiry = in.CertExpiry
+	}
+	return next, nil
+}
+
+func applyCreateToken(s *State, at time.Time, in *CreateToken) (*State, error) {
+	t := in.Token
+	switch {
+	case t.ID == "":
+		return nil, fmt.Errorf("%w: token without an ID", ErrBadCommand)
+	case t.Role != ca.RoleManager && t.Role != ca.RoleWorker:
+		return nil, fmt.Errorf("%w: token role %q", ErrBadCommand, t.Role)
+	case t.UsesLeft == 0 || t.UsesLeft < -1:
+		return nil, fmt.Errorf("%w: token uses %d; want a positive number, or -1 for unlimited", ErrBadCommand, t.UsesLeft)
+	case t.SecretHash == [32]byte{}:
+		return nil, fmt.Errorf("%w: token without a secret", ErrBadCommand)
+	}
+	if _, ok := s.Tokens[t.ID]; ok {
+		return nil, fmt.Errorf("%w: token ID %s already in use", ErrBadCommand, t.ID)
+	}
+	t.CreatedAt = at
+	next := s.clone()
+	next.cloneTokens()
+	next.Tokens[t.ID] = t
+	return next, nil
+}
+
+func applyRevokeToken(s *State, in *RevokeToken) (*State, error) {
+	if _, ok := s.Tokens[in.ID]; !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownToken, in.ID)
+	}
+	next := s.clone()
+	next.cloneTokens()
+	delete(next.Tokens, in.ID)
 	return next, nil
 }
 
@@ -141,5 +309,22 @@ func applyRotateSecret(s *State, in *RotateSecret) (*State, error) {
 	default:
 		return nil, fmt.Errorf("%w: unknown role %q", ErrBadCommand, in.Role)
 	}
+	return next, nil
+}
+
+func applySetAddrs(s *State, in *SetAddrs) (*State, error) {
+	n, ok := s.Nodes[in.NodeID]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, in.NodeID)
+	}
+	if n.Role != ca.RoleManager {
+		return nil, fmt.Errorf("%w: node %s is a %s; only managers advertise addresses", ErrBadCommand, n.ID, n.Role.Short())
+	}
+	if in.Addr == "" || in.RaftAddr == "" {
+		return nil, fmt.Errorf("%w: set_addrs needs both addresses", ErrBadCommand)
+	}
+	n.Addr, n.RaftAddr = in.Addr, in.RaftAddr
+	next := s.clone()
+	next.Nodes[n.ID] = n
 	return next, nil
 }

@@ -24,6 +24,53 @@ type Command struct {
 	Init         *Init         `json:"init,omitempty"`
 	Issue        *Issue        `json:"issue,omitempty"`
 	RotateSecret *RotateSecret `json:"rotate_secret,omitempty"`
+	SetRole      *SetRole      `json:"set_role,omitempty"`
+	RemoveNode   *RemoveNode   `json:"remove_node,omitempty"`
+	Prune        *Prune        `json:"prune,omitempty"`
+	UpdateConfig *UpdateConfig `json:"update_config,omitempty"`
+	CreateToken  *CreateToken  `json:"create_token,omitempty"`
+	RevokeToken  *RevokeToken  `json:"revoke_token,omitempty"`
+	SetAddrs     *SetAddrs     `json:"set_addrs,omitempty"`
+}
+
+// SetAddrs records a manager's API and Raft addresses, when a promoted
+// worker starts its manager side.
+type SetAddrs struct {
+	NodeID   string `json:"node_id"`
+	Addr     string `json:"addr"`
+	RaftAddr string `json:"raft_addr"`
+}
+
+// SetRole promotes a worker or demotes a manager. The node renews to get a
+// certificate with its new role.
+type SetRole struct {
+	NodeID string  `json:"node_id"`
+	Role   ca.Role `json:"role"`
+}
+
+// RemoveNode removes a node: it leaves Nodes and enters Removed until its
+// last certificate expires.
+type RemoveNode struct {
+	NodeID string `json:"node_id"`
+}
+
+// Prune drops the Removed entries whose certificates have all expired by
+// the command's time, and the extra tokens that can no longer admit.
+type Prune struct{}
+
+// UpdateConfig changes cluster settings; a zero field keeps its value.
+type UpdateConfig struct {
+	CertExpiry time.Duration `json:"cert_expiry,omitempty"`
+}
+
+// CreateToken adds an extra join token.
+type CreateToken struct {
+	Token ExtraToken `json:"token"`
+}
+
+// RevokeToken removes an extra join token.
+type RevokeToken struct {
+	ID string `json:"id"`
 }
 
 // Init creates the cluster: its ID, CA, join secrets and first manager.
@@ -46,6 +93,9 @@ type Issue struct {
 	// longer the role's secret (it was rotated between check and commit).
 	Join       bool     `json:"join,omitempty"`
 	SecretHash [32]byte `json:"secret_hash,omitzero"`
+	// TokenID names the extra token that admitted the join, if any: Apply
+	// checks it is still usable and spends one use.
+	TokenID string `json:"token_id,omitempty"`
 }
 
 // RotateSecret replaces the join secret of a role, invalidating its old
@@ -78,7 +128,10 @@ func Decode(b []byte) (Command, error) {
 		return Command{}, fmt.Errorf("%w: version %d; this manager reads versions 1 to %d: upgrade it", ErrBadCommand, c.Version, Version)
 	}
 	n := 0
-	for _, set := range []bool{c.Init != nil, c.Issue != nil, c.RotateSecret != nil} {
+	for _, set := range []bool{
+		c.Init != nil, c.Issue != nil, c.RotateSecret != nil, c.SetRole != nil, c.RemoveNode != nil,
+		c.Prune != nil, c.UpdateConfig != nil, c.CreateToken != nil, c.RevokeToken != nil, c.SetAddrs != nil,
+	} {
 		if set {
 			n++
 		}

@@ -21,4 +21,13 @@ var (
 	// has since changed (for example a certificate signed under a CA that
 	// has been replaced, or a token secret rotated meanwhile).
 	ErrStale = errors.New("fsm: command prepared against stale state")
+	// ErrRemoved is returned for a command about a node that was removed.
+	ErrRemoved = errors.New("fsm: node was removed from the cluster")
+	// ErrLastManager is returned when a command would leave no manager.
+	ErrLastManager = errors.New("fsm: the cluster's last manager cannot be demoted or removed")
+	// ErrTokenUnusable is returned for a join admitted by an extra token
+	// that expired, ran out or was revoked meanwhile.
+	ErrTokenUnusable = errors.New("fsm: join token expired, used up or revoked")
+	// ErrUnknownToken is returned for a command naming no extra token.
+	ErrUnknownToken = errors.New("fsm: unknown join token")
 )

@@ -34,6 +34,39 @@ type State struct {
 	ManagerSecret string `json:"manager_secret"`
 	// Nodes holds every member of the cluster by node ID.
 	Nodes map[string]Node `json:"nodes"`
+	// Removed holds the nodes removed from the cluster whose certificates
+	// have not all expired yet, by node ID, with the time the last of them
+	// expires: every manager refuses their certificates until then. Prune
+	// drops entries that have expired, so the list never outgrows the
+	// removals of one cert-expiry period.
+	Removed map[string]time.Time `json:"removed,omitempty"`
+	// Tokens holds the extra join tokens (join-token create), by ID.
+	Tokens map[string]ExtraToken `json:"tokens,omitempty"`
+}
+
+// ExtraToken is a join token beside the two standing ones, that expires or
+// runs out. Only the SHA-256 of its secret is kept.
+type ExtraToken struct {
+	ID         string   `json:"id"`
+	Role       ca.Role  `json:"role"`
+	SecretHash [32]byte `json:"secret_hash"`
+	// ExpiresAt is when it stops admitting; zero for never.
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// UsesLeft is how many more joins it admits; -1 for unlimited.
+	UsesLeft  int       `json:"uses_left"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Usable reports whether the token still admits a node at t.
+func (t ExtraToken) Usable(at time.Time) bool {
+	return t.UsesLeft != 0 && (t.ExpiresAt.IsZero() || at.Before(t.ExpiresAt))
+}
+
+// IsRemoved reports whether nodeID was removed and its certificates must
+// be refused.
+func (s *State) IsRemoved(nodeID string) bool {
+	_, ok := s.Removed[nodeID]
+	return ok
 }
 
 // Node is one member of the cluster as the managers know it.
@@ -47,6 +80,9 @@ type Node struct {
 	RaftAddr string `json:"raft_addr,omitempty"`
 	// Cert describes the node's current certificate.
 	Cert CertInfo `json:"cert"`
+	// CertsValidUntil is the latest NotAfter of any certificate issued to
+	// the node: how long its removal must be remembered.
+	CertsValidUntil time.Time `json:"certs_valid_until"`
 	// JoinedAt is when the node joined, by the leader's clock.
 	JoinedAt time.Time `json:"joined_at"`
 }
@@ -113,7 +149,8 @@ func (s *State) Token(role ca.Role) (ca.Token, error) {
 }
 
 // clone returns a shallow copy of s with its own Nodes map, for Apply to
-// change.
+// change. The Removed and Tokens maps are shared: use cloneRemoved and
+// cloneTokens before changing them.
 func (s *State) clone() *State {
 	c := *s
 	c.Nodes = make(map[string]Node, len(s.Nodes)+1)
@@ -121,4 +158,20 @@ func (s *State) clone() *State {
 		c.Nodes[k] = v
 	}
 	return &c
+}
+
+func (s *State) cloneRemoved() {
+	r := make(map[string]time.Time, len(s.Removed)+1)
+	for k, v := range s.Removed {
+		r[k] = v
+	}
+	s.Removed = r
+}
+
+func (s *State) cloneTokens() {
+	t := make(map[string]ExtraToken, len(s.Tokens)+1)
+	for k, v := range s.Tokens {
+		t[k] = v
+	}
+	s.Tokens = t
 }

@@ -39,6 +39,8 @@ type caller struct {
 	id ca.Identity
 	// chain is that certificate's chain, leaf first.
 	chain []*x509.Certificate
+	// status is the TLS status of that certificate (who signed it).
+	status ca.TLSStatus
 	// forwarded is set when a follower relayed the call.
 	forwarded bool
 }
@@ -77,6 +79,14 @@ func (m *Manager) callerOf(ctx context.Context) (caller, error) {
 			return caller{}, fmt.Errorf("%w: certificate of cluster %s, not this one", errPermission, id.ClusterID)
 		}
 		c.id, c.chain = id, ti.State.PeerCertificates
+		if len(chain) > 1 {
+			c.status = ca.StatusOf(chain[1])
+		}
+	}
+	if c.authenticated() {
+		if err := m.checkPeer(c.id); err != nil {
+			return caller{}, err
+		}
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	fwd := md.Get(mdForwardedChain)
@@ -100,14 +110,17 @@ func (m *Manager) callerOf(ctx context.Context) (caller, error) {
 			}
 			chain = append(chain, cert)
 		}
-		id, _, err := ca.Verify(chain, m.creds.Roots(), m.cfg.Now())
+		id, status, err := ca.Verify(chain, m.creds.Roots(), m.cfg.Now())
 		if err != nil {
 			return caller{}, fmt.Errorf("%w: forwarded certificate: %w", errPermission, err)
 		}
 		if id.ClusterID != m.node.ClusterID {
 			return caller{}, fmt.Errorf("%w: forwarded certificate of cluster %s", errPermission, id.ClusterID)
 		}
-		orig.id, orig.chain = id, chain
+		orig.id, orig.chain, orig.status = id, chain, status
+		if err := m.checkPeer(id); err != nil {
+			return caller{}, err
+		}
 	}
 	return orig, nil
 }
@@ -138,10 +151,37 @@ func (m *Manager) requireManager(ctx context.Context) (caller, error) {
 	if !c.authenticated() {
 		return caller{}, errUnauthenticated
 	}
-	if c.id.Role != ca.RoleManager {
-		return caller{}, fmt.Errorf("%w: node %s is a %s; this call is for managers", errPermission, c.id.NodeID, c.id.Role.Short())
+	if c.id.Role != ca.RoleManager && c.id.Role != ca.RoleAdmin {
+		return caller{}, fmt.Errorf("%w: node %s is a %s; this call is for managers and administrators", errPermission, c.id.NodeID, c.id.Role.Short())
+	}
+	if err := m.checkManagerPeer(c.id); err != nil {
+		return caller{}, err
 	}
 	return c, nil
+}
+
+// checkPeer refuses the certificates of removed nodes. It runs at every
+// TLS handshake and again per call.
+func (m *Manager) checkPeer(id ca.Identity) error {
+	if m.machine.State().IsRemoved(id.NodeID) {
+		return fmt.Errorf("%w: node %s was removed from the cluster; join it again with a new token", errPermission, id.NodeID)
+	}
+	return nil
+}
+
+// checkManagerPeer is checkPeer for the Raft transport and manager-only
+// calls: it also refuses the manager certificate of a node the cluster has
+// demoted since (that node may still renew into its worker certificate).
+func (m *Manager) checkManagerPeer(id ca.Identity) error {
+	if err := m.checkPeer(id); err != nil {
+		return err
+	}
+	if id.Role == ca.RoleManager {
+		if n, ok := m.machine.State().Node(id.NodeID); ok && n.Role != ca.RoleManager {
+			return fmt.Errorf("%w: node %s was demoted to %s; its manager certificate no longer counts", errPermission, id.NodeID, n.Role.Short())
+		}
+	}
+	return nil
 }
 
 // forwardContext makes the outgoing context for relaying c's call to the

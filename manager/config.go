@@ -46,6 +46,12 @@ type Config struct {
 	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout time.Duration
 	// ApplyTimeout bounds one Raft commit when the caller set no deadline.
 	ApplyTimeout time.Duration
+	// HeartbeatPeriod is how often nodes heartbeat to the leader (default
+	// 5s); a node silent for three periods is down.
+	HeartbeatPeriod time.Duration
+	// ReconcilePeriod is how often the leader reconciles Raft voters with
+	// the state and prunes expired removals (default 2s).
+	ReconcilePeriod time.Duration
 }
 
 // DefaultConfig returns a Config with the default ports and data directory.
@@ -75,6 +81,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.ApplyTimeout == 0 {
 		c.ApplyTimeout = 10 * time.Second
+	}
+	if c.HeartbeatPeriod == 0 {
+		c.HeartbeatPeriod = 5 * time.Second
+	}
+	if c.ReconcilePeriod == 0 {
+		c.ReconcilePeriod = 2 * time.Second
 	}
 }
 

@@ -43,6 +43,14 @@ type Manager struct {
 
 	signers signerCache
 	peers   *peerConns
+	seen    liveness
+	renewer *agent.Renewer
+
+	// cancel stops the background loops started by serve.
+	cancel   context.CancelFunc
+	loops    sync.WaitGroup
+	reasonMu sync.Mutex // guards reason
+	reason   error
 
 	stopOnce sync.Once
 	stopErr  error
@@ -227,11 +235,19 @@ func Start(ctx context.Context, cfg Config) (_ *Manager, err error) {
 			m.Stop()
 		}
 	}()
+	// A worker promoted to manager has no Raft state yet: it must ask to
+	// become a voter once it listens.
+	fresh := !dirHasFiles(filepath.Join(m.cfg.DataDir, RaftDir))
 	if err := m.openRaft(false); err != nil {
 		return nil, err
 	}
 	if err := m.serve(); err != nil {
 		return nil, err
+	}
+	if fresh {
+		if err := m.becomeVoter(ctx, m.node.Managers); err != nil {
+			return nil, err
+		}
 	}
 	m.log.Info("manager started", "node_id", m.node.NodeID, "cluster_id", m.node.ClusterID, "api", m.apiAddr, "raft", m.raftAddr)
 	return m, nil
@@ -316,7 +332,7 @@ func (m *Manager) becomeVoter(ctx context.Context, remotes []string) error {
 				continue
 			}
 			cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
-			_, err = api.NewControlClient(conn).AddVoter(cctx, &api.AddVoterRequest{RaftAddr: m.raftAddr})
+			_, err = api.NewControlClient(conn).AddVoter(cctx, &api.AddVoterRequest{RaftAddr: m.raftAddr, Addr: m.apiAddr})
 			ccancel()
 			if err == nil {
 				return nil
@@ -347,6 +363,7 @@ func (m *Manager) openRaft(bootstrap bool) error {
 	rc.StateMachine = stateMachine{m.machine}
 	rc.Logger = m.log.With("component", "raft")
 	rc.Bootstrap = bootstrap
+	rc.Authorize = m.checkManagerPeer
 	if m.cfg.HeartbeatTimeout > 0 {
 		rc.HeartbeatTimeout = m.cfg.HeartbeatTimeout
 	}
@@ -399,7 +416,7 @@ func (m *Manager) waitLeader(ctx context.Context) error {
 func (m *Manager) serve() error {
 	m.peers = newPeerConns(m.creds)
 	svc := &service{m: m}
-	m.server = grpc.NewServer(grpc.Creds(serverCreds(m.creds)))
+	m.server = grpc.NewServer(grpc.Creds(serverCreds(m.creds, m.checkPeer)))
 	api.RegisterCAServer(m.server, svc)
 	api.RegisterControlServer(m.server, svc)
 	m.local = grpc.NewServer()
@@ -417,13 +434,79 @@ func (m *Manager) serve() error {
 	m.sockLn = ln
 	go m.server.Serve(m.apiLn)
 	go m.local.Serve(m.sockLn)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	m.renewer = agent.NewRenewer(agent.RenewerConfig{
+		Credentials:     m.creds,
+		Managers:        append([]string{m.apiAddr}, m.node.Managers...),
+		OnManagers:      m.saveManagers,
+		OnRole:          m.roleChanged,
+		HeartbeatPeriod: m.cfg.HeartbeatPeriod,
+		Rand:            m.cfg.Rand,
+		Now:             m.cfg.Now,
+		Logger:          m.log.With("component", "renewer"),
+	})
+	m.loops.Add(2)
+	go func() { defer m.loops.Done(); m.renewer.Run(ctx) }()
+	go func() { defer m.loops.Done(); m.leaderLoop(ctx) }()
 	return nil
+}
+
+// ErrRoleChanged is the reason a manager stops by itself when it was
+// demoted: the node must go on as a worker (`quorumca run` does).
+var ErrRoleChanged = errors.New("manager: node role changed")
+
+// roleChanged is called by the renewer once this node holds a certificate
+// for a new role: record it and stop, so the daemon restarts as a worker.
+func (m *Manager) roleChanged(role ca.Role) {
+	m.node.Role = role
+	if err := agent.SaveNodeConfig(m.cfg.DataDir, m.node); err != nil {
+		m.log.Error("record new role", "err", err)
+	}
+	m.log.Info("demoted: stopping the manager side to run as a worker", "role", role)
+	m.reasonMu.Lock()
+	m.reason = ErrRoleChanged
+	m.reasonMu.Unlock()
+	go func() {
+		m.Stop()
+		// Raft state of a former manager must not come back if it is
+		// promoted again: it rejoins the voters afresh.
+		os.RemoveAll(filepath.Join(m.cfg.DataDir, RaftDir))
+	}()
+}
+
+// Reason returns why the manager stopped by itself (ErrRoleChanged), or
+// nil.
+func (m *Manager) Reason() error {
+	m.reasonMu.Lock()
+	defer m.reasonMu.Unlock()
+	return m.reason
+}
+
+// Renewer returns the renewer of this manager's own certificate.
+func (m *Manager) Renewer() *agent.Renewer { return m.renewer }
+
+func (m *Manager) saveManagers(addrs []string) {
+	m.node.Managers = addrs
+	if err := agent.SaveNodeConfig(m.cfg.DataDir, m.node); err != nil {
+		m.log.Warn("record managers", "err", err)
+	}
+}
+
+func dirHasFiles(dir string) bool {
+	entries, err := os.ReadDir(dir)
+	return err == nil && len(entries) > 0
 }
 
 // Stop shuts the manager down: the API servers, then Raft. Safe to call
 // more than once.
 func (m *Manager) Stop() error {
 	m.stopOnce.Do(func() {
+		if m.cancel != nil {
+			m.cancel()
+			m.loops.Wait()
+		}
 		if m.server != nil {
 			stopGRPC(m.server)
 		}

@@ -56,8 +56,8 @@ func (p *peerConns) close() {
 
 // serverCreds is the API's TLS: joining nodes come without a certificate,
 // so client certificates are verified when given, and checked per call.
-func serverCreds(c *agent.Credentials) credentials.TransportCredentials {
-	return credentials.NewTLS(c.ServerTLS(tlsVerifyIfGiven))
+func serverCreds(c *agent.Credentials, check agent.PeerCheck) credentials.TransportCredentials {
+	return credentials.NewTLS(c.ServerTLS(tlsVerifyIfGiven, check))
 }
 
 // signerCache keeps the parsed Signer of the current CA material, so that

@@ -93,12 +93,15 @@ func (m *Manager) issue(ctx context.Context, c caller, req *api.IssueNodeCertifi
 	// Compare against both secrets every time, in constant time.
 	isWorker := ca.SecretEqual(tok.Secret, st.WorkerSecret)
 	isManager := ca.SecretEqual(tok.Secret, st.ManagerSecret)
+	extra, isExtra := matchExtraToken(st, tok.Secret, m.cfg.Now())
 	var role ca.Role
 	switch {
 	case isManager:
 		role = ca.RoleManager
 	case isWorker:
 		role = ca.RoleWorker
+	case isExtra:
+		role = extra.Role
 	default:
 		m.log.Warn("join refused: bad token", "from", c.addr)
 		return nil, errBadToken
@@ -136,9 +139,11 @@ func (m *Manager) issue(ctx context.Context, c caller, req *api.IssueNodeCertifi
 	if role == ca.RoleManager {
 		n.RaftAddr = req.GetRaftAddr()
 	}
-	next, err := m.propose(ctx, fsm.Command{At: now, Issue: &fsm.Issue{
-		Node: n, Join: true, SecretHash: fsm.HashSecret(st.Secret(role)),
-	}})
+	in := &fsm.Issue{Node: n, Join: true, SecretHash: fsm.HashSecret(st.Secret(role))}
+	if !isManager && !isWorker {
+		in.TokenID, in.SecretHash = extra.ID, extra.SecretHash
+	}
+	next, err := m.propose(ctx, fsm.Command{At: now, Issue: in})
 	if err != nil {
 		return nil, err
 	}
@@ -354,6 +359,14 @@ func (s *service) AddVoter(ctx context.Context, req *api.AddVoterRequest) (*api.
 	n, ok := s.m.machine.State().Node(c.id.NodeID)
 	if !ok || n.Role != ca.RoleManager {
 		return nil, toStatus(fmt.Errorf("%w: node %s is not a manager in the cluster state", errPermission, c.id.NodeID))
+	}
+	if addr := req.GetAddr(); addr != "" && (addr != n.Addr || req.GetRaftAddr() != n.RaftAddr) {
+		if err := checkDialable("addr", addr); err != nil {
+			return nil, toStatus(err)
+		}
+		if _, err := s.m.propose(ctx, fsm.Command{At: s.m.cfg.Now(), SetAddrs: &fsm.SetAddrs{NodeID: n.ID, Addr: addr, RaftAddr: req.GetRaftAddr()}}); err != nil {
+			return nil, toStatus(err)
+		}
 	}
 	if err := s.m.raft.AddVoter(ctx, c.id.NodeID, req.GetRaftAddr()); err != nil {
 		return nil, toStatus(err)

@@ -19,7 +19,8 @@ type Config struct {
 
 	// DataDir holds the stores: raft.db (the log and the stable store, in
 	// one bolt file, fsynced on every write) and snapshots/. The caller
-	// passes <data-dir>/raft; it is created 0700 if missing.
+	// passes <data-dir>/raft; Open creates it if missing and makes it 0700,
+	// since snapshots hold the whole state, CA keys included.
 	DataDir string
 
 	// Listener is a plain TCP listener the caller opened for Raft traffic.
@@ -36,8 +37,9 @@ type Config struct {
 	// GetCertificate, ClientCAs) and as a client (Certificates or
 	// GetClientCertificate, RootCAs). The Node works on a clone: it forces
 	// MinVersion to at least TLS 1.2, ClientAuth to
-	// RequireAndVerifyClientCert, and ServerName to "swarm-manager" (the DNS
-	// name every manager certificate carries) when dialling.
+	// RequireAndVerifyClientCert, ServerName to "swarm-manager" (the DNS
+	// name every manager certificate carries) when dialling, and turns off
+	// session resumption, so every connection is verified afresh.
 	TLS *tls.Config
 
 	// ClusterID is the cluster's ID. A peer must present a certificate that

@@ -49,6 +49,8 @@ func (h *hclogger) derive(name string, implied []any) *hclogger {
 	return &hclogger{base: h.base, l: l, name: name, implied: implied, level: h.level}
 }
 
+// The methods below implement hclog.Logger; see its documentation.
+
 func (h *hclogger) Log(level hclog.Level, msg string, args ...any) { h.log(level, msg, args) }
 func (h *hclogger) Trace(msg string, args ...any)                  { h.log(hclog.Trace, msg, args) }
 func (h *hclogger) Debug(msg string, args ...any)                  { h.log(hclog.Debug, msg, args) }

@@ -98,8 +98,13 @@ func Open(cfg Config) (n *Node, err error) {
 	}
 	hlog := newHCLogger(logger, "raft")
 
+	// Snapshots hold the whole state, CA keys included, and hashicorp/raft
+	// writes them with the process's umask: the directory guards them.
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("raft: create data dir: %w", err)
+	}
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("raft: restrict data dir to its owner: %w", err)
 	}
 	path := filepath.Join(cfg.DataDir, dbFile)
 	store, err := raftboltdb.New(raftboltdb.Options{
@@ -219,8 +224,8 @@ func Open(cfg Config) (n *Node, err error) {
 func (n *Node) Apply(ctx context.Context, cmd []byte) (any, error) {
 	ctx, cancel, bound := n.bound(ctx)
 	defer cancel()
-	if err := n.ready(ctx); err != nil {
-		return nil, n.fail("apply", "commit", err, bound)
+	if err := n.ready(ctx, "apply"); err != nil {
+		return nil, err
 	}
 	f := n.raft.Apply(cmd, bound)
 	if err := n.wait(ctx, f); err != nil {
@@ -295,8 +300,8 @@ func (n *Node) AddVoter(ctx context.Context, id, addr string) error {
 	}
 	ctx, cancel, bound := n.bound(ctx)
 	defer cancel()
-	if err := n.ready(ctx); err != nil {
-		return n.fail("add voter", "commit", err, bound)
+	if err := n.ready(ctx, "add voter"); err != nil {
+		return err
 	}
 	if !n.IsLeader() {
 		return n.notLeader()
@@ -326,8 +331,8 @@ func (n *Node) AddVoter(ctx context.Context, id, addr string) error {
 func (n *Node) RemoveServer(ctx context.Context, id string) error {
 	ctx, cancel, bound := n.bound(ctx)
 	defer cancel()
-	if err := n.ready(ctx); err != nil {
-		return n.fail("remove server", "commit", err, bound)
+	if err := n.ready(ctx, "remove server"); err != nil {
+		return err
 	}
 	if !n.IsLeader() {
 		return n.notLeader()
@@ -355,7 +360,7 @@ func (n *Node) RemoveServer(ctx context.Context, id string) error {
 // may not be committed yet.
 func (n *Node) Servers() ([]Server, error) {
 	if n.isShutdown() {
-		return nil, fmt.Errorf("raft: servers: %w", ErrShutdown)
+		return nil, fmt.Errorf("%w (during servers)", ErrShutdown)
 	}
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
@@ -375,8 +380,8 @@ func (n *Node) Servers() ([]Server, error) {
 func (n *Node) Barrier(ctx context.Context) error {
 	ctx, cancel, bound := n.bound(ctx)
 	defer cancel()
-	if err := n.ready(ctx); err != nil {
-		return n.fail("barrier", "commit", err, bound)
+	if err := n.ready(ctx, "barrier"); err != nil {
+		return err
 	}
 	f := n.raft.Barrier(bound)
 	if err := n.wait(ctx, f); err != nil {
@@ -390,8 +395,8 @@ func (n *Node) Barrier(ctx context.Context) error {
 func (n *Node) VerifyLeader(ctx context.Context) error {
 	ctx, cancel, bound := n.bound(ctx)
 	defer cancel()
-	if err := n.ready(ctx); err != nil {
-		return n.fail("verify leader", "confirm its leadership", err, bound)
+	if err := n.ready(ctx, "verify leader"); err != nil {
+		return err
 	}
 	f := n.raft.VerifyLeader()
 	if err := n.wait(ctx, f); err != nil {
@@ -472,13 +477,16 @@ func (n *Node) bound(ctx context.Context) (context.Context, context.CancelFunc, 
 	return ctx, cancel, n.applyTimeout
 }
 
-// ready returns why a call must not start: the node is shut down or ctx is
-// already done.
-func (n *Node) ready(ctx context.Context) error {
+// ready returns why the call op must not start: the node is shut down, or
+// ctx is already done (which says nothing about the quorum).
+func (n *Node) ready(ctx context.Context, op string) error {
 	if n.isShutdown() {
-		return ErrShutdown
+		return fmt.Errorf("%w (during %s)", ErrShutdown, op)
 	}
-	return ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("raft: %s not started: %w", op, err)
+	}
+	return nil
 }
 
 // wait waits for f, for ctx to be done, or for Shutdown, whichever comes
@@ -514,7 +522,7 @@ func (n *Node) fail(op, verb string, err error, bound time.Duration) error {
 	case errors.Is(err, hraft.ErrNotLeader), errors.Is(err, hraft.ErrLeadershipTransferInProgress):
 		return n.notLeader()
 	case errors.Is(err, hraft.ErrRaftShutdown), errors.Is(err, ErrShutdown):
-		return fmt.Errorf("raft: %s: %w", op, ErrShutdown)
+		return fmt.Errorf("%w (during %s)", ErrShutdown, op)
 	case errors.Is(err, hraft.ErrLeadershipLost):
 		return fmt.Errorf("%w: %s: leadership was lost before the change committed (it may still commit under the next leader); check that %s up and reachable: %w",
 			ErrNoQuorum, op, n.majority(), err)
@@ -538,8 +546,11 @@ func (n *Node) majority() string {
 			}
 		}
 	}
-	if voters == 0 {
+	switch voters {
+	case 0:
 		return "a majority of the managers are"
+	case 1:
+		return "the only manager is"
 	}
 	return fmt.Sprintf("at least %d of the %d managers are", voters/2+1, voters)
 }

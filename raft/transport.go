@@ -20,7 +20,7 @@ import (
 const (
 	// handshakeTimeout bounds an accepted connection's TLS handshake, so a
 	// silent peer holds nothing but its own goroutine, and not for long.
-	handshakeTimeout = 10 * time.Second
+	handshakeTimeout = 5 * time.Second
 	// dialTimeout bounds a dial and its handshake when Raft gives no
 	// timeout.
 	dialTimeout = 10 * time.Second
@@ -46,8 +46,8 @@ type tlsConfigs struct {
 }
 
 // newTLSConfigs derives the server and client configurations from the
-// caller's: TLS 1.2 at least, client certificates required and verified, and
-// managers named "swarm-manager" when dialled.
+// caller's: TLS 1.2 at least, client certificates required and verified, no
+// session resumption, and managers named "swarm-manager" when dialled.
 func newTLSConfigs(cfg *tls.Config) *tlsConfigs {
 	server := cfg.Clone()
 	hardenServer(server)
@@ -64,15 +64,20 @@ func newTLSConfigs(cfg *tls.Config) *tlsConfigs {
 	client := cfg.Clone()
 	client.MinVersion = max(client.MinVersion, tls.VersionTLS12)
 	client.InsecureSkipVerify = false
+	client.ClientSessionCache = nil
 	// A manager's certificate names its role as a DNS SAN; Raft dials an
 	// address, which the certificate does not name.
 	client.ServerName = string(ca.RoleManager)
 	return &tlsConfigs{server: server, client: client}
 }
 
+// hardenServer makes c require TLS 1.2 and a verified client certificate,
+// and verify every connection afresh: a resumed session would skip the
+// chain check against roots SetTLS may have replaced.
 func hardenServer(c *tls.Config) {
 	c.MinVersion = max(c.MinVersion, tls.VersionTLS12)
 	c.ClientAuth = tls.RequireAndVerifyClientCert
+	c.SessionTicketsDisabled = true
 }
 
 // streamLayer is hashicorp/raft's StreamLayer over mutual TLS. Accepted

@@ -172,5 +172,6 @@ func newJoinTokenCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print the token only")
 	cmd.Flags().BoolVar(&rotate, "rotate", false, "replace the token's secret: the old token stops working at once")
+	cmd.AddCommand(newJoinTokenCreateCmd(g), newJoinTokenLsCmd(g), newJoinTokenRevokeCmd(g))
 	return cmd
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -76,7 +77,13 @@ func newInitCmd(g *globals) *cobra.Command {
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "Cluster initialized: node %s is the first manager of cluster %s.\n", m.NodeID(), m.ClusterID())
 			fmt.Fprintf(cmd.ErrOrStderr(), "To add a node, get a token with `quorumca join-token worker --data-dir %s`.\n", g.dataDir)
-			return waitManager(cmd.Context(), m)
+			if err := waitManager(cmd.Context(), m); err != nil {
+				return err
+			}
+			if errors.Is(m.Reason(), manager.ErrRoleChanged) && cmd.Context().Err() == nil {
+				return runNode(cmd, g, &d)
+			}
+			return nil
 		},
 	}
 	d.register(cmd)
@@ -126,13 +133,23 @@ func newJoinCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var switched bool
 			if m != nil {
 				fmt.Fprintf(cmd.ErrOrStderr(), "This node joined cluster %s as manager %s.\n", m.ClusterID(), m.NodeID())
-				return waitManager(cmd.Context(), m)
+				if err := waitManager(cmd.Context(), m); err != nil {
+					return err
+				}
+				switched = errors.Is(m.Reason(), manager.ErrRoleChanged)
+			} else {
+				id := w.Credentials().Identity()
+				fmt.Fprintf(cmd.ErrOrStderr(), "This node joined cluster %s as worker %s.\n", id.ClusterID, id.NodeID)
+				waitWorker(cmd.Context(), w)
+				switched = errors.Is(w.Reason(), agent.ErrPromoted)
 			}
-			id := w.Credentials().Identity()
-			fmt.Fprintf(cmd.ErrOrStderr(), "This node joined cluster %s as worker %s.\n", id.ClusterID, id.NodeID)
-			return waitWorker(cmd.Context(), w)
+			if switched && cmd.Context().Err() == nil {
+				return runNode(cmd, g, &d)
+			}
+			return nil
 		},
 	}
 	d.register(cmd)
@@ -147,49 +164,84 @@ func newRunCmd(g *globals) *cobra.Command {
 		Short: "Run the node stored in --data-dir (after init or join, or a restart)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			nc, err := agent.LoadNodeConfig(g.dataDir)
-			if err != nil {
-				return err
-			}
-			if nc.Role != ca.RoleManager {
-				log, err := g.logger()
-				if err != nil {
-					return err
-				}
-				w, err := agent.StartWorker(agent.WorkerConfig{DataDir: g.dataDir, Logger: log})
-				if err != nil {
-					return err
-				}
-				return waitWorker(cmd.Context(), w)
-			}
-			// The addresses recorded at init or join stand, unless a flag
-			// overrides them.
-			fl := cmd.Flags()
-			if !fl.Changed("listen-addr") && nc.ListenAddr != "" {
-				d.listenAddr = nc.ListenAddr
-			}
-			if !fl.Changed("raft-addr") && nc.RaftAddr != "" {
-				d.raftAddr = nc.RaftAddr
-			}
-			if !fl.Changed("advertise-addr") {
-				d.advertiseAddr = nc.AdvertiseAddr
-			}
-			if !fl.Changed("raft-advertise-addr") {
-				d.raftAdvertiseAddr = nc.RaftAdvertiseAddr
-			}
-			cfg, err := g.managerConfig(&d)
-			if err != nil {
-				return err
-			}
-			m, err := manager.Start(cmd.Context(), cfg)
-			if err != nil {
-				return err
-			}
-			return waitManager(cmd.Context(), m)
+			return runNode(cmd, g, &d)
 		},
 	}
 	d.register(cmd)
 	return cmd
+}
+
+// runNode runs the node stored in --data-dir until interrupted, switching
+// between manager and worker when the cluster promotes or demotes it.
+func runNode(cmd *cobra.Command, g *globals, d *daemonFlags) error {
+	ctx := cmd.Context()
+	for {
+		nc, err := agent.LoadNodeConfig(g.dataDir)
+		if err != nil {
+			return err
+		}
+		started := time.Now()
+		var switched bool
+		if nc.Role == ca.RoleManager {
+			switched, err = runManager(cmd, g, *d, nc)
+		} else {
+			switched, err = runWorker(ctx, g)
+		}
+		if err != nil || !switched || ctx.Err() != nil {
+			return err
+		}
+		// Never spin: a role switch takes at least a second.
+		if wait := time.Second - time.Since(started); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(wait):
+			}
+		}
+	}
+}
+
+func runManager(cmd *cobra.Command, g *globals, d daemonFlags, nc agent.NodeConfig) (switched bool, err error) {
+	// The addresses recorded at init or join stand, unless a flag
+	// overrides them.
+	fl := cmd.Flags()
+	if !fl.Changed("listen-addr") && nc.ListenAddr != "" {
+		d.listenAddr = nc.ListenAddr
+	}
+	if !fl.Changed("raft-addr") && nc.RaftAddr != "" {
+		d.raftAddr = nc.RaftAddr
+	}
+	if !fl.Changed("advertise-addr") {
+		d.advertiseAddr = nc.AdvertiseAddr
+	}
+	if !fl.Changed("raft-advertise-addr") {
+		d.raftAdvertiseAddr = nc.RaftAdvertiseAddr
+	}
+	cfg, err := g.managerConfig(&d)
+	if err != nil {
+		return false, err
+	}
+	m, err := manager.Start(cmd.Context(), cfg)
+	if err != nil {
+		return false, err
+	}
+	if err := waitManager(cmd.Context(), m); err != nil {
+		return false, err
+	}
+	return errors.Is(m.Reason(), manager.ErrRoleChanged), nil
+}
+
+func runWorker(ctx context.Context, g *globals) (switched bool, err error) {
+	log, err := g.logger()
+	if err != nil {
+		return false, err
+	}
+	w, err := agent.StartWorker(agent.WorkerConfig{DataDir: g.dataDir, Logger: log})
+	if err != nil {
+		return false, err
+	}
+	waitWorker(ctx, w)
+	return errors.Is(w.Reason(), agent.ErrPromoted), nil
 }
 
 func waitManager(ctx context.Context, m *manager.Manager) error {

@@ -1,17 +1,21 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/quorumca/quorumca/agent"
+	"github.com/quorumca/quorumca/ca"
 )
 
 // globals are the flags every command shares.
@@ -20,6 +24,8 @@ type globals struct {
 	host     string
 	format   string
 	logLevel string
+	// mTLS to a manager over tcp:// (seed 003's TLS between CLI and daemon).
+	tlsCACert, tlsCert, tlsKey string
 }
 
 func newRootCmd() *cobra.Command {
@@ -34,9 +40,19 @@ func newRootCmd() *cobra.Command {
 	pf.StringVar(&g.dataDir, "data-dir", envOr("QUORUMCA_DATA_DIR", "/var/lib/quorumca"), "data directory")
 	pf.StringVarP(&g.host, "host", "H", os.Getenv("QUORUMCA_HOST"), "daemon to talk to: unix://PATH (default: the control socket under --data-dir)")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	certPath := os.Getenv("QUORUMCA_CERT_PATH")
+	inCertPath := func(name string) string {
+		if certPath == "" {
+			return ""
+		}
+		return filepath.Join(certPath, name)
+	}
+	pf.StringVar(&g.tlsCACert, "tlscacert", inCertPath("ca.pem"), "with --host tcp://: trust bundle to verify the manager against")
+	pf.StringVar(&g.tlsCert, "tlscert", inCertPath("cert.pem"), "with --host tcp://: admin (or manager) client certificate")
+	pf.StringVar(&g.tlsKey, "tlskey", inCertPath("key.pem"), "with --host tcp://: key of --tlscert")
 	root.AddCommand(
 		newInitCmd(g), newJoinCmd(g), newRunCmd(g),
-		newStatusCmd(g), newJoinTokenCmd(g),
+		newStatusCmd(g), newJoinTokenCmd(g), newNodeCmd(g), newUpdateCmd(g), newAdminCertCmd(g),
 	)
 	return root
 }
@@ -56,16 +72,20 @@ func (g *globals) logger() (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})), nil
 }
 
-// dial connects to the daemon named by --host, by default the control
-// socket under --data-dir.
+// dial connects to the daemon named by --host: by default the control
+// socket under --data-dir; tcp://HOST:PORT with mutual TLS (--tlscacert,
+// --tlscert, --tlskey, or the files of QUORUMCA_CERT_PATH).
 func (g *globals) dial() (*grpc.ClientConn, error) {
 	host := g.host
 	if host == "" {
 		host = "unix://" + filepath.Join(g.dataDir, agent.SocketFile)
 	}
+	if addr, ok := strings.CutPrefix(host, "tcp://"); ok {
+		return g.dialTCP(addr)
+	}
 	path, ok := strings.CutPrefix(host, "unix://")
 	if !ok {
-		return nil, fmt.Errorf("--host %q: use unix://PATH", host)
+		return nil, fmt.Errorf("--host %q: use unix://PATH or tcp://HOST:PORT", host)
 	}
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("no daemon control socket at %s (is `quorumca run --data-dir %s` running?): %w", path, filepath.Dir(path), err)
@@ -75,4 +95,28 @@ func (g *globals) dial() (*grpc.ClientConn, error) {
 		return nil, err
 	}
 	return grpc.NewClient("unix://"+abs, grpc.WithTransportCredentials(insecure.NewCredentials()))
+}
+
+func (g *globals) dialTCP(addr string) (*grpc.ClientConn, error) {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, fmt.Errorf("--host tcp://%s: want tcp://HOST:PORT", addr)
+	}
+	if g.tlsCACert == "" || g.tlsCert == "" || g.tlsKey == "" {
+		return nil, fmt.Errorf("--host tcp:// needs --tlscacert, --tlscert and --tlskey (or QUORUMCA_CERT_PATH holding ca.pem, cert.pem, key.pem); make them with `quorumca admin-cert create --out DIR` on a manager")
+	}
+	bundle, err := os.ReadFile(g.tlsCACert)
+	if err != nil {
+		return nil, fmt.Errorf("--tlscacert: %w", err)
+	}
+	roots, _, err := ca.ParseBundle(bundle)
+	if err != nil {
+		return nil, fmt.Errorf("--tlscacert: %w", err)
+	}
+	pair, err := tls.LoadX509KeyPair(g.tlsCert, g.tlsKey)
+	if err != nil {
+		return nil, fmt.Errorf("--tlscert/--tlskey: %w", err)
+	}
+	cfg := agent.BundleClientTLS(roots, agent.ManagerName)
+	cfg.Certificates = []tls.Certificate{pair}
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 }

@@ -1,0 +1,293 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/ca"
+)
+
+// RenewerConfig configures a Renewer.
+type RenewerConfig struct {
+	Credentials *Credentials
+	// Managers are the API addresses to reach the cluster through; the
+	// Renewer keeps the list current from heartbeat answers.
+	Managers []string
+	// OnManagers is called (from the Renewer's goroutine) when the list of
+	// managers changes; may be nil.
+	OnManagers func([]string)
+	// OnRole is called (from the Renewer's goroutine) after the node
+	// renewed into a new role: the daemon must switch between manager and
+	// worker. May be nil.
+	OnRole func(ca.Role)
+	// HeartbeatPeriod is used until a manager says otherwise; default 5s.
+	HeartbeatPeriod time.Duration
+	// MaxBackoff caps the wait between failed attempts; default 1 minute.
+	MaxBackoff time.Duration
+	// Rand supplies keys, CSRs and jitter; default crypto/rand.
+	Rand io.Reader
+	// Now is the clock the renewal schedule follows; default time.Now.
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// Renewer keeps a node's certificate current (DESIGN.md flow 4): it
+// heartbeats to the leader, renews at a random instant in 50-80 % of the
+// certificate's validity, at once when the cluster says the role, cert
+// expiry or CA changed, and backs off with jitter when managers do not
+// answer. Each renewal uses a fresh key.
+type Renewer struct {
+	cfg RenewerConfig
+
+	mu       sync.Mutex // guards the fields below
+	managers []string
+	conns    map[string]*grpc.ClientConn
+	renewAt  time.Time
+	renewed  int
+}
+
+// NewRenewer returns a Renewer; call Run to start it.
+func NewRenewer(cfg RenewerConfig) *Renewer {
+	if cfg.HeartbeatPeriod <= 0 {
+		cfg.HeartbeatPeriod = 5 * time.Second
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = time.Minute
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Renewer{cfg: cfg, managers: slices.Clone(cfg.Managers), conns: map[string]*grpc.ClientConn{}}
+}
+
+// Renewals returns how many certificates the Renewer has obtained.
+func (r *Renewer) Renewals() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.renewed
+}
+
+// RenewAt returns when the current certificate is due for renewal.
+func (r *Renewer) RenewAt() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.renewAt
+}
+
+// Run heartbeats and renews until ctx is done.
+func (r *Renewer) Run(ctx context.Context) error {
+	defer r.closeConns()
+	if err := r.schedule(); err != nil {
+		return err
+	}
+	period := r.cfg.HeartbeatPeriod
+	failures := 0
+	for {
+		wait := period
+		if failures > 0 {
+			wait = r.backoff(failures)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		hb, err := r.heartbeat(ctx)
+		if err != nil {
+			failures++
+			r.cfg.Logger.Warn("heartbeat failed", "err", err, "attempt", failures)
+			// A due certificate still gets renewed if any manager answers.
+			if !r.cfg.Now().Before(r.RenewAt()) {
+				if err := r.renew(ctx); err == nil {
+					failures = 0
+				}
+			}
+			continue
+		}
+		failures = 0
+		if p := time.Duration(hb.GetPeriodMs()) * time.Millisecond; p > 0 {
+			period = p
+		}
+		if hb.GetRenew() || !r.cfg.Now().Before(r.RenewAt()) {
+			if err := r.renew(ctx); err != nil {
+				failures++
+				r.cfg.Logger.Warn("renewal failed", "err", err, "attempt", failures)
+			}
+		}
+	}
+}
+
+// schedule picks the next renewal instant for the current certificate.
+func (r *Renewer) schedule() error {
+	leaf := r.cfg.Credentials.Leaf()
+	at, err := ca.RenewAt(r.cfg.Rand, leaf.NotBefore, leaf.NotAfter)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.renewAt = at
+	r.mu.Unlock()
+	return nil
+}
+
+// backoff is an exponential wait with full jitter, from 1s up to
+// MaxBackoff.
+func (r *Renewer) backoff(failures int) time.Duration {
+	ceiling := time.Second << min(failures-1, 16)
+	if ceiling > r.cfg.MaxBackoff || ceiling <= 0 {
+		ceiling = r.cfg.MaxBackoff
+	}
+	var b [8]byte
+	if _, err := io.ReadFull(r.cfg.Rand, b[:]); err != nil {
+		return ceiling
+	}
+	return ceiling/2 + time.Duration(binary.BigEndian.Uint64(b[:])%uint64(ceiling/2+1))
+}
+
+// ErrNoManager is returned when no manager in the list answered.
+var ErrNoManager = errors.New("agent: no manager answered")
+
+// call runs f against each manager in turn until one answers.
+func (r *Renewer) call(ctx context.Context, f func(context.Context, *grpc.ClientConn) error) error {
+	r.mu.Lock()
+	managers := slices.Clone(r.managers)
+	r.mu.Unlock()
+	var errs []error
+	for _, addr := range managers {
+		conn, err := r.conn(addr)
+		if err == nil {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err = f(cctx, conn)
+			cancel()
+		}
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+	}
+	return fmt.Errorf("%w: %w", ErrNoManager, errors.Join(errs...))
+}
+
+func (r *Renewer) conn(addr string) (*grpc.ClientConn, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c, ok := r.conns[addr]; ok {
+		return c, nil
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(r.cfg.Credentials.ClientTLS(ManagerName))))
+	if err != nil {
+		return nil, err
+	}
+	r.conns[addr] = c
+	return c, nil
+}
+
+func (r *Renewer) closeConns() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for a, c := range r.conns {
+		c.Close()
+		delete(r.conns, a)
+	}
+}
+
+func (r *Renewer) heartbeat(ctx context.Context) (*api.HeartbeatResponse, error) {
+	var resp *api.HeartbeatResponse
+	err := r.call(ctx, func(ctx context.Context, conn *grpc.ClientConn) error {
+		var err error
+		resp, err = api.NewCAClient(conn).Heartbeat(ctx, &api.HeartbeatRequest{})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.setManagers(resp.GetManagers())
+	return resp, nil
+}
+
+func (r *Renewer) setManagers(ms []string) {
+	if len(ms) == 0 {
+		return
+	}
+	r.mu.Lock()
+	same := slices.Equal(ms, r.managers)
+	if !same {
+		r.managers = slices.Clone(ms)
+	}
+	r.mu.Unlock()
+	if !same && r.cfg.OnManagers != nil {
+		r.cfg.OnManagers(ms)
+	}
+}
+
+// Renew obtains a new certificate for a fresh key now, stores it and
+// reschedules.
+func (r *Renewer) Renew(ctx context.Context) error { return r.renew(ctx) }
+
+func (r *Renewer) renew(ctx context.Context) error {
+	creds := r.cfg.Credentials
+	oldRole := creds.Identity().Role
+	key, err := ca.GenerateKey(r.cfg.Rand)
+	if err != nil {
+		return fmt.Errorf("agent: generate key: %w", err)
+	}
+	keyPEM, err := ca.MarshalKey(key)
+	if err != nil {
+		return err
+	}
+	csr, err := ca.NewCSR(r.cfg.Rand, key, "")
+	if err != nil {
+		return err
+	}
+	var resp *api.RenewNodeCertificateResponse
+	err = r.call(ctx, func(ctx context.Context, conn *grpc.ClientConn) error {
+		var err error
+		resp, err = api.NewCAClient(conn).RenewNodeCertificate(ctx, &api.RenewNodeCertificateRequest{Csr: csr})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	id, _, err := ca.VerifyPEM(resp.GetCertificate(), resp.GetBundle(), r.cfg.Now())
+	if err != nil {
+		return fmt.Errorf("agent: renewed certificate: %w", err)
+	}
+	if old := creds.Identity(); id.NodeID != old.NodeID || id.ClusterID != old.ClusterID {
+		return fmt.Errorf("agent: renewed certificate names %s of %s, not this node", id.NodeID, id.ClusterID)
+	}
+	if err := creds.Update(keyPEM, resp.GetCertificate(), resp.GetBundle()); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.renewed++
+	r.mu.Unlock()
+	r.setManagers(resp.GetManagers())
+	if err := r.schedule(); err != nil {
+		return err
+	}
+	leaf := creds.Leaf()
+	r.cfg.Logger.Info("certificate renewed", "node_id", id.NodeID, "role", id.Role,
+		"serial", leaf.SerialNumber.Text(16), "not_after", leaf.NotAfter, "renew_at", r.RenewAt())
+	if id.Role != oldRole && r.cfg.OnRole != nil {
+		r.cfg.OnRole(id.Role)
+	}
+	return nil
+}

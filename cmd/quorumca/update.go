@@ -1,0 +1,259 @@
+package main
+
+import (
+	"crypto/rand"
+	"fmt"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/quorumca/quorumca/agent"
+	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/ca"
+)
+
+func newUpdateCmd(g *globals) *cobra.Command {
+	var certExpiry time.Duration
+	cmd := &cobra.Command{
+		Use:   "update --cert-expiry D",
+		Short: "Change cluster settings",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !cmd.Flags().Changed("cert-expiry") {
+				return fmt.Errorf("nothing to update: give --cert-expiry")
+			}
+			if certExpiry < ca.MinCertExpiry {
+				return fmt.Errorf("--cert-expiry %s is under the minimum of %s", certExpiry, ca.MinCertExpiry)
+			}
+			conn, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := timeoutCtx(cmd, 30*time.Second)
+			defer cancel()
+			resp, err := api.NewControlClient(conn).Update(ctx, &api.UpdateRequest{CertExpirySeconds: int64(certExpiry / time.Second)})
+			if err != nil {
+				return rpcError(err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Cert expiry: %s. Nodes whose certificates outlive it renew now.\n", time.Duration(resp.GetCertExpirySeconds())*time.Second)
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&certExpiry, "cert-expiry", 0, "validity of node certificates issued from now on (minimum 1h)")
+	return cmd
+}
+
+func newJoinTokenCreateCmd(g *globals) *cobra.Command {
+	var (
+		ttl   time.Duration
+		uses  int
+		quiet bool
+	)
+	cmd := &cobra.Command{
+		Use:   "create worker|manager [--ttl D] [--uses N] [-q]",
+		Short: "Add a join token that expires after --ttl or runs out after --uses joins",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] != "worker" && args[0] != "manager" {
+				return fmt.Errorf("role %q: use worker or manager", args[0])
+			}
+			if ttl < 0 || (ttl > 0 && ttl < time.Second) {
+				return fmt.Errorf("--ttl %s: give a duration of at least 1s, or 0 for none", ttl)
+			}
+			if uses < 0 {
+				return fmt.Errorf("--uses %d: give a positive number, or 0 for unlimited", uses)
+			}
+			if ttl == 0 && uses == 0 {
+				return fmt.Errorf("give --ttl or --uses (or both): a token that never expires nor runs out is what `join-token` already shows")
+			}
+			conn, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := timeoutCtx(cmd, 30*time.Second)
+			defer cancel()
+			resp, err := api.NewControlClient(conn).CreateToken(ctx, &api.CreateTokenRequest{
+				Role: args[0], TtlSeconds: int64(ttl / time.Second), Uses: int32(uses),
+			})
+			if err != nil {
+				return rpcError(err)
+			}
+			w := cmd.OutOrStdout()
+			if quiet {
+				fmt.Fprintln(w, resp.GetToken())
+				return nil
+			}
+			fmt.Fprintf(w, "Created join token %s. To add a %s, run:\n\n", resp.GetId(), args[0])
+			addr := "MANAGER_ADDR"
+			if len(resp.GetManagers()) > 0 {
+				addr = resp.GetManagers()[0]
+			}
+			fmt.Fprintf(w, "    quorumca join --token %s %s\n\n", resp.GetToken(), addr)
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&ttl, "ttl", 0, "how long the token admits nodes (0: no expiry)")
+	cmd.Flags().IntVar(&uses, "uses", 0, "how many nodes the token admits (0: unlimited)")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print the token only")
+	return cmd
+}
+
+func newJoinTokenLsCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "ls",
+		Short: "List the extra join tokens (never their secrets)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
+			conn, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := timeoutCtx(cmd, 15*time.Second)
+			defer cancel()
+			resp, err := api.NewControlClient(conn).ListTokens(ctx, &api.ListTokensRequest{})
+			if err != nil {
+				return rpcError(err)
+			}
+			type tokenJSON struct {
+				ID        string     `json:"id"`
+				Role      string     `json:"role"`
+				ExpiresAt *time.Time `json:"expires_at,omitempty"`
+				UsesLeft  int32      `json:"uses_left"`
+				CreatedAt time.Time  `json:"created_at"`
+			}
+			out := []tokenJSON{}
+			for _, t := range resp.GetTokens() {
+				tj := tokenJSON{ID: t.GetId(), Role: t.GetRole(), UsesLeft: t.GetUsesLeft(), CreatedAt: time.Unix(t.GetCreatedAt(), 0).UTC()}
+				if e := t.GetExpiresAt(); e > 0 {
+					at := time.Unix(e, 0).UTC()
+					tj.ExpiresAt = &at
+				}
+				out = append(out, tj)
+			}
+			if g.format == "json" {
+				return writeJSON(cmd.OutOrStdout(), out)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tROLE\tEXPIRES\tUSES LEFT")
+			for _, t := range out {
+				exp, uses := "never", "unlimited"
+				if t.ExpiresAt != nil {
+					exp = t.ExpiresAt.Format(time.RFC3339)
+				}
+				if t.UsesLeft >= 0 {
+					uses = fmt.Sprint(t.UsesLeft)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.ID, t.Role, exp, uses)
+			}
+			return tw.Flush()
+		},
+	}
+	addFormatFlag(cmd, g)
+	return cmd
+}
+
+func newJoinTokenRevokeCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "revoke TOKEN_ID",
+		Short: "Revoke an extra join token at once",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			conn, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := timeoutCtx(cmd, 30*time.Second)
+			defer cancel()
+			if _, err := api.NewControlClient(conn).RevokeToken(ctx, &api.RevokeTokenRequest{Id: args[0]}); err != nil {
+				return rpcError(err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Revoked join token %s.\n", args[0])
+			return nil
+		},
+	}
+}
+
+func newAdminCertCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "admin-cert", Short: "Administrator client certificates for --host tcp://"}
+	var (
+		out string
+		ttl time.Duration
+	)
+	create := &cobra.Command{
+		Use:   "create --out DIR [--ttl D]",
+		Short: "Issue a short-lived admin client certificate into DIR (ca.pem, cert.pem, key.pem)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return fmt.Errorf("--out DIR is required")
+			}
+			if ttl != 0 && ttl < time.Minute {
+				return fmt.Errorf("--ttl %s: give at least 1m", ttl)
+			}
+			key, err := ca.GenerateKey(rand.Reader)
+			if err != nil {
+				return err
+			}
+			keyPEM, err := ca.MarshalKey(key)
+			if err != nil {
+				return err
+			}
+			csr, err := ca.NewCSR(rand.Reader, key, "")
+			if err != nil {
+				return err
+			}
+			conn, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := timeoutCtx(cmd, 30*time.Second)
+			defer cancel()
+			resp, err := api.NewControlClient(conn).IssueAdminCertificate(ctx, &api.IssueAdminCertificateRequest{Csr: csr, TtlSeconds: int64(ttl / time.Second)})
+			if err != nil {
+				return rpcError(err)
+			}
+			if err := os.MkdirAll(out, 0o700); err != nil {
+				return err
+			}
+			for _, f := range []struct {
+				name string
+				data []byte
+				perm os.FileMode
+			}{
+				{"key.pem", keyPEM, 0o600},
+				{"cert.pem", resp.GetCertificate(), 0o644},
+				{"ca.pem", resp.GetBundle(), 0o644},
+			} {
+				if err := agent.WriteFileAtomic(filepath.Join(out, f.name), f.data, f.perm); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Wrote ca.pem, cert.pem and key.pem to %s (valid %s). Use them with:\n\n    QUORUMCA_CERT_PATH=%s quorumca --host tcp://MANAGER:2377 status\n", out, validity(resp.GetCertificate()), out)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&out, "out", "", "directory to write ca.pem, cert.pem and key.pem into")
+	create.Flags().DurationVar(&ttl, "ttl", 0, "validity of the certificate (default: 24h, or the cluster's cert expiry if shorter)")
+	cmd.AddCommand(create)
+	return cmd
+}
+
+// validity says until when a PEM certificate is valid.
+func validity(certPEM []byte) string {
+	certs, err := ca.ParseCertificates(certPEM)
+	if err != nil {
+		return "?"
+	}
+	return "until " + certs[0].NotAfter.UTC().Format(time.RFC3339)
+}

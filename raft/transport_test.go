@@ -1,0 +1,417 @@
+package raft
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+
+	"github.com/quorumca/quorumca/ca"
+)
+
+// testStream is a stream layer of its own, for a node of c with the given
+// identity, on an ephemeral loopback port, closed when the test ends.
+type testStream struct {
+	*streamLayer
+	id   string
+	tls  *tls.Config
+	logs *recorder
+}
+
+func newTestStream(t *testing.T, c *testCA, id ca.Identity, authorize func(ca.Identity) error) *testStream {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := c.tlsConfigFor(t, id)
+	rec := &recorder{}
+	s := newStreamLayer(streamConfig{
+		listener:  ln,
+		advertise: ln.Addr().String(),
+		tls:       cfg,
+		clusterID: c.clusterID,
+		authorize: authorize,
+		log:       slog.New(rec),
+	})
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close() = %v", err)
+		}
+	})
+	return &testStream{streamLayer: s, id: id.NodeID, tls: cfg, logs: rec}
+}
+
+func manager(c *testCA, nodeID string) ca.Identity {
+	return ca.Identity{NodeID: nodeID, Role: ca.RoleManager, ClusterID: c.clusterID}
+}
+
+// clientConfig returns cfg as a plain crypto/tls client dialling a manager.
+func clientConfig(cfg *tls.Config) *tls.Config {
+	cfg = cfg.Clone()
+	cfg.ServerName = string(ca.RoleManager)
+	return cfg
+}
+
+// acceptOne waits for s to hand over a connection.
+func acceptOne(t *testing.T, s *testStream) net.Conn {
+	t.Helper()
+	select {
+	case c := <-s.accepted:
+		return c
+	case <-time.After(waitFor):
+		t.Fatalf("Accept() returned nothing in %s", waitFor)
+		return nil
+	}
+}
+
+// assertNotAccepted fails if s has handed a connection to Raft.
+func assertNotAccepted(t *testing.T, s *testStream) {
+	t.Helper()
+	select {
+	case c := <-s.accepted:
+		c.Close()
+		t.Fatalf("Accept() returned a connection from a refused peer")
+	default:
+	}
+}
+
+// assertServerCloses dials s with a plain TLS client using cfg and checks
+// that the server ends the connection without serving it: the handshake
+// fails, or the first read fails (not by the client's own timeout).
+func assertServerCloses(t *testing.T, s *testStream, cfg *tls.Config) {
+	t.Helper()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: waitFor}, "tcp", s.Addr().String(), clientConfig(cfg))
+	if err != nil {
+		t.Logf("handshake refused: %v", err)
+		assertNotAccepted(t, s)
+		return
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(waitFor))
+	_, _ = conn.Write([]byte{0}) // an AppendEntries RPC's type byte
+	_, err = conn.Read(make([]byte, 1))
+	var ne net.Error
+	switch {
+	case err == nil:
+		t.Fatalf("server answered a refused peer")
+	case errors.As(err, &ne) && ne.Timeout():
+		t.Fatalf("server kept a refused peer's connection open for %s", waitFor)
+	}
+	t.Logf("connection closed by the server: %v", err)
+	assertNotAccepted(t, s)
+}
+
+// assertRefusalLogged checks that s logged a refusal at Warn naming nodeID.
+func assertRefusalLogged(t *testing.T, s *testStream, nodeID string) {
+	t.Helper()
+	eventually(t, "a refusal naming "+nodeID+" in the log", func() bool {
+		for _, r := range s.logs.records() {
+			if r.Level == slog.LevelWarn && r.Message == "raft: refused peer" && strings.Contains(r.attrs["node_id"], nodeID) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+func TestTransportAcceptsManager(t *testing.T) {
+	checkGoroutines(t)
+	c := newTestCA(t)
+	a := newTestStream(t, c, manager(c, newID(t)), nil)
+	b := newTestStream(t, c, manager(c, newID(t)), nil)
+
+	conn, err := a.Dial(hraft.ServerAddress(b.Addr().String()), time.Second)
+	if err != nil {
+		t.Fatalf("Dial(manager) = %v", err)
+	}
+	defer conn.Close()
+	srv := acceptOne(t, b)
+	defer srv.Close()
+	if got := srv.(*peerConn).ConnectionState().Version; got < tls.VersionTLS12 {
+		t.Errorf("TLS version = %s, want at least TLS 1.2", tls.VersionName(got))
+	}
+	if _, err := conn.Write([]byte("ping")); err != nil {
+		t.Fatalf("Write() = %v", err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(srv, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("Read() = %q, %v; want ping", buf, err)
+	}
+}
+
+func TestTransportRefusesWorkerCert(t *testing.T) {
+	checkGoroutines(t)
+	c := newTestCA(t)
+	m := newTestStream(t, c, manager(c, newID(t)), nil)
+	workerID := newID(t)
+	worker := ca.Identity{NodeID: workerID, Role: ca.RoleWorker, ClusterID: c.clusterID}
+
+	t.Run("accept", func(t *testing.T) {
+		assertServerCloses(t, m, c.tlsConfigFor(t, worker))
+		assertRefusalLogged(t, m, workerID)
+	})
+	t.Run("dial", func(t *testing.T) {
+		w := newTestStream(t, c, worker, nil)
+		conn, err := m.Dial(hraft.ServerAddress(w.Addr().String()), time.Second)
+		if err == nil {
+			conn.Close()
+			t.Fatalf("Dial(worker) = nil error, want a refusal")
+		}
+		t.Logf("Dial(worker) = %v", err)
+		assertRefusalLogged(t, m, workerID)
+	})
+}
+
+func TestTransportRefusesForeignCluster(t *testing.T) {
+	checkGoroutines(t)
+	c := newTestCA(t)
+	m := newTestStream(t, c, manager(c, newID(t)), nil)
+	other := newTestCA(t)
+
+	t.Run("other root", func(t *testing.T) {
+		foreign := manager(other, newID(t))
+		// The foreign node trusts our root, so only our side refuses, and
+		// presents its certificate even though our server asks for
+		// certificates from our root.
+		cfg := other.tlsConfigFor(t, foreign)
+		cfg.RootCAs = c.roots
+		cert := cfg.Certificates[0]
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
+		assertServerCloses(t, m, cfg)
+		assertRefusalLogged(t, m, foreign.NodeID)
+
+		f := newTestStream(t, other, foreign, nil)
+		if conn, err := m.Dial(hraft.ServerAddress(f.Addr().String()), time.Second); err == nil {
+			conn.Close()
+			t.Fatalf("Dial(foreign root) = nil error, want a refusal")
+		} else {
+			t.Logf("Dial(foreign root) = %v", err)
+		}
+	})
+	t.Run("other cluster ID under our root", func(t *testing.T) {
+		// Our root signs a certificate naming another cluster: the chain
+		// verifies, the O does not match.
+		foreign := ca.Identity{NodeID: newID(t), Role: ca.RoleManager, ClusterID: other.clusterID}
+		assertServerCloses(t, m, c.tlsConfigFor(t, foreign))
+		assertRefusalLogged(t, m, foreign.NodeID)
+
+		f := newTestStream(t, c, foreign, nil)
+		conn, err := m.Dial(hraft.ServerAddress(f.Addr().String()), time.Second)
+		if !errors.Is(err, errPeerRefused) {
+			if conn != nil {
+				conn.Close()
+			}
+			t.Fatalf("Dial(other cluster ID) = %v, want errPeerRefused", err)
+		}
+		t.Logf("Dial(other cluster ID) = %v", err)
+	})
+}
+
+func TestTransportRefusesTLS11(t *testing.T) {
+	checkGoroutines(t)
+	c := newTestCA(t)
+	m := newTestStream(t, c, manager(c, newID(t)), nil)
+	peer := c.tlsConfig(t, newID(t), ca.RoleManager)
+
+	for _, v := range []uint16{tls.VersionTLS10, tls.VersionTLS11} {
+		cfg := clientConfig(peer)
+		cfg.MinVersion, cfg.MaxVersion = v, v
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: waitFor}, "tcp", m.Addr().String(), cfg)
+		if err == nil {
+			conn.Close()
+			t.Fatalf("handshake with MaxVersion %s succeeded, want it refused", tls.VersionName(v))
+		}
+		t.Logf("%s client: %v", tls.VersionName(v), err)
+	}
+	assertNotAccepted(t, m)
+
+	// TLS 1.2 is the least accepted.
+	cfg := clientConfig(peer)
+	cfg.MaxVersion = tls.VersionTLS12
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: waitFor}, "tcp", m.Addr().String(), cfg)
+	if err != nil {
+		t.Fatalf("handshake with MaxVersion TLS 1.2 = %v, want success", err)
+	}
+	defer conn.Close()
+	acceptOne(t, m).Close()
+}
+
+func TestTransportAuthorizeHook(t *testing.T) {
+	checkGoroutines(t)
+	c := newTestCA(t)
+	removedID := newID(t)
+	errRemoved := errors.New("node was removed")
+	authorize := func(id ca.Identity) error {
+		if id.NodeID == removedID {
+			return errRemoved
+		}
+		return nil
+	}
+	m := newTestStream(t, c, manager(c, newID(t)), authorize)
+	removed := manager(c, removedID)
+
+	t.Run("accept", func(t *testing.T) {
+		assertServerCloses(t, m, c.tlsConfigFor(t, removed))
+		assertRefusalLogged(t, m, removedID)
+	})
+	t.Run("dial", func(t *testing.T) {
+		r := newTestStream(t, c, removed, nil)
+		conn, err := m.Dial(hraft.ServerAddress(r.Addr().String()), time.Second)
+		if !errors.Is(err, errPeerRefused) || !errors.Is(err, errRemoved) {
+			if conn != nil {
+				conn.Close()
+			}
+			t.Fatalf("Dial(removed) = %v, want errPeerRefused wrapping Authorize's error", err)
+		}
+	})
+	t.Run("allowed", func(t *testing.T) {
+		ok := newTestStream(t, c, manager(c, newID(t)), nil)
+		conn, err := ok.Dial(hraft.ServerAddress(m.Addr().String()), time.Second)
+		if err != nil {
+			t.Fatalf("Dial(allowed) = %v", err)
+		}
+		conn.Close()
+		acceptOne(t, m).Close()
+	})
+}
+
+func TestTransportSilentPeerDoesNotBlockAccept(t *testing.T) {
+	checkGoroutines(t)
+	c := newTestCA(t)
+	m := newTestStream(t, c, manager(c, newID(t)), nil)
+
+	// A peer that connects and never says a word.
+	silent, err := net.Dial("tcp", m.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+
+	peer := newTestStream(t, c, manager(c, newID(t)), nil)
+	conn, err := peer.Dial(hraft.ServerAddress(m.Addr().String()), time.Second)
+	if err != nil {
+		t.Fatalf("Dial() behind a silent peer = %v", err)
+	}
+	defer conn.Close()
+	acceptOne(t, m).Close()
+}
+
+func TestTransportCloseEndsConnections(t *testing.T) {
+	checkGoroutines(t)
+	c := newTestCA(t)
+	a := newTestStream(t, c, manager(c, newID(t)), nil)
+	b := newTestStream(t, c, manager(c, newID(t)), nil)
+	conn, err := a.Dial(hraft.ServerAddress(b.Addr().String()), time.Second)
+	if err != nil {
+		t.Fatalf("Dial() = %v", err)
+	}
+	defer conn.Close()
+	srv := acceptOne(t, b)
+	if err := b.Close(); err != nil {
+		t.Fatalf("Close() = %v", err)
+	}
+	if _, err := srv.Read(make([]byte, 1)); err == nil {
+		t.Errorf("Read() on an accepted connection after Close() = nil error, want it closed")
+	}
+	if _, err := b.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Accept() after Close() = %v, want net.ErrClosed", err)
+	}
+	if _, err := b.Dial(hraft.ServerAddress(a.Addr().String()), time.Second); err == nil {
+		t.Errorf("Dial() after Close() = nil error, want one")
+	}
+}
+
+// recorder is a slog.Handler that keeps records, for tests to inspect.
+type recorder struct {
+	mu   sync.Mutex // mu guards recs
+	recs []record
+}
+
+type record struct {
+	Level   slog.Level
+	Message string
+	attrs   map[string]string
+}
+
+func (r *recorder) Enabled(context.Context, slog.Level) bool { return true }
+
+func (r *recorder) Handle(_ context.Context, rec slog.Record) error {
+	out := record{Level: rec.Level, Message: rec.Message, attrs: map[string]string{}}
+	rec.Attrs(func(a slog.Attr) bool {
+		out.attrs[a.Key] = a.Value.String()
+		return true
+	})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.recs = append(r.recs, out)
+	return nil
+}
+
+func (r *recorder) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &derivedRecorder{root: r, attrs: attrs}
+}
+
+func (r *recorder) WithGroup(string) slog.Handler { return r }
+
+func (r *recorder) records() []record {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]record(nil), r.recs...)
+}
+
+// derivedRecorder records into root with extra attributes.
+type derivedRecorder struct {
+	root  *recorder
+	attrs []slog.Attr
+}
+
+func (d *derivedRecorder) Enabled(context.Context, slog.Level) bool { return true }
+
+func (d *derivedRecorder) Handle(ctx context.Context, rec slog.Record) error {
+	rec = rec.Clone()
+	rec.AddAttrs(d.attrs...)
+	return d.root.Handle(ctx, rec)
+}
+
+func (d *derivedRecorder) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &derivedRecorder{root: d.root, attrs: append(append([]slog.Attr(nil), d.attrs...), attrs...)}
+}
+
+func (d *derivedRecorder) WithGroup(string) slog.Handler { return d }
+
+func TestTransportSetTLS(t *testing.T) {
+	checkGoroutines(t)
+	oldCA, newCA := newTestCA(t), newTestCA(t)
+	newCA.clusterID = oldCA.clusterID // a rotation keeps the cluster
+	id := newID(t)
+	m := newTestStream(t, oldCA, manager(oldCA, id), nil)
+	oldPeer := newTestStream(t, oldCA, manager(oldCA, newID(t)), nil)
+	newPeer := newTestStream(t, newCA, manager(newCA, newID(t)), nil)
+
+	if conn, err := newPeer.Dial(hraft.ServerAddress(m.Addr().String()), time.Second); err == nil {
+		// TLS 1.3 lets the client finish first; the server still refuses.
+		conn.Close()
+	}
+	assertNotAccepted(t, m)
+
+	m.setTLS(newCA.tlsConfig(t, id, ca.RoleManager))
+	conn, err := newPeer.Dial(hraft.ServerAddress(m.Addr().String()), time.Second)
+	if err != nil {
+		t.Fatalf("Dial() from the new root after setTLS = %v", err)
+	}
+	conn.Close()
+	acceptOne(t, m).Close()
+	if conn, err := m.Dial(hraft.ServerAddress(oldPeer.Addr().String()), time.Second); err == nil {
+		conn.Close()
+		t.Errorf("Dial() to the old root after setTLS = nil error, want a refusal")
+	}
+}
