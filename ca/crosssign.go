@@ -27,6 +27,16 @@ func CrossSign(rand io.Reader, now time.Time, oldCert *x509.Certificate, oldKey 
 	if err != nil {
 		return nil, err
 	}
+	// Name the old key as the authority. When both roots have the same
+	// subject (one cluster's roots do), x509 takes the certificate for
+	// self-signed and leaves the authority key ID out; OpenSSL then stops
+	// the chain there: "self-signed certificate in certificate chain".
+	akid := oldCert.SubjectKeyId
+	if len(akid) == 0 {
+		if akid, err = subjectKeyID(oldCert.PublicKey); err != nil {
+			return nil, err
+		}
+	}
 	notAfter := newRoot.NotAfter
 	if oldCert.NotAfter.Before(notAfter) {
 		notAfter = oldCert.NotAfter
@@ -42,6 +52,7 @@ func CrossSign(rand io.Reader, now time.Time, oldCert *x509.Certificate, oldKey 
 		MaxPathLen:            newRoot.MaxPathLen,
 		MaxPathLenZero:        newRoot.MaxPathLenZero,
 		SubjectKeyId:          newRoot.SubjectKeyId,
+		AuthorityKeyId:        akid,
 		SignatureAlgorithm:    signatureAlgorithm(oldCert.PublicKey),
 	}
 	// Keep the new root's exact subject encoding, so that name chaining

@@ -10,10 +10,12 @@ import (
 // Role is a node's role, written in its certificate's OU.
 type Role string
 
-// The two roles of a cluster.
+// The two roles of a cluster's nodes, and the role of administrators'
+// client certificates (which name no node and serve nothing).
 const (
 	RoleManager Role = "swarm-manager"
 	RoleWorker  Role = "swarm-worker"
+	RoleAdmin   Role = "quorumca-admin"
 )
 
 // ParseRole maps a role as people write it ("manager", "worker") or as the
@@ -52,7 +54,7 @@ func (id Identity) Validate() error {
 	if !validID(id.NodeID) {
 		return fmt.Errorf("%w: node ID %q is not %d base-36 characters", ErrBadIdentity, id.NodeID, IDLength)
 	}
-	if id.Role != RoleManager && id.Role != RoleWorker {
+	if id.Role != RoleManager && id.Role != RoleWorker && id.Role != RoleAdmin {
 		return fmt.Errorf("%w: role %q; want %s or %s", ErrBadIdentity, id.Role, RoleManager, RoleWorker)
 	}
 	if !validID(id.ClusterID) {

@@ -171,6 +171,11 @@ func Import(certPEM, keyPEM []byte, now time.Time) (Material, error) {
 	if len(certs) > 1 {
 		m.Chain = EncodeCertificates(certs[:len(certs)-1]...)
 	}
+	// Signatures linked one by one do not make a usable chain (path length
+	// constraints, for one): refuse what NewSigner refuses.
+	if _, err := NewSigner(m); err != nil {
+		return Material{}, err
+	}
 	return m, nil
 }
 

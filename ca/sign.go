@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"slices"
 	"time"
 )
 
@@ -53,7 +54,7 @@ func NewSigner(m Material) (*Signer, error) {
 	if err := checkCAKey(cert.PublicKey); err != nil {
 		return nil, fmt.Errorf("CA certificate: %w", err)
 	}
-	roots, _, err := ParseBundle(m.Bundle)
+	roots, rootCerts, err := ParseBundle(m.Bundle)
 	if err != nil {
 		return nil, err
 	}
@@ -62,6 +63,9 @@ func NewSigner(m Material) (*Signer, error) {
 		if chain, err = ParseCertificates(m.Chain); err != nil {
 			return nil, fmt.Errorf("CA chain: %w", err)
 		}
+	}
+	if len(chain) == 0 && !slices.ContainsFunc(rootCerts, cert.Equal) {
+		return nil, fmt.Errorf("%w: CA certificate %s is not a root of the bundle and has no chain", ErrChainIncomplete, cert.Subject)
 	}
 	inter := x509.NewCertPool()
 	notAfter := cert.NotAfter
@@ -83,13 +87,24 @@ func NewSigner(m Material) (*Signer, error) {
 			return nil, fmt.Errorf("%w: the chain's first certificate %s is not the signing certificate %s", ErrChainIncomplete, head.Subject, cert.Subject)
 		}
 	}
-	if _, err := head.Verify(x509.VerifyOptions{
+	verified, err := head.Verify(x509.VerifyOptions{
 		Roots:         roots,
 		Intermediates: inter,
 		CurrentTime:   latest(cert.NotBefore, chain),
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("%w: CA certificate %s does not chain to the bundle: %v", ErrChainIncomplete, cert.Subject, err)
+	}
+	for i, c := range verified[0] {
+		// A leaf will have i CA certificates between it and c.
+		if c.MaxPathLen >= 0 && i > c.MaxPathLen {
+			return nil, fmt.Errorf("%w: %s allows %d CA certificates below it, a node certificate would have %d", ErrChainIncomplete, c.Subject, c.MaxPathLen, i)
+		}
+		// A leaf must not outlive the root it chains to either.
+		if c.NotAfter.Before(notAfter) {
+			notAfter = c.NotAfter
+		}
 	}
 	return &Signer{
 		cert:     cert,
@@ -207,6 +222,11 @@ func (s *Signer) SignKey(rand io.Reader, now time.Time, pub crypto.PublicKey, id
 		SignatureAlgorithm: s.sigAlg,
 		// BasicConstraintsValid with IsCA false: say plainly this is no CA.
 		BasicConstraintsValid: true,
+	}
+	if id.Role == RoleAdmin {
+		// An administrator's certificate only ever authenticates a client.
+		tmpl.DNSNames = nil
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	}
 	der, err := x509.CreateCertificate(rand, tmpl, s.cert, pub, s.key)
 	if err != nil {

@@ -68,6 +68,9 @@ func Verify(chain []*x509.Certificate, roots *x509.CertPool, now time.Time) (Ide
 	if err != nil {
 		return Identity{}, TLSStatus{}, fmt.Errorf("%w: %s: %v", ErrUntrusted, leaf.Subject, err)
 	}
+	if len(verified[0]) < 2 {
+		return Identity{}, TLSStatus{}, fmt.Errorf("%w: %s is a root of the bundle, not a node certificate", ErrUntrusted, leaf.Subject)
+	}
 	id, err := IdentityOf(leaf)
 	if err != nil {
 		return Identity{}, TLSStatus{}, err

@@ -293,7 +293,10 @@ func Join(ctx context.Context, cfg Config, token, remote string) (_ *Manager, _ 
 	}
 	if res.Node.Role != ca.RoleManager {
 		m.closeListeners()
-		w, err := agent.StartWorker(agent.WorkerConfig{DataDir: cfg.DataDir, SocketPath: cfg.SocketPath, Logger: cfg.Logger})
+		w, err := agent.StartWorker(agent.WorkerConfig{
+			DataDir: cfg.DataDir, SocketPath: cfg.SocketPath, Logger: cfg.Logger,
+			HeartbeatPeriod: cfg.HeartbeatPeriod, Rand: cfg.Rand, Now: cfg.Now,
+		})
 		return nil, w, err
 	}
 	m.creds, m.node = res.Credentials, res.Node
