@@ -66,29 +66,24 @@ func (s *service) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*ap
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	conn, err := s.m.leaderConn(ctx, c)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if conn != nil {
-		return api.NewCAClient(conn).Heartbeat(forwardContext(ctx, c), req)
-	}
-	m := s.m
-	st := m.machine.State()
-	n, ok := st.Node(c.id.NodeID)
-	if !ok {
-		return nil, toStatus(fmt.Errorf("%w: node %s is not a member of this cluster; join it again with a token", fsm.ErrUnknownNode, c.id.NodeID))
-	}
-	now := m.cfg.Now()
-	m.seen.mark(n.ID, now)
-	return &api.HeartbeatResponse{
-		Role:              string(n.Role),
-		Renew:             needsRenewal(st, n, c, now),
-		CertExpirySeconds: int64(st.CertExpiry / time.Second),
-		PeriodMs:          m.cfg.HeartbeatPeriod.Milliseconds(),
-		Managers:          managerAddrs(st),
-		Bundle:            st.CA.Bundle,
-	}, nil
+	return leaderOnly(ctx, s.m, c, req, func() (*api.HeartbeatResponse, error) {
+		m := s.m
+		st := m.machine.State()
+		n, ok := st.Node(c.id.NodeID)
+		if !ok {
+			return nil, toStatus(fmt.Errorf("%w: node %s is not a member of this cluster; join it again with a token", fsm.ErrUnknownNode, c.id.NodeID))
+		}
+		now := m.cfg.Now()
+		m.seen.mark(n.ID, now)
+		return &api.HeartbeatResponse{
+			Role:              string(n.Role),
+			Renew:             needsRenewal(st, n, c, now),
+			CertExpirySeconds: int64(st.CertExpiry / time.Second),
+			PeriodMs:          m.cfg.HeartbeatPeriod.Milliseconds(),
+			Managers:          managerAddrs(st),
+			Bundle:            st.CA.Bundle,
+		}, nil
+	})
 }
 
 // needsRenewal reports whether the certificate c presented is out of date:
@@ -112,64 +107,59 @@ func (s *service) ListNodes(ctx context.Context, req *api.ListNodesRequest) (*ap
 		return nil, toStatus(err)
 	}
 	// The leader has every node's heartbeats: ask it.
-	conn, err := s.m.leaderConn(ctx, c)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if conn != nil {
-		return api.NewControlClient(conn).ListNodes(forwardContext(ctx, c), req)
-	}
-	m := s.m
-	st := m.machine.State()
-	now := m.cfg.Now()
-	leaderID, _ := m.raft.Leader()
-	var nodes []fsm.Node
-	if id := req.GetNodeId(); id != "" {
-		n, ok := st.Node(id)
-		if !ok {
-			if st.IsRemoved(id) {
-				return nil, toStatus(fmt.Errorf("%w: node %s was removed", fsm.ErrUnknownNode, id))
+	return leaderOnly(ctx, s.m, c, req, func() (*api.ListNodesResponse, error) {
+		m := s.m
+		st := m.machine.State()
+		now := m.cfg.Now()
+		leaderID, _ := m.raft.Leader()
+		var nodes []fsm.Node
+		if id := req.GetNodeId(); id != "" {
+			n, ok := st.Node(id)
+			if !ok {
+				if st.IsRemoved(id) {
+					return nil, toStatus(fmt.Errorf("%w: node %s was removed", fsm.ErrUnknownNode, id))
+				}
+				return nil, toStatus(fmt.Errorf("%w: no node %s; see `quorumca node ls`", fsm.ErrUnknownNode, id))
 			}
-			return nil, toStatus(fmt.Errorf("%w: no node %s; see `quorumca node ls`", fsm.ErrUnknownNode, id))
+			nodes = []fsm.Node{n}
+		} else {
+			nodes = st.SortedNodes()
 		}
-		nodes = []fsm.Node{n}
-	} else {
-		nodes = st.SortedNodes()
-	}
-	out := make([]*api.Node, len(nodes))
-	var wg sync.WaitGroup
-	for i, n := range nodes {
-		an := &api.Node{
-			Id: n.ID, Role: string(n.Role), Addr: n.Addr, RaftAddr: n.RaftAddr,
-			Status: "down", Leader: n.ID == leaderID,
-			CertSerial: n.Cert.Serial, CertNotAfter: n.Cert.NotAfter.Unix(),
-			TlsStatus: tlsStatus(st, n), JoinedAt: n.JoinedAt.Unix(),
-		}
-		if last := m.seen.last(n.ID); !last.IsZero() {
-			an.LastSeen = last.Unix()
-		}
-		if m.live(n.ID, now) {
-			an.Status = "ready"
-		}
-		out[i] = an
-		if n.Role != ca.RoleManager {
-			continue
-		}
-		if n.ID == m.node.NodeID {
-			an.Reachability = "reachable"
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			an.Reachability = "unreachable"
-			if n.Addr != "" && m.ping(ctx, n.Addr) == nil {
+		out := make([]*api.Node, len(nodes))
+		var wg sync.WaitGroup
+		for i, n := range nodes {
+			an := &api.Node{
+				Id: n.ID, Role: string(n.Role), Addr: n.Addr, RaftAddr: n.RaftAddr,
+				Status: "down", Leader: n.ID == leaderID,
+				CertSerial: n.Cert.Serial, CertNotAfter: n.Cert.NotAfter.Unix(),
+				TlsStatus: tlsStatus(st, n), JoinedAt: n.JoinedAt.Unix(),
+			}
+			if last := m.seen.last(n.ID); !last.IsZero() {
+				an.LastSeen = last.Unix()
+			}
+			if m.live(n.ID, now) {
+				an.Status = "ready"
+			}
+			out[i] = an
+			if n.Role != ca.RoleManager {
+				continue
+			}
+			if n.ID == m.node.NodeID {
 				an.Reachability = "reachable"
+				continue
 			}
-		}()
-	}
-	wg.Wait()
-	return &api.ListNodesResponse{Nodes: out}, nil
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				an.Reachability = "unreachable"
+				if n.Addr != "" && m.ping(ctx, n.Addr) == nil {
+					an.Reachability = "reachable"
+				}
+			}()
+		}
+		wg.Wait()
+		return &api.ListNodesResponse{Nodes: out}, nil
+	})
 }
 
 // tlsStatus says whether a node's certificate was signed by the current CA.
@@ -189,38 +179,33 @@ func (s *service) SetRole(ctx context.Context, req *api.SetRoleRequest) (*api.Se
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	conn, err := s.m.leaderConn(ctx, c)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if conn != nil {
-		return api.NewControlClient(conn).SetRole(forwardContext(ctx, c), req)
-	}
-	m := s.m
-	st := m.machine.State()
-	n, ok := st.Node(req.GetNodeId())
-	if !ok {
-		return nil, toStatus(fmt.Errorf("%w: no node %s; see `quorumca node ls`", fsm.ErrUnknownNode, req.GetNodeId()))
-	}
-	if n.Role == role {
-		return nil, toStatus(fmt.Errorf("%w: node %s is already a %s", fsm.ErrBadCommand, n.ID, role.Short()))
-	}
-	if n.Role == ca.RoleManager {
-		if err := m.checkQuorumWithout(ctx, n.ID); err != nil {
+	return leaderOnly(ctx, s.m, c, req, func() (*api.SetRoleResponse, error) {
+		m := s.m
+		st := m.machine.State()
+		n, ok := st.Node(req.GetNodeId())
+		if !ok {
+			return nil, toStatus(fmt.Errorf("%w: no node %s; see `quorumca node ls`", fsm.ErrUnknownNode, req.GetNodeId()))
+		}
+		if n.Role == role {
+			return nil, toStatus(fmt.Errorf("%w: node %s is already a %s", fsm.ErrBadCommand, n.ID, role.Short()))
+		}
+		if n.Role == ca.RoleManager {
+			if err := m.checkQuorumWithout(ctx, n.ID); err != nil {
+				return nil, toStatus(err)
+			}
+		}
+		if _, err := m.propose(ctx, fsm.Command{At: m.cfg.Now(), SetRole: &fsm.SetRole{NodeID: n.ID, Role: role}}); err != nil {
 			return nil, toStatus(err)
 		}
-	}
-	if _, err := m.propose(ctx, fsm.Command{At: m.cfg.Now(), SetRole: &fsm.SetRole{NodeID: n.ID, Role: role}}); err != nil {
-		return nil, toStatus(err)
-	}
-	m.log.Info("node role changed", "node_id", n.ID, "role", role)
-	if role == ca.RoleWorker {
-		// The reconcile loop retries this if it fails now.
-		if err := m.raft.RemoveServer(ctx, n.ID); err != nil {
-			m.log.Warn("remove demoted voter", "node_id", n.ID, "err", err)
+		m.log.Info("node role changed", "node_id", n.ID, "role", role)
+		if role == ca.RoleWorker {
+			// The reconcile loop retries this if it fails now.
+			if err := m.raft.RemoveServer(ctx, n.ID); err != nil {
+				m.log.Warn("remove demoted voter", "node_id", n.ID, "err", err)
+			}
 		}
-	}
-	return &api.SetRoleResponse{}, nil
+		return &api.SetRoleResponse{}, nil
+	})
 }
 
 // checkQuorumWithout refuses to take manager id out of the Raft voters
@@ -260,43 +245,38 @@ func (s *service) RemoveNode(ctx context.Context, req *api.RemoveNodeRequest) (*
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	conn, err := s.m.leaderConn(ctx, c)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if conn != nil {
-		return api.NewControlClient(conn).RemoveNode(forwardContext(ctx, c), req)
-	}
-	m := s.m
-	st := m.machine.State()
-	n, ok := st.Node(req.GetNodeId())
-	if !ok {
-		if st.IsRemoved(req.GetNodeId()) {
-			return nil, toStatus(fmt.Errorf("%w: node %s was already removed", fsm.ErrRemoved, req.GetNodeId()))
+	return leaderOnly(ctx, s.m, c, req, func() (*api.RemoveNodeResponse, error) {
+		m := s.m
+		st := m.machine.State()
+		n, ok := st.Node(req.GetNodeId())
+		if !ok {
+			if st.IsRemoved(req.GetNodeId()) {
+				return nil, toStatus(fmt.Errorf("%w: node %s was already removed", fsm.ErrRemoved, req.GetNodeId()))
+			}
+			return nil, toStatus(fmt.Errorf("%w: no node %s; see `quorumca node ls`", fsm.ErrUnknownNode, req.GetNodeId()))
 		}
-		return nil, toStatus(fmt.Errorf("%w: no node %s; see `quorumca node ls`", fsm.ErrUnknownNode, req.GetNodeId()))
-	}
-	if n.ID == m.node.NodeID {
-		return nil, toStatus(fmt.Errorf("%w: node %s is the leader you are talking to; demote it or remove it from another manager", errPermission, n.ID))
-	}
-	if !req.GetForce() && m.live(n.ID, m.cfg.Now()) {
-		return nil, toStatus(fmt.Errorf("%w: node %s is ready; stop it first, or use --force", errNodeLive, n.ID))
-	}
-	if n.Role == ca.RoleManager {
-		if err := m.checkQuorumWithout(ctx, n.ID); err != nil {
+		if n.ID == m.node.NodeID {
+			return nil, toStatus(fmt.Errorf("%w: node %s is the leader you are talking to; demote it or remove it from another manager", errPermission, n.ID))
+		}
+		if !req.GetForce() && m.live(n.ID, m.cfg.Now()) {
+			return nil, toStatus(fmt.Errorf("%w: node %s is ready; stop it first, or use --force", errNodeLive, n.ID))
+		}
+		if n.Role == ca.RoleManager {
+			if err := m.checkQuorumWithout(ctx, n.ID); err != nil {
+				return nil, toStatus(err)
+			}
+		}
+		if _, err := m.propose(ctx, fsm.Command{At: m.cfg.Now(), RemoveNode: &fsm.RemoveNode{NodeID: n.ID}}); err != nil {
 			return nil, toStatus(err)
 		}
-	}
-	if _, err := m.propose(ctx, fsm.Command{At: m.cfg.Now(), RemoveNode: &fsm.RemoveNode{NodeID: n.ID}}); err != nil {
-		return nil, toStatus(err)
-	}
-	m.log.Info("node removed", "node_id", n.ID, "role", n.Role)
-	if n.Role == ca.RoleManager {
-		if err := m.raft.RemoveServer(ctx, n.ID); err != nil {
-			m.log.Warn("remove voter", "node_id", n.ID, "err", err)
+		m.log.Info("node removed", "node_id", n.ID, "role", n.Role)
+		if n.Role == ca.RoleManager {
+			if err := m.raft.RemoveServer(ctx, n.ID); err != nil {
+				m.log.Warn("remove voter", "node_id", n.ID, "err", err)
+			}
 		}
-	}
-	return &api.RemoveNodeResponse{}, nil
+		return &api.RemoveNodeResponse{}, nil
+	})
 }
 
 func (s *service) Update(ctx context.Context, req *api.UpdateRequest) (*api.UpdateResponse, error) {
@@ -308,19 +288,14 @@ func (s *service) Update(ctx context.Context, req *api.UpdateRequest) (*api.Upda
 	if req.GetCertExpirySeconds() != 0 && expiry < ca.MinCertExpiry {
 		return nil, toStatus(fmt.Errorf("%w: --cert-expiry %s is under the minimum of %s", fsm.ErrBadCommand, expiry, ca.MinCertExpiry))
 	}
-	conn, err := s.m.leaderConn(ctx, c)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if conn != nil {
-		return api.NewControlClient(conn).Update(forwardContext(ctx, c), req)
-	}
-	st, err := s.m.propose(ctx, fsm.Command{At: s.m.cfg.Now(), UpdateConfig: &fsm.UpdateConfig{CertExpiry: expiry}})
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	s.m.log.Info("cluster updated", "cert_expiry", st.CertExpiry)
-	return &api.UpdateResponse{CertExpirySeconds: int64(st.CertExpiry / time.Second)}, nil
+	return leaderOnly(ctx, s.m, c, req, func() (*api.UpdateResponse, error) {
+		st, err := s.m.propose(ctx, fsm.Command{At: s.m.cfg.Now(), UpdateConfig: &fsm.UpdateConfig{CertExpiry: expiry}})
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		s.m.log.Info("cluster updated", "cert_expiry", st.CertExpiry)
+		return &api.UpdateResponse{CertExpirySeconds: int64(st.CertExpiry / time.Second)}, nil
+	})
 }
 
 func (s *service) CreateToken(ctx context.Context, req *api.CreateTokenRequest) (*api.CreateTokenResponse, error) {
@@ -335,41 +310,36 @@ func (s *service) CreateToken(ctx context.Context, req *api.CreateTokenRequest) 
 	if req.GetTtlSeconds() < 0 || req.GetUses() < 0 {
 		return nil, toStatus(fmt.Errorf("%w: --ttl and --uses must not be negative", fsm.ErrBadCommand))
 	}
-	conn, err := s.m.leaderConn(ctx, c)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if conn != nil {
-		return api.NewControlClient(conn).CreateToken(forwardContext(ctx, c), req)
-	}
-	m := s.m
-	secret, err := ca.NewSecret(m.cfg.Rand)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	id, err := ca.NewID(m.cfg.Rand)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	id = id[:12]
-	now := m.cfg.Now()
-	t := fsm.ExtraToken{ID: id, Role: role, SecretHash: fsm.HashSecret(secret), UsesLeft: -1}
-	if req.GetUses() > 0 {
-		t.UsesLeft = int(req.GetUses())
-	}
-	if req.GetTtlSeconds() > 0 {
-		t.ExpiresAt = now.Add(time.Duration(req.GetTtlSeconds()) * time.Second)
-	}
-	st, err := m.propose(ctx, fsm.Command{At: now, CreateToken: &fsm.CreateToken{Token: t}})
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	tok, err := ca.NewToken(st.CA.Bundle, secret)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	m.log.Info("join token created", "token_id", id, "role", role, "uses", t.UsesLeft, "expires", t.ExpiresAt)
-	return &api.CreateTokenResponse{Id: id, Token: tok.String(), Managers: managerAddrs(st)}, nil
+	return leaderOnly(ctx, s.m, c, req, func() (*api.CreateTokenResponse, error) {
+		m := s.m
+		secret, err := ca.NewSecret(m.cfg.Rand)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		id, err := ca.NewID(m.cfg.Rand)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		id = id[:12]
+		now := m.cfg.Now()
+		t := fsm.ExtraToken{ID: id, Role: role, SecretHash: fsm.HashSecret(secret), UsesLeft: -1}
+		if req.GetUses() > 0 {
+			t.UsesLeft = int(req.GetUses())
+		}
+		if req.GetTtlSeconds() > 0 {
+			t.ExpiresAt = now.Add(time.Duration(req.GetTtlSeconds()) * time.Second)
+		}
+		st, err := m.propose(ctx, fsm.Command{At: now, CreateToken: &fsm.CreateToken{Token: t}})
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		tok, err := ca.NewToken(st.CA.Bundle, secret)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		m.log.Info("join token created", "token_id", id, "role", role, "uses", t.UsesLeft, "expires", t.ExpiresAt)
+		return &api.CreateTokenResponse{Id: id, Token: tok.String(), Managers: managerAddrs(st)}, nil
+	})
 }
 
 func (s *service) ListTokens(ctx context.Context, req *api.ListTokensRequest) (*api.ListTokensResponse, error) {
@@ -378,27 +348,22 @@ func (s *service) ListTokens(ctx context.Context, req *api.ListTokensRequest) (*
 		return nil, toStatus(err)
 	}
 	// The leader has every token committed so far.
-	conn, err := s.m.leaderConn(ctx, c)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if conn != nil {
-		return api.NewControlClient(conn).ListTokens(forwardContext(ctx, c), req)
-	}
-	st := s.m.machine.State()
-	now := s.m.cfg.Now()
-	resp := &api.ListTokensResponse{}
-	for _, t := range sortedTokens(st) {
-		if !t.Usable(now) {
-			continue
+	return leaderOnly(ctx, s.m, c, req, func() (*api.ListTokensResponse, error) {
+		st := s.m.machine.State()
+		now := s.m.cfg.Now()
+		resp := &api.ListTokensResponse{}
+		for _, t := range sortedTokens(st) {
+			if !t.Usable(now) {
+				continue
+			}
+			at := &api.Token{Id: t.ID, Role: string(t.Role), UsesLeft: int32(t.UsesLeft), CreatedAt: t.CreatedAt.Unix()}
+			if !t.ExpiresAt.IsZero() {
+				at.ExpiresAt = t.ExpiresAt.Unix()
+			}
+			resp.Tokens = append(resp.Tokens, at)
 		}
-		at := &api.Token{Id: t.ID, Role: string(t.Role), UsesLeft: int32(t.UsesLeft), CreatedAt: t.CreatedAt.Unix()}
-		if !t.ExpiresAt.IsZero() {
-			at.ExpiresAt = t.ExpiresAt.Unix()
-		}
-		resp.Tokens = append(resp.Tokens, at)
-	}
-	return resp, nil
+		return resp, nil
+	})
 }
 
 func (s *service) RevokeToken(ctx context.Context, req *api.RevokeTokenRequest) (*api.RevokeTokenResponse, error) {
@@ -406,18 +371,13 @@ func (s *service) RevokeToken(ctx context.Context, req *api.RevokeTokenRequest) 
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	conn, err := s.m.leaderConn(ctx, c)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if conn != nil {
-		return api.NewControlClient(conn).RevokeToken(forwardContext(ctx, c), req)
-	}
-	if _, err := s.m.propose(ctx, fsm.Command{At: s.m.cfg.Now(), RevokeToken: &fsm.RevokeToken{ID: req.GetId()}}); err != nil {
-		return nil, toStatus(err)
-	}
-	s.m.log.Info("join token revoked", "token_id", req.GetId())
-	return &api.RevokeTokenResponse{}, nil
+	return leaderOnly(ctx, s.m, c, req, func() (*api.RevokeTokenResponse, error) {
+		if _, err := s.m.propose(ctx, fsm.Command{At: s.m.cfg.Now(), RevokeToken: &fsm.RevokeToken{ID: req.GetId()}}); err != nil {
+			return nil, toStatus(err)
+		}
+		s.m.log.Info("join token revoked", "token_id", req.GetId())
+		return &api.RevokeTokenResponse{}, nil
+	})
 }
 
 // matchExtraToken finds the usable extra token whose secret is secret,
@@ -440,40 +400,35 @@ func (s *service) IssueAdminCertificate(ctx context.Context, req *api.IssueAdmin
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	conn, err := s.m.leaderConn(ctx, c)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if conn != nil {
-		return api.NewControlClient(conn).IssueAdminCertificate(forwardContext(ctx, c), req)
-	}
-	m := s.m
-	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
-	st := m.machine.State()
-	if ttl == 0 {
-		ttl = min(DefaultAdminCertTTL, st.CertExpiry)
-	}
-	if ttl > st.CertExpiry {
-		return nil, toStatus(fmt.Errorf("%w: admin certificate TTL %s is longer than the cluster's cert expiry %s", fsm.ErrBadCommand, ttl, st.CertExpiry))
-	}
-	pub, err := ca.ParseCSR(req.GetCsr())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	signer, _, err := m.signers.get(st.CA)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	id, err := ca.NewID(m.cfg.Rand)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	issued, err := signer.SignKey(m.cfg.Rand, m.cfg.Now(), pub, ca.Identity{NodeID: id, Role: ca.RoleAdmin, ClusterID: st.ClusterID}, ttl)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	m.log.Info("admin certificate issued", "id", id, "serial", serialHex(issued.Serial), "not_after", issued.NotAfter, "by", c.addr)
-	return &api.IssueAdminCertificateResponse{Certificate: issued.PEM, Bundle: st.CA.Bundle}, nil
+	return leaderOnly(ctx, s.m, c, req, func() (*api.IssueAdminCertificateResponse, error) {
+		m := s.m
+		ttl := time.Duration(req.GetTtlSeconds()) * time.Second
+		st := m.machine.State()
+		if ttl == 0 {
+			ttl = min(DefaultAdminCertTTL, st.CertExpiry)
+		}
+		if ttl > st.CertExpiry {
+			return nil, toStatus(fmt.Errorf("%w: admin certificate TTL %s is longer than the cluster's cert expiry %s", fsm.ErrBadCommand, ttl, st.CertExpiry))
+		}
+		pub, err := ca.ParseCSR(req.GetCsr())
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		signer, _, err := m.signers.get(st.CA)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		id, err := ca.NewID(m.cfg.Rand)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		issued, err := signer.SignKey(m.cfg.Rand, m.cfg.Now(), pub, ca.Identity{NodeID: id, Role: ca.RoleAdmin, ClusterID: st.ClusterID}, ttl)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		m.log.Info("admin certificate issued", "id", id, "serial", serialHex(issued.Serial), "not_after", issued.NotAfter, "by", c.addr)
+		return &api.IssueAdminCertificateResponse{Certificate: issued.PEM, Bundle: st.CA.Bundle}, nil
+	})
 }
 
 // leaderLoop runs on every manager and does the leader's upkeep while this

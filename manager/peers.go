@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -10,7 +11,10 @@ import (
 	"sync"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/ca"
@@ -37,12 +41,28 @@ func (p *peerConns) get(addr string) (*grpc.ClientConn, error) {
 	if c, ok := p.conns[addr]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(p.creds.ClientTLS(agent.ManagerName))))
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(p.creds.ClientTLS(agent.ManagerName))),
+		grpc.WithChainUnaryInterceptor(nameLeader))
 	if err != nil {
 		return nil, fmt.Errorf("manager: connect to %s: %w", addr, err)
 	}
 	p.conns[addr] = c
 	return c, nil
+}
+
+// nameLeader says, in the Unavailable error of a call forwarded to the
+// leader, that it was forwarded there: a follower that still believes in a
+// leader that just went down would otherwise answer with a bare
+// "connection refused" to some address.
+func nameLeader(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	err := invoke(ctx, method, req, reply, cc, opts...)
+	if md, _ := metadata.FromOutgoingContext(ctx); len(md.Get(mdForwardedAddr)) == 0 {
+		return err
+	}
+	if s, ok := status.FromError(err); ok && s.Code() == codes.Unavailable {
+		return status.Errorf(codes.Unavailable, "forwarded to the leader at %s: %s", cc.Target(), s.Message())
+	}
+	return err
 }
 
 func (p *peerConns) close() {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
@@ -65,15 +66,10 @@ func (s *service) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCe
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	conn, err := s.m.leaderConn(ctx, c)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if conn != nil {
-		return api.NewCAClient(conn).IssueNodeCertificate(forwardContext(ctx, c), req)
-	}
-	resp, err := s.m.issue(ctx, c, req)
-	return resp, toStatus(err)
+	return leaderOnly(ctx, s.m, c, req, func() (*api.IssueNodeCertificateResponse, error) {
+		resp, err := s.m.issue(ctx, c, req)
+		return resp, toStatus(err)
+	})
 }
 
 // issue admits a joining node on the leader (DESIGN.md flow 3): check the
@@ -181,15 +177,10 @@ func (s *service) RenewNodeCertificate(ctx context.Context, req *api.RenewNodeCe
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	conn, err := s.m.leaderConn(ctx, c)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if conn != nil {
-		return api.NewCAClient(conn).RenewNodeCertificate(forwardContext(ctx, c), req)
-	}
-	resp, err := s.m.renew(ctx, c, req)
-	return resp, toStatus(err)
+	return leaderOnly(ctx, s.m, c, req, func() (*api.RenewNodeCertificateResponse, error) {
+		resp, err := s.m.renew(ctx, c, req)
+		return resp, toStatus(err)
+	})
 }
 
 // renew signs a fresh CSR for an existing node (DESIGN.md flow 4). The
@@ -310,30 +301,31 @@ func (s *service) JoinToken(ctx context.Context, req *api.JoinTokenRequest) (*ap
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	st := s.m.machine.State()
-	if req.GetRotate() {
-		conn, err := s.m.leaderConn(ctx, c)
-		if err != nil {
-			return nil, toStatus(err)
-		}
-		if conn != nil {
-			return api.NewControlClient(conn).JoinToken(forwardContext(ctx, c), req)
-		}
+	if !req.GetRotate() {
+		resp, err := tokenResponse(s.m.machine.State(), role)
+		return resp, toStatus(err)
+	}
+	return leaderOnly(ctx, s.m, c, req, func() (*api.JoinTokenResponse, error) {
 		secret, err := ca.NewSecret(s.m.cfg.Rand)
 		if err != nil {
-			return nil, toStatus(err)
+			return nil, err
 		}
-		if st, err = s.m.propose(ctx, fsm.Command{At: s.m.cfg.Now(), RotateSecret: &fsm.RotateSecret{Role: role, Secret: secret}}); err != nil {
-			return nil, toStatus(err)
+		st, err := s.m.propose(ctx, fsm.Command{At: s.m.cfg.Now(), RotateSecret: &fsm.RotateSecret{Role: role, Secret: secret}})
+		if err != nil {
+			return nil, err
 		}
 		s.m.log.Info("join token rotated", "role", role)
-	}
+		return tokenResponse(st, role)
+	})
+}
+
+func tokenResponse(st *fsm.State, role ca.Role) (*api.JoinTokenResponse, error) {
 	if !st.Initialized() {
-		return nil, toStatus(fsm.ErrNotInitialized)
+		return nil, fsm.ErrNotInitialized
 	}
 	tok, err := st.Token(role)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &api.JoinTokenResponse{Token: tok.String(), Managers: managerAddrs(st)}, nil
 }
@@ -349,28 +341,50 @@ func (s *service) AddVoter(ctx context.Context, req *api.AddVoterRequest) (*api.
 	if err := checkDialable("raft_addr", req.GetRaftAddr()); err != nil {
 		return nil, toStatus(err)
 	}
-	conn, err := s.m.leaderConn(ctx, c)
+	return leaderOnly(ctx, s.m, c, req, func() (*api.AddVoterResponse, error) {
+		n, ok := s.m.machine.State().Node(c.id.NodeID)
+		if !ok || n.Role != ca.RoleManager {
+			return nil, toStatus(fmt.Errorf("%w: node %s is not a manager in the cluster state", errPermission, c.id.NodeID))
+		}
+		if addr := req.GetAddr(); addr != "" && (addr != n.Addr || req.GetRaftAddr() != n.RaftAddr) {
+			if err := checkDialable("addr", addr); err != nil {
+				return nil, toStatus(err)
+			}
+			if _, err := s.m.propose(ctx, fsm.Command{At: s.m.cfg.Now(), SetAddrs: &fsm.SetAddrs{NodeID: n.ID, Addr: addr, RaftAddr: req.GetRaftAddr()}}); err != nil {
+				return nil, toStatus(err)
+			}
+		}
+		if err := s.m.raft.AddVoter(ctx, c.id.NodeID, req.GetRaftAddr()); err != nil {
+			return nil, toStatus(err)
+		}
+		s.m.log.Info("raft voter added", "node_id", c.id.NodeID, "raft_addr", req.GetRaftAddr())
+		return &api.AddVoterResponse{}, nil
+	})
+}
+
+// leaderOnly runs handle when this manager is the leader. Otherwise it
+// relays the very call being served (its gRPC method and request) to the
+// leader over mutual TLS, naming the original caller, and returns the
+// leader's answer.
+func leaderOnly[T any, PT interface {
+	*T
+	proto.Message
+}](ctx context.Context, m *Manager, c caller, req proto.Message, handle func() (PT, error)) (PT, error) {
+	conn, err := m.leaderConn(ctx, c)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	if conn != nil {
-		return api.NewControlClient(conn).AddVoter(forwardContext(ctx, c), req)
+	if conn == nil {
+		resp, err := handle()
+		return resp, toStatus(err)
 	}
-	n, ok := s.m.machine.State().Node(c.id.NodeID)
-	if !ok || n.Role != ca.RoleManager {
-		return nil, toStatus(fmt.Errorf("%w: node %s is not a manager in the cluster state", errPermission, c.id.NodeID))
+	method, ok := grpc.Method(ctx)
+	if !ok {
+		panic("manager: leaderOnly outside a gRPC call") // broken invariant
 	}
-	if addr := req.GetAddr(); addr != "" && (addr != n.Addr || req.GetRaftAddr() != n.RaftAddr) {
-		if err := checkDialable("addr", addr); err != nil {
-			return nil, toStatus(err)
-		}
-		if _, err := s.m.propose(ctx, fsm.Command{At: s.m.cfg.Now(), SetAddrs: &fsm.SetAddrs{NodeID: n.ID, Addr: addr, RaftAddr: req.GetRaftAddr()}}); err != nil {
-			return nil, toStatus(err)
-		}
+	resp := PT(new(T))
+	if err := conn.Invoke(forwardContext(ctx, c), method, req, resp); err != nil {
+		return nil, err
 	}
-	if err := s.m.raft.AddVoter(ctx, c.id.NodeID, req.GetRaftAddr()); err != nil {
-		return nil, toStatus(err)
-	}
-	s.m.log.Info("raft voter added", "node_id", c.id.NodeID, "raft_addr", req.GetRaftAddr())
-	return &api.AddVoterResponse{}, nil
+	return resp, nil
 }
