@@ -15,6 +15,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -30,6 +31,11 @@ import (
 // regenerates them with -update-corpus:
 //
 //	go test -run=TestFuzzCorpus ./ca/ -update-corpus
+//
+// No private key is ever committed, not even a throwaway test key: a seed
+// holding one (any "PRIVATE KEY" PEM text) has no file in testdata/fuzz. Its
+// target generates it afresh and adds it with f.Add (see addSeeds), and
+// TestFuzzCorpus fails if a committed file holds one.
 var updateCorpus = flag.Bool("update-corpus", false, "rewrite the seed corpora in testdata/fuzz")
 
 type fuzzSeed struct {
@@ -154,12 +160,64 @@ func fuzzSeeds(tb testing.TB) map[string][]fuzzSeed {
 	}
 }
 
-// addSeeds adds fresh seeds for target with f.Add.
+// privateKeyPEM is what marks PEM text holding a private key: the type of
+// every private key block ("PRIVATE KEY", "EC PRIVATE KEY", "ENCRYPTED
+// PRIVATE KEY", ...).
+const privateKeyPEM = "PRIVATE KEY"
+
+// hasPrivateKey reports whether any of args holds private key PEM text. Such
+// a seed is never committed; its target adds it at run time.
+func hasPrivateKey(args []any) bool {
+	for _, a := range args {
+		switch v := a.(type) {
+		case []byte:
+			if bytes.Contains(v, []byte(privateKeyPEM)) {
+				return true
+			}
+		case string:
+			if strings.Contains(v, privateKeyPEM) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// addSeeds adds fresh seeds for target with f.Add, those with a private key
+// included. Those have no committed file for TestFuzzCorpus to check, so
+// addSeeds checks them as it would: ok- seeds accepted, bad- ones refused.
 func addSeeds(f *testing.F, target string) {
 	f.Helper()
+	var check func([]any) error
 	for _, s := range fuzzSeeds(f)[target] {
+		if hasPrivateKey(s.args) {
+			if check == nil {
+				check = seedCheck(f, target)
+			}
+			checkSeedResult(f, target+"/"+s.name+" (run-time seed)", s.name, check(s.args))
+		}
 		f.Add(s.args...)
 	}
+}
+
+// checkSeedResult fails tb, calling the seed what, unless the seed called
+// name was accepted (err == nil) if it is an ok- seed, or refused if it is a
+// bad- one. It reports which kind the seed is.
+func checkSeedResult(tb testing.TB, what, name string, err error) (ok, bad bool) {
+	tb.Helper()
+	switch {
+	case strings.HasPrefix(name, "ok-"):
+		if err != nil {
+			tb.Errorf("%s = %v, want it accepted", what, err)
+		}
+		return true, false
+	case strings.HasPrefix(name, "bad-"):
+		if err == nil {
+			tb.Errorf("%s accepted, want it refused", what)
+		}
+		return false, true
+	}
+	return false, false
 }
 
 // fuzzSigner is the fixed CA FuzzSign and FuzzImport sign with.
@@ -429,9 +487,12 @@ func seedCheck(tb testing.TB, target string) func(args []any) error {
 	}
 }
 
-// TestFuzzCorpus checks the committed seed corpora: each file is in Go's
-// corpus format with the target's argument types, and ok-/bad- seeds are
-// accepted/refused. With -update-corpus it first rewrites them.
+// TestFuzzCorpus checks the committed seed corpora: none holds a private
+// key, each file is in Go's corpus format with the target's argument types,
+// every seed without a private key is committed, and ok-/bad- seeds, the
+// run-time ones included, are accepted/refused. With -update-corpus it first
+// rewrites them, leaving out (and deleting any stale file of) each seed that
+// holds a private key.
 func TestFuzzCorpus(t *testing.T) {
 	seeds := fuzzSeeds(t)
 	if *updateCorpus {
@@ -441,12 +502,41 @@ func TestFuzzCorpus(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, s := range ss {
-				if err := os.WriteFile(filepath.Join(dir, s.name), marshalCorpus(s.args), 0o644); err != nil {
+				path := filepath.Join(dir, s.name)
+				if hasPrivateKey(s.args) {
+					// Never committed: addSeeds adds it at run time.
+					if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+						t.Fatal(err)
+					}
+					continue
+				}
+				if err := os.WriteFile(path, marshalCorpus(s.args), 0o644); err != nil {
 					t.Fatal(err)
 				}
 			}
 		}
 	}
+	t.Run("NoPrivateKey", func(t *testing.T) {
+		dir := filepath.Join("testdata", "fuzz")
+		err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			// The decoded values too, in case the quoting hides the text.
+			args, _ := unmarshalCorpus(data)
+			if bytes.Contains(data, []byte(privateKeyPEM)) || hasPrivateKey(args) {
+				t.Errorf("%s holds %q: never commit a private key, not even a test key; delete the file and let the target add the seed at run time (see addSeeds)", path, privateKeyPEM)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
 	for target, ss := range seeds {
 		t.Run(target, func(t *testing.T) {
 			dir := filepath.Join("testdata", "fuzz", target)
@@ -457,7 +547,17 @@ func TestFuzzCorpus(t *testing.T) {
 			check := seedCheck(t, target)
 			want := ss[0].args
 			var ok, bad int
+			count := func(isOK, isBad bool) {
+				if isOK {
+					ok++
+				}
+				if isBad {
+					bad++
+				}
+			}
+			committed := make(map[string]bool)
 			for _, e := range entries {
+				committed[e.Name()] = true
 				data, err := os.ReadFile(filepath.Join(dir, e.Name()))
 				if err != nil {
 					t.Fatal(err)
@@ -481,22 +581,20 @@ func TestFuzzCorpus(t *testing.T) {
 				if !typesOK {
 					continue
 				}
-				err = check(args)
-				switch {
-				case strings.HasPrefix(e.Name(), "ok-"):
-					ok++
-					if err != nil {
-						t.Errorf("%s/%s = %v, want it accepted", target, e.Name(), err)
-					}
-				case strings.HasPrefix(e.Name(), "bad-"):
-					bad++
-					if err == nil {
-						t.Errorf("%s/%s accepted, want it refused", target, e.Name())
-					}
+				count(checkSeedResult(t, target+"/"+e.Name(), e.Name(), check(args)))
+			}
+			for _, s := range ss {
+				if hasPrivateKey(s.args) {
+					// Added at run time only; addSeeds checks it too.
+					count(checkSeedResult(t, target+"/"+s.name+" (run-time seed)", s.name, check(s.args)))
+					continue
+				}
+				if !committed[s.name] {
+					t.Errorf("%s/%s: seed not committed (write it with go test -run=TestFuzzCorpus ./ca/ -update-corpus)", target, s.name)
 				}
 			}
 			if ok == 0 || bad == 0 {
-				t.Errorf("%s: %d ok- and %d bad- seeds committed, want some of each", target, ok, bad)
+				t.Errorf("%s: %d ok- and %d bad- seeds, committed or added at run time, want some of each", target, ok, bad)
 			}
 		})
 	}
