@@ -65,8 +65,13 @@ var ErrDataDirInUse = errors.New("data directory already holds a cluster member"
 // CheckFresh returns ErrDataDirInUse (naming the node and cluster) if
 // dataDir already holds a member, or credentials or Raft state from one.
 func CheckFresh(dataDir string) error {
-	if nc, err := LoadNodeConfig(dataDir); err == nil {
+	nc, err := LoadNodeConfig(dataDir)
+	if err == nil {
 		return fmt.Errorf("%w: %s is node %s of cluster %s; restart it with `quorumca run --data-dir %s`, or remove the directory to start over", ErrDataDirInUse, dataDir, nc.NodeID, nc.ClusterID, dataDir)
+	}
+	if !errors.Is(err, ErrNotMember) {
+		// A node.json that is there but cannot be read still marks a member.
+		return fmt.Errorf("%w: %v; remove %s to start over", ErrDataDirInUse, err, filepath.Join(dataDir, NodeFile))
 	}
 	for _, p := range []string{CertDir(dataDir), filepath.Join(dataDir, "raft")} {
 		if exists(p) {

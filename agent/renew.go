@@ -276,6 +276,11 @@ func (r *Renewer) renew(ctx context.Context) error {
 	if err := creds.Update(keyPEM, resp.GetCertificate(), resp.GetBundle()); err != nil {
 		return err
 	}
+	// A TLS connection keeps the client certificate of its handshake: on
+	// the old connections, managers would go on seeing the old certificate,
+	// and (after a cert-expiry change or a rotation) answer every heartbeat
+	// with "renew". Reconnect with the new one.
+	r.closeConns()
 	r.mu.Lock()
 	r.renewed++
 	r.mu.Unlock()

@@ -85,8 +85,14 @@ func applyInit(s *State, at time.Time, in *Init) (*State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: init CA: %w", ErrBadCommand, err)
 	}
+	// The first manager's certificate is recorded as Issue records any
+	// other: its NotAfter bounds how long a removal must be remembered.
 	m := in.Manager
 	m.JoinedAt = at
+	m.Cert.IssuedAt = at
+	if m.Cert.NotAfter.After(m.CertsValidUntil) {
+		m.CertsValidUntil = m.Cert.NotAfter
+	}
 	return &State{
 		ClusterID:     in.ClusterID,
 		CertExpiry:    in.CertExpiry,

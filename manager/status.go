@@ -48,8 +48,12 @@ func toStatus(err error) error {
 		code = codes.Unavailable
 	case errors.Is(err, fsm.ErrStale):
 		code = codes.Aborted
-	case errors.Is(err, fsm.ErrUnknownNode):
+	case errors.Is(err, fsm.ErrUnknownNode), errors.Is(err, fsm.ErrRemoved), errors.Is(err, fsm.ErrUnknownToken):
 		code = codes.NotFound
+	case errors.Is(err, fsm.ErrTokenUnusable):
+		code = codes.PermissionDenied
+	case errors.Is(err, fsm.ErrLastManager), errors.Is(err, errNodeLive), errors.Is(err, errQuorum):
+		code = codes.FailedPrecondition
 	case errors.Is(err, fsm.ErrNodeExists):
 		code = codes.AlreadyExists
 	case errors.Is(err, fsm.ErrNotInitialized):

@@ -1,0 +1,332 @@
+package fsm_test
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/fsm"
+)
+
+var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of fsm/testdata/*.txt scripts")
+
+// TestScripts runs the scripts in testdata/: multi-step stories of a
+// cluster, in the spirit of cockroachdb/datadriven (which this module does
+// not require). A script is a list of cases separated by blank lines; a
+// case is a command line, a "----" line and the output the command must
+// give. Lines starting with # are comments. Run with -rewrite to write the
+// outputs the code gives now.
+//
+// Commands (durations are Go durations; times print as offsets from the
+// cluster's creation):
+//
+//	init [expiry=D]                       create the cluster; the first manager is "m1"
+//	tick D                                advance the clock
+//	join ID ROLE [secret=S] [expiry=D] [issuer=other]
+//	                                      S: worker, manager (the current secrets),
+//	                                      old-worker, old-manager (before the last rotate),
+//	                                      or token:ID:SECRET
+//	renew ID ROLE [expiry=D] [issuer=other]
+//	rotate ROLE                           new join secret for ROLE
+//	set-role ID ROLE | remove ID | prune | update expiry=D
+//	token-create ID ROLE SECRET uses=N [ttl=D] | token-revoke ID
+//	set-addrs ID ADDR RAFTADDR
+//	state                                 print nodes, removals and tokens
+//	snapshot                              check restore(snapshot(state)) == state
+//
+// Every command but state and snapshot prints "ok" or the fsm error it
+// was refused with.
+func TestScripts(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "*.txt"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("Glob(testdata/*.txt) = %v, %v, want scripts", files, err)
+	}
+	f := newFixture(t)
+	for _, file := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(file), ".txt"), func(t *testing.T) {
+			runScript(t, f, file)
+		})
+	}
+}
+
+type scriptCase struct {
+	line    int
+	command string
+	want    string
+	got     string
+}
+
+func parseScript(t *testing.T, file string) (cases []*scriptCase, comments map[int][]string) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	comments = map[int][]string{}
+	lines := strings.Split(string(b), "\n")
+	for i := 0; i < len(lines); i++ {
+		l := strings.TrimSpace(lines[i])
+		switch {
+		case l == "":
+			// Keep a blank line that ends a comment block (the file's
+			// header), for -rewrite.
+			if c := comments[len(cases)]; len(c) > 0 && c[len(c)-1] != "" {
+				comments[len(cases)] = append(c, "")
+			}
+			continue
+		case strings.HasPrefix(l, "#"):
+			comments[len(cases)] = append(comments[len(cases)], lines[i])
+			continue
+		}
+		c := &scriptCase{line: i + 1, command: l}
+		if i+1 >= len(lines) || strings.TrimSpace(lines[i+1]) != "----" {
+			t.Fatalf("%s:%d: command %q is not followed by ----", file, i+1, l)
+		}
+		i += 2
+		var out []string
+		for ; i < len(lines) && strings.TrimSpace(lines[i]) != ""; i++ {
+			out = append(out, lines[i])
+		}
+		c.want = strings.Join(out, "\n")
+		cases = append(cases, c)
+	}
+	return cases, comments
+}
+
+func runScript(t *testing.T, f *fixture, file string) {
+	cases, comments := parseScript(t, file)
+	r := &scriptRunner{t: t, f: f, clock: t0, s: &fsm.State{}, secrets: map[ca.Role][]string{}}
+	for _, c := range cases {
+		c.got = r.run(c.command)
+		if !*rewrite && c.got != c.want {
+			t.Errorf("%s:%d: %s\n got:\n%s\nwant:\n%s", file, c.line, c.command, c.got, c.want)
+		}
+	}
+	if !*rewrite {
+		return
+	}
+	var buf bytes.Buffer
+	for i, c := range cases {
+		for _, l := range comments[i] {
+			fmt.Fprintln(&buf, l)
+		}
+		fmt.Fprintf(&buf, "%s\n----\n%s\n\n", c.command, c.got)
+	}
+	for _, l := range comments[len(cases)] {
+		fmt.Fprintln(&buf, l)
+	}
+	if err := os.WriteFile(file, append(bytes.TrimRight(buf.Bytes(), "\n"), '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type scriptRunner struct {
+	t       *testing.T
+	f       *fixture
+	clock   time.Time
+	s       *fsm.State
+	secrets map[ca.Role][]string // every secret a role had, latest last
+}
+
+func (r *scriptRunner) fail(format string, args ...any) string {
+	r.t.Helper()
+	r.t.Fatalf(format, args...)
+	return ""
+}
+
+func (r *scriptRunner) duration(s string) time.Duration {
+	r.t.Helper()
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		r.fail("bad duration %q: %v", s, err)
+	}
+	return d
+}
+
+func (r *scriptRunner) role(s string) ca.Role {
+	r.t.Helper()
+	role, err := ca.ParseRole(s)
+	if err != nil {
+		if s == "admin" {
+			return ca.RoleAdmin
+		}
+		r.fail("bad role %q: %v", s, err)
+	}
+	return role
+}
+
+func rel(at time.Time) string {
+	if at.IsZero() {
+		return "never"
+	}
+	return "+" + at.Sub(t0).String()
+}
+
+func (r *scriptRunner) run(line string) string {
+	r.t.Helper()
+	fields := strings.Fields(line)
+	var args []string
+	opts := map[string]string{}
+	for _, f := range fields[1:] {
+		if k, v, ok := strings.Cut(f, "="); ok {
+			opts[k] = v
+		} else {
+			args = append(args, f)
+		}
+	}
+	arg := func(i int) string {
+		r.t.Helper()
+		if i >= len(args) {
+			r.fail("%q: missing argument %d", line, i+1)
+		}
+		return args[i]
+	}
+	expiry := func() time.Duration {
+		if d, ok := opts["expiry"]; ok {
+			return r.duration(d)
+		}
+		return r.s.CertExpiry
+	}
+	cert := func() fsm.CertInfo {
+		c := r.f.cert(r.clock, expiry())
+		if opts["issuer"] == "other" {
+			c.Issuer = r.f.other
+		}
+		return c
+	}
+	c := fsm.Command{At: r.clock}
+	switch fields[0] {
+	case "state":
+		return r.dump()
+	case "snapshot":
+		if d := diff(snapshot(r.t, r.s), r.s); d != "" {
+			return "differs:\n" + d
+		}
+		return "equal"
+	case "tick":
+		r.clock = r.clock.Add(r.duration(arg(0)))
+		return "now " + rel(r.clock)
+	case "init":
+		c = r.f.initCmd()
+		c.At = r.clock
+		c.Init.Manager.ID = "m1"
+		if d, ok := opts["expiry"]; ok {
+			c.Init.CertExpiry = r.duration(d)
+		}
+		r.secrets[ca.RoleWorker] = []string{r.f.workerSecret}
+		r.secrets[ca.RoleManager] = []string{r.f.managerSecret}
+	case "join":
+		role := r.role(arg(1))
+		c.Issue = &fsm.Issue{Node: fsm.Node{ID: arg(0), Role: role, Cert: cert()}, Join: true}
+		secret := opts["secret"]
+		if secret == "" {
+			secret = role.Short()
+		}
+		switch {
+		case strings.HasPrefix(secret, "token:"):
+			parts := strings.SplitN(secret, ":", 3)
+			if len(parts) != 3 {
+				r.fail("%q: want secret=token:ID:SECRET", line)
+			}
+			c.Issue.TokenID, c.Issue.SecretHash = parts[1], fsm.HashSecret(parts[2])
+		case strings.HasPrefix(secret, "old-"):
+			hist := r.secrets[r.role(strings.TrimPrefix(secret, "old-"))]
+			if len(hist) < 2 {
+				r.fail("%q: no secret before the current one", line)
+			}
+			c.Issue.SecretHash = fsm.HashSecret(hist[len(hist)-2])
+		default:
+			hist := r.secrets[r.role(secret)]
+			if len(hist) == 0 {
+				r.fail("%q: no %s secret yet", line, secret)
+			}
+			c.Issue.SecretHash = fsm.HashSecret(hist[len(hist)-1])
+		}
+	case "renew":
+		c.Issue = &fsm.Issue{Node: fsm.Node{ID: arg(0), Role: r.role(arg(1)), Cert: cert()}}
+	case "rotate":
+		role := r.role(arg(0))
+		secret := fmt.Sprintf("%s-secret-%d", role.Short(), len(r.secrets[role]))
+		r.secrets[role] = append(r.secrets[role], secret)
+		c.RotateSecret = &fsm.RotateSecret{Role: role, Secret: secret}
+	case "set-role":
+		c.SetRole = &fsm.SetRole{NodeID: arg(0), Role: r.role(arg(1))}
+	case "remove":
+		c.RemoveNode = &fsm.RemoveNode{NodeID: arg(0)}
+	case "prune":
+		c.Prune = &fsm.Prune{}
+	case "update":
+		c.UpdateConfig = &fsm.UpdateConfig{CertExpiry: expiry()}
+	case "token-create":
+		uses, err := strconv.Atoi(opts["uses"])
+		if err != nil {
+			r.fail("%q: uses=%q: %v", line, opts["uses"], err)
+		}
+		tok := fsm.ExtraToken{ID: arg(0), Role: r.role(arg(1)), SecretHash: fsm.HashSecret(arg(2)), UsesLeft: uses}
+		if ttl, ok := opts["ttl"]; ok {
+			tok.ExpiresAt = r.clock.Add(r.duration(ttl))
+		}
+		c.CreateToken = &fsm.CreateToken{Token: tok}
+	case "token-revoke":
+		c.RevokeToken = &fsm.RevokeToken{ID: arg(0)}
+	case "set-addrs":
+		c.SetAddrs = &fsm.SetAddrs{NodeID: arg(0), Addr: arg(1), RaftAddr: arg(2)}
+	default:
+		return r.fail("%q: unknown command %s", line, fields[0])
+	}
+	next, err := fsm.Apply(r.s, r.s.Index+1, c)
+	r.s = next
+	if err != nil {
+		return "refused: " + errorName(err)
+	}
+	return "ok"
+}
+
+func errorName(err error) string {
+	names := map[error]string{
+		fsm.ErrNotInitialized: "ErrNotInitialized", fsm.ErrInitialized: "ErrInitialized",
+		fsm.ErrNodeExists: "ErrNodeExists", fsm.ErrUnknownNode: "ErrUnknownNode",
+		fsm.ErrBadCommand: "ErrBadCommand", fsm.ErrStale: "ErrStale", fsm.ErrRemoved: "ErrRemoved",
+		fsm.ErrLastManager: "ErrLastManager", fsm.ErrTokenUnusable: "ErrTokenUnusable",
+		fsm.ErrUnknownToken: "ErrUnknownToken",
+	}
+	if n, ok := names[kind(err)]; ok {
+		return n
+	}
+	return err.Error()
+}
+
+// dump prints the parts of the state scripts look at, in a stable order.
+func (r *scriptRunner) dump() string {
+	s := r.s
+	var out []string
+	out = append(out, fmt.Sprintf("cert expiry %s", s.CertExpiry))
+	for _, n := range s.SortedNodes() {
+		line := fmt.Sprintf("node %s %s cert %s..%s valid-until %s", n.ID, n.Role.Short(), rel(n.Cert.IssuedAt), rel(n.Cert.NotAfter), rel(n.CertsValidUntil))
+		if n.RaftAddr != "" {
+			line += " raft " + n.RaftAddr
+		}
+		out = append(out, line)
+	}
+	var removed []string
+	for id, until := range s.Removed {
+		removed = append(removed, fmt.Sprintf("removed %s until %s", id, rel(until)))
+	}
+	slices.Sort(removed)
+	out = append(out, removed...)
+	var tokens []string
+	for id, tok := range s.Tokens {
+		tokens = append(tokens, fmt.Sprintf("token %s %s uses %d expires %s", id, tok.Role.Short(), tok.UsesLeft, rel(tok.ExpiresAt)))
+	}
+	slices.Sort(tokens)
+	out = append(out, tokens...)
+	return strings.Join(out, "\n")
+}
