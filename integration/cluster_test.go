@@ -135,6 +135,10 @@ func managerConfig(tb testing.TB, sockDir, name string) manager.Config {
 // managers are stopped when the test ends.
 func newCluster(tb testing.TB, managers int) *cluster {
 	tb.Helper()
+	// The first TempDir registers the removal of every temp dir of the
+	// test; it must come before stopAll so that cleanups, which run last
+	// first, stop the managers before their data dirs go.
+	tb.TempDir()
 	c := &cluster{tb: tb, sockDir: shortDir(tb)}
 	tb.Cleanup(c.stopAll)
 

@@ -181,8 +181,8 @@ func Init(ctx context.Context, cfg Config, opts InitOptions) (_ *Manager, err er
 	m.node = agent.NodeConfig{
 		NodeID: nodeID, ClusterID: clusterID, Role: ca.RoleManager,
 		Managers:   []string{m.apiAddr},
-		ListenAddr: cfg.ListenAddr, AdvertiseAddr: m.apiAddr,
-		RaftAddr: cfg.RaftListenAddr, RaftAdvertiseAddr: m.raftAddr,
+		ListenAddr: bound(cfg.ListenAddr, m.apiLn), AdvertiseAddr: m.apiAddr,
+		RaftAddr: bound(cfg.RaftListenAddr, m.raftLn), RaftAdvertiseAddr: m.raftAddr,
 	}
 	if err := m.openRaft(true); err != nil {
 		return nil, err
@@ -279,8 +279,8 @@ func Join(ctx context.Context, cfg Config, token, remote string) (_ *Manager, _ 
 	if listenErr == nil {
 		jc.Addr, jc.RaftAddr = m.apiAddr, m.raftAddr
 		jc.Node = agent.NodeConfig{
-			ListenAddr: cfg.ListenAddr, AdvertiseAddr: m.apiAddr,
-			RaftAddr: cfg.RaftListenAddr, RaftAdvertiseAddr: m.raftAddr,
+			ListenAddr: bound(cfg.ListenAddr, m.apiLn), AdvertiseAddr: m.apiAddr,
+			RaftAddr: bound(cfg.RaftListenAddr, m.raftLn), RaftAdvertiseAddr: m.raftAddr,
 		}
 	}
 	res, err := agent.Join(ctx, jc)
@@ -611,3 +611,14 @@ type snapshot struct{ st *fsm.State }
 
 func (s snapshot) Persist(w io.Writer) error { _, err := s.st.WriteTo(w); return err }
 func (snapshot) Release()                    {}
+
+// bound is the listen address to record for a restart: the configured one,
+// or, when it asked for any free port (":0"), the port it got, so that a
+// restarted node listens where it advertised.
+func bound(configured string, ln net.Listener) string {
+	if _, port, err := net.SplitHostPort(configured); err == nil && port != "0" {
+		return configured
+	}
+	host, _, _ := net.SplitHostPort(configured)
+	return net.JoinHostPort(host, fmt.Sprint(ln.Addr().(*net.TCPAddr).Port))
+}
