@@ -38,14 +38,12 @@ func newStatusCmd(g *globals) *cobra.Command {
 			if err := g.checkFormat(); err != nil {
 				return err
 			}
-			conn, err := g.dial()
+			client, ctx, done, err := g.control(cmd, 10*time.Second)
 			if err != nil {
 				return err
 			}
-			defer conn.Close()
-			ctx, cancel := timeoutCtx(cmd, 10*time.Second)
-			defer cancel()
-			st, err := api.NewControlClient(conn).Status(ctx, &api.StatusRequest{})
+			defer done()
+			st, err := client.Status(ctx, &api.StatusRequest{})
 			if err != nil {
 				return rpcError(err)
 			}
@@ -142,14 +140,12 @@ func newJoinTokenCmd(g *globals) *cobra.Command {
 			if args[0] != "worker" && args[0] != "manager" {
 				return fmt.Errorf("role %q: use worker or manager", args[0])
 			}
-			conn, err := g.dial()
+			client, ctx, done, err := g.control(cmd, 15*time.Second)
 			if err != nil {
 				return err
 			}
-			defer conn.Close()
-			ctx, cancel := timeoutCtx(cmd, 15*time.Second)
-			defer cancel()
-			resp, err := api.NewControlClient(conn).JoinToken(ctx, &api.JoinTokenRequest{Role: args[0], Rotate: rotate})
+			defer done()
+			resp, err := client.JoinToken(ctx, &api.JoinTokenRequest{Role: args[0], Rotate: rotate})
 			if err != nil {
 				return rpcError(err)
 			}

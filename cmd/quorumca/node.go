@@ -52,14 +52,12 @@ func toNodeJSON(n *api.Node) nodeJSON {
 }
 
 func listNodes(cmd *cobra.Command, g *globals, id string) ([]nodeJSON, error) {
-	conn, err := g.dial()
+	client, ctx, done, err := g.control(cmd, 15*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Close()
-	ctx, cancel := timeoutCtx(cmd, 15*time.Second)
-	defer cancel()
-	resp, err := api.NewControlClient(conn).ListNodes(ctx, &api.ListNodesRequest{NodeId: id})
+	defer done()
+	resp, err := client.ListNodes(ctx, &api.ListNodesRequest{NodeId: id})
 	if err != nil {
 		return nil, rpcError(err)
 	}
@@ -158,14 +156,12 @@ func newNodeRoleCmd(g *globals, verb, role string) *cobra.Command {
 		Short: fmt.Sprintf("Make a node a %s (it renews its certificate with the new role)", role),
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			conn, err := g.dial()
+			client, ctx, done, err := g.control(cmd, 30*time.Second)
 			if err != nil {
 				return err
 			}
-			defer conn.Close()
-			ctx, cancel := timeoutCtx(cmd, 30*time.Second)
-			defer cancel()
-			if _, err := api.NewControlClient(conn).SetRole(ctx, &api.SetRoleRequest{NodeId: args[0], Role: role}); err != nil {
+			defer done()
+			if _, err := client.SetRole(ctx, &api.SetRoleRequest{NodeId: args[0], Role: role}); err != nil {
 				return rpcError(err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Node %s is now a %s.\n", args[0], role)
@@ -181,14 +177,12 @@ func newNodeRmCmd(g *globals) *cobra.Command {
 		Short: "Remove a node: its certificates are refused from then on",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			conn, err := g.dial()
+			client, ctx, done, err := g.control(cmd, 30*time.Second)
 			if err != nil {
 				return err
 			}
-			defer conn.Close()
-			ctx, cancel := timeoutCtx(cmd, 30*time.Second)
-			defer cancel()
-			if _, err := api.NewControlClient(conn).RemoveNode(ctx, &api.RemoveNodeRequest{NodeId: args[0], Force: force}); err != nil {
+			defer done()
+			if _, err := client.RemoveNode(ctx, &api.RemoveNodeRequest{NodeId: args[0], Force: force}); err != nil {
 				return rpcError(err)
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), args[0])

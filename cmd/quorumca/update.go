@@ -28,14 +28,12 @@ func newUpdateCmd(g *globals) *cobra.Command {
 			if certExpiry < ca.MinCertExpiry {
 				return fmt.Errorf("--cert-expiry %s is under the minimum of %s", certExpiry, ca.MinCertExpiry)
 			}
-			conn, err := g.dial()
+			client, ctx, done, err := g.control(cmd, 30*time.Second)
 			if err != nil {
 				return err
 			}
-			defer conn.Close()
-			ctx, cancel := timeoutCtx(cmd, 30*time.Second)
-			defer cancel()
-			resp, err := api.NewControlClient(conn).Update(ctx, &api.UpdateRequest{CertExpirySeconds: int64(certExpiry / time.Second)})
+			defer done()
+			resp, err := client.Update(ctx, &api.UpdateRequest{CertExpirySeconds: int64(certExpiry / time.Second)})
 			if err != nil {
 				return rpcError(err)
 			}
@@ -70,14 +68,12 @@ func newJoinTokenCreateCmd(g *globals) *cobra.Command {
 			if ttl == 0 && uses == 0 {
 				return fmt.Errorf("give --ttl or --uses (or both): a token that never expires nor runs out is what `join-token` already shows")
 			}
-			conn, err := g.dial()
+			client, ctx, done, err := g.control(cmd, 30*time.Second)
 			if err != nil {
 				return err
 			}
-			defer conn.Close()
-			ctx, cancel := timeoutCtx(cmd, 30*time.Second)
-			defer cancel()
-			resp, err := api.NewControlClient(conn).CreateToken(ctx, &api.CreateTokenRequest{
+			defer done()
+			resp, err := client.CreateToken(ctx, &api.CreateTokenRequest{
 				Role: args[0], TtlSeconds: int64(ttl / time.Second), Uses: int32(uses),
 			})
 			if err != nil {
@@ -112,14 +108,12 @@ func newJoinTokenLsCmd(g *globals) *cobra.Command {
 			if err := g.checkFormat(); err != nil {
 				return err
 			}
-			conn, err := g.dial()
+			client, ctx, done, err := g.control(cmd, 15*time.Second)
 			if err != nil {
 				return err
 			}
-			defer conn.Close()
-			ctx, cancel := timeoutCtx(cmd, 15*time.Second)
-			defer cancel()
-			resp, err := api.NewControlClient(conn).ListTokens(ctx, &api.ListTokensRequest{})
+			defer done()
+			resp, err := client.ListTokens(ctx, &api.ListTokensRequest{})
 			if err != nil {
 				return rpcError(err)
 			}
@@ -167,14 +161,12 @@ func newJoinTokenRevokeCmd(g *globals) *cobra.Command {
 		Short: "Revoke an extra join token at once",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			conn, err := g.dial()
+			client, ctx, done, err := g.control(cmd, 30*time.Second)
 			if err != nil {
 				return err
 			}
-			defer conn.Close()
-			ctx, cancel := timeoutCtx(cmd, 30*time.Second)
-			defer cancel()
-			if _, err := api.NewControlClient(conn).RevokeToken(ctx, &api.RevokeTokenRequest{Id: args[0]}); err != nil {
+			defer done()
+			if _, err := client.RevokeToken(ctx, &api.RevokeTokenRequest{Id: args[0]}); err != nil {
 				return rpcError(err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Revoked join token %s.\n", args[0])
@@ -212,14 +204,12 @@ func newAdminCertCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			conn, err := g.dial()
+			client, ctx, done, err := g.control(cmd, 30*time.Second)
 			if err != nil {
 				return err
 			}
-			defer conn.Close()
-			ctx, cancel := timeoutCtx(cmd, 30*time.Second)
-			defer cancel()
-			resp, err := api.NewControlClient(conn).IssueAdminCertificate(ctx, &api.IssueAdminCertificateRequest{Csr: csr, TtlSeconds: int64(ttl / time.Second)})
+			defer done()
+			resp, err := client.IssueAdminCertificate(ctx, &api.IssueAdminCertificateRequest{Csr: csr, TtlSeconds: int64(ttl / time.Second)})
 			if err != nil {
 				return rpcError(err)
 			}
