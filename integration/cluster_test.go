@@ -616,7 +616,7 @@ func (p *proxy) close() {
 func containsAny(s string, subs ...string) bool {
 	s = strings.ToLower(s)
 	for _, sub := range subs {
-		if strings.Contains(s, sub) {
+		if strings.Contains(s, strings.ToLower(sub)) {
 			return true
 		}
 	}

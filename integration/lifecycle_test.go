@@ -19,10 +19,8 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -45,7 +43,6 @@ import (
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
-	"github.com/quorumca/quorumca/fsm"
 	"github.com/quorumca/quorumca/manager"
 )
 
@@ -195,7 +192,7 @@ func (c *lcCluster) config(name string) manager.Config {
 		ListenAddr:         "127.0.0.1:0",
 		RaftListenAddr:     "127.0.0.1:0",
 		SocketPath:         filepath.Join(c.sockDir, name+".sock"),
-		Logger:             lcLogger(),
+		Logger:             testLogger(),
 		HeartbeatTimeout:   lcRaftHeartbeat,
 		ElectionTimeout:    lcRaftElection,
 		LeaderLeaseTimeout: lcRaftLease,
@@ -311,7 +308,7 @@ func (c *lcCluster) tryJoin(token, remote string) (string, agent.JoinResult, err
 	if err != nil {
 		c.t.Fatalf("os.MkdirTemp() = %v", err)
 	}
-	res, err := agent.Join(lcCtx(c.t), agent.JoinConfig{DataDir: dir, Token: token, Remote: remote, Logger: lcLogger()})
+	res, err := agent.Join(lcCtx(c.t), agent.JoinConfig{DataDir: dir, Token: token, Remote: remote, Logger: testLogger()})
 	return dir, res, err
 }
 
@@ -320,7 +317,7 @@ func (c *lcCluster) tryJoin(token, remote string) (string, agent.JoinResult, err
 // cluster's nodes are unchanged.
 func (c *lcCluster) checkJoinRefused(what, token string) {
 	c.t.Helper()
-	before := lcNodeIDs(c.leader().State())
+	before := nodeIDs(c.leader().State())
 	dir, _, err := c.tryJoin(token, c.managers[0].Addr())
 	if got := status.Code(err); got != codes.PermissionDenied {
 		c.t.Errorf("join with %s = %v (code %s), want %s", what, err, got, codes.PermissionDenied)
@@ -328,7 +325,7 @@ func (c *lcCluster) checkJoinRefused(what, token string) {
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 		c.t.Errorf("join with %s left %d entries in its data directory, want none", what, len(entries))
 	}
-	if after := lcNodeIDs(c.leader().State()); !slices.Equal(after, before) {
+	if after := nodeIDs(c.leader().State()); !slices.Equal(after, before) {
 		c.t.Errorf("join with %s: nodes = %v, want unchanged %v", what, after, before)
 	}
 }
@@ -402,7 +399,7 @@ func (c *lcCluster) waitVoters(ms []*manager.Manager, want []string) {
 			if err != nil {
 				return fmt.Errorf("manager %s: Control.Status() = %v", m.NodeID(), err)
 			}
-			if got := lcVoters(st); !slices.Equal(got, want) {
+			if got := voterIDs(st); !slices.Equal(got, want) {
 				return fmt.Errorf("manager %s: voters %v", m.NodeID(), got)
 			}
 			if st.GetLeaderId() == "" || !slices.Contains(want, st.GetLeaderId()) {
@@ -421,9 +418,9 @@ func (c *lcCluster) waitVoters(ms []*manager.Manager, want []string) {
 func (c *lcCluster) waitConverged(ms []*manager.Manager) {
 	c.t.Helper()
 	lcEventually(c.t, "every manager has the same nodes", func() error {
-		want := lcNodeIDs(ms[0].State())
+		want := nodeIDs(ms[0].State())
 		for _, m := range ms[1:] {
-			if got := lcNodeIDs(m.State()); !slices.Equal(got, want) {
+			if got := nodeIDs(m.State()); !slices.Equal(got, want) {
 				return fmt.Errorf("manager %s has nodes %v, manager %s %v", m.NodeID(), got, ms[0].NodeID(), want)
 			}
 		}
@@ -502,55 +499,11 @@ func lcHolds(tb testing.TB, d time.Duration, what string, cond func() error) {
 	}
 }
 
-// lcLogger discards the daemons' logs unless QUORUMCA_TEST_LOG is set.
-func lcLogger() *slog.Logger {
-	if os.Getenv("QUORUMCA_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
-}
-
-// lcContainsAny reports whether s contains any of subs, ignoring case.
-func lcContainsAny(s string, subs ...string) bool {
-	s = strings.ToLower(s)
-	for _, sub := range subs {
-		if strings.Contains(s, strings.ToLower(sub)) {
-			return true
-		}
-	}
-	return false
-}
-
-// lcCSR returns a CSR for a fresh key.
-func lcCSR(tb testing.TB) []byte {
-	tb.Helper()
-	key, err := ca.GenerateKey(rand.Reader)
-	if err != nil {
-		tb.Fatalf("ca.GenerateKey() = %v", err)
-	}
-	csr, err := ca.NewCSR(rand.Reader, key, "")
-	if err != nil {
-		tb.Fatalf("ca.NewCSR() = %v", err)
-	}
-	return csr
-}
-
 // lcCtx returns a context for one call, bounded by lcWait.
 func lcCtx(tb testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(tb.Context(), lcWait)
 	tb.Cleanup(cancel)
 	return ctx
-}
-
-// lcAttackTLS trusts roots, verifies a manager, and presents cert whatever
-// the server asks for: what someone holding cert would use. (With
-// tls.Config.Certificates, crypto/tls would withhold a certificate whose
-// issuer the server does not list, and the server's check would go
-// untested.)
-func lcAttackTLS(cert *tls.Certificate, roots *x509.CertPool) *tls.Config {
-	cfg := agent.BundleClientTLS(roots, agent.ManagerName)
-	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
-	return cfg
 }
 
 // lcRefusedAt makes call on a fresh connection to addr with cfg (a new
@@ -641,62 +594,27 @@ func lcWantCode(tb testing.TB, call string, err error, want codes.Code) {
 	}
 }
 
-// lcVoters returns the sorted node IDs of the voters of a Status answer.
-func lcVoters(st *api.StatusResponse) []string {
-	var out []string
-	for _, m := range st.GetManagers() {
-		if m.GetVoter() {
-			out = append(out, m.GetNodeId())
-		}
-	}
-	sort.Strings(out)
-	return out
-}
-
-// lcNodeIDs returns the sorted node IDs of a state.
-func lcNodeIDs(st *fsm.State) []string {
-	ids := make([]string, 0, len(st.Nodes))
-	for id := range st.Nodes {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	return ids
-}
-
-// lcStateJSON encodes a state without its Raft index: a refused command
-// advances the index and nothing else.
-func lcStateJSON(tb testing.TB, st *fsm.State) string {
-	tb.Helper()
-	cp := *st
-	cp.Index = 0
-	b, err := json.Marshal(&cp)
-	if err != nil {
-		tb.Fatalf("json.Marshal(state) = %v", err)
-	}
-	return string(b)
-}
-
 // checkStateUnchanged fails unless every running manager's state is want
-// (as lcStateJSON writes it).
+// (as stateJSON writes it).
 func (c *lcCluster) checkStateUnchanged(what, want string) {
 	c.t.Helper()
 	for _, m := range c.running() {
-		if got := lcStateJSON(c.t, m.State()); got != want {
+		if got := stateJSON(c.t, m.State()); got != want {
 			c.t.Errorf("after %s, manager %s's state changed: %s", what, m.NodeID(), lcDiff(got, want))
 		}
 	}
 }
 
 // waitSameState waits until every running manager has applied the same
-// state, and returns it (as lcStateJSON writes it).
+// state, and returns it (as stateJSON writes it).
 func (c *lcCluster) waitSameState() string {
 	c.t.Helper()
 	var want string
 	lcEventually(c.t, "every manager has applied the same state", func() error {
 		ms := c.running()
-		want = lcStateJSON(c.t, ms[0].State())
+		want = stateJSON(c.t, ms[0].State())
 		for _, m := range ms[1:] {
-			if got := lcStateJSON(c.t, m.State()); got != want {
+			if got := stateJSON(c.t, m.State()); got != want {
 				return fmt.Errorf("manager %s: %s", m.NodeID(), lcDiff(got, want))
 			}
 		}
@@ -733,23 +651,6 @@ func lcWaitDone(tb testing.TB, what string, done <-chan struct{}) {
 	case <-done:
 	case <-time.After(lcWait):
 		tb.Fatalf("%s: not within %s", what, lcWait)
-	}
-}
-
-// lcCheckGoroutines waits until the number of goroutines is back to at
-// most baseline, and fails with a dump of them if it does not come back
-// within a bounded time.
-func lcCheckGoroutines(tb testing.TB, baseline int) {
-	tb.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for runtime.NumGoroutine() > baseline {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			tb.Errorf("runtime.NumGoroutine() = %d after every node stopped, want at most %d; goroutines:\n%s", runtime.NumGoroutine(), baseline, buf)
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -1000,7 +901,7 @@ func TestPromoteThenDemote(t *testing.T) {
 		t.Fatalf("manager Reason() = %v, want %v", pm.Reason(), manager.ErrRoleChanged)
 	}
 	w2, err := agent.StartWorker(agent.WorkerConfig{
-		DataDir: wcfg.DataDir, SocketPath: wcfg.SocketPath, Logger: lcLogger(),
+		DataDir: wcfg.DataDir, SocketPath: wcfg.SocketPath, Logger: testLogger(),
 		HeartbeatPeriod: lcHeartbeatPeriod, Now: c.clock.Now,
 	})
 	if err != nil {
@@ -1030,13 +931,13 @@ func TestPromoteThenDemote(t *testing.T) {
 	conn.Close()
 	// The manager certificate it held before (still within its validity)
 	// no longer opens the Control API.
-	err = lcRefusedAt(t, c.managers[0].Addr(), lcAttackTLS(managerCert, c.roots()), "bad certificate", lcListNodes)
+	err = lcRefusedAt(t, c.managers[0].Addr(), clientTLS(managerCert, c.roots()), "bad certificate", lcListNodes)
 	if err != nil {
 		t.Errorf("Control.ListNodes() with the demoted node's manager certificate: %v", err)
 	}
 
 	c.stopAll()
-	lcCheckGoroutines(t, baseline)
+	checkGoroutines(t, baseline)
 }
 
 // TestDemoteLastManagerRefused: the only manager cannot be demoted; the
@@ -1047,7 +948,7 @@ func TestDemoteLastManagerRefused(t *testing.T) {
 	before := c.waitSameState()
 	_, err := c.control(m).SetRole(lcCtx(t), &api.SetRoleRequest{NodeId: m.NodeID(), Role: "worker"})
 	lcWantCode(t, "Control.SetRole(last manager, worker)", err, codes.FailedPrecondition)
-	if s, _ := status.FromError(err); !lcContainsAny(s.Message(), "last manager") {
+	if s, _ := status.FromError(err); !containsAny(s.Message(), "last manager") {
 		t.Errorf("Control.SetRole(last manager, worker) message = %q, want it to say it is the last manager", s.Message())
 	}
 	c.checkStateUnchanged("demoting the last manager", before)
@@ -1095,7 +996,7 @@ func TestRemoveLiveNodeNeedsForce(t *testing.T) {
 	before := c.waitSameState()
 	_, err := c.control(m).RemoveNode(lcCtx(t), &api.RemoveNodeRequest{NodeId: id})
 	lcWantCode(t, "Control.RemoveNode(live worker)", err, codes.FailedPrecondition)
-	if s, _ := status.FromError(err); !lcContainsAny(s.Message(), "force") {
+	if s, _ := status.FromError(err); !containsAny(s.Message(), "force") {
 		t.Errorf("Control.RemoveNode(live worker) message = %q, want it to mention --force", s.Message())
 	}
 	c.checkStateUnchanged("removing a live node without force", before)
@@ -1145,7 +1046,7 @@ func TestRemovedNodeRefusedByAllManagers(t *testing.T) {
 	if err != nil {
 		t.Fatalf("agent.LoadCredentials() = %v", err)
 	}
-	attack := lcAttackTLS(old.Certificate(), roots)
+	attack := clientTLS(old.Certificate(), roots)
 	for _, m := range c.managers {
 		lcEventually(t, "manager "+m.NodeID()+" refuses the removed node", func() error {
 			if !m.State().IsRemoved(id) {
@@ -1449,12 +1350,12 @@ func TestManagerAPIRefusesWorkerCertificate(t *testing.T) {
 	m := c.managers[0]
 	before := c.waitSameState()
 
-	ctl := api.NewControlClient(c.dial(m.Addr(), lcAttackTLS(w.Credentials().Certificate(), c.roots())))
+	ctl := api.NewControlClient(c.dial(m.Addr(), clientTLS(w.Credentials().Certificate(), c.roots())))
 	_, err := ctl.ListNodes(lcCtx(t), &api.ListNodesRequest{})
 	lcWantCode(t, "Control.ListNodes() with a worker certificate", err, codes.PermissionDenied)
 	_, err = ctl.SetRole(lcCtx(t), &api.SetRoleRequest{NodeId: id, Role: "manager"})
 	lcWantCode(t, "Control.SetRole(self, manager) with a worker certificate", err, codes.PermissionDenied)
-	_, err = ctl.IssueAdminCertificate(lcCtx(t), &api.IssueAdminCertificateRequest{Csr: lcCSR(t)})
+	_, err = ctl.IssueAdminCertificate(lcCtx(t), &api.IssueAdminCertificateRequest{Csr: newCSR(t)})
 	lcWantCode(t, "Control.IssueAdminCertificate() with a worker certificate", err, codes.PermissionDenied)
 	_, err = ctl.CreateToken(lcCtx(t), &api.CreateTokenRequest{Role: "manager"})
 	lcWantCode(t, "Control.CreateToken(manager) with a worker certificate", err, codes.PermissionDenied)
@@ -1474,7 +1375,7 @@ func TestManagerAPIRefusesForeignClusterCertificate(t *testing.T) {
 	m := c.managers[0]
 	before := c.waitSameState()
 
-	attack := lcAttackTLS(&pair, c.roots())
+	attack := clientTLS(&pair, c.roots())
 	if err := lcRefusedAt(t, m.Addr(), attack, "unknown certificate authority", lcListNodes); err != nil {
 		t.Errorf("Control.ListNodes() with another cluster's admin certificate: %v", err)
 	}
@@ -1506,7 +1407,7 @@ func TestManagerAPIRefusesRemovedNodeCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatalf("agent.LoadCredentials() = %v", err)
 	}
-	attack := lcAttackTLS(creds.Certificate(), c.roots())
+	attack := clientTLS(creds.Certificate(), c.roots())
 	// Control: until the removal, its certificate is a manager's.
 	for _, m := range rest {
 		if err := lcListNodes(lcCtx(t), c.dial(m.Addr(), attack)); err != nil {
@@ -1575,7 +1476,7 @@ func TestManagerAPIRefusesExpiredCertificate(t *testing.T) {
 	}
 
 	// Control: the same certificate, signed now, is accepted.
-	if err := lcListNodes(lcCtx(t), c.dial(m.Addr(), lcAttackTLS(sign(time.Now()), c.roots()))); err != nil {
+	if err := lcListNodes(lcCtx(t), c.dial(m.Addr(), clientTLS(sign(time.Now()), c.roots()))); err != nil {
 		t.Fatalf("control: Control.ListNodes() with a valid admin certificate = %v", err)
 	}
 	before := c.waitSameState()
@@ -1583,7 +1484,7 @@ func TestManagerAPIRefusesExpiredCertificate(t *testing.T) {
 	if !expired.Leaf.NotAfter.Before(time.Now()) {
 		t.Fatalf("certificate NotAfter %s, want in the past", expired.Leaf.NotAfter)
 	}
-	attack := lcAttackTLS(expired, c.roots())
+	attack := clientTLS(expired, c.roots())
 	if err := lcRefusedAt(t, m.Addr(), attack, "expired certificate", lcListNodes); err != nil {
 		t.Errorf("Control.ListNodes() with an expired admin certificate: %v", err)
 	}
