@@ -32,8 +32,16 @@ var ErrNoCredentials = errors.New("agent: no node credentials")
 type Credentials struct {
 	dir string
 
-	mu     sync.RWMutex // guards the fields below
-	cert   *tls.Certificate
+	// updateMu serialises Update and UpdateBundle.
+	updateMu sync.Mutex
+
+	mu      sync.RWMutex // guards the fields below
+	hooks   []func()
+	keyPEM  []byte
+	certPEM []byte
+	cert    *tls.Certificate
+	chain   []*x509.Certificate
+	issuer  ca.TLSStatus
 	leaf   *x509.Certificate
 	id     ca.Identity
 	bundle []byte
@@ -85,6 +93,12 @@ func NewCredentials(dataDir string, keyPEM, certPEM, bundle []byte) (*Credential
 // Update checks and stores a new key and certificate chain (and bundle; nil
 // keeps the current one), on disk first, then in memory.
 func (c *Credentials) Update(keyPEM, certPEM, bundle []byte) error {
+	c.updateMu.Lock()
+	defer c.updateMu.Unlock()
+	return c.update(keyPEM, certPEM, bundle)
+}
+
+func (c *Credentials) update(keyPEM, certPEM, bundle []byte) error {
 	if bundle == nil {
 		bundle = c.Bundle()
 	}
@@ -98,7 +112,47 @@ func (c *Credentials) Update(keyPEM, certPEM, bundle []byte) error {
 	if err := writeCredentials(c.dir, keyPEM, certPEM, bundle); err != nil {
 		return err
 	}
-	return c.set(keyPEM, certPEM, bundle)
+	if err := c.set(keyPEM, certPEM, bundle); err != nil {
+		return err
+	}
+	c.mu.RLock()
+	hooks := c.hooks
+	c.mu.RUnlock()
+	for _, f := range hooks {
+		f()
+	}
+	return nil
+}
+
+// OnUpdate registers f to be called after every Update, from the updating
+// goroutine. f must not call Update.
+func (c *Credentials) OnUpdate(f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.hooks = append(c.hooks[:len(c.hooks):len(c.hooks)], f)
+}
+
+// ErrBundleMismatch is returned by UpdateBundle when the node's own
+// certificate does not verify under the new bundle.
+var ErrBundleMismatch = errors.New("agent: this node's certificate does not verify under the new trust bundle")
+
+// UpdateBundle replaces the trust bundle, keeping the key and certificate,
+// after checking that the certificate verifies under it at now: a node
+// must never trust a root that would refuse its own certificate.
+func (c *Credentials) UpdateBundle(bundle []byte, now time.Time) error {
+	c.updateMu.Lock()
+	defer c.updateMu.Unlock()
+	c.mu.RLock()
+	chain, keyPEM, certPEM := c.chain, c.keyPEM, c.certPEM
+	c.mu.RUnlock()
+	roots, _, err := ca.ParseBundle(bundle)
+	if err != nil {
+		return fmt.Errorf("agent: new trust bundle: %w", err)
+	}
+	if _, _, err := ca.Verify(chain, roots, now); err != nil {
+		return fmt.Errorf("%w: %w", ErrBundleMismatch, err)
+	}
+	return c.update(keyPEM, certPEM, bundle)
 }
 
 func (c *Credentials) set(keyPEM, certPEM, bundle []byte) error {
@@ -111,13 +165,24 @@ func (c *Credentials) set(keyPEM, certPEM, bundle []byte) error {
 	if err != nil {
 		return fmt.Errorf("agent: node certificate: %w", err)
 	}
-	roots, _, err := ca.ParseBundle(bundle)
+	roots, rootCerts, err := ca.ParseBundle(bundle)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
+	chain := make([]*x509.Certificate, 0, len(pair.Certificate))
+	for _, der := range pair.Certificate {
+		x, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fmt.Errorf("agent: node certificate chain: %w", err)
+		}
+		chain = append(chain, x)
+	}
+	issuer, _ := ca.IssuerOf(chain, rootCerts)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.cert, c.leaf, c.id, c.bundle, c.roots = &pair, leaf, id, bundle, roots
+	c.keyPEM, c.certPEM = keyPEM, certPEM
+	c.chain, c.issuer = chain, issuer
 	return nil
 }
 
@@ -207,8 +272,22 @@ func (c *Credentials) Roots() *x509.CertPool {
 	return c.roots
 }
 
+// Issuer returns the TLS status of the current certificate: who signed it.
+func (c *Credentials) Issuer() ca.TLSStatus {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.issuer
+}
+
 // NotAfter returns when the current certificate expires.
 func (c *Credentials) NotAfter() time.Time { return c.Leaf().NotAfter }
 
 // Dir returns the directory the credentials are stored in.
 func (c *Credentials) Dir() string { return c.dir }
+
+// certPEMs returns the current certificate chain as PEM.
+func (c *Credentials) certPEMs() []byte {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.certPEM
+}

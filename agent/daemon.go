@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/membership"
 )
 
 // SocketFile is the control socket's name under the data directory.
@@ -37,6 +39,8 @@ type WorkerConfig struct {
 	HeartbeatPeriod time.Duration
 	Rand            io.Reader
 	Now             func() time.Time
+	// GossipTiming is the gossip's failure-detection speed.
+	GossipTiming membership.Timing
 }
 
 // ErrPromoted is the reason a worker stops by itself when it was promoted:
@@ -55,10 +59,11 @@ type Worker struct {
 	done  chan struct{}
 
 	renewer *Renewer
+	gossip  *Gossip
 	cancel  context.CancelFunc
 	loop    sync.WaitGroup
 
-	mu     sync.Mutex // guards reason
+	mu     sync.Mutex // guards reason and node's changes
 	reason error
 }
 
@@ -109,6 +114,15 @@ func StartWorker(cfg WorkerConfig) (*Worker, error) {
 	w.cancel = cancel
 	w.loop.Add(1)
 	go func() { defer w.loop.Done(); w.renewer.Run(ctx) }()
+	w.gossip = StartGossip(GossipConfig{
+		BindAddr:      node.GossipAddr,
+		AdvertiseAddr: node.GossipAdvertiseAddr,
+		Credentials:   creds,
+		Fetch:         w.renewer.Gossip,
+		Timing:        cfg.GossipTiming,
+		OnAddr:        w.saveGossipAddr,
+		Logger:        cfg.Logger.With("component", "gossip"),
+	})
 	cfg.Logger.Info("worker started", "node_id", node.NodeID, "cluster_id", node.ClusterID)
 	return w, nil
 }
@@ -127,8 +141,7 @@ func (w *Worker) Reason() error {
 }
 
 func (w *Worker) roleChanged(role ca.Role) {
-	w.node.Role = role
-	if err := SaveNodeConfig(w.cfg.DataDir, w.node); err != nil {
+	if err := w.saveNode(func(n *NodeConfig) { n.Role = role }); err != nil {
 		w.cfg.Logger.Error("record new role", "err", err)
 	}
 	w.cfg.Logger.Info("promoted: stopping the worker to run as a manager", "role", role)
@@ -139,17 +152,35 @@ func (w *Worker) roleChanged(role ca.Role) {
 }
 
 func (w *Worker) saveManagers(addrs []string) {
-	w.node.Managers = addrs
-	if err := SaveNodeConfig(w.cfg.DataDir, w.node); err != nil {
+	if err := w.saveNode(func(n *NodeConfig) { n.Managers = addrs }); err != nil {
 		w.cfg.Logger.Warn("record managers", "err", err)
 	}
 }
+
+func (w *Worker) saveGossipAddr(bind string) {
+	if err := w.saveNode(func(n *NodeConfig) { n.GossipAddr = bind }); err != nil {
+		w.cfg.Logger.Warn("record gossip address", "err", err)
+	}
+}
+
+// saveNode changes node.json under the lock, so that concurrent changes
+// do not undo one another.
+func (w *Worker) saveNode(change func(*NodeConfig)) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	change(&w.node)
+	return SaveNodeConfig(w.cfg.DataDir, w.node)
+}
+
+// Gossip returns the worker's gossip.
+func (w *Worker) Gossip() *Gossip { return w.gossip }
 
 // Stop stops the worker. Safe to call more than once.
 func (w *Worker) Stop() {
 	w.once.Do(func() {
 		w.cancel()
 		w.loop.Wait()
+		w.gossip.Stop()
 		w.srv.Stop()
 		w.ln.Close()
 		close(w.done)
@@ -169,14 +200,19 @@ func (c *workerControl) Status(ctx context.Context, _ *api.StatusRequest) (*api.
 		return nil, status.Error(codes.PermissionDenied, "worker status is served on the control socket only")
 	}
 	w := c.w
-	sum := sha256.Sum256(firstCertDER(w.creds.Bundle()))
 	resp := &api.StatusResponse{
 		ClusterId:       w.node.ClusterID,
 		NodeId:          w.node.NodeID,
 		Role:            string(ca.RoleWorker),
-		RootFingerprint: hex.EncodeToString(sum[:]),
+		RootFingerprint: BundleFingerprint(w.creds.Bundle()),
 	}
-	for _, addr := range w.node.Managers {
+	if err := w.renewer.Problem(); err != nil {
+		resp.Problem = err.Error()
+	}
+	w.mu.Lock()
+	managers := slices.Clone(w.node.Managers)
+	w.mu.Unlock()
+	for _, addr := range managers {
 		reach := "unreachable"
 		if reachManager(ctx, w.creds, addr) == nil {
 			reach = "reachable"
@@ -200,10 +236,12 @@ func reachManager(ctx context.Context, creds *Credentials, addr string) error {
 	return err
 }
 
-func firstCertDER(bundle []byte) []byte {
+// BundleFingerprint returns the SHA-256 of a bundle's first certificate, hex.
+func BundleFingerprint(bundle []byte) string {
 	certs, err := ca.ParseCertificates(bundle)
 	if err != nil {
-		return nil
+		return "?"
 	}
-	return certs[0].Raw
+	sum := sha256.Sum256(certs[0].Raw)
+	return hex.EncodeToString(sum[:])
 }

@@ -31,6 +31,9 @@ type NodeConfig struct {
 	AdvertiseAddr     string `json:"advertise_addr,omitempty"`
 	RaftAddr          string `json:"raft_addr,omitempty"`
 	RaftAdvertiseAddr string `json:"raft_advertise_addr,omitempty"`
+	// Gossip listen and advertise addresses (every node).
+	GossipAddr          string `json:"gossip_addr,omitempty"`
+	GossipAdvertiseAddr string `json:"gossip_advertise_addr,omitempty"`
 }
 
 // SaveNodeConfig writes <dataDir>/node.json atomically.

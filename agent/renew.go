@@ -56,6 +56,20 @@ type Renewer struct {
 	conns    map[string]*grpc.ClientConn
 	renewAt  time.Time
 	renewed  int
+	problem  error
+}
+
+// ErrLeftBehind is the problem of a node whose certificate chains to a
+// root the cluster no longer trusts: it was unreachable while the root was
+// rotated, and must rejoin.
+var ErrLeftBehind = errors.New("agent: this node was left behind by a root CA rotation")
+
+// Problem returns what keeps the node from its cluster, as far as the
+// Renewer could tell (ErrLeftBehind), or nil.
+func (r *Renewer) Problem() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.problem
 }
 
 // NewRenewer returns a Renewer; call Run to start it.
@@ -114,6 +128,7 @@ func (r *Renewer) Run(ctx context.Context) error {
 		if err != nil {
 			failures++
 			r.cfg.Logger.Warn("heartbeat failed", "err", err, "attempt", failures)
+			r.diagnose(ctx)
 			// A due certificate still gets renewed if any manager answers.
 			if !r.cfg.Now().Before(r.RenewAt()) {
 				if err := r.renew(ctx); err == nil {
@@ -123,10 +138,26 @@ func (r *Renewer) Run(ctx context.Context) error {
 			continue
 		}
 		failures = 0
+		r.setProblem(nil)
 		if p := time.Duration(hb.GetPeriodMs()) * time.Millisecond; p > 0 {
 			period = p
 		}
-		if hb.GetRenew() || !r.cfg.Now().Before(r.RenewAt()) {
+		renew := hb.GetRenew()
+		if b := hb.GetBundle(); len(b) > 0 && string(b) != string(r.cfg.Credentials.Bundle()) {
+			// The cluster trusts a new bundle (a rotation completed).
+			if err := r.cfg.Credentials.UpdateBundle(b, r.cfg.Now()); err != nil {
+				r.cfg.Logger.Warn("new trust bundle does not cover this node's certificate; renewing", "err", err)
+				renew = true
+			} else {
+				r.cfg.Logger.Info("trust bundle updated", "root", BundleFingerprint(b))
+			}
+		}
+		if renew && hb.GetRenewJitterMs() > 0 {
+			if !sleepCtx(ctx, r.jitter(time.Duration(hb.GetRenewJitterMs())*time.Millisecond)) {
+				return nil
+			}
+		}
+		if renew || !r.cfg.Now().Before(r.RenewAt()) {
 			if err := r.renew(ctx); err != nil {
 				failures++
 				r.cfg.Logger.Warn("renewal failed", "err", err, "attempt", failures)
@@ -160,6 +191,60 @@ func (r *Renewer) backoff(failures int) time.Duration {
 		return ceiling
 	}
 	return ceiling/2 + time.Duration(binary.BigEndian.Uint64(b[:])%uint64(ceiling/2+1))
+}
+
+// jitter returns a random duration in [0, max).
+func (r *Renewer) jitter(max time.Duration) time.Duration {
+	var b [8]byte
+	if max <= 0 {
+		return 0
+	}
+	if _, err := io.ReadFull(r.cfg.Rand, b[:]); err != nil {
+		return 0
+	}
+	return time.Duration(binary.BigEndian.Uint64(b[:]) % uint64(max))
+}
+
+func (r *Renewer) setProblem(err error) {
+	r.mu.Lock()
+	changed := (err == nil) != (r.problem == nil)
+	r.problem = err
+	r.mu.Unlock()
+	if changed && err != nil {
+		r.cfg.Logger.Error("node cannot reach its cluster", "err", err)
+	}
+}
+
+// diagnose runs after a failed heartbeat: it asks the managers for the
+// cluster's trust bundle (the one call that needs no client certificate)
+// and checks this node's certificate against it. A certificate the
+// cluster's bundle does not cover means the root was rotated while this
+// node was away. The answer is not authenticated (the managers' new
+// certificates may no longer chain to this node's old root): it only
+// decides what to tell the operator, never what to trust.
+func (r *Renewer) diagnose(ctx context.Context) {
+	r.mu.Lock()
+	managers := slices.Clone(r.managers)
+	r.mu.Unlock()
+	creds := r.cfg.Credentials
+	for _, addr := range managers {
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		bundle, err := fetchBundleUnverified(cctx, addr)
+		cancel()
+		if err != nil {
+			continue
+		}
+		if string(bundle) == string(creds.Bundle()) {
+			return
+		}
+		_, _, err = ca.VerifyPEM(creds.certPEMs(), bundle, r.cfg.Now())
+		if err == nil {
+			return
+		}
+		r.setProblem(fmt.Errorf("%w: its certificate chains to a root CA that the managers (%s) no longer trust, because the cluster's root was rotated while it was unreachable. "+
+			"Rejoin it: stop it, remove its data directory, and run `quorumca join --token TOKEN %s` with a token from `quorumca join-token worker` (or manager) on a manager", ErrLeftBehind, addr, addr))
+		return
+	}
 }
 
 // ErrNoManager is returned when no manager in the list answered.
@@ -283,6 +368,7 @@ func (r *Renewer) renew(ctx context.Context) error {
 	r.closeConns()
 	r.mu.Lock()
 	r.renewed++
+	r.problem = nil
 	r.mu.Unlock()
 	r.setManagers(resp.GetManagers())
 	if err := r.schedule(); err != nil {
@@ -295,4 +381,39 @@ func (r *Renewer) renew(ctx context.Context) error {
 		r.cfg.OnRole(id.Role)
 	}
 	return nil
+}
+
+// Gossip asks the managers for the cluster's gossip key and the gossip
+// addresses to join through, merging their answers.
+func (r *Renewer) Gossip(ctx context.Context) (key []byte, peers []string, err error) {
+	r.mu.Lock()
+	managers := slices.Clone(r.managers)
+	r.mu.Unlock()
+	var errs []error
+	for _, addr := range managers {
+		conn, err := r.conn(addr)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		resp, err := api.NewCAClient(conn).Gossip(cctx, &api.GossipRequest{})
+		cancel()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+			continue
+		}
+		if key == nil {
+			key = resp.GetKey()
+		}
+		for _, p := range resp.GetPeers() {
+			if !slices.Contains(peers, p) {
+				peers = append(peers, p)
+			}
+		}
+	}
+	if key == nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrNoManager, errors.Join(errs...))
+	}
+	return key, peers, nil
 }

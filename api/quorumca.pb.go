@@ -427,8 +427,13 @@ type StatusResponse struct {
 	Nodes           uint32 `protobuf:"varint,8,opt,name=nodes,proto3" json:"nodes,omitempty"`
 	// Cert expiry in seconds.
 	CertExpirySeconds int64 `protobuf:"varint,9,opt,name=cert_expiry_seconds,json=certExpirySeconds,proto3" json:"cert_expiry_seconds,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The root rotation in progress, if any (as this manager sees it).
+	Rotation *Rotation `protobuf:"bytes,10,opt,name=rotation,proto3" json:"rotation,omitempty"`
+	// What keeps a worker from its managers, if anything (a worker left
+	// behind by a root rotation must rejoin).
+	Problem       string `protobuf:"bytes,11,opt,name=problem,proto3" json:"problem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -522,6 +527,20 @@ func (x *StatusResponse) GetCertExpirySeconds() int64 {
 		return x.CertExpirySeconds
 	}
 	return 0
+}
+
+func (x *StatusResponse) GetRotation() *Rotation {
+	if x != nil {
+		return x.Rotation
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetProblem() string {
+	if x != nil {
+		return x.Problem
+	}
+	return ""
 }
 
 type Manager struct {
@@ -928,9 +947,12 @@ type HeartbeatResponse struct {
 	Renew             bool  `protobuf:"varint,2,opt,name=renew,proto3" json:"renew,omitempty"`
 	CertExpirySeconds int64 `protobuf:"varint,3,opt,name=cert_expiry_seconds,json=certExpirySeconds,proto3" json:"cert_expiry_seconds,omitempty"`
 	// How often to heartbeat, in milliseconds.
-	PeriodMs      int64    `protobuf:"varint,4,opt,name=period_ms,json=periodMs,proto3" json:"period_ms,omitempty"`
-	Managers      []string `protobuf:"bytes,5,rep,name=managers,proto3" json:"managers,omitempty"`
-	Bundle        []byte   `protobuf:"bytes,6,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	PeriodMs int64    `protobuf:"varint,4,opt,name=period_ms,json=periodMs,proto3" json:"period_ms,omitempty"`
+	Managers []string `protobuf:"bytes,5,rep,name=managers,proto3" json:"managers,omitempty"`
+	Bundle   []byte   `protobuf:"bytes,6,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// When renew is set because of a root rotation, the node waits a random
+	// time under this before renewing, so that renewals spread out.
+	RenewJitterMs int64 `protobuf:"varint,7,opt,name=renew_jitter_ms,json=renewJitterMs,proto3" json:"renew_jitter_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1007,6 +1029,502 @@ func (x *HeartbeatResponse) GetBundle() []byte {
 	return nil
 }
 
+func (x *HeartbeatResponse) GetRenewJitterMs() int64 {
+	if x != nil {
+		return x.RenewJitterMs
+	}
+	return 0
+}
+
+type GossipRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipRequest) Reset() {
+	*x = GossipRequest{}
+	mi := &file_quorumca_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipRequest) ProtoMessage() {}
+
+func (x *GossipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipRequest.ProtoReflect.Descriptor instead.
+func (*GossipRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{17}
+}
+
+type GossipResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// Gossip addresses to join through: the answering manager's own, and
+	// those of the other managers it sees in gossip.
+	Peers         []string `protobuf:"bytes,2,rep,name=peers,proto3" json:"peers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipResponse) Reset() {
+	*x = GossipResponse{}
+	mi := &file_quorumca_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipResponse) ProtoMessage() {}
+
+func (x *GossipResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipResponse.ProtoReflect.Descriptor instead.
+func (*GossipResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *GossipResponse) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *GossipResponse) GetPeers() []string {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+type RotateCARequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A given root (or intermediate with its chain) and its key, PEM; empty
+	// to generate a new root.
+	CaCert []byte `protobuf:"bytes,1,opt,name=ca_cert,json=caCert,proto3" json:"ca_cert,omitempty"`
+	CaKey  []byte `protobuf:"bytes,2,opt,name=ca_key,json=caKey,proto3" json:"ca_key,omitempty"`
+	// Seconds; 0 keeps the cluster's cert expiry.
+	CertExpirySeconds int64 `protobuf:"varint,3,opt,name=cert_expiry_seconds,json=certExpirySeconds,proto3" json:"cert_expiry_seconds,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RotateCARequest) Reset() {
+	*x = RotateCARequest{}
+	mi := &file_quorumca_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateCARequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateCARequest) ProtoMessage() {}
+
+func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
+func (*RotateCARequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RotateCARequest) GetCaCert() []byte {
+	if x != nil {
+		return x.CaCert
+	}
+	return nil
+}
+
+func (x *RotateCARequest) GetCaKey() []byte {
+	if x != nil {
+		return x.CaKey
+	}
+	return nil
+}
+
+func (x *RotateCARequest) GetCertExpirySeconds() int64 {
+	if x != nil {
+		return x.CertExpirySeconds
+	}
+	return 0
+}
+
+type RotateCAResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rotation      *Rotation              `protobuf:"bytes,1,opt,name=rotation,proto3" json:"rotation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateCAResponse) Reset() {
+	*x = RotateCAResponse{}
+	mi := &file_quorumca_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateCAResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateCAResponse) ProtoMessage() {}
+
+func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
+func (*RotateCAResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RotateCAResponse) GetRotation() *Rotation {
+	if x != nil {
+		return x.Rotation
+	}
+	return nil
+}
+
+type GetCARequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCARequest) Reset() {
+	*x = GetCARequest{}
+	mi := &file_quorumca_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCARequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCARequest) ProtoMessage() {}
+
+func (x *GetCARequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCARequest.ProtoReflect.Descriptor instead.
+func (*GetCARequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{21}
+}
+
+type GetCAResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The trust bundle nodes hold now (the old root, while a rotation runs).
+	Bundle []byte `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// The rotation in progress or, when none is, the last completed one;
+	// unset if the cluster never rotated.
+	Rotation      *Rotation `protobuf:"bytes,2,opt,name=rotation,proto3" json:"rotation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCAResponse) Reset() {
+	*x = GetCAResponse{}
+	mi := &file_quorumca_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCAResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCAResponse) ProtoMessage() {}
+
+func (x *GetCAResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCAResponse.ProtoReflect.Descriptor instead.
+func (*GetCAResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GetCAResponse) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *GetCAResponse) GetRotation() *Rotation {
+	if x != nil {
+		return x.Rotation
+	}
+	return nil
+}
+
+type Rotation struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	InProgress  bool                   `protobuf:"varint,1,opt,name=in_progress,json=inProgress,proto3" json:"in_progress,omitempty"`
+	StartedAt   int64                  `protobuf:"varint,2,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	CompletedAt int64                  `protobuf:"varint,3,opt,name=completed_at,json=completedAt,proto3" json:"completed_at,omitempty"`
+	// SHA-256 of the new root, hex.
+	NewRootFingerprint string `protobuf:"bytes,4,opt,name=new_root_fingerprint,json=newRootFingerprint,proto3" json:"new_root_fingerprint,omitempty"`
+	// Nodes counted (all members of the cluster).
+	Total uint32 `protobuf:"varint,5,opt,name=total,proto3" json:"total,omitempty"`
+	// Nodes that serve a certificate of the new CA, as gossip confirms.
+	Converged uint32 `protobuf:"varint,6,opt,name=converged,proto3" json:"converged,omitempty"`
+	// Nodes that trust the new root (after completion).
+	Trusting uint32 `protobuf:"varint,7,opt,name=trusting,proto3" json:"trusting,omitempty"`
+	// Nodes unreachable for longer than the grace: the rotation goes on
+	// without them, and they must rejoin afterwards.
+	Skipped       uint32          `protobuf:"varint,8,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	GraceSeconds  int64           `protobuf:"varint,9,opt,name=grace_seconds,json=graceSeconds,proto3" json:"grace_seconds,omitempty"`
+	Nodes         []*RotationNode `protobuf:"bytes,10,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rotation) Reset() {
+	*x = Rotation{}
+	mi := &file_quorumca_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rotation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rotation) ProtoMessage() {}
+
+func (x *Rotation) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rotation.ProtoReflect.Descriptor instead.
+func (*Rotation) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *Rotation) GetInProgress() bool {
+	if x != nil {
+		return x.InProgress
+	}
+	return false
+}
+
+func (x *Rotation) GetStartedAt() int64 {
+	if x != nil {
+		return x.StartedAt
+	}
+	return 0
+}
+
+func (x *Rotation) GetCompletedAt() int64 {
+	if x != nil {
+		return x.CompletedAt
+	}
+	return 0
+}
+
+func (x *Rotation) GetNewRootFingerprint() string {
+	if x != nil {
+		return x.NewRootFingerprint
+	}
+	return ""
+}
+
+func (x *Rotation) GetTotal() uint32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *Rotation) GetConverged() uint32 {
+	if x != nil {
+		return x.Converged
+	}
+	return 0
+}
+
+func (x *Rotation) GetTrusting() uint32 {
+	if x != nil {
+		return x.Trusting
+	}
+	return 0
+}
+
+func (x *Rotation) GetSkipped() uint32 {
+	if x != nil {
+		return x.Skipped
+	}
+	return 0
+}
+
+func (x *Rotation) GetGraceSeconds() int64 {
+	if x != nil {
+		return x.GraceSeconds
+	}
+	return 0
+}
+
+func (x *Rotation) GetNodes() []*RotationNode {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+type RotationNode struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Role  string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	// "converged", "renewed" (issued, gossip not yet confirming), "pending",
+	// "down" (unreachable, within the grace) or "skipped".
+	State string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	// Unix seconds since the node is unreachable in gossip; 0 if reachable.
+	DownSince     int64 `protobuf:"varint,4,opt,name=down_since,json=downSince,proto3" json:"down_since,omitempty"`
+	TrustsNewRoot bool  `protobuf:"varint,5,opt,name=trusts_new_root,json=trustsNewRoot,proto3" json:"trusts_new_root,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotationNode) Reset() {
+	*x = RotationNode{}
+	mi := &file_quorumca_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotationNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotationNode) ProtoMessage() {}
+
+func (x *RotationNode) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotationNode.ProtoReflect.Descriptor instead.
+func (*RotationNode) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RotationNode) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RotationNode) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *RotationNode) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *RotationNode) GetDownSince() int64 {
+	if x != nil {
+		return x.DownSince
+	}
+	return 0
+}
+
+func (x *RotationNode) GetTrustsNewRoot() bool {
+	if x != nil {
+		return x.TrustsNewRoot
+	}
+	return false
+}
+
 type Node struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1030,7 +1548,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_quorumca_proto_msgTypes[17]
+	mi := &file_quorumca_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1042,7 +1560,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[17]
+	mi := &file_quorumca_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1055,7 +1573,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{17}
+	return file_quorumca_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Node) GetId() string {
@@ -1152,7 +1670,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_quorumca_proto_msgTypes[18]
+	mi := &file_quorumca_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1164,7 +1682,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[18]
+	mi := &file_quorumca_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1177,7 +1695,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{18}
+	return file_quorumca_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListNodesRequest) GetNodeId() string {
@@ -1196,7 +1714,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_quorumca_proto_msgTypes[19]
+	mi := &file_quorumca_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1726,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[19]
+	mi := &file_quorumca_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1739,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{19}
+	return file_quorumca_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1242,7 +1760,7 @@ type SetRoleRequest struct {
 
 func (x *SetRoleRequest) Reset() {
 	*x = SetRoleRequest{}
-	mi := &file_quorumca_proto_msgTypes[20]
+	mi := &file_quorumca_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1772,7 @@ func (x *SetRoleRequest) String() string {
 func (*SetRoleRequest) ProtoMessage() {}
 
 func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[20]
+	mi := &file_quorumca_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1785,7 @@ func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleRequest.ProtoReflect.Descriptor instead.
 func (*SetRoleRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{20}
+	return file_quorumca_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SetRoleRequest) GetNodeId() string {
@@ -1292,7 +1810,7 @@ type SetRoleResponse struct {
 
 func (x *SetRoleResponse) Reset() {
 	*x = SetRoleResponse{}
-	mi := &file_quorumca_proto_msgTypes[21]
+	mi := &file_quorumca_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1822,7 @@ func (x *SetRoleResponse) String() string {
 func (*SetRoleResponse) ProtoMessage() {}
 
 func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[21]
+	mi := &file_quorumca_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1835,7 @@ func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleResponse.ProtoReflect.Descriptor instead.
 func (*SetRoleResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{21}
+	return file_quorumca_proto_rawDescGZIP(), []int{29}
 }
 
 type RemoveNodeRequest struct {
@@ -1330,7 +1848,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_quorumca_proto_msgTypes[22]
+	mi := &file_quorumca_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1342,7 +1860,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[22]
+	mi := &file_quorumca_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,7 +1873,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{22}
+	return file_quorumca_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RemoveNodeRequest) GetNodeId() string {
@@ -1380,7 +1898,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_quorumca_proto_msgTypes[23]
+	mi := &file_quorumca_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1392,7 +1910,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[23]
+	mi := &file_quorumca_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1405,20 +1923,22 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{23}
+	return file_quorumca_proto_rawDescGZIP(), []int{31}
 }
 
 type UpdateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Seconds; 0 keeps the current value.
 	CertExpirySeconds int64 `protobuf:"varint,1,opt,name=cert_expiry_seconds,json=certExpirySeconds,proto3" json:"cert_expiry_seconds,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Seconds; 0 keeps the current value.
+	RotationGraceSeconds int64 `protobuf:"varint,2,opt,name=rotation_grace_seconds,json=rotationGraceSeconds,proto3" json:"rotation_grace_seconds,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_quorumca_proto_msgTypes[24]
+	mi := &file_quorumca_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1430,7 +1950,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[24]
+	mi := &file_quorumca_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1443,7 +1963,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{24}
+	return file_quorumca_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UpdateRequest) GetCertExpirySeconds() int64 {
@@ -1453,16 +1973,24 @@ func (x *UpdateRequest) GetCertExpirySeconds() int64 {
 	return 0
 }
 
+func (x *UpdateRequest) GetRotationGraceSeconds() int64 {
+	if x != nil {
+		return x.RotationGraceSeconds
+	}
+	return 0
+}
+
 type UpdateResponse struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	CertExpirySeconds int64                  `protobuf:"varint,1,opt,name=cert_expiry_seconds,json=certExpirySeconds,proto3" json:"cert_expiry_seconds,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	state                protoimpl.MessageState `protogen:"open.v1"`
+	CertExpirySeconds    int64                  `protobuf:"varint,1,opt,name=cert_expiry_seconds,json=certExpirySeconds,proto3" json:"cert_expiry_seconds,omitempty"`
+	RotationGraceSeconds int64                  `protobuf:"varint,2,opt,name=rotation_grace_seconds,json=rotationGraceSeconds,proto3" json:"rotation_grace_seconds,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *UpdateResponse) Reset() {
 	*x = UpdateResponse{}
-	mi := &file_quorumca_proto_msgTypes[25]
+	mi := &file_quorumca_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +2002,7 @@ func (x *UpdateResponse) String() string {
 func (*UpdateResponse) ProtoMessage() {}
 
 func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[25]
+	mi := &file_quorumca_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,12 +2015,19 @@ func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateResponse.ProtoReflect.Descriptor instead.
 func (*UpdateResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{25}
+	return file_quorumca_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *UpdateResponse) GetCertExpirySeconds() int64 {
 	if x != nil {
 		return x.CertExpirySeconds
+	}
+	return 0
+}
+
+func (x *UpdateResponse) GetRotationGraceSeconds() int64 {
+	if x != nil {
+		return x.RotationGraceSeconds
 	}
 	return 0
 }
@@ -1510,7 +2045,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_quorumca_proto_msgTypes[26]
+	mi := &file_quorumca_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1522,7 +2057,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[26]
+	mi := &file_quorumca_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1535,7 +2070,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{26}
+	return file_quorumca_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CreateTokenRequest) GetRole() string {
@@ -1570,7 +2105,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_quorumca_proto_msgTypes[27]
+	mi := &file_quorumca_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1582,7 +2117,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[27]
+	mi := &file_quorumca_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1595,7 +2130,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{27}
+	return file_quorumca_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CreateTokenResponse) GetId() string {
@@ -1632,7 +2167,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_quorumca_proto_msgTypes[28]
+	mi := &file_quorumca_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1644,7 +2179,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[28]
+	mi := &file_quorumca_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1657,7 +2192,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{28}
+	return file_quorumca_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Token) GetId() string {
@@ -1703,7 +2238,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_quorumca_proto_msgTypes[29]
+	mi := &file_quorumca_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1715,7 +2250,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[29]
+	mi := &file_quorumca_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1728,7 +2263,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{29}
+	return file_quorumca_proto_rawDescGZIP(), []int{37}
 }
 
 type ListTokensResponse struct {
@@ -1740,7 +2275,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_quorumca_proto_msgTypes[30]
+	mi := &file_quorumca_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1752,7 +2287,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[30]
+	mi := &file_quorumca_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1765,7 +2300,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{30}
+	return file_quorumca_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListTokensResponse) GetTokens() []*Token {
@@ -1784,7 +2319,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_quorumca_proto_msgTypes[31]
+	mi := &file_quorumca_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +2331,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[31]
+	mi := &file_quorumca_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +2344,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{31}
+	return file_quorumca_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -1827,7 +2362,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_quorumca_proto_msgTypes[32]
+	mi := &file_quorumca_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1839,7 +2374,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[32]
+	mi := &file_quorumca_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1852,7 +2387,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{32}
+	return file_quorumca_proto_rawDescGZIP(), []int{40}
 }
 
 type IssueAdminCertificateRequest struct {
@@ -1866,7 +2401,7 @@ type IssueAdminCertificateRequest struct {
 
 func (x *IssueAdminCertificateRequest) Reset() {
 	*x = IssueAdminCertificateRequest{}
-	mi := &file_quorumca_proto_msgTypes[33]
+	mi := &file_quorumca_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1878,7 +2413,7 @@ func (x *IssueAdminCertificateRequest) String() string {
 func (*IssueAdminCertificateRequest) ProtoMessage() {}
 
 func (x *IssueAdminCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[33]
+	mi := &file_quorumca_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1891,7 +2426,7 @@ func (x *IssueAdminCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertificateRequest.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{33}
+	return file_quorumca_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *IssueAdminCertificateRequest) GetCsr() []byte {
@@ -1918,7 +2453,7 @@ type IssueAdminCertificateResponse struct {
 
 func (x *IssueAdminCertificateResponse) Reset() {
 	*x = IssueAdminCertificateResponse{}
-	mi := &file_quorumca_proto_msgTypes[34]
+	mi := &file_quorumca_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1930,7 +2465,7 @@ func (x *IssueAdminCertificateResponse) String() string {
 func (*IssueAdminCertificateResponse) ProtoMessage() {}
 
 func (x *IssueAdminCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[34]
+	mi := &file_quorumca_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1943,7 +2478,7 @@ func (x *IssueAdminCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{34}
+	return file_quorumca_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *IssueAdminCertificateResponse) GetCertificate() []byte {
@@ -1988,7 +2523,7 @@ const file_quorumca_proto_rawDesc = "" +
 	"\vcertificate\x18\x02 \x01(\fR\vcertificate\x12\x16\n" +
 	"\x06bundle\x18\x03 \x01(\fR\x06bundle\x12\x1a\n" +
 	"\bmanagers\x18\x04 \x03(\tR\bmanagers\"\x0f\n" +
-	"\rStatusRequest\"\xbd\x02\n" +
+	"\rStatusRequest\"\x8a\x03\n" +
 	"\x0eStatusResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x17\n" +
@@ -2000,7 +2535,10 @@ const file_quorumca_proto_rawDesc = "" +
 	"\bmanagers\x18\x06 \x03(\v2\x14.quorumca.v1.ManagerR\bmanagers\x12)\n" +
 	"\x10root_fingerprint\x18\a \x01(\tR\x0frootFingerprint\x12\x14\n" +
 	"\x05nodes\x18\b \x01(\rR\x05nodes\x12.\n" +
-	"\x13cert_expiry_seconds\x18\t \x01(\x03R\x11certExpirySeconds\"\xa5\x01\n" +
+	"\x13cert_expiry_seconds\x18\t \x01(\x03R\x11certExpirySeconds\x121\n" +
+	"\brotation\x18\n" +
+	" \x01(\v2\x15.quorumca.v1.RotationR\brotation\x12\x18\n" +
+	"\aproblem\x18\v \x01(\tR\aproblem\"\xa5\x01\n" +
 	"\aManager\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x1b\n" +
@@ -2021,14 +2559,50 @@ const file_quorumca_proto_rawDesc = "" +
 	"\vPingRequest\"'\n" +
 	"\fPingResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\x12\n" +
-	"\x10HeartbeatRequest\"\xbe\x01\n" +
+	"\x10HeartbeatRequest\"\xe6\x01\n" +
 	"\x11HeartbeatResponse\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x14\n" +
 	"\x05renew\x18\x02 \x01(\bR\x05renew\x12.\n" +
 	"\x13cert_expiry_seconds\x18\x03 \x01(\x03R\x11certExpirySeconds\x12\x1b\n" +
 	"\tperiod_ms\x18\x04 \x01(\x03R\bperiodMs\x12\x1a\n" +
 	"\bmanagers\x18\x05 \x03(\tR\bmanagers\x12\x16\n" +
-	"\x06bundle\x18\x06 \x01(\fR\x06bundle\"\xcf\x02\n" +
+	"\x06bundle\x18\x06 \x01(\fR\x06bundle\x12&\n" +
+	"\x0frenew_jitter_ms\x18\a \x01(\x03R\rrenewJitterMs\"\x0f\n" +
+	"\rGossipRequest\"8\n" +
+	"\x0eGossipResponse\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
+	"\x05peers\x18\x02 \x03(\tR\x05peers\"q\n" +
+	"\x0fRotateCARequest\x12\x17\n" +
+	"\aca_cert\x18\x01 \x01(\fR\x06caCert\x12\x15\n" +
+	"\x06ca_key\x18\x02 \x01(\fR\x05caKey\x12.\n" +
+	"\x13cert_expiry_seconds\x18\x03 \x01(\x03R\x11certExpirySeconds\"E\n" +
+	"\x10RotateCAResponse\x121\n" +
+	"\brotation\x18\x01 \x01(\v2\x15.quorumca.v1.RotationR\brotation\"\x0e\n" +
+	"\fGetCARequest\"Z\n" +
+	"\rGetCAResponse\x12\x16\n" +
+	"\x06bundle\x18\x01 \x01(\fR\x06bundle\x121\n" +
+	"\brotation\x18\x02 \x01(\v2\x15.quorumca.v1.RotationR\brotation\"\xdf\x02\n" +
+	"\bRotation\x12\x1f\n" +
+	"\vin_progress\x18\x01 \x01(\bR\n" +
+	"inProgress\x12\x1d\n" +
+	"\n" +
+	"started_at\x18\x02 \x01(\x03R\tstartedAt\x12!\n" +
+	"\fcompleted_at\x18\x03 \x01(\x03R\vcompletedAt\x120\n" +
+	"\x14new_root_fingerprint\x18\x04 \x01(\tR\x12newRootFingerprint\x12\x14\n" +
+	"\x05total\x18\x05 \x01(\rR\x05total\x12\x1c\n" +
+	"\tconverged\x18\x06 \x01(\rR\tconverged\x12\x1a\n" +
+	"\btrusting\x18\a \x01(\rR\btrusting\x12\x18\n" +
+	"\askipped\x18\b \x01(\rR\askipped\x12#\n" +
+	"\rgrace_seconds\x18\t \x01(\x03R\fgraceSeconds\x12/\n" +
+	"\x05nodes\x18\n" +
+	" \x03(\v2\x19.quorumca.v1.RotationNodeR\x05nodes\"\x8f\x01\n" +
+	"\fRotationNode\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x1d\n" +
+	"\n" +
+	"down_since\x18\x04 \x01(\x03R\tdownSince\x12&\n" +
+	"\x0ftrusts_new_root\x18\x05 \x01(\bR\rtrustsNewRoot\"\xcf\x02\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x12\n" +
@@ -2056,11 +2630,13 @@ const file_quorumca_proto_rawDesc = "" +
 	"\x11RemoveNodeRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force\"\x14\n" +
-	"\x12RemoveNodeResponse\"?\n" +
+	"\x12RemoveNodeResponse\"u\n" +
 	"\rUpdateRequest\x12.\n" +
-	"\x13cert_expiry_seconds\x18\x01 \x01(\x03R\x11certExpirySeconds\"@\n" +
+	"\x13cert_expiry_seconds\x18\x01 \x01(\x03R\x11certExpirySeconds\x124\n" +
+	"\x16rotation_grace_seconds\x18\x02 \x01(\x03R\x14rotationGraceSeconds\"v\n" +
 	"\x0eUpdateResponse\x12.\n" +
-	"\x13cert_expiry_seconds\x18\x01 \x01(\x03R\x11certExpirySeconds\"]\n" +
+	"\x13cert_expiry_seconds\x18\x01 \x01(\x03R\x11certExpirySeconds\x124\n" +
+	"\x16rotation_grace_seconds\x18\x02 \x01(\x03R\x14rotationGraceSeconds\"]\n" +
 	"\x12CreateTokenRequest\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
@@ -2090,12 +2666,13 @@ const file_quorumca_proto_rawDesc = "" +
 	"ttlSeconds\"Y\n" +
 	"\x1dIssueAdminCertificateResponse\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x16\n" +
-	"\x06bundle\x18\x02 \x01(\fR\x06bundle2\x82\x03\n" +
+	"\x06bundle\x18\x02 \x01(\fR\x06bundle2\xc5\x03\n" +
 	"\x02CA\x12V\n" +
 	"\rGetRootBundle\x12!.quorumca.v1.GetRootBundleRequest\x1a\".quorumca.v1.GetRootBundleResponse\x12k\n" +
 	"\x14IssueNodeCertificate\x12(.quorumca.v1.IssueNodeCertificateRequest\x1a).quorumca.v1.IssueNodeCertificateResponse\x12k\n" +
 	"\x14RenewNodeCertificate\x12(.quorumca.v1.RenewNodeCertificateRequest\x1a).quorumca.v1.RenewNodeCertificateResponse\x12J\n" +
-	"\tHeartbeat\x12\x1d.quorumca.v1.HeartbeatRequest\x1a\x1e.quorumca.v1.HeartbeatResponse2\xa5\a\n" +
+	"\tHeartbeat\x12\x1d.quorumca.v1.HeartbeatRequest\x1a\x1e.quorumca.v1.HeartbeatResponse\x12A\n" +
+	"\x06Gossip\x12\x1a.quorumca.v1.GossipRequest\x1a\x1b.quorumca.v1.GossipResponse2\xae\b\n" +
 	"\aControl\x12A\n" +
 	"\x06Status\x12\x1a.quorumca.v1.StatusRequest\x1a\x1b.quorumca.v1.StatusResponse\x12J\n" +
 	"\tJoinToken\x12\x1d.quorumca.v1.JoinTokenRequest\x1a\x1e.quorumca.v1.JoinTokenResponse\x12G\n" +
@@ -2110,7 +2687,9 @@ const file_quorumca_proto_rawDesc = "" +
 	"\n" +
 	"ListTokens\x12\x1e.quorumca.v1.ListTokensRequest\x1a\x1f.quorumca.v1.ListTokensResponse\x12P\n" +
 	"\vRevokeToken\x12\x1f.quorumca.v1.RevokeTokenRequest\x1a .quorumca.v1.RevokeTokenResponse\x12n\n" +
-	"\x15IssueAdminCertificate\x12).quorumca.v1.IssueAdminCertificateRequest\x1a*.quorumca.v1.IssueAdminCertificateResponseB\"Z github.com/quorumca/quorumca/apib\x06proto3"
+	"\x15IssueAdminCertificate\x12).quorumca.v1.IssueAdminCertificateRequest\x1a*.quorumca.v1.IssueAdminCertificateResponse\x12G\n" +
+	"\bRotateCA\x12\x1c.quorumca.v1.RotateCARequest\x1a\x1d.quorumca.v1.RotateCAResponse\x12>\n" +
+	"\x05GetCA\x12\x19.quorumca.v1.GetCARequest\x1a\x1a.quorumca.v1.GetCAResponseB\"Z github.com/quorumca/quorumca/apib\x06proto3"
 
 var (
 	file_quorumca_proto_rawDescOnce sync.Once
@@ -2124,7 +2703,7 @@ func file_quorumca_proto_rawDescGZIP() []byte {
 	return file_quorumca_proto_rawDescData
 }
 
-var file_quorumca_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_quorumca_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_quorumca_proto_goTypes = []any{
 	(*GetRootBundleRequest)(nil),          // 0: quorumca.v1.GetRootBundleRequest
 	(*GetRootBundleResponse)(nil),         // 1: quorumca.v1.GetRootBundleResponse
@@ -2143,66 +2722,84 @@ var file_quorumca_proto_goTypes = []any{
 	(*PingResponse)(nil),                  // 14: quorumca.v1.PingResponse
 	(*HeartbeatRequest)(nil),              // 15: quorumca.v1.HeartbeatRequest
 	(*HeartbeatResponse)(nil),             // 16: quorumca.v1.HeartbeatResponse
-	(*Node)(nil),                          // 17: quorumca.v1.Node
-	(*ListNodesRequest)(nil),              // 18: quorumca.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),             // 19: quorumca.v1.ListNodesResponse
-	(*SetRoleRequest)(nil),                // 20: quorumca.v1.SetRoleRequest
-	(*SetRoleResponse)(nil),               // 21: quorumca.v1.SetRoleResponse
-	(*RemoveNodeRequest)(nil),             // 22: quorumca.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),            // 23: quorumca.v1.RemoveNodeResponse
-	(*UpdateRequest)(nil),                 // 24: quorumca.v1.UpdateRequest
-	(*UpdateResponse)(nil),                // 25: quorumca.v1.UpdateResponse
-	(*CreateTokenRequest)(nil),            // 26: quorumca.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),           // 27: quorumca.v1.CreateTokenResponse
-	(*Token)(nil),                         // 28: quorumca.v1.Token
-	(*ListTokensRequest)(nil),             // 29: quorumca.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),            // 30: quorumca.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),            // 31: quorumca.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),           // 32: quorumca.v1.RevokeTokenResponse
-	(*IssueAdminCertificateRequest)(nil),  // 33: quorumca.v1.IssueAdminCertificateRequest
-	(*IssueAdminCertificateResponse)(nil), // 34: quorumca.v1.IssueAdminCertificateResponse
+	(*GossipRequest)(nil),                 // 17: quorumca.v1.GossipRequest
+	(*GossipResponse)(nil),                // 18: quorumca.v1.GossipResponse
+	(*RotateCARequest)(nil),               // 19: quorumca.v1.RotateCARequest
+	(*RotateCAResponse)(nil),              // 20: quorumca.v1.RotateCAResponse
+	(*GetCARequest)(nil),                  // 21: quorumca.v1.GetCARequest
+	(*GetCAResponse)(nil),                 // 22: quorumca.v1.GetCAResponse
+	(*Rotation)(nil),                      // 23: quorumca.v1.Rotation
+	(*RotationNode)(nil),                  // 24: quorumca.v1.RotationNode
+	(*Node)(nil),                          // 25: quorumca.v1.Node
+	(*ListNodesRequest)(nil),              // 26: quorumca.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),             // 27: quorumca.v1.ListNodesResponse
+	(*SetRoleRequest)(nil),                // 28: quorumca.v1.SetRoleRequest
+	(*SetRoleResponse)(nil),               // 29: quorumca.v1.SetRoleResponse
+	(*RemoveNodeRequest)(nil),             // 30: quorumca.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),            // 31: quorumca.v1.RemoveNodeResponse
+	(*UpdateRequest)(nil),                 // 32: quorumca.v1.UpdateRequest
+	(*UpdateResponse)(nil),                // 33: quorumca.v1.UpdateResponse
+	(*CreateTokenRequest)(nil),            // 34: quorumca.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),           // 35: quorumca.v1.CreateTokenResponse
+	(*Token)(nil),                         // 36: quorumca.v1.Token
+	(*ListTokensRequest)(nil),             // 37: quorumca.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),            // 38: quorumca.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),            // 39: quorumca.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),           // 40: quorumca.v1.RevokeTokenResponse
+	(*IssueAdminCertificateRequest)(nil),  // 41: quorumca.v1.IssueAdminCertificateRequest
+	(*IssueAdminCertificateResponse)(nil), // 42: quorumca.v1.IssueAdminCertificateResponse
 }
 var file_quorumca_proto_depIdxs = []int32{
 	8,  // 0: quorumca.v1.StatusResponse.managers:type_name -> quorumca.v1.Manager
-	17, // 1: quorumca.v1.ListNodesResponse.nodes:type_name -> quorumca.v1.Node
-	28, // 2: quorumca.v1.ListTokensResponse.tokens:type_name -> quorumca.v1.Token
-	0,  // 3: quorumca.v1.CA.GetRootBundle:input_type -> quorumca.v1.GetRootBundleRequest
-	2,  // 4: quorumca.v1.CA.IssueNodeCertificate:input_type -> quorumca.v1.IssueNodeCertificateRequest
-	4,  // 5: quorumca.v1.CA.RenewNodeCertificate:input_type -> quorumca.v1.RenewNodeCertificateRequest
-	15, // 6: quorumca.v1.CA.Heartbeat:input_type -> quorumca.v1.HeartbeatRequest
-	6,  // 7: quorumca.v1.Control.Status:input_type -> quorumca.v1.StatusRequest
-	9,  // 8: quorumca.v1.Control.JoinToken:input_type -> quorumca.v1.JoinTokenRequest
-	11, // 9: quorumca.v1.Control.AddVoter:input_type -> quorumca.v1.AddVoterRequest
-	13, // 10: quorumca.v1.Control.Ping:input_type -> quorumca.v1.PingRequest
-	18, // 11: quorumca.v1.Control.ListNodes:input_type -> quorumca.v1.ListNodesRequest
-	20, // 12: quorumca.v1.Control.SetRole:input_type -> quorumca.v1.SetRoleRequest
-	22, // 13: quorumca.v1.Control.RemoveNode:input_type -> quorumca.v1.RemoveNodeRequest
-	24, // 14: quorumca.v1.Control.Update:input_type -> quorumca.v1.UpdateRequest
-	26, // 15: quorumca.v1.Control.CreateToken:input_type -> quorumca.v1.CreateTokenRequest
-	29, // 16: quorumca.v1.Control.ListTokens:input_type -> quorumca.v1.ListTokensRequest
-	31, // 17: quorumca.v1.Control.RevokeToken:input_type -> quorumca.v1.RevokeTokenRequest
-	33, // 18: quorumca.v1.Control.IssueAdminCertificate:input_type -> quorumca.v1.IssueAdminCertificateRequest
-	1,  // 19: quorumca.v1.CA.GetRootBundle:output_type -> quorumca.v1.GetRootBundleResponse
-	3,  // 20: quorumca.v1.CA.IssueNodeCertificate:output_type -> quorumca.v1.IssueNodeCertificateResponse
-	5,  // 21: quorumca.v1.CA.RenewNodeCertificate:output_type -> quorumca.v1.RenewNodeCertificateResponse
-	16, // 22: quorumca.v1.CA.Heartbeat:output_type -> quorumca.v1.HeartbeatResponse
-	7,  // 23: quorumca.v1.Control.Status:output_type -> quorumca.v1.StatusResponse
-	10, // 24: quorumca.v1.Control.JoinToken:output_type -> quorumca.v1.JoinTokenResponse
-	12, // 25: quorumca.v1.Control.AddVoter:output_type -> quorumca.v1.AddVoterResponse
-	14, // 26: quorumca.v1.Control.Ping:output_type -> quorumca.v1.PingResponse
-	19, // 27: quorumca.v1.Control.ListNodes:output_type -> quorumca.v1.ListNodesResponse
-	21, // 28: quorumca.v1.Control.SetRole:output_type -> quorumca.v1.SetRoleResponse
-	23, // 29: quorumca.v1.Control.RemoveNode:output_type -> quorumca.v1.RemoveNodeResponse
-	25, // 30: quorumca.v1.Control.Update:output_type -> quorumca.v1.UpdateResponse
-	27, // 31: quorumca.v1.Control.CreateToken:output_type -> quorumca.v1.CreateTokenResponse
-	30, // 32: quorumca.v1.Control.ListTokens:output_type -> quorumca.v1.ListTokensResponse
-	32, // 33: quorumca.v1.Control.RevokeToken:output_type -> quorumca.v1.RevokeTokenResponse
-	34, // 34: quorumca.v1.Control.IssueAdminCertificate:output_type -> quorumca.v1.IssueAdminCertificateResponse
-	19, // [19:35] is the sub-list for method output_type
-	3,  // [3:19] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	23, // 1: quorumca.v1.StatusResponse.rotation:type_name -> quorumca.v1.Rotation
+	23, // 2: quorumca.v1.RotateCAResponse.rotation:type_name -> quorumca.v1.Rotation
+	23, // 3: quorumca.v1.GetCAResponse.rotation:type_name -> quorumca.v1.Rotation
+	24, // 4: quorumca.v1.Rotation.nodes:type_name -> quorumca.v1.RotationNode
+	25, // 5: quorumca.v1.ListNodesResponse.nodes:type_name -> quorumca.v1.Node
+	36, // 6: quorumca.v1.ListTokensResponse.tokens:type_name -> quorumca.v1.Token
+	0,  // 7: quorumca.v1.CA.GetRootBundle:input_type -> quorumca.v1.GetRootBundleRequest
+	2,  // 8: quorumca.v1.CA.IssueNodeCertificate:input_type -> quorumca.v1.IssueNodeCertificateRequest
+	4,  // 9: quorumca.v1.CA.RenewNodeCertificate:input_type -> quorumca.v1.RenewNodeCertificateRequest
+	15, // 10: quorumca.v1.CA.Heartbeat:input_type -> quorumca.v1.HeartbeatRequest
+	17, // 11: quorumca.v1.CA.Gossip:input_type -> quorumca.v1.GossipRequest
+	6,  // 12: quorumca.v1.Control.Status:input_type -> quorumca.v1.StatusRequest
+	9,  // 13: quorumca.v1.Control.JoinToken:input_type -> quorumca.v1.JoinTokenRequest
+	11, // 14: quorumca.v1.Control.AddVoter:input_type -> quorumca.v1.AddVoterRequest
+	13, // 15: quorumca.v1.Control.Ping:input_type -> quorumca.v1.PingRequest
+	26, // 16: quorumca.v1.Control.ListNodes:input_type -> quorumca.v1.ListNodesRequest
+	28, // 17: quorumca.v1.Control.SetRole:input_type -> quorumca.v1.SetRoleRequest
+	30, // 18: quorumca.v1.Control.RemoveNode:input_type -> quorumca.v1.RemoveNodeRequest
+	32, // 19: quorumca.v1.Control.Update:input_type -> quorumca.v1.UpdateRequest
+	34, // 20: quorumca.v1.Control.CreateToken:input_type -> quorumca.v1.CreateTokenRequest
+	37, // 21: quorumca.v1.Control.ListTokens:input_type -> quorumca.v1.ListTokensRequest
+	39, // 22: quorumca.v1.Control.RevokeToken:input_type -> quorumca.v1.RevokeTokenRequest
+	41, // 23: quorumca.v1.Control.IssueAdminCertificate:input_type -> quorumca.v1.IssueAdminCertificateRequest
+	19, // 24: quorumca.v1.Control.RotateCA:input_type -> quorumca.v1.RotateCARequest
+	21, // 25: quorumca.v1.Control.GetCA:input_type -> quorumca.v1.GetCARequest
+	1,  // 26: quorumca.v1.CA.GetRootBundle:output_type -> quorumca.v1.GetRootBundleResponse
+	3,  // 27: quorumca.v1.CA.IssueNodeCertificate:output_type -> quorumca.v1.IssueNodeCertificateResponse
+	5,  // 28: quorumca.v1.CA.RenewNodeCertificate:output_type -> quorumca.v1.RenewNodeCertificateResponse
+	16, // 29: quorumca.v1.CA.Heartbeat:output_type -> quorumca.v1.HeartbeatResponse
+	18, // 30: quorumca.v1.CA.Gossip:output_type -> quorumca.v1.GossipResponse
+	7,  // 31: quorumca.v1.Control.Status:output_type -> quorumca.v1.StatusResponse
+	10, // 32: quorumca.v1.Control.JoinToken:output_type -> quorumca.v1.JoinTokenResponse
+	12, // 33: quorumca.v1.Control.AddVoter:output_type -> quorumca.v1.AddVoterResponse
+	14, // 34: quorumca.v1.Control.Ping:output_type -> quorumca.v1.PingResponse
+	27, // 35: quorumca.v1.Control.ListNodes:output_type -> quorumca.v1.ListNodesResponse
+	29, // 36: quorumca.v1.Control.SetRole:output_type -> quorumca.v1.SetRoleResponse
+	31, // 37: quorumca.v1.Control.RemoveNode:output_type -> quorumca.v1.RemoveNodeResponse
+	33, // 38: quorumca.v1.Control.Update:output_type -> quorumca.v1.UpdateResponse
+	35, // 39: quorumca.v1.Control.CreateToken:output_type -> quorumca.v1.CreateTokenResponse
+	38, // 40: quorumca.v1.Control.ListTokens:output_type -> quorumca.v1.ListTokensResponse
+	40, // 41: quorumca.v1.Control.RevokeToken:output_type -> quorumca.v1.RevokeTokenResponse
+	42, // 42: quorumca.v1.Control.IssueAdminCertificate:output_type -> quorumca.v1.IssueAdminCertificateResponse
+	20, // 43: quorumca.v1.Control.RotateCA:output_type -> quorumca.v1.RotateCAResponse
+	22, // 44: quorumca.v1.Control.GetCA:output_type -> quorumca.v1.GetCAResponse
+	26, // [26:45] is the sub-list for method output_type
+	7,  // [7:26] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_quorumca_proto_init() }
@@ -2216,7 +2813,7 @@ func file_quorumca_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quorumca_proto_rawDesc), len(file_quorumca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -27,6 +27,7 @@ const (
 	CA_IssueNodeCertificate_FullMethodName = "/quorumca.v1.CA/IssueNodeCertificate"
 	CA_RenewNodeCertificate_FullMethodName = "/quorumca.v1.CA/RenewNodeCertificate"
 	CA_Heartbeat_FullMethodName            = "/quorumca.v1.CA/Heartbeat"
+	CA_Gossip_FullMethodName               = "/quorumca.v1.CA/Gossip"
 )
 
 // CAClient is the client API for CA service.
@@ -51,6 +52,9 @@ type CAClient interface {
 	// node whether it must renew now (its role or the cluster's cert expiry
 	// changed). Mutual TLS; followers forward it to the leader.
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
+	// Gossip hands a node the cluster's gossip key and the managers' gossip
+	// addresses. Mutual TLS; any manager that has the state answers.
+	Gossip(ctx context.Context, in *GossipRequest, opts ...grpc.CallOption) (*GossipResponse, error)
 }
 
 type cAClient struct {
@@ -101,6 +105,16 @@ func (c *cAClient) Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...
 	return out, nil
 }
 
+func (c *cAClient) Gossip(ctx context.Context, in *GossipRequest, opts ...grpc.CallOption) (*GossipResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GossipResponse)
+	err := c.cc.Invoke(ctx, CA_Gossip_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CAServer is the server API for CA service.
 // All implementations must embed UnimplementedCAServer
 // for forward compatibility.
@@ -123,6 +137,9 @@ type CAServer interface {
 	// node whether it must renew now (its role or the cluster's cert expiry
 	// changed). Mutual TLS; followers forward it to the leader.
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
+	// Gossip hands a node the cluster's gossip key and the managers' gossip
+	// addresses. Mutual TLS; any manager that has the state answers.
+	Gossip(context.Context, *GossipRequest) (*GossipResponse, error)
 	mustEmbedUnimplementedCAServer()
 }
 
@@ -144,6 +161,9 @@ func (UnimplementedCAServer) RenewNodeCertificate(context.Context, *RenewNodeCer
 }
 func (UnimplementedCAServer) Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Heartbeat not implemented")
+}
+func (UnimplementedCAServer) Gossip(context.Context, *GossipRequest) (*GossipResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Gossip not implemented")
 }
 func (UnimplementedCAServer) mustEmbedUnimplementedCAServer() {}
 func (UnimplementedCAServer) testEmbeddedByValue()            {}
@@ -238,6 +258,24 @@ func _CA_Heartbeat_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CA_Gossip_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GossipRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServer).Gossip(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CA_Gossip_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServer).Gossip(ctx, req.(*GossipRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // CA_ServiceDesc is the grpc.ServiceDesc for CA service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -261,6 +299,10 @@ var CA_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Heartbeat",
 			Handler:    _CA_Heartbeat_Handler,
 		},
+		{
+			MethodName: "Gossip",
+			Handler:    _CA_Gossip_Handler,
+		},
 	},
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "quorumca.proto",
@@ -279,6 +321,8 @@ const (
 	Control_ListTokens_FullMethodName            = "/quorumca.v1.Control/ListTokens"
 	Control_RevokeToken_FullMethodName           = "/quorumca.v1.Control/RevokeToken"
 	Control_IssueAdminCertificate_FullMethodName = "/quorumca.v1.Control/IssueAdminCertificate"
+	Control_RotateCA_FullMethodName              = "/quorumca.v1.Control/RotateCA"
+	Control_GetCA_FullMethodName                 = "/quorumca.v1.Control/GetCA"
 )
 
 // ControlClient is the client API for Control service.
@@ -314,6 +358,12 @@ type ControlClient interface {
 	RevokeToken(ctx context.Context, in *RevokeTokenRequest, opts ...grpc.CallOption) (*RevokeTokenResponse, error)
 	// IssueAdminCertificate signs a short-lived admin client certificate.
 	IssueAdminCertificate(ctx context.Context, in *IssueAdminCertificateRequest, opts ...grpc.CallOption) (*IssueAdminCertificateResponse, error)
+	// RotateCA starts a root CA rotation (DESIGN.md flow 5) and returns at
+	// once; GetCA follows its progress.
+	RotateCA(ctx context.Context, in *RotateCARequest, opts ...grpc.CallOption) (*RotateCAResponse, error)
+	// GetCA returns the trust bundle and the progress of the rotation in
+	// progress, or the outcome of the last one.
+	GetCA(ctx context.Context, in *GetCARequest, opts ...grpc.CallOption) (*GetCAResponse, error)
 }
 
 type controlClient struct {
@@ -444,6 +494,26 @@ func (c *controlClient) IssueAdminCertificate(ctx context.Context, in *IssueAdmi
 	return out, nil
 }
 
+func (c *controlClient) RotateCA(ctx context.Context, in *RotateCARequest, opts ...grpc.CallOption) (*RotateCAResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateCAResponse)
+	err := c.cc.Invoke(ctx, Control_RotateCA_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) GetCA(ctx context.Context, in *GetCARequest, opts ...grpc.CallOption) (*GetCAResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetCAResponse)
+	err := c.cc.Invoke(ctx, Control_GetCA_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -477,6 +547,12 @@ type ControlServer interface {
 	RevokeToken(context.Context, *RevokeTokenRequest) (*RevokeTokenResponse, error)
 	// IssueAdminCertificate signs a short-lived admin client certificate.
 	IssueAdminCertificate(context.Context, *IssueAdminCertificateRequest) (*IssueAdminCertificateResponse, error)
+	// RotateCA starts a root CA rotation (DESIGN.md flow 5) and returns at
+	// once; GetCA follows its progress.
+	RotateCA(context.Context, *RotateCARequest) (*RotateCAResponse, error)
+	// GetCA returns the trust bundle and the progress of the rotation in
+	// progress, or the outcome of the last one.
+	GetCA(context.Context, *GetCARequest) (*GetCAResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -522,6 +598,12 @@ func (UnimplementedControlServer) RevokeToken(context.Context, *RevokeTokenReque
 }
 func (UnimplementedControlServer) IssueAdminCertificate(context.Context, *IssueAdminCertificateRequest) (*IssueAdminCertificateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method IssueAdminCertificate not implemented")
+}
+func (UnimplementedControlServer) RotateCA(context.Context, *RotateCARequest) (*RotateCAResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateCA not implemented")
+}
+func (UnimplementedControlServer) GetCA(context.Context, *GetCARequest) (*GetCAResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCA not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -760,6 +842,42 @@ func _Control_IssueAdminCertificate_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_RotateCA_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateCARequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).RotateCA(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_RotateCA_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).RotateCA(ctx, req.(*RotateCARequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_GetCA_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCARequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).GetCA(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_GetCA_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).GetCA(ctx, req.(*GetCARequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -814,6 +932,14 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "IssueAdminCertificate",
 			Handler:    _Control_IssueAdminCertificate_Handler,
+		},
+		{
+			MethodName: "RotateCA",
+			Handler:    _Control_RotateCA_Handler,
+		},
+		{
+			MethodName: "GetCA",
+			Handler:    _Control_GetCA_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -92,3 +92,23 @@ func VerifyPEM(chainPEM, bundlePEM []byte, now time.Time) (Identity, TLSStatus, 
 	}
 	return Verify(chain, roots, now)
 }
+
+// IssuerOf returns the TLS status of a node certificate chain (leaf first)
+// without a clock: the status of the chain's first intermediate, or else of
+// the root in roots that signed the leaf. It does not check that the chain
+// is trusted; use Verify for that. ok is false when no issuer is found.
+func IssuerOf(chain []*x509.Certificate, roots []*x509.Certificate) (status TLSStatus, ok bool) {
+	if len(chain) == 0 {
+		return TLSStatus{}, false
+	}
+	if len(chain) > 1 {
+		return StatusOf(chain[1]), true
+	}
+	leaf := chain[0]
+	for _, r := range roots {
+		if bytes.Equal(r.RawSubject, leaf.RawIssuer) && leaf.CheckSignatureFrom(r) == nil {
+			return StatusOf(r), true
+		}
+	}
+	return TLSStatus{}, false
+}

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
@@ -61,6 +62,10 @@ func apply(s *State, cmd Command) (*State, error) {
 		return applyRevokeToken(s, cmd.RevokeToken)
 	case cmd.SetAddrs != nil:
 		return applySetAddrs(s, cmd.SetAddrs)
+	case cmd.StartRotation != nil:
+		return applyStartRotation(s, cmd.At, cmd.StartRotation)
+	case cmd.CompleteRotation != nil:
+		return applyCompleteRotation(s, cmd.At, cmd.CompleteRotation)
 	}
 	return nil, fmt.Errorf("%w: no operation", ErrBadCommand)
 }
@@ -80,6 +85,8 @@ func applyInit(s *State, at time.Time, in *Init) (*State, error) {
 		return nil, fmt.Errorf("%w: init needs two distinct join secrets", ErrBadCommand)
 	case in.Manager.ID == "" || in.Manager.Role != ca.RoleManager:
 		return nil, fmt.Errorf("%w: init needs its first manager", ErrBadCommand)
+	case len(in.GossipKey) != GossipKeySize:
+		return nil, fmt.Errorf("%w: init needs a gossip key of %d bytes", ErrBadCommand, GossipKeySize)
 	}
 	certs, err := ca.ParseCertificates(in.CA.Cert)
 	if err != nil {
@@ -100,6 +107,7 @@ func applyInit(s *State, at time.Time, in *Init) (*State, error) {
 		CAStatus:      ca.StatusOf(certs[0]),
 		WorkerSecret:  in.WorkerSecret,
 		ManagerSecret: in.ManagerSecret,
+		GossipKey:     in.GossipKey,
 		Nodes:         map[string]Node{m.ID: m},
 	}, nil
 }
@@ -257,9 +265,15 @@ func applyUpdateConfig(s *State, in *UpdateConfig) (*State, error) {
 	if in.CertExpiry != 0 && in.CertExpiry < ca.MinCertExpiry {
 		return nil, fmt.Errorf("%w: cert expiry %s is under the minimum of %s", ErrBadCommand, in.CertExpiry, ca.MinCertExpiry)
 	}
+	if in.RotationGrace != 0 && in.RotationGrace < MinRotationGrace {
+		return nil, fmt.Errorf("%w: rotation grace %s is under the minimum of %s", ErrBadCommand, in.RotationGrace, MinRotationGrace)
+	}
 	next := s.clone()
 	if in.CertExpiry != 0 {
 		next.CertExpiry = in.CertExpiry
+	}
+	if in.RotationGrace != 0 {
+		next.RotationGrace = in.RotationGrace
 	}
 	return next, nil
 }
@@ -332,5 +346,74 @@ func applySetAddrs(s *State, in *SetAddrs) (*State, error) {
 	n.Addr, n.RaftAddr = in.Addr, in.RaftAddr
 	next := s.clone()
 	next.Nodes[n.ID] = n
+	return next, nil
+}
+
+func applyStartRotation(s *State, at time.Time, in *StartRotation) (*State, error) {
+	if s.Rotation != nil {
+		return nil, fmt.Errorf("%w: since %s", ErrRotating, s.Rotation.StartedAt.Format(time.RFC3339))
+	}
+	if in.CertExpiry != 0 && in.CertExpiry < ca.MinCertExpiry {
+		return nil, fmt.Errorf("%w: cert expiry %s is under the minimum of %s", ErrBadCommand, in.CertExpiry, ca.MinCertExpiry)
+	}
+	if len(in.CA.Key) == 0 || len(in.Bundle) == 0 {
+		return nil, fmt.Errorf("%w: a rotation needs the new key and the new bundle", ErrBadCommand)
+	}
+	// Nodes keep trusting the bundle they have until the rotation
+	// completes: the rotation's certificates verify under it.
+	if string(in.CA.Bundle) != string(s.CA.Bundle) {
+		return nil, fmt.Errorf("%w: the rotation's signing material must keep the current bundle", ErrStale)
+	}
+	certs, err := ca.ParseCertificates(in.CA.Cert)
+	if err != nil {
+		return nil, fmt.Errorf("%w: new CA: %w", ErrBadCommand, err)
+	}
+	status := ca.StatusOf(certs[0])
+	if status.Equal(s.CAStatus) {
+		return nil, fmt.Errorf("%w: the new CA is the current one", ErrBadCommand)
+	}
+	next := s.clone()
+	next.Rotation = &Rotation{StartedAt: at, From: s.CAStatus, Chain: in.Chain, Bundle: in.Bundle}
+	next.CA = in.CA
+	next.CAStatus = status
+	if in.CertExpiry != 0 {
+		next.CertExpiry = in.CertExpiry
+	}
+	return next, nil
+}
+
+func applyCompleteRotation(s *State, at time.Time, in *CompleteRotation) (*State, error) {
+	r := s.Rotation
+	if r == nil {
+		return nil, fmt.Errorf("%w: no rotation in progress", ErrStale)
+	}
+	switch {
+	case in.WorkerSecret == "" || in.ManagerSecret == "" || in.WorkerSecret == in.ManagerSecret:
+		return nil, fmt.Errorf("%w: completing a rotation needs two distinct new join secrets", ErrBadCommand)
+	case in.WorkerSecret == s.WorkerSecret || in.ManagerSecret == s.ManagerSecret ||
+		in.WorkerSecret == s.ManagerSecret || in.ManagerSecret == s.WorkerSecret:
+		return nil, fmt.Errorf("%w: completing a rotation must replace both join secrets", ErrBadCommand)
+	}
+	skipped := make([]string, 0, len(in.Skipped))
+	for _, id := range in.Skipped {
+		if _, ok := s.Nodes[id]; ok && !slices.Contains(skipped, id) {
+			skipped = append(skipped, id)
+		}
+	}
+	slices.Sort(skipped)
+	for _, n := range s.SortedNodes() {
+		if !n.Cert.Issuer.Equal(s.CAStatus) && !slices.Contains(skipped, n.ID) {
+			return nil, fmt.Errorf("%w: node %s has no certificate of the new CA yet", ErrStale, n.ID)
+		}
+	}
+	next := s.clone()
+	next.CA = ca.Material{Cert: s.CA.Cert, Key: s.CA.Key, Chain: r.Chain, Bundle: r.Bundle}
+	next.Rotation = nil
+	next.LastRotation = &RotationRecord{StartedAt: r.StartedAt, CompletedAt: at}
+	if len(skipped) > 0 {
+		next.LastRotation.Skipped = skipped
+	}
+	next.WorkerSecret, next.ManagerSecret = in.WorkerSecret, in.ManagerSecret
+	next.Tokens = nil
 	return next, nil
 }

@@ -31,6 +31,33 @@ type Command struct {
 	CreateToken  *CreateToken  `json:"create_token,omitempty"`
 	RevokeToken  *RevokeToken  `json:"revoke_token,omitempty"`
 	SetAddrs     *SetAddrs     `json:"set_addrs,omitempty"`
+
+	StartRotation    *StartRotation    `json:"start_rotation,omitempty"`
+	CompleteRotation *CompleteRotation `json:"complete_rotation,omitempty"`
+}
+
+// StartRotation begins a root CA rotation. CA is the signing material while
+// it runs (ca.Rotation made it: the new key, the cross-signed chain, the
+// current bundle); Chain and Bundle are the new CA's own chain and bundle,
+// which replace them when the rotation completes.
+type StartRotation struct {
+	CA     ca.Material `json:"ca"`
+	Chain  []byte      `json:"chain,omitempty"`
+	Bundle []byte      `json:"bundle"`
+	// CertExpiry, when set, also changes the validity of the certificates
+	// issued from now on.
+	CertExpiry time.Duration `json:"cert_expiry,omitempty"`
+}
+
+// CompleteRotation ends the rotation in progress: the bundle becomes the
+// new root alone, both join secrets are replaced (the tokens' digest
+// changes anyway), and the extra tokens, whose digests named the old root,
+// are dropped. Every node must have a certificate of the new CA but those
+// in Skipped, which were unreachable for longer than the grace.
+type CompleteRotation struct {
+	Skipped       []string `json:"skipped,omitempty"`
+	WorkerSecret  string   `json:"worker_secret"`
+	ManagerSecret string   `json:"manager_secret"`
 }
 
 // SetAddrs records a manager's API and Raft addresses, when a promoted
@@ -61,7 +88,12 @@ type Prune struct{}
 // UpdateConfig changes cluster settings; a zero field keeps its value.
 type UpdateConfig struct {
 	CertExpiry time.Duration `json:"cert_expiry,omitempty"`
+	// RotationGrace is how long a rotation waits for an unreachable node.
+	RotationGrace time.Duration `json:"rotation_grace,omitempty"`
 }
+
+// MinRotationGrace is the shortest rotation grace `update` accepts.
+const MinRotationGrace = time.Second
 
 // CreateToken adds an extra join token.
 type CreateToken struct {
@@ -80,6 +112,8 @@ type Init struct {
 	CA            ca.Material   `json:"ca"`
 	WorkerSecret  string        `json:"worker_secret"`
 	ManagerSecret string        `json:"manager_secret"`
+	// GossipKey encrypts the cluster's gossip.
+	GossipKey []byte `json:"gossip_key"`
 	// Manager is the first manager, with the certificate it was issued.
 	Manager Node `json:"manager"`
 }
@@ -104,6 +138,9 @@ type RotateSecret struct {
 	Role   ca.Role `json:"role"`
 	Secret string  `json:"secret"`
 }
+
+// GossipKeySize is the size of the cluster's gossip key (AES-256).
+const GossipKeySize = 32
 
 // HashSecret returns the SHA-256 of a join secret, as Issue carries it.
 func HashSecret(secret string) [32]byte { return sha256.Sum256([]byte(secret)) }
@@ -131,6 +168,7 @@ func Decode(b []byte) (Command, error) {
 	for _, set := range []bool{
 		c.Init != nil, c.Issue != nil, c.RotateSecret != nil, c.SetRole != nil, c.RemoveNode != nil,
 		c.Prune != nil, c.UpdateConfig != nil, c.CreateToken != nil, c.RevokeToken != nil, c.SetAddrs != nil,
+		c.StartRotation != nil, c.CompleteRotation != nil,
 	} {
 		if set {
 			n++

@@ -30,4 +30,6 @@ var (
 	ErrTokenUnusable = errors.New("fsm: join token expired, used up or revoked")
 	// ErrUnknownToken is returned for a command naming no extra token.
 	ErrUnknownToken = errors.New("fsm: unknown join token")
+	// ErrRotating is returned for a rotation while another is in progress.
+	ErrRotating = errors.New("fsm: a root CA rotation is already in progress")
 )

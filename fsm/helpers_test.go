@@ -107,6 +107,7 @@ func (f *fixture) initCmd() fsm.Command {
 		CA:            f.material,
 		WorkerSecret:  f.workerSecret,
 		ManagerSecret: f.managerSecret,
+		GossipKey:     make([]byte, fsm.GossipKeySize),
 		Manager: fsm.Node{
 			ID: f.managerID, Role: ca.RoleManager, Addr: "10.0.0.1:2377", RaftAddr: "10.0.0.1:2378",
 			Cert: f.managerCert,

@@ -8,6 +8,7 @@
 package fsm
 
 import (
+	"slices"
 	"sort"
 	"time"
 
@@ -42,6 +43,59 @@ type State struct {
 	Removed map[string]time.Time `json:"removed,omitempty"`
 	// Tokens holds the extra join tokens (join-token create), by ID.
 	Tokens map[string]ExtraToken `json:"tokens,omitempty"`
+	// GossipKey encrypts the cluster's gossip; nodes fetch it over mutual
+	// TLS once they hold a certificate.
+	GossipKey []byte `json:"gossip_key"`
+	// RotationGrace is how long a node may be unreachable in gossip before
+	// a root rotation stops waiting for it; zero means
+	// DefaultRotationGrace.
+	RotationGrace time.Duration `json:"rotation_grace,omitempty"`
+	// Rotation is the root CA rotation in progress, nil when none is.
+	Rotation *Rotation `json:"rotation,omitempty"`
+	// LastRotation records the last rotation that completed.
+	LastRotation *RotationRecord `json:"last_rotation,omitempty"`
+}
+
+// DefaultRotationGrace is how long a rotation waits for an unreachable
+// node unless `update --rotation-grace` says otherwise.
+const DefaultRotationGrace = 10 * time.Minute
+
+// Grace returns the rotation grace in force.
+func (s *State) Grace() time.Duration {
+	if s.RotationGrace > 0 {
+		return s.RotationGrace
+	}
+	return DefaultRotationGrace
+}
+
+// Rotation is a root CA rotation in progress (DESIGN.md flow 5). While it
+// runs, State.CA signs with the new key and carries the new root
+// cross-signed by the old key in its chain, and State.CA.Bundle is still
+// the old bundle, so that new certificates verify under the old root and
+// the new one. The old key is gone from the state from the start: it was
+// only needed to cross-sign.
+type Rotation struct {
+	StartedAt time.Time `json:"started_at"`
+	// From is the TLS status certificates had before the rotation.
+	From ca.TLSStatus `json:"from"`
+	// Chain and Bundle are what State.CA's chain and bundle become when
+	// the rotation completes: the new CA's own chain, and its root alone.
+	Chain  []byte `json:"chain,omitempty"`
+	Bundle []byte `json:"bundle"`
+}
+
+// RotationRecord describes a completed rotation.
+type RotationRecord struct {
+	StartedAt   time.Time `json:"started_at"`
+	CompletedAt time.Time `json:"completed_at"`
+	// Skipped names the nodes that were unreachable for longer than the
+	// grace and were left on the old root: they must rejoin.
+	Skipped []string `json:"skipped,omitempty"`
+}
+
+// WasSkipped reports whether the last rotation left node id behind.
+func (s *State) WasSkipped(id string) bool {
+	return s.LastRotation != nil && slices.Contains(s.LastRotation.Skipped, id)
 }
 
 // ExtraToken is a join token beside the two standing ones, that expires or

@@ -40,6 +40,7 @@ import (
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
 	"github.com/quorumca/quorumca/manager"
+	"github.com/quorumca/quorumca/membership"
 )
 
 // Test timings. Raft's are hashicorp/raft's defaults (the product's too):
@@ -121,6 +122,8 @@ func managerConfig(tb testing.TB, sockDir, name string) manager.Config {
 		DataDir:            tb.TempDir(),
 		ListenAddr:         "127.0.0.1:0",
 		RaftListenAddr:     "127.0.0.1:0",
+		GossipAddr:         "127.0.0.1:0",
+		GossipTiming:       membership.Fast,
 		SocketPath:         filepath.Join(sockDir, name+".sock"),
 		Logger:             testLogger(),
 		HeartbeatTimeout:   testHeartbeat,

@@ -44,6 +44,7 @@ import (
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/manager"
+	"github.com/quorumca/quorumca/membership"
 )
 
 // Timings of the lifecycle tests: fast Raft, a heartbeat every 100ms, a
@@ -191,6 +192,8 @@ func (c *lcCluster) config(name string) manager.Config {
 		DataDir:            dir,
 		ListenAddr:         "127.0.0.1:0",
 		RaftListenAddr:     "127.0.0.1:0",
+		GossipAddr:         "127.0.0.1:0",
+		GossipTiming:       membership.Fast,
 		SocketPath:         filepath.Join(c.sockDir, name+".sock"),
 		Logger:             testLogger(),
 		HeartbeatTimeout:   lcRaftHeartbeat,

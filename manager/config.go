@@ -11,6 +11,9 @@ import (
 	"log/slog"
 	"net"
 	"time"
+
+	"github.com/quorumca/quorumca/agent"
+	"github.com/quorumca/quorumca/membership"
 )
 
 // Default addresses.
@@ -52,6 +55,15 @@ type Config struct {
 	// ReconcilePeriod is how often the leader reconciles Raft voters with
 	// the state and prunes expired removals (default 2s).
 	ReconcilePeriod time.Duration
+	// GossipAddr is the gossip address to listen on, TCP and UDP (default
+	// 0.0.0.0:7946); GossipAdvertiseAddr is the one others reach this node
+	// at (default: chosen by memberlist from the host's addresses).
+	GossipAddr, GossipAdvertiseAddr string
+	// GossipTiming is gossip's failure-detection speed (tests use Fast).
+	GossipTiming membership.Timing
+	// RotationJitter bounds the random wait before a node renews for a
+	// root rotation, to spread the renewals (default 2s).
+	RotationJitter time.Duration
 }
 
 // DefaultConfig returns a Config with the default ports and data directory.
@@ -88,6 +100,12 @@ func (c *Config) setDefaults() {
 	if c.ReconcilePeriod == 0 {
 		c.ReconcilePeriod = 2 * time.Second
 	}
+	if c.GossipAddr == "" {
+		c.GossipAddr = agent.DefaultGossipAddr
+	}
+	if c.RotationJitter == 0 {
+		c.RotationJitter = 2 * time.Second
+	}
 }
 
 // Validate checks the configuration; its messages name the field.
@@ -98,6 +116,7 @@ func (c Config) Validate() error {
 	for _, a := range []struct{ name, addr string }{
 		{"ListenAddr (--listen-addr)", c.ListenAddr},
 		{"RaftListenAddr (--raft-addr)", c.RaftListenAddr},
+		{"GossipAddr (--gossip-addr)", c.GossipAddr},
 	} {
 		if _, _, err := net.SplitHostPort(a.addr); err != nil {
 			return fmt.Errorf("manager: %s %q is not host:port: %v", a.name, a.addr, err)
@@ -106,6 +125,7 @@ func (c Config) Validate() error {
 	for _, a := range []struct{ name, addr string }{
 		{"AdvertiseAddr (--advertise-addr)", c.AdvertiseAddr},
 		{"RaftAdvertiseAddr", c.RaftAdvertiseAddr},
+		{"GossipAdvertiseAddr (--gossip-advertise-addr)", c.GossipAdvertiseAddr},
 	} {
 		if a.addr == "" {
 			continue

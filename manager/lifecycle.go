@@ -75,14 +75,20 @@ func (s *service) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*ap
 		}
 		now := m.cfg.Now()
 		m.seen.mark(n.ID, now)
-		return &api.HeartbeatResponse{
+		resp := &api.HeartbeatResponse{
 			Role:              string(n.Role),
 			Renew:             needsRenewal(st, n, c, now),
 			CertExpirySeconds: int64(st.CertExpiry / time.Second),
 			PeriodMs:          m.cfg.HeartbeatPeriod.Milliseconds(),
 			Managers:          managerAddrs(st),
 			Bundle:            st.CA.Bundle,
-		}, nil
+		}
+		if resp.Renew && st.Rotation != nil && !c.status.Equal(st.CAStatus) {
+			// Every node hears of a rotation within one heartbeat period:
+			// spread their renewals.
+			resp.RenewJitterMs = m.cfg.RotationJitter.Milliseconds()
+		}
+		return resp, nil
 	})
 }
 
@@ -94,7 +100,7 @@ func needsRenewal(st *fsm.State, n fsm.Node, c caller, now time.Time) bool {
 	if c.id.Role != n.Role {
 		return true
 	}
-	if len(c.chain) > 1 && !c.status.Equal(st.CAStatus) {
+	if !c.status.Equal(st.CAStatus) {
 		return true
 	}
 	const slack = time.Minute
@@ -125,6 +131,12 @@ func (s *service) ListNodes(ctx context.Context, req *api.ListNodesRequest) (*ap
 		} else {
 			nodes = st.SortedNodes()
 		}
+		rotState := map[string]string{}
+		if st.Rotation != nil {
+			for _, rn := range m.viewRotation(st, now).info.GetNodes() {
+				rotState[rn.GetId()] = rn.GetState()
+			}
+		}
 		out := make([]*api.Node, len(nodes))
 		var wg sync.WaitGroup
 		for i, n := range nodes {
@@ -132,7 +144,7 @@ func (s *service) ListNodes(ctx context.Context, req *api.ListNodesRequest) (*ap
 				Id: n.ID, Role: string(n.Role), Addr: n.Addr, RaftAddr: n.RaftAddr,
 				Status: "down", Leader: n.ID == leaderID,
 				CertSerial: n.Cert.Serial, CertNotAfter: n.Cert.NotAfter.Unix(),
-				TlsStatus: tlsStatus(st, n), JoinedAt: n.JoinedAt.Unix(),
+				TlsStatus: tlsStatus(st, n, rotState[n.ID]), JoinedAt: n.JoinedAt.Unix(),
 			}
 			if last := m.seen.last(n.ID); !last.IsZero() {
 				an.LastSeen = last.Unix()
@@ -162,12 +174,23 @@ func (s *service) ListNodes(ctx context.Context, req *api.ListNodesRequest) (*ap
 	})
 }
 
-// tlsStatus says whether a node's certificate was signed by the current CA.
-func tlsStatus(st *fsm.State, n fsm.Node) string {
-	if n.Cert.Issuer.Equal(st.CAStatus) {
+// tlsStatus says whether a node's certificate was signed by the current CA
+// ("ready"), is still to be renewed in the rotation in progress ("needs
+// rotation"), or was left behind by a completed rotation while it was
+// unreachable ("rejoin needed"). rotState is the node's state in the
+// rotation in progress, if any: a node unreachable in it is named.
+func tlsStatus(st *fsm.State, n fsm.Node, rotState string) string {
+	switch {
+	case st.Rotation != nil && rotState == rotSkipped:
+		return "needs rotation (unreachable past the grace: skipped)"
+	case st.Rotation != nil && rotState == rotDown:
+		return "needs rotation (unreachable)"
+	case n.Cert.Issuer.Equal(st.CAStatus) && !st.WasSkipped(n.ID):
 		return "ready"
+	case st.Rotation != nil:
+		return "needs rotation"
 	}
-	return "needs rotation"
+	return "rejoin needed"
 }
 
 func (s *service) SetRole(ctx context.Context, req *api.SetRoleRequest) (*api.SetRoleResponse, error) {
@@ -285,16 +308,21 @@ func (s *service) Update(ctx context.Context, req *api.UpdateRequest) (*api.Upda
 		return nil, toStatus(err)
 	}
 	expiry := time.Duration(req.GetCertExpirySeconds()) * time.Second
-	if req.GetCertExpirySeconds() != 0 && expiry < ca.MinCertExpiry {
+	if req.GetCertExpirySeconds() < 0 || (req.GetCertExpirySeconds() != 0 && expiry < ca.MinCertExpiry) {
 		return nil, toStatus(fmt.Errorf("%w: --cert-expiry %s is under the minimum of %s", fsm.ErrBadCommand, expiry, ca.MinCertExpiry))
 	}
+	grace := time.Duration(req.GetRotationGraceSeconds()) * time.Second
+	if req.GetRotationGraceSeconds() < 0 || (req.GetRotationGraceSeconds() != 0 && grace < fsm.MinRotationGrace) {
+		return nil, toStatus(fmt.Errorf("%w: --rotation-grace %s is under the minimum of %s", fsm.ErrBadCommand, grace, fsm.MinRotationGrace))
+	}
 	return leaderOnly(ctx, s.m, c, req, func() (*api.UpdateResponse, error) {
-		st, err := s.m.propose(ctx, fsm.Command{At: s.m.cfg.Now(), UpdateConfig: &fsm.UpdateConfig{CertExpiry: expiry}})
+		st, err := s.m.propose(ctx, fsm.Command{At: s.m.cfg.Now(), UpdateConfig: &fsm.UpdateConfig{CertExpiry: expiry, RotationGrace: grace}})
 		if err != nil {
 			return nil, toStatus(err)
 		}
-		s.m.log.Info("cluster updated", "cert_expiry", st.CertExpiry)
-		return &api.UpdateResponse{CertExpirySeconds: int64(st.CertExpiry / time.Second)}, nil
+		s.m.log.Info("cluster updated", "cert_expiry", st.CertExpiry, "rotation_grace", st.Grace())
+		s.m.kickRotation()
+		return &api.UpdateResponse{CertExpirySeconds: int64(st.CertExpiry / time.Second), RotationGraceSeconds: int64(st.Grace() / time.Second)}, nil
 	})
 }
 
@@ -438,15 +466,21 @@ func (m *Manager) leaderLoop(ctx context.Context) {
 	tick := time.NewTicker(m.cfg.ReconcilePeriod)
 	defer tick.Stop()
 	for {
+		reconcile := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+			reconcile = true
+		case <-m.rotationKick:
 		}
 		if !m.raft.IsLeader() {
 			continue
 		}
-		m.reconcile(ctx)
+		if reconcile {
+			m.reconcile(ctx)
+		}
+		m.driveRotation(ctx)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -45,6 +46,13 @@ type Manager struct {
 	peers   *peerConns
 	seen    liveness
 	renewer *agent.Renewer
+	// gossip is set once serve starts it; RPCs read it concurrently.
+	gossip       atomic.Pointer[agent.Gossip]
+	rotation     rotationTracker
+	rotationKick chan struct{}
+
+	// nodeMu serialises changes to node and node.json.
+	nodeMu sync.Mutex
 
 	// cancel stops the background loops started by serve.
 	cancel   context.CancelFunc
@@ -94,8 +102,9 @@ func newManager(cfg Config) (*Manager, error) {
 	m := &Manager{
 		cfg:     cfg,
 		log:     cfg.Logger,
-		machine: fsm.NewMachine(),
-		done:    make(chan struct{}),
+		machine:      fsm.NewMachine(),
+		done:         make(chan struct{}),
+		rotationKick: make(chan struct{}, 1),
 	}
 	return m, nil
 }
@@ -162,6 +171,10 @@ func Init(ctx context.Context, cfg Config, opts InitOptions) (_ *Manager, err er
 	if err != nil {
 		return nil, err
 	}
+	gossipKey := make([]byte, fsm.GossipKeySize)
+	if _, err := io.ReadFull(cfg.Rand, gossipKey); err != nil {
+		return nil, fmt.Errorf("manager: gossip key: %w", err)
+	}
 	key, err := ca.GenerateKey(cfg.Rand)
 	if err != nil {
 		return nil, err
@@ -183,6 +196,7 @@ func Init(ctx context.Context, cfg Config, opts InitOptions) (_ *Manager, err er
 		Managers:   []string{m.apiAddr},
 		ListenAddr: bound(cfg.ListenAddr, m.apiLn), AdvertiseAddr: m.apiAddr,
 		RaftAddr: bound(cfg.RaftListenAddr, m.raftLn), RaftAdvertiseAddr: m.raftAddr,
+		GossipAddr: cfg.GossipAddr, GossipAdvertiseAddr: cfg.GossipAdvertiseAddr,
 	}
 	if err := m.openRaft(true); err != nil {
 		return nil, err
@@ -196,7 +210,7 @@ func Init(ctx context.Context, cfg Config, opts InitOptions) (_ *Manager, err er
 	}
 	if _, err := m.propose(ctx, fsm.Command{At: now, Init: &fsm.Init{
 		ClusterID: clusterID, CertExpiry: opts.CertExpiry, CA: material,
-		WorkerSecret: workerSecret, ManagerSecret: managerSecret, Manager: self,
+		WorkerSecret: workerSecret, ManagerSecret: managerSecret, GossipKey: gossipKey, Manager: self,
 	}}); err != nil {
 		return nil, err
 	}
@@ -223,6 +237,9 @@ func Start(ctx context.Context, cfg Config) (_ *Manager, err error) {
 	}
 	if m.node.Role != ca.RoleManager {
 		return nil, fmt.Errorf("manager: %s holds a %s; start it as a worker", m.cfg.DataDir, m.node.Role.Short())
+	}
+	if m.node.GossipAddr == "" {
+		m.node.GossipAddr, m.node.GossipAdvertiseAddr = m.cfg.GossipAddr, m.cfg.GossipAdvertiseAddr
 	}
 	if m.creds, err = agent.LoadCredentials(m.cfg.DataDir); err != nil {
 		return nil, err
@@ -276,12 +293,11 @@ func Join(ctx context.Context, cfg Config, token, remote string) (_ *Manager, _ 
 	jc := agent.JoinConfig{
 		DataDir: cfg.DataDir, Token: token, Remote: remote, Rand: cfg.Rand, Logger: cfg.Logger,
 	}
+	jc.Node = agent.NodeConfig{GossipAddr: cfg.GossipAddr, GossipAdvertiseAddr: cfg.GossipAdvertiseAddr}
 	if listenErr == nil {
 		jc.Addr, jc.RaftAddr = m.apiAddr, m.raftAddr
-		jc.Node = agent.NodeConfig{
-			ListenAddr: bound(cfg.ListenAddr, m.apiLn), AdvertiseAddr: m.apiAddr,
-			RaftAddr: bound(cfg.RaftListenAddr, m.raftLn), RaftAdvertiseAddr: m.raftAddr,
-		}
+		jc.Node.ListenAddr, jc.Node.AdvertiseAddr = bound(cfg.ListenAddr, m.apiLn), m.apiAddr
+		jc.Node.RaftAddr, jc.Node.RaftAdvertiseAddr = bound(cfg.RaftListenAddr, m.raftLn), m.raftAddr
 	}
 	res, err := agent.Join(ctx, jc)
 	if err != nil {
@@ -293,10 +309,7 @@ func Join(ctx context.Context, cfg Config, token, remote string) (_ *Manager, _ 
 	}
 	if res.Node.Role != ca.RoleManager {
 		m.closeListeners()
-		w, err := agent.StartWorker(agent.WorkerConfig{
-			DataDir: cfg.DataDir, SocketPath: cfg.SocketPath, Logger: cfg.Logger,
-			HeartbeatPeriod: cfg.HeartbeatPeriod, Rand: cfg.Rand, Now: cfg.Now,
-		})
+		w, err := agent.StartWorker(m.workerConfig())
 		return nil, w, err
 	}
 	m.creds, m.node = res.Credentials, res.Node
@@ -450,10 +463,53 @@ func (m *Manager) serve() error {
 		Now:             m.cfg.Now,
 		Logger:          m.log.With("component", "renewer"),
 	})
-	m.loops.Add(2)
+	m.creds.OnUpdate(func() {
+		if m.raft != nil {
+			m.raft.SetTLS(m.raftTLS())
+		}
+	})
+	m.gossip.Store(agent.StartGossip(agent.GossipConfig{
+		BindAddr:      m.node.GossipAddr,
+		AdvertiseAddr: m.node.GossipAdvertiseAddr,
+		Credentials:   m.creds,
+		Fetch:         m.renewer.Gossip,
+		Accept:        m.acceptGossip,
+		OnChange:      m.kickRotation,
+		Timing:        m.cfg.GossipTiming,
+		OnAddr:        m.saveGossipAddr,
+		Logger:        m.log.With("component", "gossip"),
+	}))
+	m.loops.Add(3)
 	go func() { defer m.loops.Done(); m.renewer.Run(ctx) }()
 	go func() { defer m.loops.Done(); m.leaderLoop(ctx) }()
+	go func() { defer m.loops.Done(); m.followBundle(ctx) }()
 	return nil
+}
+
+// workerConfig is the configuration a worker started in place of this
+// manager runs with: the same data directory, socket, timings and
+// randomness.
+func (m *Manager) workerConfig() agent.WorkerConfig {
+	return agent.WorkerConfig{
+		DataDir: m.cfg.DataDir, SocketPath: m.cfg.SocketPath, Logger: m.cfg.Logger,
+		HeartbeatPeriod: m.cfg.HeartbeatPeriod, Rand: m.cfg.Rand, Now: m.cfg.Now,
+		GossipTiming: m.cfg.GossipTiming,
+	}
+}
+
+func (m *Manager) saveGossipAddr(bind string) {
+	if err := m.saveNode(func(n *agent.NodeConfig) { n.GossipAddr = bind }); err != nil {
+		m.log.Warn("record gossip address", "err", err)
+	}
+}
+
+// saveNode changes node.json under nodeMu, so that concurrent changes do
+// not undo one another.
+func (m *Manager) saveNode(change func(*agent.NodeConfig)) error {
+	m.nodeMu.Lock()
+	defer m.nodeMu.Unlock()
+	change(&m.node)
+	return agent.SaveNodeConfig(m.cfg.DataDir, m.node)
 }
 
 // ErrRoleChanged is the reason a manager stops by itself when it was
@@ -463,8 +519,7 @@ var ErrRoleChanged = errors.New("manager: node role changed")
 // roleChanged is called by the renewer once this node holds a certificate
 // for a new role: record it and stop, so the daemon restarts as a worker.
 func (m *Manager) roleChanged(role ca.Role) {
-	m.node.Role = role
-	if err := agent.SaveNodeConfig(m.cfg.DataDir, m.node); err != nil {
+	if err := m.saveNode(func(n *agent.NodeConfig) { n.Role = role }); err != nil {
 		m.log.Error("record new role", "err", err)
 	}
 	m.log.Info("demoted: stopping the manager side to run as a worker", "role", role)
@@ -491,8 +546,7 @@ func (m *Manager) Reason() error {
 func (m *Manager) Renewer() *agent.Renewer { return m.renewer }
 
 func (m *Manager) saveManagers(addrs []string) {
-	m.node.Managers = addrs
-	if err := agent.SaveNodeConfig(m.cfg.DataDir, m.node); err != nil {
+	if err := m.saveNode(func(n *agent.NodeConfig) { n.Managers = addrs }); err != nil {
 		m.log.Warn("record managers", "err", err)
 	}
 }
@@ -509,6 +563,9 @@ func (m *Manager) Stop() error {
 		if m.cancel != nil {
 			m.cancel()
 			m.loops.Wait()
+		}
+		if g := m.gossip.Load(); g != nil {
+			g.Stop()
 		}
 		if m.server != nil {
 			stopGRPC(m.server)

@@ -2,8 +2,6 @@ package manager
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"math/big"
 	"net"
@@ -116,14 +114,7 @@ func certInfo(iss ca.Issued, status ca.TLSStatus) fsm.CertInfo {
 func serialHex(n *big.Int) string { return n.Text(16) }
 
 // fingerprint is the SHA-256 of the first certificate of a PEM bundle, hex.
-func fingerprint(bundle []byte) string {
-	certs, err := ca.ParseCertificates(bundle)
-	if err != nil {
-		return "?"
-	}
-	sum := sha256.Sum256(certs[0].Raw)
-	return hex.EncodeToString(sum[:])
-}
+var fingerprint = agent.BundleFingerprint
 
 // listenUnix listens on a Unix socket that only its owner may use.
 func listenUnix(path string) (net.Listener, error) {

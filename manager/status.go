@@ -52,7 +52,8 @@ func toStatus(err error) error {
 		code = codes.NotFound
 	case errors.Is(err, fsm.ErrTokenUnusable):
 		code = codes.PermissionDenied
-	case errors.Is(err, fsm.ErrLastManager), errors.Is(err, errNodeLive), errors.Is(err, errQuorum):
+	case errors.Is(err, fsm.ErrLastManager), errors.Is(err, errNodeLive), errors.Is(err, errQuorum),
+		errors.Is(err, errNotRotatable), errors.Is(err, fsm.ErrRotating):
 		code = codes.FailedPrecondition
 	case errors.Is(err, fsm.ErrNodeExists):
 		code = codes.AlreadyExists
@@ -60,7 +61,9 @@ func toStatus(err error) error {
 		code = codes.FailedPrecondition
 	case errors.Is(err, ca.ErrMalformedToken), errors.Is(err, ca.ErrBadCSR), errors.Is(err, ca.ErrCSRSignature),
 		errors.Is(err, ca.ErrUnsupportedKey), errors.Is(err, ca.ErrWeakKey), errors.Is(err, ca.ErrBadIdentity),
-		errors.Is(err, ca.ErrMalformedPEM), errors.Is(err, fsm.ErrBadCommand), errors.Is(err, ca.ErrExpiryTooShort):
+		errors.Is(err, ca.ErrMalformedPEM), errors.Is(err, fsm.ErrBadCommand), errors.Is(err, ca.ErrExpiryTooShort),
+		errors.Is(err, ca.ErrNotCA), errors.Is(err, ca.ErrChainIncomplete), errors.Is(err, ca.ErrExpiring),
+		errors.Is(err, ca.ErrKeyMismatch), errors.Is(err, ca.ErrKeyReused):
 		code = codes.InvalidArgument
 	}
 	return status.Error(code, err.Error())

@@ -64,15 +64,16 @@ CGO_ENABLED=0 go build -o "$bin" ./cmd/quorumca
 
 api() { echo "127.0.0.1:$((base_port + $1))"; }
 raft() { echo "127.0.0.1:$((base_port + 10 + $1))"; }
+gossip() { echo "127.0.0.1:$((base_port + 20 + $1))"; }
 
-start manager1 init --listen-addr "$(api 1)" --raft-addr "$(raft 1)"
+start manager1 init --listen-addr "$(api 1)" --raft-addr "$(raft 1)" --gossip-addr "$(gossip 1)"
 manager_token=$("$bin" join-token -q manager --data-dir "$dir/manager1")
 worker_token=$("$bin" join-token -q worker --data-dir "$dir/manager1")
-start manager2 join --token "$manager_token" --listen-addr "$(api 2)" --raft-addr "$(raft 2)" "$(api 1)"
-start manager3 join --token "$manager_token" --listen-addr "$(api 3)" --raft-addr "$(raft 3)" "$(api 1)"
+start manager2 join --token "$manager_token" --listen-addr "$(api 2)" --raft-addr "$(raft 2)" --gossip-addr "$(gossip 2)" "$(api 1)"
+start manager3 join --token "$manager_token" --listen-addr "$(api 3)" --raft-addr "$(raft 3)" --gossip-addr "$(gossip 3)" "$(api 1)"
 # Workers join through a follower: any manager admits a node.
-start worker1 join --token "$worker_token" --listen-addr "$(api 4)" --raft-addr "$(raft 4)" "$(api 2)"
-start worker2 join --token "$worker_token" --listen-addr "$(api 5)" --raft-addr "$(raft 5)" "$(api 3)"
+start worker1 join --token "$worker_token" --listen-addr "$(api 4)" --raft-addr "$(raft 4)" --gossip-addr "$(gossip 4)" "$(api 2)"
+start worker2 join --token "$worker_token" --listen-addr "$(api 5)" --raft-addr "$(raft 5)" --gossip-addr "$(gossip 5)" "$(api 3)"
 
 echo
 "$bin" status --data-dir "$dir/manager1"

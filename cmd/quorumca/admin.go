@@ -64,7 +64,18 @@ type statusJSON struct {
 	RootFingerprint string        `json:"root_fingerprint"`
 	Nodes           uint32        `json:"nodes,omitempty"`
 	CertExpiry      string        `json:"cert_expiry,omitempty"`
+	Rotation        *rotationJSON `json:"rotation,omitempty"`
+	Problem         string        `json:"problem,omitempty"`
 	Managers        []managerJSON `json:"managers"`
+}
+
+// rotationJSON is the progress of a root rotation in status.
+type rotationJSON struct {
+	StartedAt time.Time `json:"started_at"`
+	NewRoot   string    `json:"new_root_fingerprint"`
+	Total     uint32    `json:"total"`
+	Converged uint32    `json:"converged"`
+	Skipped   uint32    `json:"skipped"`
 }
 
 type managerJSON struct {
@@ -86,6 +97,13 @@ func printStatus(w io.Writer, format string, st *api.StatusResponse) error {
 	if s := st.GetCertExpirySeconds(); s > 0 {
 		out.CertExpiry = (time.Duration(s) * time.Second).String()
 	}
+	if r := st.GetRotation(); r != nil {
+		out.Rotation = &rotationJSON{
+			StartedAt: time.Unix(r.GetStartedAt(), 0).UTC(), NewRoot: r.GetNewRootFingerprint(),
+			Total: r.GetTotal(), Converged: r.GetConverged(), Skipped: r.GetSkipped(),
+		}
+	}
+	out.Problem = st.GetProblem()
 	for _, m := range st.GetManagers() {
 		out.Managers = append(out.Managers, managerJSON{
 			NodeID: m.GetNodeId(), Addr: m.GetAddr(), RaftAddr: m.GetRaftAddr(),
@@ -109,6 +127,16 @@ func printStatus(w io.Writer, format string, st *api.StatusResponse) error {
 	}
 	if out.CertExpiry != "" {
 		fmt.Fprintf(w, "Cert expiry:  %s\n", out.CertExpiry)
+	}
+	if r := out.Rotation; r != nil {
+		fmt.Fprintf(w, "Rotation:     to sha256:%s since %s: %d/%d nodes renewed", short(r.NewRoot), r.StartedAt.Format(time.RFC3339), r.Converged, r.Total)
+		if r.Skipped > 0 {
+			fmt.Fprintf(w, ", %d skipped", r.Skipped)
+		}
+		fmt.Fprintln(w)
+	}
+	if out.Problem != "" {
+		fmt.Fprintf(w, "Problem:      %s\n", out.Problem)
 	}
 	fmt.Fprintln(w, "Managers:")
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)

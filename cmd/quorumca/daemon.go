@@ -17,6 +17,7 @@ import (
 // daemonFlags are the flags of the commands that run the daemon.
 type daemonFlags struct {
 	listenAddr, advertiseAddr, raftAddr, raftAdvertiseAddr string
+	gossipAddr, gossipAdvertiseAddr                        string
 }
 
 func (d *daemonFlags) register(cmd *cobra.Command) {
@@ -25,6 +26,8 @@ func (d *daemonFlags) register(cmd *cobra.Command) {
 	f.StringVar(&d.advertiseAddr, "advertise-addr", "", "API address other nodes reach this manager at (default: the listen address)")
 	f.StringVar(&d.raftAddr, "raft-addr", manager.DefaultRaftAddr, "Raft listen address (host:port)")
 	f.StringVar(&d.raftAdvertiseAddr, "raft-advertise-addr", "", "Raft address other managers reach this one at (default: the Raft listen address)")
+	f.StringVar(&d.gossipAddr, "gossip-addr", agent.DefaultGossipAddr, "gossip listen address, TCP and UDP (host:port)")
+	f.StringVar(&d.gossipAdvertiseAddr, "gossip-advertise-addr", "", "gossip address other nodes reach this one at (default: picked from the host's addresses)")
 }
 
 func (g *globals) managerConfig(d *daemonFlags) (manager.Config, error) {
@@ -38,6 +41,8 @@ func (g *globals) managerConfig(d *daemonFlags) (manager.Config, error) {
 	cfg.AdvertiseAddr = d.advertiseAddr
 	cfg.RaftListenAddr = d.raftAddr
 	cfg.RaftAdvertiseAddr = d.raftAdvertiseAddr
+	cfg.GossipAddr = d.gossipAddr
+	cfg.GossipAdvertiseAddr = d.gossipAdvertiseAddr
 	cfg.Logger = log
 	return cfg, cfg.Validate()
 }
@@ -179,6 +184,19 @@ func runNode(cmd *cobra.Command, g *globals, d *daemonFlags) error {
 		nc, err := agent.LoadNodeConfig(g.dataDir)
 		if err != nil {
 			return err
+		}
+		// The gossip addresses recorded at init or join stand, unless a
+		// flag overrides them.
+		if fl := cmd.Flags(); fl.Changed("gossip-addr") || fl.Changed("gossip-advertise-addr") {
+			if fl.Changed("gossip-addr") {
+				nc.GossipAddr = d.gossipAddr
+			}
+			if fl.Changed("gossip-advertise-addr") {
+				nc.GossipAdvertiseAddr = d.gossipAdvertiseAddr
+			}
+			if err := agent.SaveNodeConfig(g.dataDir, nc); err != nil {
+				return err
+			}
 		}
 		started := time.Now()
 		var switched bool

@@ -52,7 +52,7 @@ func newRootCmd() *cobra.Command {
 	pf.StringVar(&g.tlsKey, "tlskey", inCertPath("key.pem"), "with --host tcp://: key of --tlscert")
 	root.AddCommand(
 		newInitCmd(g), newJoinCmd(g), newRunCmd(g),
-		newStatusCmd(g), newJoinTokenCmd(g), newNodeCmd(g), newUpdateCmd(g), newAdminCertCmd(g),
+		newStatusCmd(g), newJoinTokenCmd(g), newNodeCmd(g), newUpdateCmd(g), newCACmd(g), newAdminCertCmd(g),
 	)
 	return root
 }

@@ -13,35 +13,54 @@ import (
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/fsm"
 )
 
 func newUpdateCmd(g *globals) *cobra.Command {
-	var certExpiry time.Duration
+	var certExpiry, grace time.Duration
 	cmd := &cobra.Command{
-		Use:   "update --cert-expiry D",
+		Use:   "update [--cert-expiry D] [--rotation-grace D]",
 		Short: "Change cluster settings",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !cmd.Flags().Changed("cert-expiry") {
-				return fmt.Errorf("nothing to update: give --cert-expiry")
+			fl := cmd.Flags()
+			if !fl.Changed("cert-expiry") && !fl.Changed("rotation-grace") {
+				return fmt.Errorf("nothing to update: give --cert-expiry or --rotation-grace")
 			}
-			if certExpiry < ca.MinCertExpiry {
-				return fmt.Errorf("--cert-expiry %s is under the minimum of %s", certExpiry, ca.MinCertExpiry)
+			req := &api.UpdateRequest{}
+			if fl.Changed("cert-expiry") {
+				if certExpiry < ca.MinCertExpiry {
+					return fmt.Errorf("--cert-expiry %s is under the minimum of %s", certExpiry, ca.MinCertExpiry)
+				}
+				req.CertExpirySeconds = int64(certExpiry / time.Second)
+			}
+			if fl.Changed("rotation-grace") {
+				if grace < fsm.MinRotationGrace {
+					return fmt.Errorf("--rotation-grace %s is under the minimum of %s", grace, fsm.MinRotationGrace)
+				}
+				req.RotationGraceSeconds = int64(grace / time.Second)
 			}
 			client, ctx, done, err := g.control(cmd, 30*time.Second)
 			if err != nil {
 				return err
 			}
 			defer done()
-			resp, err := client.Update(ctx, &api.UpdateRequest{CertExpirySeconds: int64(certExpiry / time.Second)})
+			resp, err := client.Update(ctx, req)
 			if err != nil {
 				return rpcError(err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Cert expiry: %s. Nodes whose certificates outlive it renew now.\n", time.Duration(resp.GetCertExpirySeconds())*time.Second)
+			w := cmd.OutOrStdout()
+			if fl.Changed("cert-expiry") {
+				fmt.Fprintf(w, "Cert expiry: %s. Nodes whose certificates outlive it renew now.\n", time.Duration(resp.GetCertExpirySeconds())*time.Second)
+			}
+			if fl.Changed("rotation-grace") {
+				fmt.Fprintf(w, "Rotation grace: %s. A root rotation stops waiting for a node unreachable for longer.\n", time.Duration(resp.GetRotationGraceSeconds())*time.Second)
+			}
 			return nil
 		},
 	}
 	cmd.Flags().DurationVar(&certExpiry, "cert-expiry", 0, "validity of node certificates issued from now on (minimum 1h)")
+	cmd.Flags().DurationVar(&grace, "rotation-grace", fsm.DefaultRotationGrace, "how long a root rotation waits for an unreachable node (minimum 1s)")
 	return cmd
 }
 

@@ -1,0 +1,223 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/quorumca/quorumca/membership"
+)
+
+// DefaultGossipAddr is where nodes gossip unless told otherwise.
+const DefaultGossipAddr = "0.0.0.0:7946"
+
+// GossipConfig configures a node's gossip.
+type GossipConfig struct {
+	// BindAddr and AdvertiseAddr are the gossip addresses (host:port); see
+	// membership.Config.
+	BindAddr, AdvertiseAddr string
+	Credentials             *Credentials
+	// Fetch obtains the cluster's gossip key and addresses to join
+	// through; it is retried until it succeeds.
+	Fetch func(ctx context.Context) (key []byte, peers []string, err error)
+	// Accept, OnChange and Timing go to membership.Config.
+	Accept   func(nodeID string) error
+	OnChange func()
+	Timing   membership.Timing
+	// OnAddr is called once gossip listens, with the bind address to
+	// record for a restart (the port it got, when asked for port 0).
+	OnAddr func(bind string)
+	// RejoinPeriod is how often a node that sees no other member asks the
+	// managers for peers again; default 10s.
+	RejoinPeriod time.Duration
+	Logger       *slog.Logger
+}
+
+// Gossip keeps a node in the cluster's gossip: it fetches the key over
+// mutual TLS, starts a member, advertises the certificate the node serves
+// (and follows every credential update), and rejoins when it finds itself
+// alone.
+type Gossip struct {
+	cfg    GossipConfig
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu     sync.Mutex // guards member
+	member *membership.Member
+}
+
+// StartGossip starts gossip in the background.
+func StartGossip(cfg GossipConfig) *Gossip {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.RejoinPeriod <= 0 {
+		cfg.RejoinPeriod = 10 * time.Second
+	}
+	if cfg.BindAddr == "" {
+		cfg.BindAddr = DefaultGossipAddr
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &Gossip{cfg: cfg, cancel: cancel, done: make(chan struct{})}
+	cfg.Credentials.OnUpdate(g.updateMeta)
+	go g.run(ctx)
+	return g
+}
+
+// Member returns the running member, or nil before it started.
+func (g *Gossip) Member() *membership.Member {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.member
+}
+
+// Stop leaves the gossip (others see this node leave rather than fail).
+func (g *Gossip) Stop() {
+	g.cancel()
+	<-g.done
+	g.mu.Lock()
+	m := g.member
+	g.member = nil
+	g.mu.Unlock()
+	if m != nil {
+		if err := m.Leave(time.Second); err != nil {
+			g.cfg.Logger.Debug("leave gossip", "err", err)
+		}
+	}
+}
+
+// MetaOf is the gossip metadata of a node holding creds: its role, the
+// serial and issuer of the certificate it serves, and its trust bundle.
+func MetaOf(creds *Credentials) membership.Meta {
+	return membership.Meta{
+		Role:   creds.Identity().Role,
+		Serial: creds.Leaf().SerialNumber.Text(16),
+		Issuer: membership.StatusDigest(creds.Issuer()),
+		Bundle: membership.BundleDigest(creds.Bundle()),
+	}
+}
+
+func (g *Gossip) updateMeta() {
+	m := g.Member()
+	if m == nil {
+		return
+	}
+	if err := m.SetMeta(MetaOf(g.cfg.Credentials)); err != nil {
+		g.cfg.Logger.Warn("advertise new certificate in gossip", "err", err)
+	}
+}
+
+func (g *Gossip) run(ctx context.Context) {
+	defer close(g.done)
+	var key []byte
+	var peers []string
+	for attempt := 0; ; attempt++ {
+		var err error
+		key, peers, err = g.cfg.Fetch(ctx)
+		if err == nil {
+			break
+		}
+		g.cfg.Logger.Warn("gossip: fetch the cluster's gossip key", "err", err, "attempt", attempt+1)
+		if !sleepCtx(ctx, gossipBackoff(attempt)) {
+			return
+		}
+	}
+	var m *membership.Member
+	for attempt := 0; ; attempt++ {
+		var err error
+		m, err = membership.New(membership.Config{
+			NodeID:        g.cfg.Credentials.Identity().NodeID,
+			BindAddr:      g.cfg.BindAddr,
+			AdvertiseAddr: g.cfg.AdvertiseAddr,
+			Key:           key,
+			Meta:          MetaOf(g.cfg.Credentials),
+			Accept:        g.cfg.Accept,
+			OnChange:      g.cfg.OnChange,
+			Timing:        g.cfg.Timing,
+			Logger:        g.cfg.Logger,
+		})
+		if err == nil {
+			break
+		}
+		g.cfg.Logger.Error("gossip: cannot start; rotations will wait for this node", "err", err, "attempt", attempt+1)
+		if !sleepCtx(ctx, gossipBackoff(attempt)) {
+			return
+		}
+	}
+	g.mu.Lock()
+	g.member = m
+	g.mu.Unlock()
+	// Credentials may have changed between MetaOf above and now.
+	g.updateMeta()
+	if g.cfg.OnAddr != nil {
+		g.cfg.OnAddr(boundGossip(g.cfg.BindAddr, m.Addr()))
+	}
+	g.cfg.Logger.Info("gossip started", "addr", m.Addr())
+	g.join(m, peers)
+	tick := time.NewTicker(g.cfg.RejoinPeriod)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if m.NumPeers() > 0 {
+			continue
+		}
+		_, peers, err := g.cfg.Fetch(ctx)
+		if err != nil {
+			g.cfg.Logger.Debug("gossip: fetch peers", "err", err)
+			continue
+		}
+		g.join(m, peers)
+	}
+}
+
+func (g *Gossip) join(m *membership.Member, peers []string) {
+	self := m.Addr()
+	peers = slices.DeleteFunc(slices.Clone(peers), func(p string) bool { return p == self })
+	if len(peers) == 0 {
+		return
+	}
+	if n, err := m.Join(peers); err != nil {
+		g.cfg.Logger.Warn("gossip: join", "peers", peers, "err", err)
+	} else {
+		g.cfg.Logger.Debug("gossip: joined", "contacted", n)
+	}
+}
+
+// boundGossip is the bind address to record: the configured one, or with
+// port 0 replaced by the port gossip got (memberlist uses the same port
+// for its advertised address when asked for port 0).
+func boundGossip(bind, advertised string) string {
+	host, port, err := net.SplitHostPort(bind)
+	if err != nil || port != "0" {
+		return bind
+	}
+	_, got, err := net.SplitHostPort(advertised)
+	if err != nil {
+		return bind
+	}
+	return net.JoinHostPort(host, got)
+}
+
+func gossipBackoff(attempt int) time.Duration {
+	return min(250*time.Millisecond<<min(attempt, 7), 30*time.Second)
+}
+
+// sleepCtx waits d or until ctx is done; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+

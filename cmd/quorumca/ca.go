@@ -1,0 +1,263 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/ca"
+)
+
+// caPoll is how often `ca --rotate` asks for progress.
+const caPoll = 500 * time.Millisecond
+
+func newCACmd(g *globals) *cobra.Command {
+	var (
+		rotate, detach, quiet bool
+		caCert, caKey         string
+		certExpiry            time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "ca [--rotate [--ca-cert F --ca-key F] [--cert-expiry D] [-d] [-q]]",
+		Short: "Print the root CA, or rotate it",
+		Long: `Without flags, print the cluster's trust bundle (its root CA).
+
+With --rotate, replace the root CA: a new root is generated (or --ca-cert and
+--ca-key are used, with a key the current root does not have), cross-signed by
+the current key, and every node renews to a certificate of the new CA. When
+every reachable node serves one, the trust bundle becomes the new root alone
+and both join tokens change. A node unreachable for longer than the rotation
+grace (quorumca update --rotation-grace) is named and left behind: it must
+rejoin. The command shows progress until the rotation is done; Ctrl-C stops
+watching, not the rotation.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fl := cmd.Flags()
+			if !rotate {
+				for _, f := range []string{"ca-cert", "ca-key", "cert-expiry", "detach"} {
+					if fl.Changed(f) {
+						return fmt.Errorf("--%s goes with --rotate", f)
+					}
+				}
+			}
+			req := &api.RotateCARequest{}
+			if fl.Changed("cert-expiry") {
+				if certExpiry < ca.MinCertExpiry {
+					return fmt.Errorf("--cert-expiry %s is under the minimum of %s", certExpiry, ca.MinCertExpiry)
+				}
+				req.CertExpirySeconds = int64(certExpiry / time.Second)
+			}
+			if (caCert == "") != (caKey == "") {
+				return errors.New("--ca-cert and --ca-key go together")
+			}
+			if caCert != "" {
+				// Check the files here for a clear message; the leader
+				// checks them again.
+				if _, err := importCA(caCert, caKey); err != nil {
+					return err
+				}
+				var err error
+				if req.CaCert, err = os.ReadFile(caCert); err != nil {
+					return fmt.Errorf("--ca-cert: %w", err)
+				}
+				if req.CaKey, err = os.ReadFile(caKey); err != nil {
+					return fmt.Errorf("--ca-key: %w", err)
+				}
+			}
+			conn, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			client := api.NewControlClient(conn)
+			w := cmd.OutOrStdout()
+			if !rotate {
+				ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
+				defer cancel()
+				resp, err := client.GetCA(ctx, &api.GetCARequest{})
+				if err != nil {
+					return rpcError(err)
+				}
+				_, err = w.Write(resp.GetBundle())
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			started, err := client.RotateCA(ctx, req)
+			cancel()
+			if err != nil {
+				return rpcError(err)
+			}
+			rot := started.GetRotation()
+			if detach {
+				if !quiet {
+					fmt.Fprintf(w, "Root rotation started (new root %s); follow it with `quorumca ca`.\n", short(rot.GetNewRootFingerprint()))
+				}
+				return nil
+			}
+			if !quiet {
+				fmt.Fprintf(w, "Root rotation started: new root %s, %d nodes to renew.\n", short(rot.GetNewRootFingerprint()), rot.GetTotal())
+			}
+			return watchRotation(cmd.Context(), client, rot.GetStartedAt(), w, quiet)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&rotate, "rotate", false, "replace the root CA")
+	f.StringVar(&caCert, "ca-cert", "", "with --rotate: PEM root (or intermediate with its chain) to rotate to")
+	f.StringVar(&caKey, "ca-key", "", "with --rotate: PEM key of --ca-cert")
+	f.DurationVar(&certExpiry, "cert-expiry", 0, "with --rotate: also change the validity of node certificates (minimum 1h)")
+	f.BoolVarP(&detach, "detach", "d", false, "with --rotate: start the rotation and return")
+	f.BoolVarP(&quiet, "quiet", "q", false, "print no progress, only the new root at the end")
+	return cmd
+}
+
+// watchRotation shows the progress of the rotation that started at
+// startedAt (unix seconds) until it completed and the reachable nodes
+// trust the new root, then prints the new root.
+func watchRotation(ctx context.Context, client api.ControlClient, startedAt int64, w io.Writer, quiet bool) error {
+	p := &progress{w: w, tty: isTerminal(w), quiet: quiet}
+	var lastErr error
+	failingSince := time.Time{}
+	// Once complete, wait this long at most for the nodes to take the new
+	// root from their heartbeats.
+	const spreadWait = time.Minute
+	var completedAt time.Time
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, err := client.GetCA(cctx, &api.GetCARequest{})
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			fmt.Fprintln(w, "Stopped watching; the rotation goes on. `quorumca ca --rotate` is not needed again: `quorumca status` shows its progress.")
+			return nil
+		case err != nil:
+			// A leader change mid-rotation: the new leader carries on.
+			if failingSince.IsZero() {
+				failingSince = time.Now()
+			}
+			lastErr = err
+			if time.Since(failingSince) > time.Minute || status.Code(err) == codes.PermissionDenied {
+				return fmt.Errorf("lost track of the rotation (it goes on in the cluster): %w", rpcError(lastErr))
+			}
+		default:
+			failingSince = time.Time{}
+			rot := resp.GetRotation()
+			if rot == nil || rot.GetStartedAt() != startedAt {
+				return errors.New("the rotation is no longer the cluster's latest; see `quorumca ca`")
+			}
+			p.show(rot)
+			if !rot.GetInProgress() {
+				if completedAt.IsZero() {
+					completedAt = time.Now()
+				}
+				waiting := rot.GetTotal() - rot.GetSkipped() - rot.GetTrusting()
+				if waiting == 0 || time.Since(completedAt) > spreadWait {
+					if !quiet {
+						reportRotation(w, rot, waiting)
+					}
+					_, err := w.Write(resp.GetBundle())
+					return err
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(caPoll):
+		}
+	}
+}
+
+func reportRotation(w io.Writer, rot *api.Rotation, waiting uint32) {
+	took := time.Duration(rot.GetCompletedAt()-rot.GetStartedAt()) * time.Second
+	fmt.Fprintf(w, "Root rotation complete in %s: %d of %d nodes on the new root.\n", took, rot.GetTotal()-rot.GetSkipped(), rot.GetTotal())
+	for _, n := range rot.GetNodes() {
+		if n.GetState() == "skipped" {
+			fmt.Fprintf(w, "  skipped %s (%s): unreachable for longer than the rotation grace; it must rejoin with a new token\n", n.GetId(), strings.TrimPrefix(n.GetRole(), "swarm-"))
+		}
+	}
+	if waiting > 0 {
+		fmt.Fprintf(w, "  %d nodes have not taken the new root yet; they do at their next heartbeat.\n", waiting)
+	}
+	fmt.Fprintln(w, "Both join tokens changed: see `quorumca join-token worker|manager`.")
+}
+
+// progress draws docker's two bars: nodes on a certificate of the new CA,
+// and nodes that trust the new root.
+type progress struct {
+	w          io.Writer
+	tty, quiet bool
+	last       string
+	drawn      bool
+}
+
+func (p *progress) show(rot *api.Rotation) {
+	if p.quiet {
+		return
+	}
+	total := rot.GetTotal()
+	certs := rot.GetConverged()
+	if !rot.GetInProgress() {
+		certs = total - rot.GetSkipped()
+	}
+	lines := []string{
+		fmt.Sprintf("rotated TLS certificates:  %s %d/%d nodes", bar(certs, total), certs, total),
+		fmt.Sprintf("rotated CA certificates:   %s %d/%d nodes", bar(rot.GetTrusting(), total), rot.GetTrusting(), total),
+	}
+	for _, n := range rot.GetNodes() {
+		switch n.GetState() {
+		case "down":
+			lines = append(lines, fmt.Sprintf("  waiting for %s: unreachable since %s (skipped after %s)", n.GetId(),
+				time.Unix(n.GetDownSince(), 0).Format(time.TimeOnly), time.Duration(rot.GetGraceSeconds())*time.Second))
+		case "skipped":
+			lines = append(lines, fmt.Sprintf("  skipped %s: unreachable for longer than the grace", n.GetId()))
+		}
+	}
+	text := strings.Join(lines, "\n")
+	if text == p.last {
+		return
+	}
+	if p.tty && p.drawn {
+		// Move the cursor back over the previous drawing and clear it.
+		fmt.Fprintf(p.w, "\x1b[%dA\x1b[J", strings.Count(p.last, "\n")+1)
+	}
+	fmt.Fprintln(p.w, text)
+	p.last, p.drawn = text, true
+}
+
+
+func bar(n, total uint32) string {
+	const width = 30
+	if total == 0 {
+		return "[" + strings.Repeat(" ", width) + "]"
+	}
+	fill := int(uint64(n) * width / uint64(total))
+	s := strings.Repeat("=", fill)
+	if fill < width {
+		s += ">" + strings.Repeat(" ", width-fill-1)
+	}
+	return "[" + s + "]"
+}
+
+func short(fp string) string {
+	if len(fp) > 16 {
+		return fp[:16]
+	}
+	return fp
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}

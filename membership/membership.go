@@ -1,0 +1,286 @@
+// Package membership is quorumca's gossip layer, and the only importer of
+// hashicorp/memberlist. Every node of a cluster, managers and workers, is a
+// member; its metadata says which certificate it serves (serial and TLS
+// status) and which root bundle it trusts, so that the leader can tell when
+// a root rotation has reached every node (DESIGN.md flow 5).
+//
+// Gossip is encrypted and authenticated with the cluster's gossip key, which
+// nodes receive over mutual TLS. A member may also refuse the alive messages
+// of node IDs it does not know (managers refuse unknown and removed nodes).
+package membership
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// KeySize is the size of a gossip key: AES-256.
+const KeySize = 32
+
+// Errors of this package.
+var (
+	// ErrBadKey is returned for a gossip key of the wrong size.
+	ErrBadKey = errors.New("membership: the gossip key must be 32 bytes")
+	// ErrMetaTooLarge is returned when metadata does not fit memberlist's
+	// limit.
+	ErrMetaTooLarge = errors.New("membership: node metadata too large")
+)
+
+// Timing picks memberlist's failure-detection speed.
+type Timing int
+
+const (
+	// LAN is memberlist's default for a local network: a failed node is
+	// declared dead after a few seconds.
+	LAN Timing = iota
+	// Fast probes and gossips more often, for tests and loopback clusters.
+	Fast
+)
+
+// Config configures a Member.
+type Config struct {
+	// NodeID is this node's name in gossip.
+	NodeID string
+	// BindAddr is the host:port to listen on (TCP and UDP); port 0 picks a
+	// free one.
+	BindAddr string
+	// AdvertiseAddr is the host:port others reach this node at; empty
+	// advertises the bound address.
+	AdvertiseAddr string
+	// Key encrypts and authenticates all gossip (KeySize bytes).
+	Key []byte
+	// Meta is this node's first metadata.
+	Meta Meta
+	// Accept decides whether alive messages about a node ID are believed;
+	// nil believes all. It is called from memberlist's goroutines.
+	Accept func(nodeID string) error
+	// OnChange is called, from memberlist's goroutines, after a member
+	// joins, leaves or changes its metadata. It must not block.
+	OnChange func()
+	Timing   Timing
+	Logger   *slog.Logger
+}
+
+// Member is this node's place in the cluster's gossip.
+type Member struct {
+	cfg  Config
+	list *memberlist.Memberlist
+
+	mu   sync.Mutex // guards meta
+	meta []byte
+}
+
+// Peer is another member as this one sees it.
+type Peer struct {
+	NodeID string
+	// Addr is its gossip address.
+	Addr string
+	// Meta is its metadata; MetaErr says why it could not be read.
+	Meta    Meta
+	MetaErr error
+}
+
+// New starts gossiping as cfg.NodeID. Call Join to meet the others.
+func New(cfg Config) (*Member, error) {
+	if len(cfg.Key) != KeySize {
+		return nil, ErrBadKey
+	}
+	if cfg.NodeID == "" {
+		return nil, errors.New("membership: no node ID")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	meta, err := cfg.Meta.Encode()
+	if err != nil {
+		return nil, err
+	}
+	host, port, err := splitHostPort(cfg.BindAddr)
+	if err != nil {
+		return nil, fmt.Errorf("membership: --gossip-addr %q: %w", cfg.BindAddr, err)
+	}
+	mc := memberlist.DefaultLANConfig()
+	if cfg.Timing == Fast {
+		mc = memberlist.DefaultLocalConfig()
+		mc.ProbeInterval = 500 * time.Millisecond
+		mc.GossipInterval = 50 * time.Millisecond
+		mc.PushPullInterval = 5 * time.Second
+	}
+	mc.Name = cfg.NodeID
+	mc.BindAddr, mc.BindPort = host, port
+	if cfg.AdvertiseAddr != "" {
+		ahost, aport, err := splitHostPort(cfg.AdvertiseAddr)
+		if err != nil {
+			return nil, fmt.Errorf("membership: --gossip-advertise-addr %q: %w", cfg.AdvertiseAddr, err)
+		}
+		mc.AdvertiseAddr, mc.AdvertisePort = ahost, aport
+	}
+	mc.SecretKey = append([]byte(nil), cfg.Key...)
+	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	mc.Logger = log.New(&logWriter{log: cfg.Logger}, "", 0)
+	m := &Member{cfg: cfg, meta: meta}
+	d := delegate{m}
+	mc.Delegate = d
+	mc.Events = d
+	mc.Alive = d
+	list, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("membership: start gossip on %s: %w", cfg.BindAddr, err)
+	}
+	m.list = list
+	return m, nil
+}
+
+// Join contacts the given members (host:port) and returns how many
+// answered.
+func (m *Member) Join(addrs []string) (int, error) {
+	if len(addrs) == 0 {
+		return 0, nil
+	}
+	n, err := m.list.Join(addrs)
+	if err != nil && n == 0 {
+		return 0, fmt.Errorf("membership: join %v: %w", addrs, err)
+	}
+	return n, nil
+}
+
+// SetMeta changes this node's metadata and tells the others.
+func (m *Member) SetMeta(meta Meta) error {
+	b, err := meta.Encode()
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	same := bytes.Equal(b, m.meta)
+	m.meta = b
+	m.mu.Unlock()
+	if same {
+		return nil
+	}
+	return m.list.UpdateNode(5 * time.Second)
+}
+
+// Addr returns the gossip address others reach this node at.
+func (m *Member) Addr() string {
+	n := m.list.LocalNode()
+	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+}
+
+// NumPeers returns how many other members are alive (or suspected, not yet
+// dead).
+func (m *Member) NumPeers() int { return m.list.NumMembers() - 1 }
+
+// Peers returns the other members that are alive, or suspected but not yet
+// declared dead. Members that Accept refuses now are left out, even if they
+// were believed before.
+func (m *Member) Peers() []Peer {
+	nodes := m.list.Members()
+	out := make([]Peer, 0, len(nodes))
+	for _, n := range nodes {
+		if n.Name == m.cfg.NodeID {
+			continue
+		}
+		if m.cfg.Accept != nil && m.cfg.Accept(n.Name) != nil {
+			continue
+		}
+		p := Peer{NodeID: n.Name, Addr: n.Address()}
+		p.Meta, p.MetaErr = DecodeMeta(n.Meta)
+		out = append(out, p)
+	}
+	return out
+}
+
+// Leave tells the others this node is leaving, waiting at most timeout,
+// and stops gossiping.
+func (m *Member) Leave(timeout time.Duration) error {
+	err := m.list.Leave(timeout)
+	if serr := m.list.Shutdown(); err == nil {
+		err = serr
+	}
+	return err
+}
+
+// Shutdown stops gossiping without a word: the others find this node dead.
+func (m *Member) Shutdown() error { return m.list.Shutdown() }
+
+// delegate is memberlist's view of a Member.
+type delegate struct{ m *Member }
+
+func (d delegate) NodeMeta(limit int) []byte {
+	d.m.mu.Lock()
+	defer d.m.mu.Unlock()
+	if len(d.m.meta) > limit {
+		// Encode keeps metadata under the limit; this is a broken invariant.
+		panic(fmt.Sprintf("membership: metadata of %d bytes over memberlist's limit of %d", len(d.m.meta), limit))
+	}
+	return d.m.meta
+}
+
+func (delegate) NotifyMsg([]byte)                           {}
+func (delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (delegate) LocalState(join bool) []byte                { return nil }
+func (delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+func (d delegate) NotifyJoin(*memberlist.Node)   { d.changed() }
+func (d delegate) NotifyLeave(*memberlist.Node)  { d.changed() }
+func (d delegate) NotifyUpdate(*memberlist.Node) { d.changed() }
+
+func (d delegate) changed() {
+	if f := d.m.cfg.OnChange; f != nil {
+		f()
+	}
+}
+
+// NotifyAlive filters alive messages through Config.Accept.
+func (d delegate) NotifyAlive(n *memberlist.Node) error {
+	if n.Name == d.m.cfg.NodeID || d.m.cfg.Accept == nil {
+		return nil
+	}
+	return d.m.cfg.Accept(n.Name)
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", p)
+	}
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	return host, port, nil
+}
+
+// logWriter turns memberlist's log lines ("[WARN] memberlist: ...") into
+// slog records of the matching level.
+type logWriter struct{ log *slog.Logger }
+
+var _ io.Writer = (*logWriter)(nil)
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	line := string(bytes.TrimSpace(p))
+	level := slog.LevelDebug
+	for prefix, l := range map[string]slog.Level{"[ERR]": slog.LevelError, "[WARN]": slog.LevelWarn, "[INFO]": slog.LevelInfo} {
+		if len(line) >= len(prefix) && line[:len(prefix)] == prefix {
+			level = l
+			line = line[len(prefix):]
+			break
+		}
+	}
+	w.log.Log(context.Background(), level, "gossip"+line)
+	return len(p), nil
+}
