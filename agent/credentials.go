@@ -42,10 +42,10 @@ type Credentials struct {
 	cert    *tls.Certificate
 	chain   []*x509.Certificate
 	issuer  ca.TLSStatus
-	leaf   *x509.Certificate
-	id     ca.Identity
-	bundle []byte
-	roots  *x509.CertPool
+	leaf    *x509.Certificate
+	id      ca.Identity
+	bundle  []byte
+	roots   *x509.CertPool
 }
 
 // CertDir returns <dataDir>/certificates.

@@ -100,8 +100,8 @@ func newManager(cfg Config) (*Manager, error) {
 		cfg.SocketPath = filepath.Join(cfg.DataDir, SocketFile)
 	}
 	m := &Manager{
-		cfg:     cfg,
-		log:     cfg.Logger,
+		cfg:          cfg,
+		log:          cfg.Logger,
 		machine:      fsm.NewMachine(),
 		done:         make(chan struct{}),
 		rotationKick: make(chan struct{}, 1),

@@ -232,7 +232,6 @@ func (p *progress) show(rot *api.Rotation) {
 	p.last, p.drawn = text, true
 }
 
-
 func bar(n, total uint32) string {
 	const width = 30
 	if total == 0 {
