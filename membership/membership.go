@@ -18,6 +18,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -76,9 +77,16 @@ type Config struct {
 type Member struct {
 	cfg  Config
 	list *memberlist.Memberlist
+	addr string
 
-	mu   sync.Mutex // guards meta
+	mu   sync.Mutex // guards the fields below
 	meta []byte
+	// peers is this member's own copy of the others: memberlist's Members
+	// hands out pointers to nodes it rewrites in place when their
+	// metadata changes, so the copy is taken in its event callbacks,
+	// which run under its lock.
+	peers map[string]Peer
+	left  bool
 }
 
 // Peer is another member as this one sees it.
@@ -129,7 +137,7 @@ func New(cfg Config) (*Member, error) {
 	mc.SecretKey = append([]byte(nil), cfg.Key...)
 	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	mc.Logger = log.New(&logWriter{log: cfg.Logger}, "", 0)
-	m := &Member{cfg: cfg, meta: meta}
+	m := &Member{cfg: cfg, meta: meta, peers: map[string]Peer{}}
 	d := delegate{m}
 	mc.Delegate = d
 	mc.Events = d
@@ -139,6 +147,8 @@ func New(cfg Config) (*Member, error) {
 		return nil, fmt.Errorf("membership: start gossip on %s: %w", cfg.BindAddr, err)
 	}
 	m.list = list
+	local := list.LocalNode()
+	m.addr = net.JoinHostPort(local.Addr.String(), strconv.Itoa(int(local.Port)))
 	return m, nil
 }
 
@@ -171,39 +181,37 @@ func (m *Member) SetMeta(meta Meta) error {
 	return m.list.UpdateNode(5 * time.Second)
 }
 
-// Addr returns the gossip address others reach this node at.
-func (m *Member) Addr() string {
-	n := m.list.LocalNode()
-	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
-}
+// Addr returns the gossip address others reach this node at. (With a bind
+// port of 0, memberlist advertises the port it picked, whatever
+// AdvertiseAddr says.)
+func (m *Member) Addr() string { return m.addr }
 
 // NumPeers returns how many other members are alive (or suspected, not yet
-// dead).
-func (m *Member) NumPeers() int { return m.list.NumMembers() - 1 }
+// dead) and accepted.
+func (m *Member) NumPeers() int { return len(m.Peers()) }
 
 // Peers returns the other members that are alive, or suspected but not yet
 // declared dead. Members that Accept refuses now are left out, even if they
 // were believed before.
 func (m *Member) Peers() []Peer {
-	nodes := m.list.Members()
-	out := make([]Peer, 0, len(nodes))
-	for _, n := range nodes {
-		if n.Name == m.cfg.NodeID {
-			continue
-		}
-		if m.cfg.Accept != nil && m.cfg.Accept(n.Name) != nil {
-			continue
-		}
-		p := Peer{NodeID: n.Name, Addr: n.Address()}
-		p.Meta, p.MetaErr = DecodeMeta(n.Meta)
+	m.mu.Lock()
+	out := make([]Peer, 0, len(m.peers))
+	for _, p := range m.peers {
 		out = append(out, p)
+	}
+	m.mu.Unlock()
+	if m.cfg.Accept != nil {
+		out = slices.DeleteFunc(out, func(p Peer) bool { return m.cfg.Accept(p.NodeID) != nil })
 	}
 	return out
 }
 
 // Leave tells the others this node is leaving, waiting at most timeout,
-// and stops gossiping.
+// and stops gossiping. Calling it again, or after Shutdown, does nothing.
 func (m *Member) Leave(timeout time.Duration) error {
+	if !m.stop() {
+		return nil
+	}
 	err := m.list.Leave(timeout)
 	if serr := m.list.Shutdown(); err == nil {
 		err = serr
@@ -212,7 +220,24 @@ func (m *Member) Leave(timeout time.Duration) error {
 }
 
 // Shutdown stops gossiping without a word: the others find this node dead.
-func (m *Member) Shutdown() error { return m.list.Shutdown() }
+// Calling it again, or after Leave, does nothing.
+func (m *Member) Shutdown() error {
+	if !m.stop() {
+		return nil
+	}
+	return m.list.Shutdown()
+}
+
+// stop marks the member stopped, and reports whether it was running.
+func (m *Member) stop() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.left {
+		return false
+	}
+	m.left = true
+	return true
+}
 
 // delegate is memberlist's view of a Member.
 type delegate struct{ m *Member }
@@ -232,10 +257,32 @@ func (delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (delegate) LocalState(join bool) []byte                { return nil }
 func (delegate) MergeRemoteState(buf []byte, join bool)     {}
 
-func (d delegate) NotifyJoin(*memberlist.Node)   { d.changed() }
-func (d delegate) NotifyLeave(*memberlist.Node)  { d.changed() }
-func (d delegate) NotifyUpdate(*memberlist.Node) { d.changed() }
+// NotifyJoin, NotifyUpdate and NotifyLeave run under memberlist's node
+// lock: the node they get is consistent here, and only here.
+func (d delegate) NotifyJoin(n *memberlist.Node)   { d.record(n) }
+func (d delegate) NotifyUpdate(n *memberlist.Node) { d.record(n) }
 
+func (d delegate) NotifyLeave(n *memberlist.Node) {
+	d.m.mu.Lock()
+	delete(d.m.peers, n.Name)
+	d.m.mu.Unlock()
+	d.changed()
+}
+
+func (d delegate) record(n *memberlist.Node) {
+	if n.Name == d.m.cfg.NodeID {
+		return
+	}
+	p := Peer{NodeID: n.Name, Addr: n.Address()}
+	p.Meta, p.MetaErr = DecodeMeta(n.Meta) // copies what it keeps
+	d.m.mu.Lock()
+	d.m.peers[n.Name] = p
+	d.m.mu.Unlock()
+	d.changed()
+}
+
+// changed calls OnChange. It may run for the first time inside New, before
+// New returns the Member.
 func (d delegate) changed() {
 	if f := d.m.cfg.OnChange; f != nil {
 		f()
@@ -274,7 +321,7 @@ var _ io.Writer = (*logWriter)(nil)
 func (w *logWriter) Write(p []byte) (int, error) {
 	line := string(bytes.TrimSpace(p))
 	level := slog.LevelDebug
-	for prefix, l := range map[string]slog.Level{"[ERR]": slog.LevelError, "[WARN]": slog.LevelWarn, "[INFO]": slog.LevelInfo} {
+	for prefix, l := range map[string]slog.Level{"[ERR]": slog.LevelError, "[WARN]": slog.LevelWarn, "[INFO]": slog.LevelInfo, "[DEBUG]": slog.LevelDebug} {
 		if len(line) >= len(prefix) && line[:len(prefix)] == prefix {
 			level = l
 			line = line[len(prefix):]
