@@ -222,6 +222,15 @@ func (c *workerControl) Status(ctx context.Context, _ *api.StatusRequest) (*api.
 	return resp, nil
 }
 
+// GetCA returns the trust bundle this worker holds; a rotation's progress
+// is the managers' to tell.
+func (c *workerControl) GetCA(ctx context.Context, _ *api.GetCARequest) (*api.GetCAResponse, error) {
+	if p, ok := peer.FromContext(ctx); !ok || p.Addr.Network() != "unix" {
+		return nil, status.Error(codes.PermissionDenied, "the worker's trust bundle is served on the control socket only")
+	}
+	return &api.GetCAResponse{Bundle: c.w.creds.Bundle()}, nil
+}
+
 // reachManager checks that a manager answers over mutual TLS with a
 // certificate of this cluster.
 func reachManager(ctx context.Context, creds *Credentials, addr string) error {
