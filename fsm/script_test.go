@@ -296,7 +296,7 @@ func errorName(err error) string {
 		fsm.ErrNodeExists: "ErrNodeExists", fsm.ErrUnknownNode: "ErrUnknownNode",
 		fsm.ErrBadCommand: "ErrBadCommand", fsm.ErrStale: "ErrStale", fsm.ErrRemoved: "ErrRemoved",
 		fsm.ErrLastManager: "ErrLastManager", fsm.ErrTokenUnusable: "ErrTokenUnusable",
-		fsm.ErrUnknownToken: "ErrUnknownToken",
+		fsm.ErrUnknownToken: "ErrUnknownToken", fsm.ErrRotating: "ErrRotating",
 	}
 	if n, ok := names[kind(err)]; ok {
 		return n

@@ -185,7 +185,7 @@ func tlsStatus(st *fsm.State, n fsm.Node, rotState string) string {
 		return "needs rotation (unreachable past the grace: skipped)"
 	case st.Rotation != nil && rotState == rotDown:
 		return "needs rotation (unreachable)"
-	case n.Cert.Issuer.Equal(st.CAStatus) && !st.WasSkipped(n.ID):
+	case n.Cert.Issuer.Equal(st.CAStatus):
 		return "ready"
 	case st.Rotation != nil:
 		return "needs rotation"
