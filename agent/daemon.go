@@ -178,9 +178,11 @@ func (w *Worker) Gossip() *Gossip { return w.gossip }
 // Stop stops the worker. Safe to call more than once.
 func (w *Worker) Stop() {
 	w.once.Do(func() {
+		// Gossip first: its fetches use the renewer's connections, which
+		// the renewer closes when it stops.
+		w.gossip.Stop()
 		w.cancel()
 		w.loop.Wait()
-		w.gossip.Stop()
 		w.srv.Stop()
 		w.ln.Close()
 		close(w.done)

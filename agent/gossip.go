@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -112,22 +113,19 @@ func (g *Gossip) updateMeta() {
 
 func (g *Gossip) run(ctx context.Context) {
 	defer close(g.done)
-	var key []byte
+	var m *membership.Member
 	var peers []string
 	for attempt := 0; ; attempt++ {
+		var key []byte
 		var err error
 		key, peers, err = g.cfg.Fetch(ctx)
-		if err == nil {
-			break
+		if err != nil {
+			g.cfg.Logger.Warn("gossip: fetch the cluster's gossip key", "err", err, "attempt", attempt+1)
+			if !sleepCtx(ctx, gossipBackoff(attempt)) {
+				return
+			}
+			continue
 		}
-		g.cfg.Logger.Warn("gossip: fetch the cluster's gossip key", "err", err, "attempt", attempt+1)
-		if !sleepCtx(ctx, gossipBackoff(attempt)) {
-			return
-		}
-	}
-	var m *membership.Member
-	for attempt := 0; ; attempt++ {
-		var err error
 		m, err = membership.New(membership.Config{
 			NodeID:        g.cfg.Credentials.Identity().NodeID,
 			BindAddr:      g.cfg.BindAddr,
@@ -195,7 +193,7 @@ func (g *Gossip) join(m *membership.Member, peers []string) {
 // for its advertised address when asked for port 0).
 func boundGossip(bind, advertised string) string {
 	host, port, err := net.SplitHostPort(bind)
-	if err != nil || port != "0" {
+	if n, perr := strconv.Atoi(port); err != nil || perr != nil || n != 0 {
 		return bind
 	}
 	_, got, err := net.SplitHostPort(advertised)

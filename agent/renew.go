@@ -237,6 +237,9 @@ func (r *Renewer) diagnose(ctx context.Context) {
 		if string(bundle) == string(creds.Bundle()) {
 			return
 		}
+		if _, _, err := ca.ParseBundle(bundle); err != nil {
+			continue // not an answer to judge by
+		}
 		_, _, err = ca.VerifyPEM(creds.certPEMs(), bundle, r.cfg.Now())
 		if err == nil {
 			return

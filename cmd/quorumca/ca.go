@@ -158,7 +158,7 @@ func watchRotation(ctx context.Context, client api.ControlClient, startedAt int6
 				if completedAt.IsZero() {
 					completedAt = time.Now()
 				}
-				waiting := rot.GetTotal() - rot.GetSkipped() - rot.GetTrusting()
+				waiting := untrusting(rot)
 				if waiting == 0 || time.Since(completedAt) > spreadWait {
 					if !quiet {
 						reportRotation(w, rot, waiting)
@@ -173,6 +173,18 @@ func watchRotation(ctx context.Context, client api.ControlClient, startedAt int6
 		case <-time.After(caPoll):
 		}
 	}
+}
+
+// untrusting counts the nodes, skipped ones aside, that do not trust the
+// new root yet.
+func untrusting(rot *api.Rotation) uint32 {
+	var n uint32
+	for _, node := range rot.GetNodes() {
+		if node.GetState() != "skipped" && !node.GetTrustsNewRoot() {
+			n++
+		}
+	}
+	return n
 }
 
 func reportRotation(w io.Writer, rot *api.Rotation, waiting uint32) {
