@@ -119,11 +119,17 @@ func New(cfg Config) (*Member, error) {
 		return nil, fmt.Errorf("membership: --gossip-addr %q: %w", cfg.BindAddr, err)
 	}
 	mc := memberlist.DefaultLANConfig()
+	// A metadata change is gossiped a few times only (RetransmitMult
+	// times the log of the cluster's size); a member that missed it learns
+	// it at the next full state exchange. Make those frequent enough that
+	// a rotation's last confirmations do not wait half a minute.
+	mc.PushPullInterval = 15 * time.Second
 	if cfg.Timing == Fast {
 		mc = memberlist.DefaultLocalConfig()
 		mc.ProbeInterval = 500 * time.Millisecond
 		mc.GossipInterval = 50 * time.Millisecond
-		mc.PushPullInterval = 5 * time.Second
+		mc.RetransmitMult = 4
+		mc.PushPullInterval = 2 * time.Second
 	}
 	mc.Name = cfg.NodeID
 	mc.BindAddr, mc.BindPort = host, port
