@@ -45,9 +45,13 @@ type Gossip struct {
 	cfg    GossipConfig
 	cancel context.CancelFunc
 	done   chan struct{}
+	// metaKick asks run to advertise the credentials anew.
+	metaKick chan struct{}
 
-	mu     sync.Mutex // guards member
+	mu     sync.Mutex // guards the fields below
 	member *membership.Member
+	// peers are the addresses the managers gave to join through.
+	peers []string
 }
 
 // StartGossip starts gossip in the background.
@@ -62,8 +66,15 @@ func StartGossip(cfg GossipConfig) *Gossip {
 		cfg.BindAddr = DefaultGossipAddr
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	g := &Gossip{cfg: cfg, cancel: cancel, done: make(chan struct{})}
-	cfg.Credentials.OnUpdate(g.updateMeta)
+	g := &Gossip{cfg: cfg, cancel: cancel, done: make(chan struct{}), metaKick: make(chan struct{}, 1)}
+	// The hook runs inside the credentials' update, on the renewer's
+	// goroutine: only signal, never wait on the network there.
+	cfg.Credentials.OnUpdate(func() {
+		select {
+		case g.metaKick <- struct{}{}:
+		default:
+		}
+	})
 	go g.run(ctx)
 	return g
 }
@@ -102,13 +113,21 @@ func MetaOf(creds *Credentials) membership.Meta {
 }
 
 func (g *Gossip) updateMeta() {
-	m := g.Member()
+	g.mu.Lock()
+	m, peers := g.member, g.peers
+	g.mu.Unlock()
 	if m == nil {
 		return
 	}
 	if err := m.SetMeta(MetaOf(g.cfg.Credentials)); err != nil {
-		g.cfg.Logger.Warn("advertise new certificate in gossip", "err", err)
+		// The change is queued even when the wait for its first
+		// broadcast times out; the join below delivers it anyway.
+		g.cfg.Logger.Debug("advertise new certificate in gossip", "err", err)
 	}
+	// Gossip spreads the change by chance; also hand it to the managers
+	// directly (a join is a full state exchange), so that a rotation's
+	// leader hears of it now rather than at the next periodic exchange.
+	g.join(m, peers)
 }
 
 func (g *Gossip) run(ctx context.Context) {
@@ -146,10 +165,12 @@ func (g *Gossip) run(ctx context.Context) {
 		}
 	}
 	g.mu.Lock()
-	g.member = m
+	g.member, g.peers = m, peers
 	g.mu.Unlock()
 	// Credentials may have changed between MetaOf above and now.
-	g.updateMeta()
+	if err := m.SetMeta(MetaOf(g.cfg.Credentials)); err != nil {
+		g.cfg.Logger.Debug("advertise certificate in gossip", "err", err)
+	}
 	if g.cfg.OnAddr != nil {
 		g.cfg.OnAddr(boundGossip(g.cfg.BindAddr, m.Addr()))
 	}
@@ -161,6 +182,9 @@ func (g *Gossip) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-g.metaKick:
+			g.updateMeta()
+			continue
 		case <-tick.C:
 		}
 		if m.NumPeers() > 0 {
@@ -171,6 +195,9 @@ func (g *Gossip) run(ctx context.Context) {
 			g.cfg.Logger.Debug("gossip: fetch peers", "err", err)
 			continue
 		}
+		g.mu.Lock()
+		g.peers = peers
+		g.mu.Unlock()
 		g.join(m, peers)
 	}
 }

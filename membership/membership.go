@@ -184,7 +184,7 @@ func (m *Member) SetMeta(meta Meta) error {
 	if same {
 		return nil
 	}
-	return m.list.UpdateNode(5 * time.Second)
+	return m.list.UpdateNode(time.Second)
 }
 
 // Addr returns the gossip address others reach this node at. (With a bind
