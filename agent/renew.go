@@ -39,7 +39,10 @@ type RenewerConfig struct {
 	// Rand supplies keys, CSRs and jitter; default crypto/rand.
 	Rand io.Reader
 	// Now is the clock the renewal schedule follows; default time.Now.
-	Now    func() time.Time
+	Now func() time.Time
+	// Self is this node's own API address, if it is a manager: a node
+	// does not ask itself whether it was left behind.
+	Self   string
 	Logger *slog.Logger
 }
 
@@ -57,6 +60,10 @@ type Renewer struct {
 	renewAt  time.Time
 	renewed  int
 	problem  error
+	// bundleSince is the age of the newest bundle a heartbeat gave.
+	bundleSince int64
+	// kick asks Run to renew now.
+	kick chan struct{}
 }
 
 // ErrLeftBehind is the problem of a node whose certificate chains to a
@@ -89,7 +96,7 @@ func NewRenewer(cfg RenewerConfig) *Renewer {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Renewer{cfg: cfg, managers: slices.Clone(cfg.Managers), conns: map[string]*grpc.ClientConn{}}
+	return &Renewer{cfg: cfg, managers: slices.Clone(cfg.Managers), conns: map[string]*grpc.ClientConn{}, kick: make(chan struct{}, 1)}
 }
 
 // Renewals returns how many certificates the Renewer has obtained.
@@ -122,6 +129,12 @@ func (r *Renewer) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-r.kick:
+			if err := r.renew(ctx); err != nil {
+				failures++
+				r.cfg.Logger.Warn("renewal failed", "err", err, "attempt", failures)
+			}
+			continue
 		case <-time.After(wait):
 		}
 		hb, err := r.heartbeat(ctx)
@@ -143,7 +156,8 @@ func (r *Renewer) Run(ctx context.Context) error {
 			period = p
 		}
 		renew := hb.GetRenew()
-		if b := hb.GetBundle(); len(b) > 0 && string(b) != string(r.cfg.Credentials.Bundle()) {
+		fresh := r.newerBundle(hb.GetBundleSince())
+		if b := hb.GetBundle(); fresh && len(b) > 0 && string(b) != string(r.cfg.Credentials.Bundle()) {
 			// The cluster trusts a new bundle (a rotation completed).
 			if err := r.cfg.Credentials.UpdateBundle(b, r.cfg.Now()); err != nil {
 				r.cfg.Logger.Warn("new trust bundle does not cover this node's certificate; renewing", "err", err)
@@ -193,6 +207,27 @@ func (r *Renewer) backoff(failures int) time.Duration {
 	return ceiling/2 + time.Duration(binary.BigEndian.Uint64(b[:])%uint64(ceiling/2+1))
 }
 
+// newerBundle reports whether a heartbeat's bundle, of the given age, is
+// not older than one taken before, and records its age.
+func (r *Renewer) newerBundle(since int64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if since < r.bundleSince {
+		return false
+	}
+	r.bundleSince = since
+	return true
+}
+
+// RenewSoon asks Run to renew now, on its own goroutine, so that renewals
+// never overlap.
+func (r *Renewer) RenewSoon() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
 // jitter returns a random duration in [0, max).
 func (r *Renewer) jitter(max time.Duration) time.Duration {
 	var b [8]byte
@@ -228,6 +263,9 @@ func (r *Renewer) diagnose(ctx context.Context) {
 	r.mu.Unlock()
 	creds := r.cfg.Credentials
 	for _, addr := range managers {
+		if addr == r.cfg.Self {
+			continue
+		}
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		bundle, err := fetchBundleUnverified(cctx, addr)
 		cancel()

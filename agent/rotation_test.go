@@ -991,3 +991,65 @@ func TestRenewerGossip(t *testing.T) {
 		}
 	})
 }
+
+// TestConvergedNodeReachesNewRootManager: a node that renewed during a
+// rotation but missed the heartbeat that brought the new bundle still
+// trusts the old root alone. A manager renewed after completion serves a
+// leaf of the new root with no intermediate: the node verifies it through
+// the cross-signed new root it holds in its own chain.
+func TestConvergedNodeReachesNewRootManager(t *testing.T) {
+	r := newRotation(t)
+	mp := r.fresh.issue(t, ca.RoleManager)
+	managerCreds, err := NewCredentials(t.TempDir(), mp.keyPEM, mp.certPEM, r.bothRoots())
+	if err != nil {
+		t.Fatalf("NewCredentials(manager) = %v", err)
+	}
+	f := startFakeManager(t, managerCreds, r.fresh)
+
+	converged, _ := r.next.newCreds(t, r.next.issue(t, ca.RoleWorker))
+	if err := heartbeatOnce(t, converged, f.addr); err != nil {
+		t.Errorf("a converged node on the old bundle: Heartbeat = %v, want it to verify the manager", err)
+	}
+	// A node that never renewed has no cross-signed root: it must not get
+	// through by any other path.
+	stale, _ := r.old.newCreds(t, r.old.issue(t, ca.RoleWorker))
+	if err := heartbeatOnce(t, stale, f.addr); err == nil {
+		t.Errorf("a node of the old root alone verified a manager of the new root alone; want refused")
+	}
+}
+
+// heartbeatOnce makes one Heartbeat call with creds' client TLS.
+func heartbeatOnce(t *testing.T, creds *Credentials, addr string) error {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(creds.ClientTLS(ManagerName))))
+	if err != nil {
+		t.Fatalf("grpc.NewClient(%s) = %v", addr, err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	_, err = api.NewCAClient(conn).Heartbeat(ctx, &api.HeartbeatRequest{})
+	return err
+}
+
+// TestRenewerIgnoresOlderBundle: once a node took the bundle of a
+// completed rotation, an answer carrying an older bundle (a new leader
+// that has not applied the completion yet) does not take it back.
+func TestRenewerIgnoresOlderBundle(t *testing.T) {
+	r := newRotation(t)
+	f := startFakeManager(t, r.managerCreds(t), r.fresh)
+	f.set(func(f *fakeManager) {
+		f.heartbeat = &api.HeartbeatResponse{Bundle: r.fresh.bundle, BundleSince: 2000}
+	})
+	creds, _ := r.next.newCreds(t, r.next.issue(t, ca.RoleWorker))
+	startRenewer(t, creds, f.addr)
+	waitUntil(t, "the new bundle", func() bool { return bytes.Equal(creds.Bundle(), r.fresh.bundle) })
+
+	f.set(func(f *fakeManager) {
+		f.heartbeat = &api.HeartbeatResponse{Bundle: r.old.bundle, BundleSince: 1000}
+	})
+	moreCalls(t, f, "Heartbeat", 3)
+	if !bytes.Equal(creds.Bundle(), r.fresh.bundle) {
+		t.Errorf("an older bundle replaced the new one; want it ignored")
+	}
+}

@@ -67,9 +67,25 @@ func (c *Credentials) ClientTLS(serverName string) *tls.Config {
 		// RootCAs field could not follow it.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			return VerifyServer(cs, c.Roots(), serverName)
+			roots, own := c.verifyMaterial()
+			return VerifyServer(cs, roots, serverName, own...)
 		},
 	}
+}
+
+// verifyMaterial returns the trust bundle and this node's own
+// intermediates. A node that renewed during a root rotation holds the new
+// root cross-signed by the old one: with it, the node still verifies
+// managers whose certificates the new root alone signs, should it miss
+// the heartbeat that brings the new bundle.
+func (c *Credentials) verifyMaterial() (*x509.CertPool, []*x509.Certificate) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var own []*x509.Certificate
+	if len(c.chain) > 1 {
+		own = c.chain[1:]
+	}
+	return c.roots, own
 }
 
 // ErrNoPeerCertificate is returned by VerifyServer when the server showed
@@ -77,13 +93,17 @@ func (c *Credentials) ClientTLS(serverName string) *tls.Config {
 var ErrNoPeerCertificate = errors.New("agent: server presented no certificate")
 
 // VerifyServer checks the server's certificate chain of a TLS connection
-// against roots for serverAuth and serverName, as crypto/tls would.
-func VerifyServer(cs tls.ConnectionState, roots *x509.CertPool, serverName string) error {
+// against roots for serverAuth and serverName, as crypto/tls would. extra
+// intermediates, beside those the server sent, may complete the chain.
+func VerifyServer(cs tls.ConnectionState, roots *x509.CertPool, serverName string, extra ...*x509.Certificate) error {
 	if len(cs.PeerCertificates) == 0 {
 		return ErrNoPeerCertificate
 	}
 	inter := x509.NewCertPool()
 	for _, cert := range cs.PeerCertificates[1:] {
+		inter.AddCert(cert)
+	}
+	for _, cert := range extra {
 		inter.AddCert(cert)
 	}
 	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{

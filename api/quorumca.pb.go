@@ -953,6 +953,11 @@ type HeartbeatResponse struct {
 	// When renew is set because of a root rotation, the node waits a random
 	// time under this before renewing, so that renewals spread out.
 	RenewJitterMs int64 `protobuf:"varint,7,opt,name=renew_jitter_ms,json=renewJitterMs,proto3" json:"renew_jitter_ms,omitempty"`
+	// When the bundle became the cluster's (Unix nanoseconds of the
+	// rotation's completion; 0 for the bundle made at init). A node never
+	// goes back to a bundle older than one it took: a stale answer (a new
+	// leader that has not applied the completion yet) cannot undo it.
+	BundleSince   int64 `protobuf:"varint,8,opt,name=bundle_since,json=bundleSince,proto3" json:"bundle_since,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1032,6 +1037,13 @@ func (x *HeartbeatResponse) GetBundle() []byte {
 func (x *HeartbeatResponse) GetRenewJitterMs() int64 {
 	if x != nil {
 		return x.RenewJitterMs
+	}
+	return 0
+}
+
+func (x *HeartbeatResponse) GetBundleSince() int64 {
+	if x != nil {
+		return x.BundleSince
 	}
 	return 0
 }
@@ -2559,7 +2571,7 @@ const file_quorumca_proto_rawDesc = "" +
 	"\vPingRequest\"'\n" +
 	"\fPingResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\x12\n" +
-	"\x10HeartbeatRequest\"\xe6\x01\n" +
+	"\x10HeartbeatRequest\"\x89\x02\n" +
 	"\x11HeartbeatResponse\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x14\n" +
 	"\x05renew\x18\x02 \x01(\bR\x05renew\x12.\n" +
@@ -2567,7 +2579,8 @@ const file_quorumca_proto_rawDesc = "" +
 	"\tperiod_ms\x18\x04 \x01(\x03R\bperiodMs\x12\x1a\n" +
 	"\bmanagers\x18\x05 \x03(\tR\bmanagers\x12\x16\n" +
 	"\x06bundle\x18\x06 \x01(\fR\x06bundle\x12&\n" +
-	"\x0frenew_jitter_ms\x18\a \x01(\x03R\rrenewJitterMs\"\x0f\n" +
+	"\x0frenew_jitter_ms\x18\a \x01(\x03R\rrenewJitterMs\x12!\n" +
+	"\fbundle_since\x18\b \x01(\x03R\vbundleSince\"\x0f\n" +
 	"\rGossipRequest\"8\n" +
 	"\x0eGossipResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +

@@ -66,6 +66,8 @@ func apply(s *State, cmd Command) (*State, error) {
 		return applyStartRotation(s, cmd.At, cmd.StartRotation)
 	case cmd.CompleteRotation != nil:
 		return applyCompleteRotation(s, cmd.At, cmd.CompleteRotation)
+	case cmd.SetGossipKey != nil:
+		return applySetGossipKey(s, cmd.SetGossipKey)
 	}
 	return nil, fmt.Errorf("%w: no operation", ErrBadCommand)
 }
@@ -415,5 +417,17 @@ func applyCompleteRotation(s *State, at time.Time, in *CompleteRotation) (*State
 	}
 	next.WorkerSecret, next.ManagerSecret = in.WorkerSecret, in.ManagerSecret
 	next.Tokens = nil
+	return next, nil
+}
+
+func applySetGossipKey(s *State, in *SetGossipKey) (*State, error) {
+	if len(s.GossipKey) != 0 {
+		return nil, fmt.Errorf("%w: the cluster has a gossip key already", ErrStale)
+	}
+	if len(in.Key) != GossipKeySize {
+		return nil, fmt.Errorf("%w: a gossip key is %d bytes, not %d", ErrBadCommand, GossipKeySize, len(in.Key))
+	}
+	next := s.clone()
+	next.GossipKey = in.Key
 	return next, nil
 }

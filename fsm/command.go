@@ -34,6 +34,13 @@ type Command struct {
 
 	StartRotation    *StartRotation    `json:"start_rotation,omitempty"`
 	CompleteRotation *CompleteRotation `json:"complete_rotation,omitempty"`
+	SetGossipKey     *SetGossipKey     `json:"set_gossip_key,omitempty"`
+}
+
+// SetGossipKey gives a cluster made before gossip existed its gossip key.
+// It is refused once the cluster has one.
+type SetGossipKey struct {
+	Key []byte `json:"key"`
 }
 
 // StartRotation begins a root CA rotation. CA is the signing material while
@@ -168,7 +175,7 @@ func Decode(b []byte) (Command, error) {
 	for _, set := range []bool{
 		c.Init != nil, c.Issue != nil, c.RotateSecret != nil, c.SetRole != nil, c.RemoveNode != nil,
 		c.Prune != nil, c.UpdateConfig != nil, c.CreateToken != nil, c.RevokeToken != nil, c.SetAddrs != nil,
-		c.StartRotation != nil, c.CompleteRotation != nil,
+		c.StartRotation != nil, c.CompleteRotation != nil, c.SetGossipKey != nil,
 	} {
 		if set {
 			n++

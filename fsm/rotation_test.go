@@ -1211,3 +1211,35 @@ func checkCompletion(t *testing.T, before, after *fsm.State, c fsm.Command) {
 		}
 	}
 }
+
+func TestSetGossipKey(t *testing.T) {
+	f := newFixture(t)
+	s := apply(t, nil, f.initCmd())
+	// A cluster made before gossip existed has no key.
+	old := *s
+	old.GossipKey = nil
+	key := make([]byte, fsm.GossipKeySize)
+	key[0] = 7
+	got, err := fsm.Apply(&old, 2, fsm.Command{At: now, SetGossipKey: &fsm.SetGossipKey{Key: key}})
+	if err != nil || string(got.GossipKey) != string(key) {
+		t.Fatalf("SetGossipKey on a keyless cluster = %v, key %x; want the key", err, got.GossipKey)
+	}
+	for _, tt := range []struct {
+		name string
+		s    *fsm.State
+		key  []byte
+		want error
+	}{
+		{"already keyed", got, key, fsm.ErrStale},
+		{"short key", &old, key[:16], fsm.ErrBadCommand},
+		{"no key", &old, nil, fsm.ErrBadCommand},
+	} {
+		after, err := fsm.Apply(tt.s, 3, fsm.Command{At: now, SetGossipKey: &fsm.SetGossipKey{Key: tt.key}})
+		if !errors.Is(err, tt.want) {
+			t.Errorf("%s: SetGossipKey = %v, want %v", tt.name, err, tt.want)
+		}
+		if string(after.GossipKey) != string(tt.s.GossipKey) {
+			t.Errorf("%s: refused SetGossipKey changed the key", tt.name)
+		}
+	}
+}

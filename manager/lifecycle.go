@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"sync"
@@ -83,6 +84,9 @@ func (s *service) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*ap
 			Managers:          managerAddrs(st),
 			Bundle:            st.CA.Bundle,
 		}
+		if r := st.LastRotation; r != nil {
+			resp.BundleSince = r.CompletedAt.UnixNano()
+		}
 		if resp.Renew && st.Rotation != nil && !c.status.Equal(st.CAStatus) {
 			// Every node hears of a rotation within one heartbeat period:
 			// spread their renewals.
@@ -133,7 +137,7 @@ func (s *service) ListNodes(ctx context.Context, req *api.ListNodesRequest) (*ap
 		}
 		rotState := map[string]string{}
 		if st.Rotation != nil {
-			for _, rn := range m.viewRotation(st, now).info.GetNodes() {
+			for _, rn := range m.viewRotation(st, now, false).info.GetNodes() {
 				rotState[rn.GetId()] = rn.GetState()
 			}
 		}
@@ -504,6 +508,17 @@ func (m *Manager) reconcile(ctx context.Context) {
 			m.log.Warn("reconcile: remove voter", "node_id", srv.ID, "err", err)
 		} else {
 			m.log.Info("reconcile: removed voter no longer a manager", "node_id", srv.ID)
+		}
+	}
+	if len(st.GossipKey) == 0 {
+		// A cluster made before gossip existed: give it a key.
+		key := make([]byte, fsm.GossipKeySize)
+		if _, err := io.ReadFull(m.cfg.Rand, key); err != nil {
+			m.log.Error("gossip key", "err", err)
+		} else if _, err := m.propose(ctx, fsm.Command{At: m.cfg.Now(), SetGossipKey: &fsm.SetGossipKey{Key: key}}); err != nil {
+			m.log.Warn("set gossip key", "err", err)
+		} else {
+			m.log.Info("cluster gossip key created")
 		}
 	}
 	now := m.cfg.Now()

@@ -458,6 +458,7 @@ func (m *Manager) serve() error {
 		Managers:        append([]string{m.apiAddr}, m.node.Managers...),
 		OnManagers:      m.saveManagers,
 		OnRole:          m.roleChanged,
+		Self:            m.apiAddr,
 		HeartbeatPeriod: m.cfg.HeartbeatPeriod,
 		Rand:            m.cfg.Rand,
 		Now:             m.cfg.Now,
@@ -560,12 +561,14 @@ func dirHasFiles(dir string) bool {
 // more than once.
 func (m *Manager) Stop() error {
 	m.stopOnce.Do(func() {
+		// Gossip first: its fetches use the renewer's connections, which
+		// the renewer closes when it stops.
+		if g := m.gossip.Load(); g != nil {
+			g.Stop()
+		}
 		if m.cancel != nil {
 			m.cancel()
 			m.loops.Wait()
-		}
-		if g := m.gossip.Load(); g != nil {
-			g.Stop()
 		}
 		if m.server != nil {
 			stopGRPC(m.server)

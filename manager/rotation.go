@@ -46,6 +46,9 @@ type rotationTracker struct {
 	started   time.Time  // the rotation these belong to
 	downSince map[string]time.Time
 	confirmed map[string]string // node ID -> serial confirmed
+	// observed is when the leader last looked: a gap means this manager
+	// was not leading meanwhile, and its down times are stale.
+	observed time.Time
 }
 
 // reset forgets what belongs to another rotation.
@@ -77,8 +80,10 @@ const (
 )
 
 // viewRotation computes the progress of the rotation in progress in st, or
-// of the last completed one, from this manager's gossip view.
-func (m *Manager) viewRotation(st *fsm.State, now time.Time) rotationView {
+// of the last completed one, from this manager's gossip view. Only the
+// leader's rotation step tracks (records who is down since when, and who
+// confirmed); other views only read what it recorded.
+func (m *Manager) viewRotation(st *fsm.State, now time.Time, track bool) rotationView {
 	if st.Rotation == nil && st.LastRotation == nil {
 		return rotationView{}
 	}
@@ -111,8 +116,12 @@ func (m *Manager) viewRotation(st *fsm.State, now time.Time) rotationView {
 	t := &m.rotation
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if st.Rotation != nil {
+	if st.Rotation != nil && track {
 		t.reset(st.Rotation.StartedAt)
+		if !t.observed.IsZero() && now.Sub(t.observed) > 3*m.cfg.ReconcilePeriod {
+			clear(t.downSince)
+		}
+		t.observed = now
 	}
 	view := rotationView{info: info, done: st.Rotation != nil && gossipUp}
 	for _, n := range st.SortedNodes() {
@@ -141,30 +150,39 @@ func (m *Manager) viewRotation(st *fsm.State, now time.Time) rotationView {
 			info.Nodes = append(info.Nodes, rn)
 			continue
 		}
-		if serves {
-			t.confirmed[n.ID] = n.Cert.Serial
-		}
 		reachable := alive || m.live(n.ID, now)
-		if reachable {
-			delete(t.downSince, n.ID)
-		} else if _, ok := t.downSince[n.ID]; !ok && gossipUp {
-			t.downSince[n.ID] = now
+		if track {
+			if serves {
+				t.confirmed[n.ID] = n.Cert.Serial
+			}
+			if reachable {
+				delete(t.downSince, n.ID)
+			} else if _, ok := t.downSince[n.ID]; !ok && gossipUp {
+				t.downSince[n.ID] = now
+			}
+		}
+		since, seenDown := t.downSince[n.ID]
+		confirmed := t.confirmed[n.ID] == n.Cert.Serial
+		if st.Rotation != nil && !t.started.Equal(st.Rotation.StartedAt) {
+			// What the tracker holds is another rotation's.
+			since, seenDown, confirmed = time.Time{}, false, false
 		}
 		switch {
-		case issued && t.confirmed[n.ID] == n.Cert.Serial:
+		case issued && (serves || confirmed):
 			rn.State = rotConverged
 			info.Converged++
-		case !reachable && gossipUp && !t.downSince[n.ID].IsZero():
-			since := t.downSince[n.ID]
-			rn.DownSince = since.Unix()
+		case !reachable:
 			rn.State = rotDown
-			if now.Sub(since) >= grace {
-				rn.State = rotSkipped
-				info.Skipped++
-				view.skipped = append(view.skipped, n.ID)
-			} else {
-				view.done = false
+			if seenDown {
+				rn.DownSince = since.Unix()
+				if now.Sub(since) >= grace {
+					rn.State = rotSkipped
+					info.Skipped++
+					view.skipped = append(view.skipped, n.ID)
+					break
+				}
 			}
+			view.done = false
 		case issued:
 			rn.State = rotRenewed
 			view.done = false
@@ -188,7 +206,7 @@ func (m *Manager) driveRotation(ctx context.Context) {
 	if !st.Initialized() || st.Rotation == nil {
 		return
 	}
-	view := m.viewRotation(st, m.cfg.Now())
+	view := m.viewRotation(st, m.cfg.Now(), true)
 	if !view.done {
 		return
 	}
@@ -226,9 +244,7 @@ func (m *Manager) followBundle(ctx context.Context) {
 		if st.Initialized() && st.Rotation == nil && string(st.CA.Bundle) != string(m.creds.Bundle()) {
 			if err := m.creds.UpdateBundle(st.CA.Bundle, m.cfg.Now()); err != nil {
 				m.log.Warn("this manager's certificate does not verify under the new bundle; renewing", "err", err)
-				if err := m.renewer.Renew(ctx); err != nil {
-					m.log.Warn("renew for the new bundle", "err", err)
-				}
+				m.renewer.RenewSoon()
 			} else {
 				m.log.Info("trust bundle updated", "root", fingerprint(st.CA.Bundle))
 			}
@@ -292,7 +308,7 @@ func (s *service) RotateCA(ctx context.Context, req *api.RotateCARequest) (*api.
 		}
 		m.log.Info("root rotation started", "new_root", fingerprint(next.Bundle), "nodes", len(after.Nodes), "by", c.addr)
 		m.kickRotation()
-		return &api.RotateCAResponse{Rotation: m.viewRotation(after, m.cfg.Now()).info}, nil
+		return &api.RotateCAResponse{Rotation: m.viewRotation(after, m.cfg.Now(), false).info}, nil
 	})
 }
 
@@ -307,7 +323,7 @@ func (s *service) GetCA(ctx context.Context, req *api.GetCARequest) (*api.GetCAR
 		if !st.Initialized() {
 			return nil, toStatus(fsm.ErrNotInitialized)
 		}
-		return &api.GetCAResponse{Bundle: st.CA.Bundle, Rotation: s.m.viewRotation(st, s.m.cfg.Now()).info}, nil
+		return &api.GetCAResponse{Bundle: st.CA.Bundle, Rotation: s.m.viewRotation(st, s.m.cfg.Now(), false).info}, nil
 	})
 }
 

@@ -240,7 +240,7 @@ func (s *service) Status(ctx context.Context, _ *api.StatusRequest) (*api.Status
 	if st.Initialized() {
 		resp.RootFingerprint = fingerprint(st.CA.Bundle)
 		if st.Rotation != nil {
-			resp.Rotation = m.viewRotation(st, m.cfg.Now()).info
+			resp.Rotation = m.viewRotation(st, m.cfg.Now(), false).info
 		}
 	}
 	if n, ok := st.Node(leaderID); ok {
