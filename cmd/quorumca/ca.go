@@ -62,15 +62,9 @@ watching, not the rotation.`,
 			if caCert != "" {
 				// Check the files here for a clear message; the leader
 				// checks them again.
-				if _, err := importCA(caCert, caKey); err != nil {
-					return err
-				}
 				var err error
-				if req.CaCert, err = os.ReadFile(caCert); err != nil {
-					return fmt.Errorf("--ca-cert: %w", err)
-				}
-				if req.CaKey, err = os.ReadFile(caKey); err != nil {
-					return fmt.Errorf("--ca-key: %w", err)
+				if _, req.CaCert, req.CaKey, err = readCA(caCert, caKey); err != nil {
+					return err
 				}
 			}
 			conn, err := g.dial()

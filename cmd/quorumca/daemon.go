@@ -99,19 +99,23 @@ func newInitCmd(g *globals) *cobra.Command {
 }
 
 func importCA(certFile, keyFile string) (ca.Material, error) {
-	certPEM, err := os.ReadFile(certFile)
-	if err != nil {
-		return ca.Material{}, fmt.Errorf("--ca-cert: %w", err)
+	m, _, _, err := readCA(certFile, keyFile)
+	return m, err
+}
+
+// readCA reads --ca-cert and --ca-key and checks them as the import rules
+// say; it returns the checked material and the files' bytes.
+func readCA(certFile, keyFile string) (m ca.Material, certPEM, keyPEM []byte, err error) {
+	if certPEM, err = os.ReadFile(certFile); err != nil {
+		return ca.Material{}, nil, nil, fmt.Errorf("--ca-cert: %w", err)
 	}
-	keyPEM, err := os.ReadFile(keyFile)
-	if err != nil {
-		return ca.Material{}, fmt.Errorf("--ca-key: %w", err)
+	if keyPEM, err = os.ReadFile(keyFile); err != nil {
+		return ca.Material{}, nil, nil, fmt.Errorf("--ca-key: %w", err)
 	}
-	m, err := ca.Import(certPEM, keyPEM, time.Now())
-	if err != nil {
-		return ca.Material{}, fmt.Errorf("--ca-cert/--ca-key: %w", err)
+	if m, err = ca.Import(certPEM, keyPEM, time.Now()); err != nil {
+		return ca.Material{}, nil, nil, fmt.Errorf("--ca-cert/--ca-key: %w", err)
 	}
-	return m, nil
+	return m, certPEM, keyPEM, nil
 }
 
 func newJoinCmd(g *globals) *cobra.Command {
