@@ -69,8 +69,13 @@ func CrossSign(rand io.Reader, now time.Time, oldCert *x509.Certificate, oldKey 
 // old to next: next's key and certificate, with a chain that carries next's
 // own chain, then next's root cross-signed by old's key, then old's chain,
 // and old's bundle (the one nodes still trust). Leaves it signs verify under
-// old.Bundle and under next.Bundle. next must use a new key.
+// old.Bundle and under next.Bundle. next must use a new key. old must hold
+// its key; next need not (an external CA's material).
 func Rotation(rand io.Reader, now time.Time, old, next Material) (Material, error) {
+	newRoot, err := CheckNewCA(old, next)
+	if err != nil {
+		return Material{}, err
+	}
 	oldCerts, err := ParseCertificates(old.Cert)
 	if err != nil {
 		return Material{}, fmt.Errorf("current CA certificate: %w", err)
@@ -79,38 +84,59 @@ func Rotation(rand io.Reader, now time.Time, old, next Material) (Material, erro
 	if err != nil {
 		return Material{}, fmt.Errorf("current CA key: %w", err)
 	}
-	nextCerts, err := ParseCertificates(next.Cert)
-	if err != nil {
-		return Material{}, fmt.Errorf("new CA certificate: %w", err)
-	}
-	_, nextRoots, err := ParseBundle(next.Bundle)
-	if err != nil {
-		return Material{}, fmt.Errorf("new CA: %w", err)
-	}
-	if len(nextRoots) != 1 {
-		return Material{}, fmt.Errorf("new CA: %w: the bundle must hold exactly one root, has %d", ErrChainIncomplete, len(nextRoots))
-	}
-	_, oldRoots, err := ParseBundle(old.Bundle)
-	if err != nil {
-		return Material{}, fmt.Errorf("current CA: %w", err)
-	}
-	for _, r := range oldRoots {
-		if publicKeyEqual(r.PublicKey, nextRoots[0].PublicKey) || publicKeyEqual(r.PublicKey, nextCerts[0].PublicKey) {
-			return Material{}, fmt.Errorf("%w; a rotation needs a new key", ErrKeyReused)
-		}
-	}
-	if publicKeyEqual(oldCerts[0].PublicKey, nextCerts[0].PublicKey) {
-		return Material{}, fmt.Errorf("%w; a rotation needs a new key", ErrKeyReused)
-	}
-	cross, err := CrossSign(rand, now, oldCerts[0], oldKey, nextRoots[0])
+	cross, err := CrossSign(rand, now, oldCerts[0], oldKey, newRoot)
 	if err != nil {
 		return Material{}, err
 	}
+	return RotationWith(old, next, cross)
+}
+
+// CheckNewCA checks that next can follow old in a rotation: its bundle
+// holds exactly one root, and neither that root nor next's signing
+// certificate uses a key of old. It returns next's root.
+func CheckNewCA(old, next Material) (*x509.Certificate, error) {
+	oldCerts, err := ParseCertificates(old.Cert)
+	if err != nil {
+		return nil, fmt.Errorf("current CA certificate: %w", err)
+	}
+	nextCerts, err := ParseCertificates(next.Cert)
+	if err != nil {
+		return nil, fmt.Errorf("new CA certificate: %w", err)
+	}
+	_, nextRoots, err := ParseBundle(next.Bundle)
+	if err != nil {
+		return nil, fmt.Errorf("new CA: %w", err)
+	}
+	if len(nextRoots) != 1 {
+		return nil, fmt.Errorf("new CA: %w: the bundle must hold exactly one root, has %d", ErrChainIncomplete, len(nextRoots))
+	}
+	_, oldRoots, err := ParseBundle(old.Bundle)
+	if err != nil {
+		return nil, fmt.Errorf("current CA: %w", err)
+	}
+	for _, r := range append(oldRoots, oldCerts[0]) {
+		if publicKeyEqual(r.PublicKey, nextRoots[0].PublicKey) || publicKeyEqual(r.PublicKey, nextCerts[0].PublicKey) {
+			return nil, fmt.Errorf("%w; a rotation needs a new key", ErrKeyReused)
+		}
+	}
+	return nextRoots[0], nil
+}
+
+// RotationWith is Rotation for a new root that was already cross-signed by
+// old's CA (an external CA cross-signs through its CA profile; see
+// CrossSignRequest and CheckCrossSigned).
+func RotationWith(old, next Material, cross *x509.Certificate) (Material, error) {
 	chain := append([]byte(nil), next.Chain...)
 	chain = append(chain, EncodeCertificates(cross)...)
 	chain = append(chain, old.Chain...)
 	m := Material{Cert: next.Cert, Key: next.Key, Chain: chain, Bundle: old.Bundle}
-	if _, err := NewSigner(m); err != nil {
+	var err error
+	if len(m.Key) > 0 {
+		_, err = NewSigner(m)
+	} else {
+		_, err = NewExternal(m)
+	}
+	if err != nil {
 		return Material{}, fmt.Errorf("ca: rotation material does not verify: %w", err)
 	}
 	return m, nil

@@ -61,4 +61,9 @@ var (
 	// ErrKeyReused is returned by CrossSign when the new root uses the same
 	// key as the old one: a rotation must change the key.
 	ErrKeyReused = errors.New("ca: new root reuses the current root's key")
+
+	// ErrExternalCA is returned when a certificate an external CA returned
+	// is not the one the cluster asked for: another key, subject, names,
+	// usage or issuer.
+	ErrExternalCA = errors.New("ca: external CA returned an unacceptable certificate")
 )

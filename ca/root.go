@@ -4,6 +4,8 @@ import (
 	"crypto"
 	"crypto/sha1"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"fmt"
 	"io"
 	"math/big"
@@ -28,7 +30,8 @@ type Material struct {
 	// Cert is the PEM certificate whose key signs node certificates: the
 	// root itself, or an intermediate that chains to it.
 	Cert []byte
-	// Key is the PEM (PKCS#8) private key of Cert.
+	// Key is the PEM (PKCS#8) private key of Cert. It is empty when an
+	// external CA holds the key and signs (see External).
 	Key []byte
 	// Chain holds the PEM certificates a node certificate carries after
 	// itself, issuer first, up to but not including a root of Bundle. It is
@@ -117,37 +120,9 @@ func GenerateRoot(rand io.Reader, now time.Time, clusterID string, opts ...RootO
 // (ErrKeyMismatch), and keys other than ECDSA P-256/P-384 or RSA >= 2048
 // bits (ErrUnsupportedKey, ErrWeakKey).
 func Import(certPEM, keyPEM []byte, now time.Time) (Material, error) {
-	certs, err := ParseCertificates(certPEM)
+	certs, err := importCerts(certPEM, now)
 	if err != nil {
-		return Material{}, fmt.Errorf("CA certificate: %w", err)
-	}
-	for i, c := range certs {
-		name := certName(i, c)
-		if !c.BasicConstraintsValid || !c.IsCA {
-			return Material{}, fmt.Errorf("%s: %w; give a certificate with basic constraints CA:true", name, ErrNotCA)
-		}
-		if err := checkCAKey(c.PublicKey); err != nil {
-			return Material{}, fmt.Errorf("%s: %w", name, err)
-		}
-		if now.Before(c.NotBefore) {
-			return Material{}, fmt.Errorf("%s: %w: not valid before %s", name, ErrExpiring, c.NotBefore.UTC().Format(time.RFC3339))
-		}
-		if !now.Before(c.NotAfter) {
-			return Material{}, fmt.Errorf("%s: %w: expired at %s", name, ErrExpiring, c.NotAfter.UTC().Format(time.RFC3339))
-		}
-		if c.NotAfter.Sub(now) < MinCAValidity {
-			return Material{}, fmt.Errorf("%s: %w: expires %s, less than a year from now; use a CA valid for at least a year", name, ErrExpiring, c.NotAfter.UTC().Format(time.RFC3339))
-		}
-		if i+1 < len(certs) {
-			parent := certs[i+1]
-			if err := c.CheckSignatureFrom(parent); err != nil {
-				return Material{}, fmt.Errorf("%s is not signed by certificate %d (%s): %w: %v", name, i+2, parent.Subject, ErrChainIncomplete, err)
-			}
-		}
-	}
-	root := certs[len(certs)-1]
-	if !selfSigned(root) {
-		return Material{}, fmt.Errorf("%s is not self-signed: %w; append the issuing CA's certificates up to its root", certName(len(certs)-1, root), ErrChainIncomplete)
+		return Material{}, err
 	}
 	key, err := ParseKey(keyPEM)
 	if err != nil {
@@ -163,20 +138,82 @@ func Import(certPEM, keyPEM []byte, now time.Time) (Material, error) {
 	if err != nil {
 		return Material{}, err
 	}
-	m := Material{
-		Cert:   EncodeCertificates(certs[0]),
-		Key:    normKey,
-		Bundle: EncodeCertificates(root),
-	}
-	if len(certs) > 1 {
-		m.Chain = EncodeCertificates(certs[:len(certs)-1]...)
-	}
+	m := materialOf(certs)
+	m.Key = normKey
 	// Signatures linked one by one do not make a usable chain (path length
 	// constraints, for one): refuse what NewSigner refuses.
 	if _, err := NewSigner(m); err != nil {
 		return Material{}, err
 	}
 	return m, nil
+}
+
+// ImportExternal validates the certificates of a CA whose key the cluster
+// does not hold (an external CA): certPEM is its signing certificate,
+// followed by its chain up to and including a self-signed root, or the
+// self-signed root alone. The certificate rules are Import's; the Material
+// returned has no Key.
+func ImportExternal(certPEM []byte, now time.Time) (Material, error) {
+	certs, err := importCerts(certPEM, now)
+	if err != nil {
+		return Material{}, err
+	}
+	m := materialOf(certs)
+	if _, err := checkChain(m); err != nil {
+		return Material{}, err
+	}
+	return m, nil
+}
+
+// importCerts parses and checks a CA certificate and its chain as Import
+// and ImportExternal take them.
+func importCerts(certPEM []byte, now time.Time) ([]*x509.Certificate, error) {
+	certs, err := ParseCertificates(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("CA certificate: %w", err)
+	}
+	for i, c := range certs {
+		name := certName(i, c)
+		if !c.BasicConstraintsValid || !c.IsCA {
+			return nil, fmt.Errorf("%s: %w; give a certificate with basic constraints CA:true", name, ErrNotCA)
+		}
+		if err := checkCAKey(c.PublicKey); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		if now.Before(c.NotBefore) {
+			return nil, fmt.Errorf("%s: %w: not valid before %s", name, ErrExpiring, c.NotBefore.UTC().Format(time.RFC3339))
+		}
+		if !now.Before(c.NotAfter) {
+			return nil, fmt.Errorf("%s: %w: expired at %s", name, ErrExpiring, c.NotAfter.UTC().Format(time.RFC3339))
+		}
+		if c.NotAfter.Sub(now) < MinCAValidity {
+			return nil, fmt.Errorf("%s: %w: expires %s, less than a year from now; use a CA valid for at least a year", name, ErrExpiring, c.NotAfter.UTC().Format(time.RFC3339))
+		}
+		if i+1 < len(certs) {
+			parent := certs[i+1]
+			if err := c.CheckSignatureFrom(parent); err != nil {
+				return nil, fmt.Errorf("%s is not signed by certificate %d (%s): %w: %v", name, i+2, parent.Subject, ErrChainIncomplete, err)
+			}
+		}
+	}
+	root := certs[len(certs)-1]
+	if !selfSigned(root) {
+		return nil, fmt.Errorf("%s is not self-signed: %w; append the issuing CA's certificates up to its root", certName(len(certs)-1, root), ErrChainIncomplete)
+	}
+	return certs, nil
+}
+
+// materialOf lays out checked certificates as Material: the first signs,
+// the last is the bundle, and the ones before the root are the chain.
+func materialOf(certs []*x509.Certificate) Material {
+	m := Material{
+		Cert:   EncodeCertificates(certs[0]),
+		Bundle: EncodeCertificates(certs[len(certs)-1]),
+	}
+	if len(certs) > 1 {
+		m.Chain = EncodeCertificates(certs[:len(certs)-1]...)
+	}
+	return m
 }
 
 func certName(i int, c *x509.Certificate) string {
@@ -195,13 +232,23 @@ func randomSerial(rand io.Reader) (*big.Int, error) {
 	return new(big.Int).SetBytes(b[:]), nil
 }
 
-// subjectKeyID derives a key identifier as RFC 5280 method 1 does: the SHA-1
-// of the subject public key bits.
+// subjectKeyID derives a key identifier as RFC 5280 section 4.2.1.2 method
+// 1 does: the SHA-1 of the subjectPublicKey BIT STRING (not of the whole
+// SubjectPublicKeyInfo). Go's x509, CFSSL and OpenSSL derive it the same
+// way, so a root cross-signed by any of them keeps the key ID that leaves
+// name as their authority, which OpenSSL needs to build the chain.
 func subjectKeyID(pub crypto.PublicKey) ([]byte, error) {
 	spki, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnsupportedKey, err)
 	}
-	sum := sha1.Sum(spki) // an identifier, not a security property
+	var info struct {
+		Algorithm pkix.AlgorithmIdentifier
+		PublicKey asn1.BitString
+	}
+	if _, err := asn1.Unmarshal(spki, &info); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnsupportedKey, err)
+	}
+	sum := sha1.Sum(info.PublicKey.Bytes) // an identifier, not a security property
 	return sum[:], nil
 }

@@ -43,29 +43,61 @@ func NewSigner(m Material) (*Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("CA certificate: %w", err)
 	}
-	cert := certs[0]
 	key, err := ParseKey(m.Key)
 	if err != nil {
 		return nil, fmt.Errorf("CA key: %w", err)
 	}
-	if !publicKeyEqual(key.Public(), cert.PublicKey) {
-		return nil, fmt.Errorf("%w: the key is not the key of %s", ErrKeyMismatch, cert.Subject)
+	if !publicKeyEqual(key.Public(), certs[0].PublicKey) {
+		return nil, fmt.Errorf("%w: the key is not the key of %s", ErrKeyMismatch, certs[0].Subject)
 	}
+	ch, err := checkChain(m)
+	if err != nil {
+		return nil, err
+	}
+	return &Signer{
+		cert:     ch.cert,
+		key:      key,
+		chainPEM: append([]byte(nil), m.Chain...),
+		notAfter: ch.notAfter,
+		sigAlg:   signatureAlgorithm(ch.cert.PublicKey),
+	}, nil
+}
+
+// checkedChain is a Material's signing certificate and chain, checked
+// against its bundle.
+type checkedChain struct {
+	cert  *x509.Certificate
+	chain []*x509.Certificate
+	roots *x509.CertPool
+	// notAfter is the earliest expiry on the way to the bundle: no leaf
+	// may outlive it.
+	notAfter time.Time
+}
+
+// checkChain checks that m's certificate, with its chain, verifies against
+// its bundle and leaves room below it for a leaf. It needs no key, so it
+// also checks the material of an external CA.
+func checkChain(m Material) (checkedChain, error) {
+	certs, err := ParseCertificates(m.Cert)
+	if err != nil {
+		return checkedChain{}, fmt.Errorf("CA certificate: %w", err)
+	}
+	cert := certs[0]
 	if err := checkCAKey(cert.PublicKey); err != nil {
-		return nil, fmt.Errorf("CA certificate: %w", err)
+		return checkedChain{}, fmt.Errorf("CA certificate: %w", err)
 	}
 	roots, rootCerts, err := ParseBundle(m.Bundle)
 	if err != nil {
-		return nil, err
+		return checkedChain{}, err
 	}
 	var chain []*x509.Certificate
 	if len(m.Chain) > 0 {
 		if chain, err = ParseCertificates(m.Chain); err != nil {
-			return nil, fmt.Errorf("CA chain: %w", err)
+			return checkedChain{}, fmt.Errorf("CA chain: %w", err)
 		}
 	}
 	if len(chain) == 0 && !slices.ContainsFunc(rootCerts, cert.Equal) {
-		return nil, fmt.Errorf("%w: CA certificate %s is not a root of the bundle and has no chain", ErrChainIncomplete, cert.Subject)
+		return checkedChain{}, fmt.Errorf("%w: CA certificate %s is not a root of the bundle and has no chain", ErrChainIncomplete, cert.Subject)
 	}
 	inter := x509.NewCertPool()
 	notAfter := cert.NotAfter
@@ -79,40 +111,35 @@ func NewSigner(m Material) (*Signer, error) {
 	// root of the bundle, or the chain's first certificate names the same
 	// subject and key (the signing intermediate, or a cross-signed copy of
 	// a new root) and verifies through the rest of the chain. Check at the
-	// latest NotBefore, so that the check needs no clock.
+	// latest NotBefore of them all, roots included, so that the check needs
+	// no clock.
 	head := cert
 	if len(chain) > 0 {
 		head = chain[0]
 		if !bytes.Equal(head.RawSubject, cert.RawSubject) || !publicKeyEqual(head.PublicKey, cert.PublicKey) {
-			return nil, fmt.Errorf("%w: the chain's first certificate %s is not the signing certificate %s", ErrChainIncomplete, head.Subject, cert.Subject)
+			return checkedChain{}, fmt.Errorf("%w: the chain's first certificate %s is not the signing certificate %s", ErrChainIncomplete, head.Subject, cert.Subject)
 		}
 	}
 	verified, err := head.Verify(x509.VerifyOptions{
 		Roots:         roots,
 		Intermediates: inter,
-		CurrentTime:   latest(cert.NotBefore, chain),
+		CurrentTime:   latest(cert.NotBefore, append(slices.Clip(chain), rootCerts...)),
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: CA certificate %s does not chain to the bundle: %v", ErrChainIncomplete, cert.Subject, err)
+		return checkedChain{}, fmt.Errorf("%w: CA certificate %s does not chain to the bundle: %v", ErrChainIncomplete, cert.Subject, err)
 	}
 	for i, c := range verified[0] {
 		// A leaf will have i CA certificates between it and c.
 		if c.MaxPathLen >= 0 && i > c.MaxPathLen {
-			return nil, fmt.Errorf("%w: %s allows %d CA certificates below it, a node certificate would have %d", ErrChainIncomplete, c.Subject, c.MaxPathLen, i)
+			return checkedChain{}, fmt.Errorf("%w: %s allows %d CA certificates below it, a node certificate would have %d", ErrChainIncomplete, c.Subject, c.MaxPathLen, i)
 		}
 		// A leaf must not outlive the root it chains to either.
 		if c.NotAfter.Before(notAfter) {
 			notAfter = c.NotAfter
 		}
 	}
-	return &Signer{
-		cert:     cert,
-		key:      key,
-		chainPEM: append([]byte(nil), m.Chain...),
-		notAfter: notAfter,
-		sigAlg:   signatureAlgorithm(cert.PublicKey),
-	}, nil
+	return checkedChain{cert: cert, chain: chain, roots: roots, notAfter: notAfter}, nil
 }
 
 func latest(t time.Time, certs []*x509.Certificate) time.Time {
@@ -154,6 +181,14 @@ type Issued struct {
 // ParseCSR parses a PEM (or DER) certificate signing request, checks its
 // self-signature and its key, and returns its public key.
 func ParseCSR(csr []byte) (crypto.PublicKey, error) {
+	req, err := parseCSR(csr)
+	if err != nil {
+		return nil, err
+	}
+	return req.PublicKey, nil
+}
+
+func parseCSR(csr []byte) (*x509.CertificateRequest, error) {
 	der := csr
 	if block, _ := pem.Decode(csr); block != nil {
 		if block.Type != "CERTIFICATE REQUEST" && block.Type != "NEW CERTIFICATE REQUEST" {
@@ -171,7 +206,7 @@ func ParseCSR(csr []byte) (crypto.PublicKey, error) {
 	if err := req.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCSRSignature, err)
 	}
-	return req.PublicKey, nil
+	return req, nil
 }
 
 // Sign issues a node certificate for the public key of csr, naming id and
