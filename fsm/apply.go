@@ -90,6 +90,9 @@ func applyInit(s *State, at time.Time, in *Init) (*State, error) {
 	case len(in.GossipKey) != GossipKeySize:
 		return nil, fmt.Errorf("%w: init needs a gossip key of %d bytes", ErrBadCommand, GossipKeySize)
 	}
+	if err := checkSigner(in.CA, in.External); err != nil {
+		return nil, err
+	}
 	certs, err := ca.ParseCertificates(in.CA.Cert)
 	if err != nil {
 		return nil, fmt.Errorf("%w: init CA: %w", ErrBadCommand, err)
@@ -110,8 +113,21 @@ func applyInit(s *State, at time.Time, in *Init) (*State, error) {
 		WorkerSecret:  in.WorkerSecret,
 		ManagerSecret: in.ManagerSecret,
 		GossipKey:     in.GossipKey,
+		External:      in.External,
 		Nodes:         map[string]Node{m.ID: m},
 	}, nil
+}
+
+// checkSigner checks that exactly one of the CA's key and a list of
+// external CAs is there to sign.
+func checkSigner(m ca.Material, external []ExternalCA) error {
+	switch {
+	case len(m.Key) == 0 && len(external) == 0:
+		return fmt.Errorf("%w: the CA needs its key or an external CA to sign", ErrBadCommand)
+	case len(m.Key) > 0 && len(external) > 0:
+		return fmt.Errorf("%w: a CA with its key does not use an external CA", ErrBadCommand)
+	}
+	return CheckExternal(external)
 }
 
 func applyIssue(s *State, at time.Time, in *Issue) (*State, error) {
@@ -270,12 +286,23 @@ func applyUpdateConfig(s *State, in *UpdateConfig) (*State, error) {
 	if in.RotationGrace != 0 && in.RotationGrace < MinRotationGrace {
 		return nil, fmt.Errorf("%w: rotation grace %s is under the minimum of %s", ErrBadCommand, in.RotationGrace, MinRotationGrace)
 	}
+	if len(in.External) > 0 {
+		if s.Signs() {
+			return nil, fmt.Errorf("%w: this cluster signs with its own key; to move to an external CA, rotate the root to it", ErrBadCommand)
+		}
+		if err := CheckExternal(in.External); err != nil {
+			return nil, err
+		}
+	}
 	next := s.clone()
 	if in.CertExpiry != 0 {
 		next.CertExpiry = in.CertExpiry
 	}
 	if in.RotationGrace != 0 {
 		next.RotationGrace = in.RotationGrace
+	}
+	if len(in.External) > 0 {
+		next.External = in.External
 	}
 	return next, nil
 }
@@ -358,8 +385,11 @@ func applyStartRotation(s *State, at time.Time, in *StartRotation) (*State, erro
 	if in.CertExpiry != 0 && in.CertExpiry < ca.MinCertExpiry {
 		return nil, fmt.Errorf("%w: cert expiry %s is under the minimum of %s", ErrBadCommand, in.CertExpiry, ca.MinCertExpiry)
 	}
-	if len(in.CA.Key) == 0 || len(in.Bundle) == 0 {
-		return nil, fmt.Errorf("%w: a rotation needs the new key and the new bundle", ErrBadCommand)
+	if len(in.Bundle) == 0 {
+		return nil, fmt.Errorf("%w: a rotation needs the new bundle", ErrBadCommand)
+	}
+	if err := checkSigner(in.CA, in.External); err != nil {
+		return nil, err
 	}
 	// Nodes keep trusting the bundle they have until the rotation
 	// completes: the rotation's certificates verify under it.
@@ -377,6 +407,7 @@ func applyStartRotation(s *State, at time.Time, in *StartRotation) (*State, erro
 	next := s.clone()
 	next.Rotation = &Rotation{StartedAt: at, From: s.CAStatus, Chain: in.Chain, Bundle: in.Bundle}
 	next.CA = in.CA
+	next.External = in.External
 	next.CAStatus = status
 	if in.CertExpiry != 0 {
 		next.CertExpiry = in.CertExpiry

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
@@ -54,6 +55,9 @@ type StartRotation struct {
 	// CertExpiry, when set, also changes the validity of the certificates
 	// issued from now on.
 	CertExpiry time.Duration `json:"cert_expiry,omitempty"`
+	// External lists the external CAs of the new CA, when it is one: CA
+	// then holds no key.
+	External []ExternalCA `json:"external,omitempty"`
 }
 
 // CompleteRotation ends the rotation in progress: the bundle becomes the
@@ -97,6 +101,9 @@ type UpdateConfig struct {
 	CertExpiry time.Duration `json:"cert_expiry,omitempty"`
 	// RotationGrace is how long a rotation waits for an unreachable node.
 	RotationGrace time.Duration `json:"rotation_grace,omitempty"`
+	// External replaces the list of external CAs of a cluster that an
+	// external CA signs for.
+	External []ExternalCA `json:"external,omitempty"`
 }
 
 // MinRotationGrace is the shortest rotation grace `update` accepts.
@@ -114,11 +121,14 @@ type RevokeToken struct {
 
 // Init creates the cluster: its ID, CA, join secrets and first manager.
 type Init struct {
-	ClusterID     string        `json:"cluster_id"`
-	CertExpiry    time.Duration `json:"cert_expiry"`
-	CA            ca.Material   `json:"ca"`
-	WorkerSecret  string        `json:"worker_secret"`
-	ManagerSecret string        `json:"manager_secret"`
+	ClusterID  string        `json:"cluster_id"`
+	CertExpiry time.Duration `json:"cert_expiry"`
+	CA         ca.Material   `json:"ca"`
+	// External lists the external CAs that sign for CA when it holds no
+	// key.
+	External      []ExternalCA `json:"external,omitempty"`
+	WorkerSecret  string       `json:"worker_secret"`
+	ManagerSecret string       `json:"manager_secret"`
 	// GossipKey encrypts the cluster's gossip.
 	GossipKey []byte `json:"gossip_key"`
 	// Manager is the first manager, with the certificate it was issued.
@@ -151,6 +161,25 @@ const GossipKeySize = 32
 
 // HashSecret returns the SHA-256 of a join secret, as Issue carries it.
 func HashSecret(secret string) [32]byte { return sha256.Sum256([]byte(secret)) }
+
+// CheckExternal checks a list of external CAs as a command carries it.
+func CheckExternal(cas []ExternalCA) error {
+	for i, e := range cas {
+		if e.Protocol != ProtocolCFSSL {
+			return fmt.Errorf("%w: external CA %d: protocol %q; the only one known is %q", ErrBadCommand, i+1, e.Protocol, ProtocolCFSSL)
+		}
+		u, err := url.Parse(e.URL)
+		if err != nil || u.Scheme != "https" || u.Hostname() == "" {
+			return fmt.Errorf("%w: external CA %d: URL %q; give an https:// URL", ErrBadCommand, i+1, e.URL)
+		}
+		if len(e.CACert) > 0 {
+			if _, err := ca.ParseCertificates(e.CACert); err != nil {
+				return fmt.Errorf("%w: external CA %d: cacert: %w", ErrBadCommand, i+1, err)
+			}
+		}
+	}
+	return nil
+}
 
 // Encode serialises a command for the Raft log, stamping Version.
 func Encode(c Command) ([]byte, error) {

@@ -26,6 +26,10 @@ type State struct {
 	CertExpiry time.Duration `json:"cert_expiry"`
 	// CA is the signing material: certificate, key, chain and trust bundle.
 	CA ca.Material `json:"ca"`
+	// External lists the external CAs that sign for CA when the cluster
+	// holds no key (CA.Key is empty), tried in order. Empty when the
+	// cluster signs itself.
+	External []ExternalCA `json:"external,omitempty"`
 	// CAStatus is the TLS status of certificates CA signs; Apply refuses
 	// to record a certificate signed under any other.
 	CAStatus ca.TLSStatus `json:"ca_status"`
@@ -55,6 +59,26 @@ type State struct {
 	// LastRotation records the last rotation that completed.
 	LastRotation *RotationRecord `json:"last_rotation,omitempty"`
 }
+
+// ExternalCA is one external CA endpoint: a CFSSL server whose sign API
+// (POST URL/api/v1/cfssl/sign) signs node certificates with the key of
+// State.CA.Cert.
+type ExternalCA struct {
+	// Protocol is the API the CA speaks; only ProtocolCFSSL is known.
+	Protocol string `json:"protocol"`
+	// URL is the https:// base URL of the CA.
+	URL string `json:"url"`
+	// CACert is the PEM bundle that verifies the CA's HTTPS certificate;
+	// empty for the system's roots.
+	CACert []byte `json:"ca_cert,omitempty"`
+}
+
+// ProtocolCFSSL is the external CA protocol of CloudFlare's CFSSL.
+const ProtocolCFSSL = "cfssl"
+
+// Signs reports whether the cluster holds the key it signs with, rather
+// than an external CA.
+func (s *State) Signs() bool { return len(s.CA.Key) > 0 }
 
 // DefaultRotationGrace is how long a rotation waits for an unreachable
 // node unless `update --rotation-grace` says otherwise.
