@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
@@ -110,14 +112,27 @@ func Join(ctx context.Context, cfg JoinConfig) (JoinResult, error) {
 		return JoinResult{}, fmt.Errorf("agent: connect to %s: %w", cfg.Remote, err)
 	}
 	defer conn.Close()
-	resp, err := api.NewCAClient(conn).IssueNodeCertificate(ctx, &api.IssueNodeCertificateRequest{
-		Csr:      csr,
-		Token:    tok.String(),
-		Addr:     cfg.Addr,
-		RaftAddr: cfg.RaftAddr,
-	})
-	if err != nil {
-		return JoinResult{}, fmt.Errorf("%w by %s: %w", ErrJoinRefused, cfg.Remote, err)
+	req := &api.IssueNodeCertificateRequest{Csr: csr, Token: tok.String(), Addr: cfg.Addr, RaftAddr: cfg.RaftAddr}
+	var resp *api.IssueNodeCertificateResponse
+	// A cluster whose external CAs do not answer says so: ask again until
+	// the join times out (a lost quorum, which needs an operator, fails at
+	// once). The cluster records nothing for a join it did not answer.
+	for wait := time.Second; ; wait = min(2*wait, 5*time.Second) {
+		resp, err = api.NewCAClient(conn).IssueNodeCertificate(ctx, req)
+		if err == nil {
+			break
+		}
+		if st := status.Convert(err); st.Code() != codes.Unavailable || !api.IsExternalCADown(st.Message()) {
+			return JoinResult{}, fmt.Errorf("%w by %s: %w", ErrJoinRefused, cfg.Remote, err)
+		}
+		cfg.Logger.Warn("join: the cluster's external CA does not answer; retrying", "via", cfg.Remote, "in", wait, "err", status.Convert(err).Message())
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return JoinResult{}, fmt.Errorf("agent: join through %s gave up after %s: %w", cfg.Remote, cfg.Timeout, err)
+		case <-t.C:
+		}
 	}
 
 	// Trust nothing the manager says about ourselves without checking it.

@@ -1146,8 +1146,13 @@ type RotateCARequest struct {
 	CaKey  []byte `protobuf:"bytes,2,opt,name=ca_key,json=caKey,proto3" json:"ca_key,omitempty"`
 	// Seconds; 0 keeps the cluster's cert expiry.
 	CertExpirySeconds int64 `protobuf:"varint,3,opt,name=cert_expiry_seconds,json=certExpirySeconds,proto3" json:"cert_expiry_seconds,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The external CAs of the new CA, tried in order. ca_cert is then the
+	// external CA's certificate and chain (empty: ask the CA), and ca_key,
+	// if set, is the key of the new root, used once to have the current
+	// external CA cross-sign it and never stored.
+	ExternalCa    []*ExternalCA `protobuf:"bytes,4,rep,name=external_ca,json=externalCa,proto3" json:"external_ca,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RotateCARequest) Reset() {
@@ -1201,6 +1206,76 @@ func (x *RotateCARequest) GetCertExpirySeconds() int64 {
 	return 0
 }
 
+func (x *RotateCARequest) GetExternalCa() []*ExternalCA {
+	if x != nil {
+		return x.ExternalCa
+	}
+	return nil
+}
+
+// ExternalCA is one --external-ca.
+type ExternalCA struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Protocol string                 `protobuf:"bytes,1,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	Url      string                 `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
+	// PEM bundle that verifies the CA's HTTPS certificate; empty for the
+	// system's roots.
+	CaCert        []byte `protobuf:"bytes,3,opt,name=ca_cert,json=caCert,proto3" json:"ca_cert,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExternalCA) Reset() {
+	*x = ExternalCA{}
+	mi := &file_quorumca_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExternalCA) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExternalCA) ProtoMessage() {}
+
+func (x *ExternalCA) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExternalCA.ProtoReflect.Descriptor instead.
+func (*ExternalCA) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ExternalCA) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *ExternalCA) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *ExternalCA) GetCaCert() []byte {
+	if x != nil {
+		return x.CaCert
+	}
+	return nil
+}
+
 type RotateCAResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Rotation      *Rotation              `protobuf:"bytes,1,opt,name=rotation,proto3" json:"rotation,omitempty"`
@@ -1210,7 +1285,7 @@ type RotateCAResponse struct {
 
 func (x *RotateCAResponse) Reset() {
 	*x = RotateCAResponse{}
-	mi := &file_quorumca_proto_msgTypes[20]
+	mi := &file_quorumca_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1222,7 +1297,7 @@ func (x *RotateCAResponse) String() string {
 func (*RotateCAResponse) ProtoMessage() {}
 
 func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[20]
+	mi := &file_quorumca_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1235,7 +1310,7 @@ func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateCAResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{20}
+	return file_quorumca_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RotateCAResponse) GetRotation() *Rotation {
@@ -1253,7 +1328,7 @@ type GetCARequest struct {
 
 func (x *GetCARequest) Reset() {
 	*x = GetCARequest{}
-	mi := &file_quorumca_proto_msgTypes[21]
+	mi := &file_quorumca_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1265,7 +1340,7 @@ func (x *GetCARequest) String() string {
 func (*GetCARequest) ProtoMessage() {}
 
 func (x *GetCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[21]
+	mi := &file_quorumca_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1278,7 +1353,7 @@ func (x *GetCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCARequest.ProtoReflect.Descriptor instead.
 func (*GetCARequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{21}
+	return file_quorumca_proto_rawDescGZIP(), []int{22}
 }
 
 type GetCAResponse struct {
@@ -1287,14 +1362,17 @@ type GetCAResponse struct {
 	Bundle []byte `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
 	// The rotation in progress or, when none is, the last completed one;
 	// unset if the cluster never rotated.
-	Rotation      *Rotation `protobuf:"bytes,2,opt,name=rotation,proto3" json:"rotation,omitempty"`
+	Rotation *Rotation `protobuf:"bytes,2,opt,name=rotation,proto3" json:"rotation,omitempty"`
+	// The external CAs that sign for the cluster; empty when it holds its
+	// own key.
+	ExternalCa    []*ExternalCA `protobuf:"bytes,3,rep,name=external_ca,json=externalCa,proto3" json:"external_ca,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetCAResponse) Reset() {
 	*x = GetCAResponse{}
-	mi := &file_quorumca_proto_msgTypes[22]
+	mi := &file_quorumca_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1306,7 +1384,7 @@ func (x *GetCAResponse) String() string {
 func (*GetCAResponse) ProtoMessage() {}
 
 func (x *GetCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[22]
+	mi := &file_quorumca_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1319,7 +1397,7 @@ func (x *GetCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCAResponse.ProtoReflect.Descriptor instead.
 func (*GetCAResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{22}
+	return file_quorumca_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetCAResponse) GetBundle() []byte {
@@ -1332,6 +1410,13 @@ func (x *GetCAResponse) GetBundle() []byte {
 func (x *GetCAResponse) GetRotation() *Rotation {
 	if x != nil {
 		return x.Rotation
+	}
+	return nil
+}
+
+func (x *GetCAResponse) GetExternalCa() []*ExternalCA {
+	if x != nil {
+		return x.ExternalCa
 	}
 	return nil
 }
@@ -1360,7 +1445,7 @@ type Rotation struct {
 
 func (x *Rotation) Reset() {
 	*x = Rotation{}
-	mi := &file_quorumca_proto_msgTypes[23]
+	mi := &file_quorumca_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1372,7 +1457,7 @@ func (x *Rotation) String() string {
 func (*Rotation) ProtoMessage() {}
 
 func (x *Rotation) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[23]
+	mi := &file_quorumca_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1385,7 +1470,7 @@ func (x *Rotation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rotation.ProtoReflect.Descriptor instead.
 func (*Rotation) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{23}
+	return file_quorumca_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Rotation) GetInProgress() bool {
@@ -1474,7 +1559,7 @@ type RotationNode struct {
 
 func (x *RotationNode) Reset() {
 	*x = RotationNode{}
-	mi := &file_quorumca_proto_msgTypes[24]
+	mi := &file_quorumca_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1486,7 +1571,7 @@ func (x *RotationNode) String() string {
 func (*RotationNode) ProtoMessage() {}
 
 func (x *RotationNode) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[24]
+	mi := &file_quorumca_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1499,7 +1584,7 @@ func (x *RotationNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationNode.ProtoReflect.Descriptor instead.
 func (*RotationNode) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{24}
+	return file_quorumca_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RotationNode) GetId() string {
@@ -1560,7 +1645,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_quorumca_proto_msgTypes[25]
+	mi := &file_quorumca_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1572,7 +1657,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[25]
+	mi := &file_quorumca_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1585,7 +1670,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{25}
+	return file_quorumca_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Node) GetId() string {
@@ -1682,7 +1767,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_quorumca_proto_msgTypes[26]
+	mi := &file_quorumca_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1779,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[26]
+	mi := &file_quorumca_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1792,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{26}
+	return file_quorumca_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListNodesRequest) GetNodeId() string {
@@ -1726,7 +1811,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_quorumca_proto_msgTypes[27]
+	mi := &file_quorumca_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1738,7 +1823,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[27]
+	mi := &file_quorumca_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1751,7 +1836,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{27}
+	return file_quorumca_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1772,7 +1857,7 @@ type SetRoleRequest struct {
 
 func (x *SetRoleRequest) Reset() {
 	*x = SetRoleRequest{}
-	mi := &file_quorumca_proto_msgTypes[28]
+	mi := &file_quorumca_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1784,7 +1869,7 @@ func (x *SetRoleRequest) String() string {
 func (*SetRoleRequest) ProtoMessage() {}
 
 func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[28]
+	mi := &file_quorumca_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1797,7 +1882,7 @@ func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleRequest.ProtoReflect.Descriptor instead.
 func (*SetRoleRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{28}
+	return file_quorumca_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SetRoleRequest) GetNodeId() string {
@@ -1822,7 +1907,7 @@ type SetRoleResponse struct {
 
 func (x *SetRoleResponse) Reset() {
 	*x = SetRoleResponse{}
-	mi := &file_quorumca_proto_msgTypes[29]
+	mi := &file_quorumca_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1834,7 +1919,7 @@ func (x *SetRoleResponse) String() string {
 func (*SetRoleResponse) ProtoMessage() {}
 
 func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[29]
+	mi := &file_quorumca_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1847,7 +1932,7 @@ func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleResponse.ProtoReflect.Descriptor instead.
 func (*SetRoleResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{29}
+	return file_quorumca_proto_rawDescGZIP(), []int{30}
 }
 
 type RemoveNodeRequest struct {
@@ -1860,7 +1945,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_quorumca_proto_msgTypes[30]
+	mi := &file_quorumca_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1872,7 +1957,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[30]
+	mi := &file_quorumca_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1885,7 +1970,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{30}
+	return file_quorumca_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RemoveNodeRequest) GetNodeId() string {
@@ -1910,7 +1995,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_quorumca_proto_msgTypes[31]
+	mi := &file_quorumca_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1922,7 +2007,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[31]
+	mi := &file_quorumca_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1935,7 +2020,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{31}
+	return file_quorumca_proto_rawDescGZIP(), []int{32}
 }
 
 type UpdateRequest struct {
@@ -1944,13 +2029,16 @@ type UpdateRequest struct {
 	CertExpirySeconds int64 `protobuf:"varint,1,opt,name=cert_expiry_seconds,json=certExpirySeconds,proto3" json:"cert_expiry_seconds,omitempty"`
 	// Seconds; 0 keeps the current value.
 	RotationGraceSeconds int64 `protobuf:"varint,2,opt,name=rotation_grace_seconds,json=rotationGraceSeconds,proto3" json:"rotation_grace_seconds,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Replaces the external CAs of a cluster an external CA signs for;
+	// empty keeps them.
+	ExternalCa    []*ExternalCA `protobuf:"bytes,3,rep,name=external_ca,json=externalCa,proto3" json:"external_ca,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_quorumca_proto_msgTypes[32]
+	mi := &file_quorumca_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1962,7 +2050,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[32]
+	mi := &file_quorumca_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1975,7 +2063,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{32}
+	return file_quorumca_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *UpdateRequest) GetCertExpirySeconds() int64 {
@@ -1992,17 +2080,25 @@ func (x *UpdateRequest) GetRotationGraceSeconds() int64 {
 	return 0
 }
 
+func (x *UpdateRequest) GetExternalCa() []*ExternalCA {
+	if x != nil {
+		return x.ExternalCa
+	}
+	return nil
+}
+
 type UpdateResponse struct {
 	state                protoimpl.MessageState `protogen:"open.v1"`
 	CertExpirySeconds    int64                  `protobuf:"varint,1,opt,name=cert_expiry_seconds,json=certExpirySeconds,proto3" json:"cert_expiry_seconds,omitempty"`
 	RotationGraceSeconds int64                  `protobuf:"varint,2,opt,name=rotation_grace_seconds,json=rotationGraceSeconds,proto3" json:"rotation_grace_seconds,omitempty"`
+	ExternalCa           []*ExternalCA          `protobuf:"bytes,3,rep,name=external_ca,json=externalCa,proto3" json:"external_ca,omitempty"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
 }
 
 func (x *UpdateResponse) Reset() {
 	*x = UpdateResponse{}
-	mi := &file_quorumca_proto_msgTypes[33]
+	mi := &file_quorumca_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2014,7 +2110,7 @@ func (x *UpdateResponse) String() string {
 func (*UpdateResponse) ProtoMessage() {}
 
 func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[33]
+	mi := &file_quorumca_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2027,7 +2123,7 @@ func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateResponse.ProtoReflect.Descriptor instead.
 func (*UpdateResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{33}
+	return file_quorumca_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *UpdateResponse) GetCertExpirySeconds() int64 {
@@ -2044,6 +2140,13 @@ func (x *UpdateResponse) GetRotationGraceSeconds() int64 {
 	return 0
 }
 
+func (x *UpdateResponse) GetExternalCa() []*ExternalCA {
+	if x != nil {
+		return x.ExternalCa
+	}
+	return nil
+}
+
 type CreateTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Role  string                 `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
@@ -2057,7 +2160,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_quorumca_proto_msgTypes[34]
+	mi := &file_quorumca_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2069,7 +2172,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[34]
+	mi := &file_quorumca_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2082,7 +2185,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{34}
+	return file_quorumca_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CreateTokenRequest) GetRole() string {
@@ -2117,7 +2220,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_quorumca_proto_msgTypes[35]
+	mi := &file_quorumca_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2129,7 +2232,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[35]
+	mi := &file_quorumca_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2142,7 +2245,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{35}
+	return file_quorumca_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CreateTokenResponse) GetId() string {
@@ -2179,7 +2282,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_quorumca_proto_msgTypes[36]
+	mi := &file_quorumca_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2191,7 +2294,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[36]
+	mi := &file_quorumca_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2204,7 +2307,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{36}
+	return file_quorumca_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Token) GetId() string {
@@ -2250,7 +2353,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_quorumca_proto_msgTypes[37]
+	mi := &file_quorumca_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2262,7 +2365,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[37]
+	mi := &file_quorumca_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2275,7 +2378,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{37}
+	return file_quorumca_proto_rawDescGZIP(), []int{38}
 }
 
 type ListTokensResponse struct {
@@ -2287,7 +2390,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_quorumca_proto_msgTypes[38]
+	mi := &file_quorumca_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2299,7 +2402,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[38]
+	mi := &file_quorumca_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2312,7 +2415,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{38}
+	return file_quorumca_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListTokensResponse) GetTokens() []*Token {
@@ -2331,7 +2434,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_quorumca_proto_msgTypes[39]
+	mi := &file_quorumca_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2343,7 +2446,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[39]
+	mi := &file_quorumca_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2356,7 +2459,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{39}
+	return file_quorumca_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -2374,7 +2477,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_quorumca_proto_msgTypes[40]
+	mi := &file_quorumca_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2386,7 +2489,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[40]
+	mi := &file_quorumca_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2399,7 +2502,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{40}
+	return file_quorumca_proto_rawDescGZIP(), []int{41}
 }
 
 type IssueAdminCertificateRequest struct {
@@ -2413,7 +2516,7 @@ type IssueAdminCertificateRequest struct {
 
 func (x *IssueAdminCertificateRequest) Reset() {
 	*x = IssueAdminCertificateRequest{}
-	mi := &file_quorumca_proto_msgTypes[41]
+	mi := &file_quorumca_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2425,7 +2528,7 @@ func (x *IssueAdminCertificateRequest) String() string {
 func (*IssueAdminCertificateRequest) ProtoMessage() {}
 
 func (x *IssueAdminCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[41]
+	mi := &file_quorumca_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2438,7 +2541,7 @@ func (x *IssueAdminCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertificateRequest.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{41}
+	return file_quorumca_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *IssueAdminCertificateRequest) GetCsr() []byte {
@@ -2465,7 +2568,7 @@ type IssueAdminCertificateResponse struct {
 
 func (x *IssueAdminCertificateResponse) Reset() {
 	*x = IssueAdminCertificateResponse{}
-	mi := &file_quorumca_proto_msgTypes[42]
+	mi := &file_quorumca_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2477,7 +2580,7 @@ func (x *IssueAdminCertificateResponse) String() string {
 func (*IssueAdminCertificateResponse) ProtoMessage() {}
 
 func (x *IssueAdminCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[42]
+	mi := &file_quorumca_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2490,7 +2593,7 @@ func (x *IssueAdminCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{42}
+	return file_quorumca_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *IssueAdminCertificateResponse) GetCertificate() []byte {
@@ -2584,17 +2687,26 @@ const file_quorumca_proto_rawDesc = "" +
 	"\rGossipRequest\"8\n" +
 	"\x0eGossipResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
-	"\x05peers\x18\x02 \x03(\tR\x05peers\"q\n" +
+	"\x05peers\x18\x02 \x03(\tR\x05peers\"\xab\x01\n" +
 	"\x0fRotateCARequest\x12\x17\n" +
 	"\aca_cert\x18\x01 \x01(\fR\x06caCert\x12\x15\n" +
 	"\x06ca_key\x18\x02 \x01(\fR\x05caKey\x12.\n" +
-	"\x13cert_expiry_seconds\x18\x03 \x01(\x03R\x11certExpirySeconds\"E\n" +
+	"\x13cert_expiry_seconds\x18\x03 \x01(\x03R\x11certExpirySeconds\x128\n" +
+	"\vexternal_ca\x18\x04 \x03(\v2\x17.quorumca.v1.ExternalCAR\n" +
+	"externalCa\"S\n" +
+	"\n" +
+	"ExternalCA\x12\x1a\n" +
+	"\bprotocol\x18\x01 \x01(\tR\bprotocol\x12\x10\n" +
+	"\x03url\x18\x02 \x01(\tR\x03url\x12\x17\n" +
+	"\aca_cert\x18\x03 \x01(\fR\x06caCert\"E\n" +
 	"\x10RotateCAResponse\x121\n" +
 	"\brotation\x18\x01 \x01(\v2\x15.quorumca.v1.RotationR\brotation\"\x0e\n" +
-	"\fGetCARequest\"Z\n" +
+	"\fGetCARequest\"\x94\x01\n" +
 	"\rGetCAResponse\x12\x16\n" +
 	"\x06bundle\x18\x01 \x01(\fR\x06bundle\x121\n" +
-	"\brotation\x18\x02 \x01(\v2\x15.quorumca.v1.RotationR\brotation\"\xdf\x02\n" +
+	"\brotation\x18\x02 \x01(\v2\x15.quorumca.v1.RotationR\brotation\x128\n" +
+	"\vexternal_ca\x18\x03 \x03(\v2\x17.quorumca.v1.ExternalCAR\n" +
+	"externalCa\"\xdf\x02\n" +
 	"\bRotation\x12\x1f\n" +
 	"\vin_progress\x18\x01 \x01(\bR\n" +
 	"inProgress\x12\x1d\n" +
@@ -2643,13 +2755,17 @@ const file_quorumca_proto_rawDesc = "" +
 	"\x11RemoveNodeRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force\"\x14\n" +
-	"\x12RemoveNodeResponse\"u\n" +
+	"\x12RemoveNodeResponse\"\xaf\x01\n" +
 	"\rUpdateRequest\x12.\n" +
 	"\x13cert_expiry_seconds\x18\x01 \x01(\x03R\x11certExpirySeconds\x124\n" +
-	"\x16rotation_grace_seconds\x18\x02 \x01(\x03R\x14rotationGraceSeconds\"v\n" +
+	"\x16rotation_grace_seconds\x18\x02 \x01(\x03R\x14rotationGraceSeconds\x128\n" +
+	"\vexternal_ca\x18\x03 \x03(\v2\x17.quorumca.v1.ExternalCAR\n" +
+	"externalCa\"\xb0\x01\n" +
 	"\x0eUpdateResponse\x12.\n" +
 	"\x13cert_expiry_seconds\x18\x01 \x01(\x03R\x11certExpirySeconds\x124\n" +
-	"\x16rotation_grace_seconds\x18\x02 \x01(\x03R\x14rotationGraceSeconds\"]\n" +
+	"\x16rotation_grace_seconds\x18\x02 \x01(\x03R\x14rotationGraceSeconds\x128\n" +
+	"\vexternal_ca\x18\x03 \x03(\v2\x17.quorumca.v1.ExternalCAR\n" +
+	"externalCa\"]\n" +
 	"\x12CreateTokenRequest\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
@@ -2716,7 +2832,7 @@ func file_quorumca_proto_rawDescGZIP() []byte {
 	return file_quorumca_proto_rawDescData
 }
 
-var file_quorumca_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_quorumca_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_quorumca_proto_goTypes = []any{
 	(*GetRootBundleRequest)(nil),          // 0: quorumca.v1.GetRootBundleRequest
 	(*GetRootBundleResponse)(nil),         // 1: quorumca.v1.GetRootBundleResponse
@@ -2738,81 +2854,86 @@ var file_quorumca_proto_goTypes = []any{
 	(*GossipRequest)(nil),                 // 17: quorumca.v1.GossipRequest
 	(*GossipResponse)(nil),                // 18: quorumca.v1.GossipResponse
 	(*RotateCARequest)(nil),               // 19: quorumca.v1.RotateCARequest
-	(*RotateCAResponse)(nil),              // 20: quorumca.v1.RotateCAResponse
-	(*GetCARequest)(nil),                  // 21: quorumca.v1.GetCARequest
-	(*GetCAResponse)(nil),                 // 22: quorumca.v1.GetCAResponse
-	(*Rotation)(nil),                      // 23: quorumca.v1.Rotation
-	(*RotationNode)(nil),                  // 24: quorumca.v1.RotationNode
-	(*Node)(nil),                          // 25: quorumca.v1.Node
-	(*ListNodesRequest)(nil),              // 26: quorumca.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),             // 27: quorumca.v1.ListNodesResponse
-	(*SetRoleRequest)(nil),                // 28: quorumca.v1.SetRoleRequest
-	(*SetRoleResponse)(nil),               // 29: quorumca.v1.SetRoleResponse
-	(*RemoveNodeRequest)(nil),             // 30: quorumca.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),            // 31: quorumca.v1.RemoveNodeResponse
-	(*UpdateRequest)(nil),                 // 32: quorumca.v1.UpdateRequest
-	(*UpdateResponse)(nil),                // 33: quorumca.v1.UpdateResponse
-	(*CreateTokenRequest)(nil),            // 34: quorumca.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),           // 35: quorumca.v1.CreateTokenResponse
-	(*Token)(nil),                         // 36: quorumca.v1.Token
-	(*ListTokensRequest)(nil),             // 37: quorumca.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),            // 38: quorumca.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),            // 39: quorumca.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),           // 40: quorumca.v1.RevokeTokenResponse
-	(*IssueAdminCertificateRequest)(nil),  // 41: quorumca.v1.IssueAdminCertificateRequest
-	(*IssueAdminCertificateResponse)(nil), // 42: quorumca.v1.IssueAdminCertificateResponse
+	(*ExternalCA)(nil),                    // 20: quorumca.v1.ExternalCA
+	(*RotateCAResponse)(nil),              // 21: quorumca.v1.RotateCAResponse
+	(*GetCARequest)(nil),                  // 22: quorumca.v1.GetCARequest
+	(*GetCAResponse)(nil),                 // 23: quorumca.v1.GetCAResponse
+	(*Rotation)(nil),                      // 24: quorumca.v1.Rotation
+	(*RotationNode)(nil),                  // 25: quorumca.v1.RotationNode
+	(*Node)(nil),                          // 26: quorumca.v1.Node
+	(*ListNodesRequest)(nil),              // 27: quorumca.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),             // 28: quorumca.v1.ListNodesResponse
+	(*SetRoleRequest)(nil),                // 29: quorumca.v1.SetRoleRequest
+	(*SetRoleResponse)(nil),               // 30: quorumca.v1.SetRoleResponse
+	(*RemoveNodeRequest)(nil),             // 31: quorumca.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),            // 32: quorumca.v1.RemoveNodeResponse
+	(*UpdateRequest)(nil),                 // 33: quorumca.v1.UpdateRequest
+	(*UpdateResponse)(nil),                // 34: quorumca.v1.UpdateResponse
+	(*CreateTokenRequest)(nil),            // 35: quorumca.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),           // 36: quorumca.v1.CreateTokenResponse
+	(*Token)(nil),                         // 37: quorumca.v1.Token
+	(*ListTokensRequest)(nil),             // 38: quorumca.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),            // 39: quorumca.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),            // 40: quorumca.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),           // 41: quorumca.v1.RevokeTokenResponse
+	(*IssueAdminCertificateRequest)(nil),  // 42: quorumca.v1.IssueAdminCertificateRequest
+	(*IssueAdminCertificateResponse)(nil), // 43: quorumca.v1.IssueAdminCertificateResponse
 }
 var file_quorumca_proto_depIdxs = []int32{
 	8,  // 0: quorumca.v1.StatusResponse.managers:type_name -> quorumca.v1.Manager
-	23, // 1: quorumca.v1.StatusResponse.rotation:type_name -> quorumca.v1.Rotation
-	23, // 2: quorumca.v1.RotateCAResponse.rotation:type_name -> quorumca.v1.Rotation
-	23, // 3: quorumca.v1.GetCAResponse.rotation:type_name -> quorumca.v1.Rotation
-	24, // 4: quorumca.v1.Rotation.nodes:type_name -> quorumca.v1.RotationNode
-	25, // 5: quorumca.v1.ListNodesResponse.nodes:type_name -> quorumca.v1.Node
-	36, // 6: quorumca.v1.ListTokensResponse.tokens:type_name -> quorumca.v1.Token
-	0,  // 7: quorumca.v1.CA.GetRootBundle:input_type -> quorumca.v1.GetRootBundleRequest
-	2,  // 8: quorumca.v1.CA.IssueNodeCertificate:input_type -> quorumca.v1.IssueNodeCertificateRequest
-	4,  // 9: quorumca.v1.CA.RenewNodeCertificate:input_type -> quorumca.v1.RenewNodeCertificateRequest
-	15, // 10: quorumca.v1.CA.Heartbeat:input_type -> quorumca.v1.HeartbeatRequest
-	17, // 11: quorumca.v1.CA.Gossip:input_type -> quorumca.v1.GossipRequest
-	6,  // 12: quorumca.v1.Control.Status:input_type -> quorumca.v1.StatusRequest
-	9,  // 13: quorumca.v1.Control.JoinToken:input_type -> quorumca.v1.JoinTokenRequest
-	11, // 14: quorumca.v1.Control.AddVoter:input_type -> quorumca.v1.AddVoterRequest
-	13, // 15: quorumca.v1.Control.Ping:input_type -> quorumca.v1.PingRequest
-	26, // 16: quorumca.v1.Control.ListNodes:input_type -> quorumca.v1.ListNodesRequest
-	28, // 17: quorumca.v1.Control.SetRole:input_type -> quorumca.v1.SetRoleRequest
-	30, // 18: quorumca.v1.Control.RemoveNode:input_type -> quorumca.v1.RemoveNodeRequest
-	32, // 19: quorumca.v1.Control.Update:input_type -> quorumca.v1.UpdateRequest
-	34, // 20: quorumca.v1.Control.CreateToken:input_type -> quorumca.v1.CreateTokenRequest
-	37, // 21: quorumca.v1.Control.ListTokens:input_type -> quorumca.v1.ListTokensRequest
-	39, // 22: quorumca.v1.Control.RevokeToken:input_type -> quorumca.v1.RevokeTokenRequest
-	41, // 23: quorumca.v1.Control.IssueAdminCertificate:input_type -> quorumca.v1.IssueAdminCertificateRequest
-	19, // 24: quorumca.v1.Control.RotateCA:input_type -> quorumca.v1.RotateCARequest
-	21, // 25: quorumca.v1.Control.GetCA:input_type -> quorumca.v1.GetCARequest
-	1,  // 26: quorumca.v1.CA.GetRootBundle:output_type -> quorumca.v1.GetRootBundleResponse
-	3,  // 27: quorumca.v1.CA.IssueNodeCertificate:output_type -> quorumca.v1.IssueNodeCertificateResponse
-	5,  // 28: quorumca.v1.CA.RenewNodeCertificate:output_type -> quorumca.v1.RenewNodeCertificateResponse
-	16, // 29: quorumca.v1.CA.Heartbeat:output_type -> quorumca.v1.HeartbeatResponse
-	18, // 30: quorumca.v1.CA.Gossip:output_type -> quorumca.v1.GossipResponse
-	7,  // 31: quorumca.v1.Control.Status:output_type -> quorumca.v1.StatusResponse
-	10, // 32: quorumca.v1.Control.JoinToken:output_type -> quorumca.v1.JoinTokenResponse
-	12, // 33: quorumca.v1.Control.AddVoter:output_type -> quorumca.v1.AddVoterResponse
-	14, // 34: quorumca.v1.Control.Ping:output_type -> quorumca.v1.PingResponse
-	27, // 35: quorumca.v1.Control.ListNodes:output_type -> quorumca.v1.ListNodesResponse
-	29, // 36: quorumca.v1.Control.SetRole:output_type -> quorumca.v1.SetRoleResponse
-	31, // 37: quorumca.v1.Control.RemoveNode:output_type -> quorumca.v1.RemoveNodeResponse
-	33, // 38: quorumca.v1.Control.Update:output_type -> quorumca.v1.UpdateResponse
-	35, // 39: quorumca.v1.Control.CreateToken:output_type -> quorumca.v1.CreateTokenResponse
-	38, // 40: quorumca.v1.Control.ListTokens:output_type -> quorumca.v1.ListTokensResponse
-	40, // 41: quorumca.v1.Control.RevokeToken:output_type -> quorumca.v1.RevokeTokenResponse
-	42, // 42: quorumca.v1.Control.IssueAdminCertificate:output_type -> quorumca.v1.IssueAdminCertificateResponse
-	20, // 43: quorumca.v1.Control.RotateCA:output_type -> quorumca.v1.RotateCAResponse
-	22, // 44: quorumca.v1.Control.GetCA:output_type -> quorumca.v1.GetCAResponse
-	26, // [26:45] is the sub-list for method output_type
-	7,  // [7:26] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	24, // 1: quorumca.v1.StatusResponse.rotation:type_name -> quorumca.v1.Rotation
+	20, // 2: quorumca.v1.RotateCARequest.external_ca:type_name -> quorumca.v1.ExternalCA
+	24, // 3: quorumca.v1.RotateCAResponse.rotation:type_name -> quorumca.v1.Rotation
+	24, // 4: quorumca.v1.GetCAResponse.rotation:type_name -> quorumca.v1.Rotation
+	20, // 5: quorumca.v1.GetCAResponse.external_ca:type_name -> quorumca.v1.ExternalCA
+	25, // 6: quorumca.v1.Rotation.nodes:type_name -> quorumca.v1.RotationNode
+	26, // 7: quorumca.v1.ListNodesResponse.nodes:type_name -> quorumca.v1.Node
+	20, // 8: quorumca.v1.UpdateRequest.external_ca:type_name -> quorumca.v1.ExternalCA
+	20, // 9: quorumca.v1.UpdateResponse.external_ca:type_name -> quorumca.v1.ExternalCA
+	37, // 10: quorumca.v1.ListTokensResponse.tokens:type_name -> quorumca.v1.Token
+	0,  // 11: quorumca.v1.CA.GetRootBundle:input_type -> quorumca.v1.GetRootBundleRequest
+	2,  // 12: quorumca.v1.CA.IssueNodeCertificate:input_type -> quorumca.v1.IssueNodeCertificateRequest
+	4,  // 13: quorumca.v1.CA.RenewNodeCertificate:input_type -> quorumca.v1.RenewNodeCertificateRequest
+	15, // 14: quorumca.v1.CA.Heartbeat:input_type -> quorumca.v1.HeartbeatRequest
+	17, // 15: quorumca.v1.CA.Gossip:input_type -> quorumca.v1.GossipRequest
+	6,  // 16: quorumca.v1.Control.Status:input_type -> quorumca.v1.StatusRequest
+	9,  // 17: quorumca.v1.Control.JoinToken:input_type -> quorumca.v1.JoinTokenRequest
+	11, // 18: quorumca.v1.Control.AddVoter:input_type -> quorumca.v1.AddVoterRequest
+	13, // 19: quorumca.v1.Control.Ping:input_type -> quorumca.v1.PingRequest
+	27, // 20: quorumca.v1.Control.ListNodes:input_type -> quorumca.v1.ListNodesRequest
+	29, // 21: quorumca.v1.Control.SetRole:input_type -> quorumca.v1.SetRoleRequest
+	31, // 22: quorumca.v1.Control.RemoveNode:input_type -> quorumca.v1.RemoveNodeRequest
+	33, // 23: quorumca.v1.Control.Update:input_type -> quorumca.v1.UpdateRequest
+	35, // 24: quorumca.v1.Control.CreateToken:input_type -> quorumca.v1.CreateTokenRequest
+	38, // 25: quorumca.v1.Control.ListTokens:input_type -> quorumca.v1.ListTokensRequest
+	40, // 26: quorumca.v1.Control.RevokeToken:input_type -> quorumca.v1.RevokeTokenRequest
+	42, // 27: quorumca.v1.Control.IssueAdminCertificate:input_type -> quorumca.v1.IssueAdminCertificateRequest
+	19, // 28: quorumca.v1.Control.RotateCA:input_type -> quorumca.v1.RotateCARequest
+	22, // 29: quorumca.v1.Control.GetCA:input_type -> quorumca.v1.GetCARequest
+	1,  // 30: quorumca.v1.CA.GetRootBundle:output_type -> quorumca.v1.GetRootBundleResponse
+	3,  // 31: quorumca.v1.CA.IssueNodeCertificate:output_type -> quorumca.v1.IssueNodeCertificateResponse
+	5,  // 32: quorumca.v1.CA.RenewNodeCertificate:output_type -> quorumca.v1.RenewNodeCertificateResponse
+	16, // 33: quorumca.v1.CA.Heartbeat:output_type -> quorumca.v1.HeartbeatResponse
+	18, // 34: quorumca.v1.CA.Gossip:output_type -> quorumca.v1.GossipResponse
+	7,  // 35: quorumca.v1.Control.Status:output_type -> quorumca.v1.StatusResponse
+	10, // 36: quorumca.v1.Control.JoinToken:output_type -> quorumca.v1.JoinTokenResponse
+	12, // 37: quorumca.v1.Control.AddVoter:output_type -> quorumca.v1.AddVoterResponse
+	14, // 38: quorumca.v1.Control.Ping:output_type -> quorumca.v1.PingResponse
+	28, // 39: quorumca.v1.Control.ListNodes:output_type -> quorumca.v1.ListNodesResponse
+	30, // 40: quorumca.v1.Control.SetRole:output_type -> quorumca.v1.SetRoleResponse
+	32, // 41: quorumca.v1.Control.RemoveNode:output_type -> quorumca.v1.RemoveNodeResponse
+	34, // 42: quorumca.v1.Control.Update:output_type -> quorumca.v1.UpdateResponse
+	36, // 43: quorumca.v1.Control.CreateToken:output_type -> quorumca.v1.CreateTokenResponse
+	39, // 44: quorumca.v1.Control.ListTokens:output_type -> quorumca.v1.ListTokensResponse
+	41, // 45: quorumca.v1.Control.RevokeToken:output_type -> quorumca.v1.RevokeTokenResponse
+	43, // 46: quorumca.v1.Control.IssueAdminCertificate:output_type -> quorumca.v1.IssueAdminCertificateResponse
+	21, // 47: quorumca.v1.Control.RotateCA:output_type -> quorumca.v1.RotateCAResponse
+	23, // 48: quorumca.v1.Control.GetCA:output_type -> quorumca.v1.GetCAResponse
+	30, // [30:49] is the sub-list for method output_type
+	11, // [11:30] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_quorumca_proto_init() }
@@ -2826,7 +2947,7 @@ func file_quorumca_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quorumca_proto_rawDesc), len(file_quorumca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   43,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

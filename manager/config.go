@@ -64,6 +64,10 @@ type Config struct {
 	// RotationJitter bounds the random wait before a node renews for a
 	// root rotation, to spread the renewals (default 2s).
 	RotationJitter time.Duration
+	// ExternalTimeout bounds one request to an external CA (default
+	// DefaultExternalTimeout); ExternalSkip is how long an external CA that
+	// failed is tried only after the others (default DefaultExternalSkip).
+	ExternalTimeout, ExternalSkip time.Duration
 }
 
 // DefaultConfig returns a Config with the default ports and data directory.
@@ -105,6 +109,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.RotationJitter == 0 {
 		c.RotationJitter = 2 * time.Second
+	}
+	if c.ExternalTimeout == 0 {
+		c.ExternalTimeout = DefaultExternalTimeout
+	}
+	if c.ExternalSkip == 0 {
+		c.ExternalSkip = DefaultExternalSkip
 	}
 }
 

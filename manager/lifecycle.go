@@ -99,13 +99,18 @@ func (s *service) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*ap
 // needsRenewal reports whether the certificate c presented is out of date:
 // another role than the node has now, another issuer than the current CA,
 // or valid for longer than the cluster's cert expiry allows (after
-// `update --cert-expiry` shortened it).
+// `update --cert-expiry` shortened it; only when the cluster signs itself).
 func needsRenewal(st *fsm.State, n fsm.Node, c caller, now time.Time) bool {
 	if c.id.Role != n.Role {
 		return true
 	}
 	if !c.status.Equal(st.CAStatus) {
 		return true
+	}
+	if !st.Signs() {
+		// An external CA's signing profile decides the validity: renewing
+		// would not shorten it.
+		return false
 	}
 	const slack = time.Minute
 	return len(c.chain) > 0 && c.chain[0].NotAfter.After(now.Add(st.CertExpiry+slack))
@@ -319,14 +324,33 @@ func (s *service) Update(ctx context.Context, req *api.UpdateRequest) (*api.Upda
 	if req.GetRotationGraceSeconds() < 0 || (req.GetRotationGraceSeconds() != 0 && grace < fsm.MinRotationGrace) {
 		return nil, toStatus(fmt.Errorf("%w: --rotation-grace %s is under the minimum of %s", fsm.ErrBadCommand, grace, fsm.MinRotationGrace))
 	}
+	external := externalFromAPI(req.GetExternalCa())
+	if err := fsm.CheckExternal(external); err != nil {
+		return nil, toStatus(err)
+	}
 	return leaderOnly(ctx, s.m, c, req, func() (*api.UpdateResponse, error) {
-		st, err := s.m.propose(ctx, fsm.Command{At: s.m.cfg.Now(), UpdateConfig: &fsm.UpdateConfig{CertExpiry: expiry, RotationGrace: grace}})
+		if len(external) > 0 {
+			st := s.m.machine.State()
+			if st.Signs() {
+				return nil, toStatus(fmt.Errorf("%w: this cluster signs with its own key; to move to an external CA, rotate to it: quorumca ca --rotate --external-ca ...", fsm.ErrBadCommand))
+			}
+			// Every CA given must answer, and sign with the cluster's
+			// certificate: a typo must not become the CA of record.
+			if err := s.m.verifyExternal(ctx, external, st.CA); err != nil {
+				return nil, toStatus(err)
+			}
+		}
+		st, err := s.m.propose(ctx, fsm.Command{At: s.m.cfg.Now(), UpdateConfig: &fsm.UpdateConfig{CertExpiry: expiry, RotationGrace: grace, External: external}})
 		if err != nil {
 			return nil, toStatus(err)
 		}
-		s.m.log.Info("cluster updated", "cert_expiry", st.CertExpiry, "rotation_grace", st.Grace())
+		s.m.log.Info("cluster updated", "cert_expiry", st.CertExpiry, "rotation_grace", st.Grace(), "external_cas", len(st.External))
 		s.m.kickRotation()
-		return &api.UpdateResponse{CertExpirySeconds: int64(st.CertExpiry / time.Second), RotationGraceSeconds: int64(st.Grace() / time.Second)}, nil
+		return &api.UpdateResponse{
+			CertExpirySeconds:    int64(st.CertExpiry / time.Second),
+			RotationGraceSeconds: int64(st.Grace() / time.Second),
+			ExternalCa:           externalToAPI(st.External),
+		}, nil
 	})
 }
 
@@ -446,17 +470,16 @@ func (s *service) IssueAdminCertificate(ctx context.Context, req *api.IssueAdmin
 		if err != nil {
 			return nil, toStatus(err)
 		}
-		signer, _, err := m.signers.get(st.CA)
-		if err != nil {
-			return nil, toStatus(err)
-		}
 		id, err := ca.NewID(m.cfg.Rand)
 		if err != nil {
 			return nil, toStatus(err)
 		}
-		issued, err := signer.SignKey(m.cfg.Rand, m.cfg.Now(), pub, ca.Identity{NodeID: id, Role: ca.RoleAdmin, ClusterID: st.ClusterID}, ttl)
+		issued, _, err := m.signNode(ctx, st, req.GetCsr(), pub, ca.Identity{NodeID: id, Role: ca.RoleAdmin, ClusterID: st.ClusterID}, ttl)
 		if err != nil {
 			return nil, toStatus(err)
+		}
+		if issued.NotAfter.After(m.cfg.Now().Add(ttl + time.Minute)) {
+			m.log.Warn("the external CA's signing profile made the admin certificate outlive the TTL asked", "id", id, "ttl", ttl, "not_after", issued.NotAfter)
 		}
 		m.log.Info("admin certificate issued", "id", id, "serial", serialHex(issued.Serial), "not_after", issued.NotAfter, "by", c.addr)
 		return &api.IssueAdminCertificateResponse{Certificate: issued.PEM, Bundle: st.CA.Bundle}, nil

@@ -43,6 +43,8 @@ type Manager struct {
 	server, local         *grpc.Server
 
 	signers signerCache
+	extMu   sync.Mutex  // guards ext
+	ext     *externalCA // client of the external CAs, when the cluster uses them
 	peers   *peerConns
 	seen    liveness
 	renewer *agent.Renewer
@@ -72,6 +74,11 @@ type InitOptions struct {
 	CertExpiry time.Duration
 	// CA is an imported CA (--ca-cert/--ca-key); nil generates a root.
 	CA *ca.Material
+	// External, when set, makes the cluster use these external CAs
+	// (--external-ca) and hold no key. ExternalCert is then the external
+	// CA's certificate and chain (--ca-cert), or nil to ask the CA for it.
+	External     []fsm.ExternalCA
+	ExternalCert []byte
 }
 
 // listeners opens the API and Raft listeners, so that nothing is written to
@@ -154,15 +161,22 @@ func Init(ctx context.Context, cfg Config, opts InitOptions) (_ *Manager, err er
 		return nil, err
 	}
 	var material ca.Material
-	if opts.CA != nil {
+	switch {
+	case len(opts.External) > 0:
+		if opts.CA != nil {
+			return nil, fmt.Errorf("manager: an external CA holds its key: give --ca-cert without --ca-key")
+		}
+		if material, err = m.externalMaterial(ctx, opts.External, opts.ExternalCert); err != nil {
+			return nil, err
+		}
+	case opts.CA != nil:
 		material = *opts.CA
-	} else if material, err = ca.GenerateRoot(cfg.Rand, now, clusterID); err != nil {
-		return nil, err
+	default:
+		if material, err = ca.GenerateRoot(cfg.Rand, now, clusterID); err != nil {
+			return nil, err
+		}
 	}
-	signer, status, err := m.signers.get(material)
-	if err != nil {
-		return nil, err
-	}
+	signing := &fsm.State{CA: material, External: opts.External}
 	workerSecret, err := ca.NewSecret(cfg.Rand)
 	if err != nil {
 		return nil, err
@@ -183,8 +197,12 @@ func Init(ctx context.Context, cfg Config, opts InitOptions) (_ *Manager, err er
 	if err != nil {
 		return nil, err
 	}
+	csr, err := ca.NewCSR(cfg.Rand, key, nodeID)
+	if err != nil {
+		return nil, err
+	}
 	id := ca.Identity{NodeID: nodeID, Role: ca.RoleManager, ClusterID: clusterID}
-	issued, err := signer.SignKey(cfg.Rand, now, key.Public(), id, opts.CertExpiry)
+	issued, status, err := m.signNode(ctx, signing, csr, key.Public(), id, opts.CertExpiry)
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +227,7 @@ func Init(ctx context.Context, cfg Config, opts InitOptions) (_ *Manager, err er
 		Cert: certInfo(issued, status),
 	}
 	if _, err := m.propose(ctx, fsm.Command{At: now, Init: &fsm.Init{
-		ClusterID: clusterID, CertExpiry: opts.CertExpiry, CA: material,
+		ClusterID: clusterID, CertExpiry: opts.CertExpiry, CA: material, External: opts.External,
 		WorkerSecret: workerSecret, ManagerSecret: managerSecret, GossipKey: gossipKey, Manager: self,
 	}}); err != nil {
 		return nil, err

@@ -78,30 +78,6 @@ func serverCreds(c *agent.Credentials, check agent.PeerCheck) credentials.Transp
 	return credentials.NewTLS(c.ServerTLS(tlsVerifyIfGiven, check))
 }
 
-// signerCache keeps the parsed Signer of the current CA material, so that
-// the PEM is parsed once per CA, not once per certificate.
-type signerCache struct {
-	mu     sync.Mutex // guards the fields below
-	cert   string
-	chain  string
-	signer *ca.Signer
-	status ca.TLSStatus
-}
-
-func (c *signerCache) get(m ca.Material) (*ca.Signer, ca.TLSStatus, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.signer != nil && c.cert == string(m.Cert) && c.chain == string(m.Chain) {
-		return c.signer, c.status, nil
-	}
-	s, err := ca.NewSigner(m)
-	if err != nil {
-		return nil, ca.TLSStatus{}, err
-	}
-	c.cert, c.chain, c.signer, c.status = string(m.Cert), string(m.Chain), s, ca.StatusOf(s.Certificate())
-	return s, c.status, nil
-}
-
 func certInfo(iss ca.Issued, status ca.TLSStatus) fsm.CertInfo {
 	return fsm.CertInfo{
 		Serial:    serialHex(iss.Serial),

@@ -2,6 +2,8 @@ package manager
 
 import (
 	"context"
+	"crypto"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"sync"
@@ -275,7 +277,11 @@ func (s *service) RotateCA(ctx context.Context, req *api.RotateCARequest) (*api.
 	if req.GetCertExpirySeconds() < 0 || (expiry != 0 && expiry < ca.MinCertExpiry) {
 		return nil, toStatus(fmt.Errorf("%w: --cert-expiry %s is under the minimum of %s", fsm.ErrBadCommand, expiry, ca.MinCertExpiry))
 	}
-	if (len(req.GetCaCert()) == 0) != (len(req.GetCaKey()) == 0) {
+	external := externalFromAPI(req.GetExternalCa())
+	if err := fsm.CheckExternal(external); err != nil {
+		return nil, toStatus(err)
+	}
+	if len(external) == 0 && (len(req.GetCaCert()) == 0) != (len(req.GetCaKey()) == 0) {
 		return nil, toStatus(fmt.Errorf("%w: --ca-cert and --ca-key go together", fsm.ErrBadCommand))
 	}
 	return leaderOnly(ctx, s.m, c, req, func() (*api.RotateCAResponse, error) {
@@ -287,29 +293,72 @@ func (s *service) RotateCA(ctx context.Context, req *api.RotateCARequest) (*api.
 		if r := st.Rotation; r != nil {
 			return nil, toStatus(fmt.Errorf("%w: a root rotation is in progress since %s; follow it with `quorumca ca`", errNotRotatable, r.StartedAt.Format(time.RFC3339)))
 		}
-		now := m.cfg.Now()
-		var next ca.Material
-		if len(req.GetCaCert()) > 0 {
-			if next, err = ca.Import(req.GetCaCert(), req.GetCaKey(), now); err != nil {
-				return nil, toStatus(err)
-			}
-		} else if next, err = ca.GenerateRoot(m.cfg.Rand, now, st.ClusterID); err != nil {
+		next, rootKey, err := m.nextCA(ctx, st, req, external)
+		if err != nil {
 			return nil, toStatus(err)
 		}
-		rot, err := ca.Rotation(m.cfg.Rand, now, st.CA, next)
+		now := m.cfg.Now()
+		newRoot, err := ca.CheckNewCA(st.CA, next)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		var rot ca.Material
+		if st.Signs() {
+			rot, err = ca.Rotation(m.cfg.Rand, now, st.CA, next)
+		} else if rootKey == nil {
+			err = fmt.Errorf("%w: the current CA is external: it must cross-sign the new root, and that request is signed with the new root's key; give the key of the new root with --ca-key (it is used once and not stored), or rotate to a generated root", errNotRotatable)
+		} else {
+			var cross *x509.Certificate
+			if cross, err = m.crossSignExternal(ctx, st, newRoot, rootKey); err == nil {
+				rot, err = ca.RotationWith(st.CA, next, cross)
+			}
+		}
 		if err != nil {
 			return nil, toStatus(err)
 		}
 		after, err := m.propose(ctx, fsm.Command{At: now, StartRotation: &fsm.StartRotation{
-			CA: rot, Chain: next.Chain, Bundle: next.Bundle, CertExpiry: expiry,
+			CA: rot, Chain: next.Chain, Bundle: next.Bundle, CertExpiry: expiry, External: external,
 		}})
 		if err != nil {
 			return nil, toStatus(err)
 		}
-		m.log.Info("root rotation started", "new_root", fingerprint(next.Bundle), "nodes", len(after.Nodes), "by", c.addr)
+		m.log.Info("root rotation started", "new_root", fingerprint(next.Bundle), "nodes", len(after.Nodes), "external_cas", len(external), "by", c.addr)
 		m.kickRotation()
 		return &api.RotateCAResponse{Rotation: m.viewRotation(after, m.cfg.Now(), false).info}, nil
 	})
+}
+
+// nextCA is the CA a rotation goes to: the external CAs' (asked for
+// their certificate), the one given, or a new root. rootKey is the new
+// root's key when it is known, for an external CA to cross-sign.
+func (m *Manager) nextCA(ctx context.Context, st *fsm.State, req *api.RotateCARequest, external []fsm.ExternalCA) (next ca.Material, rootKey crypto.Signer, err error) {
+	now := m.cfg.Now()
+	switch {
+	case len(external) > 0:
+		if next, err = m.externalMaterial(ctx, external, req.GetCaCert()); err != nil {
+			return ca.Material{}, nil, err
+		}
+		if len(req.GetCaKey()) > 0 {
+			if rootKey, err = ca.ParseKey(req.GetCaKey()); err != nil {
+				return ca.Material{}, nil, fmt.Errorf("--ca-key: %w", err)
+			}
+		}
+	case len(req.GetCaCert()) > 0:
+		if next, err = ca.Import(req.GetCaCert(), req.GetCaKey(), now); err != nil {
+			return ca.Material{}, nil, err
+		}
+	default:
+		if next, err = ca.GenerateRoot(m.cfg.Rand, now, st.ClusterID); err != nil {
+			return ca.Material{}, nil, err
+		}
+	}
+	if rootKey == nil && len(next.Key) > 0 && len(next.Chain) == 0 {
+		// The new CA signs with its root: its key is the root's.
+		if rootKey, err = ca.ParseKey(next.Key); err != nil {
+			return ca.Material{}, nil, err
+		}
+	}
+	return next, rootKey, nil
 }
 
 func (s *service) GetCA(ctx context.Context, req *api.GetCARequest) (*api.GetCAResponse, error) {
@@ -323,7 +372,11 @@ func (s *service) GetCA(ctx context.Context, req *api.GetCARequest) (*api.GetCAR
 		if !st.Initialized() {
 			return nil, toStatus(fsm.ErrNotInitialized)
 		}
-		return &api.GetCAResponse{Bundle: st.CA.Bundle, Rotation: s.m.viewRotation(st, s.m.cfg.Now(), false).info}, nil
+		return &api.GetCAResponse{
+			Bundle:     st.CA.Bundle,
+			Rotation:   s.m.viewRotation(st, s.m.cfg.Now(), false).info,
+			ExternalCa: externalToAPI(st.External),
+		}, nil
 	})
 }
 

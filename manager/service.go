@@ -121,16 +121,12 @@ func (m *Manager) issue(ctx context.Context, c caller, req *api.IssueNodeCertifi
 	if err != nil {
 		return nil, err
 	}
-	signer, status, err := m.signers.get(st.CA)
+	id := ca.Identity{NodeID: nodeID, Role: role, ClusterID: st.ClusterID}
+	issued, status, err := m.signNode(ctx, st, req.GetCsr(), pub, id, st.CertExpiry)
 	if err != nil {
 		return nil, err
 	}
 	now := m.cfg.Now()
-	id := ca.Identity{NodeID: nodeID, Role: role, ClusterID: st.ClusterID}
-	issued, err := signer.SignKey(m.cfg.Rand, now, pub, id, st.CertExpiry)
-	if err != nil {
-		return nil, err
-	}
 	n := fsm.Node{ID: nodeID, Role: role, Addr: addr, Cert: certInfo(issued, status)}
 	if role == ca.RoleManager {
 		n.RaftAddr = req.GetRaftAddr()
@@ -196,16 +192,12 @@ func (m *Manager) renew(ctx context.Context, c caller, req *api.RenewNodeCertifi
 	if err != nil {
 		return nil, err
 	}
-	signer, status, err := m.signers.get(st.CA)
+	id := ca.Identity{NodeID: node.ID, Role: node.Role, ClusterID: st.ClusterID}
+	issued, status, err := m.signNode(ctx, st, req.GetCsr(), pub, id, st.CertExpiry)
 	if err != nil {
 		return nil, err
 	}
 	now := m.cfg.Now()
-	id := ca.Identity{NodeID: node.ID, Role: node.Role, ClusterID: st.ClusterID}
-	issued, err := signer.SignKey(m.cfg.Rand, now, pub, id, st.CertExpiry)
-	if err != nil {
-		return nil, err
-	}
 	n := node
 	n.Cert = certInfo(issued, status)
 	next, err := m.propose(ctx, fsm.Command{At: now, Issue: &fsm.Issue{Node: n}})

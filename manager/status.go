@@ -44,7 +44,7 @@ func toStatus(err error) error {
 	case errors.Is(err, errPermission), errors.Is(err, errBadToken), errors.Is(err, errTokenRoot):
 		code = codes.PermissionDenied
 	case errors.Is(err, raft.ErrNoQuorum), errors.Is(err, raft.ErrNotLeader), errors.Is(err, errNoLeader),
-		errors.Is(err, errForwardLoop), errors.Is(err, raft.ErrShutdown):
+		errors.Is(err, errForwardLoop), errors.Is(err, raft.ErrShutdown), errors.Is(err, errExternalDown):
 		code = codes.Unavailable
 	case errors.Is(err, fsm.ErrStale):
 		code = codes.Aborted
@@ -53,7 +53,8 @@ func toStatus(err error) error {
 	case errors.Is(err, fsm.ErrTokenUnusable):
 		code = codes.PermissionDenied
 	case errors.Is(err, fsm.ErrLastManager), errors.Is(err, errNodeLive), errors.Is(err, errQuorum),
-		errors.Is(err, errNotRotatable), errors.Is(err, fsm.ErrRotating):
+		errors.Is(err, errNotRotatable), errors.Is(err, fsm.ErrRotating), errors.Is(err, errExternalRefused),
+		errors.Is(err, ca.ErrExternalCA):
 		code = codes.FailedPrecondition
 	case errors.Is(err, fsm.ErrNodeExists):
 		code = codes.AlreadyExists

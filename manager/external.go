@@ -1,0 +1,281 @@
+package manager
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/fsm"
+)
+
+// Errors of the external CA client.
+var (
+	// errExternalDown: no external CA answered. Callers retry later.
+	errExternalDown = errors.New(api.ExternalCADown)
+	// errExternalRefused: an external CA answered, and refused the request.
+	errExternalRefused = errors.New("the external CA refused the request")
+)
+
+// Defaults of the external CA client.
+const (
+	// DefaultExternalTimeout bounds one request to one external CA.
+	DefaultExternalTimeout = 10 * time.Second
+	// DefaultExternalSkip is how long an external CA that failed is tried
+	// only after the others.
+	DefaultExternalSkip = 30 * time.Second
+	// maxExternalResponse bounds what is read of an answer.
+	maxExternalResponse = 1 << 20
+)
+
+// CFSSL API paths, under an external CA's URL.
+const (
+	cfsslSignPath = "/api/v1/cfssl/sign"
+	cfsslInfoPath = "/api/v1/cfssl/info"
+)
+
+// cfsslSubject is the subject a CFSSL sign request imposes on the
+// certificate: it replaces the CSR's common name and the names it sets.
+type cfsslSubject struct {
+	CN    string      `json:"CN"`
+	Names []cfsslName `json:"names,omitempty"`
+}
+
+type cfsslName struct {
+	O  string `json:"O,omitempty"`
+	OU string `json:"OU,omitempty"`
+}
+
+// cfsslSignRequest is the body of POST /api/v1/cfssl/sign.
+type cfsslSignRequest struct {
+	Request string        `json:"certificate_request"`
+	Hosts   []string      `json:"hosts"`
+	Subject *cfsslSubject `json:"subject,omitempty"`
+	Profile string        `json:"profile,omitempty"`
+}
+
+// cfsslResponse is CFSSL's answer envelope.
+type cfsslResponse struct {
+	Success bool `json:"success"`
+	Result  struct {
+		Certificate string `json:"certificate"`
+	} `json:"result"`
+	Errors []struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	} `json:"errors"`
+}
+
+// externalCA is the client of a cluster's external CAs. It tries them in
+// the order given; one that fails is tried after the others for a while.
+type externalCA struct {
+	cas     []fsm.ExternalCA // the configuration it was made from
+	eps     []*endpoint
+	timeout time.Duration
+	skip    time.Duration
+	now     func() time.Time
+}
+
+// endpoint is one external CA.
+type endpoint struct {
+	url    string
+	client *http.Client
+
+	mu        sync.Mutex // guards downUntil
+	downUntil time.Time
+}
+
+func newExternalCA(cas []fsm.ExternalCA, timeout, skip time.Duration, now func() time.Time) (*externalCA, error) {
+	if len(cas) == 0 {
+		return nil, fmt.Errorf("%w: the cluster has no key and no external CA", fsm.ErrBadCommand)
+	}
+	if err := fsm.CheckExternal(cas); err != nil {
+		return nil, err
+	}
+	e := &externalCA{cas: cas, timeout: timeout, skip: skip, now: now}
+	for _, c := range cas {
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if len(c.CACert) > 0 {
+			cfg.RootCAs = x509.NewCertPool()
+			if !cfg.RootCAs.AppendCertsFromPEM(c.CACert) {
+				return nil, fmt.Errorf("%w: external CA %s: cacert holds no certificate", fsm.ErrBadCommand, c.URL)
+			}
+		}
+		tr := &http.Transport{
+			TLSClientConfig:     cfg,
+			TLSHandshakeTimeout: timeout,
+			MaxIdleConnsPerHost: 8,
+			IdleConnTimeout:     time.Minute,
+			ForceAttemptHTTP2:   true,
+		}
+		e.eps = append(e.eps, &endpoint{
+			url:    strings.TrimSuffix(c.URL, "/"),
+			client: &http.Client{Transport: tr, Timeout: timeout},
+		})
+	}
+	return e, nil
+}
+
+// same reports whether e was made from cas.
+func (e *externalCA) same(cas []fsm.ExternalCA) bool {
+	return slices.EqualFunc(e.cas, cas, func(a, b fsm.ExternalCA) bool {
+		return a.Protocol == b.Protocol && a.URL == b.URL && bytes.Equal(a.CACert, b.CACert)
+	})
+}
+
+// close drops the idle connections.
+func (e *externalCA) close() {
+	for _, ep := range e.eps {
+		ep.client.CloseIdleConnections()
+	}
+}
+
+// order returns the endpoints to try: those not known to be failing, in
+// the configured order, then the failing ones, soonest to recover first.
+func (e *externalCA) order() []*endpoint {
+	now := e.now()
+	var up, down []*endpoint
+	for _, ep := range e.eps {
+		ep.mu.Lock()
+		until := ep.downUntil
+		ep.mu.Unlock()
+		if now.Before(until) {
+			down = append(down, ep)
+		} else {
+			up = append(up, ep)
+		}
+	}
+	slices.SortStableFunc(down, func(a, b *endpoint) int { return a.until().Compare(b.until()) })
+	return append(up, down...)
+}
+
+func (ep *endpoint) until() time.Time {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	return ep.downUntil
+}
+
+func (ep *endpoint) mark(healthy bool, now time.Time, skip time.Duration) {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	if healthy {
+		ep.downUntil = time.Time{}
+	} else {
+		ep.downUntil = now.Add(skip)
+	}
+}
+
+// call posts body to path on each external CA in turn until one answers a
+// certificate that accept takes, and returns it. A CA that cannot be
+// reached, times out, answers garbage or a certificate accept refuses is
+// marked failing and the next one is tried; a CA that refuses the request
+// itself (CFSSL's success false) ends the call with its reason, since the
+// others would refuse it too.
+func (e *externalCA) call(ctx context.Context, path string, body any, accept func(certPEM []byte) error) ([]byte, error) {
+	payload, err := json.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("external CA: encode request: %w", err)
+	}
+	var (
+		failures []string
+		answered = true // every CA answered, and accept refused each answer
+		refusal  error
+	)
+	for _, ep := range e.order() {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		cert, refused, err := ep.post(ctx, path, payload, e.timeout)
+		if err == nil {
+			if err = accept(cert); err == nil {
+				ep.mark(true, e.now(), e.skip)
+				return cert, nil
+			}
+			refusal = err
+		} else {
+			answered = false
+		}
+		if refused {
+			return nil, fmt.Errorf("%w: %s: %w", errExternalRefused, ep.url, err)
+		}
+		ep.mark(false, e.now(), e.skip)
+		failures = append(failures, fmt.Sprintf("%s: %v", ep.url, err))
+	}
+	if answered && refusal != nil {
+		// Asking again would not help: say what is wrong with the answers.
+		return nil, fmt.Errorf("%w (%s)", refusal, strings.Join(failures, "; "))
+	}
+	return nil, fmt.Errorf("%w (%s); check that it runs and that its URL is right, or add another with `quorumca update --external-ca`; the request will be retried", errExternalDown, strings.Join(failures, "; "))
+}
+
+// post makes one request. refused is set when the CA answered a proper
+// refusal.
+func (ep *endpoint) post(ctx context.Context, path string, payload []byte, timeout time.Duration) (cert []byte, refused bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.url+path, bytes.NewReader(payload))
+	if err != nil {
+		return nil, false, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := ep.client.Do(req)
+	if err != nil {
+		if ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, false, fmt.Errorf("no answer within %s", timeout)
+		}
+		return nil, false, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxExternalResponse))
+	if err != nil {
+		return nil, false, fmt.Errorf("read answer: %w", err)
+	}
+	var r cfsslResponse
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return nil, false, fmt.Errorf("HTTP %d, not a CFSSL answer: %q", resp.StatusCode, truncateBytes(raw, 80))
+	}
+	if !r.Success {
+		msgs := make([]string, 0, len(r.Errors))
+		for _, e := range r.Errors {
+			msgs = append(msgs, fmt.Sprintf("%s (code %d)", e.Message, e.Code))
+		}
+		err := fmt.Errorf("HTTP %d: %s", resp.StatusCode, strings.Join(msgs, "; "))
+		// A 4xx with reasons is CFSSL refusing; a 5xx is the CA failing.
+		return nil, resp.StatusCode >= 400 && resp.StatusCode < 500 && len(msgs) > 0, err
+	}
+	if r.Result.Certificate == "" {
+		return nil, false, fmt.Errorf("HTTP %d: success without a certificate", resp.StatusCode)
+	}
+	return []byte(r.Result.Certificate), false, nil
+}
+
+func truncateBytes(b []byte, n int) string {
+	if len(b) > n {
+		return string(b[:n]) + "…"
+	}
+	return string(b)
+}
+
+// sign asks an external CA to sign csrPEM, imposing subject and hosts,
+// with profile ("" for the default one).
+func (e *externalCA) sign(ctx context.Context, req cfsslSignRequest, accept func([]byte) error) ([]byte, error) {
+	if req.Hosts == nil {
+		req.Hosts = []string{} // an empty list drops any name the CSR asks for
+	}
+	return e.call(ctx, cfsslSignPath, req, accept)
+}
+
+// info asks an external CA for the certificate it signs with.
+func (e *externalCA) info(ctx context.Context, accept func([]byte) error) ([]byte, error) {
+	return e.call(ctx, cfsslInfoPath, map[string]string{"label": "", "profile": ""}, accept)
+}

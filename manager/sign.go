@@ -1,0 +1,250 @@
+package manager
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/x509"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/fsm"
+)
+
+// signNode issues a node certificate for the key of csr (pub, already
+// taken from it), naming id: with the cluster's own key, or through its
+// external CAs when it holds none. Nothing is recorded here; the caller
+// commits the certificate only once it has it whole.
+func (m *Manager) signNode(ctx context.Context, st *fsm.State, csr []byte, pub crypto.PublicKey, id ca.Identity, validity time.Duration) (ca.Issued, ca.TLSStatus, error) {
+	if st.Signs() {
+		signer, status, err := m.signers.get(st.CA)
+		if err != nil {
+			return ca.Issued{}, ca.TLSStatus{}, err
+		}
+		issued, err := signer.SignKey(m.cfg.Rand, m.cfg.Now(), pub, id, validity)
+		return issued, status, err
+	}
+	return m.signExternal(ctx, st.CA, st.External, csr, pub, id)
+}
+
+// signExternal has an external CA sign csr. The request imposes the
+// subject and names the cluster decides; the answer is checked (ca.External)
+// before anyone sees it.
+func (m *Manager) signExternal(ctx context.Context, material ca.Material, cas []fsm.ExternalCA, csr []byte, pub crypto.PublicKey, id ca.Identity) (ca.Issued, ca.TLSStatus, error) {
+	check, status, err := m.signers.external(material)
+	if err != nil {
+		return ca.Issued{}, ca.TLSStatus{}, err
+	}
+	if err := ca.CheckExternalCSR(csr); err != nil {
+		return ca.Issued{}, ca.TLSStatus{}, err
+	}
+	client, err := m.externalClient(cas)
+	if err != nil {
+		return ca.Issued{}, ca.TLSStatus{}, err
+	}
+	req := cfsslSignRequest{
+		Request: string(csr),
+		Subject: &cfsslSubject{CN: id.NodeID, Names: []cfsslName{{O: id.ClusterID, OU: string(id.Role)}}},
+	}
+	if id.Role != ca.RoleAdmin {
+		req.Hosts = []string{string(id.Role), id.NodeID}
+	}
+	var issued ca.Issued
+	if _, err := client.sign(ctx, req, func(cert []byte) error {
+		var err error
+		issued, err = check.Check(m.cfg.Now(), cert, pub, id)
+		return err
+	}); err != nil {
+		return ca.Issued{}, ca.TLSStatus{}, fmt.Errorf("sign the certificate of %s %s: %w", id.Role.Short(), id.NodeID, err)
+	}
+	return issued, status, nil
+}
+
+// externalClient returns the client of the external CAs cas, made once
+// per configuration.
+func (m *Manager) externalClient(cas []fsm.ExternalCA) (*externalCA, error) {
+	m.extMu.Lock()
+	defer m.extMu.Unlock()
+	if m.ext != nil && m.ext.same(cas) {
+		return m.ext, nil
+	}
+	c, err := newExternalCA(cas, m.cfg.ExternalTimeout, m.cfg.ExternalSkip, m.cfg.Now)
+	if err != nil {
+		return nil, err
+	}
+	if m.ext != nil {
+		m.ext.close()
+	}
+	m.ext = c
+	return c, nil
+}
+
+// signerCache keeps the parsed Signer (or, for an external CA, the parsed
+// checker) of the current CA material, so that the PEM is parsed once per
+// CA, not once per certificate.
+type signerCache struct {
+	mu      sync.Mutex // guards the fields below
+	cert    string
+	chain   string
+	signer  *ca.Signer
+	checker *ca.External
+	status  ca.TLSStatus
+}
+
+func (c *signerCache) get(m ca.Material) (*ca.Signer, ca.TLSStatus, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.signer != nil && c.cert == string(m.Cert) && c.chain == string(m.Chain) {
+		return c.signer, c.status, nil
+	}
+	s, err := ca.NewSigner(m)
+	if err != nil {
+		return nil, ca.TLSStatus{}, err
+	}
+	c.cert, c.chain, c.signer, c.checker, c.status = string(m.Cert), string(m.Chain), s, nil, ca.StatusOf(s.Certificate())
+	return s, c.status, nil
+}
+
+func (c *signerCache) external(m ca.Material) (*ca.External, ca.TLSStatus, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.checker != nil && c.cert == string(m.Cert) && c.chain == string(m.Chain) {
+		return c.checker, c.status, nil
+	}
+	e, err := ca.NewExternal(m)
+	if err != nil {
+		return nil, ca.TLSStatus{}, err
+	}
+	c.cert, c.chain, c.signer, c.checker, c.status = string(m.Cert), string(m.Chain), nil, e, ca.StatusOf(e.Certificate())
+	return e, c.status, nil
+}
+
+// externalMaterial returns the material of the external CAs cas, after
+// asking them which certificate they sign with. certPEM is what the
+// operator gave with --ca-cert (the signing certificate and its chain up to
+// the root), or nil: the CA's own certificate must then be a root.
+func (m *Manager) externalMaterial(ctx context.Context, cas []fsm.ExternalCA, certPEM []byte) (ca.Material, error) {
+	now := m.cfg.Now()
+	var given *ca.Material
+	if len(certPEM) > 0 {
+		g, err := ca.ImportExternal(certPEM, now)
+		if err != nil {
+			return ca.Material{}, fmt.Errorf("--ca-cert: %w", err)
+		}
+		given = &g
+	}
+	client, err := m.externalClient(cas)
+	if err != nil {
+		return ca.Material{}, err
+	}
+	var material ca.Material
+	_, err = client.info(ctx, func(cert []byte) error {
+		signing, err := ca.ParseCertificates(cert)
+		if err != nil {
+			return fmt.Errorf("its certificate: %w", err)
+		}
+		if given != nil {
+			want, _ := ca.ParseCertificates(given.Cert)
+			if !signing[0].Equal(want[0]) {
+				return fmt.Errorf("it signs with %s, but --ca-cert begins with %s: give the external CA's own certificate, then its chain up to the root", signing[0].Subject, want[0].Subject)
+			}
+			material = *given
+			return nil
+		}
+		mat, err := ca.ImportExternal(cert, now)
+		if err != nil {
+			return fmt.Errorf("it signs with %s, which is not a root the cluster can trust alone (%w): give its chain up to the root with --ca-cert", signing[0].Subject, err)
+		}
+		material = mat
+		return nil
+	})
+	if err != nil {
+		return ca.Material{}, fmt.Errorf("ask the external CA for its certificate: %w", err)
+	}
+	return material, nil
+}
+
+// crossSignExternal has the cluster's current external CA cross-sign
+// newRoot through its CA profile. The request is signed with newKey, the
+// new root's key, which is used for nothing else.
+func (m *Manager) crossSignExternal(ctx context.Context, st *fsm.State, newRoot *x509.Certificate, newKey crypto.Signer) (*x509.Certificate, error) {
+	old, err := ca.ParseCertificates(st.CA.Cert)
+	if err != nil {
+		return nil, err
+	}
+	if bytes.Equal(old[0].RawSubject, newRoot.RawSubject) {
+		// CFSSL would leave the authority key ID out of the cross-signed
+		// certificate, and OpenSSL would take it for self-signed.
+		return nil, fmt.Errorf("%w: the new root has the same subject as the current external CA (%s); give the new root another subject", errNotRotatable, newRoot.Subject)
+	}
+	csr, err := ca.CrossSignRequest(m.cfg.Rand, newRoot, newKey)
+	if err != nil {
+		return nil, err
+	}
+	client, err := m.externalClient(st.External)
+	if err != nil {
+		return nil, err
+	}
+	var cross *x509.Certificate
+	if _, err := client.sign(ctx, cfsslSignRequest{Request: string(csr), Profile: CrossSignProfile}, func(cert []byte) error {
+		var err error
+		cross, err = ca.CheckCrossSigned(m.cfg.Now(), st.CA, cert, newRoot)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("have the current external CA cross-sign the new root (it needs a signing profile named %q with ca_constraint is_ca true): %w", CrossSignProfile, err)
+	}
+	return cross, nil
+}
+
+// CrossSignProfile is the CFSSL signing profile an external CA cross-signs
+// a new root with, as SwarmKit names it.
+const CrossSignProfile = "CA"
+
+// verifyExternal checks that every external CA of cas answers and signs
+// with the cluster's certificate, before the cluster relies on them.
+func (m *Manager) verifyExternal(ctx context.Context, cas []fsm.ExternalCA, material ca.Material) error {
+	want, err := ca.ParseCertificates(material.Cert)
+	if err != nil {
+		return err
+	}
+	for _, c := range cas {
+		client, err := newExternalCA([]fsm.ExternalCA{c}, m.cfg.ExternalTimeout, m.cfg.ExternalSkip, m.cfg.Now)
+		if err != nil {
+			return err
+		}
+		_, err = client.info(ctx, func(cert []byte) error {
+			got, err := ca.ParseCertificates(cert)
+			if err != nil {
+				return err
+			}
+			if !got[0].Equal(want[0]) {
+				return fmt.Errorf("%w: it signs with %s, not with the cluster's CA %s", fsm.ErrBadCommand, got[0].Subject, want[0].Subject)
+			}
+			return nil
+		})
+		client.close()
+		if err != nil {
+			return fmt.Errorf("external CA %s: %w", c.URL, err)
+		}
+	}
+	return nil
+}
+
+func externalFromAPI(in []*api.ExternalCA) []fsm.ExternalCA {
+	var out []fsm.ExternalCA
+	for _, e := range in {
+		out = append(out, fsm.ExternalCA{Protocol: e.GetProtocol(), URL: e.GetUrl(), CACert: e.GetCaCert()})
+	}
+	return out
+}
+
+func externalToAPI(in []fsm.ExternalCA) []*api.ExternalCA {
+	var out []*api.ExternalCA
+	for _, e := range in {
+		out = append(out, &api.ExternalCA{Protocol: e.Protocol, Url: e.URL, CaCert: e.CACert})
+	}
+	return out
+}
