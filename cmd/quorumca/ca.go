@@ -25,9 +25,10 @@ func newCACmd(g *globals) *cobra.Command {
 		rotate, detach, quiet bool
 		caCert, caKey         string
 		certExpiry            time.Duration
+		externalCAs           []string
 	)
 	cmd := &cobra.Command{
-		Use:   "ca [--rotate [--ca-cert F --ca-key F] [--cert-expiry D] [-d] [-q]]",
+		Use:   "ca [--rotate [--ca-cert F --ca-key F | --external-ca SPEC [--ca-cert F] [--ca-key F]] [--cert-expiry D] [-d] [-q]]",
 		Short: "Print the root CA, or rotate it",
 		Long: `Without flags, print the cluster's trust bundle (its root CA).
 
@@ -38,12 +39,18 @@ every reachable node serves one, the trust bundle becomes the new root alone
 and both join tokens change. A node unreachable for longer than the rotation
 grace (quorumca update --rotation-grace) is named and left behind: it must
 rejoin. The command shows progress until the rotation is done; Ctrl-C stops
-watching, not the rotation.`,
+watching, not the rotation.
+
+With --external-ca, rotate to an external CA (CFSSL): --ca-cert is its
+certificate and chain up to its root (default: ask the CA, whose certificate
+must then be a root). If the current CA is external too, it cross-signs the
+new root through its "CA" signing profile, which needs the new root's key:
+give it with --ca-key; it is used once and not stored.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			fl := cmd.Flags()
 			if !rotate {
-				for _, f := range []string{"ca-cert", "ca-key", "cert-expiry", "detach"} {
+				for _, f := range []string{"ca-cert", "ca-key", "cert-expiry", "detach", "external-ca"} {
 					if fl.Changed(f) {
 						return fmt.Errorf("--%s goes with --rotate", f)
 					}
@@ -56,10 +63,32 @@ watching, not the rotation.`,
 				}
 				req.CertExpirySeconds = int64(certExpiry / time.Second)
 			}
-			if (caCert == "") != (caKey == "") {
-				return errors.New("--ca-cert and --ca-key go together")
+			external, err := parseExternalCAs(externalCAs)
+			if err != nil {
+				return err
 			}
-			if caCert != "" {
+			req.ExternalCa = externalToAPI(external)
+			switch {
+			case len(external) > 0:
+				// The external CA's certificate and chain, and optionally
+				// the new root's key, for the current external CA to
+				// cross-sign it.
+				if caCert != "" {
+					if req.CaCert, err = readExternalCert(caCert); err != nil {
+						return err
+					}
+				}
+				if caKey != "" {
+					if req.CaKey, err = os.ReadFile(caKey); err != nil {
+						return fmt.Errorf("--ca-key: %w", err)
+					}
+					if _, err := ca.ParseKey(req.CaKey); err != nil {
+						return fmt.Errorf("--ca-key: %w", err)
+					}
+				}
+			case (caCert == "") != (caKey == ""):
+				return errors.New("--ca-cert and --ca-key go together")
+			case caCert != "":
 				// Check the files here for a clear message; the leader
 				// checks them again.
 				var err error
@@ -106,7 +135,8 @@ watching, not the rotation.`,
 	f := cmd.Flags()
 	f.BoolVar(&rotate, "rotate", false, "replace the root CA")
 	f.StringVar(&caCert, "ca-cert", "", "with --rotate: PEM root (or intermediate with its chain) to rotate to")
-	f.StringVar(&caKey, "ca-key", "", "with --rotate: PEM key of --ca-cert")
+	f.StringVar(&caKey, "ca-key", "", "with --rotate: PEM key of --ca-cert; with --external-ca, the key of the new root, used once for the current external CA to cross-sign it and not stored")
+	f.StringArrayVar(&externalCAs, "external-ca", nil, "with --rotate: rotate to this "+externalCAUsage)
 	f.DurationVar(&certExpiry, "cert-expiry", 0, "with --rotate: also change the validity of node certificates (minimum 1h)")
 	f.BoolVarP(&detach, "detach", "d", false, "with --rotate: start the rotation and return")
 	f.BoolVarP(&quiet, "quiet", "q", false, "print no progress, only the new root at the end")

@@ -52,6 +52,7 @@ func newInitCmd(g *globals) *cobra.Command {
 		d             daemonFlags
 		certExpiry    time.Duration
 		caCert, caKey string
+		externalCAs   []string
 	)
 	cmd := &cobra.Command{
 		Use:   "init",
@@ -66,10 +67,21 @@ func newInitCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("--cert-expiry %s is under the minimum of %s", certExpiry, ca.MinCertExpiry)
 			}
 			opts := manager.InitOptions{CertExpiry: certExpiry}
-			if (caCert == "") != (caKey == "") {
-				return fmt.Errorf("--ca-cert and --ca-key go together: give both, or neither to generate a root")
+			if opts.External, err = parseExternalCAs(externalCAs); err != nil {
+				return err
 			}
-			if caCert != "" {
+			switch {
+			case len(opts.External) > 0 && caKey != "":
+				return fmt.Errorf("--ca-key does not go with --external-ca: the external CA holds its key; give --ca-cert alone (its certificate and chain), or neither to ask the CA")
+			case len(opts.External) > 0:
+				if caCert != "" {
+					if opts.ExternalCert, err = readExternalCert(caCert); err != nil {
+						return err
+					}
+				}
+			case (caCert == "") != (caKey == ""):
+				return fmt.Errorf("--ca-cert and --ca-key go together: give both, or neither to generate a root")
+			case caCert != "":
 				m, err := importCA(caCert, caKey)
 				if err != nil {
 					return err
@@ -95,6 +107,7 @@ func newInitCmd(g *globals) *cobra.Command {
 	cmd.Flags().DurationVar(&certExpiry, "cert-expiry", ca.DefaultCertExpiry, "validity of node certificates (minimum 1h)")
 	cmd.Flags().StringVar(&caCert, "ca-cert", "", "PEM CA certificate (and its chain up to a root) to sign with instead of a generated root")
 	cmd.Flags().StringVar(&caKey, "ca-key", "", "PEM private key of --ca-cert")
+	cmd.Flags().StringArrayVar(&externalCAs, "external-ca", nil, externalCAUsage)
 	return cmd
 }
 

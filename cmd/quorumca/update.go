@@ -17,17 +17,24 @@ import (
 )
 
 func newUpdateCmd(g *globals) *cobra.Command {
-	var certExpiry, grace time.Duration
+	var (
+		certExpiry, grace time.Duration
+		externalCAs       []string
+	)
 	cmd := &cobra.Command{
-		Use:   "update [--cert-expiry D] [--rotation-grace D]",
+		Use:   "update [--cert-expiry D] [--rotation-grace D] [--external-ca SPEC]...",
 		Short: "Change cluster settings",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			fl := cmd.Flags()
-			if !fl.Changed("cert-expiry") && !fl.Changed("rotation-grace") {
-				return fmt.Errorf("nothing to update: give --cert-expiry or --rotation-grace")
+			if !fl.Changed("cert-expiry") && !fl.Changed("rotation-grace") && !fl.Changed("external-ca") {
+				return fmt.Errorf("nothing to update: give --cert-expiry, --rotation-grace or --external-ca")
 			}
-			req := &api.UpdateRequest{}
+			external, err := parseExternalCAs(externalCAs)
+			if err != nil {
+				return err
+			}
+			req := &api.UpdateRequest{ExternalCa: externalToAPI(external)}
 			if fl.Changed("cert-expiry") {
 				if certExpiry < ca.MinCertExpiry {
 					return fmt.Errorf("--cert-expiry %s is under the minimum of %s", certExpiry, ca.MinCertExpiry)
@@ -56,11 +63,18 @@ func newUpdateCmd(g *globals) *cobra.Command {
 			if fl.Changed("rotation-grace") {
 				fmt.Fprintf(w, "Rotation grace: %s. A root rotation stops waiting for a node unreachable for longer.\n", time.Duration(resp.GetRotationGraceSeconds())*time.Second)
 			}
+			if fl.Changed("external-ca") {
+				fmt.Fprintln(w, "External CAs, tried in order:")
+				for _, e := range resp.GetExternalCa() {
+					fmt.Fprintf(w, "  %s %s\n", e.GetProtocol(), e.GetUrl())
+				}
+			}
 			return nil
 		},
 	}
 	cmd.Flags().DurationVar(&certExpiry, "cert-expiry", 0, "validity of node certificates issued from now on (minimum 1h)")
 	cmd.Flags().DurationVar(&grace, "rotation-grace", fsm.DefaultRotationGrace, "how long a root rotation waits for an unreachable node (minimum 1s)")
+	cmd.Flags().StringArrayVar(&externalCAs, "external-ca", nil, "replace the cluster's external CAs (each must answer and sign with the cluster's CA): "+externalCAUsage)
 	return cmd
 }
 
