@@ -78,6 +78,13 @@ func newRotationCluster(tb testing.TB, managers, workers int, grace time.Duratio
 // every node.
 func buildRotationCluster(tb testing.TB, managers, workers int, grace time.Duration, timing func(*manager.Config), settle time.Duration) *rotationCluster {
 	tb.Helper()
+	return buildClusterWith(tb, managers, workers, grace, timing, settle, manager.InitOptions{})
+}
+
+// buildClusterWith is buildRotationCluster for a cluster initialised with
+// opts (an imported or external CA).
+func buildClusterWith(tb testing.TB, managers, workers int, grace time.Duration, timing func(*manager.Config), settle time.Duration, opts manager.InitOptions) *rotationCluster {
+	tb.Helper()
 	// Registered before the stops, so that the data dirs go after them
 	// (see newCluster).
 	tb.TempDir()
@@ -86,7 +93,7 @@ func buildRotationCluster(tb testing.TB, managers, workers int, grace time.Durat
 	for i := range managers {
 		cfg := rc.config(fmt.Sprintf("m%d", i))
 		if i == 0 {
-			m, err := manager.Init(tb.Context(), cfg, manager.InitOptions{})
+			m, err := manager.Init(tb.Context(), cfg, opts)
 			if err != nil {
 				tb.Fatalf("manager.Init() = %v", err)
 			}

@@ -1,0 +1,517 @@
+package integration
+
+// A harness that runs the real CFSSL CA server (`cfssl serve`) over HTTPS on
+// 127.0.0.1, for tests of quorumca against an external CA, and a fake HTTPS
+// CA (startFakeCA) for the cases a real cfssl cannot produce.
+//
+// cfssl is an external binary: requireCFSSL finds it, skips the test when it
+// is missing, and fails instead when $CI is set.
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quorumca/quorumca/ca"
+)
+
+const (
+	// cfsslInstall is how to get the cfssl binary the tests expect.
+	cfsslInstall = "GOTOOLCHAIN=go1.27.3 go install github.com/cloudflare/cfssl/cmd/cfssl@v1.7.1"
+	// cfsslReadyTimeout bounds how long a cfssl start may take to answer.
+	cfsslReadyTimeout = 20 * time.Second
+	// cfsslStopTimeout bounds how long a killed cfssl may take to exit.
+	cfsslStopTimeout = 10 * time.Second
+	// cfsslInfoPath and cfsslSignPath are cfssl's API endpoints.
+	cfsslInfoPath = "/api/v1/cfssl/info"
+	cfsslSignPath = "/api/v1/cfssl/sign"
+)
+
+// requireCFSSL returns the path of the cfssl binary: the one on $PATH, or
+// else $GOPATH/bin/cfssl (~/go/bin/cfssl when GOPATH is unset). When there
+// is none it fails the test under CI (which must never skip these tests)
+// and skips it elsewhere, saying how to install it.
+func requireCFSSL(t testing.TB) string {
+	t.Helper()
+	if p, err := exec.LookPath("cfssl"); err == nil {
+		return p
+	}
+	var candidates []string
+	if gp := os.Getenv("GOPATH"); gp != "" {
+		for _, dir := range filepath.SplitList(gp) {
+			candidates = append(candidates, filepath.Join(dir, "bin", "cfssl"))
+		}
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		candidates = append(candidates, filepath.Join(home, "go", "bin", "cfssl"))
+	}
+	for _, p := range candidates {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	msg := fmt.Sprintf("cfssl not found on $PATH nor at %s; install it with: %s", strings.Join(candidates, ", "), cfsslInstall)
+	if os.Getenv("CI") != "" {
+		t.Fatal(msg + " (CI is set: these tests must not be skipped)")
+	}
+	t.Skip(msg)
+	return ""
+}
+
+// cfsslOptions configures startCFSSL.
+type cfsslOptions struct {
+	// CA is the CA cfssl signs with. Zero: a root generated with
+	// ca.GenerateRoot(rand.Reader, time.Now(), "external-ca"). When
+	// CA.Chain is non-empty, CA.Cert is an intermediate; only CA.Cert is
+	// given to cfssl (its -ca file must hold exactly one certificate).
+	CA ca.Material
+	// NoCAProfile leaves out the "CA" signing profile. cfssl then falls
+	// back to the default profile for "profile":"CA" (see
+	// TestCFSSLSignWithoutCAProfileRefuses).
+	NoCAProfile bool
+	// Expiry of the default profile, as cfssl writes durations (default
+	// "2160h").
+	Expiry string
+}
+
+// cfsslCA is a running (or stopped) `cfssl serve`.
+type cfsslCA struct {
+	URL       string // "https://127.0.0.1:PORT"
+	TLSCAFile string // PEM file of the test CA that issued the server's TLS certificate
+	TLSCA     []byte // the same PEM
+	CA        ca.Material
+	// CertFile and KeyFile are cfssl's -ca and -ca-key files.
+	CertFile, KeyFile string
+
+	bin             string
+	port            int
+	dir             string
+	configFile      string
+	tlsCert, tlsKey string
+	log             *cfsslLog
+	client          *http.Client
+	mu              sync.Mutex // guards cmd and done
+	cmd             *exec.Cmd
+	done            chan struct{} // closed when cmd has exited
+	starts          int
+}
+
+// cfsslLog is a goroutine-safe log buffer.
+type cfsslLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *cfsslLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *cfsslLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// cfsslSigningConfig returns cfssl's -config JSON for opts.
+func cfsslSigningConfig(opts cfsslOptions) ([]byte, error) {
+	expiry := opts.Expiry
+	if expiry == "" {
+		expiry = "2160h"
+	}
+	type caConstraint struct {
+		IsCA       bool `json:"is_ca"`
+		MaxPathLen int  `json:"max_path_len"`
+	}
+	type profile struct {
+		Expiry       string        `json:"expiry"`
+		Usages       []string      `json:"usages"`
+		CAConstraint *caConstraint `json:"ca_constraint,omitempty"`
+	}
+	profiles := map[string]profile{}
+	if !opts.NoCAProfile {
+		profiles["CA"] = profile{
+			Expiry:       "43800h",
+			Usages:       []string{"cert sign", "crl sign"},
+			CAConstraint: &caConstraint{IsCA: true, MaxPathLen: 1},
+		}
+	}
+	cfg := map[string]any{
+		"signing": map[string]any{
+			"default": profile{
+				Expiry: expiry,
+				Usages: []string{"signing", "key encipherment", "server auth", "client auth"},
+			},
+			"profiles": profiles,
+		},
+	}
+	return json.MarshalIndent(cfg, "", "  ")
+}
+
+// startCFSSL starts `cfssl serve` with opts on a free port of 127.0.0.1 and
+// waits until it answers /api/v1/cfssl/info. The process is killed when the
+// test ends.
+func startCFSSL(t *testing.T, opts cfsslOptions) *cfsslCA {
+	t.Helper()
+	bin := requireCFSSL(t)
+	m := opts.CA
+	if len(m.Cert) == 0 {
+		var err error
+		if m, err = ca.GenerateRoot(rand.Reader, time.Now(), "external-ca"); err != nil {
+			t.Fatalf("generate cfssl's CA: %v", err)
+		}
+	}
+	if len(m.Key) == 0 {
+		t.Fatal("startCFSSL: cfsslOptions.CA has a certificate but no key")
+	}
+	dir := t.TempDir()
+	c := &cfsslCA{
+		CA:         m,
+		CertFile:   filepath.Join(dir, "ca.pem"),
+		KeyFile:    filepath.Join(dir, "ca-key.pem"),
+		TLSCAFile:  filepath.Join(dir, "tls-ca.pem"),
+		bin:        bin,
+		dir:        dir,
+		configFile: filepath.Join(dir, "config.json"),
+		tlsCert:    filepath.Join(dir, "tls-cert.pem"),
+		tlsKey:     filepath.Join(dir, "tls-key.pem"),
+		log:        &cfsslLog{},
+	}
+	certs, err := ca.ParseCertificates(m.Cert)
+	if err != nil {
+		t.Fatalf("startCFSSL: CA certificate: %v", err)
+	}
+	// cfssl's -ca file must hold one PEM object: "the PEM file should
+	// contain only one object" otherwise, and the signer is not set up.
+	writeTestFile(t, c.CertFile, ca.EncodeCertificates(certs[0]), 0o644)
+	writeTestFile(t, c.KeyFile, m.Key, 0o600)
+	cfg, err := cfsslSigningConfig(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeTestFile(t, c.configFile, cfg, 0o644)
+	tlsCA, certPEM, keyPEM := newTestTLSServerPEM(t)
+	c.TLSCA = tlsCA
+	writeTestFile(t, c.TLSCAFile, tlsCA, 0o644)
+	writeTestFile(t, c.tlsCert, certPEM, 0o644)
+	writeTestFile(t, c.tlsKey, keyPEM, 0o600)
+	c.client = testTLSClient(t, tlsCA)
+
+	t.Cleanup(func() { c.Stop(t) })
+	// A port picked free may be taken again before cfssl binds it (by a
+	// parallel test): try another one then.
+	for attempt := 1; ; attempt++ {
+		c.port = freeTCPPort(t)
+		c.URL = "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(c.port))
+		err := c.start()
+		if err == nil {
+			return c
+		}
+		c.Stop(t)
+		if attempt < 3 && strings.Contains(c.Log(), "address already in use") {
+			t.Logf("cfssl: port %d was taken, trying another", c.port)
+			continue
+		}
+		t.Fatalf("cfssl serve did not start: %v\ncfssl log:\n%s", err, c.Log())
+	}
+}
+
+// Start (re)starts cfssl on the same port with the same files, and waits
+// until it answers. It stops a running cfssl first.
+func (c *cfsslCA) Start(t *testing.T) {
+	t.Helper()
+	c.Stop(t)
+	if err := c.start(); err != nil {
+		c.Stop(t)
+		t.Fatalf("cfssl serve did not restart on port %d: %v\ncfssl log:\n%s", c.port, err, c.Log())
+	}
+}
+
+// Stop kills cfssl (SIGKILL) and waits for it to exit. Stopping a stopped
+// cfssl does nothing.
+func (c *cfsslCA) Stop(t *testing.T) {
+	t.Helper()
+	c.mu.Lock()
+	cmd, done := c.cmd, c.done
+	c.cmd, c.done = nil, nil
+	c.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	select {
+	case <-done:
+		return // already exited
+	default:
+	}
+	if err := cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		t.Errorf("kill cfssl (pid %d): %v", cmd.Process.Pid, err)
+	}
+	select {
+	case <-done:
+	case <-time.After(cfsslStopTimeout):
+		t.Errorf("cfssl (pid %d) did not exit within %s of SIGKILL", cmd.Process.Pid, cfsslStopTimeout)
+	}
+}
+
+// Log returns what cfssl wrote to stderr (and stdout) so far, over all its
+// starts.
+func (c *cfsslCA) Log() string { return c.log.String() }
+
+// WaitLog waits (a bounded time) until cfssl's log contains substr: cfssl
+// writes through a pipe, so a line may arrive after the response it
+// explains.
+func (c *cfsslCA) WaitLog(t *testing.T, substr string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(c.Log(), substr) {
+		if time.Now().After(deadline) {
+			t.Errorf("cfssl's log does not say %q:\n%s", substr, c.Log())
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// HTTPClient returns a client that trusts the test CA of cfssl's TLS
+// certificate.
+func (c *cfsslCA) HTTPClient() *http.Client { return c.client }
+
+// Port returns the TCP port cfssl listens on.
+func (c *cfsslCA) Port() int { return c.port }
+
+// start runs cfssl and waits until it answers info, it exits, or
+// cfsslReadyTimeout passes.
+func (c *cfsslCA) start() error {
+	c.starts++
+	fmt.Fprintf(c.log, "=== harness: start %d of cfssl serve on %s\n", c.starts, c.URL)
+	cmd := exec.Command(c.bin, "serve",
+		"-address", "127.0.0.1",
+		"-port", strconv.Itoa(c.port),
+		"-ca", c.CertFile,
+		"-ca-key", c.KeyFile,
+		"-config", c.configFile,
+		"-tls-cert", c.tlsCert,
+		"-tls-key", c.tlsKey,
+	)
+	cmd.Dir = c.dir
+	cmd.Stdout = c.log
+	cmd.Stderr = c.log
+	cmd.WaitDelay = cfsslStopTimeout
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	var waitErr error
+	go func() {
+		waitErr = cmd.Wait()
+		fmt.Fprintf(c.log, "=== harness: cfssl (pid %d) exited: %v\n", cmd.Process.Pid, waitErr)
+		close(done)
+	}()
+	c.mu.Lock()
+	c.cmd, c.done = cmd, done
+	c.mu.Unlock()
+
+	deadline := time.Now().Add(cfsslReadyTimeout)
+	var last error
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
+		select {
+		case <-done:
+			return fmt.Errorf("cfssl exited before it was ready: %v", waitErr)
+		default:
+		}
+		if last = c.ready(); last == nil {
+			return nil
+		}
+		// The info endpoint is only registered when cfssl's signer loads:
+		// waiting longer would not help.
+		if log := c.Log(); strings.Contains(log, "endpoint 'info' is disabled") || strings.Contains(log, "couldn't initialize signer") {
+			return fmt.Errorf("cfssl's signer did not load: %v", last)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready after %s: %v", cfsslReadyTimeout, last)
+		}
+		select {
+		case <-done:
+		case <-time.After(wait):
+		}
+	}
+}
+
+// ready checks that cfssl answers info with success.
+func (c *cfsslCA) ready() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.URL+cfsslInfoPath, strings.NewReader(`{"label":"","profile":""}`))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	var r struct {
+		Success bool `json:"success"`
+	}
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &r) != nil || !r.Success {
+		return fmt.Errorf("info: HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(body))
+	}
+	return nil
+}
+
+// freeTCPPort returns a port of 127.0.0.1 that was free a moment ago.
+func freeTCPPort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
+func writeTestFile(t testing.TB, path string, data []byte, perm os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, data, perm); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// newTestTLSServerPEM makes a throwaway TLS CA (ECDSA P-256) and a server
+// certificate it issues for 127.0.0.1 and localhost (serverAuth), valid from
+// an hour ago for a day. It returns the CA certificate, the server
+// certificate and the server's PKCS#8 key, all PEM.
+func newTestTLSServerPEM(t testing.TB) (caPEM, certPEM, keyPEM []byte) {
+	t.Helper()
+	now := time.Now()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber:          testSerial(t),
+		Subject:               pkix.Name{CommonName: "quorumca test TLS CA"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          testSerial(t),
+		Subject:               pkix.Name{CommonName: "localhost"},
+		DNSNames:              []string{"localhost"},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, key.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err = ca.MarshalKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	return caPEM, certPEM, keyPEM
+}
+
+// newTestTLSServerCert is newTestTLSServerPEM as a tls.Certificate, for
+// in-process HTTPS servers.
+func newTestTLSServerCert(t testing.TB) (caPEM []byte, cert tls.Certificate) {
+	t.Helper()
+	caPEM, certPEM, keyPEM := newTestTLSServerPEM(t)
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return caPEM, cert
+}
+
+// testTLSClient returns an HTTPS client that trusts only caPEM.
+func testTLSClient(t testing.TB, caPEM []byte) *http.Client {
+	t.Helper()
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatal("testTLSClient: no certificate in the CA PEM")
+	}
+	tr := &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		DisableKeepAlives: true, // no idle connections outlive a test
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+func testSerial(t testing.TB) *big.Int {
+	t.Helper()
+	s, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Add(s, big.NewInt(1))
+}
+
+// startFakeCA serves h over HTTPS (TLS 1.2 or later) on 127.0.0.1 with a
+// certificate of a fresh test TLS CA, until the test ends. It returns the
+// server's URL ("https://127.0.0.1:PORT") and a PEM file of the TLS CA.
+func startFakeCA(t *testing.T, h http.Handler) (url, tlsCAFile string) {
+	t.Helper()
+	caPEM, cert := newTestTLSServerCert(t)
+	tlsCAFile = filepath.Join(t.TempDir(), "fake-ca-tls.pem")
+	writeTestFile(t, tlsCAFile, caPEM, 0o644)
+	srv := httptest.NewUnstartedServer(h)
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv.URL, tlsCAFile
+}
