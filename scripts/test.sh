@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of quorumca on a fresh machine: installs what the tests
-# call (openssl) when it is missing, then runs the Go tests. The README's test
-# command, and what .ci/run calls.
+# call (openssl, and CloudFlare's cfssl for the external CA tests) when it is
+# missing, then runs the Go tests. The README's test command, and what .ci/run
+# calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# cfssl v1.7.1 needs Go 1.27 to build: the go command fetches that toolchain
+# from the module proxy for this one install; quorumca itself stays on 1.26.
+gobin="$(go env GOPATH)/bin"
+export PATH="$PATH:$gobin"
+if ! command -v cfssl >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing cfssl v1.7.1 into $gobin" >&2
+  GOTOOLCHAIN=go1.27.3 go install github.com/cloudflare/cfssl/cmd/cfssl@v1.7.1
 fi
 
 # -count=1: never answer from the test cache; a CA's tests must run.
