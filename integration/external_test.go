@@ -631,3 +631,44 @@ func TestExternalCAForgedCSR(t *testing.T) {
 		t.Fatalf("a refused join changed the node count from %d to %d", before, got)
 	}
 }
+
+// TestExternalCARenewal: a renewal while the external CA is down fails
+// with the reason, and the node keeps its certificate and the state its
+// record; once the CA is back, the renewal goes through.
+func TestExternalCARenewal(t *testing.T) {
+	cf := startCFSSL(t, cfsslOptions{})
+	rc := extCluster(t, 1, 1, nil, extCAs(cf)...)
+	rw := rc.workers[0]
+	serial := rw.w.Credentials().Leaf().SerialNumber
+	record := func() fsm.CertInfo {
+		n, _ := rc.m(0).State().Node(rw.id)
+		return n.Cert
+	}
+	before := record()
+
+	cf.Stop(t)
+	ctx, cancel := rotCtx(t)
+	err := rw.w.Renewer().Renew(ctx)
+	cancel()
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), api.ExternalCADown) {
+		t.Fatalf("Renew() with the external CA down = %v, want Unavailable saying no external CA answered", err)
+	}
+	if got := rw.w.Credentials().Leaf().SerialNumber; got.Cmp(serial) != 0 {
+		t.Fatalf("a failed renewal replaced the certificate")
+	}
+	if got := record(); got.Serial != before.Serial {
+		t.Fatalf("a failed renewal changed the state's record: %s, want %s", got.Serial, before.Serial)
+	}
+
+	cf.Start(t)
+	ctx, cancel = rotCtx(t)
+	defer cancel()
+	if err := rw.w.Renewer().Renew(ctx); err != nil {
+		t.Fatalf("Renew() with the external CA back = %v", err)
+	}
+	leaf := rw.w.Credentials().Leaf()
+	if leaf.SerialNumber.Cmp(serial) == 0 || record().Serial == before.Serial {
+		t.Fatalf("the renewal did not replace the certificate and its record")
+	}
+	extCheckNodes(t, rc, extFirstCert(t, cf.CA.Cert), rc.bundle)
+}
