@@ -196,6 +196,10 @@ func (e *externalCA) call(ctx context.Context, path string, body any, accept fun
 			return nil, err
 		}
 		cert, refused, err := ep.post(ctx, path, payload, e.timeout)
+		if err != nil && ctx.Err() != nil {
+			// The caller gave up, not the CA: blame nobody.
+			return nil, fmt.Errorf("external CA %s: %w", ep.url, ctx.Err())
+		}
 		if err == nil {
 			if err = accept(cert); err == nil {
 				ep.mark(true, e.now(), e.skip)
