@@ -83,6 +83,10 @@ func (e *External) Check(now time.Time, certPEM []byte, pub crypto.PublicKey, id
 		return Issued{}, fmt.Errorf("%w: the certificate for node %s is a CA certificate", ErrExternalCA, id.NodeID)
 	}
 	for _, u := range eku {
+		// Name the usage outright: no extension, or "any", is not enough.
+		if !slices.Contains(leaf.ExtKeyUsage, u) {
+			return Issued{}, fmt.Errorf("%w: the certificate does not name %s among its usages (the external CA's signing profile must list \"client auth\" and \"server auth\")", ErrExternalCA, ekuName(u))
+		}
 		if _, err := leaf.Verify(x509.VerifyOptions{
 			Roots: e.ch.roots, Intermediates: e.inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{u},
 		}); err != nil {

@@ -78,7 +78,7 @@ const ProtocolCFSSL = "cfssl"
 
 // Signs reports whether the cluster holds the key it signs with, rather
 // than an external CA.
-func (s *State) Signs() bool { return len(s.CA.Key) > 0 }
+func (s *State) Signs() bool { return s != nil && len(s.CA.Key) > 0 }
 
 // DefaultRotationGrace is how long a rotation waits for an unreachable
 // node unless `update --rotation-grace` says otherwise.
