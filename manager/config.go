@@ -68,6 +68,10 @@ type Config struct {
 	// DefaultExternalTimeout); ExternalSkip is how long an external CA that
 	// failed is tried only after the others (default DefaultExternalSkip).
 	ExternalTimeout, ExternalSkip time.Duration
+	// PublishTokens, when set, is a directory where this manager keeps the
+	// current join tokens (worker.token, manager.token, 0600), for nodes
+	// that bootstrap from a shared volume.
+	PublishTokens string
 }
 
 // DefaultConfig returns a Config with the default ports and data directory.

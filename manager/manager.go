@@ -502,6 +502,10 @@ func (m *Manager) serve() error {
 	go func() { defer m.loops.Done(); m.renewer.Run(ctx) }()
 	go func() { defer m.loops.Done(); m.leaderLoop(ctx) }()
 	go func() { defer m.loops.Done(); m.followBundle(ctx) }()
+	if dir := m.cfg.PublishTokens; dir != "" {
+		m.loops.Add(1)
+		go func() { defer m.loops.Done(); m.publishTokens(ctx, dir) }()
+	}
 	return nil
 }
 
