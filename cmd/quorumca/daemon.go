@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -18,6 +20,7 @@ import (
 type daemonFlags struct {
 	listenAddr, advertiseAddr, raftAddr, raftAdvertiseAddr string
 	gossipAddr, gossipAdvertiseAddr                        string
+	publishTokens                                          string
 }
 
 func (d *daemonFlags) register(cmd *cobra.Command) {
@@ -28,6 +31,7 @@ func (d *daemonFlags) register(cmd *cobra.Command) {
 	f.StringVar(&d.raftAdvertiseAddr, "raft-advertise-addr", "", "Raft address other managers reach this one at (default: the Raft listen address)")
 	f.StringVar(&d.gossipAddr, "gossip-addr", agent.DefaultGossipAddr, "gossip listen address, TCP and UDP (host:port)")
 	f.StringVar(&d.gossipAdvertiseAddr, "gossip-advertise-addr", "", "gossip address other nodes reach this one at (default: picked from the host's addresses)")
+	f.StringVar(&d.publishTokens, "publish-tokens", "", "as a manager, keep the current join tokens in DIR/worker.token and DIR/manager.token (0600), for nodes that join unattended")
 }
 
 func (g *globals) managerConfig(d *daemonFlags) (manager.Config, error) {
@@ -43,6 +47,7 @@ func (g *globals) managerConfig(d *daemonFlags) (manager.Config, error) {
 	cfg.RaftAdvertiseAddr = d.raftAdvertiseAddr
 	cfg.GossipAddr = d.gossipAddr
 	cfg.GossipAdvertiseAddr = d.gossipAdvertiseAddr
+	cfg.PublishTokens = d.publishTokens
 	cfg.Logger = log
 	return cfg, cfg.Validate()
 }
@@ -88,19 +93,7 @@ func newInitCmd(g *globals) *cobra.Command {
 				}
 				opts.CA = &m
 			}
-			m, err := manager.Init(cmd.Context(), cfg, opts)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "Cluster initialized: node %s is the first manager of cluster %s.\n", m.NodeID(), m.ClusterID())
-			fmt.Fprintf(cmd.ErrOrStderr(), "To add a node, get a token with `quorumca join-token worker --data-dir %s`.\n", g.dataDir)
-			if err := waitManager(cmd.Context(), m); err != nil {
-				return err
-			}
-			if errors.Is(m.Reason(), manager.ErrRoleChanged) && cmd.Context().Err() == nil {
-				return runNode(cmd, g, &d)
-			}
-			return nil
+			return initAndRun(cmd, g, &d, cfg, opts)
 		},
 	}
 	d.register(cmd)
@@ -155,23 +148,7 @@ func newJoinCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var switched bool
-			if m != nil {
-				fmt.Fprintf(cmd.ErrOrStderr(), "This node joined cluster %s as manager %s.\n", m.ClusterID(), m.NodeID())
-				if err := waitManager(cmd.Context(), m); err != nil {
-					return err
-				}
-				switched = errors.Is(m.Reason(), manager.ErrRoleChanged)
-			} else {
-				id := w.Credentials().Identity()
-				fmt.Fprintf(cmd.ErrOrStderr(), "This node joined cluster %s as worker %s.\n", id.ClusterID, id.NodeID)
-				waitWorker(cmd.Context(), w)
-				switched = errors.Is(w.Reason(), agent.ErrPromoted)
-			}
-			if switched && cmd.Context().Err() == nil {
-				return runNode(cmd, g, &d)
-			}
-			return nil
+			return runJoined(cmd, g, &d, m, w)
 		},
 	}
 	d.register(cmd)
@@ -179,18 +156,126 @@ func newJoinCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// initAndRun creates a cluster and runs its first manager until
+// interrupted (or until the cluster demotes it: then as a worker).
+func initAndRun(cmd *cobra.Command, g *globals, d *daemonFlags, cfg manager.Config, opts manager.InitOptions) error {
+	m, err := manager.Init(cmd.Context(), cfg, opts)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "Cluster initialized: node %s is the first manager of cluster %s.\n", m.NodeID(), m.ClusterID())
+	fmt.Fprintf(cmd.ErrOrStderr(), "To add a node, get a token with `quorumca join-token worker --data-dir %s`.\n", g.dataDir)
+	if err := waitManager(cmd.Context(), m); err != nil {
+		return err
+	}
+	if errors.Is(m.Reason(), manager.ErrRoleChanged) && cmd.Context().Err() == nil {
+		return runNode(cmd, g, d)
+	}
+	return nil
+}
+
+// runJoined runs a node that just joined, manager or worker, until
+// interrupted, following a promotion or demotion.
+func runJoined(cmd *cobra.Command, g *globals, d *daemonFlags, m *manager.Manager, w *agent.Worker) error {
+	var switched bool
+	if m != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "This node joined cluster %s as manager %s.\n", m.ClusterID(), m.NodeID())
+		if err := waitManager(cmd.Context(), m); err != nil {
+			return err
+		}
+		switched = errors.Is(m.Reason(), manager.ErrRoleChanged)
+	} else {
+		id := w.Credentials().Identity()
+		fmt.Fprintf(cmd.ErrOrStderr(), "This node joined cluster %s as worker %s.\n", id.ClusterID, id.NodeID)
+		waitWorker(cmd.Context(), w)
+		switched = errors.Is(w.Reason(), agent.ErrPromoted)
+	}
+	if switched && cmd.Context().Err() == nil {
+		return runNode(cmd, g, d)
+	}
+	return nil
+}
+
 func newRunCmd(g *globals) *cobra.Command {
-	var d daemonFlags
+	var (
+		d                   daemonFlags
+		doInit              bool
+		tokenFile, joinAddr string
+	)
 	cmd := &cobra.Command{
-		Use:   "run",
+		Use:   "run [--init | --join-token-file F --join-addr MANAGER_ADDR]",
 		Short: "Run the node stored in --data-dir (after init or join, or a restart)",
-		Args:  cobra.NoArgs,
+		Long: `Run the node stored in --data-dir.
+
+For nodes that start unattended (a container's entrypoint), when --data-dir
+holds no node yet: --init creates a cluster, as quorumca init does;
+--join-token-file waits until the file exists, then joins through
+--join-addr with the token it holds, asking again (and re-reading the file)
+until the join succeeds. A manager started with --publish-tokens DIR keeps
+the current join tokens in DIR/worker.token and DIR/manager.token for them.
+When --data-dir holds a node, these flags are ignored and the node runs.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runNode(cmd, g, &d)
+			if doInit && tokenFile != "" {
+				return errors.New("--init and --join-token-file exclude each other: one node creates the cluster, the others join it")
+			}
+			if (tokenFile == "") != (joinAddr == "") {
+				return errors.New("--join-token-file and --join-addr go together")
+			}
+			if _, err := os.Stat(filepath.Join(g.dataDir, agent.NodeFile)); err == nil || (!doInit && tokenFile == "") {
+				return runNode(cmd, g, &d)
+			}
+			cfg, err := g.managerConfig(&d)
+			if err != nil {
+				return err
+			}
+			if doInit {
+				return initAndRun(cmd, g, &d, cfg, manager.InitOptions{CertExpiry: ca.DefaultCertExpiry})
+			}
+			m, w, err := joinWhenReady(cmd.Context(), cfg, tokenFile, joinAddr)
+			if err != nil {
+				return err
+			}
+			return runJoined(cmd, g, &d, m, w)
 		},
 	}
 	d.register(cmd)
+	f := cmd.Flags()
+	f.BoolVar(&doInit, "init", false, "when --data-dir holds no node, create a cluster first")
+	f.StringVar(&tokenFile, "join-token-file", "", "when --data-dir holds no node, join with the token in this file once it exists")
+	f.StringVar(&joinAddr, "join-addr", "", "with --join-token-file: the manager to join through (host:port)")
 	return cmd
+}
+
+// joinWhenReady waits for a join token in tokenFile, then joins through
+// addr; it asks again, after a wait of up to 5s and reading the file anew,
+// until the join succeeds or ctx ends. A failed join writes nothing, so
+// asking again is safe.
+func joinWhenReady(ctx context.Context, cfg manager.Config, tokenFile, addr string) (*manager.Manager, *agent.Worker, error) {
+	log := cfg.Logger
+	for wait, attempt := time.Second, 1; ; attempt++ {
+		b, err := os.ReadFile(tokenFile)
+		token := strings.TrimSpace(string(b))
+		switch {
+		case err != nil || token == "":
+			if attempt == 1 || attempt%10 == 0 {
+				log.Info("waiting for a join token", "file", tokenFile)
+			}
+			wait = time.Second
+		default:
+			m, w, err := manager.Join(ctx, cfg, token, addr)
+			if err == nil {
+				return m, w, nil
+			}
+			log.Warn("join failed; trying again", "via", addr, "in", wait, "err", err)
+			wait = min(2*wait, 5*time.Second)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
 }
 
 // runNode runs the node stored in --data-dir until interrupted, switching
