@@ -93,6 +93,12 @@ func (e *External) Check(now time.Time, certPEM []byte, pub crypto.PublicKey, id
 			return Issued{}, fmt.Errorf("%w: the certificate does not verify for %s under the cluster's root: %v (the external CA's signing profile must allow the usages \"signing\", \"client auth\" and \"server auth\")", ErrExternalCA, ekuName(u), err)
 		}
 	}
+	if leaf.KeyUsage != 0 && leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
+		return Issued{}, fmt.Errorf("%w: the certificate's key usage lacks digital signature, which TLS needs (the external CA's signing profile must list \"signing\")", ErrExternalCA)
+	}
+	if leaf.NotAfter.After(e.ch.notAfter) {
+		return Issued{}, fmt.Errorf("%w: the certificate outlives its CA's chain (until %s, the chain until %s)", ErrExternalCA, leaf.NotAfter.UTC().Format(time.RFC3339), e.ch.notAfter.UTC().Format(time.RFC3339))
+	}
 	if leaf.NotAfter.Sub(now) < MinCertExpiry {
 		return Issued{}, fmt.Errorf("%w: the certificate expires at %s, less than %s from now; lengthen the external CA's signing profile expiry", ErrExternalCA, leaf.NotAfter.UTC().Format(time.RFC3339), MinCertExpiry)
 	}
@@ -115,17 +121,19 @@ func ekuName(u x509.ExtKeyUsage) string {
 // subject attribute of the CSR (country, locality, serial number...): so
 // the CSR's subject may name CN, O and OU and nothing else. The CA's
 // answer is checked again all the same (External.Check).
-func CheckExternalCSR(csr []byte) error {
+//
+// It returns the CSR checked, as PEM, to send as it is.
+func CheckExternalCSR(csr []byte) ([]byte, error) {
 	req, err := parseCSR(csr)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, atv := range req.Subject.Names {
 		if !atv.Type.Equal(oidCN) && !atv.Type.Equal(oidO) && !atv.Type.Equal(oidOU) {
-			return fmt.Errorf("%w: the subject names %s; a CSR sent to an external CA may only name CN, O and OU, which the cluster replaces", ErrBadCSR, req.Subject)
+			return nil, fmt.Errorf("%w: the subject names %s; a CSR sent to an external CA may only name CN, O and OU, which the cluster replaces", ErrBadCSR, req.Subject)
 		}
 	}
-	return nil
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: req.Raw}), nil
 }
 
 // Attribute types a node CSR's subject may carry.

@@ -571,7 +571,7 @@ func TestCheckExternalCSR(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := ca.CheckExternalCSR(tt.csr)
+			_, err := ca.CheckExternalCSR(tt.csr)
 			if !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
 				t.Fatalf("CheckExternalCSR = %v, want %v", err, tt.want)
 			}

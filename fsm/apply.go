@@ -293,6 +293,9 @@ func applyUpdateConfig(s *State, in *UpdateConfig) (*State, error) {
 		if err := CheckExternal(in.External); err != nil {
 			return nil, err
 		}
+		if in.ForCA != nil && !in.ForCA.Equal(s.CAStatus) {
+			return nil, fmt.Errorf("%w: the external CAs were checked against CA %s; the cluster now signs with %s", ErrStale, *in.ForCA, s.CAStatus)
+		}
 	}
 	next := s.clone()
 	if in.CertExpiry != 0 {

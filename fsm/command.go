@@ -102,8 +102,10 @@ type UpdateConfig struct {
 	// RotationGrace is how long a rotation waits for an unreachable node.
 	RotationGrace time.Duration `json:"rotation_grace,omitempty"`
 	// External replaces the list of external CAs of a cluster that an
-	// external CA signs for.
-	External []ExternalCA `json:"external,omitempty"`
+	// external CA signs for. ForCA is the CA the leader checked them
+	// against: Apply refuses the list if the CA changed meanwhile.
+	External []ExternalCA  `json:"external,omitempty"`
+	ForCA    *ca.TLSStatus `json:"for_ca,omitempty"`
 }
 
 // MinRotationGrace is the shortest rotation grace `update` accepts.
@@ -171,6 +173,11 @@ func CheckExternal(cas []ExternalCA) error {
 		u, err := url.Parse(e.URL)
 		if err != nil || u.Scheme != "https" || u.Hostname() == "" {
 			return fmt.Errorf("%w: external CA %d: URL %q; give an https:// URL", ErrBadCommand, i+1, e.URL)
+		}
+		// The URL shows in logs, errors and status: it must hold no
+		// secret.
+		if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+			return fmt.Errorf("%w: external CA %d: the URL must be https://HOST[:PORT][/PATH], with no user, password, query or fragment", ErrBadCommand, i+1)
 		}
 		if len(e.CACert) > 0 {
 			if _, err := ca.ParseCertificates(e.CACert); err != nil {

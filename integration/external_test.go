@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -365,25 +366,38 @@ func extTryJoin(t *testing.T, rc *rotationCluster, timeout time.Duration, log *s
 	return err
 }
 
-// extFakeCA is a fake CFSSL: /info answers the real CA's certificate, and
-// /sign does what sign says. It counts sign requests.
-func extFakeCA(t *testing.T, caCert []byte, sign http.HandlerFunc) (fsm.ExternalCA, *atomic.Int64) {
+// extFakeCA is a CFSSL in front of the real one cf: /info answers cf's
+// certificate and /sign forwards to cf, until broken is set; then /sign
+// does what sign says, and counts the requests. (The cluster checks a CA
+// before it takes it: it must work when it is added.)
+func extFakeCA(t *testing.T, cf *cfsslCA, sign http.HandlerFunc) (ext fsm.ExternalCA, signs *atomic.Int64, broken *atomic.Bool) {
 	t.Helper()
-	var signs atomic.Int64
+	signs, broken = new(atomic.Int64), new(atomic.Bool)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/api/v1/cfssl/info", func(w http.ResponseWriter, _ *http.Request) {
-		json.NewEncoder(w).Encode(map[string]any{"success": true, "result": map[string]any{"certificate": string(caCert)}})
+		json.NewEncoder(w).Encode(map[string]any{"success": true, "result": map[string]any{"certificate": string(cf.CA.Cert)}})
 	})
 	mux.HandleFunc("/api/v1/cfssl/sign", func(w http.ResponseWriter, r *http.Request) {
-		signs.Add(1)
-		sign(w, r)
+		if broken.Load() {
+			signs.Add(1)
+			sign(w, r)
+			return
+		}
+		resp, err := cf.HTTPClient().Post(cf.URL+r.URL.Path, "application/json", r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
 	})
 	url, caFile := startFakeCA(t, mux)
 	tlsCA, err := os.ReadFile(caFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fsm.ExternalCA{Protocol: fsm.ProtocolCFSSL, URL: url, CACert: tlsCA}, &signs
+	return fsm.ExternalCA{Protocol: fsm.ProtocolCFSSL, URL: url, CACert: tlsCA}, signs, broken
 }
 
 // extUpdate replaces the cluster's external CAs.
@@ -437,7 +451,7 @@ func TestExternalCAUnavailable(t *testing.T) {
 	})
 
 	t.Run("slow, with a fallback", func(t *testing.T) {
-		slow, signs := extFakeCA(t, cf.CA.Cert, func(w http.ResponseWriter, r *http.Request) {
+		slow, signs, broken := extFakeCA(t, cf, func(w http.ResponseWriter, r *http.Request) {
 			select {
 			case <-r.Context().Done():
 			case <-t.Context().Done():
@@ -446,6 +460,7 @@ func TestExternalCAUnavailable(t *testing.T) {
 		if err := extUpdate(t, rc, slow, extCAs(cf)[0]); err != nil {
 			t.Fatalf("Update(external CAs: slow, cfssl) = %v", err)
 		}
+		broken.Store(true)
 		for i := range 2 {
 			if err := extTryJoin(t, rc, waitFor, nil); err != nil {
 				t.Fatalf("join %d with a slow first CA and a working fallback = %v", i, err)
@@ -456,9 +471,15 @@ func TestExternalCAUnavailable(t *testing.T) {
 		if n := signs.Load(); n != 1 {
 			t.Errorf("the slow CA got %d sign requests for 2 joins, want 1", n)
 		}
-		if err := extUpdate(t, rc, slow); err != nil {
-			t.Fatalf("Update(external CAs: slow) = %v", err)
+		// A CA that hangs when it is added is refused.
+		if err := extUpdate(t, rc, slow); err == nil || !strings.Contains(err.Error(), "no answer within") {
+			t.Fatalf("Update(external CAs: slow) = %v, want a refusal saying it does not answer", err)
 		}
+		broken.Store(false)
+		if err := extUpdate(t, rc, slow); err != nil {
+			t.Fatalf("Update(external CAs: slow, answering for now) = %v", err)
+		}
+		broken.Store(true)
 		before = nodes()
 		err := extTryJoin(t, rc, 3*time.Second, nil)
 		if err == nil || !strings.Contains(err.Error(), "no answer within") {
@@ -517,10 +538,19 @@ func TestExternalCAUnavailable(t *testing.T) {
 		}, "Policy violation request"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fake, signs := extFakeCA(t, cf.CA.Cert, tc.sign)
-			if err := extUpdate(t, rc, fake); err != nil {
-				t.Fatalf("Update(external CAs: fake) = %v", err)
+			fake, signs, broken := extFakeCA(t, cf, tc.sign)
+			broken.Store(true)
+			// The cluster checks a CA before it takes it...
+			if err := extUpdate(t, rc, fake); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Update(external CAs: %s) = %v, want a refusal containing %q", tc.name, err, tc.want)
 			}
+			// ... but a CA can go wrong later.
+			broken.Store(false)
+			if err := extUpdate(t, rc, fake); err != nil {
+				t.Fatalf("Update(external CAs: fake, working for now) = %v", err)
+			}
+			broken.Store(true)
+			signs.Store(0)
 			before := nodes()
 			err := extTryJoin(t, rc, 3*time.Second, nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -119,8 +119,12 @@ func newExternalCA(cas []fsm.ExternalCA, timeout, skip time.Duration, now func()
 			ForceAttemptHTTP2:   true,
 		}
 		e.eps = append(e.eps, &endpoint{
-			url:    strings.TrimSuffix(c.URL, "/"),
-			client: &http.Client{Transport: tr, Timeout: timeout},
+			url: strings.TrimSuffix(c.URL, "/"),
+			client: &http.Client{
+				Transport: tr,
+				// Never follow a redirect: it could leave HTTPS.
+				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			},
 		})
 	}
 	return e, nil
@@ -144,19 +148,25 @@ func (e *externalCA) close() {
 // the configured order, then the failing ones, soonest to recover first.
 func (e *externalCA) order() []*endpoint {
 	now := e.now()
-	var up, down []*endpoint
+	type entry struct {
+		ep    *endpoint
+		until time.Time
+	}
+	var up []*endpoint
+	var down []entry
 	for _, ep := range e.eps {
-		ep.mu.Lock()
-		until := ep.downUntil
-		ep.mu.Unlock()
+		until := ep.until()
 		if now.Before(until) {
-			down = append(down, ep)
+			down = append(down, entry{ep, until})
 		} else {
 			up = append(up, ep)
 		}
 	}
-	slices.SortStableFunc(down, func(a, b *endpoint) int { return a.until().Compare(b.until()) })
-	return append(up, down...)
+	slices.SortStableFunc(down, func(a, b entry) int { return a.until.Compare(b.until) })
+	for _, d := range down {
+		up = append(up, d.ep)
+	}
+	return up
 }
 
 func (ep *endpoint) until() time.Time {
@@ -178,9 +188,14 @@ func (ep *endpoint) mark(healthy bool, now time.Time, skip time.Duration) {
 // call posts body to path on each external CA in turn until one answers a
 // certificate that accept takes, and returns it. A CA that cannot be
 // reached, times out, answers garbage or a certificate accept refuses is
-// marked failing and the next one is tried; a CA that refuses the request
-// itself (CFSSL's success false) ends the call with its reason, since the
-// others would refuse it too.
+// marked failing, and the next one is tried; so is the next after a CA
+// that refuses the request (CFSSL answers 400 for its own failures too).
+// When every CA answered and none was taken, the error says why (nothing
+// to retry); when some did not answer, it wraps errExternalDown (retried).
+//
+// Each CA gets the configured timeout, or its share of what is left of the
+// caller's deadline if that is less, so that a hung CA is marked and the
+// call ends with errExternalDown before the caller gives up.
 func (e *externalCA) call(ctx context.Context, path string, body any, accept func(certPEM []byte) error) ([]byte, error) {
 	payload, err := json.Marshal(body)
 	if err != nil {
@@ -188,39 +203,56 @@ func (e *externalCA) call(ctx context.Context, path string, body any, accept fun
 	}
 	var (
 		failures []string
-		answered = true // every CA answered, and accept refused each answer
-		refusal  error
+		down     bool  // some CA did not answer
+		refusal  error // the last answer that was not taken
 	)
-	for _, ep := range e.order() {
+	eps := e.order()
+	for i, ep := range eps {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		cert, refused, err := ep.post(ctx, path, payload, e.timeout)
+		timeout := e.timeout
+		if dl, ok := ctx.Deadline(); ok {
+			share := (time.Until(dl) - deadlineMargin) / time.Duration(len(eps)-i)
+			timeout = max(min(timeout, share), minExternalTimeout)
+		}
+		cert, refused, err := ep.post(ctx, path, payload, timeout)
 		if err != nil && ctx.Err() != nil {
 			// The caller gave up, not the CA: blame nobody.
 			return nil, fmt.Errorf("external CA %s: %w", ep.url, ctx.Err())
 		}
-		if err == nil {
+		switch {
+		case err == nil:
 			if err = accept(cert); err == nil {
 				ep.mark(true, e.now(), e.skip)
 				return cert, nil
 			}
+			// A certificate not taken: a CA misconfigured, or another CA.
 			refusal = err
-		} else {
-			answered = false
+			ep.mark(false, e.now(), e.skip)
+		case refused:
+			refusal = fmt.Errorf("%w: %s: %w", errExternalRefused, ep.url, err)
+		default:
+			down = true
+			ep.mark(false, e.now(), e.skip)
 		}
-		if refused {
-			return nil, fmt.Errorf("%w: %s: %w", errExternalRefused, ep.url, err)
-		}
-		ep.mark(false, e.now(), e.skip)
 		failures = append(failures, fmt.Sprintf("%s: %v", ep.url, err))
 	}
-	if answered && refusal != nil {
+	if !down && refusal != nil {
 		// Asking again would not help: say what is wrong with the answers.
 		return nil, fmt.Errorf("%w (%s)", refusal, strings.Join(failures, "; "))
 	}
 	return nil, fmt.Errorf("%w (%s); check that it runs and that its URL is right, or add another with `quorumca update --external-ca`; the request will be retried", errExternalDown, strings.Join(failures, "; "))
 }
+
+// Bounds of the time given to one external CA within a caller's deadline.
+const (
+	// deadlineMargin is kept back from the caller's deadline, to answer
+	// it in time.
+	deadlineMargin = 250 * time.Millisecond
+	// minExternalTimeout is the least time one CA is given.
+	minExternalTimeout = 100 * time.Millisecond
+)
 
 // post makes one request. refused is set when the CA answered a proper
 // refusal.

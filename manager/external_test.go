@@ -433,30 +433,67 @@ func TestExternalBadAnswersFallThrough(t *testing.T) {
 	}
 }
 
-func TestExternalRefusalEndsCall(t *testing.T) {
+func TestExternalRefusalFallsThrough(t *testing.T) {
 	trust := newExtTestCA(t, "trusted")
-	refuse := startExtServer(t, trust, nil, nil, cfsslAnswer(http.StatusBadRequest,
-		`{"success":false,"result":null,"errors":[{"code":2000,"message":"Invalid certificate request"}],"messages":[]}`))
+	refusal := `{"success":false,"result":null,"errors":[{"code":2000,"message":"Invalid certificate request"}],"messages":[]}`
+	refuse := startExtServer(t, trust, nil, nil, cfsslAnswer(http.StatusBadRequest, refusal))
 	good := startExtServer(t, trust, nil, nil, cfsslCert("cert-good"))
 	clock := newExtTestClock()
+
+	// CFSSL answers 400 for its own failures too: the next CA is asked,
+	// and the refusing one is not marked failing.
 	e := newTestExternal(t, clock, extTestTimeout, extConf(refuse.URL, trust), extConf(good.URL, trust))
-	_, err := extSign(e, acceptAll)
-	if !errors.Is(err, errExternalRefused) {
-		t.Fatalf("got %v, want errExternalRefused", err)
+	cert, err := extSign(e, acceptAll)
+	if err != nil || string(cert) != "cert-good" {
+		t.Fatalf("got %q, %v; want the second CA's certificate", cert, err)
 	}
-	if errors.Is(err, errExternalDown) {
-		t.Errorf("a refusal wraps errExternalDown: %v", err)
+	wantMarked(t, clock, e.eps[0], false)
+
+	// When every CA refuses, the refusal is the answer: no retry.
+	refuse2 := startExtServer(t, trust, nil, nil, cfsslAnswer(http.StatusBadRequest, refusal))
+	e = newTestExternal(t, clock, extTestTimeout, extConf(refuse.URL, trust), extConf(refuse2.URL, trust))
+	_, err = extSign(e, acceptAll)
+	if !errors.Is(err, errExternalRefused) || errors.Is(err, errExternalDown) {
+		t.Fatalf("got %v, want errExternalRefused and not errExternalDown", err)
 	}
-	for _, want := range []string{refuse.URL, "Invalid certificate request (code 2000)", "HTTP 400"} {
+	for _, want := range []string{refuse.URL, refuse2.URL, "Invalid certificate request (code 2000)", "HTTP 400"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("%v does not say %q", err, want)
 		}
 	}
-	if refuse.hits.Load() != 1 || good.hits.Load() != 0 {
-		t.Errorf("hits: refusing %d, second %d; want 1 and 0", refuse.hits.Load(), good.hits.Load())
-	}
-	wantMarked(t, clock, e.eps[0], false)
 	wantCode(t, err, codes.FailedPrecondition)
+
+	// A refusal and a CA down: retried later (Unavailable).
+	e = newTestExternal(t, clock, extTestTimeout, extConf(refuse.URL, trust), extConf("https://"+deadAddr(t), trust))
+	_, err = extSign(e, acceptAll)
+	if !errors.Is(err, errExternalDown) {
+		t.Fatalf("got %v, want errExternalDown", err)
+	}
+	wantCode(t, err, codes.Unavailable)
+}
+
+// TestExternalHungCAWithinCallerDeadline: a CA that hangs is given its
+// share of the caller's deadline, marked failing, and the next one asked,
+// before the caller gives up.
+func TestExternalHungCAWithinCallerDeadline(t *testing.T) {
+	trust := newExtTestCA(t, "trusted")
+	hung := startExtServer(t, trust, nil, nil, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-t.Context().Done():
+		}
+	})
+	good := startExtServer(t, trust, nil, nil, cfsslCert("cert-good"))
+	clock := newExtTestClock()
+	// The configured timeout (10s) is the caller's whole deadline.
+	e := newTestExternal(t, clock, 10*time.Second, extConf(hung.URL, trust), extConf(good.URL, trust))
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	cert, err := e.sign(ctx, cfsslSignRequest{Request: "csr"}, acceptAll)
+	if err != nil || string(cert) != "cert-good" {
+		t.Fatalf("got %q, %v; want the second CA's certificate within the caller's deadline", cert, err)
+	}
+	wantMarked(t, clock, e.eps[0], true)
 }
 
 func TestExternalAcceptRefusesCertificate(t *testing.T) {

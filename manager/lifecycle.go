@@ -329,18 +329,20 @@ func (s *service) Update(ctx context.Context, req *api.UpdateRequest) (*api.Upda
 		return nil, toStatus(err)
 	}
 	return leaderOnly(ctx, s.m, c, req, func() (*api.UpdateResponse, error) {
+		var forCA *ca.TLSStatus
 		if len(external) > 0 {
 			st := s.m.machine.State()
+			forCA = &st.CAStatus
 			if st.Signs() {
 				return nil, toStatus(fmt.Errorf("%w: this cluster signs with its own key; to move to an external CA, rotate to it: quorumca ca --rotate --external-ca ...", fsm.ErrBadCommand))
 			}
 			// Every CA given must answer, and sign with the cluster's
 			// certificate: a typo must not become the CA of record.
-			if err := s.m.verifyExternal(ctx, external, st.CA); err != nil {
+			if err := s.m.verifyExternal(ctx, external, st.CA, st.ClusterID); err != nil {
 				return nil, toStatus(err)
 			}
 		}
-		st, err := s.m.propose(ctx, fsm.Command{At: s.m.cfg.Now(), UpdateConfig: &fsm.UpdateConfig{CertExpiry: expiry, RotationGrace: grace, External: external}})
+		st, err := s.m.propose(ctx, fsm.Command{At: s.m.cfg.Now(), UpdateConfig: &fsm.UpdateConfig{CertExpiry: expiry, RotationGrace: grace, External: external, ForCA: forCA}})
 		if err != nil {
 			return nil, toStatus(err)
 		}

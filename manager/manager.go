@@ -166,7 +166,9 @@ func Init(ctx context.Context, cfg Config, opts InitOptions) (_ *Manager, err er
 		if opts.CA != nil {
 			return nil, fmt.Errorf("manager: an external CA holds its key: give --ca-cert without --ca-key")
 		}
-		if material, err = m.externalMaterial(ctx, opts.External, opts.ExternalCert); err != nil {
+		// The first manager's node ID names the trial certificate.
+		m.node.NodeID = nodeID
+		if material, err = m.externalMaterial(ctx, opts.External, opts.ExternalCert, clusterID); err != nil {
 			return nil, err
 		}
 	case opts.CA != nil:
@@ -601,6 +603,11 @@ func (m *Manager) Stop() error {
 		if m.peers != nil {
 			m.peers.close()
 		}
+		m.extMu.Lock()
+		if m.ext != nil {
+			m.ext.close()
+		}
+		m.extMu.Unlock()
 		if m.raft != nil {
 			m.stopErr = m.raft.Shutdown()
 		}

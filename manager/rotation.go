@@ -305,6 +305,8 @@ func (s *service) RotateCA(ctx context.Context, req *api.RotateCARequest) (*api.
 		var rot ca.Material
 		if st.Signs() {
 			rot, err = ca.Rotation(m.cfg.Rand, now, st.CA, next)
+		} else if rootKey == nil && len(external) == 0 {
+			err = fmt.Errorf("%w: the current CA is external: it must cross-sign the new root, and that request is signed with the root's key, which the cluster does not have for an issuing CA with a chain; rotate to a generated root, or to a CA that signs with its root", errNotRotatable)
 		} else if rootKey == nil {
 			err = fmt.Errorf("%w: the current CA is external: it must cross-sign the new root, and that request is signed with the new root's key; give the key of the new root with --ca-key (it is used once and not stored), or rotate to a generated root", errNotRotatable)
 		} else {
@@ -335,10 +337,13 @@ func (m *Manager) nextCA(ctx context.Context, st *fsm.State, req *api.RotateCARe
 	now := m.cfg.Now()
 	switch {
 	case len(external) > 0:
-		if next, err = m.externalMaterial(ctx, external, req.GetCaCert()); err != nil {
+		if next, err = m.externalMaterial(ctx, external, req.GetCaCert(), st.ClusterID); err != nil {
 			return ca.Material{}, nil, err
 		}
 		if len(req.GetCaKey()) > 0 {
+			if st.Signs() {
+				return ca.Material{}, nil, fmt.Errorf("%w: --ca-key goes with --external-ca only when the current CA is external too (for it to cross-sign the new root); the cluster's own key cross-signs now", fsm.ErrBadCommand)
+			}
 			if rootKey, err = ca.ParseKey(req.GetCaKey()); err != nil {
 				return ca.Material{}, nil, fmt.Errorf("--ca-key: %w", err)
 			}

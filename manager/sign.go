@@ -30,23 +30,30 @@ func (m *Manager) signNode(ctx context.Context, st *fsm.State, csr []byte, pub c
 	return m.signExternal(ctx, st.CA, st.External, csr, pub, id)
 }
 
-// signExternal has an external CA sign csr. The request imposes the
-// subject and names the cluster decides; the answer is checked (ca.External)
-// before anyone sees it.
+// signExternal has the cluster's external CAs sign csr.
 func (m *Manager) signExternal(ctx context.Context, material ca.Material, cas []fsm.ExternalCA, csr []byte, pub crypto.PublicKey, id ca.Identity) (ca.Issued, ca.TLSStatus, error) {
-	check, status, err := m.signers.external(material)
-	if err != nil {
-		return ca.Issued{}, ca.TLSStatus{}, err
-	}
-	if err := ca.CheckExternalCSR(csr); err != nil {
-		return ca.Issued{}, ca.TLSStatus{}, err
-	}
 	client, err := m.externalClient(cas)
 	if err != nil {
 		return ca.Issued{}, ca.TLSStatus{}, err
 	}
+	return m.signWith(ctx, client, material, csr, pub, id)
+}
+
+// signWith has client's external CAs sign csr. The request imposes the
+// subject and names the cluster decides; the answer is checked (ca.External)
+// before anyone sees it.
+func (m *Manager) signWith(ctx context.Context, client *externalCA, material ca.Material, csr []byte, pub crypto.PublicKey, id ca.Identity) (ca.Issued, ca.TLSStatus, error) {
+	check, status, err := m.signers.external(material)
+	if err != nil {
+		return ca.Issued{}, ca.TLSStatus{}, err
+	}
+	// Send exactly the request that was checked, as PEM.
+	csrPEM, err := ca.CheckExternalCSR(csr)
+	if err != nil {
+		return ca.Issued{}, ca.TLSStatus{}, err
+	}
 	req := cfsslSignRequest{
-		Request: string(csr),
+		Request: string(csrPEM),
 		Subject: &cfsslSubject{CN: id.NodeID, Names: []cfsslName{{O: id.ClusterID, OU: string(id.Role)}}},
 	}
 	if id.Role != ca.RoleAdmin {
@@ -61,6 +68,26 @@ func (m *Manager) signExternal(ctx context.Context, material ca.Material, cas []
 		return ca.Issued{}, ca.TLSStatus{}, fmt.Errorf("sign the certificate of %s %s: %w", id.Role.Short(), id.NodeID, err)
 	}
 	return issued, status, nil
+}
+
+// trialSign has the external CAs cas, before the cluster relies on them,
+// sign a certificate for this manager's identity with a throwaway key: a
+// CA whose profile cannot make node certificates (usages, expiry) is
+// refused before anything is committed.
+func (m *Manager) trialSign(ctx context.Context, client *externalCA, material ca.Material, clusterID string) error {
+	key, err := ca.GenerateKey(m.cfg.Rand)
+	if err != nil {
+		return err
+	}
+	csr, err := ca.NewCSR(m.cfg.Rand, key, "")
+	if err != nil {
+		return err
+	}
+	id := ca.Identity{NodeID: m.node.NodeID, Role: ca.RoleManager, ClusterID: clusterID}
+	if _, _, err := m.signWith(ctx, client, material, csr, key.Public(), id); err != nil {
+		return fmt.Errorf("the external CA cannot issue node certificates: %w", err)
+	}
+	return nil
 }
 
 // externalClient returns the client of the external CAs cas, made once
@@ -123,10 +150,11 @@ func (c *signerCache) external(m ca.Material) (*ca.External, ca.TLSStatus, error
 }
 
 // externalMaterial returns the material of the external CAs cas, after
-// asking them which certificate they sign with. certPEM is what the
+// asking them which certificate they sign with, checking that they all do,
+// and having them sign a trial certificate for clusterID. certPEM is what the
 // operator gave with --ca-cert (the signing certificate and its chain up to
 // the root), or nil: the CA's own certificate must then be a root.
-func (m *Manager) externalMaterial(ctx context.Context, cas []fsm.ExternalCA, certPEM []byte) (ca.Material, error) {
+func (m *Manager) externalMaterial(ctx context.Context, cas []fsm.ExternalCA, certPEM []byte, clusterID string) (ca.Material, error) {
 	now := m.cfg.Now()
 	var given *ca.Material
 	if len(certPEM) > 0 {
@@ -136,10 +164,12 @@ func (m *Manager) externalMaterial(ctx context.Context, cas []fsm.ExternalCA, ce
 		}
 		given = &g
 	}
-	client, err := m.externalClient(cas)
+	// A list the cluster does not use yet gets a client of its own.
+	client, err := newExternalCA(cas, m.cfg.ExternalTimeout, m.cfg.ExternalSkip, m.cfg.Now)
 	if err != nil {
 		return ca.Material{}, err
 	}
+	defer client.close()
 	var material ca.Material
 	_, err = client.info(ctx, func(cert []byte) error {
 		signing, err := ca.ParseCertificates(cert)
@@ -149,20 +179,25 @@ func (m *Manager) externalMaterial(ctx context.Context, cas []fsm.ExternalCA, ce
 		if given != nil {
 			want, _ := ca.ParseCertificates(given.Cert)
 			if !signing[0].Equal(want[0]) {
-				return fmt.Errorf("it signs with %s, but --ca-cert begins with %s: give the external CA's own certificate, then its chain up to the root", signing[0].Subject, want[0].Subject)
+				return fmt.Errorf("%w: it signs with %s, but --ca-cert begins with %s: give the external CA's own certificate, then its chain up to the root", fsm.ErrBadCommand, signing[0].Subject, want[0].Subject)
 			}
 			material = *given
 			return nil
 		}
 		mat, err := ca.ImportExternal(cert, now)
 		if err != nil {
-			return fmt.Errorf("it signs with %s, which is not a root the cluster can trust alone (%w): give its chain up to the root with --ca-cert", signing[0].Subject, err)
+			return fmt.Errorf("%w: it signs with %s, which is not a root the cluster can trust alone (%w): give its chain up to the root with --ca-cert", fsm.ErrBadCommand, signing[0].Subject, err)
 		}
 		material = mat
 		return nil
 	})
 	if err != nil {
 		return ca.Material{}, fmt.Errorf("ask the external CA for its certificate: %w", err)
+	}
+	// Every CA of the list must sign with that certificate, and be able to
+	// make node certificates: a typo must not become the CA of record.
+	if err := m.verifyExternal(ctx, cas, material, clusterID); err != nil {
+		return ca.Material{}, err
 	}
 	return material, nil
 }
@@ -203,9 +238,10 @@ func (m *Manager) crossSignExternal(ctx context.Context, st *fsm.State, newRoot 
 // a new root with, as SwarmKit names it.
 const CrossSignProfile = "CA"
 
-// verifyExternal checks that every external CA of cas answers and signs
-// with the cluster's certificate, before the cluster relies on them.
-func (m *Manager) verifyExternal(ctx context.Context, cas []fsm.ExternalCA, material ca.Material) error {
+// verifyExternal checks, before the cluster relies on them, that every
+// external CA of cas answers, signs with material's certificate, and makes
+// a proper node certificate (a trial one, for this manager of clusterID).
+func (m *Manager) verifyExternal(ctx context.Context, cas []fsm.ExternalCA, material ca.Material, clusterID string) error {
 	want, err := ca.ParseCertificates(material.Cert)
 	if err != nil {
 		return err
@@ -225,6 +261,9 @@ func (m *Manager) verifyExternal(ctx context.Context, cas []fsm.ExternalCA, mate
 			}
 			return nil
 		})
+		if err == nil {
+			err = m.trialSign(ctx, client, material, clusterID)
+		}
 		client.close()
 		if err != nil {
 			return fmt.Errorf("external CA %s: %w", c.URL, err)

@@ -113,7 +113,9 @@ give it with --ca-key; it is used once and not stored.`,
 				_, err = w.Write(resp.GetBundle())
 				return err
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			// Asking external CAs (their certificate, a trial certificate, a
+			// cross-signature) takes a few requests of up to 10s each.
+			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
 			started, err := client.RotateCA(ctx, req)
 			cancel()
 			if err != nil {
