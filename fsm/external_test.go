@@ -313,6 +313,8 @@ func TestUpdateConfigExternal(t *testing.T) {
 		{name: "external cluster: valid list, bad cert expiry", empty: true, setup: ext,
 			cmd: w.update(fsm.UpdateConfig{CertExpiry: time.Minute, External: w.cas2}), want: fsm.ErrBadCommand},
 		{name: "mid-rotation to an external CA", setup: toExt, cmd: w.update(fsm.UpdateConfig{External: w.cas2}), check: externalIs(w.cas2, expiry, 0)},
+		{name: "checked against the CA that signs", setup: toExt, cmd: w.update(fsm.UpdateConfig{External: w.cas2, ForCA: &w.toExtStatus}), check: externalIs(w.cas2, expiry, 0)},
+		{name: "checked against another CA", setup: toExt, cmd: w.update(fsm.UpdateConfig{External: w.cas2, ForCA: &ca.TLSStatus{}}), want: fsm.ErrStale, msg: "checked against"},
 		{name: "after a rotation to an external CA", setup: toExtDone, cmd: w.update(fsm.UpdateConfig{External: w.cas2}), check: externalIs(w.cas2, expiry, 0)},
 		{name: "mid-rotation from an external CA to a generated root", empty: true, setup: toInt,
 			cmd: w.update(fsm.UpdateConfig{External: w.cas2}), want: fsm.ErrBadCommand, msg: "rotate"},
