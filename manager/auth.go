@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
@@ -82,6 +83,12 @@ func (m *Manager) callerOf(ctx context.Context) (caller, error) {
 		if len(chain) > 1 {
 			c.status = ca.StatusOf(chain[1])
 		}
+		// The handshake verified the chain against the bundle of its day;
+		// a connection can outlive that bundle (a rotation completed) or
+		// the certificate itself.
+		if err := m.stillTrusted(chain, ti.State.PeerCertificates); err != nil {
+			return caller{}, err
+		}
 	}
 	if c.authenticated() {
 		if err := m.checkPeer(c.id); err != nil {
@@ -123,6 +130,41 @@ func (m *Manager) callerOf(ctx context.Context) (caller, error) {
 		}
 	}
 	return orig, nil
+}
+
+// stillTrusted checks, at each call, a client chain verified at the
+// handshake: its root must still be in this manager's bundle and its
+// certificate unexpired; otherwise it is verified again.
+func (m *Manager) stillTrusted(verified, presented []*x509.Certificate) error {
+	now := m.cfg.Now()
+	if now.Before(verified[0].NotAfter) && slices.ContainsFunc(m.bundleRoots(), verified[len(verified)-1].Equal) {
+		return nil
+	}
+	if _, _, err := ca.Verify(presented, m.creds.Roots(), now); err != nil {
+		return fmt.Errorf("%w: %w", errPermission, err)
+	}
+	return nil
+}
+
+// bundleRoots returns the roots of this manager's trust bundle, parsed
+// once per bundle.
+func (m *Manager) bundleRoots() []*x509.Certificate {
+	b := m.creds.Bundle()
+	if r := m.roots.Load(); r != nil && r.pem == string(b) {
+		return r.certs
+	}
+	_, certs, err := ca.ParseBundle(b)
+	if err != nil {
+		return nil // verified again, and refused, by the caller
+	}
+	m.roots.Store(&parsedBundle{pem: string(b), certs: certs})
+	return certs
+}
+
+// parsedBundle is a trust bundle and its roots.
+type parsedBundle struct {
+	pem   string
+	certs []*x509.Certificate
 }
 
 // requireNode returns the caller if it presented a node certificate of

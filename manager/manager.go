@@ -43,8 +43,9 @@ type Manager struct {
 	server, local         *grpc.Server
 
 	signers signerCache
-	extMu   sync.Mutex  // guards ext
-	ext     *externalCA // client of the external CAs, when the cluster uses them
+	roots   atomic.Pointer[parsedBundle] // this manager's bundle, parsed
+	extMu   sync.Mutex                   // guards ext
+	ext     *externalCA                  // client of the external CAs, when the cluster uses them
 	peers   *peerConns
 	seen    liveness
 	renewer *agent.Renewer
