@@ -25,4 +25,19 @@ if ! command -v cfssl >/dev/null 2>&1; then
 fi
 
 # -count=1: never answer from the test cache; a CA's tests must run.
-exec go test -count=1 -timeout 20m "$@" ./...
+go test -count=1 -timeout 20m "$@" ./...
+
+# The chaos suite needs a Docker engine: it runs a compose cluster per
+# scenario. Where `docker info` does not answer, say so plainly.
+if docker info >/dev/null 2>&1; then
+  echo "== chaos suite (integration/chaos: docker compose, 3 managers + 3 workers per scenario)"
+  QUORUMCA_CHAOS=1 go test -count=1 -timeout 30m -v ./integration/chaos/ 2>&1 \
+    | tee "${TMPDIR:-/tmp}/quorumca-chaos.log" | grep -E '^(--- |ok |FAIL|PASS)|SUMMARY' || true
+  if ! grep -q '^ok ' "${TMPDIR:-/tmp}/quorumca-chaos.log"; then
+    echo "chaos suite FAILED; full log: ${TMPDIR:-/tmp}/quorumca-chaos.log" >&2
+    tail -100 "${TMPDIR:-/tmp}/quorumca-chaos.log" >&2
+    exit 1
+  fi
+else
+  echo "== chaos suite SKIPPED: docker info does not answer (no Docker engine here)"
+fi
