@@ -489,6 +489,9 @@ func (m *Manager) serve() error {
 		if m.raft != nil {
 			m.raft.SetTLS(m.raftTLS())
 		}
+		if m.peers != nil {
+			m.peers.renewed()
+		}
 	})
 	m.gossip.Store(agent.StartGossip(agent.GossipConfig{
 		BindAddr:      m.node.GossipAddr,

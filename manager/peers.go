@@ -6,7 +6,9 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"slices"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -25,8 +27,11 @@ import (
 type peerConns struct {
 	creds *agent.Credentials
 
-	mu    sync.Mutex // guards conns
+	mu    sync.Mutex // guards conns and draining
 	conns map[string]*grpc.ClientConn
+	// draining are replaced connections left open for their calls in
+	// flight (see renewed).
+	draining []*grpc.ClientConn
 }
 
 func newPeerConns(creds *agent.Credentials) *peerConns {
@@ -63,6 +68,36 @@ func nameLeader(ctx context.Context, method string, req, reply any, cc *grpc.Cli
 	return err
 }
 
+// renewed drops the connections after this manager's certificate
+// changed: a TLS connection keeps the client certificate of its handshake,
+// and once a rotation completes the other managers refuse the old one.
+// New calls dial afresh; the old connections close after a grace, so that
+// calls in flight on them finish.
+func (p *peerConns) renewed() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.conns) == 0 {
+		return
+	}
+	old := p.conns
+	p.conns = map[string]*grpc.ClientConn{}
+	for _, c := range old {
+		p.draining = append(p.draining, c)
+	}
+	time.AfterFunc(peerDrainGrace, func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, c := range old {
+			c.Close()
+			p.draining = slices.DeleteFunc(p.draining, func(d *grpc.ClientConn) bool { return d == c })
+		}
+	})
+}
+
+// peerDrainGrace is how long a replaced peer connection stays open for
+// the calls in flight on it.
+const peerDrainGrace = 30 * time.Second
+
 func (p *peerConns) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -70,6 +105,10 @@ func (p *peerConns) close() {
 		c.Close()
 		delete(p.conns, a)
 	}
+	for _, c := range p.draining {
+		c.Close()
+	}
+	p.draining = nil
 }
 
 // serverCreds is the API's TLS: joining nodes come without a certificate,
