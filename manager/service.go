@@ -139,6 +139,9 @@ func (m *Manager) issue(ctx context.Context, c caller, req *api.IssueNodeCertifi
 	if err != nil {
 		return nil, err
 	}
+	// A node that just joined is alive: do not list it as down until
+	// its first heartbeat.
+	m.seen.mark(nodeID, now)
 	m.log.Info("node joined", "node_id", nodeID, "role", role, "serial", n.Cert.Serial, "from", c.addr)
 	return &api.IssueNodeCertificateResponse{
 		NodeId:      nodeID,
@@ -204,6 +207,7 @@ func (m *Manager) renew(ctx context.Context, c caller, req *api.RenewNodeCertifi
 	if err != nil {
 		return nil, err
 	}
+	m.seen.mark(node.ID, now)
 	m.log.Info("node renewed", "node_id", node.ID, "role", node.Role, "serial", n.Cert.Serial)
 	return &api.RenewNodeCertificateResponse{
 		Role:        string(node.Role),
