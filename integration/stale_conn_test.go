@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -40,12 +41,16 @@ func TestRotationRefusesOpenConnections(t *testing.T) {
 		conns[i] = conn
 	}
 	rc.waitRotation(rc.rotate(), false)
+	// Each manager takes the new bundle as it applies the completion.
 	for i, conn := range conns {
-		ctx, cancel := context.WithTimeout(t.Context(), waitFor)
-		_, err := api.NewCAClient(conn).Heartbeat(ctx, &api.HeartbeatRequest{})
-		cancel()
-		if code := status.Code(err); code != codes.PermissionDenied {
-			t.Errorf("manager %d (leader: %v): Heartbeat on a connection opened before the rotation = %v, want PermissionDenied", i, rc.m(i).IsLeader(), err)
-		}
+		eventually(t, waitFor, fmt.Sprintf("manager %d refuses the old connection", i), func() error {
+			ctx, cancel := context.WithTimeout(t.Context(), waitFor)
+			defer cancel()
+			_, err := api.NewCAClient(conn).Heartbeat(ctx, &api.HeartbeatRequest{})
+			if code := status.Code(err); code != codes.PermissionDenied {
+				return fmt.Errorf("manager %d (leader: %v): Heartbeat on a connection opened before the rotation = %v, want PermissionDenied", i, rc.m(i).IsLeader(), err)
+			}
+			return nil
+		})
 	}
 }
