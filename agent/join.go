@@ -9,11 +9,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/quorumca/quorumca/api"
@@ -48,17 +51,53 @@ type JoinResult struct {
 	Node        NodeConfig
 }
 
-// ErrJoinRefused is returned when the manager refused the join or served a
-// bundle the token does not pin.
+// ErrJoinRefused is returned when the manager refused the join, served a
+// bundle the token does not pin, or presented a certificate that bundle
+// does not vouch for as a manager's.
 var ErrJoinRefused = errors.New("agent: join refused")
 
-// Join admits this node to a cluster (DESIGN.md flow 2): parse the token,
-// fetch the root bundle without verification, check the digest of the whole
-// bundle against the token, reconnect verifying the manager against that
-// bundle, send a CSR with the token, and store key (0600), certificate and
-// bundle atomically, then node.json. Nothing is written unless the manager
-// issued a certificate that checks out.
+// Join admits this node to a cluster (DESIGN.md flow 2) and stores what it
+// was issued: key (0600), certificate and bundle atomically, then
+// node.json. Nothing is written unless the manager issued a certificate
+// that checks out (see Enroll).
 func Join(ctx context.Context, cfg JoinConfig) (JoinResult, error) {
+	if err := CheckFresh(cfg.DataDir); err != nil {
+		return JoinResult{}, err
+	}
+	e, err := Enroll(ctx, cfg)
+	if err != nil {
+		return JoinResult{}, err
+	}
+	creds, err := NewCredentials(cfg.DataDir, e.KeyPEM, e.CertPEM, e.Bundle)
+	if err != nil {
+		return JoinResult{}, err
+	}
+	nc := cfg.Node
+	nc.NodeID, nc.ClusterID, nc.Role, nc.Managers = e.Identity.NodeID, e.Identity.ClusterID, e.Identity.Role, e.Managers
+	if err := SaveNodeConfig(cfg.DataDir, nc); err != nil {
+		return JoinResult{}, err
+	}
+	return JoinResult{Credentials: creds, Node: nc}, nil
+}
+
+// Enrollment is what a cluster issued a joining node, checked.
+type Enrollment struct {
+	// KeyPEM is the node's new private key; CertPEM its certificate (and
+	// chain), Bundle the root bundle the token pins.
+	KeyPEM, CertPEM, Bundle []byte
+	Identity                ca.Identity
+	// Managers are the API addresses of the cluster's managers, or the
+	// one joined through when the answer named none.
+	Managers []string
+}
+
+// Enroll is the network half of a join, and writes nothing: parse the
+// token, connect and fetch the root bundle, check the digest of the whole
+// bundle against the token, check the manager's certificate against that
+// bundle, generate a key, send its CSR with the token over the same
+// connection, and check what comes back (chain to the bundle, our key, the
+// identity the answer names). cfg.DataDir is not used.
+func Enroll(ctx context.Context, cfg JoinConfig) (Enrollment, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
 	}
@@ -71,47 +110,60 @@ func Join(ctx context.Context, cfg JoinConfig) (JoinResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 
-	if err := CheckFresh(cfg.DataDir); err != nil {
-		return JoinResult{}, err
-	}
 	tok, err := ca.ParseToken(cfg.Token)
 	if err != nil {
-		return JoinResult{}, err
+		return Enrollment{}, err
 	}
 	if cfg.Remote == "" {
-		return JoinResult{}, errors.New("agent: no manager address to join through")
+		return Enrollment{}, errors.New("agent: no manager address to join through")
 	}
 
-	bundle, err := fetchBundleUnverified(ctx, cfg.Remote)
+	// One connection serves the whole join: it is opened before the bundle
+	// is known, so its server certificate is checked once the token has
+	// pinned the bundle, and before the token goes over it. It is the only
+	// connection: should it drop, the join fails rather than redial one
+	// that nobody checked.
+	conn, err := grpc.NewClient("passthrough:///"+cfg.Remote,
+		grpc.WithTransportCredentials(credentials.NewTLS(unverifiedTLS())),
+		grpc.WithContextDialer(singleDial(cfg.Remote)))
 	if err != nil {
-		return JoinResult{}, err
+		return Enrollment{}, fmt.Errorf("agent: connect to %s: %w", cfg.Remote, err)
 	}
+	defer conn.Close()
+	var server peer.Peer
+	got, err := api.NewCAClient(conn).GetRootBundle(ctx, &api.GetRootBundleRequest{}, grpc.Peer(&server))
+	if err != nil {
+		return Enrollment{}, fmt.Errorf("agent: fetch root bundle from %s: %w", cfg.Remote, err)
+	}
+	bundle := got.GetBundle()
 	if err := tok.VerifyBundle(bundle); err != nil {
-		return JoinResult{}, fmt.Errorf("%w: %w", ErrJoinRefused, err)
+		return Enrollment{}, fmt.Errorf("%w: %w", ErrJoinRefused, err)
 	}
 	roots, _, err := ca.ParseBundle(bundle)
 	if err != nil {
-		return JoinResult{}, fmt.Errorf("%w: manager served a bad bundle: %w", ErrJoinRefused, err)
+		return Enrollment{}, fmt.Errorf("%w: manager served a bad bundle: %w", ErrJoinRefused, err)
+	}
+	info, ok := server.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return Enrollment{}, fmt.Errorf("%w: %s answered without TLS", ErrJoinRefused, cfg.Remote)
+	}
+	if err := VerifyServer(info.State, roots, ManagerName); err != nil {
+		return Enrollment{}, fmt.Errorf("%w: %s is not a manager of the cluster the token names: %w", ErrJoinRefused, cfg.Remote, err)
 	}
 
 	key, err := ca.GenerateKey(cfg.Rand)
 	if err != nil {
-		return JoinResult{}, fmt.Errorf("agent: generate key: %w", err)
+		return Enrollment{}, fmt.Errorf("agent: generate key: %w", err)
 	}
 	keyPEM, err := ca.MarshalKey(key)
 	if err != nil {
-		return JoinResult{}, err
+		return Enrollment{}, err
 	}
 	csr, err := ca.NewCSR(cfg.Rand, key, "")
 	if err != nil {
-		return JoinResult{}, err
+		return Enrollment{}, err
 	}
 
-	conn, err := grpc.NewClient(cfg.Remote, grpc.WithTransportCredentials(credentials.NewTLS(BundleClientTLS(roots, ManagerName))))
-	if err != nil {
-		return JoinResult{}, fmt.Errorf("agent: connect to %s: %w", cfg.Remote, err)
-	}
-	defer conn.Close()
 	req := &api.IssueNodeCertificateRequest{Csr: csr, Token: tok.String(), Addr: cfg.Addr, RaftAddr: cfg.RaftAddr}
 	var resp *api.IssueNodeCertificateResponse
 	// A cluster whose external CAs do not answer says so: ask again until
@@ -123,55 +175,50 @@ func Join(ctx context.Context, cfg JoinConfig) (JoinResult, error) {
 			break
 		}
 		if st := status.Convert(err); st.Code() != codes.Unavailable || !api.IsExternalCADown(st.Message()) {
-			return JoinResult{}, fmt.Errorf("%w by %s: %w", ErrJoinRefused, cfg.Remote, err)
+			return Enrollment{}, fmt.Errorf("%w by %s: %w", ErrJoinRefused, cfg.Remote, err)
 		}
 		cfg.Logger.Warn("join: the cluster's external CA does not answer; retrying", "via", cfg.Remote, "in", wait, "err", status.Convert(err).Message())
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return JoinResult{}, fmt.Errorf("agent: join through %s gave up after %s: %w", cfg.Remote, cfg.Timeout, err)
+			return Enrollment{}, fmt.Errorf("agent: join through %s gave up after %s: %w", cfg.Remote, cfg.Timeout, err)
 		case <-t.C:
 		}
 	}
 
 	// Trust nothing the manager says about ourselves without checking it.
 	if !bytes.Equal(resp.GetBundle(), bundle) {
-		return JoinResult{}, fmt.Errorf("%w: the bundle changed during the join; try again", ErrJoinRefused)
+		return Enrollment{}, fmt.Errorf("%w: the bundle changed during the join; try again", ErrJoinRefused)
 	}
-	id, _, err := ca.VerifyPEM(resp.GetCertificate(), bundle, time.Now())
+	chain, err := ca.ParseCertificates(resp.GetCertificate())
 	if err != nil {
-		return JoinResult{}, fmt.Errorf("%w: issued certificate: %w", ErrJoinRefused, err)
+		return Enrollment{}, fmt.Errorf("%w: issued certificate: %w", ErrJoinRefused, err)
+	}
+	// roots are the bundle's, checked once above.
+	id, _, err := ca.Verify(chain, roots, time.Now())
+	if err != nil {
+		return Enrollment{}, fmt.Errorf("%w: issued certificate: %w", ErrJoinRefused, err)
 	}
 	if _, err := tls.X509KeyPair(resp.GetCertificate(), keyPEM); err != nil {
-		return JoinResult{}, fmt.Errorf("%w: issued certificate is not for our key: %w", ErrJoinRefused, err)
+		return Enrollment{}, fmt.Errorf("%w: issued certificate is not for our key: %w", ErrJoinRefused, err)
 	}
 	if id.NodeID != resp.GetNodeId() || string(id.Role) != resp.GetRole() || id.ClusterID != resp.GetClusterId() {
-		return JoinResult{}, fmt.Errorf("%w: certificate names %s/%s/%s, response %s/%s/%s", ErrJoinRefused, id.NodeID, id.Role, id.ClusterID, resp.GetNodeId(), resp.GetRole(), resp.GetClusterId())
-	}
-
-	creds, err := NewCredentials(cfg.DataDir, keyPEM, resp.GetCertificate(), bundle)
-	if err != nil {
-		return JoinResult{}, err
+		return Enrollment{}, fmt.Errorf("%w: certificate names %s/%s/%s, response %s/%s/%s", ErrJoinRefused, id.NodeID, id.Role, id.ClusterID, resp.GetNodeId(), resp.GetRole(), resp.GetClusterId())
 	}
 	managers := resp.GetManagers()
 	if len(managers) == 0 {
 		managers = []string{cfg.Remote}
 	}
-	nc := cfg.Node
-	nc.NodeID, nc.ClusterID, nc.Role, nc.Managers = id.NodeID, id.ClusterID, id.Role, managers
-	if err := SaveNodeConfig(cfg.DataDir, nc); err != nil {
-		return JoinResult{}, err
-	}
 	cfg.Logger.Info("joined cluster", "node_id", id.NodeID, "role", id.Role, "cluster_id", id.ClusterID, "via", cfg.Remote)
-	return JoinResult{Credentials: creds, Node: nc}, nil
+	return Enrollment{KeyPEM: keyPEM, CertPEM: resp.GetCertificate(), Bundle: bundle, Identity: id, Managers: managers}, nil
 }
 
 // fetchBundleUnverified asks a manager for its root bundle without
-// verifying the manager: the bundle is checked against the token next.
+// verifying the manager. The caller must judge the answer by something
+// else (a node left behind by a rotation only compares it with its own).
 func fetchBundleUnverified(ctx context.Context, remote string) ([]byte, error) {
-	insecure := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: true} // checked by the token's digest
-	conn, err := grpc.NewClient(remote, grpc.WithTransportCredentials(credentials.NewTLS(insecure)))
+	conn, err := grpc.NewClient(remote, grpc.WithTransportCredentials(credentials.NewTLS(unverifiedTLS())))
 	if err != nil {
 		return nil, fmt.Errorf("agent: connect to %s: %w", remote, err)
 	}
@@ -181,4 +228,24 @@ func fetchBundleUnverified(ctx context.Context, remote string) ([]byte, error) {
 		return nil, fmt.Errorf("agent: fetch root bundle from %s: %w", remote, err)
 	}
 	return resp.GetBundle(), nil
+}
+
+// unverifiedTLS is the configuration of a connection made before the
+// bundle is known: the server's certificate is checked afterwards, against
+// the bundle the token pins.
+func unverifiedTLS() *tls.Config {
+	return &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: true}
+}
+
+// singleDial returns a gRPC dialer that connects to addr once, and fails
+// any reconnection.
+func singleDial(addr string) func(context.Context, string) (net.Conn, error) {
+	var dialed atomic.Bool
+	return func(ctx context.Context, _ string) (net.Conn, error) {
+		if dialed.Swap(true) {
+			return nil, fmt.Errorf("agent: the connection to %s was lost during the join; join again", addr)
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}
 }
