@@ -114,7 +114,7 @@ func applyInit(s *State, at time.Time, in *Init) (*State, error) {
 		ManagerSecret: in.ManagerSecret,
 		GossipKey:     in.GossipKey,
 		External:      in.External,
-		Nodes:         map[string]Node{m.ID: m},
+		Nodes:         NewNodeMap(m),
 	}, nil
 }
 
@@ -141,7 +141,7 @@ func applyIssue(s *State, at time.Time, in *Issue) (*State, error) {
 	if s.IsRemoved(n.ID) {
 		return nil, fmt.Errorf("%w: %s", ErrRemoved, n.ID)
 	}
-	old, exists := s.Nodes[n.ID]
+	old, exists := s.Nodes.Get(n.ID)
 	next := s.clone()
 	if in.Join {
 		if exists {
@@ -181,12 +181,12 @@ func applyIssue(s *State, at time.Time, in *Issue) (*State, error) {
 	if n.Cert.NotAfter.After(n.CertsValidUntil) {
 		n.CertsValidUntil = n.Cert.NotAfter
 	}
-	next.Nodes[n.ID] = n
+	next.Nodes = next.Nodes.With(n)
 	return next, nil
 }
 
 func applySetRole(s *State, in *SetRole) (*State, error) {
-	n, ok := s.Nodes[in.NodeID]
+	n, ok := s.Nodes.Get(in.NodeID)
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, in.NodeID)
 	}
@@ -204,12 +204,12 @@ func applySetRole(s *State, in *SetRole) (*State, error) {
 		n.RaftAddr = ""
 	}
 	next := s.clone()
-	next.Nodes[n.ID] = n
+	next.Nodes = next.Nodes.With(n)
 	return next, nil
 }
 
 func applyRemoveNode(s *State, in *RemoveNode) (*State, error) {
-	n, ok := s.Nodes[in.NodeID]
+	n, ok := s.Nodes.Get(in.NodeID)
 	if !ok {
 		if s.IsRemoved(in.NodeID) {
 			return nil, fmt.Errorf("%w: %s", ErrRemoved, in.NodeID)
@@ -220,7 +220,7 @@ func applyRemoveNode(s *State, in *RemoveNode) (*State, error) {
 		return nil, fmt.Errorf("%w: %s", ErrLastManager, n.ID)
 	}
 	next := s.clone()
-	delete(next.Nodes, n.ID)
+	next.Nodes = next.Nodes.Without(n.ID)
 	next.cloneRemoved()
 	until := n.CertsValidUntil
 	if n.Cert.NotAfter.After(until) {
@@ -365,7 +365,7 @@ func applyRotateSecret(s *State, in *RotateSecret) (*State, error) {
 }
 
 func applySetAddrs(s *State, in *SetAddrs) (*State, error) {
-	n, ok := s.Nodes[in.NodeID]
+	n, ok := s.Nodes.Get(in.NodeID)
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownNode, in.NodeID)
 	}
@@ -377,7 +377,7 @@ func applySetAddrs(s *State, in *SetAddrs) (*State, error) {
 	}
 	n.Addr, n.RaftAddr = in.Addr, in.RaftAddr
 	next := s.clone()
-	next.Nodes[n.ID] = n
+	next.Nodes = next.Nodes.With(n)
 	return next, nil
 }
 
@@ -432,7 +432,7 @@ func applyCompleteRotation(s *State, at time.Time, in *CompleteRotation) (*State
 	}
 	skipped := make([]string, 0, len(in.Skipped))
 	for _, id := range in.Skipped {
-		if _, ok := s.Nodes[id]; ok && !slices.Contains(skipped, id) {
+		if _, ok := s.Nodes.Get(id); ok && !slices.Contains(skipped, id) {
 			skipped = append(skipped, id)
 		}
 	}

@@ -125,10 +125,10 @@ func applyCases(w *world) []applyCase {
 			if s.CertExpiry != f.expiry || s.WorkerSecret != f.workerSecret || s.ManagerSecret != f.managerSecret {
 				t.Errorf("CertExpiry, secrets = %s, %q, %q, want %s, %q, %q", s.CertExpiry, s.WorkerSecret, s.ManagerSecret, f.expiry, f.workerSecret, f.managerSecret)
 			}
-			if got := s.Managers(); len(got) != 1 || got[0].ID != f.managerID || len(s.Nodes) != 1 {
+			if got := s.Managers(); len(got) != 1 || got[0].ID != f.managerID || s.Nodes.Len() != 1 {
 				t.Fatalf("Managers() = %v, want only %s", got, f.managerID)
 			}
-			m := s.Nodes[f.managerID]
+			m := nodeOf(s, f.managerID)
 			if !m.JoinedAt.Equal(t0) {
 				t.Errorf("first manager JoinedAt = %v, want %v", m.JoinedAt, t0)
 			}
@@ -183,8 +183,8 @@ func applyCases(w *world) []applyCase {
 			if !n.CertsValidUntil.Equal(want.NotAfter) {
 				t.Errorf("joined node CertsValidUntil = %v, want %v", n.CertsValidUntil, want.NotAfter)
 			}
-			if len(after.Nodes) != len(before.Nodes)+1 {
-				t.Errorf("len(Nodes) = %d, want %d", len(after.Nodes), len(before.Nodes)+1)
+			if after.Nodes.Len() != before.Nodes.Len()+1 {
+				t.Errorf("len(Nodes) = %d, want %d", after.Nodes.Len(), before.Nodes.Len()+1)
 			}
 		}
 	}
@@ -246,7 +246,7 @@ func applyCases(w *world) []applyCase {
 	withAddr.Issue.Node.Addr = "10.9.9.9:2377"
 	add(
 		applyCase{name: "renew/worker", cmd: f.renew(idW, ca.RoleWorker, now, f.expiry), check: func(t *testing.T, before, after *fsm.State) {
-			old, n := before.Nodes[idW], after.Nodes[idW]
+			old, n := nodeOf(before, idW), nodeOf(after, idW)
 			want := f.cert(now, f.expiry)
 			want.IssuedAt = now
 			if d := diff(n.Cert, want); d != "" {
@@ -260,7 +260,7 @@ func applyCases(w *world) []applyCase {
 			}
 		}},
 		applyCase{name: "renew/shorter certificate keeps CertsValidUntil", cmd: f.renew(idW, ca.RoleWorker, now, time.Hour), check: nodeCheck(idW, func(t *testing.T, n fsm.Node) {
-			if want := w.base.Nodes[idW].CertsValidUntil; !n.CertsValidUntil.Equal(want) {
+			if want := nodeOf(w.base, idW).CertsValidUntil; !n.CertsValidUntil.Equal(want) {
 				t.Errorf("CertsValidUntil = %v, want the earlier, longer %v", n.CertsValidUntil, want)
 			}
 			if want := now.Add(time.Hour); !n.Cert.NotAfter.Equal(want) {
@@ -314,7 +314,7 @@ func applyCases(w *world) []applyCase {
 	}
 	add(
 		applyCase{name: "set role/promote worker", cmd: setRole(idW, ca.RoleManager), check: func(t *testing.T, before, after *fsm.State) {
-			if got := after.Nodes[idW].Role; got != ca.RoleManager {
+			if got := nodeOf(after, idW).Role; got != ca.RoleManager {
 				t.Errorf("Role = %s, want %s", got, ca.RoleManager)
 			}
 			if got, want := len(after.Managers()), len(before.Managers())+1; got != want {
@@ -348,7 +348,7 @@ func applyCases(w *world) []applyCase {
 			if !after.IsRemoved(id) {
 				t.Fatalf("IsRemoved(%s) = false, want true", id)
 			}
-			if got, want := after.Removed[id], before.Nodes[id].CertsValidUntil; !got.Equal(want) {
+			if got, want := after.Removed[id], nodeOf(before, id).CertsValidUntil; !got.Equal(want) {
 				t.Errorf("Removed[%s] = %v, want its CertsValidUntil %v", id, got, want)
 			}
 			if got, want := len(after.Removed), len(before.Removed)+1; got != want {
@@ -501,14 +501,14 @@ func TestApplyDoesNotChangeItsInput(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			before := w.before(t, tt)
 			saved := snapshot(t, before)
-			nodes, removed, tokens := len(before.Nodes), len(before.Removed), len(before.Tokens)
+			nodes, removed, tokens := before.Nodes.Len(), len(before.Removed), len(before.Tokens)
 			fsm.Apply(before, before.Index+1, tt.cmd)
 			if d := diff(before, saved); d != "" {
 				t.Errorf("Apply(%s) changed its input state:\n%s", describe(tt.cmd), d)
 			}
-			if len(before.Nodes) != nodes || len(before.Removed) != removed || len(before.Tokens) != tokens {
+			if before.Nodes.Len() != nodes || len(before.Removed) != removed || len(before.Tokens) != tokens {
 				t.Errorf("Apply(%s) input map sizes = %d, %d, %d, want %d, %d, %d", describe(tt.cmd),
-					len(before.Nodes), len(before.Removed), len(before.Tokens), nodes, removed, tokens)
+					before.Nodes.Len(), len(before.Removed), len(before.Tokens), nodes, removed, tokens)
 			}
 		})
 	}

@@ -235,7 +235,20 @@ type differ struct{ lines []string }
 
 const maxDiffLines = 20
 
-var timeType = reflect.TypeFor[time.Time]()
+var (
+	timeType    = reflect.TypeFor[time.Time]()
+	nodeMapType = reflect.TypeFor[fsm.NodeMap]()
+)
+
+// plainNodes turns a NodeMap value into a plain map, which the differ
+// compares entry by entry.
+func plainNodes(v reflect.Value) reflect.Value {
+	all := map[string]fsm.Node{}
+	for id, n := range v.Interface().(fsm.NodeMap).All() {
+		all[id] = n
+	}
+	return reflect.ValueOf(all)
+}
 
 func (d *differ) report(path string, got, want any) {
 	if len(d.lines) < maxDiffLines {
@@ -261,6 +274,9 @@ func equal(got, want reflect.Value) bool {
 	}
 	if got.Type() == timeType {
 		return timeOf(got).Equal(timeOf(want))
+	}
+	if got.Type() == nodeMapType {
+		return equal(plainNodes(got), plainNodes(want))
 	}
 	switch got.Kind() {
 	case reflect.Pointer, reflect.Interface:
@@ -325,6 +341,10 @@ func (d *differ) walk(path string, got, want reflect.Value) {
 	}
 	if got.Type() != want.Type() {
 		d.report(path, got.Type(), want.Type())
+		return
+	}
+	if got.Type() == nodeMapType {
+		d.walk(path, plainNodes(got), plainNodes(want))
 		return
 	}
 	if got.Type() == timeType {
@@ -436,7 +456,7 @@ func TestDiff(t *testing.T) {
 		got, want any
 		equal     bool
 	}{
-		{"same state", &fsm.State{Index: 1, Nodes: map[string]fsm.Node{"a": {ID: "a"}}}, &fsm.State{Index: 1, Nodes: map[string]fsm.Node{"a": {ID: "a"}}}, true},
+		{"same state", &fsm.State{Index: 1, Nodes: fsm.NewNodeMap(fsm.Node{ID: "a"})}, &fsm.State{Index: 1, Nodes: fsm.NewNodeMap(fsm.Node{ID: "a"})}, true},
 		{"nil and empty maps", &fsm.State{Removed: map[string]time.Time{}}, &fsm.State{}, true},
 		{"same instant in two zones", at, at.In(time.FixedZone("x", 3600)), true},
 		{"index", &fsm.State{Index: 1}, &fsm.State{Index: 2}, false},
@@ -454,4 +474,10 @@ func TestDiff(t *testing.T) {
 			}
 		})
 	}
+}
+
+// nodeOf returns node id of s, or the zero Node when s holds none.
+func nodeOf(s *fsm.State, id string) fsm.Node {
+	n, _ := s.Nodes.Get(id)
+	return n
 }

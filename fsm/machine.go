@@ -97,8 +97,5 @@ func ReadState(r io.Reader) (*State, error) {
 	if err := json.NewDecoder(r).Decode(&s); err != nil {
 		return nil, fmt.Errorf("fsm: decode snapshot: %w", err)
 	}
-	if s.Nodes == nil {
-		s.Nodes = map[string]Node{}
-	}
 	return &s, nil
 }

@@ -162,11 +162,14 @@ func TestMachineSnapshotRestore(t *testing.T) {
 	}
 }
 
-// TestReadStateEmpty: a snapshot of the empty state restores to a state
-// with a usable Nodes map.
+// TestReadStateEmpty: a snapshot of the empty state restores to an
+// uninitialized state with a usable, empty Nodes map.
 func TestReadStateEmpty(t *testing.T) {
 	s := snapshot(t, &fsm.State{})
-	if s.Nodes == nil || s.Initialized() {
-		t.Errorf("ReadState(empty) = %+v, want uninitialized with a non-nil Nodes map", s)
+	if s.Nodes.Len() != 0 || s.Initialized() {
+		t.Errorf("ReadState(empty) = %+v, want uninitialized with no nodes", s)
+	}
+	if got := s.Nodes.With(fsm.Node{ID: "a"}); got.Len() != 1 || s.Nodes.Len() != 0 {
+		t.Errorf("Nodes.With on a restored empty state: %d nodes, original %d; want 1 and 0", got.Len(), s.Nodes.Len())
 	}
 }

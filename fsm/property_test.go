@@ -214,7 +214,7 @@ func checkInvariants(t testing.TB, s *fsm.State) {
 	if len(s.Managers()) == 0 {
 		t.Fatalf("state at %d has no manager", s.Index)
 	}
-	for id, n := range s.Nodes {
+	for id, n := range s.Nodes.All() {
 		if n.ID != id || (n.Role != ca.RoleManager && n.Role != ca.RoleWorker) {
 			t.Fatalf("state at %d: Nodes[%s] = %+v, want its own ID and a node role", s.Index, id, n)
 		}

@@ -62,7 +62,7 @@ func TestRemovedUntilLatestCertificate(t *testing.T) {
 				f.join(idM2, ca.RoleManager, f.managerSecret, t0),
 				f.join(idW, ca.RoleWorker, f.workerSecret, joinedAt))
 			s = apply(t, s, tt.cmds...)
-			if got := s.Nodes[tt.nodeID].CertsValidUntil; !got.Equal(tt.until) {
+			if got := nodeOf(s, tt.nodeID).CertsValidUntil; !got.Equal(tt.until) {
 				t.Errorf("CertsValidUntil of %s = %v, want %v", tt.nodeID, got, tt.until)
 			}
 			removedAt := t0.Add(3 * time.Hour)
@@ -98,7 +98,7 @@ func TestPrune(t *testing.T) {
 	base := &fsm.State{
 		Index:     3,
 		ClusterID: "cluster",
-		Nodes:     map[string]fsm.Node{"m": {ID: "m", Role: ca.RoleManager}},
+		Nodes:     fsm.NewNodeMap(fsm.Node{ID: "m", Role: ca.RoleManager}),
 		Removed: map[string]time.Time{
 			"early": t0.Add(time.Hour),
 			"late":  t0.Add(3 * time.Hour),
@@ -209,8 +209,8 @@ func TestRemovedStaysBounded(t *testing.T) {
 			t.Fatalf("cycle %d: len(Removed) = %d, want %d: a removal whose certificate is still valid was dropped", i, len(s.Removed), window)
 		}
 		most = max(most, len(s.Removed))
-		if len(s.Nodes) != 1 {
-			t.Fatalf("cycle %d: len(Nodes) = %d, want only the first manager", i, len(s.Nodes))
+		if s.Nodes.Len() != 1 {
+			t.Fatalf("cycle %d: len(Nodes) = %d, want only the first manager", i, s.Nodes.Len())
 		}
 	}
 	// With steps of 2.5 minutes on average, an hour's window holds a few

@@ -492,7 +492,7 @@ func (w *rotWorld) completed(skipped ...string) func(t *testing.T, before, after
 		if d := diff(after, want); d != "" {
 			t.Errorf("CompleteRotation changed more than it should:\n%s", d)
 		}
-		for _, n := range after.Nodes {
+		for _, n := range after.Nodes.All() {
 			if got, want := after.WasSkipped(n.ID), slices.Contains(skipped, n.ID); got != want {
 				t.Errorf("WasSkipped(%s) = %v, want %v", n.ID, got, want)
 			}
@@ -1189,7 +1189,7 @@ func checkCompletion(t *testing.T, before, after *fsm.State, c fsm.Command) {
 	in := c.CompleteRotation
 	var want []string
 	for _, id := range in.Skipped {
-		if _, ok := before.Nodes[id]; ok && !slices.Contains(want, id) {
+		if _, ok := before.Nodes.Get(id); ok && !slices.Contains(want, id) {
 			want = append(want, id)
 		}
 	}

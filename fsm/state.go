@@ -10,6 +10,7 @@ package fsm
 import (
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
@@ -38,7 +39,7 @@ type State struct {
 	WorkerSecret  string `json:"worker_secret"`
 	ManagerSecret string `json:"manager_secret"`
 	// Nodes holds every member of the cluster by node ID.
-	Nodes map[string]Node `json:"nodes"`
+	Nodes NodeMap `json:"nodes"`
 	// Removed holds the nodes removed from the cluster whose certificates
 	// have not all expired yet, by node ID, with the time the last of them
 	// expires: every manager refuses their certificates until then. Prune
@@ -182,14 +183,13 @@ func (s *State) Initialized() bool { return s != nil && s.ClusterID != "" }
 
 // Node returns the node with the given ID.
 func (s *State) Node(id string) (Node, bool) {
-	n, ok := s.Nodes[id]
-	return n, ok
+	return s.Nodes.Get(id)
 }
 
 // SortedNodes returns the nodes ordered by role (managers first), then ID.
 func (s *State) SortedNodes() []Node {
-	out := make([]Node, 0, len(s.Nodes))
-	for _, n := range s.Nodes {
+	out := make([]Node, 0, s.Nodes.Len())
+	for _, n := range s.Nodes.All() {
 		out = append(out, n)
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -201,14 +201,14 @@ func (s *State) SortedNodes() []Node {
 	return out
 }
 
-// Managers returns the manager nodes, ordered by ID.
+// Managers returns the manager nodes, ordered by ID. It looks at them
+// only: it is on the path of every join and renewal.
 func (s *State) Managers() []Node {
 	var out []Node
-	for _, n := range s.SortedNodes() {
-		if n.Role == ca.RoleManager {
-			out = append(out, n)
-		}
+	for n := range s.Nodes.Managers() {
+		out = append(out, n)
 	}
+	slices.SortFunc(out, func(a, b Node) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 
@@ -226,15 +226,12 @@ func (s *State) Token(role ca.Role) (ca.Token, error) {
 	return ca.NewToken(s.CA.Bundle, s.Secret(role))
 }
 
-// clone returns a shallow copy of s with its own Nodes map, for Apply to
-// change. The Removed and Tokens maps are shared: use cloneRemoved and
-// cloneTokens before changing them.
+// clone returns a shallow copy of s for Apply to change. Its maps are
+// shared: Nodes is changed through With and Without, which copy, and
+// Removed and Tokens must be copied with cloneRemoved and cloneTokens
+// before they change.
 func (s *State) clone() *State {
 	c := *s
-	c.Nodes = make(map[string]Node, len(s.Nodes)+1)
-	for k, v := range s.Nodes {
-		c.Nodes[k] = v
-	}
 	return &c
 }
 

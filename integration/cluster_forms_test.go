@@ -415,7 +415,7 @@ func TestRestartFromDataDir(t *testing.T) {
 
 	m := c.m(0)
 	before := m.State()
-	if len(before.Nodes) != 3 {
+	if before.Nodes.Len() != 3 {
 		t.Fatalf("State().Nodes = %v, want 3", nodeIDs(before))
 	}
 	wantState := stateJSON(t, before)

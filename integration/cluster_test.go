@@ -368,8 +368,8 @@ func (c *cluster) waitVoters(want int) {
 
 // nodeIDs returns the sorted node IDs of a state.
 func nodeIDs(st *fsm.State) []string {
-	ids := make([]string, 0, len(st.Nodes))
-	for id := range st.Nodes {
+	ids := make([]string, 0, st.Nodes.Len())
+	for id := range st.Nodes.All() {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)

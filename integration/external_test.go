@@ -417,7 +417,7 @@ func extUpdate(t *testing.T, rc *rotationCluster, cas ...fsm.ExternalCA) error {
 func TestExternalCAUnavailable(t *testing.T) {
 	cf := startCFSSL(t, cfsslOptions{})
 	rc := extCluster(t, 1, 0, nil, extCAs(cf)...)
-	nodes := func() int { return len(rc.m(0).State().Nodes) }
+	nodes := func() int { return rc.m(0).State().Nodes.Len() }
 	before := nodes()
 
 	t.Run("down", func(t *testing.T) {
@@ -652,12 +652,12 @@ func TestExternalCAForgedCSR(t *testing.T) {
 		t.Errorf("certificate DNS names %v, want the cluster's", leaf.DNSNames)
 	}
 
-	before := len(rc.m(0).State().Nodes)
+	before := rc.m(0).State().Nodes.Len()
 	_, err = issue(pkix.Name{CommonName: "x", Country: []string{"XX"}, Locality: []string{"Nowhere"}})
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "CN, O and OU") {
 		t.Fatalf("IssueNodeCertificate(CSR with C and L) = %v, want InvalidArgument", err)
 	}
-	if got := len(rc.m(0).State().Nodes); got != before {
+	if got := rc.m(0).State().Nodes.Len(); got != before {
 		t.Fatalf("a refused join changed the node count from %d to %d", before, got)
 	}
 }

@@ -1088,7 +1088,7 @@ func TestRotationIgnoresForgedGossip(t *testing.T) {
 	rc.rotate()
 	rc.waitConvergedExcept(heldID)
 	st := rc.m(rc.leader()).State()
-	total := uint32(len(st.Nodes))
+	total := uint32(st.Nodes.Len())
 	newMeta := membership.Meta{
 		Role:   ca.RoleWorker,
 		Serial: "deadbeef", // never issued: serials are random 128-bit numbers
@@ -1153,7 +1153,7 @@ func TestRotationStatusAndNodeLs(t *testing.T) {
 	heldID := held.Node.NodeID
 	rc.rotate()
 	rc.waitConvergedExcept(heldID)
-	total := uint32(len(rc.m(rc.leader()).State().Nodes))
+	total := uint32(rc.m(rc.leader()).State().Nodes.Len())
 	for _, i := range rc.running() {
 		eventually(t, waitFor, fmt.Sprintf("manager %d's Status shows the rotation", i), func() error {
 			st, err := rc.status(i)

@@ -324,7 +324,7 @@ func (s *service) RotateCA(ctx context.Context, req *api.RotateCARequest) (*api.
 		if err != nil {
 			return nil, toStatus(err)
 		}
-		m.log.Info("root rotation started", "new_root", fingerprint(next.Bundle), "nodes", len(after.Nodes), "external_cas", len(external), "by", c.addr)
+		m.log.Info("root rotation started", "new_root", fingerprint(next.Bundle), "nodes", after.Nodes.Len(), "external_cas", len(external), "by", c.addr)
 		m.kickRotation()
 		return &api.RotateCAResponse{Rotation: m.viewRotation(after, m.cfg.Now(), false).info}, nil
 	})

@@ -230,7 +230,7 @@ func (s *service) Status(ctx context.Context, _ *api.StatusRequest) (*api.Status
 		Role:              string(ca.RoleManager),
 		LeaderId:          leaderID,
 		RootFingerprint:   fingerprint(m.creds.Bundle()),
-		Nodes:             uint32(len(st.Nodes)),
+		Nodes:             uint32(st.Nodes.Len()),
 		CertExpirySeconds: int64(st.CertExpiry / time.Second),
 	}
 	if st.Initialized() {
