@@ -9,8 +9,8 @@ import (
 )
 
 // nodeShards is how many parts a NodeMap is split into. An update copies
-// one part: about 1/64 of the nodes.
-const nodeShards = 64
+// one part, about 1/256 of the nodes (8 at 2,000), and the array of parts.
+const nodeShards = 256
 
 // NodeMap holds the cluster's nodes by ID. It is a value that is never
 // changed in place: With and Without return a new map that shares all but
