@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/manager"
+)
+
+// cluster is a real cluster of managers in this process: real Raft on bolt
+// stores (fsynced) under dir, mutual TLS on 127.0.0.1, real memberlist,
+// the product's default timings.
+type cluster struct {
+	dir         string
+	log         *slog.Logger
+	managers    []*manager.Manager
+	control     []*grpc.ClientConn
+	workerToken string
+}
+
+// startCluster inits one manager and joins size-1 more through it.
+func startCluster(ctx context.Context, dir string, size int, log *slog.Logger) (_ *cluster, err error) {
+	c := &cluster{dir: dir, log: log}
+	defer func() {
+		if err != nil {
+			c.stop()
+		}
+	}()
+	m, err := manager.Init(ctx, c.config("m0"), manager.InitOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("init the first manager: %w", err)
+	}
+	if err := c.add(m); err != nil {
+		return nil, err
+	}
+	managerToken, err := c.token(ctx, "manager")
+	if err != nil {
+		return nil, err
+	}
+	if c.workerToken, err = c.token(ctx, "worker"); err != nil {
+		return nil, err
+	}
+	for i := 1; i < size; i++ {
+		m, w, err := manager.Join(ctx, c.config(fmt.Sprintf("m%d", i)), managerToken, c.managers[0].Addr())
+		if err != nil {
+			return nil, fmt.Errorf("join manager %d: %w", i, err)
+		}
+		if m == nil {
+			w.Stop()
+			return nil, errors.New("a manager token made a worker")
+		}
+		if err := c.add(m); err != nil {
+			return nil, err
+		}
+	}
+	return c, c.waitVoters(ctx, size)
+}
+
+// config is a node configuration with its own data directory and
+// ephemeral loopback ports.
+func (c *cluster) config(name string) manager.Config {
+	return manager.Config{
+		DataDir:        filepath.Join(c.dir, name),
+		ListenAddr:     "127.0.0.1:0",
+		RaftListenAddr: "127.0.0.1:0",
+		GossipAddr:     "127.0.0.1:0",
+		SocketPath:     filepath.Join(c.dir, name+".sock"),
+		Logger:         c.log,
+	}
+}
+
+func (c *cluster) add(m *manager.Manager) error {
+	conn, err := grpc.NewClient("unix://"+m.SocketPath(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		m.Stop()
+		return err
+	}
+	c.managers = append(c.managers, m)
+	c.control = append(c.control, conn)
+	return nil
+}
+
+func (c *cluster) token(ctx context.Context, role string) (string, error) {
+	resp, err := api.NewControlClient(c.control[0]).JoinToken(ctx, &api.JoinTokenRequest{Role: role})
+	if err != nil {
+		return "", fmt.Errorf("%s join token: %w", role, err)
+	}
+	return resp.GetToken(), nil
+}
+
+// waitVoters waits until every manager counts size voters and knows the
+// leader.
+func (c *cluster) waitVoters(ctx context.Context, size int) error {
+	return poll(ctx, time.Minute, func() error {
+		for i, conn := range c.control {
+			st, err := api.NewControlClient(conn).Status(ctx, &api.StatusRequest{})
+			if err != nil {
+				return fmt.Errorf("manager %d: %w", i, err)
+			}
+			voters := 0
+			for _, m := range st.GetManagers() {
+				if m.GetVoter() {
+					voters++
+				}
+			}
+			if voters != size || st.GetLeaderAddr() == "" {
+				return fmt.Errorf("manager %d sees %d voters and leader %q", i, voters, st.GetLeaderAddr())
+			}
+		}
+		return nil
+	})
+}
+
+// leader returns the index of the leader.
+func (c *cluster) leader() int {
+	for i, m := range c.managers {
+		if m.IsLeader() {
+			return i
+		}
+	}
+	return -1
+}
+
+// addrs are the managers' API addresses.
+func (c *cluster) addrs() []string {
+	var out []string
+	for _, m := range c.managers {
+		out = append(out, m.Addr())
+	}
+	return out
+}
+
+func (c *cluster) stop() {
+	for _, conn := range c.control {
+		conn.Close()
+	}
+	for _, m := range c.managers {
+		if err := m.Stop(); err != nil {
+			c.log.Warn("stop manager", "err", err)
+		}
+	}
+}
+
+// poll calls cond every 20ms until it returns nil, ctx ends or bound
+// passes; it returns cond's last error then.
+func poll(ctx context.Context, bound time.Duration, cond func() error) error {
+	deadline := time.Now().Add(bound)
+	for {
+		err := cond()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not within %s: %w", bound, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", ctx.Err(), err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// workDir makes the directory a run keeps its data in, on the disk under
+// parent (the system's temp dir by default): the bolt stores fsync there.
+func workDir(parent string) (string, error) {
+	return os.MkdirTemp(parent, "qcbench-")
+}

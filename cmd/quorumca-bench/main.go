@@ -1,0 +1,242 @@
+// Command quorumca-bench measures how fast a real quorumca cluster joins,
+// renews and rotates, beside ceilings measured in the same run: a real
+// 3-manager cluster (Raft on fsynced bolt stores, gRPC over mutual TLS,
+// memberlist) runs in this process on 127.0.0.1, driven by simulated nodes
+// that do everything a node does but keep their credentials in memory
+// (join, renew), or by real agent daemons (rotate).
+//
+//	quorumca-bench all                       # the three, at the default sizes
+//	quorumca-bench join -n 2000 -c 64 --cpuprofile join.prof
+//	quorumca-bench --json rotate --agents 500
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+type options struct {
+	json       bool
+	cpuprofile string
+	memprofile string
+	dir        string
+	keep       bool
+	logFile    string
+	n, c       int
+	agents     int
+}
+
+func main() {
+	if err := newRoot().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "quorumca-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func newRoot() *cobra.Command {
+	var o options
+	root := &cobra.Command{
+		Use:           "quorumca-bench",
+		Short:         "Benchmark a real quorumca cluster against ceilings measured in the same run",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	pf := root.PersistentFlags()
+	pf.BoolVar(&o.json, "json", false, "print the results as JSON instead of a table")
+	pf.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of each benchmark's cluster run to this path, with -join, -renew or -rotate before its extension")
+	pf.StringVar(&o.memprofile, "memprofile", "", "write a heap profile of the idle agents (rotate) to this file")
+	pf.StringVar(&o.dir, "dir", "", "parent of the run's data directory (default: the system's temp dir; it must be on a real disk, the Raft stores fsync)")
+	pf.BoolVar(&o.keep, "keep", false, "keep the data directory")
+	pf.StringVar(&o.logFile, "log", "", "append the managers' logs to this file (default: formatted, then discarded)")
+
+	sizes := func(cmd *cobra.Command, n bool) {
+		if n {
+			cmd.Flags().IntVarP(&o.n, "nodes", "n", 2000, "number of joins (and renewals)")
+			cmd.Flags().IntVarP(&o.c, "concurrency", "c", 64, "concurrent joiners (and renewers)")
+		}
+	}
+	join := &cobra.Command{
+		Use:   "join",
+		Short: "N joins by C concurrent joiners, and the same joins without Raft",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return o.run(cmd, true, false, false) },
+	}
+	sizes(join, true)
+	renew := &cobra.Command{
+		Use:   "renew",
+		Short: "N renewals over established connections, and the sign-only ceiling",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return o.run(cmd, false, true, false) },
+	}
+	sizes(renew, true)
+	rotate := &cobra.Command{
+		Use:   "rotate",
+		Short: "a root rotation with A real agents: completion, convergence, memory per idle agent",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return o.run(cmd, false, false, true) },
+	}
+	rotate.Flags().IntVar(&o.agents, "agents", 500, "number of agent daemons")
+	all := &cobra.Command{
+		Use:   "all",
+		Short: "join, renew and rotate",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return o.run(cmd, true, true, true) },
+	}
+	sizes(all, true)
+	all.Flags().IntVar(&o.agents, "agents", 500, "number of agent daemons")
+	root.AddCommand(join, renew, rotate, all)
+	return root
+}
+
+func (o *options) run(cmd *cobra.Command, join, renew, rotate bool) (err error) {
+	if (join || renew) && (o.n < 1 || o.c < 1) {
+		return fmt.Errorf("-n and -c must be at least 1")
+	}
+	if rotate && o.agents < 1 {
+		return fmt.Errorf("--agents must be at least 1")
+	}
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log, closeLog, err := o.logger()
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	dir, err := workDir(o.dir)
+	if err != nil {
+		return err
+	}
+	if !o.keep {
+		defer os.RemoveAll(dir)
+	}
+	cpuProfile, memProfile = o.cpuprofile, o.memprofile
+
+	var results []Result
+	if join || renew {
+		note("starting 3 managers in %s", dir)
+		cl, err := startCluster(ctx, dir+"/joins", 3, log)
+		if err != nil {
+			return err
+		}
+		defer cl.stop()
+		var nodes []joined
+		if join {
+			note("join: %d joins, %d at a time, then the ceiling", o.n, o.c)
+			r, js, err := benchJoin(ctx, cl, o.n, o.c)
+			if err != nil {
+				return err
+			}
+			results, nodes = append(results, r), js
+		} else {
+			note("renew: joining %d nodes first", o.n)
+			if nodes, err = joinAll(ctx, cl, o.n, o.c); err != nil {
+				return err
+			}
+		}
+		if renew {
+			note("renew: %d renewals, %d at a time, then the ceiling", len(nodes), o.c)
+			r, err := benchRenew(ctx, nodes, o.c)
+			if err != nil {
+				return err
+			}
+			results = append(results, r)
+		}
+		cl.stop()
+	}
+	if rotate {
+		note("rotate: 3 managers and %d agents", o.agents)
+		cl, err := startCluster(ctx, dir+"/rotate", 3, log)
+		if err != nil {
+			return err
+		}
+		defer cl.stop()
+		r, err := benchRotate(ctx, cl, o.agents)
+		if err != nil {
+			return err
+		}
+		results = append(results, r)
+	}
+	if o.json {
+		return writeJSON(cmd.OutOrStdout(), results)
+	}
+	return writeTable(cmd.OutOrStdout(), results)
+}
+
+// cpuProfile and memProfile are the --cpuprofile and --memprofile paths.
+var cpuProfile, memProfile string
+
+// writeHeapProfile writes a heap profile to --memprofile, if asked.
+func writeHeapProfile() error {
+	if memProfile == "" {
+		return nil
+	}
+	f, err := os.Create(memProfile)
+	if err != nil {
+		return err
+	}
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// profile starts a CPU profile of the cluster's part of benchmark name,
+// when --cpuprofile asked for one: the file is the flag's path with
+// "-<name>" before its extension. The returned function stops it.
+func profile(name string) (stop func() error) {
+	if cpuProfile == "" {
+		return func() error { return nil }
+	}
+	ext := filepath.Ext(cpuProfile)
+	path := strings.TrimSuffix(cpuProfile, ext) + "-" + name + ext
+	f, err := os.Create(path)
+	if err != nil {
+		return func() error { return err }
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return func() error { return err }
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}
+}
+
+// joinAll joins n nodes, untimed.
+func joinAll(ctx context.Context, cl *cluster, n, c int) ([]joined, error) {
+	nodes := make([]joined, n)
+	addrs := cl.addrs()
+	_, err := run(ctx, n, c, func(ctx context.Context, i int) error {
+		j, err := enroll(ctx, cl.workerToken, addrs[i%len(addrs)])
+		nodes[i] = j
+		return err
+	})
+	return nodes, err
+}
+
+// logger formats the managers' logs as the daemon does, into the log file
+// or nowhere.
+func (o *options) logger() (*slog.Logger, func(), error) {
+	var w io.Writer = io.Discard
+	closeLog := func() {}
+	if o.logFile != "" {
+		f, err := os.OpenFile(o.logFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+		if err != nil {
+			return nil, nil, err
+		}
+		w, closeLog = f, func() { f.Close() }
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo})), closeLog, nil
+}

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// runBench runs quorumca-bench with args and returns its standard output.
+func runBench(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	cmd := newRoot()
+	cmd.SetArgs(args)
+	cmd.SetOut(&out)
+	cmd.SetErr(&errOut)
+	err := cmd.ExecuteContext(t.Context())
+	cpuProfile, memProfile = "", ""
+	return out.String(), err
+}
+
+// TestBenchAllSmall runs the three benchmarks at tiny sizes, as JSON, with
+// profiles: every figure the table and the note rely on is there and
+// consistent. It checks no speed: benchmarks are not timed tests.
+func TestBenchAllSmall(t *testing.T) {
+	dir := t.TempDir()
+	prof := filepath.Join(dir, "cpu.prof")
+	heap := filepath.Join(dir, "heap.prof")
+	out, err := runBench(t, "--json", "--dir", dir, "--cpuprofile", prof, "--memprofile", heap, "all", "-n", "24", "-c", "4", "--agents", "3")
+	if err != nil {
+		t.Fatalf("quorumca-bench all = %v", err)
+	}
+	var results []Result
+	if err := json.Unmarshal([]byte(out), &results); err != nil {
+		t.Fatalf("--json output does not parse: %v\n%s", err, out)
+	}
+	byName := map[string]Result{}
+	for _, r := range results {
+		byName[r.Name] = r
+	}
+	for _, name := range []string{"join", "renew"} {
+		r, ok := byName[name]
+		if !ok {
+			t.Fatalf("no %s result in %s", name, out)
+		}
+		if r.N != 24 || r.Concurrency != 4 || r.Rate <= 0 || r.P50 <= 0 || r.P99 < r.P50 || r.CPUPerOp <= 0 {
+			t.Errorf("%s: n=%d c=%d rate=%g p50=%g p99=%g cpu=%g; want 24, 4 and positive, ordered figures", name, r.N, r.Concurrency, r.Rate, r.P50, r.P99, r.CPUPerOp)
+		}
+		if r.Ceiling == nil || r.Ceiling.Rate <= 0 || r.Ceiling.What == "" {
+			t.Fatalf("%s: ceiling %+v, want one measured in the run", name, r.Ceiling)
+		}
+		if want := r.Rate / r.Ceiling.Rate; r.Ratio < want*0.999 || r.Ratio > want*1.001 {
+			t.Errorf("%s: ratio %g, want rate/ceiling = %g", name, r.Ratio, want)
+		}
+		if len(r.Goals) == 0 {
+			t.Errorf("%s: no goals checked", name)
+		}
+		if fi, err := os.Stat(filepath.Join(dir, "cpu-"+name+".prof")); err != nil || fi.Size() == 0 {
+			t.Errorf("%s: CPU profile %v, want a non-empty file", name, err)
+		}
+	}
+	rot, ok := byName["rotate"]
+	if !ok {
+		t.Fatalf("no rotate result in %s", out)
+	}
+	f := rot.Figures
+	if rot.N != 3 || f["completed_s"] <= 0 || f["all_trusting_s"] < f["completed_s"] || f["mib_per_idle_agent"] <= 0 || rot.P99 < rot.P50 || rot.P50 <= 0 {
+		t.Errorf("rotate: n=%d figures %v p50=%g p99=%g; want 3 agents, completion before all trusting, memory and convergence measured", rot.N, f, rot.P50, rot.P99)
+	}
+	if fi, err := os.Stat(heap); err != nil || fi.Size() == 0 {
+		t.Errorf("heap profile %v, want a non-empty file", err)
+	}
+	// Nothing is left behind but what was asked for.
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "qcbench-") {
+			t.Errorf("data directory %s left behind", e.Name())
+		}
+	}
+}
+
+// TestBenchRefusesBadSizes: sizes that cannot run are refused with a
+// message, before anything starts.
+func TestBenchRefusesBadSizes(t *testing.T) {
+	for _, args := range [][]string{
+		{"join", "-n", "0"},
+		{"renew", "-c", "0"},
+		{"rotate", "--agents", "0"},
+	} {
+		_, err := runBench(t, append([]string{"--dir", t.TempDir()}, args...)...)
+		if err == nil || !strings.Contains(err.Error(), "at least 1") {
+			t.Errorf("quorumca-bench %v = %v, want an error saying at least 1", args, err)
+		}
+	}
+}
+
+// TestWriteTable: the table names every benchmark, its ratio and each goal
+// with whether it held.
+func TestWriteTable(t *testing.T) {
+	var b bytes.Buffer
+	rs := []Result{
+		{Name: "join", N: 10, Concurrency: 2, Rate: 50, P50: 1, P99: 2, Ceiling: &Ceiling{Rate: 100}, Ratio: 0.5, Goals: []Goal{atLeast("ratio to ceiling", 60, 50, "%")}},
+		{Name: "rotate", N: 3, P50: 10, P99: 20, Figures: map[string]float64{"completed_s": 4}, Goals: []Goal{atMost("completion", 20, 4, " s")}},
+	}
+	if err := writeTable(&b, rs); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"join", "50%", "rotate: completed_s=4", "join ratio to ceiling", "NO", "rotate completion", "yes"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+}
