@@ -174,7 +174,12 @@ func Enroll(ctx context.Context, cfg JoinConfig) (Enrollment, error) {
 		if err == nil {
 			break
 		}
-		if st := status.Convert(err); st.Code() != codes.Unavailable || !api.IsExternalCADown(st.Message()) {
+		st := status.Convert(err)
+		if st.Code() == codes.Unavailable && !api.IsExternalCADown(st.Message()) || st.Code() == codes.DeadlineExceeded {
+			// Not an answer: the connection or the manager failed.
+			return Enrollment{}, fmt.Errorf("agent: join through %s failed: %w", cfg.Remote, err)
+		}
+		if st.Code() != codes.Unavailable {
 			return Enrollment{}, fmt.Errorf("%w by %s: %w", ErrJoinRefused, cfg.Remote, err)
 		}
 		cfg.Logger.Warn("join: the cluster's external CA does not answer; retrying", "via", cfg.Remote, "in", wait, "err", status.Convert(err).Message())

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -90,6 +91,8 @@ func (c *cluster) add(m *manager.Manager) error {
 }
 
 func (c *cluster) token(ctx context.Context, role string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	defer cancel()
 	resp, err := api.NewControlClient(c.control[0]).JoinToken(ctx, &api.JoinTokenRequest{Role: role})
 	if err != nil {
 		return "", fmt.Errorf("%s join token: %w", role, err)
@@ -102,7 +105,9 @@ func (c *cluster) token(ctx context.Context, role string) (string, error) {
 func (c *cluster) waitVoters(ctx context.Context, size int) error {
 	return poll(ctx, time.Minute, func() error {
 		for i, conn := range c.control {
+			ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 			st, err := api.NewControlClient(conn).Status(ctx, &api.StatusRequest{})
+			cancel()
 			if err != nil {
 				return fmt.Errorf("manager %d: %w", i, err)
 			}
@@ -170,8 +175,26 @@ func poll(ctx context.Context, bound time.Duration, cond func() error) error {
 	}
 }
 
-// workDir makes the directory a run keeps its data in, on the disk under
-// parent (the system's temp dir by default): the bolt stores fsync there.
+// rpcTimeout bounds each call the benchmarks make outside the timed
+// operations' own.
+const rpcTimeout = 10 * time.Second
+
+// tmpfsMagic is Linux's file system type of tmpfs (statfs(2)).
+const tmpfsMagic = 0x01021994
+
+// workDir makes the directory a run keeps its data in, under parent (the
+// system's temp dir by default). It refuses a tmpfs, where fsync costs
+// nothing: the Raft stores must pay for it as on a manager's disk.
 func workDir(parent string) (string, error) {
+	if parent == "" {
+		parent = os.TempDir()
+	}
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(parent, &fs); err != nil {
+		return "", fmt.Errorf("--dir %s: %w", parent, err)
+	}
+	if fs.Type == tmpfsMagic {
+		return "", fmt.Errorf("--dir %s is on tmpfs, where fsync is free and the Raft figures would be too good: give --dir on a disk", parent)
+	}
 	return os.MkdirTemp(parent, "qcbench-")
 }

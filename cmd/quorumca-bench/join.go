@@ -112,8 +112,16 @@ func benchJoin(ctx context.Context, cl *cluster, n, c int) (Result, []joined, er
 	if err != nil {
 		return Result{}, nil, fmt.Errorf("join: %w", err)
 	}
-	if got := cl.managers[cl.leader()].State().Nodes.Len(); got < n+len(cl.managers) {
-		return Result{}, nil, fmt.Errorf("join: the cluster holds %d nodes after %d joins", got, n)
+	// Every join answered was committed: the managers' state holds them.
+	if got := cl.managers[0].State().Nodes.Len(); got < n+len(cl.managers) {
+		if err := poll(ctx, time.Minute, func() error {
+			if got := cl.managers[0].State().Nodes.Len(); got < n+len(cl.managers) {
+				return fmt.Errorf("the first manager holds %d nodes after %d joins", got, n)
+			}
+			return nil
+		}); err != nil {
+			return Result{}, nil, fmt.Errorf("join: %w", err)
+		}
 	}
 	ceil, err := joinCeiling(ctx, cl.dir, n, c)
 	if err != nil {

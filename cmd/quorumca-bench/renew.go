@@ -44,6 +44,8 @@ func connect(ctx context.Context, nodes []joined, c int) ([]nodeConn, error) {
 			return err
 		}
 		conns[i] = nodeConn{joined: n, conn: conn}
+		ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+		defer cancel()
 		_, err = api.NewCAClient(conn).Heartbeat(ctx, &api.HeartbeatRequest{})
 		return err
 	})
@@ -69,13 +71,16 @@ func renewOne(ctx context.Context, n nodeConn) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
 	resp, err := api.NewCAClient(n.conn).RenewNodeCertificate(ctx, &api.RenewNodeCertificateRequest{Csr: csr})
 	if err != nil {
 		return err
 	}
-	return checkIssued(resp.GetCertificate(), keyPEM, resp.GetBundle(), n.Identity)
+	if string(resp.GetBundle()) != string(n.Bundle) {
+		return errors.New("the renewal answered another trust bundle than the node holds")
+	}
+	return checkIssued(resp.GetCertificate(), keyPEM, n.Bundle, n.Identity)
 }
 
 // newKeyCSR makes a fresh key, as a node does for each certificate, and

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -86,7 +87,7 @@ func (l latencies) percentile(p float64) float64 {
 	}
 	s := slices.Clone(l)
 	slices.Sort(s)
-	i := int(p*float64(len(s))+0.5) - 1
+	i := int(math.Ceil(p*float64(len(s)))) - 1
 	return ms(s[min(max(i, 0), len(s)-1)])
 }
 

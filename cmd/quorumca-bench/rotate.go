@@ -156,7 +156,9 @@ func benchRotate(ctx context.Context, cl *cluster, a int) (Result, error) {
 	stopProfile := profile("rotate")
 	defer stopProfile()
 	start := time.Now()
-	resp, err := ctl.RotateCA(ctx, &api.RotateCARequest{})
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	resp, err := ctl.RotateCA(rctx, &api.RotateCARequest{})
+	cancel()
 	if err != nil {
 		return Result{}, fmt.Errorf("rotate: %w", err)
 	}
@@ -175,7 +177,9 @@ func benchRotate(ctx context.Context, cl *cluster, a int) (Result, error) {
 				left--
 			}
 		}
-		st, err := ctl.GetCA(ctx, &api.GetCARequest{})
+		gctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+		st, err := ctl.GetCA(gctx, &api.GetCARequest{})
+		cancel()
 		if err != nil {
 			return err
 		}
