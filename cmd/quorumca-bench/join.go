@@ -98,14 +98,8 @@ func enroll(ctx context.Context, token, via string) (joined, error) {
 // managers, then the ceiling: the same joins against a server that signs
 // in the handler, with no Raft and no forwarding.
 func benchJoin(ctx context.Context, cl *cluster, n, c int) (Result, []joined, error) {
-	nodes := make([]joined, n)
-	addrs := cl.addrs()
 	stopProfile := profile("join")
-	got, err := run(ctx, n, c, func(ctx context.Context, i int) error {
-		j, err := enroll(ctx, cl.workerToken, addrs[i%len(addrs)])
-		nodes[i] = j
-		return err
-	})
+	nodes, got, err := joinAll(ctx, cl, n, c)
 	if perr := stopProfile(); err == nil && perr != nil {
 		err = fmt.Errorf("cpu profile: %w", perr)
 	}
@@ -113,15 +107,13 @@ func benchJoin(ctx context.Context, cl *cluster, n, c int) (Result, []joined, er
 		return Result{}, nil, fmt.Errorf("join: %w", err)
 	}
 	// Every join answered was committed: the managers' state holds them.
-	if got := cl.managers[0].State().Nodes.Len(); got < n+len(cl.managers) {
-		if err := poll(ctx, time.Minute, func() error {
-			if got := cl.managers[0].State().Nodes.Len(); got < n+len(cl.managers) {
-				return fmt.Errorf("the first manager holds %d nodes after %d joins", got, n)
-			}
-			return nil
-		}); err != nil {
-			return Result{}, nil, fmt.Errorf("join: %w", err)
+	if err := poll(ctx, time.Minute, func() error {
+		if got := cl.managers[0].State().Nodes.Len(); got < n+len(cl.managers) {
+			return fmt.Errorf("the first manager holds %d nodes after %d joins", got, n)
 		}
+		return nil
+	}); err != nil {
+		return Result{}, nil, fmt.Errorf("join: %w", err)
 	}
 	ceil, err := joinCeiling(ctx, cl.dir, n, c)
 	if err != nil {
@@ -134,6 +126,18 @@ func benchJoin(ctx context.Context, cl *cluster, n, c int) (Result, []joined, er
 		atLeast("joins/s", 1000, r.Rate, ""),
 	}
 	return r, nodes, nil
+}
+
+// joinAll joins n simulated nodes, c at a time, spread over the managers.
+func joinAll(ctx context.Context, cl *cluster, n, c int) ([]joined, measured, error) {
+	nodes := make([]joined, n)
+	addrs := cl.addrs()
+	got, err := run(ctx, n, c, func(ctx context.Context, i int) error {
+		j, err := enroll(ctx, cl.workerToken, addrs[i%len(addrs)])
+		nodes[i] = j
+		return err
+	})
+	return nodes, got, err
 }
 
 // joinCeiling measures the join loop against ceilingCA.

@@ -11,7 +11,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -139,7 +138,7 @@ func (o *options) run(cmd *cobra.Command, join, renew, rotate bool) (err error) 
 			results, nodes = append(results, r), js
 		} else {
 			note("renew: joining %d nodes first", o.n)
-			if nodes, err = joinAll(ctx, cl, o.n, o.c); err != nil {
+			if nodes, _, err = joinAll(ctx, cl, o.n, o.c); err != nil {
 				return err
 			}
 		}
@@ -212,18 +211,6 @@ func profile(name string) (stop func() error) {
 		pprof.StopCPUProfile()
 		return f.Close()
 	}
-}
-
-// joinAll joins n nodes, untimed.
-func joinAll(ctx context.Context, cl *cluster, n, c int) ([]joined, error) {
-	nodes := make([]joined, n)
-	addrs := cl.addrs()
-	_, err := run(ctx, n, c, func(ctx context.Context, i int) error {
-		j, err := enroll(ctx, cl.workerToken, addrs[i%len(addrs)])
-		nodes[i] = j
-		return err
-	})
-	return nodes, err
 }
 
 // logger formats the managers' logs as the daemon does, into the log file
