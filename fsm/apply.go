@@ -68,6 +68,10 @@ func apply(s *State, cmd Command) (*State, error) {
 		return applyCompleteRotation(s, cmd.At, cmd.CompleteRotation)
 	case cmd.SetGossipKey != nil:
 		return applySetGossipKey(s, cmd.SetGossipKey)
+	case cmd.IssueAdmin != nil:
+		return applyIssueAdmin(s, cmd.At, cmd.IssueAdmin)
+	case cmd.RevokeAdmin != nil:
+		return applyRevokeAdmin(s, cmd.At, cmd.RevokeAdmin)
 	}
 	return nil, fmt.Errorf("%w: no operation", ErrBadCommand)
 }
@@ -219,7 +223,13 @@ func applyRemoveNode(s *State, in *RemoveNode) (*State, error) {
 	if n.Role == ca.RoleManager && len(s.Managers()) <= 1 {
 		return nil, fmt.Errorf("%w: %s", ErrLastManager, n.ID)
 	}
+	if err := checkNewGossipKey(s, in.GossipKey); err != nil {
+		return nil, err
+	}
 	next := s.clone()
+	if len(in.GossipKey) > 0 {
+		next.GossipKey = in.GossipKey
+	}
 	next.Nodes = next.Nodes.Without(n.ID)
 	next.cloneRemoved()
 	until := n.CertsValidUntil
@@ -244,7 +254,13 @@ func applyPrune(s *State, at time.Time) *State {
 			tokens = append(tokens, id)
 		}
 	}
-	if len(removed) == 0 && len(tokens) == 0 {
+	var admins []string
+	for serial, a := range s.Admins {
+		if !at.Before(a.NotAfter) {
+			admins = append(admins, serial)
+		}
+	}
+	if len(removed) == 0 && len(tokens) == 0 && len(admins) == 0 {
 		c := *s
 		return &c
 	}
@@ -261,6 +277,12 @@ func applyPrune(s *State, at time.Time) *State {
 			delete(next.Tokens, id)
 		}
 	}
+	if len(admins) > 0 {
+		next.cloneAdmins()
+		for _, serial := range admins {
+			delete(next.Admins, serial)
+		}
+	}
 	return next
 }
 
@@ -273,6 +295,11 @@ func (s *State) NeedsPrune(at time.Time) bool {
 	}
 	for _, t := range s.Tokens {
 		if !t.Usable(at) {
+			return true
+		}
+	}
+	for _, a := range s.Admins {
+		if !at.Before(a.NotAfter) {
 			return true
 		}
 	}
@@ -430,6 +457,9 @@ func applyCompleteRotation(s *State, at time.Time, in *CompleteRotation) (*State
 		in.WorkerSecret == s.ManagerSecret || in.ManagerSecret == s.WorkerSecret:
 		return nil, fmt.Errorf("%w: completing a rotation must replace both join secrets", ErrBadCommand)
 	}
+	if err := checkNewGossipKey(s, in.GossipKey); err != nil {
+		return nil, err
+	}
 	skipped := make([]string, 0, len(in.Skipped))
 	for _, id := range in.Skipped {
 		if _, ok := s.Nodes.Get(id); ok && !slices.Contains(skipped, id) {
@@ -451,7 +481,24 @@ func applyCompleteRotation(s *State, at time.Time, in *CompleteRotation) (*State
 	}
 	next.WorkerSecret, next.ManagerSecret = in.WorkerSecret, in.ManagerSecret
 	next.Tokens = nil
+	if len(in.GossipKey) > 0 {
+		next.GossipKey = in.GossipKey
+	}
 	return next, nil
+}
+
+// checkNewGossipKey checks a replacement gossip key a command carries:
+// none, or a new key of the right size.
+func checkNewGossipKey(s *State, key []byte) error {
+	switch {
+	case len(key) == 0:
+		return nil
+	case len(key) != GossipKeySize:
+		return fmt.Errorf("%w: a gossip key is %d bytes, not %d", ErrBadCommand, GossipKeySize, len(key))
+	case string(key) == string(s.GossipKey):
+		return fmt.Errorf("%w: the new gossip key is the current one", ErrBadCommand)
+	}
+	return nil
 }
 
 func applySetGossipKey(s *State, in *SetGossipKey) (*State, error) {

@@ -36,6 +36,9 @@ type Command struct {
 	StartRotation    *StartRotation    `json:"start_rotation,omitempty"`
 	CompleteRotation *CompleteRotation `json:"complete_rotation,omitempty"`
 	SetGossipKey     *SetGossipKey     `json:"set_gossip_key,omitempty"`
+
+	IssueAdmin  *IssueAdmin  `json:"issue_admin,omitempty"`
+	RevokeAdmin *RevokeAdmin `json:"revoke_admin,omitempty"`
 }
 
 // SetGossipKey gives a cluster made before gossip existed its gossip key.
@@ -69,6 +72,9 @@ type CompleteRotation struct {
 	Skipped       []string `json:"skipped,omitempty"`
 	WorkerSecret  string   `json:"worker_secret"`
 	ManagerSecret string   `json:"manager_secret"`
+	// GossipKey, when set, replaces the gossip key: nodes skipped by the
+	// rotation (and any node that kept the old key) are left out.
+	GossipKey []byte `json:"gossip_key,omitempty"`
 }
 
 // SetAddrs records a manager's API and Raft addresses, when a promoted
@@ -90,10 +96,14 @@ type SetRole struct {
 // last certificate expires.
 type RemoveNode struct {
 	NodeID string `json:"node_id"`
+	// GossipKey, when set, replaces the gossip key, so that the removed
+	// node's gossip is ignored once the others have moved to it.
+	GossipKey []byte `json:"gossip_key,omitempty"`
 }
 
 // Prune drops the Removed entries whose certificates have all expired by
-// the command's time, and the extra tokens that can no longer admit.
+// the command's time, the extra tokens that can no longer admit, and the
+// admin certificates that expired.
 type Prune struct{}
 
 // UpdateConfig changes cluster settings; a zero field keeps its value.
@@ -212,6 +222,7 @@ func Decode(b []byte) (Command, error) {
 		c.Init != nil, c.Issue != nil, c.RotateSecret != nil, c.SetRole != nil, c.RemoveNode != nil,
 		c.Prune != nil, c.UpdateConfig != nil, c.CreateToken != nil, c.RevokeToken != nil, c.SetAddrs != nil,
 		c.StartRotation != nil, c.CompleteRotation != nil, c.SetGossipKey != nil,
+		c.IssueAdmin != nil, c.RevokeAdmin != nil,
 	} {
 		if set {
 			n++

@@ -32,4 +32,8 @@ var (
 	ErrUnknownToken = errors.New("fsm: unknown join token")
 	// ErrRotating is returned for a rotation while another is in progress.
 	ErrRotating = errors.New("fsm: a root CA rotation is already in progress")
+	// ErrUnknownAdmin is returned for a command naming an admin
+	// certificate the state does not record (never issued, or expired and
+	// pruned).
+	ErrUnknownAdmin = errors.New("fsm: unknown admin certificate")
 )

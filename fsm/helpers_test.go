@@ -203,7 +203,7 @@ func withIndex(s *fsm.State, index uint64) *fsm.State {
 var sentinels = []error{
 	fsm.ErrNotInitialized, fsm.ErrInitialized, fsm.ErrNodeExists, fsm.ErrUnknownNode,
 	fsm.ErrBadCommand, fsm.ErrStale, fsm.ErrRemoved, fsm.ErrLastManager,
-	fsm.ErrTokenUnusable, fsm.ErrUnknownToken, fsm.ErrRotating,
+	fsm.ErrTokenUnusable, fsm.ErrUnknownToken, fsm.ErrRotating, fsm.ErrUnknownAdmin,
 }
 
 // kind returns the fsm sentinel err wraps, nil for nil, and err itself

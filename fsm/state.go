@@ -48,8 +48,13 @@ type State struct {
 	Removed map[string]time.Time `json:"removed,omitempty"`
 	// Tokens holds the extra join tokens (join-token create), by ID.
 	Tokens map[string]ExtraToken `json:"tokens,omitempty"`
+	// Admins holds the admin certificates issued and not yet expired, by
+	// serial; Prune drops them once expired.
+	Admins map[string]AdminCert `json:"admins,omitempty"`
 	// GossipKey encrypts the cluster's gossip; nodes fetch it over mutual
-	// TLS once they hold a certificate.
+	// TLS once they hold a certificate. It is replaced when a node is
+	// removed and when a root rotation completes, so that removed nodes
+	// are left out of the gossip.
 	GossipKey []byte `json:"gossip_key"`
 	// RotationGrace is how long a node may be unreachable in gossip before
 	// a root rotation stops waiting for it; zero means
@@ -228,8 +233,8 @@ func (s *State) Token(role ca.Role) (ca.Token, error) {
 
 // clone returns a shallow copy of s for Apply to change. Its maps are
 // shared: Nodes is changed through With and Without, which copy, and
-// Removed and Tokens must be copied with cloneRemoved and cloneTokens
-// before they change.
+// Removed, Tokens and Admins must be copied with cloneRemoved, cloneTokens
+// and cloneAdmins before they change.
 func (s *State) clone() *State {
 	c := *s
 	return &c
