@@ -110,12 +110,18 @@ type IssueNodeCertificateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// PEM certificate signing request; only its public key is used.
 	Csr []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
-	// SWMTKN-1 join token.
+	// No longer used: a join token never travels (see token_proof). A
+	// request that sets it is refused.
 	Token string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
 	// Advertised API address (managers).
 	Addr string `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`
 	// Raft address (managers).
-	RaftAddr      string `protobuf:"bytes,4,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	RaftAddr string `protobuf:"bytes,4,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	// HMAC-SHA256 keyed by SHA-256 of the token's secret, over this TLS
+	// connection's exported keying material and the CSR (ca.TokenProof).
+	TokenProof []byte `protobuf:"bytes,5,opt,name=token_proof,json=tokenProof,proto3" json:"token_proof,omitempty"`
+	// The root digest the token pins, as written in the token.
+	TokenDigest   string `protobuf:"bytes,6,opt,name=token_digest,json=tokenDigest,proto3" json:"token_digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -178,6 +184,117 @@ func (x *IssueNodeCertificateRequest) GetRaftAddr() string {
 	return ""
 }
 
+func (x *IssueNodeCertificateRequest) GetTokenProof() []byte {
+	if x != nil {
+		return x.TokenProof
+	}
+	return nil
+}
+
+func (x *IssueNodeCertificateRequest) GetTokenDigest() string {
+	if x != nil {
+		return x.TokenDigest
+	}
+	return ""
+}
+
+type AdmitRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Csr   []byte                 `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	// "swarm-manager" or "swarm-worker": the role the token admits.
+	Role string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	// SHA-256 of the join secret the proof matched.
+	SecretHash []byte `protobuf:"bytes,3,opt,name=secret_hash,json=secretHash,proto3" json:"secret_hash,omitempty"`
+	// The extra token that matched, if any.
+	TokenId string `protobuf:"bytes,4,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	// Advertised API and Raft addresses (managers).
+	Addr     string `protobuf:"bytes,5,opt,name=addr,proto3" json:"addr,omitempty"`
+	RaftAddr string `protobuf:"bytes,6,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	// The joining node's network address, as the relaying manager saw it.
+	PeerAddr      string `protobuf:"bytes,7,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdmitRequest) Reset() {
+	*x = AdmitRequest{}
+	mi := &file_quorumca_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdmitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdmitRequest) ProtoMessage() {}
+
+func (x *AdmitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdmitRequest.ProtoReflect.Descriptor instead.
+func (*AdmitRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AdmitRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+func (x *AdmitRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *AdmitRequest) GetSecretHash() []byte {
+	if x != nil {
+		return x.SecretHash
+	}
+	return nil
+}
+
+func (x *AdmitRequest) GetTokenId() string {
+	if x != nil {
+		return x.TokenId
+	}
+	return ""
+}
+
+func (x *AdmitRequest) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *AdmitRequest) GetRaftAddr() string {
+	if x != nil {
+		return x.RaftAddr
+	}
+	return ""
+}
+
+func (x *AdmitRequest) GetPeerAddr() string {
+	if x != nil {
+		return x.PeerAddr
+	}
+	return ""
+}
+
 type IssueNodeCertificateResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -196,7 +313,7 @@ type IssueNodeCertificateResponse struct {
 
 func (x *IssueNodeCertificateResponse) Reset() {
 	*x = IssueNodeCertificateResponse{}
-	mi := &file_quorumca_proto_msgTypes[3]
+	mi := &file_quorumca_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -208,7 +325,7 @@ func (x *IssueNodeCertificateResponse) String() string {
 func (*IssueNodeCertificateResponse) ProtoMessage() {}
 
 func (x *IssueNodeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[3]
+	mi := &file_quorumca_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -221,7 +338,7 @@ func (x *IssueNodeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueNodeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueNodeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{3}
+	return file_quorumca_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *IssueNodeCertificateResponse) GetNodeId() string {
@@ -275,7 +392,7 @@ type RenewNodeCertificateRequest struct {
 
 func (x *RenewNodeCertificateRequest) Reset() {
 	*x = RenewNodeCertificateRequest{}
-	mi := &file_quorumca_proto_msgTypes[4]
+	mi := &file_quorumca_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -287,7 +404,7 @@ func (x *RenewNodeCertificateRequest) String() string {
 func (*RenewNodeCertificateRequest) ProtoMessage() {}
 
 func (x *RenewNodeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[4]
+	mi := &file_quorumca_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -300,7 +417,7 @@ func (x *RenewNodeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewNodeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewNodeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{4}
+	return file_quorumca_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RenewNodeCertificateRequest) GetCsr() []byte {
@@ -322,7 +439,7 @@ type RenewNodeCertificateResponse struct {
 
 func (x *RenewNodeCertificateResponse) Reset() {
 	*x = RenewNodeCertificateResponse{}
-	mi := &file_quorumca_proto_msgTypes[5]
+	mi := &file_quorumca_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -334,7 +451,7 @@ func (x *RenewNodeCertificateResponse) String() string {
 func (*RenewNodeCertificateResponse) ProtoMessage() {}
 
 func (x *RenewNodeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[5]
+	mi := &file_quorumca_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -347,7 +464,7 @@ func (x *RenewNodeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewNodeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RenewNodeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{5}
+	return file_quorumca_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RenewNodeCertificateResponse) GetRole() string {
@@ -386,7 +503,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_quorumca_proto_msgTypes[6]
+	mi := &file_quorumca_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +515,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[6]
+	mi := &file_quorumca_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +528,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{6}
+	return file_quorumca_proto_rawDescGZIP(), []int{7}
 }
 
 type StatusResponse struct {
@@ -438,7 +555,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_quorumca_proto_msgTypes[7]
+	mi := &file_quorumca_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -450,7 +567,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[7]
+	mi := &file_quorumca_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -463,7 +580,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{7}
+	return file_quorumca_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StatusResponse) GetClusterId() string {
@@ -558,7 +675,7 @@ type Manager struct {
 
 func (x *Manager) Reset() {
 	*x = Manager{}
-	mi := &file_quorumca_proto_msgTypes[8]
+	mi := &file_quorumca_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +687,7 @@ func (x *Manager) String() string {
 func (*Manager) ProtoMessage() {}
 
 func (x *Manager) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[8]
+	mi := &file_quorumca_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +700,7 @@ func (x *Manager) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Manager.ProtoReflect.Descriptor instead.
 func (*Manager) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{8}
+	return file_quorumca_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Manager) GetNodeId() string {
@@ -639,7 +756,7 @@ type JoinTokenRequest struct {
 
 func (x *JoinTokenRequest) Reset() {
 	*x = JoinTokenRequest{}
-	mi := &file_quorumca_proto_msgTypes[9]
+	mi := &file_quorumca_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +768,7 @@ func (x *JoinTokenRequest) String() string {
 func (*JoinTokenRequest) ProtoMessage() {}
 
 func (x *JoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[9]
+	mi := &file_quorumca_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +781,7 @@ func (x *JoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*JoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{9}
+	return file_quorumca_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *JoinTokenRequest) GetRole() string {
@@ -692,7 +809,7 @@ type JoinTokenResponse struct {
 
 func (x *JoinTokenResponse) Reset() {
 	*x = JoinTokenResponse{}
-	mi := &file_quorumca_proto_msgTypes[10]
+	mi := &file_quorumca_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -704,7 +821,7 @@ func (x *JoinTokenResponse) String() string {
 func (*JoinTokenResponse) ProtoMessage() {}
 
 func (x *JoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[10]
+	mi := &file_quorumca_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -717,7 +834,7 @@ func (x *JoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*JoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{10}
+	return file_quorumca_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *JoinTokenResponse) GetToken() string {
@@ -745,7 +862,7 @@ type AddVoterRequest struct {
 
 func (x *AddVoterRequest) Reset() {
 	*x = AddVoterRequest{}
-	mi := &file_quorumca_proto_msgTypes[11]
+	mi := &file_quorumca_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -757,7 +874,7 @@ func (x *AddVoterRequest) String() string {
 func (*AddVoterRequest) ProtoMessage() {}
 
 func (x *AddVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[11]
+	mi := &file_quorumca_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -770,7 +887,7 @@ func (x *AddVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddVoterRequest.ProtoReflect.Descriptor instead.
 func (*AddVoterRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{11}
+	return file_quorumca_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AddVoterRequest) GetRaftAddr() string {
@@ -795,7 +912,7 @@ type AddVoterResponse struct {
 
 func (x *AddVoterResponse) Reset() {
 	*x = AddVoterResponse{}
-	mi := &file_quorumca_proto_msgTypes[12]
+	mi := &file_quorumca_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +924,7 @@ func (x *AddVoterResponse) String() string {
 func (*AddVoterResponse) ProtoMessage() {}
 
 func (x *AddVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[12]
+	mi := &file_quorumca_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +937,7 @@ func (x *AddVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddVoterResponse.ProtoReflect.Descriptor instead.
 func (*AddVoterResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{12}
+	return file_quorumca_proto_rawDescGZIP(), []int{13}
 }
 
 type PingRequest struct {
@@ -831,7 +948,7 @@ type PingRequest struct {
 
 func (x *PingRequest) Reset() {
 	*x = PingRequest{}
-	mi := &file_quorumca_proto_msgTypes[13]
+	mi := &file_quorumca_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +960,7 @@ func (x *PingRequest) String() string {
 func (*PingRequest) ProtoMessage() {}
 
 func (x *PingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[13]
+	mi := &file_quorumca_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,19 +973,21 @@ func (x *PingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingRequest.ProtoReflect.Descriptor instead.
 func (*PingRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{13}
+	return file_quorumca_proto_rawDescGZIP(), []int{14}
 }
 
 type PingResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// What keeps this manager from serving, if anything (a full disk).
+	Problem       string `protobuf:"bytes,2,opt,name=problem,proto3" json:"problem,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PingResponse) Reset() {
 	*x = PingResponse{}
-	mi := &file_quorumca_proto_msgTypes[14]
+	mi := &file_quorumca_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +999,7 @@ func (x *PingResponse) String() string {
 func (*PingResponse) ProtoMessage() {}
 
 func (x *PingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[14]
+	mi := &file_quorumca_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +1012,7 @@ func (x *PingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingResponse.ProtoReflect.Descriptor instead.
 func (*PingResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{14}
+	return file_quorumca_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PingResponse) GetNodeId() string {
@@ -903,15 +1022,24 @@ func (x *PingResponse) GetNodeId() string {
 	return ""
 }
 
+func (x *PingResponse) GetProblem() string {
+	if x != nil {
+		return x.Problem
+	}
+	return ""
+}
+
 type HeartbeatRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// SHA-256 (hex) of the trust bundle the node holds.
+	BundleDigest  string `protobuf:"bytes,1,opt,name=bundle_digest,json=bundleDigest,proto3" json:"bundle_digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_quorumca_proto_msgTypes[15]
+	mi := &file_quorumca_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -923,7 +1051,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[15]
+	mi := &file_quorumca_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -936,7 +1064,14 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{15}
+	return file_quorumca_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *HeartbeatRequest) GetBundleDigest() string {
+	if x != nil {
+		return x.BundleDigest
+	}
+	return ""
 }
 
 type HeartbeatResponse struct {
@@ -957,14 +1092,17 @@ type HeartbeatResponse struct {
 	// rotation's completion; 0 for the bundle made at init). A node never
 	// goes back to a bundle older than one it took: a stale answer (a new
 	// leader that has not applied the completion yet) cannot undo it.
-	BundleSince   int64 `protobuf:"varint,8,opt,name=bundle_since,json=bundleSince,proto3" json:"bundle_since,omitempty"`
+	BundleSince int64 `protobuf:"varint,8,opt,name=bundle_since,json=bundleSince,proto3" json:"bundle_since,omitempty"`
+	// Names the cluster's gossip key (a digest of it): a node whose gossip
+	// uses another key fetches the new one (Gossip).
+	GossipKeyId   string `protobuf:"bytes,9,opt,name=gossip_key_id,json=gossipKeyId,proto3" json:"gossip_key_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_quorumca_proto_msgTypes[16]
+	mi := &file_quorumca_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1114,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[16]
+	mi := &file_quorumca_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1127,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{16}
+	return file_quorumca_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *HeartbeatResponse) GetRole() string {
@@ -1048,6 +1186,13 @@ func (x *HeartbeatResponse) GetBundleSince() int64 {
 	return 0
 }
 
+func (x *HeartbeatResponse) GetGossipKeyId() string {
+	if x != nil {
+		return x.GossipKeyId
+	}
+	return ""
+}
+
 type GossipRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1056,7 +1201,7 @@ type GossipRequest struct {
 
 func (x *GossipRequest) Reset() {
 	*x = GossipRequest{}
-	mi := &file_quorumca_proto_msgTypes[17]
+	mi := &file_quorumca_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1068,7 +1213,7 @@ func (x *GossipRequest) String() string {
 func (*GossipRequest) ProtoMessage() {}
 
 func (x *GossipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[17]
+	mi := &file_quorumca_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1081,7 +1226,7 @@ func (x *GossipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipRequest.ProtoReflect.Descriptor instead.
 func (*GossipRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{17}
+	return file_quorumca_proto_rawDescGZIP(), []int{18}
 }
 
 type GossipResponse struct {
@@ -1089,14 +1234,16 @@ type GossipResponse struct {
 	Key   []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	// Gossip addresses to join through: the answering manager's own, and
 	// those of the other managers it sees in gossip.
-	Peers         []string `protobuf:"bytes,2,rep,name=peers,proto3" json:"peers,omitempty"`
+	Peers []string `protobuf:"bytes,2,rep,name=peers,proto3" json:"peers,omitempty"`
+	// Names key, as HeartbeatResponse.gossip_key_id does.
+	KeyId         string `protobuf:"bytes,3,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GossipResponse) Reset() {
 	*x = GossipResponse{}
-	mi := &file_quorumca_proto_msgTypes[18]
+	mi := &file_quorumca_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1108,7 +1255,7 @@ func (x *GossipResponse) String() string {
 func (*GossipResponse) ProtoMessage() {}
 
 func (x *GossipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[18]
+	mi := &file_quorumca_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1121,7 +1268,7 @@ func (x *GossipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipResponse.ProtoReflect.Descriptor instead.
 func (*GossipResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{18}
+	return file_quorumca_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GossipResponse) GetKey() []byte {
@@ -1136,6 +1283,13 @@ func (x *GossipResponse) GetPeers() []string {
 		return x.Peers
 	}
 	return nil
+}
+
+func (x *GossipResponse) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
 }
 
 type RotateCARequest struct {
@@ -1157,7 +1311,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_quorumca_proto_msgTypes[19]
+	mi := &file_quorumca_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1169,7 +1323,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[19]
+	mi := &file_quorumca_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1182,7 +1336,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{19}
+	return file_quorumca_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RotateCARequest) GetCaCert() []byte {
@@ -1227,7 +1381,7 @@ type ExternalCA struct {
 
 func (x *ExternalCA) Reset() {
 	*x = ExternalCA{}
-	mi := &file_quorumca_proto_msgTypes[20]
+	mi := &file_quorumca_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1239,7 +1393,7 @@ func (x *ExternalCA) String() string {
 func (*ExternalCA) ProtoMessage() {}
 
 func (x *ExternalCA) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[20]
+	mi := &file_quorumca_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1252,7 +1406,7 @@ func (x *ExternalCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExternalCA.ProtoReflect.Descriptor instead.
 func (*ExternalCA) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{20}
+	return file_quorumca_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ExternalCA) GetProtocol() string {
@@ -1285,7 +1439,7 @@ type RotateCAResponse struct {
 
 func (x *RotateCAResponse) Reset() {
 	*x = RotateCAResponse{}
-	mi := &file_quorumca_proto_msgTypes[21]
+	mi := &file_quorumca_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1451,7 @@ func (x *RotateCAResponse) String() string {
 func (*RotateCAResponse) ProtoMessage() {}
 
 func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[21]
+	mi := &file_quorumca_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1464,7 @@ func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateCAResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{21}
+	return file_quorumca_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RotateCAResponse) GetRotation() *Rotation {
@@ -1328,7 +1482,7 @@ type GetCARequest struct {
 
 func (x *GetCARequest) Reset() {
 	*x = GetCARequest{}
-	mi := &file_quorumca_proto_msgTypes[22]
+	mi := &file_quorumca_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1340,7 +1494,7 @@ func (x *GetCARequest) String() string {
 func (*GetCARequest) ProtoMessage() {}
 
 func (x *GetCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[22]
+	mi := &file_quorumca_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1353,7 +1507,7 @@ func (x *GetCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCARequest.ProtoReflect.Descriptor instead.
 func (*GetCARequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{22}
+	return file_quorumca_proto_rawDescGZIP(), []int{23}
 }
 
 type GetCAResponse struct {
@@ -1372,7 +1526,7 @@ type GetCAResponse struct {
 
 func (x *GetCAResponse) Reset() {
 	*x = GetCAResponse{}
-	mi := &file_quorumca_proto_msgTypes[23]
+	mi := &file_quorumca_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1384,7 +1538,7 @@ func (x *GetCAResponse) String() string {
 func (*GetCAResponse) ProtoMessage() {}
 
 func (x *GetCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[23]
+	mi := &file_quorumca_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1397,7 +1551,7 @@ func (x *GetCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCAResponse.ProtoReflect.Descriptor instead.
 func (*GetCAResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{23}
+	return file_quorumca_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetCAResponse) GetBundle() []byte {
@@ -1445,7 +1599,7 @@ type Rotation struct {
 
 func (x *Rotation) Reset() {
 	*x = Rotation{}
-	mi := &file_quorumca_proto_msgTypes[24]
+	mi := &file_quorumca_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1611,7 @@ func (x *Rotation) String() string {
 func (*Rotation) ProtoMessage() {}
 
 func (x *Rotation) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[24]
+	mi := &file_quorumca_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1624,7 @@ func (x *Rotation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rotation.ProtoReflect.Descriptor instead.
 func (*Rotation) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{24}
+	return file_quorumca_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Rotation) GetInProgress() bool {
@@ -1559,7 +1713,7 @@ type RotationNode struct {
 
 func (x *RotationNode) Reset() {
 	*x = RotationNode{}
-	mi := &file_quorumca_proto_msgTypes[25]
+	mi := &file_quorumca_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1571,7 +1725,7 @@ func (x *RotationNode) String() string {
 func (*RotationNode) ProtoMessage() {}
 
 func (x *RotationNode) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[25]
+	mi := &file_quorumca_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1584,7 +1738,7 @@ func (x *RotationNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationNode.ProtoReflect.Descriptor instead.
 func (*RotationNode) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{25}
+	return file_quorumca_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RotationNode) GetId() string {
@@ -1645,7 +1799,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_quorumca_proto_msgTypes[26]
+	mi := &file_quorumca_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +1811,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[26]
+	mi := &file_quorumca_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +1824,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{26}
+	return file_quorumca_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Node) GetId() string {
@@ -1767,7 +1921,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_quorumca_proto_msgTypes[27]
+	mi := &file_quorumca_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1779,7 +1933,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[27]
+	mi := &file_quorumca_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1792,7 +1946,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{27}
+	return file_quorumca_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListNodesRequest) GetNodeId() string {
@@ -1811,7 +1965,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_quorumca_proto_msgTypes[28]
+	mi := &file_quorumca_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1823,7 +1977,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[28]
+	mi := &file_quorumca_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1836,7 +1990,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{28}
+	return file_quorumca_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1857,7 +2011,7 @@ type SetRoleRequest struct {
 
 func (x *SetRoleRequest) Reset() {
 	*x = SetRoleRequest{}
-	mi := &file_quorumca_proto_msgTypes[29]
+	mi := &file_quorumca_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1869,7 +2023,7 @@ func (x *SetRoleRequest) String() string {
 func (*SetRoleRequest) ProtoMessage() {}
 
 func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[29]
+	mi := &file_quorumca_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1882,7 +2036,7 @@ func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleRequest.ProtoReflect.Descriptor instead.
 func (*SetRoleRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{29}
+	return file_quorumca_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SetRoleRequest) GetNodeId() string {
@@ -1907,7 +2061,7 @@ type SetRoleResponse struct {
 
 func (x *SetRoleResponse) Reset() {
 	*x = SetRoleResponse{}
-	mi := &file_quorumca_proto_msgTypes[30]
+	mi := &file_quorumca_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1919,7 +2073,7 @@ func (x *SetRoleResponse) String() string {
 func (*SetRoleResponse) ProtoMessage() {}
 
 func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[30]
+	mi := &file_quorumca_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1932,7 +2086,7 @@ func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleResponse.ProtoReflect.Descriptor instead.
 func (*SetRoleResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{30}
+	return file_quorumca_proto_rawDescGZIP(), []int{31}
 }
 
 type RemoveNodeRequest struct {
@@ -1945,7 +2099,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_quorumca_proto_msgTypes[31]
+	mi := &file_quorumca_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1957,7 +2111,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[31]
+	mi := &file_quorumca_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1970,7 +2124,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{31}
+	return file_quorumca_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RemoveNodeRequest) GetNodeId() string {
@@ -1995,7 +2149,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_quorumca_proto_msgTypes[32]
+	mi := &file_quorumca_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2007,7 +2161,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[32]
+	mi := &file_quorumca_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2020,7 +2174,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{32}
+	return file_quorumca_proto_rawDescGZIP(), []int{33}
 }
 
 type UpdateRequest struct {
@@ -2038,7 +2192,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_quorumca_proto_msgTypes[33]
+	mi := &file_quorumca_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2050,7 +2204,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[33]
+	mi := &file_quorumca_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2063,7 +2217,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{33}
+	return file_quorumca_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *UpdateRequest) GetCertExpirySeconds() int64 {
@@ -2098,7 +2252,7 @@ type UpdateResponse struct {
 
 func (x *UpdateResponse) Reset() {
 	*x = UpdateResponse{}
-	mi := &file_quorumca_proto_msgTypes[34]
+	mi := &file_quorumca_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2110,7 +2264,7 @@ func (x *UpdateResponse) String() string {
 func (*UpdateResponse) ProtoMessage() {}
 
 func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[34]
+	mi := &file_quorumca_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2123,7 +2277,7 @@ func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateResponse.ProtoReflect.Descriptor instead.
 func (*UpdateResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{34}
+	return file_quorumca_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *UpdateResponse) GetCertExpirySeconds() int64 {
@@ -2160,7 +2314,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_quorumca_proto_msgTypes[35]
+	mi := &file_quorumca_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2172,7 +2326,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[35]
+	mi := &file_quorumca_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2185,7 +2339,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{35}
+	return file_quorumca_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CreateTokenRequest) GetRole() string {
@@ -2220,7 +2374,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_quorumca_proto_msgTypes[36]
+	mi := &file_quorumca_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2232,7 +2386,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[36]
+	mi := &file_quorumca_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2245,7 +2399,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{36}
+	return file_quorumca_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CreateTokenResponse) GetId() string {
@@ -2282,7 +2436,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_quorumca_proto_msgTypes[37]
+	mi := &file_quorumca_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2294,7 +2448,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[37]
+	mi := &file_quorumca_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2307,7 +2461,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{37}
+	return file_quorumca_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Token) GetId() string {
@@ -2353,7 +2507,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_quorumca_proto_msgTypes[38]
+	mi := &file_quorumca_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2365,7 +2519,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[38]
+	mi := &file_quorumca_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2378,7 +2532,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{38}
+	return file_quorumca_proto_rawDescGZIP(), []int{39}
 }
 
 type ListTokensResponse struct {
@@ -2390,7 +2544,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_quorumca_proto_msgTypes[39]
+	mi := &file_quorumca_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2402,7 +2556,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[39]
+	mi := &file_quorumca_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2415,7 +2569,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{39}
+	return file_quorumca_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListTokensResponse) GetTokens() []*Token {
@@ -2434,7 +2588,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_quorumca_proto_msgTypes[40]
+	mi := &file_quorumca_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2446,7 +2600,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[40]
+	mi := &file_quorumca_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2459,7 +2613,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{40}
+	return file_quorumca_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -2477,7 +2631,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_quorumca_proto_msgTypes[41]
+	mi := &file_quorumca_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2489,7 +2643,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[41]
+	mi := &file_quorumca_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2502,13 +2656,13 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{41}
+	return file_quorumca_proto_rawDescGZIP(), []int{42}
 }
 
 type IssueAdminCertificateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Csr   []byte                 `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
-	// Seconds; 0 for the default.
+	// Seconds; 0 for the default (24h); at most 30 days.
 	TtlSeconds    int64 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2516,7 +2670,7 @@ type IssueAdminCertificateRequest struct {
 
 func (x *IssueAdminCertificateRequest) Reset() {
 	*x = IssueAdminCertificateRequest{}
-	mi := &file_quorumca_proto_msgTypes[42]
+	mi := &file_quorumca_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2528,7 +2682,7 @@ func (x *IssueAdminCertificateRequest) String() string {
 func (*IssueAdminCertificateRequest) ProtoMessage() {}
 
 func (x *IssueAdminCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[42]
+	mi := &file_quorumca_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2541,7 +2695,7 @@ func (x *IssueAdminCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertificateRequest.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{42}
+	return file_quorumca_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *IssueAdminCertificateRequest) GetCsr() []byte {
@@ -2559,16 +2713,19 @@ func (x *IssueAdminCertificateRequest) GetTtlSeconds() int64 {
 }
 
 type IssueAdminCertificateResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Certificate   []byte                 `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
-	Bundle        []byte                 `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Certificate []byte                 `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	Bundle      []byte                 `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// Serial number, lower-case hex: what `admin-cert rm` takes.
+	Serial        string `protobuf:"bytes,3,opt,name=serial,proto3" json:"serial,omitempty"`
+	NotAfter      int64  `protobuf:"varint,4,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *IssueAdminCertificateResponse) Reset() {
 	*x = IssueAdminCertificateResponse{}
-	mi := &file_quorumca_proto_msgTypes[43]
+	mi := &file_quorumca_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2580,7 +2737,7 @@ func (x *IssueAdminCertificateResponse) String() string {
 func (*IssueAdminCertificateResponse) ProtoMessage() {}
 
 func (x *IssueAdminCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[43]
+	mi := &file_quorumca_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2593,7 +2750,7 @@ func (x *IssueAdminCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{43}
+	return file_quorumca_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *IssueAdminCertificateResponse) GetCertificate() []byte {
@@ -2610,6 +2767,284 @@ func (x *IssueAdminCertificateResponse) GetBundle() []byte {
 	return nil
 }
 
+func (x *IssueAdminCertificateResponse) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *IssueAdminCertificateResponse) GetNotAfter() int64 {
+	if x != nil {
+		return x.NotAfter
+	}
+	return 0
+}
+
+type AdminCertificate struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Serial   string                 `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	Id       string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	IssuedBy string                 `protobuf:"bytes,3,opt,name=issued_by,json=issuedBy,proto3" json:"issued_by,omitempty"`
+	IssuedAt int64                  `protobuf:"varint,4,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`
+	NotAfter int64                  `protobuf:"varint,5,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// Unix seconds of the revocation; 0 if it is good.
+	RevokedAt     int64 `protobuf:"varint,6,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminCertificate) Reset() {
+	*x = AdminCertificate{}
+	mi := &file_quorumca_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminCertificate) ProtoMessage() {}
+
+func (x *AdminCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminCertificate.ProtoReflect.Descriptor instead.
+func (*AdminCertificate) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *AdminCertificate) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *AdminCertificate) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AdminCertificate) GetIssuedBy() string {
+	if x != nil {
+		return x.IssuedBy
+	}
+	return ""
+}
+
+func (x *AdminCertificate) GetIssuedAt() int64 {
+	if x != nil {
+		return x.IssuedAt
+	}
+	return 0
+}
+
+func (x *AdminCertificate) GetNotAfter() int64 {
+	if x != nil {
+		return x.NotAfter
+	}
+	return 0
+}
+
+func (x *AdminCertificate) GetRevokedAt() int64 {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return 0
+}
+
+type ListAdminCertificatesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAdminCertificatesRequest) Reset() {
+	*x = ListAdminCertificatesRequest{}
+	mi := &file_quorumca_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAdminCertificatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAdminCertificatesRequest) ProtoMessage() {}
+
+func (x *ListAdminCertificatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAdminCertificatesRequest.ProtoReflect.Descriptor instead.
+func (*ListAdminCertificatesRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{46}
+}
+
+type ListAdminCertificatesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Certificates  []*AdminCertificate    `protobuf:"bytes,1,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAdminCertificatesResponse) Reset() {
+	*x = ListAdminCertificatesResponse{}
+	mi := &file_quorumca_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAdminCertificatesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAdminCertificatesResponse) ProtoMessage() {}
+
+func (x *ListAdminCertificatesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAdminCertificatesResponse.ProtoReflect.Descriptor instead.
+func (*ListAdminCertificatesResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ListAdminCertificatesResponse) GetCertificates() []*AdminCertificate {
+	if x != nil {
+		return x.Certificates
+	}
+	return nil
+}
+
+type RevokeAdminCertificatesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Serial numbers (hex) to revoke.
+	Serials []string `protobuf:"bytes,1,rep,name=serials,proto3" json:"serials,omitempty"`
+	// Revoke every admin certificate.
+	All           bool `protobuf:"varint,2,opt,name=all,proto3" json:"all,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAdminCertificatesRequest) Reset() {
+	*x = RevokeAdminCertificatesRequest{}
+	mi := &file_quorumca_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAdminCertificatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAdminCertificatesRequest) ProtoMessage() {}
+
+func (x *RevokeAdminCertificatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAdminCertificatesRequest.ProtoReflect.Descriptor instead.
+func (*RevokeAdminCertificatesRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *RevokeAdminCertificatesRequest) GetSerials() []string {
+	if x != nil {
+		return x.Serials
+	}
+	return nil
+}
+
+func (x *RevokeAdminCertificatesRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+type RevokeAdminCertificatesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The serials revoked.
+	Serials       []string `protobuf:"bytes,1,rep,name=serials,proto3" json:"serials,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAdminCertificatesResponse) Reset() {
+	*x = RevokeAdminCertificatesResponse{}
+	mi := &file_quorumca_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAdminCertificatesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAdminCertificatesResponse) ProtoMessage() {}
+
+func (x *RevokeAdminCertificatesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAdminCertificatesResponse.ProtoReflect.Descriptor instead.
+func (*RevokeAdminCertificatesResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *RevokeAdminCertificatesResponse) GetSerials() []string {
+	if x != nil {
+		return x.Serials
+	}
+	return nil
+}
+
 var File_quorumca_proto protoreflect.FileDescriptor
 
 const file_quorumca_proto_rawDesc = "" +
@@ -2617,12 +3052,24 @@ const file_quorumca_proto_rawDesc = "" +
 	"\x0equorumca.proto\x12\vquorumca.v1\"\x16\n" +
 	"\x14GetRootBundleRequest\"/\n" +
 	"\x15GetRootBundleResponse\x12\x16\n" +
-	"\x06bundle\x18\x01 \x01(\fR\x06bundle\"v\n" +
+	"\x06bundle\x18\x01 \x01(\fR\x06bundle\"\xba\x01\n" +
 	"\x1bIssueNodeCertificateRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12\x12\n" +
 	"\x04addr\x18\x03 \x01(\tR\x04addr\x12\x1b\n" +
-	"\traft_addr\x18\x04 \x01(\tR\braftAddr\"\xc0\x01\n" +
+	"\traft_addr\x18\x04 \x01(\tR\braftAddr\x12\x1f\n" +
+	"\vtoken_proof\x18\x05 \x01(\fR\n" +
+	"tokenProof\x12!\n" +
+	"\ftoken_digest\x18\x06 \x01(\tR\vtokenDigest\"\xbe\x01\n" +
+	"\fAdmitRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x1f\n" +
+	"\vsecret_hash\x18\x03 \x01(\fR\n" +
+	"secretHash\x12\x19\n" +
+	"\btoken_id\x18\x04 \x01(\tR\atokenId\x12\x12\n" +
+	"\x04addr\x18\x05 \x01(\tR\x04addr\x12\x1b\n" +
+	"\traft_addr\x18\x06 \x01(\tR\braftAddr\x12\x1b\n" +
+	"\tpeer_addr\x18\a \x01(\tR\bpeerAddr\"\xc0\x01\n" +
 	"\x1cIssueNodeCertificateResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x1d\n" +
@@ -2671,10 +3118,12 @@ const file_quorumca_proto_rawDesc = "" +
 	"\traft_addr\x18\x01 \x01(\tR\braftAddr\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\"\x12\n" +
 	"\x10AddVoterResponse\"\r\n" +
-	"\vPingRequest\"'\n" +
+	"\vPingRequest\"A\n" +
 	"\fPingResponse\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\x12\n" +
-	"\x10HeartbeatRequest\"\x89\x02\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\aproblem\x18\x02 \x01(\tR\aproblem\"7\n" +
+	"\x10HeartbeatRequest\x12#\n" +
+	"\rbundle_digest\x18\x01 \x01(\tR\fbundleDigest\"\xad\x02\n" +
 	"\x11HeartbeatResponse\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x14\n" +
 	"\x05renew\x18\x02 \x01(\bR\x05renew\x12.\n" +
@@ -2683,11 +3132,13 @@ const file_quorumca_proto_rawDesc = "" +
 	"\bmanagers\x18\x05 \x03(\tR\bmanagers\x12\x16\n" +
 	"\x06bundle\x18\x06 \x01(\fR\x06bundle\x12&\n" +
 	"\x0frenew_jitter_ms\x18\a \x01(\x03R\rrenewJitterMs\x12!\n" +
-	"\fbundle_since\x18\b \x01(\x03R\vbundleSince\"\x0f\n" +
-	"\rGossipRequest\"8\n" +
+	"\fbundle_since\x18\b \x01(\x03R\vbundleSince\x12\"\n" +
+	"\rgossip_key_id\x18\t \x01(\tR\vgossipKeyId\"\x0f\n" +
+	"\rGossipRequest\"O\n" +
 	"\x0eGossipResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
-	"\x05peers\x18\x02 \x03(\tR\x05peers\"\xab\x01\n" +
+	"\x05peers\x18\x02 \x03(\tR\x05peers\x12\x15\n" +
+	"\x06key_id\x18\x03 \x01(\tR\x05keyId\"\xab\x01\n" +
 	"\x0fRotateCARequest\x12\x17\n" +
 	"\aca_cert\x18\x01 \x01(\fR\x06caCert\x12\x15\n" +
 	"\x06ca_key\x18\x02 \x01(\fR\x05caKey\x12.\n" +
@@ -2792,16 +3243,35 @@ const file_quorumca_proto_rawDesc = "" +
 	"\x1cIssueAdminCertificateRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
-	"ttlSeconds\"Y\n" +
+	"ttlSeconds\"\x8e\x01\n" +
 	"\x1dIssueAdminCertificateResponse\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x16\n" +
-	"\x06bundle\x18\x02 \x01(\fR\x06bundle2\xc5\x03\n" +
+	"\x06bundle\x18\x02 \x01(\fR\x06bundle\x12\x16\n" +
+	"\x06serial\x18\x03 \x01(\tR\x06serial\x12\x1b\n" +
+	"\tnot_after\x18\x04 \x01(\x03R\bnotAfter\"\xb0\x01\n" +
+	"\x10AdminCertificate\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1b\n" +
+	"\tissued_by\x18\x03 \x01(\tR\bissuedBy\x12\x1b\n" +
+	"\tissued_at\x18\x04 \x01(\x03R\bissuedAt\x12\x1b\n" +
+	"\tnot_after\x18\x05 \x01(\x03R\bnotAfter\x12\x1d\n" +
+	"\n" +
+	"revoked_at\x18\x06 \x01(\x03R\trevokedAt\"\x1e\n" +
+	"\x1cListAdminCertificatesRequest\"b\n" +
+	"\x1dListAdminCertificatesResponse\x12A\n" +
+	"\fcertificates\x18\x01 \x03(\v2\x1d.quorumca.v1.AdminCertificateR\fcertificates\"L\n" +
+	"\x1eRevokeAdminCertificatesRequest\x12\x18\n" +
+	"\aserials\x18\x01 \x03(\tR\aserials\x12\x10\n" +
+	"\x03all\x18\x02 \x01(\bR\x03all\";\n" +
+	"\x1fRevokeAdminCertificatesResponse\x12\x18\n" +
+	"\aserials\x18\x01 \x03(\tR\aserials2\xc5\x03\n" +
 	"\x02CA\x12V\n" +
 	"\rGetRootBundle\x12!.quorumca.v1.GetRootBundleRequest\x1a\".quorumca.v1.GetRootBundleResponse\x12k\n" +
 	"\x14IssueNodeCertificate\x12(.quorumca.v1.IssueNodeCertificateRequest\x1a).quorumca.v1.IssueNodeCertificateResponse\x12k\n" +
 	"\x14RenewNodeCertificate\x12(.quorumca.v1.RenewNodeCertificateRequest\x1a).quorumca.v1.RenewNodeCertificateResponse\x12J\n" +
 	"\tHeartbeat\x12\x1d.quorumca.v1.HeartbeatRequest\x1a\x1e.quorumca.v1.HeartbeatResponse\x12A\n" +
-	"\x06Gossip\x12\x1a.quorumca.v1.GossipRequest\x1a\x1b.quorumca.v1.GossipResponse2\xae\b\n" +
+	"\x06Gossip\x12\x1a.quorumca.v1.GossipRequest\x1a\x1b.quorumca.v1.GossipResponse2\x94\n" +
+	"\n" +
 	"\aControl\x12A\n" +
 	"\x06Status\x12\x1a.quorumca.v1.StatusRequest\x1a\x1b.quorumca.v1.StatusResponse\x12J\n" +
 	"\tJoinToken\x12\x1d.quorumca.v1.JoinTokenRequest\x1a\x1e.quorumca.v1.JoinTokenResponse\x12G\n" +
@@ -2816,9 +3286,13 @@ const file_quorumca_proto_rawDesc = "" +
 	"\n" +
 	"ListTokens\x12\x1e.quorumca.v1.ListTokensRequest\x1a\x1f.quorumca.v1.ListTokensResponse\x12P\n" +
 	"\vRevokeToken\x12\x1f.quorumca.v1.RevokeTokenRequest\x1a .quorumca.v1.RevokeTokenResponse\x12n\n" +
-	"\x15IssueAdminCertificate\x12).quorumca.v1.IssueAdminCertificateRequest\x1a*.quorumca.v1.IssueAdminCertificateResponse\x12G\n" +
+	"\x15IssueAdminCertificate\x12).quorumca.v1.IssueAdminCertificateRequest\x1a*.quorumca.v1.IssueAdminCertificateResponse\x12n\n" +
+	"\x15ListAdminCertificates\x12).quorumca.v1.ListAdminCertificatesRequest\x1a*.quorumca.v1.ListAdminCertificatesResponse\x12t\n" +
+	"\x17RevokeAdminCertificates\x12+.quorumca.v1.RevokeAdminCertificatesRequest\x1a,.quorumca.v1.RevokeAdminCertificatesResponse\x12G\n" +
 	"\bRotateCA\x12\x1c.quorumca.v1.RotateCARequest\x1a\x1d.quorumca.v1.RotateCAResponse\x12>\n" +
-	"\x05GetCA\x12\x19.quorumca.v1.GetCARequest\x1a\x1a.quorumca.v1.GetCAResponseB\"Z github.com/quorumca/quorumca/apib\x06proto3"
+	"\x05GetCA\x12\x19.quorumca.v1.GetCARequest\x1a\x1a.quorumca.v1.GetCAResponse2Y\n" +
+	"\bInternal\x12M\n" +
+	"\x05Admit\x12\x19.quorumca.v1.AdmitRequest\x1a).quorumca.v1.IssueNodeCertificateResponseB\"Z github.com/quorumca/quorumca/apib\x06proto3"
 
 var (
 	file_quorumca_proto_rawDescOnce sync.Once
@@ -2832,108 +3306,121 @@ func file_quorumca_proto_rawDescGZIP() []byte {
 	return file_quorumca_proto_rawDescData
 }
 
-var file_quorumca_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_quorumca_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_quorumca_proto_goTypes = []any{
-	(*GetRootBundleRequest)(nil),          // 0: quorumca.v1.GetRootBundleRequest
-	(*GetRootBundleResponse)(nil),         // 1: quorumca.v1.GetRootBundleResponse
-	(*IssueNodeCertificateRequest)(nil),   // 2: quorumca.v1.IssueNodeCertificateRequest
-	(*IssueNodeCertificateResponse)(nil),  // 3: quorumca.v1.IssueNodeCertificateResponse
-	(*RenewNodeCertificateRequest)(nil),   // 4: quorumca.v1.RenewNodeCertificateRequest
-	(*RenewNodeCertificateResponse)(nil),  // 5: quorumca.v1.RenewNodeCertificateResponse
-	(*StatusRequest)(nil),                 // 6: quorumca.v1.StatusRequest
-	(*StatusResponse)(nil),                // 7: quorumca.v1.StatusResponse
-	(*Manager)(nil),                       // 8: quorumca.v1.Manager
-	(*JoinTokenRequest)(nil),              // 9: quorumca.v1.JoinTokenRequest
-	(*JoinTokenResponse)(nil),             // 10: quorumca.v1.JoinTokenResponse
-	(*AddVoterRequest)(nil),               // 11: quorumca.v1.AddVoterRequest
-	(*AddVoterResponse)(nil),              // 12: quorumca.v1.AddVoterResponse
-	(*PingRequest)(nil),                   // 13: quorumca.v1.PingRequest
-	(*PingResponse)(nil),                  // 14: quorumca.v1.PingResponse
-	(*HeartbeatRequest)(nil),              // 15: quorumca.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),             // 16: quorumca.v1.HeartbeatResponse
-	(*GossipRequest)(nil),                 // 17: quorumca.v1.GossipRequest
-	(*GossipResponse)(nil),                // 18: quorumca.v1.GossipResponse
-	(*RotateCARequest)(nil),               // 19: quorumca.v1.RotateCARequest
-	(*ExternalCA)(nil),                    // 20: quorumca.v1.ExternalCA
-	(*RotateCAResponse)(nil),              // 21: quorumca.v1.RotateCAResponse
-	(*GetCARequest)(nil),                  // 22: quorumca.v1.GetCARequest
-	(*GetCAResponse)(nil),                 // 23: quorumca.v1.GetCAResponse
-	(*Rotation)(nil),                      // 24: quorumca.v1.Rotation
-	(*RotationNode)(nil),                  // 25: quorumca.v1.RotationNode
-	(*Node)(nil),                          // 26: quorumca.v1.Node
-	(*ListNodesRequest)(nil),              // 27: quorumca.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),             // 28: quorumca.v1.ListNodesResponse
-	(*SetRoleRequest)(nil),                // 29: quorumca.v1.SetRoleRequest
-	(*SetRoleResponse)(nil),               // 30: quorumca.v1.SetRoleResponse
-	(*RemoveNodeRequest)(nil),             // 31: quorumca.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),            // 32: quorumca.v1.RemoveNodeResponse
-	(*UpdateRequest)(nil),                 // 33: quorumca.v1.UpdateRequest
-	(*UpdateResponse)(nil),                // 34: quorumca.v1.UpdateResponse
-	(*CreateTokenRequest)(nil),            // 35: quorumca.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),           // 36: quorumca.v1.CreateTokenResponse
-	(*Token)(nil),                         // 37: quorumca.v1.Token
-	(*ListTokensRequest)(nil),             // 38: quorumca.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),            // 39: quorumca.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),            // 40: quorumca.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),           // 41: quorumca.v1.RevokeTokenResponse
-	(*IssueAdminCertificateRequest)(nil),  // 42: quorumca.v1.IssueAdminCertificateRequest
-	(*IssueAdminCertificateResponse)(nil), // 43: quorumca.v1.IssueAdminCertificateResponse
+	(*GetRootBundleRequest)(nil),            // 0: quorumca.v1.GetRootBundleRequest
+	(*GetRootBundleResponse)(nil),           // 1: quorumca.v1.GetRootBundleResponse
+	(*IssueNodeCertificateRequest)(nil),     // 2: quorumca.v1.IssueNodeCertificateRequest
+	(*AdmitRequest)(nil),                    // 3: quorumca.v1.AdmitRequest
+	(*IssueNodeCertificateResponse)(nil),    // 4: quorumca.v1.IssueNodeCertificateResponse
+	(*RenewNodeCertificateRequest)(nil),     // 5: quorumca.v1.RenewNodeCertificateRequest
+	(*RenewNodeCertificateResponse)(nil),    // 6: quorumca.v1.RenewNodeCertificateResponse
+	(*StatusRequest)(nil),                   // 7: quorumca.v1.StatusRequest
+	(*StatusResponse)(nil),                  // 8: quorumca.v1.StatusResponse
+	(*Manager)(nil),                         // 9: quorumca.v1.Manager
+	(*JoinTokenRequest)(nil),                // 10: quorumca.v1.JoinTokenRequest
+	(*JoinTokenResponse)(nil),               // 11: quorumca.v1.JoinTokenResponse
+	(*AddVoterRequest)(nil),                 // 12: quorumca.v1.AddVoterRequest
+	(*AddVoterResponse)(nil),                // 13: quorumca.v1.AddVoterResponse
+	(*PingRequest)(nil),                     // 14: quorumca.v1.PingRequest
+	(*PingResponse)(nil),                    // 15: quorumca.v1.PingResponse
+	(*HeartbeatRequest)(nil),                // 16: quorumca.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),               // 17: quorumca.v1.HeartbeatResponse
+	(*GossipRequest)(nil),                   // 18: quorumca.v1.GossipRequest
+	(*GossipResponse)(nil),                  // 19: quorumca.v1.GossipResponse
+	(*RotateCARequest)(nil),                 // 20: quorumca.v1.RotateCARequest
+	(*ExternalCA)(nil),                      // 21: quorumca.v1.ExternalCA
+	(*RotateCAResponse)(nil),                // 22: quorumca.v1.RotateCAResponse
+	(*GetCARequest)(nil),                    // 23: quorumca.v1.GetCARequest
+	(*GetCAResponse)(nil),                   // 24: quorumca.v1.GetCAResponse
+	(*Rotation)(nil),                        // 25: quorumca.v1.Rotation
+	(*RotationNode)(nil),                    // 26: quorumca.v1.RotationNode
+	(*Node)(nil),                            // 27: quorumca.v1.Node
+	(*ListNodesRequest)(nil),                // 28: quorumca.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),               // 29: quorumca.v1.ListNodesResponse
+	(*SetRoleRequest)(nil),                  // 30: quorumca.v1.SetRoleRequest
+	(*SetRoleResponse)(nil),                 // 31: quorumca.v1.SetRoleResponse
+	(*RemoveNodeRequest)(nil),               // 32: quorumca.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),              // 33: quorumca.v1.RemoveNodeResponse
+	(*UpdateRequest)(nil),                   // 34: quorumca.v1.UpdateRequest
+	(*UpdateResponse)(nil),                  // 35: quorumca.v1.UpdateResponse
+	(*CreateTokenRequest)(nil),              // 36: quorumca.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),             // 37: quorumca.v1.CreateTokenResponse
+	(*Token)(nil),                           // 38: quorumca.v1.Token
+	(*ListTokensRequest)(nil),               // 39: quorumca.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),              // 40: quorumca.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),              // 41: quorumca.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),             // 42: quorumca.v1.RevokeTokenResponse
+	(*IssueAdminCertificateRequest)(nil),    // 43: quorumca.v1.IssueAdminCertificateRequest
+	(*IssueAdminCertificateResponse)(nil),   // 44: quorumca.v1.IssueAdminCertificateResponse
+	(*AdminCertificate)(nil),                // 45: quorumca.v1.AdminCertificate
+	(*ListAdminCertificatesRequest)(nil),    // 46: quorumca.v1.ListAdminCertificatesRequest
+	(*ListAdminCertificatesResponse)(nil),   // 47: quorumca.v1.ListAdminCertificatesResponse
+	(*RevokeAdminCertificatesRequest)(nil),  // 48: quorumca.v1.RevokeAdminCertificatesRequest
+	(*RevokeAdminCertificatesResponse)(nil), // 49: quorumca.v1.RevokeAdminCertificatesResponse
 }
 var file_quorumca_proto_depIdxs = []int32{
-	8,  // 0: quorumca.v1.StatusResponse.managers:type_name -> quorumca.v1.Manager
-	24, // 1: quorumca.v1.StatusResponse.rotation:type_name -> quorumca.v1.Rotation
-	20, // 2: quorumca.v1.RotateCARequest.external_ca:type_name -> quorumca.v1.ExternalCA
-	24, // 3: quorumca.v1.RotateCAResponse.rotation:type_name -> quorumca.v1.Rotation
-	24, // 4: quorumca.v1.GetCAResponse.rotation:type_name -> quorumca.v1.Rotation
-	20, // 5: quorumca.v1.GetCAResponse.external_ca:type_name -> quorumca.v1.ExternalCA
-	25, // 6: quorumca.v1.Rotation.nodes:type_name -> quorumca.v1.RotationNode
-	26, // 7: quorumca.v1.ListNodesResponse.nodes:type_name -> quorumca.v1.Node
-	20, // 8: quorumca.v1.UpdateRequest.external_ca:type_name -> quorumca.v1.ExternalCA
-	20, // 9: quorumca.v1.UpdateResponse.external_ca:type_name -> quorumca.v1.ExternalCA
-	37, // 10: quorumca.v1.ListTokensResponse.tokens:type_name -> quorumca.v1.Token
-	0,  // 11: quorumca.v1.CA.GetRootBundle:input_type -> quorumca.v1.GetRootBundleRequest
-	2,  // 12: quorumca.v1.CA.IssueNodeCertificate:input_type -> quorumca.v1.IssueNodeCertificateRequest
-	4,  // 13: quorumca.v1.CA.RenewNodeCertificate:input_type -> quorumca.v1.RenewNodeCertificateRequest
-	15, // 14: quorumca.v1.CA.Heartbeat:input_type -> quorumca.v1.HeartbeatRequest
-	17, // 15: quorumca.v1.CA.Gossip:input_type -> quorumca.v1.GossipRequest
-	6,  // 16: quorumca.v1.Control.Status:input_type -> quorumca.v1.StatusRequest
-	9,  // 17: quorumca.v1.Control.JoinToken:input_type -> quorumca.v1.JoinTokenRequest
-	11, // 18: quorumca.v1.Control.AddVoter:input_type -> quorumca.v1.AddVoterRequest
-	13, // 19: quorumca.v1.Control.Ping:input_type -> quorumca.v1.PingRequest
-	27, // 20: quorumca.v1.Control.ListNodes:input_type -> quorumca.v1.ListNodesRequest
-	29, // 21: quorumca.v1.Control.SetRole:input_type -> quorumca.v1.SetRoleRequest
-	31, // 22: quorumca.v1.Control.RemoveNode:input_type -> quorumca.v1.RemoveNodeRequest
-	33, // 23: quorumca.v1.Control.Update:input_type -> quorumca.v1.UpdateRequest
-	35, // 24: quorumca.v1.Control.CreateToken:input_type -> quorumca.v1.CreateTokenRequest
-	38, // 25: quorumca.v1.Control.ListTokens:input_type -> quorumca.v1.ListTokensRequest
-	40, // 26: quorumca.v1.Control.RevokeToken:input_type -> quorumca.v1.RevokeTokenRequest
-	42, // 27: quorumca.v1.Control.IssueAdminCertificate:input_type -> quorumca.v1.IssueAdminCertificateRequest
-	19, // 28: quorumca.v1.Control.RotateCA:input_type -> quorumca.v1.RotateCARequest
-	22, // 29: quorumca.v1.Control.GetCA:input_type -> quorumca.v1.GetCARequest
-	1,  // 30: quorumca.v1.CA.GetRootBundle:output_type -> quorumca.v1.GetRootBundleResponse
-	3,  // 31: quorumca.v1.CA.IssueNodeCertificate:output_type -> quorumca.v1.IssueNodeCertificateResponse
-	5,  // 32: quorumca.v1.CA.RenewNodeCertificate:output_type -> quorumca.v1.RenewNodeCertificateResponse
-	16, // 33: quorumca.v1.CA.Heartbeat:output_type -> quorumca.v1.HeartbeatResponse
-	18, // 34: quorumca.v1.CA.Gossip:output_type -> quorumca.v1.GossipResponse
-	7,  // 35: quorumca.v1.Control.Status:output_type -> quorumca.v1.StatusResponse
-	10, // 36: quorumca.v1.Control.JoinToken:output_type -> quorumca.v1.JoinTokenResponse
-	12, // 37: quorumca.v1.Control.AddVoter:output_type -> quorumca.v1.AddVoterResponse
-	14, // 38: quorumca.v1.Control.Ping:output_type -> quorumca.v1.PingResponse
-	28, // 39: quorumca.v1.Control.ListNodes:output_type -> quorumca.v1.ListNodesResponse
-	30, // 40: quorumca.v1.Control.SetRole:output_type -> quorumca.v1.SetRoleResponse
-	32, // 41: quorumca.v1.Control.RemoveNode:output_type -> quorumca.v1.RemoveNodeResponse
-	34, // 42: quorumca.v1.Control.Update:output_type -> quorumca.v1.UpdateResponse
-	36, // 43: quorumca.v1.Control.CreateToken:output_type -> quorumca.v1.CreateTokenResponse
-	39, // 44: quorumca.v1.Control.ListTokens:output_type -> quorumca.v1.ListTokensResponse
-	41, // 45: quorumca.v1.Control.RevokeToken:output_type -> quorumca.v1.RevokeTokenResponse
-	43, // 46: quorumca.v1.Control.IssueAdminCertificate:output_type -> quorumca.v1.IssueAdminCertificateResponse
-	21, // 47: quorumca.v1.Control.RotateCA:output_type -> quorumca.v1.RotateCAResponse
-	23, // 48: quorumca.v1.Control.GetCA:output_type -> quorumca.v1.GetCAResponse
-	30, // [30:49] is the sub-list for method output_type
-	11, // [11:30] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	9,  // 0: quorumca.v1.StatusResponse.managers:type_name -> quorumca.v1.Manager
+	25, // 1: quorumca.v1.StatusResponse.rotation:type_name -> quorumca.v1.Rotation
+	21, // 2: quorumca.v1.RotateCARequest.external_ca:type_name -> quorumca.v1.ExternalCA
+	25, // 3: quorumca.v1.RotateCAResponse.rotation:type_name -> quorumca.v1.Rotation
+	25, // 4: quorumca.v1.GetCAResponse.rotation:type_name -> quorumca.v1.Rotation
+	21, // 5: quorumca.v1.GetCAResponse.external_ca:type_name -> quorumca.v1.ExternalCA
+	26, // 6: quorumca.v1.Rotation.nodes:type_name -> quorumca.v1.RotationNode
+	27, // 7: quorumca.v1.ListNodesResponse.nodes:type_name -> quorumca.v1.Node
+	21, // 8: quorumca.v1.UpdateRequest.external_ca:type_name -> quorumca.v1.ExternalCA
+	21, // 9: quorumca.v1.UpdateResponse.external_ca:type_name -> quorumca.v1.ExternalCA
+	38, // 10: quorumca.v1.ListTokensResponse.tokens:type_name -> quorumca.v1.Token
+	45, // 11: quorumca.v1.ListAdminCertificatesResponse.certificates:type_name -> quorumca.v1.AdminCertificate
+	0,  // 12: quorumca.v1.CA.GetRootBundle:input_type -> quorumca.v1.GetRootBundleRequest
+	2,  // 13: quorumca.v1.CA.IssueNodeCertificate:input_type -> quorumca.v1.IssueNodeCertificateRequest
+	5,  // 14: quorumca.v1.CA.RenewNodeCertificate:input_type -> quorumca.v1.RenewNodeCertificateRequest
+	16, // 15: quorumca.v1.CA.Heartbeat:input_type -> quorumca.v1.HeartbeatRequest
+	18, // 16: quorumca.v1.CA.Gossip:input_type -> quorumca.v1.GossipRequest
+	7,  // 17: quorumca.v1.Control.Status:input_type -> quorumca.v1.StatusRequest
+	10, // 18: quorumca.v1.Control.JoinToken:input_type -> quorumca.v1.JoinTokenRequest
+	12, // 19: quorumca.v1.Control.AddVoter:input_type -> quorumca.v1.AddVoterRequest
+	14, // 20: quorumca.v1.Control.Ping:input_type -> quorumca.v1.PingRequest
+	28, // 21: quorumca.v1.Control.ListNodes:input_type -> quorumca.v1.ListNodesRequest
+	30, // 22: quorumca.v1.Control.SetRole:input_type -> quorumca.v1.SetRoleRequest
+	32, // 23: quorumca.v1.Control.RemoveNode:input_type -> quorumca.v1.RemoveNodeRequest
+	34, // 24: quorumca.v1.Control.Update:input_type -> quorumca.v1.UpdateRequest
+	36, // 25: quorumca.v1.Control.CreateToken:input_type -> quorumca.v1.CreateTokenRequest
+	39, // 26: quorumca.v1.Control.ListTokens:input_type -> quorumca.v1.ListTokensRequest
+	41, // 27: quorumca.v1.Control.RevokeToken:input_type -> quorumca.v1.RevokeTokenRequest
+	43, // 28: quorumca.v1.Control.IssueAdminCertificate:input_type -> quorumca.v1.IssueAdminCertificateRequest
+	46, // 29: quorumca.v1.Control.ListAdminCertificates:input_type -> quorumca.v1.ListAdminCertificatesRequest
+	48, // 30: quorumca.v1.Control.RevokeAdminCertificates:input_type -> quorumca.v1.RevokeAdminCertificatesRequest
+	20, // 31: quorumca.v1.Control.RotateCA:input_type -> quorumca.v1.RotateCARequest
+	23, // 32: quorumca.v1.Control.GetCA:input_type -> quorumca.v1.GetCARequest
+	3,  // 33: quorumca.v1.Internal.Admit:input_type -> quorumca.v1.AdmitRequest
+	1,  // 34: quorumca.v1.CA.GetRootBundle:output_type -> quorumca.v1.GetRootBundleResponse
+	4,  // 35: quorumca.v1.CA.IssueNodeCertificate:output_type -> quorumca.v1.IssueNodeCertificateResponse
+	6,  // 36: quorumca.v1.CA.RenewNodeCertificate:output_type -> quorumca.v1.RenewNodeCertificateResponse
+	17, // 37: quorumca.v1.CA.Heartbeat:output_type -> quorumca.v1.HeartbeatResponse
+	19, // 38: quorumca.v1.CA.Gossip:output_type -> quorumca.v1.GossipResponse
+	8,  // 39: quorumca.v1.Control.Status:output_type -> quorumca.v1.StatusResponse
+	11, // 40: quorumca.v1.Control.JoinToken:output_type -> quorumca.v1.JoinTokenResponse
+	13, // 41: quorumca.v1.Control.AddVoter:output_type -> quorumca.v1.AddVoterResponse
+	15, // 42: quorumca.v1.Control.Ping:output_type -> quorumca.v1.PingResponse
+	29, // 43: quorumca.v1.Control.ListNodes:output_type -> quorumca.v1.ListNodesResponse
+	31, // 44: quorumca.v1.Control.SetRole:output_type -> quorumca.v1.SetRoleResponse
+	33, // 45: quorumca.v1.Control.RemoveNode:output_type -> quorumca.v1.RemoveNodeResponse
+	35, // 46: quorumca.v1.Control.Update:output_type -> quorumca.v1.UpdateResponse
+	37, // 47: quorumca.v1.Control.CreateToken:output_type -> quorumca.v1.CreateTokenResponse
+	40, // 48: quorumca.v1.Control.ListTokens:output_type -> quorumca.v1.ListTokensResponse
+	42, // 49: quorumca.v1.Control.RevokeToken:output_type -> quorumca.v1.RevokeTokenResponse
+	44, // 50: quorumca.v1.Control.IssueAdminCertificate:output_type -> quorumca.v1.IssueAdminCertificateResponse
+	47, // 51: quorumca.v1.Control.ListAdminCertificates:output_type -> quorumca.v1.ListAdminCertificatesResponse
+	49, // 52: quorumca.v1.Control.RevokeAdminCertificates:output_type -> quorumca.v1.RevokeAdminCertificatesResponse
+	22, // 53: quorumca.v1.Control.RotateCA:output_type -> quorumca.v1.RotateCAResponse
+	24, // 54: quorumca.v1.Control.GetCA:output_type -> quorumca.v1.GetCAResponse
+	4,  // 55: quorumca.v1.Internal.Admit:output_type -> quorumca.v1.IssueNodeCertificateResponse
+	34, // [34:56] is the sub-list for method output_type
+	12, // [12:34] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_quorumca_proto_init() }
@@ -2947,9 +3434,9 @@ func file_quorumca_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quorumca_proto_rawDesc), len(file_quorumca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   44,
+			NumMessages:   50,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_quorumca_proto_goTypes,
 		DependencyIndexes: file_quorumca_proto_depIdxs,

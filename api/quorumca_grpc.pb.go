@@ -40,17 +40,22 @@ type CAClient interface {
 	// calls it before it trusts anything, then checks the bundle against its
 	// join token's digest.
 	GetRootBundle(ctx context.Context, in *GetRootBundleRequest, opts ...grpc.CallOption) (*GetRootBundleResponse, error)
-	// IssueNodeCertificate admits a joining node with a join token and signs
-	// its CSR. Unauthenticated but for the token; followers forward it to the
-	// leader.
+	// IssueNodeCertificate admits a joining node and signs its CSR.
+	// Unauthenticated but for the join token, which never travels: the node
+	// proves it knows the token's secret with an HMAC bound to this very TLS
+	// connection, so a server that is not a manager of the cluster learns
+	// nothing it could use. Followers check the proof, then have the leader
+	// admit the node (Internal.Admit).
 	IssueNodeCertificate(ctx context.Context, in *IssueNodeCertificateRequest, opts ...grpc.CallOption) (*IssueNodeCertificateResponse, error)
 	// RenewNodeCertificate signs a fresh CSR for a node that presents its
 	// current certificate over mutual TLS. The identity comes from that
-	// certificate and the cluster state, never from the CSR.
+	// certificate and the cluster state, never from the CSR. The leader
+	// answers it; other managers redirect the node there.
 	RenewNodeCertificate(ctx context.Context, in *RenewNodeCertificateRequest, opts ...grpc.CallOption) (*RenewNodeCertificateResponse, error)
-	// Heartbeat tells the leader the calling node is alive, and tells the
-	// node whether it must renew now (its role or the cluster's cert expiry
-	// changed). Mutual TLS; followers forward it to the leader.
+	// Heartbeat tells the leader the calling node is alive and which
+	// certificate it holds, and tells the node whether it must renew now
+	// (its role or the cluster's cert expiry changed). Mutual TLS; the
+	// leader answers it, other managers redirect the node there.
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
 	// Gossip hands a node the cluster's gossip key and the managers' gossip
 	// addresses. Mutual TLS; any manager that has the state answers.
@@ -125,17 +130,22 @@ type CAServer interface {
 	// calls it before it trusts anything, then checks the bundle against its
 	// join token's digest.
 	GetRootBundle(context.Context, *GetRootBundleRequest) (*GetRootBundleResponse, error)
-	// IssueNodeCertificate admits a joining node with a join token and signs
-	// its CSR. Unauthenticated but for the token; followers forward it to the
-	// leader.
+	// IssueNodeCertificate admits a joining node and signs its CSR.
+	// Unauthenticated but for the join token, which never travels: the node
+	// proves it knows the token's secret with an HMAC bound to this very TLS
+	// connection, so a server that is not a manager of the cluster learns
+	// nothing it could use. Followers check the proof, then have the leader
+	// admit the node (Internal.Admit).
 	IssueNodeCertificate(context.Context, *IssueNodeCertificateRequest) (*IssueNodeCertificateResponse, error)
 	// RenewNodeCertificate signs a fresh CSR for a node that presents its
 	// current certificate over mutual TLS. The identity comes from that
-	// certificate and the cluster state, never from the CSR.
+	// certificate and the cluster state, never from the CSR. The leader
+	// answers it; other managers redirect the node there.
 	RenewNodeCertificate(context.Context, *RenewNodeCertificateRequest) (*RenewNodeCertificateResponse, error)
-	// Heartbeat tells the leader the calling node is alive, and tells the
-	// node whether it must renew now (its role or the cluster's cert expiry
-	// changed). Mutual TLS; followers forward it to the leader.
+	// Heartbeat tells the leader the calling node is alive and which
+	// certificate it holds, and tells the node whether it must renew now
+	// (its role or the cluster's cert expiry changed). Mutual TLS; the
+	// leader answers it, other managers redirect the node there.
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
 	// Gossip hands a node the cluster's gossip key and the managers' gossip
 	// addresses. Mutual TLS; any manager that has the state answers.
@@ -309,20 +319,22 @@ var CA_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Control_Status_FullMethodName                = "/quorumca.v1.Control/Status"
-	Control_JoinToken_FullMethodName             = "/quorumca.v1.Control/JoinToken"
-	Control_AddVoter_FullMethodName              = "/quorumca.v1.Control/AddVoter"
-	Control_Ping_FullMethodName                  = "/quorumca.v1.Control/Ping"
-	Control_ListNodes_FullMethodName             = "/quorumca.v1.Control/ListNodes"
-	Control_SetRole_FullMethodName               = "/quorumca.v1.Control/SetRole"
-	Control_RemoveNode_FullMethodName            = "/quorumca.v1.Control/RemoveNode"
-	Control_Update_FullMethodName                = "/quorumca.v1.Control/Update"
-	Control_CreateToken_FullMethodName           = "/quorumca.v1.Control/CreateToken"
-	Control_ListTokens_FullMethodName            = "/quorumca.v1.Control/ListTokens"
-	Control_RevokeToken_FullMethodName           = "/quorumca.v1.Control/RevokeToken"
-	Control_IssueAdminCertificate_FullMethodName = "/quorumca.v1.Control/IssueAdminCertificate"
-	Control_RotateCA_FullMethodName              = "/quorumca.v1.Control/RotateCA"
-	Control_GetCA_FullMethodName                 = "/quorumca.v1.Control/GetCA"
+	Control_Status_FullMethodName                  = "/quorumca.v1.Control/Status"
+	Control_JoinToken_FullMethodName               = "/quorumca.v1.Control/JoinToken"
+	Control_AddVoter_FullMethodName                = "/quorumca.v1.Control/AddVoter"
+	Control_Ping_FullMethodName                    = "/quorumca.v1.Control/Ping"
+	Control_ListNodes_FullMethodName               = "/quorumca.v1.Control/ListNodes"
+	Control_SetRole_FullMethodName                 = "/quorumca.v1.Control/SetRole"
+	Control_RemoveNode_FullMethodName              = "/quorumca.v1.Control/RemoveNode"
+	Control_Update_FullMethodName                  = "/quorumca.v1.Control/Update"
+	Control_CreateToken_FullMethodName             = "/quorumca.v1.Control/CreateToken"
+	Control_ListTokens_FullMethodName              = "/quorumca.v1.Control/ListTokens"
+	Control_RevokeToken_FullMethodName             = "/quorumca.v1.Control/RevokeToken"
+	Control_IssueAdminCertificate_FullMethodName   = "/quorumca.v1.Control/IssueAdminCertificate"
+	Control_ListAdminCertificates_FullMethodName   = "/quorumca.v1.Control/ListAdminCertificates"
+	Control_RevokeAdminCertificates_FullMethodName = "/quorumca.v1.Control/RevokeAdminCertificates"
+	Control_RotateCA_FullMethodName                = "/quorumca.v1.Control/RotateCA"
+	Control_GetCA_FullMethodName                   = "/quorumca.v1.Control/GetCA"
 )
 
 // ControlClient is the client API for Control service.
@@ -356,8 +368,15 @@ type ControlClient interface {
 	ListTokens(ctx context.Context, in *ListTokensRequest, opts ...grpc.CallOption) (*ListTokensResponse, error)
 	// RevokeToken removes an extra join token.
 	RevokeToken(ctx context.Context, in *RevokeTokenRequest, opts ...grpc.CallOption) (*RevokeTokenResponse, error)
-	// IssueAdminCertificate signs a short-lived admin client certificate.
+	// IssueAdminCertificate signs a short-lived admin client certificate and
+	// records it. Only over a manager's control socket: an admin
+	// certificate cannot mint its successor.
 	IssueAdminCertificate(ctx context.Context, in *IssueAdminCertificateRequest, opts ...grpc.CallOption) (*IssueAdminCertificateResponse, error)
+	// ListAdminCertificates lists the admin certificates the cluster records.
+	ListAdminCertificates(ctx context.Context, in *ListAdminCertificatesRequest, opts ...grpc.CallOption) (*ListAdminCertificatesResponse, error)
+	// RevokeAdminCertificates revokes admin certificates: every manager
+	// refuses them from then on, on new and open connections.
+	RevokeAdminCertificates(ctx context.Context, in *RevokeAdminCertificatesRequest, opts ...grpc.CallOption) (*RevokeAdminCertificatesResponse, error)
 	// RotateCA starts a root CA rotation (DESIGN.md flow 5) and returns at
 	// once; GetCA follows its progress.
 	RotateCA(ctx context.Context, in *RotateCARequest, opts ...grpc.CallOption) (*RotateCAResponse, error)
@@ -494,6 +513,26 @@ func (c *controlClient) IssueAdminCertificate(ctx context.Context, in *IssueAdmi
 	return out, nil
 }
 
+func (c *controlClient) ListAdminCertificates(ctx context.Context, in *ListAdminCertificatesRequest, opts ...grpc.CallOption) (*ListAdminCertificatesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAdminCertificatesResponse)
+	err := c.cc.Invoke(ctx, Control_ListAdminCertificates_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) RevokeAdminCertificates(ctx context.Context, in *RevokeAdminCertificatesRequest, opts ...grpc.CallOption) (*RevokeAdminCertificatesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeAdminCertificatesResponse)
+	err := c.cc.Invoke(ctx, Control_RevokeAdminCertificates_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *controlClient) RotateCA(ctx context.Context, in *RotateCARequest, opts ...grpc.CallOption) (*RotateCAResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RotateCAResponse)
@@ -545,8 +584,15 @@ type ControlServer interface {
 	ListTokens(context.Context, *ListTokensRequest) (*ListTokensResponse, error)
 	// RevokeToken removes an extra join token.
 	RevokeToken(context.Context, *RevokeTokenRequest) (*RevokeTokenResponse, error)
-	// IssueAdminCertificate signs a short-lived admin client certificate.
+	// IssueAdminCertificate signs a short-lived admin client certificate and
+	// records it. Only over a manager's control socket: an admin
+	// certificate cannot mint its successor.
 	IssueAdminCertificate(context.Context, *IssueAdminCertificateRequest) (*IssueAdminCertificateResponse, error)
+	// ListAdminCertificates lists the admin certificates the cluster records.
+	ListAdminCertificates(context.Context, *ListAdminCertificatesRequest) (*ListAdminCertificatesResponse, error)
+	// RevokeAdminCertificates revokes admin certificates: every manager
+	// refuses them from then on, on new and open connections.
+	RevokeAdminCertificates(context.Context, *RevokeAdminCertificatesRequest) (*RevokeAdminCertificatesResponse, error)
 	// RotateCA starts a root CA rotation (DESIGN.md flow 5) and returns at
 	// once; GetCA follows its progress.
 	RotateCA(context.Context, *RotateCARequest) (*RotateCAResponse, error)
@@ -598,6 +644,12 @@ func (UnimplementedControlServer) RevokeToken(context.Context, *RevokeTokenReque
 }
 func (UnimplementedControlServer) IssueAdminCertificate(context.Context, *IssueAdminCertificateRequest) (*IssueAdminCertificateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method IssueAdminCertificate not implemented")
+}
+func (UnimplementedControlServer) ListAdminCertificates(context.Context, *ListAdminCertificatesRequest) (*ListAdminCertificatesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAdminCertificates not implemented")
+}
+func (UnimplementedControlServer) RevokeAdminCertificates(context.Context, *RevokeAdminCertificatesRequest) (*RevokeAdminCertificatesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeAdminCertificates not implemented")
 }
 func (UnimplementedControlServer) RotateCA(context.Context, *RotateCARequest) (*RotateCAResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RotateCA not implemented")
@@ -842,6 +894,42 @@ func _Control_IssueAdminCertificate_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_ListAdminCertificates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAdminCertificatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).ListAdminCertificates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_ListAdminCertificates_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).ListAdminCertificates(ctx, req.(*ListAdminCertificatesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_RevokeAdminCertificates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeAdminCertificatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).RevokeAdminCertificates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_RevokeAdminCertificates_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).RevokeAdminCertificates(ctx, req.(*RevokeAdminCertificatesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Control_RotateCA_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RotateCARequest)
 	if err := dec(in); err != nil {
@@ -934,12 +1022,132 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Control_IssueAdminCertificate_Handler,
 		},
 		{
+			MethodName: "ListAdminCertificates",
+			Handler:    _Control_ListAdminCertificates_Handler,
+		},
+		{
+			MethodName: "RevokeAdminCertificates",
+			Handler:    _Control_RevokeAdminCertificates_Handler,
+		},
+		{
 			MethodName: "RotateCA",
 			Handler:    _Control_RotateCA_Handler,
 		},
 		{
 			MethodName: "GetCA",
 			Handler:    _Control_GetCA_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "quorumca.proto",
+}
+
+const (
+	Internal_Admit_FullMethodName = "/quorumca.v1.Internal/Admit"
+)
+
+// InternalClient is the client API for Internal service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Internal holds the calls managers make to one another.
+type InternalClient interface {
+	// Admit has the leader admit a joining node whose proof of the join
+	// token a manager checked on the node's own connection. Only a manager
+	// that is a Raft voter may call it.
+	Admit(ctx context.Context, in *AdmitRequest, opts ...grpc.CallOption) (*IssueNodeCertificateResponse, error)
+}
+
+type internalClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewInternalClient(cc grpc.ClientConnInterface) InternalClient {
+	return &internalClient{cc}
+}
+
+func (c *internalClient) Admit(ctx context.Context, in *AdmitRequest, opts ...grpc.CallOption) (*IssueNodeCertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IssueNodeCertificateResponse)
+	err := c.cc.Invoke(ctx, Internal_Admit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// InternalServer is the server API for Internal service.
+// All implementations must embed UnimplementedInternalServer
+// for forward compatibility.
+//
+// Internal holds the calls managers make to one another.
+type InternalServer interface {
+	// Admit has the leader admit a joining node whose proof of the join
+	// token a manager checked on the node's own connection. Only a manager
+	// that is a Raft voter may call it.
+	Admit(context.Context, *AdmitRequest) (*IssueNodeCertificateResponse, error)
+	mustEmbedUnimplementedInternalServer()
+}
+
+// UnimplementedInternalServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedInternalServer struct{}
+
+func (UnimplementedInternalServer) Admit(context.Context, *AdmitRequest) (*IssueNodeCertificateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Admit not implemented")
+}
+func (UnimplementedInternalServer) mustEmbedUnimplementedInternalServer() {}
+func (UnimplementedInternalServer) testEmbeddedByValue()                  {}
+
+// UnsafeInternalServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to InternalServer will
+// result in compilation errors.
+type UnsafeInternalServer interface {
+	mustEmbedUnimplementedInternalServer()
+}
+
+func RegisterInternalServer(s grpc.ServiceRegistrar, srv InternalServer) {
+	// If the following call panics, it indicates UnimplementedInternalServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Internal_ServiceDesc, srv)
+}
+
+func _Internal_Admit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AdmitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).Admit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_Admit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).Admit(ctx, req.(*AdmitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// Internal_ServiceDesc is the grpc.ServiceDesc for Internal service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Internal_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "quorumca.v1.Internal",
+	HandlerType: (*InternalServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Admit",
+			Handler:    _Internal_Admit_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
