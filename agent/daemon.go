@@ -41,6 +41,9 @@ type WorkerConfig struct {
 	Now             func() time.Time
 	// GossipTiming is the gossip's failure-detection speed.
 	GossipTiming membership.Timing
+	// GossipKeyGrace is how long the previous gossip key is read after
+	// the cluster moved to a new one (see GossipConfig.KeyGrace).
+	GossipKeyGrace time.Duration
 }
 
 // ErrPromoted is the reason a worker stops by itself when it was promoted:
@@ -105,24 +108,26 @@ func StartWorker(cfg WorkerConfig) (*Worker, error) {
 		Managers:        node.Managers,
 		OnManagers:      w.saveManagers,
 		OnRole:          w.roleChanged,
+		OnGossipKey:     func(id string) { w.gossip.WantKey(id) },
 		HeartbeatPeriod: cfg.HeartbeatPeriod,
 		Rand:            cfg.Rand,
 		Now:             cfg.Now,
 		Logger:          cfg.Logger.With("component", "renewer"),
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	w.cancel = cancel
-	w.loop.Add(1)
-	go func() { defer w.loop.Done(); w.renewer.Run(ctx) }()
 	w.gossip = StartGossip(GossipConfig{
 		BindAddr:      node.GossipAddr,
 		AdvertiseAddr: node.GossipAdvertiseAddr,
 		Credentials:   creds,
 		Fetch:         w.renewer.Gossip,
 		Timing:        cfg.GossipTiming,
+		KeyGrace:      cfg.GossipKeyGrace,
 		OnAddr:        w.saveGossipAddr,
 		Logger:        cfg.Logger.With("component", "gossip"),
 	})
+	ctx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	w.loop.Add(1)
+	go func() { defer w.loop.Done(); w.renewer.Run(ctx) }()
 	cfg.Logger.Info("worker started", "node_id", node.NodeID, "cluster_id", node.ClusterID)
 	return w, nil
 }
@@ -245,6 +250,13 @@ func reachManager(ctx context.Context, creds *Credentials, addr string) error {
 	defer cancel()
 	_, err = api.NewCAClient(conn).GetRootBundle(ctx, &api.GetRootBundleRequest{})
 	return err
+}
+
+// BundleDigest names a trust bundle in heartbeats: the SHA-256 of its
+// PEM, hex.
+func BundleDigest(bundle []byte) string {
+	sum := sha256.Sum256(bundle)
+	return hex.EncodeToString(sum[:])
 }
 
 // BundleFingerprint returns the SHA-256 of a bundle's first certificate, hex.

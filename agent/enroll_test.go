@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
@@ -58,7 +60,10 @@ type joinCA struct {
 	mu         sync.Mutex // guards the fields below
 	bundlePeer string     // client address of the last GetRootBundle
 	issuePeer  string     // client address of the last IssueNodeCertificate
-	token      string     // token of the last IssueNodeCertificate
+	request    []byte     // the last IssueNodeCertificate request, marshalled
+	proof      []byte     // its token proof
+	csr        []byte     // its CSR
+	ekm        []byte     // the keying material of the connection it came on
 	issued     *api.IssueNodeCertificateResponse
 }
 
@@ -109,8 +114,15 @@ func (f *joinCA) GetRootBundle(ctx context.Context, _ *api.GetRootBundleRequest)
 
 func (f *joinCA) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCertificateRequest) (*api.IssueNodeCertificateResponse, error) {
 	f.issueCalls.Add(1)
+	raw, _ := proto.Marshal(req)
+	var ekm []byte
+	if p, ok := peer.FromContext(ctx); ok {
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+			ekm, _ = ti.State.ExportKeyingMaterial(ca.TokenExporterLabel, nil, ca.TokenExporterLength)
+		}
+	}
 	f.mu.Lock()
-	f.issuePeer, f.token = peerAddr(ctx), req.GetToken()
+	f.issuePeer, f.request, f.proof, f.csr, f.ekm = peerAddr(ctx), raw, req.GetTokenProof(), req.GetCsr(), ekm
 	f.mu.Unlock()
 	if f.signWith == nil {
 		return nil, status.Error(codes.PermissionDenied, "test: this fake admits no one")
@@ -237,14 +249,12 @@ func TestEnrollOneConnection(t *testing.T) {
 	}
 
 	f.mu.Lock()
-	bundlePeer, issuePeer, gotToken, issued := f.bundlePeer, f.issuePeer, f.token, f.issued
+	bundlePeer, issuePeer, issued := f.bundlePeer, f.issuePeer, f.issued
 	f.mu.Unlock()
 	if bundlePeer == "" || bundlePeer != issuePeer {
 		t.Errorf("GetRootBundle came from %q, IssueNodeCertificate from %q, want the same connection", bundlePeer, issuePeer)
 	}
-	if gotToken != token {
-		t.Errorf("IssueNodeCertificate token = %q, want the join token", gotToken)
-	}
+	f.checkProof(t, token)
 	if issued == nil {
 		t.Fatal("the fake issued no certificate")
 	}
@@ -271,6 +281,46 @@ func TestEnrollOneConnection(t *testing.T) {
 	if !slices.Equal(e.Managers, []string{f.addr}) {
 		t.Errorf("Enrollment.Managers = %v, want [%s] (the answer named none)", e.Managers, f.addr)
 	}
+}
+
+// checkProof checks that the last join request carried no secret of the
+// token, only a proof of it that holds for the connection it came on.
+func (f *joinCA) checkProof(t *testing.T, token string) {
+	t.Helper()
+	tok, err := ca.ParseToken(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if bytes.Contains(f.request, []byte(tok.Secret)) {
+		t.Errorf("the join request carries the token's secret")
+	}
+	hash := sha256.Sum256([]byte(tok.Secret))
+	if !ca.CheckTokenProof(hash, f.ekm, f.csr, f.proof) {
+		t.Errorf("the join request's proof does not hold for the token and its connection")
+	}
+	if ca.CheckTokenProof(hash, bytes.Repeat([]byte{1}, ca.TokenExporterLength), f.csr, f.proof) {
+		t.Errorf("the join request's proof holds for another connection: it could be replayed")
+	}
+}
+
+// TestEnrollPhishedSendsNothingUsable is the phishing case: a server that
+// the bundle covers but that is no longer a manager of the cluster (a
+// removed manager keeps a certificate the bundle vouches for) receives a
+// join. What it gets is a proof bound to its own connection: the token's
+// secret never reaches it, and the proof admits nobody elsewhere.
+func TestEnrollPhishedSendsNothingUsable(t *testing.T) {
+	cluster := newTestCA(t)
+	removed := startJoinCA(t, cluster.issue(t, ca.RoleManager), cluster.bundle, nil)
+	token := joinToken(t, cluster.bundle)
+	if _, err := Enroll(t.Context(), JoinConfig{Token: token, Remote: removed.addr, Timeout: enrollTimeout}); err == nil {
+		t.Fatalf("Enroll(through a fake manager that admits no one) = nil, want an error")
+	}
+	if n := removed.issueCalls.Load(); n != 1 {
+		t.Fatalf("IssueNodeCertificate calls = %d, want 1", n)
+	}
+	removed.checkProof(t, token)
 }
 
 // TestSingleDialRefusesReconnect: the join's dialer connects once, and

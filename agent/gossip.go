@@ -34,7 +34,11 @@ type GossipConfig struct {
 	// RejoinPeriod is how often a node that sees no other member asks the
 	// managers for peers again; default 10s.
 	RejoinPeriod time.Duration
-	Logger       *slog.Logger
+	// KeyGrace is how long the previous gossip key is still read after
+	// the cluster moved to a new one, so that members moving at different
+	// moments keep hearing one another; default 30s.
+	KeyGrace time.Duration
+	Logger   *slog.Logger
 }
 
 // Gossip keeps a node in the cluster's gossip: it fetches the key over
@@ -47,6 +51,10 @@ type Gossip struct {
 	done   chan struct{}
 	// metaKick asks run to advertise the credentials anew.
 	metaKick chan struct{}
+	// keys hands run the key to move to (UseKey), wantKey the ID of the
+	// cluster's key when it must fetch it (WantKey).
+	keys    chan []byte
+	wantKey chan string
 
 	mu     sync.Mutex // guards the fields below
 	member *membership.Member
@@ -65,8 +73,14 @@ func StartGossip(cfg GossipConfig) *Gossip {
 	if cfg.BindAddr == "" {
 		cfg.BindAddr = DefaultGossipAddr
 	}
+	if cfg.KeyGrace <= 0 {
+		cfg.KeyGrace = 30 * time.Second
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	g := &Gossip{cfg: cfg, cancel: cancel, done: make(chan struct{}), metaKick: make(chan struct{}, 1)}
+	g := &Gossip{
+		cfg: cfg, cancel: cancel, done: make(chan struct{}), metaKick: make(chan struct{}, 1),
+		keys: make(chan []byte, 1), wantKey: make(chan string, 1),
+	}
 	// The hook runs inside the credentials' update, on the renewer's
 	// goroutine: only signal, never wait on the network there.
 	cfg.Credentials.OnUpdate(func() {
@@ -97,6 +111,35 @@ func (g *Gossip) Stop() {
 	if m != nil {
 		if err := m.Leave(time.Second); err != nil {
 			g.cfg.Logger.Debug("leave gossip", "err", err)
+		}
+	}
+}
+
+// UseKey moves this node's gossip to key (a manager follows the state's
+// key this way). It does not wait.
+func (g *Gossip) UseKey(key []byte) { replaceIn(g.keys, slices.Clone(key)) }
+
+// WantKey tells the gossip that the cluster's key is the one named id (a
+// heartbeat says so); if it is not the key in use, the gossip fetches it
+// from the managers and moves to it. It does not wait.
+func (g *Gossip) WantKey(id string) {
+	if m := g.Member(); m != nil && m.KeyID() == id {
+		return
+	}
+	replaceIn(g.wantKey, id)
+}
+
+// replaceIn puts v in the one-slot channel ch, replacing what waits there.
+func replaceIn[T any](ch chan T, v T) {
+	for {
+		select {
+		case ch <- v:
+			return
+		default:
+		}
+		select {
+		case <-ch:
+		default:
 		}
 	}
 }
@@ -178,12 +221,25 @@ func (g *Gossip) run(ctx context.Context) {
 	g.join(m, peers)
 	tick := time.NewTicker(g.cfg.RejoinPeriod)
 	defer tick.Stop()
+	drop := time.NewTimer(g.cfg.KeyGrace)
+	drop.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-g.metaKick:
 			g.updateMeta()
+			continue
+		case key := <-g.keys:
+			g.useKey(m, key, drop)
+			continue
+		case id := <-g.wantKey:
+			g.fetchKey(ctx, m, id, drop)
+			continue
+		case <-drop.C:
+			if err := m.DropOldKeys(); err != nil {
+				g.cfg.Logger.Warn("gossip: drop the previous key", "err", err)
+			}
 			continue
 		case <-tick.C:
 		}
@@ -200,6 +256,38 @@ func (g *Gossip) run(ctx context.Context) {
 		g.mu.Unlock()
 		g.join(m, peers)
 	}
+}
+
+// useKey moves m to key, and drops the previous key after the grace.
+func (g *Gossip) useKey(m *membership.Member, key []byte, drop *time.Timer) {
+	if m.KeyID() == membership.KeyID(key) {
+		return
+	}
+	if err := m.UseKey(key); err != nil {
+		g.cfg.Logger.Warn("gossip: move to the cluster's new key", "err", err)
+		return
+	}
+	g.cfg.Logger.Info("gossip: moved to the cluster's new key", "key_id", membership.KeyID(key))
+	drop.Reset(g.cfg.KeyGrace)
+}
+
+// fetchKey asks the managers for the cluster's key and moves to it if it
+// is the one named id. A manager still on the previous key is asked again
+// at the next heartbeat.
+func (g *Gossip) fetchKey(ctx context.Context, m *membership.Member, id string, drop *time.Timer) {
+	if m.KeyID() == id {
+		return
+	}
+	key, _, err := g.cfg.Fetch(ctx)
+	if err != nil {
+		g.cfg.Logger.Warn("gossip: fetch the cluster's new key", "err", err)
+		return
+	}
+	if membership.KeyID(key) != id {
+		g.cfg.Logger.Debug("gossip: the managers asked do not have the new key yet", "want", id)
+		return
+	}
+	g.useKey(m, key, drop)
 }
 
 func (g *Gossip) join(m *membership.Member, peers []string) {

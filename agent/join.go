@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -164,7 +165,18 @@ func Enroll(ctx context.Context, cfg JoinConfig) (Enrollment, error) {
 		return Enrollment{}, err
 	}
 
-	req := &api.IssueNodeCertificateRequest{Csr: csr, Token: tok.String(), Addr: cfg.Addr, RaftAddr: cfg.RaftAddr}
+	// The token never travels: prove knowledge of its secret, bound to
+	// this connection and this CSR. A server that is not a manager of the
+	// cluster (a removed manager, whose certificate the bundle still
+	// covers) learns nothing it could use elsewhere.
+	ekm, err := info.State.ExportKeyingMaterial(ca.TokenExporterLabel, nil, ca.TokenExporterLength)
+	if err != nil {
+		return Enrollment{}, fmt.Errorf("agent: join through %s: the connection exports no keying material: %w", cfg.Remote, err)
+	}
+	req := &api.IssueNodeCertificateRequest{
+		Csr: csr, TokenProof: ca.TokenProof(sha256.Sum256([]byte(tok.Secret)), ekm, csr), TokenDigest: tok.DigestString(),
+		Addr: cfg.Addr, RaftAddr: cfg.RaftAddr,
+	}
 	var resp *api.IssueNodeCertificateResponse
 	// A cluster whose external CAs do not answer says so: ask again until
 	// the join times out (a lost quorum, which needs an operator, fails at
@@ -175,7 +187,7 @@ func Enroll(ctx context.Context, cfg JoinConfig) (Enrollment, error) {
 			break
 		}
 		st := status.Convert(err)
-		if st.Code() == codes.Unavailable && !api.IsExternalCADown(st.Message()) || st.Code() == codes.DeadlineExceeded {
+		if st.Code() == codes.Unavailable && !api.IsExternalCADown(err) || st.Code() == codes.DeadlineExceeded {
 			// Not an answer: the connection or the manager failed.
 			return Enrollment{}, fmt.Errorf("agent: join through %s failed: %w", cfg.Remote, err)
 		}
@@ -239,7 +251,7 @@ func fetchBundleUnverified(ctx context.Context, remote string) ([]byte, error) {
 // bundle is known: the server's certificate is checked afterwards, against
 // the bundle the token pins.
 func unverifiedTLS() *tls.Config {
-	return &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: true}
+	return ca.HardenTLS(&tls.Config{InsecureSkipVerify: true})
 }
 
 // singleDial returns a gRPC dialer that connects to addr once, and fails

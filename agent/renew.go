@@ -32,6 +32,9 @@ type RenewerConfig struct {
 	// renewed into a new role: the daemon must switch between manager and
 	// worker. May be nil.
 	OnRole func(ca.Role)
+	// OnGossipKey is called (from the Renewer's goroutine) with the ID of
+	// the cluster's gossip key each heartbeat names; may be nil.
+	OnGossipKey func(id string)
 	// HeartbeatPeriod is used until a manager says otherwise; default 5s.
 	HeartbeatPeriod time.Duration
 	// MaxBackoff caps the wait between failed attempts; default 1 minute.
@@ -56,10 +59,14 @@ type Renewer struct {
 
 	mu       sync.Mutex // guards the fields below
 	managers []string
-	conns    map[string]*grpc.ClientConn
-	renewAt  time.Time
-	renewed  int
-	problem  error
+	// leader is the API address of the manager that answered last: the
+	// leader, which takes heartbeats and renewals itself (others redirect
+	// there). It is tried first.
+	leader  string
+	conns   map[string]*grpc.ClientConn
+	renewAt time.Time
+	renewed int
+	problem error
 	// bundleSince is the age of the newest bundle a heartbeat gave.
 	bundleSince int64
 	// kick asks Run to renew now.
@@ -291,13 +298,24 @@ func (r *Renewer) diagnose(ctx context.Context) {
 // ErrNoManager is returned when no manager in the list answered.
 var ErrNoManager = errors.New("agent: no manager answered")
 
-// call runs f against each manager in turn until one answers.
+// call runs f against the leader, then each manager in turn, until one
+// answers; a manager's redirect to the leader is followed at once.
 func (r *Renewer) call(ctx context.Context, f func(context.Context, *grpc.ClientConn) error) error {
 	r.mu.Lock()
-	managers := slices.Clone(r.managers)
+	queue := slices.Clone(r.managers)
+	if r.leader != "" {
+		queue = append([]string{r.leader}, slices.DeleteFunc(queue, func(a string) bool { return a == r.leader })...)
+	}
 	r.mu.Unlock()
 	var errs []error
-	for _, addr := range managers {
+	tried := map[string]bool{}
+	for len(queue) > 0 {
+		addr := queue[0]
+		queue = queue[1:]
+		if tried[addr] {
+			continue
+		}
+		tried[addr] = true
 		conn, err := r.conn(addr)
 		if err == nil {
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -305,10 +323,20 @@ func (r *Renewer) call(ctx context.Context, f func(context.Context, *grpc.Client
 			cancel()
 		}
 		if err == nil {
+			r.mu.Lock()
+			r.leader = addr
+			r.mu.Unlock()
 			return nil
+		}
+		if leader, ok := api.LeaderRedirect(err); ok && !tried[leader] {
+			queue = append([]string{leader}, queue...)
+			continue
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
 	}
+	r.mu.Lock()
+	r.leader = ""
+	r.mu.Unlock()
 	return fmt.Errorf("%w: %w", ErrNoManager, errors.Join(errs...))
 }
 
@@ -339,13 +367,16 @@ func (r *Renewer) heartbeat(ctx context.Context) (*api.HeartbeatResponse, error)
 	var resp *api.HeartbeatResponse
 	err := r.call(ctx, func(ctx context.Context, conn *grpc.ClientConn) error {
 		var err error
-		resp, err = api.NewCAClient(conn).Heartbeat(ctx, &api.HeartbeatRequest{})
+		resp, err = api.NewCAClient(conn).Heartbeat(ctx, &api.HeartbeatRequest{BundleDigest: BundleDigest(r.cfg.Credentials.Bundle())})
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
 	r.setManagers(resp.GetManagers())
+	if id := resp.GetGossipKeyId(); id != "" && r.cfg.OnGossipKey != nil {
+		r.cfg.OnGossipKey(id)
+	}
 	return resp, nil
 }
 

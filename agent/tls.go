@@ -13,9 +13,10 @@ import (
 // clients verify managers against it, whatever address they dialled.
 const ManagerName = string(ca.RoleManager)
 
-// PeerCheck decides whether a verified peer may connect; the daemon
-// refuses removed nodes with it. It is called during the handshake.
-type PeerCheck func(ca.Identity) error
+// PeerCheck decides whether a verified peer may connect, from the identity
+// its certificate leaf names; the daemon refuses removed nodes and revoked
+// admin certificates with it. It is called during the handshake.
+type PeerCheck func(id ca.Identity, leaf *x509.Certificate) error
 
 // ServerTLS returns a server configuration that always presents the current
 // certificate and verifies client certificates against the current trust
@@ -24,30 +25,30 @@ type PeerCheck func(ca.Identity) error
 // tls.VerifyClientCertIfGiven for the API (joining nodes have no
 // certificate yet).
 func (c *Credentials) ServerTLS(clientAuth tls.ClientAuthType, checks ...PeerCheck) *tls.Config {
-	base := &tls.Config{MinVersion: tls.VersionTLS12}
+	base := ca.HardenTLS(&tls.Config{})
 	verify := func(cs tls.ConnectionState) error {
 		if len(cs.VerifiedChains) == 0 {
 			return nil
 		}
-		id, err := ca.IdentityOf(cs.VerifiedChains[0][0])
+		leaf := cs.VerifiedChains[0][0]
+		id, err := ca.IdentityOf(leaf)
 		if err != nil {
 			return err
 		}
 		for _, check := range checks {
-			if err := check(id); err != nil {
+			if err := check(id, leaf); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
 	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
-		return &tls.Config{
-			MinVersion:       tls.VersionTLS12,
+		return ca.HardenTLS(&tls.Config{
 			Certificates:     []tls.Certificate{*c.Certificate()},
 			ClientAuth:       clientAuth,
 			ClientCAs:        c.Roots(),
 			VerifyConnection: verify,
-		}, nil
+		}), nil
 	}
 	return base
 }
@@ -57,8 +58,7 @@ func (c *Credentials) ServerTLS(clientAuth tls.ClientAuthType, checks ...PeerChe
 // current trust bundle and names serverName (ManagerName to reach a
 // manager).
 func (c *Credentials) ClientTLS(serverName string) *tls.Config {
-	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
+	return ca.HardenTLS(&tls.Config{
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return c.Certificate(), nil
 		},
@@ -70,7 +70,7 @@ func (c *Credentials) ClientTLS(serverName string) *tls.Config {
 			roots, own := c.verifyMaterial()
 			return VerifyServer(cs, roots, serverName, own...)
 		},
-	}
+	})
 }
 
 // verifyMaterial returns the trust bundle and this node's own
@@ -122,9 +122,8 @@ func VerifyServer(cs tls.ConnectionState, roots *x509.CertPool, serverName strin
 // trusts bundle: what a joining node uses once it has checked the bundle
 // against its token.
 func BundleClientTLS(roots *x509.CertPool, serverName string) *tls.Config {
-	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
+	return ca.HardenTLS(&tls.Config{
 		RootCAs:    roots,
 		ServerName: serverName,
-	}
+	})
 }

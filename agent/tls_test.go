@@ -118,7 +118,7 @@ func TestServerTLSPeerCheck(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			var seen []ca.Identity // written during the server's handshake, read after it
-			check := func(id ca.Identity) error {
+			check := func(id ca.Identity, _ *x509.Certificate) error {
 				seen = append(seen, id)
 				if refuse && id.NodeID == clientID.NodeID {
 					return errRefusedPeer
@@ -156,19 +156,25 @@ func TestServerTLSRefuses(t *testing.T) {
 	tls11 := member.ClientTLS(ManagerName)
 	tls11.MinVersion, tls11.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
 	noCert := BundleClientTLS(member.Roots(), ManagerName)
+	// TLS 1.2 with CBC and SHA-1 suites only: what probing found the Raft
+	// port accepted.
+	cbc := member.ClientTLS(ManagerName)
+	cbc.MaxVersion = tls.VersionTLS12
+	cbc.CipherSuites = []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, tls.TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA}
 
 	tests := []struct {
 		name   string
 		client *tls.Config
 	}{
 		{"TLS 1.1 client", tls11},
+		{"TLS 1.2 client with CBC suites only", cbc},
 		{"client without a certificate", noCert},
 		{"client of another cluster", stranger.ClientTLS(ManagerName)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			called := false
-			check := func(ca.Identity) error { called = true; return nil }
+			check := func(ca.Identity, *x509.Certificate) error { called = true; return nil }
 			serverErr, clientErr := handshake(t, server.ServerTLS(tls.RequireAndVerifyClientCert, check), tt.client)
 			if serverErr == nil || clientErr == nil {
 				t.Errorf("handshake = server %v, client %v, want both to fail", serverErr, clientErr)

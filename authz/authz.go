@@ -169,7 +169,9 @@ func refuse(err error, reason, format string, args ...any) *Error {
 }
 
 // Decide returns who made the call r, or an *Error saying why it is
-// refused.
+// refused. When the refusal may only mean that this manager lags behind
+// the leader (Lagging), the Caller holds what the certificate says, so
+// that a call the leader answers can still be relayed or redirected there.
 func Decide(r Request, v View) (Caller, error) {
 	rule, ok := rules[r.Method]
 	if !ok {
@@ -181,7 +183,7 @@ func Decide(r Request, v View) (Caller, error) {
 		c, err = Caller{Kind: Anonymous}, nil
 	}
 	if err != nil {
-		return Caller{}, err
+		return c, err
 	}
 	if r.Arrival == Forwarded {
 		if c, err = forwarded(r, v, rule, c); err != nil {
@@ -226,7 +228,7 @@ func identify(leaf *x509.Certificate, chain []*x509.Certificate, status ca.TLSSt
 	}
 	st := v.State
 	if !st.Initialized() {
-		return Caller{}, refuse(ErrNotReady, ReasonNotReady, "it cannot check certificates yet")
+		return Caller{ID: id, Chain: chain}, refuse(ErrNotReady, ReasonNotReady, "it cannot check certificates yet")
 	}
 	if id.ClusterID != st.ClusterID {
 		return Caller{}, refuse(ErrDenied, ReasonWrongCluster, "certificate of cluster %s, not of this one (%s)", id.ClusterID, st.ClusterID)
@@ -236,7 +238,8 @@ func identify(leaf *x509.Certificate, chain []*x509.Certificate, status ca.TLSSt
 		rec, ok := st.Admin(c.Serial)
 		switch {
 		case !ok:
-			return Caller{}, refuse(ErrDenied, ReasonAdminUnknown, "admin certificate %s is not recorded by the cluster (expired, or issued before admin certificates were recorded); make a new one with `quorumca admin-cert create`", c.Serial)
+			c.Kind = Admin
+			return c, refuse(ErrDenied, ReasonAdminUnknown, "admin certificate %s is not recorded by the cluster (expired, or issued before admin certificates were recorded); make a new one with `quorumca admin-cert create`", c.Serial)
 		case rec.Revoked():
 			return Caller{}, refuse(ErrDenied, ReasonAdminRevoked, "admin certificate %s was revoked at %s", c.Serial, rec.RevokedAt.UTC().Format(time.RFC3339))
 		}
@@ -248,7 +251,8 @@ func identify(leaf *x509.Certificate, chain []*x509.Certificate, status ca.TLSSt
 	}
 	n, ok := st.Node(id.NodeID)
 	if !ok {
-		return Caller{}, refuse(ErrDenied, ReasonUnknownNode, "node %s is not a member of this cluster (or this manager has not caught up with its join yet)", id.NodeID)
+		c.Kind = Node
+		return c, refuse(ErrDenied, ReasonUnknownNode, "node %s is not a member of this cluster (or this manager has not caught up with its join yet)", id.NodeID)
 	}
 	c.Kind, c.Role = Node, n.Role
 	return c, nil
@@ -324,6 +328,21 @@ func admit(who Who, c Caller, v View) error {
 		return refuse(ErrDenied, ReasonNotVoter, "manager %s is not a Raft voter", c.ID.NodeID)
 	}
 	return nil
+}
+
+// Lagging reports whether err is a refusal that may only mean that the
+// manager deciding lags behind the leader: a node or admin certificate it
+// does not know yet, or no state at all yet. The leader decides again.
+func Lagging(err error) bool {
+	var e *Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	switch e.Reason {
+	case ReasonUnknownNode, ReasonAdminUnknown, ReasonNotReady:
+		return true
+	}
+	return false
 }
 
 func isManager(c Caller) bool {

@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
@@ -112,3 +113,39 @@ func truncate(s string, n int) string {
 	}
 	return s
 }
+
+// TokenExporterLabel is the TLS exporter label (RFC 5705, RFC 8446 7.5) of
+// the keying material a join token's proof is bound to.
+const TokenExporterLabel = "EXPERIMENTAL-quorumca-join-token"
+
+// TokenExporterLength is how many bytes of keying material the proof
+// covers.
+const TokenExporterLength = 32
+
+// tokenProofContext separates token proofs from any other HMAC keyed the
+// same way.
+const tokenProofContext = "quorumca join token proof v1\x00"
+
+// TokenProof proves knowledge of a join token's secret without sending
+// it: HMAC-SHA256 keyed by the SHA-256 of the secret (secretHash), over
+// the keying material ekm exported from the TLS connection the join is
+// made on, and the SHA-256 of the CSR it sends. A server that is not a
+// manager of the cluster learns nothing it could replay: the proof holds
+// for that one connection and CSR only.
+func TokenProof(secretHash [sha256.Size]byte, ekm, csr []byte) []byte {
+	h := hmac.New(sha256.New, secretHash[:])
+	csrSum := sha256.Sum256(csr)
+	h.Write([]byte(tokenProofContext))
+	h.Write(ekm)
+	h.Write(csrSum[:])
+	return h.Sum(nil)
+}
+
+// CheckTokenProof reports, in constant time, whether proof is TokenProof
+// of the secret whose SHA-256 is secretHash, for ekm and csr.
+func CheckTokenProof(secretHash [sha256.Size]byte, ekm, csr, proof []byte) bool {
+	return hmac.Equal(TokenProof(secretHash, ekm, csr), proof)
+}
+
+// DigestString writes a token's root digest as tokens do (base 36).
+func (t Token) DigestString() string { return base36(t.Digest[:], DigestLength) }

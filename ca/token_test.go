@@ -217,3 +217,26 @@ func TestSecretEqual(t *testing.T) {
 		}
 	}
 }
+
+// TestTokenProof checks that a proof holds for its secret, keying
+// material and CSR only.
+func TestTokenProof(t *testing.T) {
+	secret := sha256.Sum256([]byte("secret"))
+	other := sha256.Sum256([]byte("other"))
+	ekm, csr := []byte("keying material of one connection"), []byte("csr")
+	proof := ca.TokenProof(secret, ekm, csr)
+	if !ca.CheckTokenProof(secret, ekm, csr, proof) {
+		t.Fatalf("CheckTokenProof(its own proof) = false")
+	}
+	for name, ok := range map[string]bool{
+		"other secret":     ca.CheckTokenProof(other, ekm, csr, proof),
+		"other connection": ca.CheckTokenProof(secret, []byte("keying material of another"), csr, proof),
+		"other CSR":        ca.CheckTokenProof(secret, ekm, []byte("csr2"), proof),
+		"truncated proof":  ca.CheckTokenProof(secret, ekm, csr, proof[:16]),
+		"no proof":         ca.CheckTokenProof(secret, ekm, csr, nil),
+	} {
+		if ok {
+			t.Errorf("CheckTokenProof(%s) = true, want false", name)
+		}
+	}
+}

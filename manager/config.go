@@ -61,6 +61,9 @@ type Config struct {
 	GossipAddr, GossipAdvertiseAddr string
 	// GossipTiming is gossip's failure-detection speed (tests use Fast).
 	GossipTiming membership.Timing
+	// GossipKeyGrace is how long the previous gossip key is still read
+	// after the cluster moved to a new one (default 30s).
+	GossipKeyGrace time.Duration
 	// RotationJitter bounds the random wait before a node renews for a
 	// root rotation, to spread the renewals (default 2s).
 	RotationJitter time.Duration

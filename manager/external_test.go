@@ -312,7 +312,7 @@ func TestExternalAllDownListsEveryURL(t *testing.T) {
 		t.Errorf("error does not list %s then %s: %v", u1, u2, err)
 	}
 	wantCode(t, err, codes.Unavailable)
-	if !api.IsExternalCADown(status.Convert(toStatus(err)).Message()) {
+	if !api.IsExternalCADown(toStatus(err)) {
 		t.Errorf("status message does not say the external CA is down: %v", toStatus(err))
 	}
 	wantMarked(t, clock, e.eps[0], true)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/authz"
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
 	"github.com/quorumca/quorumca/raft"
@@ -47,8 +48,13 @@ type Manager struct {
 	extMu   sync.Mutex                   // guards ext
 	ext     *externalCA                  // client of the external CAs, when the cluster uses them
 	peers   *peerConns
-	seen    liveness
+	// obs is what the leader heard in heartbeats; term is this manager's
+	// leadership, nil while it does not lead.
+	obs     observations
+	term    atomic.Pointer[term]
 	renewer *agent.Renewer
+	// anonymous holds a token per call without a certificate in progress.
+	anonymous chan struct{}
 	// gossip is set once serve starts it; RPCs read it concurrently.
 	gossip       atomic.Pointer[agent.Gossip]
 	rotation     rotationTracker
@@ -113,6 +119,7 @@ func newManager(cfg Config) (*Manager, error) {
 		machine:      fsm.NewMachine(),
 		done:         make(chan struct{}),
 		rotationKick: make(chan struct{}, 1),
+		anonymous:    make(chan struct{}, maxAnonymousCalls),
 	}
 	return m, nil
 }
@@ -352,41 +359,49 @@ func Join(ctx context.Context, cfg Config, token, remote string) (_ *Manager, _ 
 	return m, nil, nil
 }
 
-// becomeVoter asks the cluster, through any of the given managers, to add
-// this manager as a Raft voter, retrying while a leader is being elected.
+// becomeVoter asks the leader, found through any of the given managers,
+// to add this manager as a Raft voter, retrying while a leader is being
+// elected. The leader must see this manager's own certificate: other
+// managers redirect the call to it.
 func (m *Manager) becomeVoter(ctx context.Context, remotes []string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	req := &api.AddVoterRequest{RaftAddr: m.raftAddr, Addr: m.apiAddr}
 	var last error
 	for attempt := 0; ; attempt++ {
 		for _, r := range remotes {
 			if r == m.apiAddr {
 				continue
 			}
-			conn, err := m.peers.get(r)
-			if err != nil {
-				last = err
-				continue
-			}
-			cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
-			_, err = api.NewControlClient(conn).AddVoter(cctx, &api.AddVoterRequest{RaftAddr: m.raftAddr, Addr: m.apiAddr})
-			ccancel()
+			err := m.addVoterVia(ctx, r, req)
 			if err == nil {
 				return nil
 			}
 			last = err
 		}
-		select {
-		case <-ctx.Done():
+		if !sleep(ctx, backoff(attempt)) {
 			return fmt.Errorf("manager: could not become a Raft voter: %w", last)
-		case <-time.After(backoff(attempt)):
 		}
 	}
 }
 
-func backoff(attempt int) time.Duration {
-	d := 100 * time.Millisecond << min(attempt, 4)
-	return d
+// addVoterVia asks the manager at addr to add this one as a voter, and
+// follows its redirect to the leader once.
+func (m *Manager) addVoterVia(ctx context.Context, addr string, req *api.AddVoterRequest) error {
+	for hop := 0; ; hop++ {
+		conn, err := m.peers.get(addr)
+		if err != nil {
+			return err
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = api.NewControlClient(conn).AddVoter(cctx, req)
+		cancel()
+		leader, redirected := api.LeaderRedirect(err)
+		if !redirected || hop > 0 || leader == m.apiAddr {
+			return err
+		}
+		addr = leader
+	}
 }
 
 func (m *Manager) openRaft(bootstrap bool) error {
@@ -400,7 +415,7 @@ func (m *Manager) openRaft(bootstrap bool) error {
 	rc.StateMachine = stateMachine{m.machine}
 	rc.Logger = m.log.With("component", "raft")
 	rc.Bootstrap = bootstrap
-	rc.Authorize = m.checkManagerPeer
+	rc.Authorize = m.checkRaftPeer
 	if m.cfg.HeartbeatTimeout > 0 {
 		rc.HeartbeatTimeout = m.cfg.HeartbeatTimeout
 	}
@@ -436,29 +451,40 @@ func (m *Manager) raftTLS() *tls.Config {
 	return cfg
 }
 
-// waitLeader waits until this node is the Raft leader (after bootstrap).
+// waitLeader waits until this node, the only voter after bootstrap, is
+// the Raft leader.
 func (m *Manager) waitLeader(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	for !m.raft.IsLeader() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("manager: no leader elected: %w", ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
+	id, err := m.raft.WaitLeader(ctx)
+	if err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+	if id != m.node.NodeID {
+		return fmt.Errorf("manager: %s leads a cluster that was just bootstrapped by %s", id, m.node.NodeID)
 	}
 	return nil
 }
 
 func (m *Manager) serve() error {
 	m.peers = newPeerConns(m.creds)
-	svc := &service{m: m}
-	m.server = grpc.NewServer(grpc.Creds(serverCreds(m.creds, m.checkPeer)))
-	api.RegisterCAServer(m.server, svc)
-	api.RegisterControlServer(m.server, svc)
-	m.local = grpc.NewServer()
-	api.RegisterCAServer(m.local, svc)
-	api.RegisterControlServer(m.local, svc)
+	m.server = grpc.NewServer(
+		grpc.Creds(serverCreds(m.creds, m.checkHandshake)),
+		grpc.ChainUnaryInterceptor(m.intercept(authz.Direct)),
+		grpc.InTapHandle(m.tapAnonymous),
+		grpc.MaxRecvMsgSize(maxRecvMsg),
+		grpc.ConnectionTimeout(handshakeTimeout),
+		// Fixed flow-control windows: a caller cannot make the manager
+		// buffer more than this per connection before a call is checked.
+		grpc.InitialWindowSize(64<<10),
+		grpc.InitialConnWindowSize(256<<10),
+	)
+	m.local = grpc.NewServer(grpc.Creds(localCreds{}), grpc.ChainUnaryInterceptor(m.intercept(authz.Local)), grpc.MaxRecvMsgSize(maxRecvMsg))
+	for _, s := range []*grpc.Server{m.server, m.local} {
+		api.RegisterCAServer(s, caService{m: m})
+		api.RegisterControlServer(s, controlService{m: m})
+		api.RegisterInternalServer(s, internalService{m: m})
+	}
 
 	sock := m.cfg.SocketPath
 	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -469,7 +495,7 @@ func (m *Manager) serve() error {
 		return err
 	}
 	m.sockLn = ln
-	go m.server.Serve(m.apiLn)
+	go m.server.Serve(newQuietListener(m.apiLn, maxQuietConns))
 	go m.local.Serve(m.sockLn)
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -501,13 +527,14 @@ func (m *Manager) serve() error {
 		Accept:        m.acceptGossip,
 		OnChange:      m.kickRotation,
 		Timing:        m.cfg.GossipTiming,
+		KeyGrace:      m.cfg.GossipKeyGrace,
 		OnAddr:        m.saveGossipAddr,
 		Logger:        m.log.With("component", "gossip"),
 	}))
 	m.loops.Add(3)
 	go func() { defer m.loops.Done(); m.renewer.Run(ctx) }()
-	go func() { defer m.loops.Done(); m.leaderLoop(ctx) }()
-	go func() { defer m.loops.Done(); m.followBundle(ctx) }()
+	go func() { defer m.loops.Done(); m.followLeadership(ctx) }()
+	go func() { defer m.loops.Done(); m.followState(ctx) }()
 	if dir := m.cfg.PublishTokens; dir != "" {
 		m.loops.Add(1)
 		go func() { defer m.loops.Done(); m.publishTokens(ctx, dir) }()
@@ -522,7 +549,7 @@ func (m *Manager) workerConfig() agent.WorkerConfig {
 	return agent.WorkerConfig{
 		DataDir: m.cfg.DataDir, SocketPath: m.cfg.SocketPath, Logger: m.cfg.Logger,
 		HeartbeatPeriod: m.cfg.HeartbeatPeriod, Rand: m.cfg.Rand, Now: m.cfg.Now,
-		GossipTiming: m.cfg.GossipTiming,
+		GossipTiming: m.cfg.GossipTiming, GossipKeyGrace: m.cfg.GossipKeyGrace,
 	}
 }
 

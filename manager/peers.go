@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"math/big"
 	"net"
@@ -114,7 +115,7 @@ func (p *peerConns) close() {
 // serverCreds is the API's TLS: joining nodes come without a certificate,
 // so client certificates are verified when given, and checked per call.
 func serverCreds(c *agent.Credentials, check agent.PeerCheck) credentials.TransportCredentials {
-	return credentials.NewTLS(c.ServerTLS(tlsVerifyIfGiven, check))
+	return credentials.NewTLS(c.ServerTLS(tls.VerifyClientCertIfGiven, check))
 }
 
 func certInfo(iss ca.Issued, status ca.TLSStatus) fsm.CertInfo {

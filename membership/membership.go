@@ -12,6 +12,8 @@ package membership
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -78,6 +80,9 @@ type Member struct {
 	cfg  Config
 	list *memberlist.Memberlist
 	addr string
+	// keys holds the gossip keys: the one in use, and the one before it
+	// while the others move to the new one (UseKey, DropOldKeys).
+	keys *memberlist.Keyring
 
 	mu   sync.Mutex // guards the fields below
 	meta []byte
@@ -156,9 +161,14 @@ func New(cfg Config) (*Member, error) {
 		mc.AdvertisePort = port
 	}
 	mc.BindAddr, mc.BindPort = host, port
-	mc.SecretKey = append([]byte(nil), cfg.Key...)
+	keys, err := memberlist.NewKeyring(nil, slices.Clone(cfg.Key))
+	if err != nil {
+		t.Shutdown()
+		return nil, fmt.Errorf("membership: %w", err)
+	}
+	mc.Keyring = keys
 	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
-	m := &Member{cfg: cfg, meta: meta, peers: map[string]Peer{}}
+	m := &Member{cfg: cfg, keys: keys, meta: meta, peers: map[string]Peer{}}
 	d := delegate{m}
 	mc.Delegate = d
 	mc.Events = d
@@ -202,6 +212,65 @@ func (m *Member) SetMeta(meta Meta) error {
 	}
 	return m.list.UpdateNode(time.Second)
 }
+
+// KeyID names a gossip key without revealing it: the first 8 bytes of its
+// SHA-256, hex. "" for no key.
+func KeyID(key []byte) string {
+	if len(key) == 0 {
+		return ""
+	}
+	sum := sha256.Sum256(key)
+	return hex.EncodeToString(sum[:8])
+}
+
+// KeyID names the key this member encrypts with.
+func (m *Member) KeyID() string { return KeyID(m.keys.GetPrimaryKey()) }
+
+// UseKey makes key the one this member encrypts with, and keeps only the
+// key it used before beside it, to read the members that have not moved
+// yet; DropOldKeys drops that one too. Using the key in use already does
+// nothing.
+func (m *Member) UseKey(key []byte) error {
+	if len(key) != KeySize {
+		return ErrBadKey
+	}
+	old := m.keys.GetPrimaryKey()
+	if bytes.Equal(old, key) {
+		return nil
+	}
+	if err := m.keys.AddKey(slices.Clone(key)); err != nil {
+		return fmt.Errorf("membership: %w", err)
+	}
+	if err := m.keys.UseKey(key); err != nil {
+		return fmt.Errorf("membership: %w", err)
+	}
+	for _, k := range m.keys.GetKeys() {
+		if !bytes.Equal(k, key) && !bytes.Equal(k, old) {
+			if err := m.keys.RemoveKey(k); err != nil {
+				return fmt.Errorf("membership: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// DropOldKeys stops reading gossip encrypted with any key but the one in
+// use: a node removed from the cluster, which cannot fetch the new key,
+// is no longer heard.
+func (m *Member) DropOldKeys() error {
+	primary := m.keys.GetPrimaryKey()
+	for _, k := range m.keys.GetKeys() {
+		if !bytes.Equal(k, primary) {
+			if err := m.keys.RemoveKey(k); err != nil {
+				return fmt.Errorf("membership: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// Keys returns how many keys this member reads gossip with.
+func (m *Member) Keys() int { return len(m.keys.GetKeys()) }
 
 // Addr returns the gossip address others reach this node at. (With a bind
 // port of 0, memberlist advertises the port it picked, whatever

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -637,5 +638,59 @@ func TestPeersDuringMetaChurn(t *testing.T) {
 	close(stop)
 	if err := <-readerDone; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestKeyRotation moves two members to a new gossip key, one after the
+// other, and checks that a member left on the old key is no longer heard
+// once the old key is dropped.
+func TestKeyRotation(t *testing.T) {
+	oldKey, newKey := newKey(t), newKey(t)
+	meta := testMeta(ca.RoleWorker, "01")
+	a := start(t, "a", oldKey, meta)
+	b := start(t, "b", oldKey, meta)
+	left := start(t, "left", oldKey, meta)
+	join(t, b, a.Addr())
+	join(t, left, a.Addr())
+	seesExactly := func(m *Member, want ...string) func() error {
+		return func() error {
+			if got := peerIDs(m); !slices.Equal(got, want) {
+				return fmt.Errorf("peers %v, want %v", got, want)
+			}
+			return nil
+		}
+	}
+	eventuallyNil(t, maxWait, seesExactly(a, "b", "left"), "a sees b and left")
+
+	if err := a.UseKey(newKey); err != nil {
+		t.Fatalf("a.UseKey(new) = %v", err)
+	}
+	if got := a.KeyID(); got != KeyID(newKey) {
+		t.Errorf("a.KeyID() = %s, want %s", got, KeyID(newKey))
+	}
+	if a.Keys() != 2 {
+		t.Errorf("a reads with %d keys after UseKey, want 2 (new and old)", a.Keys())
+	}
+	if err := b.UseKey(newKey); err != nil {
+		t.Fatalf("b.UseKey(new) = %v", err)
+	}
+	// Both still read the old key: nobody is lost while they move.
+	eventuallyNil(t, maxWait, seesExactly(a, "b", "left"), "a still sees b and left")
+
+	if err := a.DropOldKeys(); err != nil {
+		t.Fatalf("a.DropOldKeys() = %v", err)
+	}
+	if err := b.DropOldKeys(); err != nil {
+		t.Fatalf("b.DropOldKeys() = %v", err)
+	}
+	if a.Keys() != 1 {
+		t.Errorf("a reads with %d keys after DropOldKeys, want 1", a.Keys())
+	}
+	// The member left on the old key is no longer heard: a and b declare
+	// it dead, and still see each other.
+	eventuallyNil(t, maxWait, seesExactly(a, "b"), "a sees only b")
+	eventuallyNil(t, maxWait, seesExactly(b, "a"), "b sees only a")
+	if err := a.UseKey(make([]byte, 16)); !errors.Is(err, ErrBadKey) {
+		t.Errorf("UseKey(16 bytes) = %v, want ErrBadKey", err)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -13,6 +14,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
@@ -224,11 +226,21 @@ func (s *ceilingCA) GetRootBundle(context.Context, *api.GetRootBundleRequest) (*
 }
 
 func (s *ceilingCA) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCertificateRequest) (*api.IssueNodeCertificateResponse, error) {
-	tok, err := ca.ParseToken(req.GetToken())
+	// The same checks a manager makes: the token's root and its proof,
+	// bound to this connection.
+	if req.GetTokenDigest() != (ca.Token{Digest: sha256.Sum256(s.bundle)}).DigestString() {
+		return nil, fmt.Errorf("bad token")
+	}
+	p, _ := peer.FromContext(ctx)
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return nil, fmt.Errorf("no TLS")
+	}
+	ekm, err := ti.State.ExportKeyingMaterial(ca.TokenExporterLabel, nil, ca.TokenExporterLength)
 	if err != nil {
 		return nil, err
 	}
-	if tok.VerifyBundle(s.bundle) != nil || !ca.SecretEqual(tok.Secret, s.secret) {
+	if !ca.CheckTokenProof(sha256.Sum256([]byte(s.secret)), ekm, req.GetCsr(), req.GetTokenProof()) {
 		return nil, fmt.Errorf("bad token")
 	}
 	pub, err := ca.ParseCSR(req.GetCsr())

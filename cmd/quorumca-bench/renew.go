@@ -17,7 +17,8 @@ import (
 )
 
 // nodeConn is a joined node's established mutual-TLS connection to the
-// manager it joined through, as its heartbeats keep it.
+// leader, as its heartbeats keep it (a node that joined through a follower
+// is redirected to the leader by its first heartbeat, as a real node is).
 type nodeConn struct {
 	joined
 	conn *grpc.ClientConn
@@ -39,15 +40,23 @@ func connect(ctx context.Context, nodes []joined, c int) ([]nodeConn, error) {
 		}
 		cfg := agent.BundleClientTLS(roots, agent.ManagerName)
 		cfg.Certificates = []tls.Certificate{pair}
-		conn, err := grpc.NewClient(n.via, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-		if err != nil {
-			return err
+		addr := n.via
+		for hop := 0; ; hop++ {
+			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+			if err != nil {
+				return err
+			}
+			conns[i] = nodeConn{joined: n, conn: conn}
+			hctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+			_, err = api.NewCAClient(conn).Heartbeat(hctx, &api.HeartbeatRequest{BundleDigest: agent.BundleDigest(n.Bundle)})
+			cancel()
+			leader, redirected := api.LeaderRedirect(err)
+			if !redirected || hop > 0 {
+				return err
+			}
+			conn.Close()
+			addr = leader
 		}
-		conns[i] = nodeConn{joined: n, conn: conn}
-		ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
-		defer cancel()
-		_, err = api.NewCAClient(conn).Heartbeat(ctx, &api.HeartbeatRequest{})
-		return err
 	})
 	if err != nil {
 		closeAll(conns)

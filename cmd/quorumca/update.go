@@ -1,16 +1,12 @@
 package main
 
 import (
-	"crypto/rand"
 	"fmt"
-	"os"
-	"path/filepath"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
@@ -206,70 +202,6 @@ func newJoinTokenRevokeCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-}
-
-func newAdminCertCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "admin-cert", Short: "Administrator client certificates for --host tcp://"}
-	var (
-		out string
-		ttl time.Duration
-	)
-	create := &cobra.Command{
-		Use:   "create --out DIR [--ttl D]",
-		Short: "Issue a short-lived admin client certificate into DIR (ca.pem, cert.pem, key.pem)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if out == "" {
-				return fmt.Errorf("--out DIR is required")
-			}
-			if ttl != 0 && ttl < time.Minute {
-				return fmt.Errorf("--ttl %s: give at least 1m", ttl)
-			}
-			key, err := ca.GenerateKey(rand.Reader)
-			if err != nil {
-				return err
-			}
-			keyPEM, err := ca.MarshalKey(key)
-			if err != nil {
-				return err
-			}
-			csr, err := ca.NewCSR(rand.Reader, key, "")
-			if err != nil {
-				return err
-			}
-			client, ctx, done, err := g.control(cmd, 30*time.Second)
-			if err != nil {
-				return err
-			}
-			defer done()
-			resp, err := client.IssueAdminCertificate(ctx, &api.IssueAdminCertificateRequest{Csr: csr, TtlSeconds: int64(ttl / time.Second)})
-			if err != nil {
-				return rpcError(err)
-			}
-			if err := os.MkdirAll(out, 0o700); err != nil {
-				return err
-			}
-			for _, f := range []struct {
-				name string
-				data []byte
-				perm os.FileMode
-			}{
-				{"key.pem", keyPEM, 0o600},
-				{"cert.pem", resp.GetCertificate(), 0o644},
-				{"ca.pem", resp.GetBundle(), 0o644},
-			} {
-				if err := agent.WriteFileAtomic(filepath.Join(out, f.name), f.data, f.perm); err != nil {
-					return err
-				}
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Wrote ca.pem, cert.pem and key.pem to %s (valid %s). Use them with:\n\n    QUORUMCA_CERT_PATH=%s quorumca --host tcp://MANAGER:2377 status\n", out, validity(resp.GetCertificate()), out)
-			return nil
-		},
-	}
-	create.Flags().StringVar(&out, "out", "", "directory to write ca.pem, cert.pem and key.pem into")
-	create.Flags().DurationVar(&ttl, "ttl", 0, "validity of the certificate (default: 24h, or the cluster's cert expiry if shorter)")
-	cmd.AddCommand(create)
-	return cmd
 }
 
 // validity says until when a PEM certificate is valid.

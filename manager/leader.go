@@ -1,0 +1,246 @@
+package manager
+
+import (
+	"context"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/fsm"
+)
+
+// term is one stretch of this manager's leadership.
+type term struct {
+	// since is when this manager became the leader.
+	since time.Time
+	// ready is closed once the leader has applied every entry committed
+	// before it led (a Barrier): only then does it answer reads.
+	ready chan struct{}
+}
+
+// followLeadership runs on every manager for its whole life: it starts the
+// leader's loops when Raft makes this manager the leader, and stops them
+// when it stops being the leader.
+func (m *Manager) followLeadership(ctx context.Context) {
+	var stop func()
+	defer func() {
+		if stop != nil {
+			stop()
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case leading := <-m.raft.LeaderChanges():
+			if stop != nil {
+				stop()
+				stop = nil
+			}
+			if leading {
+				stop = m.lead(ctx)
+			}
+		}
+	}
+}
+
+// lead starts a term: the leader's loop, on its own goroutine. The
+// function it returns ends the term and waits for the loop.
+func (m *Manager) lead(ctx context.Context) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	t := &term{since: m.cfg.Now(), ready: make(chan struct{})}
+	m.rotation.restart()
+	m.term.Store(t)
+	m.log.Info("leading the cluster")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m.leaderLoop(ctx, t)
+	}()
+	return func() {
+		m.term.CompareAndSwap(t, nil)
+		cancel()
+		<-done
+		m.log.Info("no longer leading the cluster")
+	}
+}
+
+// leaderLoop does the leader's upkeep for one term: first a Barrier, so
+// that what it reads is current; then, on every tick and every kick, Raft
+// voters follow the state, expired entries are pruned, and the rotation in
+// progress is driven.
+func (m *Manager) leaderLoop(ctx context.Context, t *term) {
+	for attempt := 0; ; attempt++ {
+		err := m.raft.Barrier(ctx)
+		if err == nil {
+			close(t.ready)
+			break
+		}
+		m.log.Warn("new leader: barrier", "err", err, "attempt", attempt+1)
+		if !sleep(ctx, backoff(attempt)) {
+			return
+		}
+	}
+	tick := time.NewTicker(m.cfg.ReconcilePeriod)
+	defer tick.Stop()
+	for {
+		reconcile := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			reconcile = true
+		case <-m.rotationKick:
+		}
+		if reconcile {
+			m.reconcile(ctx)
+		}
+		m.driveRotation(ctx)
+	}
+}
+
+// leaderRead makes sure, before the leader answers a read from its state,
+// that it has applied everything committed before its term and that a
+// majority still follows it (hashicorp/raft's leader lease alone can
+// answer stale reads).
+func (m *Manager) leaderRead(ctx context.Context) error {
+	t := m.term.Load()
+	if t == nil {
+		return m.redirect(ctx)
+	}
+	select {
+	case <-t.ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return m.raft.VerifyLeader(ctx)
+}
+
+func (m *Manager) reconcile(ctx context.Context) {
+	st := m.machine.State()
+	if !st.Initialized() {
+		return
+	}
+	servers, err := m.raft.Servers()
+	if err != nil {
+		return
+	}
+	for _, srv := range servers {
+		if n, ok := st.Node(srv.ID); ok && n.Role == ca.RoleManager {
+			continue
+		}
+		if srv.ID == m.node.NodeID {
+			continue // a demoted leader steps down through SetRole
+		}
+		if err := m.raft.RemoveServer(ctx, srv.ID); err != nil {
+			m.log.Warn("reconcile: remove voter", "node_id", srv.ID, "err", err)
+		} else {
+			m.log.Info("reconcile: removed voter no longer a manager", "node_id", srv.ID)
+		}
+	}
+	if len(st.GossipKey) == 0 {
+		// A cluster made before gossip existed: give it a key.
+		if key, err := m.newGossipKey(); err != nil {
+			m.log.Error("gossip key", "err", err)
+		} else if _, err := m.propose(ctx, fsm.Command{At: m.cfg.Now(), SetGossipKey: &fsm.SetGossipKey{Key: key}}); err != nil {
+			m.log.Warn("set gossip key", "err", err)
+		} else {
+			m.log.Info("cluster gossip key created")
+		}
+	}
+	now := m.cfg.Now()
+	if st.NeedsPrune(now) {
+		if _, err := m.propose(ctx, fsm.Command{At: now, Prune: &fsm.Prune{}}); err != nil {
+			m.log.Warn("prune", "err", err)
+		}
+	}
+}
+
+// newGossipKey draws a fresh gossip key.
+func (m *Manager) newGossipKey() ([]byte, error) {
+	key := make([]byte, fsm.GossipKeySize)
+	_, err := io.ReadFull(m.cfg.Rand, key)
+	return key, err
+}
+
+// observation is what the leader learnt of a node from its last
+// authenticated heartbeat.
+type observation struct {
+	// at is when the node was last heard from (a heartbeat, a renewal,
+	// its join).
+	at time.Time
+	// serial and issuer name the certificate the node presented; bundle is
+	// the digest of the trust bundle it holds. Zero until it heartbeats.
+	serial string
+	issuer ca.TLSStatus
+	bundle string
+}
+
+// observations are the leader's, by node ID.
+type observations struct {
+	mu sync.Mutex // guards m
+	m  map[string]observation
+}
+
+// heard records a heartbeat.
+func (o *observations) heard(id string, ob observation) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.m == nil {
+		o.m = map[string]observation{}
+	}
+	o.m[id] = ob
+}
+
+// seen records that a node is alive (it joined or renewed), keeping what
+// its last heartbeat showed.
+func (o *observations) seen(id string, at time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.m == nil {
+		o.m = map[string]observation{}
+	}
+	ob := o.m[id]
+	ob.at = at
+	o.m[id] = ob
+}
+
+func (o *observations) get(id string) (observation, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	ob, ok := o.m[id]
+	return ob, ok
+}
+
+// live reports whether node id is alive as this manager sees it: it is
+// this manager, it was heard from within three heartbeat periods, or this
+// manager became the leader less than three periods ago (the nodes have
+// not all reached it yet: none may be taken for down).
+func (m *Manager) live(id string, now time.Time) bool {
+	if id == m.node.NodeID {
+		return true
+	}
+	window := 3 * m.cfg.HeartbeatPeriod
+	if t := m.term.Load(); t != nil && now.Sub(t.since) < window {
+		return true
+	}
+	ob, ok := m.obs.get(id)
+	return ok && now.Sub(ob.at) < window
+}
+
+// sleep waits d or until ctx is done; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func backoff(attempt int) time.Duration {
+	return 100 * time.Millisecond << min(attempt, 4)
+}
