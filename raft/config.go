@@ -25,6 +25,12 @@ type Config struct {
 
 	// Listener is a plain TCP listener the caller opened for Raft traffic.
 	// The Node wraps it in TLS and owns it from Open on: Shutdown closes it.
+	// Anyone who reaches the port can connect, so a connection that has not
+	// yet shown a manager's certificate gets little: 2s to send its
+	// ClientHello, 5s for the whole handshake, and one of 128 handshake
+	// slots, which a newer connection takes from it if it is the oldest
+	// that has not sent a ClientHello yet. A flood of silent connections
+	// thus cannot keep the managers from reaching each other.
 	Listener net.Listener
 
 	// AdvertiseAddr is the host:port other managers dial to reach this one.
