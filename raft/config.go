@@ -41,8 +41,11 @@ type Config struct {
 	// TLS holds this manager's certificate and the cluster's roots, used on
 	// both sides of every Raft connection: as a server (Certificates or
 	// GetCertificate, ClientCAs) and as a client (Certificates or
-	// GetClientCertificate, RootCAs). The Node works on a clone: it forces
-	// MinVersion to at least TLS 1.2, ClientAuth to
+	// GetClientCertificate, RootCAs). The Node works on a clone: it applies
+	// quorumca's TLS policy (ca.HardenTLS: TLS 1.3 preferred, TLS 1.2 at
+	// least, and under TLS 1.2 only ECDHE suites with an AEAD, whatever
+	// MinVersion and CipherSuites say) on both sides and to every config
+	// GetConfigForClient returns, forces ClientAuth to
 	// RequireAndVerifyClientCert, ServerName to "swarm-manager" (the DNS
 	// name every manager certificate carries) when dialling, and turns off
 	// session resumption, so every connection is verified afresh.

@@ -64,8 +64,10 @@ type tlsConfigs struct {
 }
 
 // newTLSConfigs derives the server and client configurations from the
-// caller's: TLS 1.2 at least, client certificates required and verified, no
-// session resumption, and managers named "swarm-manager" when dialled.
+// caller's: quorumca's TLS policy (ca.HardenTLS) on both sides and on every
+// config GetConfigForClient returns, client certificates required and
+// verified, no session resumption, and managers named "swarm-manager" when
+// dialled.
 func newTLSConfigs(cfg *tls.Config) *tlsConfigs {
 	server := cfg.Clone()
 	hardenServer(server)
@@ -79,8 +81,7 @@ func newTLSConfigs(cfg *tls.Config) *tlsConfigs {
 			return c, err
 		}
 	}
-	client := cfg.Clone()
-	client.MinVersion = max(client.MinVersion, tls.VersionTLS12)
+	client := ca.HardenTLS(cfg.Clone())
 	client.InsecureSkipVerify = false
 	client.ClientSessionCache = nil
 	// A manager's certificate names its role as a DNS SAN; Raft dials an
@@ -89,11 +90,13 @@ func newTLSConfigs(cfg *tls.Config) *tlsConfigs {
 	return &tlsConfigs{server: server, client: client}
 }
 
-// hardenServer makes c require TLS 1.2 and a verified client certificate,
-// and verify every connection afresh: a resumed session would skip the
-// chain check against roots SetTLS may have replaced.
+// hardenServer applies quorumca's TLS policy to c (TLS 1.2 at least, and
+// under TLS 1.2 only ECDHE suites with an AEAD: no CBC, no SHA-1 MAC),
+// makes it require a verified client certificate, and verify every
+// connection afresh: a resumed session would skip the chain check against
+// roots SetTLS may have replaced.
 func hardenServer(c *tls.Config) {
-	c.MinVersion = max(c.MinVersion, tls.VersionTLS12)
+	ca.HardenTLS(c)
 	c.ClientAuth = tls.RequireAndVerifyClientCert
 	c.SessionTicketsDisabled = true
 }

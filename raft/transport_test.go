@@ -29,11 +29,18 @@ type testStream struct {
 
 func newTestStream(t *testing.T, c *testCA, id ca.Identity, authorize func(ca.Identity) error) *testStream {
 	t.Helper()
+	s := newTestStreamTLS(t, c, c.tlsConfigFor(t, id), authorize)
+	s.id = id.NodeID
+	return s
+}
+
+// newTestStreamTLS is newTestStream with the caller's TLS configuration.
+func newTestStreamTLS(t *testing.T, c *testCA, cfg *tls.Config, authorize func(ca.Identity) error) *testStream {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := c.tlsConfigFor(t, id)
 	rec := &recorder{}
 	s := newStreamLayer(streamConfig{
 		listener:  ln,
@@ -48,7 +55,7 @@ func newTestStream(t *testing.T, c *testCA, id ca.Identity, authorize func(ca.Id
 			t.Errorf("Close() = %v", err)
 		}
 	})
-	return &testStream{streamLayer: s, id: id.NodeID, tls: cfg, logs: rec}
+	return &testStream{streamLayer: s, tls: cfg, logs: rec}
 }
 
 func manager(c *testCA, nodeID string) ca.Identity {
