@@ -100,6 +100,11 @@ type Config struct {
 	// ApplyTimeout bounds Apply, AddVoter, RemoveServer, Barrier and
 	// VerifyLeader when their context has no deadline.
 	ApplyTimeout time.Duration
+
+	// wrapStore, if not nil, wraps the bolt store before the Node watches
+	// its writes: tests inject a store whose writes fail with ENOSPC where
+	// they cannot fill a real disk.
+	wrapStore func(logStableStore) logStableStore
 }
 
 // Defaults and limits of Config.
