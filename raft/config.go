@@ -25,6 +25,12 @@ type Config struct {
 
 	// Listener is a plain TCP listener the caller opened for Raft traffic.
 	// The Node wraps it in TLS and owns it from Open on: Shutdown closes it.
+	// Anyone who reaches the port can connect, so a connection that has not
+	// yet shown a manager's certificate gets little: 2s to send its
+	// ClientHello, 5s for the whole handshake, and one of 128 handshake
+	// slots, which a newer connection takes from it if it is the oldest
+	// that has not sent a ClientHello yet. A flood of silent connections
+	// thus cannot keep the managers from reaching each other.
 	Listener net.Listener
 
 	// AdvertiseAddr is the host:port other managers dial to reach this one.
@@ -35,8 +41,11 @@ type Config struct {
 	// TLS holds this manager's certificate and the cluster's roots, used on
 	// both sides of every Raft connection: as a server (Certificates or
 	// GetCertificate, ClientCAs) and as a client (Certificates or
-	// GetClientCertificate, RootCAs). The Node works on a clone: it forces
-	// MinVersion to at least TLS 1.2, ClientAuth to
+	// GetClientCertificate, RootCAs). The Node works on a clone: it applies
+	// quorumca's TLS policy (ca.HardenTLS: TLS 1.3 preferred, TLS 1.2 at
+	// least, and under TLS 1.2 only ECDHE suites with an AEAD, whatever
+	// MinVersion and CipherSuites say) on both sides and to every config
+	// GetConfigForClient returns, forces ClientAuth to
 	// RequireAndVerifyClientCert, ServerName to "swarm-manager" (the DNS
 	// name every manager certificate carries) when dialling, and turns off
 	// session resumption, so every connection is verified afresh.
@@ -91,6 +100,11 @@ type Config struct {
 	// ApplyTimeout bounds Apply, AddVoter, RemoveServer, Barrier and
 	// VerifyLeader when their context has no deadline.
 	ApplyTimeout time.Duration
+
+	// wrapStore, if not nil, wraps the bolt store before the Node watches
+	// its writes: tests inject a store whose writes fail with ENOSPC where
+	// they cannot fill a real disk.
+	wrapStore func(logStableStore) logStableStore
 }
 
 // Defaults and limits of Config.

@@ -3,6 +3,7 @@ package raft
 import (
 	"errors"
 	"fmt"
+	"syscall"
 )
 
 // Errors returned by Node. Each comes wrapped in a message that says what
@@ -24,7 +25,34 @@ var (
 	// ErrShutdown is returned by every Node method that needs Raft once
 	// Shutdown has begun.
 	ErrShutdown = errors.New("raft: node is shut down")
+
+	// ErrDiskFull is returned by DiskError, and by Apply, AddVoter,
+	// RemoveServer, Barrier and VerifyLeader in place of ErrNoQuorum, when
+	// this node's last write to its Raft stores failed because its disk is
+	// full (ENOSPC). A leader whose log write fails steps down, so without
+	// this the failure reads as a lost quorum. It comes as a *DiskFullError
+	// naming the file.
+	ErrDiskFull = errors.New("raft: disk full")
 )
+
+// DiskFullError says which file this node could not write for lack of
+// space. It unwraps to ErrDiskFull and to the write's error, which wraps
+// syscall.ENOSPC.
+type DiskFullError struct {
+	// File is the file being written: DataDir/raft.db, or a snapshot's
+	// directory under DataDir/snapshots.
+	File string
+	// Err is the error of the failed write.
+	Err error
+}
+
+// Error names the file and says what to do.
+func (e *DiskFullError) Error() string {
+	return fmt.Sprintf("%s: writing %s: %s; free space on this manager's disk", ErrDiskFull, e.File, syscall.ENOSPC)
+}
+
+// Unwrap returns ErrDiskFull and the write's error.
+func (e *DiskFullError) Unwrap() []error { return []error{ErrDiskFull, e.Err} }
 
 // NotLeaderError is the error a follower or candidate returns for a call
 // only the leader can serve. It unwraps to ErrNotLeader.

@@ -274,8 +274,15 @@ func startCluster(t *testing.T, c *testCA, size int, tweak func(*Config)) []*tes
 // waitLeader polls until one of nodes is the leader and returns it.
 func waitLeader(t *testing.T, nodes ...*testNode) *testNode {
 	t.Helper()
+	return waitLeaderWithin(t, waitFor, nodes...)
+}
+
+// waitLeaderWithin polls until one of nodes is the leader and returns it,
+// failing the test after d.
+func waitLeaderWithin(t *testing.T, d time.Duration, nodes ...*testNode) *testNode {
+	t.Helper()
 	var leader *testNode
-	eventually(t, "a leader", func() bool {
+	eventuallyWithin(t, d, "a leader", func() bool {
 		for _, n := range nodes {
 			if n.IsLeader() {
 				leader = n
@@ -290,10 +297,16 @@ func waitLeader(t *testing.T, nodes ...*testNode) *testNode {
 // eventually polls cond until it holds, failing the test after waitFor.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitFor)
+	eventuallyWithin(t, waitFor, what, cond)
+}
+
+// eventuallyWithin polls cond until it holds, failing the test after d.
+func eventuallyWithin(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", waitFor, what)
+			t.Fatalf("timed out after %s waiting for %s", d, what)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -36,6 +36,13 @@ const (
 	leaderChangesBuffer = 16
 )
 
+// logStableStore is the log store and the stable store in one, as the bolt
+// store is.
+type logStableStore interface {
+	hraft.LogStore
+	hraft.StableStore
+}
+
 // Server is one member of the Raft configuration.
 type Server struct {
 	// ID is the server's node ID.
@@ -55,6 +62,7 @@ type Node struct {
 	trans        *hraft.NetworkTransport
 	stream       *streamLayer
 	store        *raftboltdb.BoltStore
+	disk         *diskWatch
 	log          *slog.Logger
 	applyTimeout time.Duration
 
@@ -123,11 +131,21 @@ func Open(cfg Config) (n *Node, err error) {
 			_ = store.Close()
 		}
 	}()
-	snaps, err := hraft.NewFileSnapshotStoreWithLogger(cfg.DataDir, snapshotsRetained, hlog.Named("snapshots"))
+	fileSnaps, err := hraft.NewFileSnapshotStoreWithLogger(cfg.DataDir, snapshotsRetained, hlog.Named("snapshots"))
 	if err != nil {
 		return nil, fmt.Errorf("raft: open snapshot store: %w", err)
 	}
-	logs, err := hraft.NewLogCache(logCacheSize, store)
+	// The stores report every write's outcome, so that a full disk is told
+	// apart from a lost quorum. The watch sits under the log cache, which
+	// would lose the error's chain.
+	disk := &diskWatch{log: logger}
+	var stores logStableStore = store
+	if cfg.wrapStore != nil {
+		stores = cfg.wrapStore(stores)
+	}
+	stores = &watchedStore{logStableStore: stores, file: path, disk: disk}
+	snaps := &watchedSnapshots{SnapshotStore: fileSnaps, dir: filepath.Join(cfg.DataDir, "snapshots"), disk: disk}
+	logs, err := hraft.NewLogCache(logCacheSize, stores)
 	if err != nil {
 		return nil, fmt.Errorf("raft: open log cache: %w", err)
 	}
@@ -173,12 +191,12 @@ func Open(cfg Config) (n *Node, err error) {
 	}
 
 	if cfg.Bootstrap {
-		has, err := hraft.HasExistingState(logs, store, snaps)
+		has, err := hraft.HasExistingState(logs, stores, snaps)
 		if err != nil {
 			return nil, fmt.Errorf("raft: read existing state: %w", err)
 		}
 		if !has {
-			err := hraft.BootstrapCluster(rc, logs, store, snaps, trans, hraft.Configuration{
+			err := hraft.BootstrapCluster(rc, logs, stores, snaps, trans, hraft.Configuration{
 				Servers: []hraft.Server{{
 					Suffrage: hraft.Voter,
 					ID:       hraft.ServerID(cfg.NodeID),
@@ -192,7 +210,7 @@ func Open(cfg Config) (n *Node, err error) {
 		}
 	}
 
-	r, err := hraft.NewRaft(rc, fsm{cfg.StateMachine}, logs, store, snaps, trans)
+	r, err := hraft.NewRaft(rc, fsm{cfg.StateMachine}, logs, stores, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("raft: start: %w", err)
 	}
@@ -202,6 +220,7 @@ func Open(cfg Config) (n *Node, err error) {
 		trans:        trans,
 		stream:       stream,
 		store:        store,
+		disk:         disk,
 		log:          logger,
 		applyTimeout: cfg.ApplyTimeout,
 		notify:       notify,
@@ -220,7 +239,8 @@ func Open(cfg Config) (n *Node, err error) {
 // leader. If the entry is not committed within ctx's deadline, or
 // ApplyTimeout when ctx has none, or the leader loses its leadership
 // meanwhile, it returns an error wrapping ErrNoQuorum; the entry may still
-// be committed later, so commands should be safe to retry.
+// be committed later, so commands should be safe to retry. If this node's
+// disk is full, such failures wrap ErrDiskFull instead (see DiskError).
 func (n *Node) Apply(ctx context.Context, cmd []byte) (any, error) {
 	ctx, cancel, bound := n.bound(ctx)
 	defer cancel()
@@ -233,6 +253,13 @@ func (n *Node) Apply(ctx context.Context, cmd []byte) (any, error) {
 	}
 	return f.Response(), nil
 }
+
+// DiskError returns a *DiskFullError (ErrDiskFull) naming the file if this
+// node's last write to its Raft stores (the log, the stable store or a
+// snapshot) failed because its disk is full, and nil otherwise, including
+// once a later write has succeeded. A manager with a full disk cannot lead:
+// it steps down at its first failed log write.
+func (n *Node) DiskError() error { return n.disk.get() }
 
 // IsLeader reports whether this node is the leader now.
 func (n *Node) IsLeader() bool { return n.raft.State() == hraft.Leader }
@@ -514,23 +541,31 @@ func (n *Node) wait(ctx context.Context, f hraft.Future) error {
 }
 
 // fail turns an error from hashicorp/raft or from waiting on it into one of
-// this package's: ErrNotLeader (as *NotLeaderError), ErrNoQuorum or
-// ErrShutdown where they apply. op names the call; verb says what the leader
-// could not do in time; bound is the time the call had.
+// this package's: ErrNotLeader (as *NotLeaderError), ErrDiskFull,
+// ErrNoQuorum or ErrShutdown where they apply. A failure on a node whose
+// disk is full is put down to the disk, not the quorum: the leader steps
+// down when it cannot write its log, and its callers should hear why. op
+// names the call; verb says what the leader could not do in time; bound is
+// the time the call had.
 func (n *Node) fail(op, verb string, err error, bound time.Duration) error {
 	switch {
 	case errors.Is(err, hraft.ErrNotLeader), errors.Is(err, hraft.ErrLeadershipTransferInProgress):
 		return n.notLeader()
 	case errors.Is(err, hraft.ErrRaftShutdown), errors.Is(err, ErrShutdown):
 		return fmt.Errorf("%w (during %s)", ErrShutdown, op)
+	case errors.Is(err, context.Canceled):
+		return fmt.Errorf("raft: %s abandoned (a change may still commit): %w", op, err)
+	}
+	if full := n.disk.get(); full != nil {
+		return fmt.Errorf("raft: %s: %w (%w)", op, full, err)
+	}
+	switch {
 	case errors.Is(err, hraft.ErrLeadershipLost):
 		return fmt.Errorf("%w: %s: leadership was lost before the change committed (it may still commit under the next leader); check that %s up and reachable: %w",
 			ErrNoQuorum, op, n.majority(), err)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, hraft.ErrEnqueueTimeout):
 		return fmt.Errorf("%w: %s: the leader could not %s within %s; check that %s up and reachable: %w",
 			ErrNoQuorum, op, verb, bound.Round(time.Millisecond), n.majority(), err)
-	case errors.Is(err, context.Canceled):
-		return fmt.Errorf("raft: %s abandoned (a change may still commit): %w", op, err)
 	}
 	return fmt.Errorf("raft: %s: %w", op, err)
 }

@@ -4,10 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,8 +21,12 @@ import (
 )
 
 const (
-	// handshakeTimeout bounds an accepted connection's TLS handshake, so a
-	// silent peer holds nothing but its own goroutine, and not for long.
+	// helloTimeout bounds the wait for an accepted connection's first TLS
+	// record, the ClientHello, which a manager sends as soon as it has
+	// connected: a silent peer is closed after it, long before
+	// handshakeTimeout. It leaves room for a few lost segments.
+	helloTimeout = 2 * time.Second
+	// handshakeTimeout bounds an accepted connection's whole TLS handshake.
 	handshakeTimeout = 5 * time.Second
 	// dialTimeout bounds a dial and its handshake when Raft gives no
 	// timeout.
@@ -27,9 +34,20 @@ const (
 	// acceptBacklog is how many authenticated connections may wait for
 	// Raft to take them.
 	acceptBacklog = 16
-	// maxHandshakes bounds the handshakes in progress at once; connections
-	// beyond it are closed at once.
+	// maxHandshakes bounds the accepted connections whose handshake is
+	// pending. When all are taken, a new connection evicts the oldest one
+	// that has not yet sent its ClientHello (or, failing that, the oldest
+	// one), rather than being refused: see admit.
 	maxHandshakes = 128
+	// maxServing is the hard cap on handshake goroutines, and so on the
+	// accepted connections they hold: maxHandshakes pending ones, plus
+	// evicted ones winding down and handshaken ones waiting for Accept. At
+	// the cap the accept loop waits, and new connections wait in the
+	// kernel's backlog.
+	maxServing = 2 * maxHandshakes
+	// evictWarnEvery is the least time between two warnings that
+	// connections are being evicted, so that a flood does not flood the log.
+	evictWarnEvery = 10 * time.Second
 	// maxAcceptDelay caps the back-off after a failed Accept.
 	maxAcceptDelay = time.Second
 )
@@ -46,8 +64,10 @@ type tlsConfigs struct {
 }
 
 // newTLSConfigs derives the server and client configurations from the
-// caller's: TLS 1.2 at least, client certificates required and verified, no
-// session resumption, and managers named "swarm-manager" when dialled.
+// caller's: quorumca's TLS policy (ca.HardenTLS) on both sides and on every
+// config GetConfigForClient returns, client certificates required and
+// verified, no session resumption, and managers named "swarm-manager" when
+// dialled.
 func newTLSConfigs(cfg *tls.Config) *tlsConfigs {
 	server := cfg.Clone()
 	hardenServer(server)
@@ -61,8 +81,7 @@ func newTLSConfigs(cfg *tls.Config) *tlsConfigs {
 			return c, err
 		}
 	}
-	client := cfg.Clone()
-	client.MinVersion = max(client.MinVersion, tls.VersionTLS12)
+	client := ca.HardenTLS(cfg.Clone())
 	client.InsecureSkipVerify = false
 	client.ClientSessionCache = nil
 	// A manager's certificate names its role as a DNS SAN; Raft dials an
@@ -71,18 +90,24 @@ func newTLSConfigs(cfg *tls.Config) *tlsConfigs {
 	return &tlsConfigs{server: server, client: client}
 }
 
-// hardenServer makes c require TLS 1.2 and a verified client certificate,
-// and verify every connection afresh: a resumed session would skip the
-// chain check against roots SetTLS may have replaced.
+// hardenServer applies quorumca's TLS policy to c (TLS 1.2 at least, and
+// under TLS 1.2 only ECDHE suites with an AEAD: no CBC, no SHA-1 MAC),
+// makes it require a verified client certificate, and verify every
+// connection afresh: a resumed session would skip the chain check against
+// roots SetTLS may have replaced.
 func hardenServer(c *tls.Config) {
-	c.MinVersion = max(c.MinVersion, tls.VersionTLS12)
+	ca.HardenTLS(c)
 	c.ClientAuth = tls.RequireAndVerifyClientCert
 	c.SessionTicketsDisabled = true
 }
 
 // streamLayer is hashicorp/raft's StreamLayer over mutual TLS. Accepted
 // connections are handshaken and checked on their own goroutines; only
-// connections from this cluster's managers reach Accept.
+// connections from this cluster's managers reach Accept. Anyone can
+// connect to the port, so what a connection that has not yet shown a
+// certificate may hold is bounded: a goroutine and a file descriptor, for
+// helloTimeout if it stays silent, and only until newer connections need
+// its slot (see admit).
 type streamLayer struct {
 	ln        net.Listener
 	addr      net.Addr
@@ -93,12 +118,17 @@ type streamLayer struct {
 
 	accepted chan net.Conn  // authenticated, waiting for Accept
 	done     chan struct{}  // closed by Close
-	sem      chan struct{}  // one token per handshake in progress
+	sem      chan struct{}  // one token per handshake goroutine
 	wg       sync.WaitGroup // the accept loop and the handshakes
 
-	mu     sync.Mutex // mu guards conns and closed
-	conns  map[net.Conn]struct{}
-	closed bool
+	// evictions and lastEvictWarn are owned by the accept loop.
+	evictions     int       // evicted since the last warning
+	lastEvictWarn time.Time // when evict last warned
+
+	mu      sync.Mutex // mu guards conns, pending and closed
+	conns   map[net.Conn]struct{}
+	pending []*helloConn // accepted, handshake not yet done; oldest first
+	closed  bool
 }
 
 var _ hraft.StreamLayer = (*streamLayer)(nil)
@@ -123,7 +153,7 @@ func newStreamLayer(c streamConfig) *streamLayer {
 		log:       c.log,
 		accepted:  make(chan net.Conn, acceptBacklog),
 		done:      make(chan struct{}),
-		sem:       make(chan struct{}, maxHandshakes),
+		sem:       make(chan struct{}, maxServing),
 		conns:     make(map[net.Conn]struct{}),
 	}
 	s.tls.Store(newTLSConfigs(c.tls))
@@ -163,7 +193,7 @@ func (s *streamLayer) Close() error {
 	s.closed = true
 	close(s.done)
 	conns := s.conns
-	s.conns = nil
+	s.conns, s.pending = nil, nil
 	s.mu.Unlock()
 
 	err := s.ln.Close()
@@ -216,66 +246,163 @@ func (s *streamLayer) acceptLoop() {
 	defer s.wg.Done()
 	var delay time.Duration
 	for {
+		// Take a goroutine's token before accepting, so that at the cap
+		// new connections wait in the kernel's backlog, not in memory.
+		select {
+		case s.sem <- struct{}{}:
+		case <-s.done:
+			return
+		}
 		raw, err := s.ln.Accept()
 		if err != nil {
-			if s.isClosed() || errors.Is(err, net.ErrClosed) {
+			<-s.sem
+			if !s.retryAccept(err, &delay) {
 				return
-			}
-			delay = min(max(2*delay, 5*time.Millisecond), maxAcceptDelay)
-			s.log.Warn("raft: accept failed; retrying", "error", err, "retry_in", delay)
-			t := time.NewTimer(delay)
-			select {
-			case <-s.done:
-				t.Stop()
-				return
-			case <-t.C:
 			}
 			continue
 		}
 		delay = 0
-		if !s.track(raw) {
+		hc := newHelloConn(raw)
+		victim, ok := s.admit(hc)
+		if !ok {
+			<-s.sem
 			_ = raw.Close()
 			return
 		}
-		select {
-		case s.sem <- struct{}{}:
-		default:
-			s.log.Warn("raft: too many TLS handshakes in progress; closing connection", "remote", raw.RemoteAddr().String(), "limit", maxHandshakes)
-			s.closeRaw(raw)
-			continue
+		if victim != nil {
+			s.evict(victim)
 		}
 		s.wg.Add(1)
-		go s.serve(raw)
+		go s.serve(hc)
+		// Let the new goroutine read what the peer has already sent
+		// before the next Accept: a manager's ClientHello is in the socket
+		// by now, and once read it protects the connection from eviction.
+		// Without this, under a flood, the accept loop could take in
+		// maxHandshakes newer connections before the goroutine ran, and
+		// evict a manager's connection unread (the flood test did, in
+		// every run).
+		runtime.Gosched()
 	}
 }
 
-// serve completes the server side of the TLS handshake on raw within
-// handshakeTimeout, checks the client's identity, and queues the
-// connection for Accept; a refused connection is closed and logged.
-func (s *streamLayer) serve(raw net.Conn) {
+// retryAccept waits before the accept loop tries again after err, backing
+// off up to maxAcceptDelay. It reports false if the listener or the layer
+// is closed.
+func (s *streamLayer) retryAccept(err error, delay *time.Duration) bool {
+	if s.isClosed() || errors.Is(err, net.ErrClosed) {
+		return false
+	}
+	*delay = min(max(2**delay, 5*time.Millisecond), maxAcceptDelay)
+	s.log.Warn("raft: accept failed; retrying", "error", err, "retry_in", *delay)
+	t := time.NewTimer(*delay)
+	defer t.Stop()
+	select {
+	case <-s.done:
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// admit tracks hc as a pending handshake. When maxHandshakes are already
+// pending, it takes one out and returns it for the caller to evict: the
+// oldest that has not sent its whole ClientHello, else the oldest. It
+// reports false once the layer is closed.
+//
+// Evicting the oldest rather than refusing the newest is what keeps the
+// managers in. Refused, a few hundred silent connections, re-opened as
+// they were closed, kept every manager's dial out for as long as they
+// went on. Evicted, they cannot: a manager sends its ClientHello as soon
+// as it has connected and is done in milliseconds, so it is never evicted
+// while a silent connection is pending, and otherwise only if
+// maxHandshakes newer connections arrive before its handshake ends.
+func (s *streamLayer) admit(hc *helloConn) (victim *helloConn, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, false
+	}
+	if len(s.pending) >= maxHandshakes {
+		i := max(slices.IndexFunc(s.pending, func(p *helloConn) bool { return !p.hello.Load() }), 0)
+		victim = s.pending[i]
+		s.pending = slices.Delete(s.pending, i, i+1)
+	}
+	s.conns[hc.Conn] = struct{}{}
+	s.pending = append(s.pending, hc)
+	return victim, true
+}
+
+// evict closes a connection admit chose, and warns that connections are
+// being evicted, with how many, at most once per evictWarnEvery. It runs
+// on the accept loop.
+func (s *streamLayer) evict(victim *helloConn) {
+	s.closeRaw(victim.Conn)
+	s.evictions++
+	if now := time.Now(); now.Sub(s.lastEvictWarn) >= evictWarnEvery {
+		s.log.Warn("raft: all TLS handshake slots are taken; closing the oldest connections that have not sent a ClientHello (is someone flooding the Raft port?)",
+			"limit", maxHandshakes, "evicted", s.evictions, "remote", victim.RemoteAddr().String())
+		s.evictions, s.lastEvictWarn = 0, now
+	}
+}
+
+// settle ends hc's pending handshake; it reports false if hc was evicted,
+// or the layer closed, first.
+func (s *streamLayer) settle(hc *helloConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := slices.Index(s.pending, hc)
+	if i < 0 {
+		return false
+	}
+	s.pending = slices.Delete(s.pending, i, i+1)
+	return true
+}
+
+// serve completes the server side of the TLS handshake on hc within its
+// deadlines, checks the client's identity, and queues the connection for
+// Accept; a refused connection is closed and logged.
+func (s *streamLayer) serve(hc *helloConn) {
 	defer s.wg.Done()
 	defer func() { <-s.sem }()
 
-	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
-	defer cancel()
-	_ = raw.SetDeadline(time.Now().Add(handshakeTimeout))
-	conn := tls.Server(raw, s.tls.Load().server)
-	if err := conn.HandshakeContext(ctx); err != nil {
-		s.closeRaw(raw)
-		s.refused("accept", raw.RemoteAddr(), claimedNodeID(err), err)
+	// hc's deadline bounds every read and write of the handshake, so it
+	// needs no context, which would cost a goroutine per connection.
+	conn := tls.Server(hc, s.tls.Load().server)
+	err := conn.Handshake()
+	if !s.settle(hc) {
+		s.closeRaw(hc.Conn) // evicted: evict has closed and counted it
+		return
+	}
+	if err != nil {
+		s.closeRaw(hc.Conn)
+		s.handshakeFailed(hc, err)
 		return
 	}
 	id, err := s.check(conn.ConnectionState())
 	if err != nil {
-		s.closeRaw(raw)
-		s.refused("accept", raw.RemoteAddr(), id.NodeID, err)
+		s.closeRaw(hc.Conn)
+		s.refused("accept", hc.RemoteAddr(), id.NodeID, err)
 		return
 	}
-	_ = raw.SetDeadline(time.Time{})
+	_ = hc.SetDeadline(time.Time{})
 	select {
-	case s.accepted <- &peerConn{Conn: conn, raw: raw, s: s}:
+	case s.accepted <- &peerConn{Conn: conn, raw: hc.Conn, s: s}:
 	case <-s.done:
-		s.closeRaw(raw)
+		s.closeRaw(hc.Conn)
+	}
+}
+
+// handshakeFailed logs a failed handshake: as a refused peer if the peer
+// sent anything, and only at Debug if it never said a word (port
+// scanners, health checks, the tail of a flood), so that those cannot
+// flood the log.
+func (s *streamLayer) handshakeFailed(hc *helloConn, err error) {
+	if hc.read > 0 {
+		s.refused("accept", hc.RemoteAddr(), claimedNodeID(err), err)
+		return
+	}
+	if !s.isClosed() {
+		s.log.Debug("raft: connection closed before it sent a ClientHello", "remote", hc.RemoteAddr().String(), "reason", err.Error())
 	}
 }
 
@@ -369,6 +496,58 @@ func (c *peerConn) Close() error {
 	err := c.Conn.Close()
 	c.s.closeRaw(c.raw)
 	return err
+}
+
+// recordHeaderLen is the length of a TLS record's header: content type,
+// version, and the length of what follows, big-endian, in the last two
+// bytes.
+const recordHeaderLen = 5
+
+// helloConn is an accepted connection during its TLS handshake. It
+// follows the first TLS record read from it, the ClientHello: until that
+// is in, the connection has helloTimeout and is the first to be evicted;
+// then it has the rest of handshakeTimeout.
+type helloConn struct {
+	net.Conn
+	deadline time.Time   // when the whole handshake must be done
+	hello    atomic.Bool // the first record is in; admit reads it
+
+	// hdr and read are only used by Read, on the handshake's goroutine, and
+	// by that goroutine once the handshake is over.
+	hdr  [recordHeaderLen]byte
+	read int // bytes read so far, counted until the first record is in
+}
+
+// newHelloConn sets raw's deadline to helloTimeout from now and follows
+// its handshake.
+func newHelloConn(raw net.Conn) *helloConn {
+	now := time.Now()
+	_ = raw.SetDeadline(now.Add(helloTimeout))
+	return &helloConn{Conn: raw, deadline: now.Add(handshakeTimeout)}
+}
+
+// Read reads from the connection and counts what it read until the first
+// record is in. crypto/tls calls it, during the handshake and after.
+func (c *helloConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && !c.hello.Load() {
+		c.follow(p[:n])
+	}
+	return n, err
+}
+
+// follow counts b, the next bytes of the connection, and once the first
+// record is in, moves the deadline to the end of handshakeTimeout.
+func (c *helloConn) follow(b []byte) {
+	if c.read < recordHeaderLen {
+		copy(c.hdr[c.read:], b)
+	}
+	c.read += len(b)
+	if c.read < recordHeaderLen || c.read < recordHeaderLen+int(binary.BigEndian.Uint16(c.hdr[3:])) {
+		return
+	}
+	c.hello.Store(true)
+	_ = c.Conn.SetDeadline(c.deadline)
 }
 
 // advertiseAddr is a net.Addr for an address given as a string.

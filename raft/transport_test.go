@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -28,11 +29,18 @@ type testStream struct {
 
 func newTestStream(t *testing.T, c *testCA, id ca.Identity, authorize func(ca.Identity) error) *testStream {
 	t.Helper()
+	s := newTestStreamTLS(t, c, c.tlsConfigFor(t, id), authorize)
+	s.id = id.NodeID
+	return s
+}
+
+// newTestStreamTLS is newTestStream with the caller's TLS configuration.
+func newTestStreamTLS(t *testing.T, c *testCA, cfg *tls.Config, authorize func(ca.Identity) error) *testStream {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := c.tlsConfigFor(t, id)
 	rec := &recorder{}
 	s := newStreamLayer(streamConfig{
 		listener:  ln,
@@ -47,7 +55,7 @@ func newTestStream(t *testing.T, c *testCA, id ca.Identity, authorize func(ca.Id
 			t.Errorf("Close() = %v", err)
 		}
 	})
-	return &testStream{streamLayer: s, id: id.NodeID, tls: cfg, logs: rec}
+	return &testStream{streamLayer: s, tls: cfg, logs: rec}
 }
 
 func manager(c *testCA, nodeID string) ca.Identity {
@@ -414,4 +422,134 @@ func TestTransportSetTLS(t *testing.T) {
 		conn.Close()
 		t.Errorf("Dial() to the old root after setTLS = nil error, want a refusal")
 	}
+}
+
+// TestTransportFullSlotsEvictOldestSilent is the flood at the scale of one
+// stream layer: with every handshake slot taken by silent connections, a
+// manager still gets in, the oldest silent connections are the ones
+// closed, and a peer that has sent its ClientHello is not evicted while a
+// silent one is pending.
+func TestTransportFullSlotsEvictOldestSilent(t *testing.T) {
+	checkGoroutines(t)
+	c := newTestCA(t)
+	m := newTestStream(t, c, manager(c, newID(t)), nil)
+
+	// The oldest connection of all has sent a ClientHello and stalls.
+	speaker := dialRaw(t, m)
+	if _, err := speaker.Write(clientHello(t)); err != nil {
+		t.Fatalf("Write(ClientHello) = %v", err)
+	}
+	eventually(t, "the server to read the ClientHello", func() bool { return m.pendingHellos() == 1 })
+
+	const extra = 10
+	silent := make([]net.Conn, maxHandshakes+extra)
+	for i := range silent {
+		silent[i] = dialRaw(t, m)
+	}
+	eventually(t, "the handshake slots to fill", func() bool { return m.tracked() == maxHandshakes })
+
+	// Well within helloTimeout, so that no deadline frees a slot.
+	peer := newTestStream(t, c, manager(c, newID(t)), nil)
+	conn, err := peer.Dial(hraft.ServerAddress(m.Addr().String()), time.Second)
+	if err != nil {
+		t.Fatalf("Dial() with every handshake slot taken = %v, want it through", err)
+	}
+	defer conn.Close()
+	acceptOne(t, m).Close()
+	// The extra silent connections and the manager's took the slots of
+	// the oldest silent ones, not the speaker's.
+	for i, conn := range silent[:extra+2] {
+		assertClosedWithin(t, conn, helloTimeout/2, "silent connection "+strconv.Itoa(i))
+	}
+	if got := m.pendingHellos(); got != 1 {
+		t.Errorf("pending connections that sent a ClientHello = %d, want 1 (the stalled one kept)", got)
+	}
+}
+
+// TestTransportSilentPeerClosedAtHelloTimeout checks that a connection that
+// sends nothing is closed after helloTimeout, not after the longer
+// handshakeTimeout a real handshake is given.
+func TestTransportSilentPeerClosedAtHelloTimeout(t *testing.T) {
+	checkGoroutines(t)
+	c := newTestCA(t)
+	m := newTestStream(t, c, manager(c, newID(t)), nil)
+	start := time.Now()
+	conn := dialRaw(t, m)
+	assertClosedWithin(t, conn, waitFor, "a silent connection")
+	if took := time.Since(start); took >= handshakeTimeout {
+		t.Errorf("silent connection closed after %s, want about helloTimeout (%s), before handshakeTimeout (%s)", took, helloTimeout, handshakeTimeout)
+	} else {
+		t.Logf("silent connection closed after %s", took.Round(time.Millisecond))
+	}
+	for _, r := range m.logs.records() {
+		if r.Level >= slog.LevelWarn {
+			t.Errorf("log has %s %q for a silent connection, want nothing above Debug", r.Level, r.Message)
+		}
+	}
+}
+
+// dialRaw opens a plain TCP connection to s, closed when the test ends.
+func dialRaw(t *testing.T, s *testStream) net.Conn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", s.Addr().String(), waitFor)
+	if err != nil {
+		t.Fatalf("Dial(%s) = %v", s.Addr(), err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// assertClosedWithin reads from conn until the server closes it, failing
+// if that takes d.
+func assertClosedWithin(t *testing.T, conn net.Conn, d time.Duration, what string) {
+	t.Helper()
+	_ = conn.SetReadDeadline(time.Now().Add(d))
+	buf := make([]byte, 1024)
+	for {
+		_, err := conn.Read(buf)
+		var ne net.Error
+		switch {
+		case err == nil:
+			continue // the server's handshake messages, if any
+		case errors.As(err, &ne) && ne.Timeout():
+			t.Fatalf("%s still open after %s, want it closed by the server", what, d)
+		}
+		return
+	}
+}
+
+// clientHello returns the first TLS record a manager's client sends: its
+// ClientHello.
+func clientHello(t *testing.T) []byte {
+	t.Helper()
+	a, b := net.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = tls.Client(a, &tls.Config{ServerName: string(ca.RoleManager)}).Handshake()
+	}()
+	buf := make([]byte, 64<<10)
+	_ = b.SetReadDeadline(time.Now().Add(waitFor))
+	n, err := b.Read(buf)
+	a.Close()
+	b.Close()
+	<-done
+	if err != nil {
+		t.Fatalf("reading a ClientHello = %v", err)
+	}
+	return buf[:n]
+}
+
+// pendingHellos returns how many pending connections have sent their
+// whole ClientHello.
+func (s *streamLayer) pendingHellos() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, hc := range s.pending {
+		if hc.hello.Load() {
+			n++
+		}
+	}
+	return n
 }
