@@ -135,6 +135,10 @@ func newJoinCmd(g *globals) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if token == "" {
+				// Read here, not as the flag's default: --help prints defaults.
+				token = os.Getenv("QUORUMCA_JOIN_TOKEN")
+			}
+			if token == "" {
 				return fmt.Errorf("--token is required: get one with `quorumca join-token worker` on a manager")
 			}
 			if _, err := ca.ParseToken(token); err != nil {
@@ -152,7 +156,7 @@ func newJoinCmd(g *globals) *cobra.Command {
 		},
 	}
 	d.register(cmd)
-	cmd.Flags().StringVar(&token, "token", os.Getenv("QUORUMCA_JOIN_TOKEN"), "join token (SWMTKN-1-...)")
+	cmd.Flags().StringVar(&token, "token", "", "join token (SWMTKN-1-...) (default: $QUORUMCA_JOIN_TOKEN)")
 	return cmd
 }
 
