@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -126,23 +127,25 @@ func readCA(certFile, keyFile string) (m ca.Material, certPEM, keyPEM []byte, er
 
 func newJoinCmd(g *globals) *cobra.Command {
 	var (
-		d     daemonFlags
-		token string
+		d                daemonFlags
+		token, tokenFile string
 	)
 	cmd := &cobra.Command{
-		Use:   "join --token TOKEN MANAGER_ADDR",
+		Use:   "join --token-file FILE MANAGER_ADDR",
 		Short: "Join a cluster through any of its managers, and run",
-		Args:  cobra.ExactArgs(1),
+		Long: `Join a cluster through any of its managers, and run.
+
+The join token comes from --token-file (the file's first line), or from
+$QUORUMCA_JOIN_TOKEN. --token works too, but every local user sees it in
+` + "`ps`" + `.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if token == "" {
-				// Read here, not as the flag's default: --help prints defaults.
-				token = os.Getenv("QUORUMCA_JOIN_TOKEN")
-			}
-			if token == "" {
-				return fmt.Errorf("--token is required: get one with `quorumca join-token worker` on a manager")
+			token, source, err := joinToken(cmd.ErrOrStderr(), token, tokenFile)
+			if err != nil {
+				return err
 			}
 			if _, err := ca.ParseToken(token); err != nil {
-				return fmt.Errorf("--token: %w", err)
+				return fmt.Errorf("%s: %w", source, err)
 			}
 			cfg, err := g.managerConfig(&d)
 			if err != nil {
@@ -156,8 +159,53 @@ func newJoinCmd(g *globals) *cobra.Command {
 		},
 	}
 	d.register(cmd)
-	cmd.Flags().StringVar(&token, "token", "", "join token (SWMTKN-1-...) (default: $QUORUMCA_JOIN_TOKEN)")
+	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file whose first line is the join token (default: $QUORUMCA_JOIN_TOKEN)")
+	cmd.Flags().StringVar(&token, "token", "", "join token (SWMTKN-1-...); visible to every local user in ps: prefer --token-file")
 	return cmd
+}
+
+// tokenFileMax bounds what join reads of --token-file: a token is under
+// 100 bytes, and a path like /dev/zero must not make join read forever.
+const tokenFileMax = 4096
+
+// joinToken returns join's token and where it came from, for messages:
+// --token, else --token-file (its first line, trimmed), else
+// $QUORUMCA_JOIN_TOKEN. --token works, with a note on stderr: every local
+// user sees a command line in ps. The errors never hold the token.
+func joinToken(stderr io.Writer, flag, file string) (token, source string, err error) {
+	switch {
+	case flag != "" && file != "":
+		return "", "", errors.New("--token and --token-file exclude each other: give the token one way")
+	case flag != "":
+		fmt.Fprintln(stderr, "quorumca: note: --token is visible to every local user in `ps`; prefer --token-file FILE or QUORUMCA_JOIN_TOKEN")
+		return flag, "--token", nil
+	case file != "":
+		token, err := readTokenFile(file)
+		return token, "--token-file " + file, err
+	}
+	if token := strings.TrimSpace(os.Getenv("QUORUMCA_JOIN_TOKEN")); token != "" {
+		return token, "QUORUMCA_JOIN_TOKEN", nil
+	}
+	return "", "", errors.New("no join token: give --token-file FILE or set QUORUMCA_JOIN_TOKEN; get one with `quorumca join-token -q worker` on a manager")
+}
+
+// readTokenFile returns the first line of path, trimmed.
+func readTokenFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("--token-file %s: %w", path, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, tokenFileMax))
+	if err != nil {
+		return "", fmt.Errorf("--token-file %s: %w", path, err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	token := strings.TrimSpace(line)
+	if token == "" {
+		return "", fmt.Errorf("--token-file %s is empty: its first line must hold the token (`quorumca join-token -q worker` on a manager prints one)", path)
+	}
+	return token, nil
 }
 
 // initAndRun creates a cluster and runs its first manager until
