@@ -65,6 +65,9 @@ func newInitCmd(g *globals) *cobra.Command {
 		Short: "Create a new cluster with this machine as its first manager, and run it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := agent.CheckDataDir(g.dataDir); err != nil {
+				return err
+			}
 			cfg, err := g.managerConfig(&d)
 			if err != nil {
 				return err
@@ -140,6 +143,9 @@ $QUORUMCA_JOIN_TOKEN. --token works too, but every local user sees it in
 ` + "`ps`" + `.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := agent.CheckDataDir(g.dataDir); err != nil {
+				return err
+			}
 			token, source, err := joinToken(cmd.ErrOrStderr(), token, tokenFile)
 			if err != nil {
 				return err
@@ -149,6 +155,9 @@ $QUORUMCA_JOIN_TOKEN. --token works too, but every local user sees it in
 			}
 			cfg, err := g.managerConfig(&d)
 			if err != nil {
+				return err
+			}
+			if err := agent.MakeDataDir(g.dataDir); err != nil {
 				return err
 			}
 			m, w, err := manager.Join(cmd.Context(), cfg, token, args[0])
@@ -211,6 +220,9 @@ func readTokenFile(path string) (string, error) {
 // initAndRun creates a cluster and runs its first manager until
 // interrupted (or until the cluster demotes it: then as a worker).
 func initAndRun(cmd *cobra.Command, g *globals, d *daemonFlags, cfg manager.Config, opts manager.InitOptions) error {
+	if err := agent.MakeDataDir(cfg.DataDir); err != nil {
+		return err
+	}
 	m, err := manager.Init(cmd.Context(), cfg, opts)
 	if err != nil {
 		return err
@@ -274,6 +286,9 @@ When --data-dir holds a node, these flags are ignored and the node runs.`,
 			if (tokenFile == "") != (joinAddr == "") {
 				return errors.New("--join-token-file and --join-addr go together")
 			}
+			if err := agent.CheckDataDir(g.dataDir); err != nil {
+				return err
+			}
 			if _, err := os.Stat(filepath.Join(g.dataDir, agent.NodeFile)); err == nil || (!doInit && tokenFile == "") {
 				return runNode(cmd, g, &d)
 			}
@@ -283,6 +298,9 @@ When --data-dir holds a node, these flags are ignored and the node runs.`,
 			}
 			if doInit {
 				return initAndRun(cmd, g, &d, cfg, manager.InitOptions{CertExpiry: ca.DefaultCertExpiry})
+			}
+			if err := agent.MakeDataDir(g.dataDir); err != nil {
+				return err
 			}
 			m, w, err := joinWhenReady(cmd.Context(), cfg, tokenFile, joinAddr)
 			if err != nil {

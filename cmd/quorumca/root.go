@@ -42,6 +42,9 @@ func newRootCmd() *cobra.Command {
 	// runs.
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
 		g.fromEnv(cmd)
+		// One meaning for "..": the lexical one of filepath.Join, which
+		// the data dir checks and every file path under it use.
+		g.dataDir = filepath.Clean(g.dataDir)
 		return nil
 	}
 	pf := root.PersistentFlags()
@@ -113,6 +116,12 @@ func (g *globals) dial() (*grpc.ClientConn, error) {
 	}
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("no daemon control socket at %s (is `quorumca run --data-dir %s` running?): %w", path, filepath.Dir(path), err)
+	}
+	// What goes through the socket (a CA key, with ca --rotate) goes to
+	// whoever listens on it: refuse one that another user could have put
+	// there, or could replace before we connect.
+	if err := agent.CheckSocket(path); err != nil {
+		return nil, err
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {
