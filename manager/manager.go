@@ -460,11 +460,8 @@ func (m *Manager) serve() error {
 	api.RegisterCAServer(m.local, svc)
 	api.RegisterControlServer(m.local, svc)
 
-	sock := m.cfg.SocketPath
-	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("manager: remove stale socket %s: %w", sock, err)
-	}
-	ln, err := listenUnix(sock)
+	// listenUnix removes a stale socket, and nothing else.
+	ln, err := listenUnix(m.cfg.SocketPath)
 	if err != nil {
 		return err
 	}
