@@ -324,10 +324,10 @@ When --data-dir holds a node, these flags are ignored and the node runs.`,
 func joinWhenReady(ctx context.Context, cfg manager.Config, tokenFile, addr string) (*manager.Manager, *agent.Worker, error) {
 	log := cfg.Logger
 	for wait, attempt := time.Second, 1; ; attempt++ {
-		b, err := os.ReadFile(tokenFile)
-		token := strings.TrimSpace(string(b))
+		// As join --token-file reads it: missing or empty, wait for it.
+		token, err := readTokenFile(tokenFile)
 		switch {
-		case err != nil || token == "":
+		case err != nil:
 			if attempt == 1 || attempt%10 == 0 {
 				log.Info("waiting for a join token", "file", tokenFile)
 			}
