@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -89,16 +88,9 @@ func StartWorker(cfg WorkerConfig) (*Worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Remove(cfg.SocketPath); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("agent: remove stale socket: %w", err)
-	}
-	ln, err := net.Listen("unix", cfg.SocketPath)
+	ln, err := ListenControl(cfg.SocketPath)
 	if err != nil {
-		return nil, fmt.Errorf("agent: control socket %s: %w", cfg.SocketPath, err)
-	}
-	if err := os.Chmod(cfg.SocketPath, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("agent: control socket %s: %w", cfg.SocketPath, err)
+		return nil, err
 	}
 	w := &Worker{cfg: cfg, node: node, creds: creds, ln: ln, srv: grpc.NewServer(), done: make(chan struct{})}
 	api.RegisterControlServer(w.srv, &workerControl{w: w})

@@ -486,11 +486,8 @@ func (m *Manager) serve() error {
 		api.RegisterInternalServer(s, internalService{m: m})
 	}
 
-	sock := m.cfg.SocketPath
-	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("manager: remove stale socket %s: %w", sock, err)
-	}
-	ln, err := listenUnix(sock)
+	// listenUnix removes a stale socket, and nothing else.
+	ln, err := listenUnix(m.cfg.SocketPath)
 	if err != nil {
 		return err
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/big"
 	"net"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -132,15 +131,8 @@ func serialHex(n *big.Int) string { return n.Text(16) }
 // fingerprint is the SHA-256 of the first certificate of a PEM bundle, hex.
 var fingerprint = agent.BundleFingerprint
 
-// listenUnix listens on a Unix socket that only its owner may use.
+// listenUnix listens on a Unix socket that only its owner may use, from
+// the moment it exists (agent.ListenControl).
 func listenUnix(path string) (net.Listener, error) {
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("manager: control socket %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("manager: control socket %s: %w", path, err)
-	}
-	return ln, nil
+	return agent.ListenControl(path)
 }

@@ -35,7 +35,7 @@ func TestBadInputIsRefusedAndWritesNothing(t *testing.T) {
 		{"init ca-cert missing file", []string{"init", "--ca-cert", "/nonexistent/ca.pem", "--ca-key", "/nonexistent/ca.key"}, "--ca-cert: open /nonexistent/ca.pem"},
 		{"init bad listen addr", []string{"init", "--listen-addr", "nohostport"}, "ListenAddr (--listen-addr) \"nohostport\" is not host:port"},
 		{"init unspecified advertise addr", []string{"init", "--advertise-addr", "0.0.0.0:2377"}, "must name an address others can dial"},
-		{"join without token", []string{"join", "127.0.0.1:1"}, "--token is required"},
+		{"join without token", []string{"join", "127.0.0.1:1"}, "no join token: give --token-file FILE or set QUORUMCA_JOIN_TOKEN"},
 		{"join malformed token", []string{"join", "--token", "SWMTKN-1-abc-def", "127.0.0.1:1"}, "the root digest is not 50 base-36 characters"},
 		{"join without manager", []string{"join", "--token", "x"}, "accepts 1 arg(s)"},
 		{"run on empty data dir", []string{"run"}, "has no node.json; run `quorumca init` or `quorumca join` first"},
@@ -55,6 +55,7 @@ func TestBadInputIsRefusedAndWritesNothing(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("QUORUMCA_CERT_PATH", "")
 			t.Setenv("QUORUMCA_HOST", "")
+			t.Setenv("QUORUMCA_JOIN_TOKEN", "")
 			dir := t.TempDir()
 			args := append(tt.args, "--data-dir", dir)
 			_, err := run(t, args...)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,6 +65,9 @@ func newInitCmd(g *globals) *cobra.Command {
 		Short: "Create a new cluster with this machine as its first manager, and run it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := agent.CheckDataDir(g.dataDir); err != nil {
+				return err
+			}
 			cfg, err := g.managerConfig(&d)
 			if err != nil {
 				return err
@@ -126,22 +130,34 @@ func readCA(certFile, keyFile string) (m ca.Material, certPEM, keyPEM []byte, er
 
 func newJoinCmd(g *globals) *cobra.Command {
 	var (
-		d     daemonFlags
-		token string
+		d                daemonFlags
+		token, tokenFile string
 	)
 	cmd := &cobra.Command{
-		Use:   "join --token TOKEN MANAGER_ADDR",
+		Use:   "join --token-file FILE MANAGER_ADDR",
 		Short: "Join a cluster through any of its managers, and run",
-		Args:  cobra.ExactArgs(1),
+		Long: `Join a cluster through any of its managers, and run.
+
+The join token comes from --token-file (the file's first line), or from
+$QUORUMCA_JOIN_TOKEN. --token works too, but every local user sees it in
+` + "`ps`" + `.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if token == "" {
-				return fmt.Errorf("--token is required: get one with `quorumca join-token worker` on a manager")
+			if err := agent.CheckDataDir(g.dataDir); err != nil {
+				return err
+			}
+			token, source, err := joinToken(cmd.ErrOrStderr(), token, tokenFile)
+			if err != nil {
+				return err
 			}
 			if _, err := ca.ParseToken(token); err != nil {
-				return fmt.Errorf("--token: %w", err)
+				return fmt.Errorf("%s: %w", source, err)
 			}
 			cfg, err := g.managerConfig(&d)
 			if err != nil {
+				return err
+			}
+			if err := agent.MakeDataDir(g.dataDir); err != nil {
 				return err
 			}
 			m, w, err := manager.Join(cmd.Context(), cfg, token, args[0])
@@ -152,13 +168,61 @@ func newJoinCmd(g *globals) *cobra.Command {
 		},
 	}
 	d.register(cmd)
-	cmd.Flags().StringVar(&token, "token", os.Getenv("QUORUMCA_JOIN_TOKEN"), "join token (SWMTKN-1-...)")
+	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file whose first line is the join token (default: $QUORUMCA_JOIN_TOKEN)")
+	cmd.Flags().StringVar(&token, "token", "", "join token (SWMTKN-1-...); visible to every local user in ps: prefer --token-file")
 	return cmd
+}
+
+// tokenFileMax bounds what join reads of --token-file: a token is under
+// 100 bytes, and a path like /dev/zero must not make join read forever.
+const tokenFileMax = 4096
+
+// joinToken returns join's token and where it came from, for messages:
+// --token, else --token-file (its first line, trimmed), else
+// $QUORUMCA_JOIN_TOKEN. --token works, with a note on stderr: every local
+// user sees a command line in ps. The errors never hold the token.
+func joinToken(stderr io.Writer, flag, file string) (token, source string, err error) {
+	switch {
+	case flag != "" && file != "":
+		return "", "", errors.New("--token and --token-file exclude each other: give the token one way")
+	case flag != "":
+		fmt.Fprintln(stderr, "quorumca: note: --token is visible to every local user in `ps`; prefer --token-file FILE or QUORUMCA_JOIN_TOKEN")
+		return flag, "--token", nil
+	case file != "":
+		token, err := readTokenFile(file)
+		return token, "--token-file " + file, err
+	}
+	if token := strings.TrimSpace(os.Getenv("QUORUMCA_JOIN_TOKEN")); token != "" {
+		return token, "QUORUMCA_JOIN_TOKEN", nil
+	}
+	return "", "", errors.New("no join token: give --token-file FILE or set QUORUMCA_JOIN_TOKEN; get one with `quorumca join-token -q worker` on a manager")
+}
+
+// readTokenFile returns the first line of path, trimmed.
+func readTokenFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("--token-file %s: %w", path, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, tokenFileMax))
+	if err != nil {
+		return "", fmt.Errorf("--token-file %s: %w", path, err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	token := strings.TrimSpace(line)
+	if token == "" {
+		return "", fmt.Errorf("--token-file %s is empty: its first line must hold the token (`quorumca join-token -q worker` on a manager prints one)", path)
+	}
+	return token, nil
 }
 
 // initAndRun creates a cluster and runs its first manager until
 // interrupted (or until the cluster demotes it: then as a worker).
 func initAndRun(cmd *cobra.Command, g *globals, d *daemonFlags, cfg manager.Config, opts manager.InitOptions) error {
+	if err := agent.MakeDataDir(cfg.DataDir); err != nil {
+		return err
+	}
 	m, err := manager.Init(cmd.Context(), cfg, opts)
 	if err != nil {
 		return err
@@ -222,6 +286,9 @@ When --data-dir holds a node, these flags are ignored and the node runs.`,
 			if (tokenFile == "") != (joinAddr == "") {
 				return errors.New("--join-token-file and --join-addr go together")
 			}
+			if err := agent.CheckDataDir(g.dataDir); err != nil {
+				return err
+			}
 			if _, err := os.Stat(filepath.Join(g.dataDir, agent.NodeFile)); err == nil || (!doInit && tokenFile == "") {
 				return runNode(cmd, g, &d)
 			}
@@ -231,6 +298,9 @@ When --data-dir holds a node, these flags are ignored and the node runs.`,
 			}
 			if doInit {
 				return initAndRun(cmd, g, &d, cfg, manager.InitOptions{CertExpiry: ca.DefaultCertExpiry})
+			}
+			if err := agent.MakeDataDir(g.dataDir); err != nil {
+				return err
 			}
 			m, w, err := joinWhenReady(cmd.Context(), cfg, tokenFile, joinAddr)
 			if err != nil {
@@ -254,10 +324,10 @@ When --data-dir holds a node, these flags are ignored and the node runs.`,
 func joinWhenReady(ctx context.Context, cfg manager.Config, tokenFile, addr string) (*manager.Manager, *agent.Worker, error) {
 	log := cfg.Logger
 	for wait, attempt := time.Second, 1; ; attempt++ {
-		b, err := os.ReadFile(tokenFile)
-		token := strings.TrimSpace(string(b))
+		// As join --token-file reads it: missing or empty, wait for it.
+		token, err := readTokenFile(tokenFile)
 		switch {
-		case err != nil || token == "":
+		case err != nil:
 			if attempt == 1 || attempt%10 == 0 {
 				log.Info("waiting for a join token", "file", tokenFile)
 			}

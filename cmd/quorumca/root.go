@@ -36,20 +36,24 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	pf := root.PersistentFlags()
-	pf.StringVar(&g.dataDir, "data-dir", envOr("QUORUMCA_DATA_DIR", "/var/lib/quorumca"), "data directory")
-	pf.StringVarP(&g.host, "host", "H", os.Getenv("QUORUMCA_HOST"), "daemon to talk to: unix://PATH (default: the control socket under --data-dir)")
-	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	certPath := os.Getenv("QUORUMCA_CERT_PATH")
-	inCertPath := func(name string) string {
-		if certPath == "" {
-			return ""
-		}
-		return filepath.Join(certPath, name)
+	// No flag takes its default from the environment: --help prints
+	// defaults, and the environment may hold paths or tokens that are not
+	// for every reader of a terminal. fromEnv applies it when a command
+	// runs.
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		g.fromEnv(cmd)
+		// One meaning for "..": the lexical one of filepath.Join, which
+		// the data dir checks and every file path under it use.
+		g.dataDir = filepath.Clean(g.dataDir)
+		return nil
 	}
-	pf.StringVar(&g.tlsCACert, "tlscacert", inCertPath("ca.pem"), "with --host tcp://: trust bundle to verify the manager against")
-	pf.StringVar(&g.tlsCert, "tlscert", inCertPath("cert.pem"), "with --host tcp://: admin (or manager) client certificate")
-	pf.StringVar(&g.tlsKey, "tlskey", inCertPath("key.pem"), "with --host tcp://: key of --tlscert")
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.dataDir, "data-dir", defaultDataDir, "data directory; $QUORUMCA_DATA_DIR replaces the default")
+	pf.StringVarP(&g.host, "host", "H", "", "daemon to talk to: unix://PATH or tcp://HOST:PORT (default: $QUORUMCA_HOST, else the control socket under --data-dir)")
+	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	pf.StringVar(&g.tlsCACert, "tlscacert", "", "with --host tcp://: trust bundle to verify the manager against (default: $QUORUMCA_CERT_PATH/ca.pem)")
+	pf.StringVar(&g.tlsCert, "tlscert", "", "with --host tcp://: admin (or manager) client certificate (default: $QUORUMCA_CERT_PATH/cert.pem)")
+	pf.StringVar(&g.tlsKey, "tlskey", "", "with --host tcp://: key of --tlscert (default: $QUORUMCA_CERT_PATH/key.pem)")
 	root.AddCommand(
 		newInitCmd(g), newJoinCmd(g), newRunCmd(g),
 		newStatusCmd(g), newJoinTokenCmd(g), newNodeCmd(g), newUpdateCmd(g), newCACmd(g), newAdminCertCmd(g),
@@ -57,11 +61,34 @@ func newRootCmd() *cobra.Command {
 	return root
 }
 
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
+// defaultDataDir is --data-dir's default when QUORUMCA_DATA_DIR is unset.
+const defaultDataDir = "/var/lib/quorumca"
+
+// fromEnv gives the flags that cmd's command line left out their values
+// from the environment: QUORUMCA_DATA_DIR, QUORUMCA_HOST and
+// QUORUMCA_CERT_PATH (the directory of ca.pem, cert.pem and key.pem).
+func (g *globals) fromEnv(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	if v := os.Getenv("QUORUMCA_DATA_DIR"); v != "" && !fl.Changed("data-dir") {
+		g.dataDir = v
 	}
-	return def
+	if v := os.Getenv("QUORUMCA_HOST"); v != "" && !fl.Changed("host") {
+		g.host = v
+	}
+	if dir := os.Getenv("QUORUMCA_CERT_PATH"); dir != "" {
+		for _, f := range []struct {
+			flag, file string
+			value      *string
+		}{
+			{"tlscacert", "ca.pem", &g.tlsCACert},
+			{"tlscert", "cert.pem", &g.tlsCert},
+			{"tlskey", "key.pem", &g.tlsKey},
+		} {
+			if !fl.Changed(f.flag) {
+				*f.value = filepath.Join(dir, f.file)
+			}
+		}
+	}
 }
 
 func (g *globals) logger() (*slog.Logger, error) {
@@ -89,6 +116,12 @@ func (g *globals) dial() (*grpc.ClientConn, error) {
 	}
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("no daemon control socket at %s (is `quorumca run --data-dir %s` running?): %w", path, filepath.Dir(path), err)
+	}
+	// What goes through the socket (a CA key, with ca --rotate) goes to
+	// whoever listens on it: refuse one that another user could have put
+	// there, or could replace before we connect.
+	if err := agent.CheckSocket(path); err != nil {
+		return nil, err
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {
