@@ -9,13 +9,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
 )
 
@@ -90,12 +93,19 @@ type externalCA struct {
 type endpoint struct {
 	url    string
 	client *http.Client
+	// cert is the client certificate the CA may ask for; nil when there is
+	// none. certAsked records that the CA asked for one.
+	cert      func() *tls.Certificate
+	certAsked atomic.Bool
 
 	mu        sync.Mutex // guards downUntil
 	downUntil time.Time
 }
 
-func newExternalCA(cas []fsm.ExternalCA, timeout, skip time.Duration, now func() time.Time) (*externalCA, error) {
+// newExternalCA returns the client of the external CAs cas. cert returns
+// the certificate to present to a CA that asks for one (mutual TLS): this
+// manager's, which follows its renewals; nil before it has one (init).
+func newExternalCA(cas []fsm.ExternalCA, cert func() *tls.Certificate, timeout, skip time.Duration, now func() time.Time) (*externalCA, error) {
 	if len(cas) == 0 {
 		return nil, fmt.Errorf("%w: the cluster has no key and no external CA", fsm.ErrBadCommand)
 	}
@@ -104,7 +114,8 @@ func newExternalCA(cas []fsm.ExternalCA, timeout, skip time.Duration, now func()
 	}
 	e := &externalCA{cas: cas, timeout: timeout, skip: skip, now: now}
 	for _, c := range cas {
-		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		ep := &endpoint{url: strings.TrimSuffix(c.URL, "/"), cert: cert}
+		cfg := ca.HardenTLS(&tls.Config{GetClientCertificate: ep.clientCertificate})
 		if len(c.CACert) > 0 {
 			cfg.RootCAs = x509.NewCertPool()
 			if !cfg.RootCAs.AppendCertsFromPEM(c.CACert) {
@@ -118,16 +129,26 @@ func newExternalCA(cas []fsm.ExternalCA, timeout, skip time.Duration, now func()
 			IdleConnTimeout:     time.Minute,
 			ForceAttemptHTTP2:   true,
 		}
-		e.eps = append(e.eps, &endpoint{
-			url: strings.TrimSuffix(c.URL, "/"),
-			client: &http.Client{
-				Transport: tr,
-				// Never follow a redirect: it could leave HTTPS.
-				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-			},
-		})
+		ep.client = &http.Client{
+			Transport: tr,
+			// Never follow a redirect: it could leave HTTPS.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
+		e.eps = append(e.eps, ep)
 	}
 	return e, nil
+}
+
+// clientCertificate is the TLS client's GetClientCertificate: crypto/tls
+// calls it during a handshake in which the CA asks for a certificate.
+func (ep *endpoint) clientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	ep.certAsked.Store(true)
+	if ep.cert != nil {
+		if c := ep.cert(); c != nil {
+			return c, nil
+		}
+	}
+	return &tls.Certificate{}, nil // none: crypto/tls sends an empty list
 }
 
 // same reports whether e was made from cas.
@@ -255,7 +276,7 @@ const (
 )
 
 // post makes one request. refused is set when the CA answered a proper
-// refusal.
+// refusal, or wants a client certificate this manager does not have.
 func (ep *endpoint) post(ctx context.Context, path string, payload []byte, timeout time.Duration) (cert []byte, refused bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -269,7 +290,7 @@ func (ep *endpoint) post(ctx context.Context, path string, payload []byte, timeo
 		if ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return nil, false, fmt.Errorf("no answer within %s", timeout)
 		}
-		return nil, false, err
+		return nil, ep.lacksCertificate(), ep.explainTLS(err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxExternalResponse))
@@ -293,6 +314,36 @@ func (ep *endpoint) post(ctx context.Context, path string, payload []byte, timeo
 		return nil, false, fmt.Errorf("HTTP %d: success without a certificate", resp.StatusCode)
 	}
 	return []byte(r.Result.Certificate), false, nil
+}
+
+// lacksCertificate reports whether the CA asked for a client certificate
+// and this manager has none to give (a first manager during init): a
+// request that then fails is refused, not retried.
+func (ep *endpoint) lacksCertificate() bool {
+	return ep.certAsked.Load() && (ep.cert == nil || ep.cert() == nil)
+}
+
+// explainTLS says what err, a request that got no answer, has to do with
+// the client certificate the CA asked for, if it asked.
+//
+// The CA's verdict on a client certificate is a TLS alert, which under TLS
+// 1.3 comes after the handshake; over HTTP/2 the transport may then report
+// only that the connection "could not be established". So a failure after
+// the CA asked for a certificate this manager lacks is taken for that
+// refusal whatever its type; with a certificate sent, a refusal is named
+// only when the alert shows (crypto/tls reports a peer's alert as a
+// *net.OpError whose Op is "remote error"; its alert type is unexported).
+func (ep *endpoint) explainTLS(err error) error {
+	if !ep.certAsked.Load() {
+		return err
+	}
+	if ep.lacksCertificate() {
+		return fmt.Errorf("the external CA requires a client certificate, which this manager does not have yet (init): use authkey, or require client certificates only after init (%w)", err)
+	}
+	if op := (*net.OpError)(nil); errors.As(err, &op) && op.Op == "remote error" {
+		return fmt.Errorf("the external CA refused this manager's client certificate: its -mutual-tls-ca must trust the cluster's root (%w)", err)
+	}
+	return fmt.Errorf("%w (the CA asked for a client certificate: if it refused this manager's, its -mutual-tls-ca must trust the cluster's root)", err)
 }
 
 func truncateBytes(b []byte, n int) string {

@@ -179,7 +179,7 @@ func extConf(url string, trust *extTestCA) fsm.ExternalCA {
 
 func newTestExternal(t *testing.T, clock *extTestClock, timeout time.Duration, cas ...fsm.ExternalCA) *externalCA {
 	t.Helper()
-	e, err := newExternalCA(cas, timeout, extTestSkip, clock.now)
+	e, err := newExternalCA(cas, nil, timeout, extTestSkip, clock.now)
 	if err != nil {
 		t.Fatalf("newExternalCA: %v", err)
 	}
@@ -627,7 +627,7 @@ func TestNewExternalCARefuses(t *testing.T) {
 		{"second one bad", []fsm.ExternalCA{extConf("https://127.0.0.1:8888", trust), {Protocol: fsm.ProtocolCFSSL, URL: "ftp://127.0.0.1"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e, err := newExternalCA(tc.cas, extTestTimeout, extTestSkip, time.Now)
+			e, err := newExternalCA(tc.cas, nil, extTestTimeout, extTestSkip, time.Now)
 			if err == nil {
 				e.close()
 				t.Fatal("accepted")
@@ -639,7 +639,7 @@ func TestNewExternalCARefuses(t *testing.T) {
 		})
 	}
 	// Without cacert, the system's roots are used.
-	e, err := newExternalCA([]fsm.ExternalCA{{Protocol: fsm.ProtocolCFSSL, URL: "https://127.0.0.1:8888"}}, extTestTimeout, extTestSkip, time.Now)
+	e, err := newExternalCA([]fsm.ExternalCA{{Protocol: fsm.ProtocolCFSSL, URL: "https://127.0.0.1:8888"}}, nil, extTestTimeout, extTestSkip, time.Now)
 	if err != nil {
 		t.Fatalf("without cacert: %v", err)
 	}
@@ -815,4 +815,126 @@ func TestExternalSignRequestBody(t *testing.T) {
 	if string(c.body) != `{"label":"","profile":""}` {
 		t.Errorf("info body %s", c.body)
 	}
+}
+
+// clientCert issues a client certificate (clientAuth) named cn.
+func (c *extTestCA) clientCert(t *testing.T, cn string) *tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(3),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, key.Public(), c.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// TestExternalClientCertificate: a CA that asks for a client certificate
+// (mutual TLS, as `cfssl serve -mutual-tls-ca`) is shown the one cert
+// returns at each new connection, so a renewal is followed. Without one
+// (a first manager at init) the call is refused with a message that says
+// why and what to do; a certificate the CA does not trust fails the call
+// with a message that says what to fix on the CA. Both under TLS 1.2 and
+// 1.3 (whose verdict comes after the handshake), over HTTP/1.1 and HTTP/2
+// (which may lose that verdict behind "could not be established"). A CA
+// that asks for no certificate gets none.
+func TestExternalClientCertificate(t *testing.T) {
+	trust := newExtTestCA(t, "trusted")
+	clients := newExtTestCA(t, "cluster root")
+	pool := x509.NewCertPool()
+	pool.AddCert(clients.cert)
+	m1, m2 := clients.clientCert(t, "manager-1"), clients.clientCert(t, "manager-1 renewed")
+	stranger := newExtTestCA(t, "other root").clientCert(t, "stranger")
+
+	for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		for _, h2 := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s, HTTP/2 %t", tls.VersionName(version), h2), func(t *testing.T) {
+				type seen struct {
+					client string
+					proto  int
+				}
+				peer := make(chan seen, 4)
+				var hits atomic.Int32
+				srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					hits.Add(1)
+					peer <- seen{r.TLS.PeerCertificates[0].Subject.CommonName, r.ProtoMajor}
+					cfsslCert("cert")(w, r)
+				}))
+				srv.EnableHTTP2 = h2
+				srv.TLS = &tls.Config{
+					Certificates: []tls.Certificate{trust.serverCert(t)},
+					ClientAuth:   tls.RequireAndVerifyClientCert, ClientCAs: pool, MaxVersion: version,
+				}
+				srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are expected
+				srv.StartTLS()
+				t.Cleanup(srv.Close)
+				var cur atomic.Pointer[tls.Certificate]
+				e, err := newExternalCA([]fsm.ExternalCA{extConf(srv.URL, trust)}, cur.Load, extTestTimeout, extTestSkip, newExtTestClock().now)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(e.close)
+
+				for _, c := range []*tls.Certificate{m1, m2} {
+					cur.Store(c)
+					e.close() // a new connection, a new handshake
+					if _, err := extSign(e, acceptAll); err != nil {
+						t.Fatalf("sign with a trusted client certificate = %v", err)
+					}
+					leaf, _ := x509.ParseCertificate(c.Certificate[0])
+					got := <-peer
+					if got.client != leaf.Subject.CommonName {
+						t.Errorf("the CA saw client %q, want %q", got.client, leaf.Subject.CommonName)
+					}
+					if want := map[bool]int{false: 1, true: 2}[h2]; got.proto != want {
+						t.Errorf("the request came over HTTP/%d, want HTTP/%d", got.proto, want)
+					}
+				}
+
+				cur.Store(nil)
+				e.close()
+				_, err = extSign(e, acceptAll)
+				if !errors.Is(err, errExternalRefused) || !strings.Contains(err.Error(), "requires a client certificate, which this manager does not have yet (init)") || !strings.Contains(err.Error(), "use authkey") {
+					t.Errorf("sign without a client certificate = %v, want a refusal that says the manager has none yet and to use authkey", err)
+				}
+
+				cur.Store(stranger)
+				e.close()
+				_, err = extSign(e, acceptAll)
+				if !errors.Is(err, errExternalDown) || !strings.Contains(err.Error(), "-mutual-tls-ca must trust the cluster's root") {
+					t.Errorf("sign with an untrusted client certificate = %v, want errExternalDown saying what the CA must trust", err)
+				}
+				if n := hits.Load(); n != 2 {
+					t.Errorf("the CA served %d requests, want 2 (refused handshakes serve none)", n)
+				}
+			})
+		}
+	}
+
+	t.Run("not asked", func(t *testing.T) {
+		srv := startExtServer(t, trust, nil, nil, func(w http.ResponseWriter, r *http.Request) {
+			if n := len(r.TLS.PeerCertificates); n != 0 {
+				t.Errorf("a CA that asks for no client certificate got %d", n)
+			}
+			cfsslCert("cert")(w, r)
+		})
+		e, err := newExternalCA([]fsm.ExternalCA{extConf(srv.URL, trust)}, func() *tls.Certificate { return m1 }, extTestTimeout, extTestSkip, time.Now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.close)
+		if _, err := extSign(e, acceptAll); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
