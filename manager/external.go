@@ -3,6 +3,8 @@ package manager
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -43,8 +45,9 @@ const (
 
 // CFSSL API paths, under an external CA's URL.
 const (
-	cfsslSignPath = "/api/v1/cfssl/sign"
-	cfsslInfoPath = "/api/v1/cfssl/info"
+	cfsslSignPath     = "/api/v1/cfssl/sign"
+	cfsslAuthSignPath = "/api/v1/cfssl/authsign"
+	cfsslInfoPath     = "/api/v1/cfssl/info"
 )
 
 // cfsslSubject is the subject a CFSSL sign request imposes on the
@@ -65,6 +68,15 @@ type cfsslSignRequest struct {
 	Hosts   []string      `json:"hosts"`
 	Subject *cfsslSubject `json:"subject,omitempty"`
 	Profile string        `json:"profile,omitempty"`
+}
+
+// cfsslAuthRequest is the body of POST /api/v1/cfssl/authsign, CFSSL's
+// authenticated request: Request is the sign request's JSON, and Token the
+// HMAC-SHA256 of exactly those bytes under the auth key (CFSSL's
+// "standard" provider, with no additional data). Both travel as base64.
+type cfsslAuthRequest struct {
+	Token   []byte `json:"token"`
+	Request []byte `json:"request"`
 }
 
 // cfsslResponse is CFSSL's answer envelope.
@@ -93,6 +105,8 @@ type externalCA struct {
 type endpoint struct {
 	url    string
 	client *http.Client
+	// authKey, when set, authenticates its sign requests (authsign).
+	authKey []byte
 	// cert is the client certificate the CA may ask for; nil when there is
 	// none. certAsked records that the CA asked for one.
 	cert      func() *tls.Certificate
@@ -114,7 +128,7 @@ func newExternalCA(cas []fsm.ExternalCA, cert func() *tls.Certificate, timeout, 
 	}
 	e := &externalCA{cas: cas, timeout: timeout, skip: skip, now: now}
 	for _, c := range cas {
-		ep := &endpoint{url: strings.TrimSuffix(c.URL, "/"), cert: cert}
+		ep := &endpoint{url: strings.TrimSuffix(c.URL, "/"), authKey: c.AuthKey, cert: cert}
 		cfg := ca.HardenTLS(&tls.Config{GetClientCertificate: ep.clientCertificate})
 		if len(c.CACert) > 0 {
 			cfg.RootCAs = x509.NewCertPool()
@@ -154,7 +168,7 @@ func (ep *endpoint) clientCertificate(*tls.CertificateRequestInfo) (*tls.Certifi
 // same reports whether e was made from cas.
 func (e *externalCA) same(cas []fsm.ExternalCA) bool {
 	return slices.EqualFunc(e.cas, cas, func(a, b fsm.ExternalCA) bool {
-		return a.Protocol == b.Protocol && a.URL == b.URL && bytes.Equal(a.CACert, b.CACert)
+		return a.Protocol == b.Protocol && a.URL == b.URL && bytes.Equal(a.CACert, b.CACert) && bytes.Equal(a.AuthKey, b.AuthKey)
 	})
 }
 
@@ -280,6 +294,10 @@ const (
 func (ep *endpoint) post(ctx context.Context, path string, payload []byte, timeout time.Duration) (cert []byte, refused bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	path, payload, err = ep.authenticate(path, payload)
+	if err != nil {
+		return nil, false, err
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.url+path, bytes.NewReader(payload))
 	if err != nil {
 		return nil, false, err
@@ -299,7 +317,11 @@ func (ep *endpoint) post(ctx context.Context, path string, payload []byte, timeo
 	}
 	var r cfsslResponse
 	if err := json.Unmarshal(raw, &r); err != nil {
-		return nil, false, fmt.Errorf("HTTP %d, not a CFSSL answer: %q", resp.StatusCode, truncateBytes(raw, 80))
+		err := fmt.Errorf("HTTP %d, not a CFSSL answer: %q", resp.StatusCode, truncateBytes(raw, 80))
+		if resp.StatusCode == http.StatusNotFound && path == cfsslSignPath {
+			err = fmt.Errorf("%w (CFSSL has no sign endpoint when every profile requires an auth key: give authkey=FILE)", err)
+		}
+		return nil, false, err
 	}
 	if !r.Success {
 		msgs := make([]string, 0, len(r.Errors))
@@ -314,6 +336,22 @@ func (ep *endpoint) post(ctx context.Context, path string, payload []byte, timeo
 		return nil, false, fmt.Errorf("HTTP %d: success without a certificate", resp.StatusCode)
 	}
 	return []byte(r.Result.Certificate), false, nil
+}
+
+// authenticate returns the path and body of a request for path with
+// payload to ep: a sign request to a CA with an auth key goes to authsign,
+// in CFSSL's authenticated envelope. The key shows nowhere else.
+func (ep *endpoint) authenticate(path string, payload []byte) (string, []byte, error) {
+	if path != cfsslSignPath || len(ep.authKey) == 0 {
+		return path, payload, nil
+	}
+	mac := hmac.New(sha256.New, ep.authKey)
+	mac.Write(payload)
+	body, err := json.Marshal(cfsslAuthRequest{Token: mac.Sum(nil), Request: payload})
+	if err != nil {
+		return "", nil, fmt.Errorf("encode authenticated request: %w", err)
+	}
+	return cfsslAuthSignPath, body, nil
 }
 
 // lacksCertificate reports whether the CA asked for a client certificate

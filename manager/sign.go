@@ -286,15 +286,25 @@ func (m *Manager) verifyExternal(ctx context.Context, cas []fsm.ExternalCA, mate
 func externalFromAPI(in []*api.ExternalCA) []fsm.ExternalCA {
 	var out []fsm.ExternalCA
 	for _, e := range in {
-		out = append(out, fsm.ExternalCA{Protocol: e.GetProtocol(), URL: e.GetUrl(), CACert: e.GetCaCert()})
+		out = append(out, fsm.ExternalCA{Protocol: e.GetProtocol(), URL: e.GetUrl(), CACert: e.GetCaCert(), AuthKey: e.GetAuthKey()})
 	}
 	return out
 }
 
+// authKeySet stands for an auth key in answers, which never carry the key:
+// it only says that one is set. Sent back, it is refused as too short.
+const authKeySet = "set"
+
+// externalToAPI lists the external CAs in in for an answer: with the auth
+// keys replaced by authKeySet.
 func externalToAPI(in []fsm.ExternalCA) []*api.ExternalCA {
 	var out []*api.ExternalCA
 	for _, e := range in {
-		out = append(out, &api.ExternalCA{Protocol: e.Protocol, Url: e.URL, CaCert: e.CACert})
+		a := &api.ExternalCA{Protocol: e.Protocol, Url: e.URL, CaCert: e.CACert}
+		if len(e.AuthKey) > 0 {
+			a.AuthKey = []byte(authKeySet)
+		}
+		out = append(out, a)
 	}
 	return out
 }
