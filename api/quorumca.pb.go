@@ -1374,7 +1374,12 @@ type ExternalCA struct {
 	Url      string                 `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
 	// PEM bundle that verifies the CA's HTTPS certificate; empty for the
 	// system's roots.
-	CaCert        []byte `protobuf:"bytes,3,opt,name=ca_cert,json=caCert,proto3" json:"ca_cert,omitempty"`
+	CaCert []byte `protobuf:"bytes,3,opt,name=ca_cert,json=caCert,proto3" json:"ca_cert,omitempty"`
+	// The key (raw bytes, not hex) of CFSSL's "standard" auth_keys entry:
+	// when set, signing goes to /api/v1/cfssl/authsign with an HMAC token.
+	// A secret: answers (GetCA, Update) never carry it, only a placeholder
+	// that says one is set.
+	AuthKey       []byte `protobuf:"bytes,4,opt,name=auth_key,json=authKey,proto3" json:"auth_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1426,6 +1431,13 @@ func (x *ExternalCA) GetUrl() string {
 func (x *ExternalCA) GetCaCert() []byte {
 	if x != nil {
 		return x.CaCert
+	}
+	return nil
+}
+
+func (x *ExternalCA) GetAuthKey() []byte {
+	if x != nil {
+		return x.AuthKey
 	}
 	return nil
 }
@@ -3144,12 +3156,13 @@ const file_quorumca_proto_rawDesc = "" +
 	"\x06ca_key\x18\x02 \x01(\fR\x05caKey\x12.\n" +
 	"\x13cert_expiry_seconds\x18\x03 \x01(\x03R\x11certExpirySeconds\x128\n" +
 	"\vexternal_ca\x18\x04 \x03(\v2\x17.quorumca.v1.ExternalCAR\n" +
-	"externalCa\"S\n" +
+	"externalCa\"n\n" +
 	"\n" +
 	"ExternalCA\x12\x1a\n" +
 	"\bprotocol\x18\x01 \x01(\tR\bprotocol\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x17\n" +
-	"\aca_cert\x18\x03 \x01(\fR\x06caCert\"E\n" +
+	"\aca_cert\x18\x03 \x01(\fR\x06caCert\x12\x19\n" +
+	"\bauth_key\x18\x04 \x01(\fR\aauthKey\"E\n" +
 	"\x10RotateCAResponse\x121\n" +
 	"\brotation\x18\x01 \x01(\v2\x15.quorumca.v1.RotationR\brotation\"\x0e\n" +
 	"\fGetCARequest\"\x94\x01\n" +

@@ -174,6 +174,13 @@ const GossipKeySize = 32
 // HashSecret returns the SHA-256 of a join secret, as Issue carries it.
 func HashSecret(secret string) [32]byte { return sha256.Sum256([]byte(secret)) }
 
+// Bounds of an external CA's auth key, in bytes: 128 bits at least, and no
+// more than HMAC-SHA256's block (a longer key is hashed down to 32 bytes).
+const (
+	MinAuthKey = 16
+	MaxAuthKey = 64
+)
+
 // CheckExternal checks a list of external CAs as a command carries it.
 func CheckExternal(cas []ExternalCA) error {
 	for i, e := range cas {
@@ -193,6 +200,10 @@ func CheckExternal(cas []ExternalCA) error {
 			if _, err := ca.ParseCertificates(e.CACert); err != nil {
 				return fmt.Errorf("%w: external CA %d: cacert: %w", ErrBadCommand, i+1, err)
 			}
+		}
+		// The length alone: the message must not show the key.
+		if n := len(e.AuthKey); n > 0 && (n < MinAuthKey || n > MaxAuthKey) {
+			return fmt.Errorf("%w: external CA %d: authkey is %d bytes; give %d to %d bytes (%d to %d hex digits), as CFSSL's auth_keys hold", ErrBadCommand, i+1, n, MinAuthKey, MaxAuthKey, 2*MinAuthKey, 2*MaxAuthKey)
 		}
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	mrand "math/rand/v2"
 	"slices"
 	"strings"
@@ -62,7 +63,7 @@ func newExtWorld(t testing.TB) *extWorld {
 	w.cas = cfssl("ca1.example.com", "ca2.example.com")
 	w.cas2 = cfssl("ca3.example.com")
 	w.cas3 = cfssl("ca4.example.com", "ca5.example.com", "ca6.example.com")
-	w.withCert = []fsm.ExternalCA{{Protocol: fsm.ProtocolCFSSL, URL: "https://ca.example.com/cfssl", CACert: w.material.Bundle}}
+	w.withCert = []fsm.ExternalCA{{Protocol: fsm.ProtocolCFSSL, URL: "https://ca.example.com/cfssl", CACert: w.material.Bundle, AuthKey: testAuthKey}}
 	w.extSetup = []fsm.Command{
 		w.initExt(nil),
 		w.join(idM2, ca.RoleManager, w.managerSecret, t0.Add(1*time.Minute)),
@@ -167,6 +168,9 @@ func (w *extWorld) renewUnder(status ca.TLSStatus, nodes ...fsm.Node) []fsm.Comm
 // extNodes are the external cluster's members.
 func (w *extWorld) extNodes() []fsm.Node { return w.extBase.SortedNodes() }
 
+// testAuthKey is an auth key of the shortest length CheckExternal takes.
+var testAuthKey = bytes.Repeat([]byte{0xa5}, fsm.MinAuthKey)
+
 // bad returns a list of external CAs whose i-th entry is broken by change.
 func bad(change func(*fsm.ExternalCA)) []fsm.ExternalCA {
 	l := cfssl("ok.example.com", "bad.example.com")
@@ -192,6 +196,8 @@ func badLists() map[string][]fsm.ExternalCA {
 		"cacert a key block": bad(func(e *fsm.ExternalCA) {
 			e.CACert = []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
 		}),
+		"authkey too short": bad(func(e *fsm.ExternalCA) { e.AuthKey = testAuthKey[:fsm.MinAuthKey-1] }),
+		"authkey too long":  bad(func(e *fsm.ExternalCA) { e.AuthKey = bytes.Repeat(testAuthKey, 5)[:fsm.MaxAuthKey+1] }),
 	}
 }
 
@@ -205,6 +211,7 @@ func TestCheckExternal(t *testing.T) {
 		"with an IP":        {{Protocol: fsm.ProtocolCFSSL, URL: "https://10.0.0.9:8888"}},
 		"with a cacert":     w.withCert,
 		"scheme in capital": {{Protocol: fsm.ProtocolCFSSL, URL: "HTTPS://ca.example.com"}},
+		"longest authkey":   {{Protocol: fsm.ProtocolCFSSL, URL: "https://ca.example.com", AuthKey: bytes.Repeat([]byte{1}, fsm.MaxAuthKey)}},
 	}
 	for name, l := range good {
 		if err := fsm.CheckExternal(l); err != nil {
@@ -218,6 +225,25 @@ func TestCheckExternal(t *testing.T) {
 		} else if !strings.Contains(err.Error(), "external CA 2") {
 			t.Errorf("CheckExternal(%s) = %q, want it to name external CA 2", name, err)
 		}
+	}
+}
+
+// TestExternalAuthKeyHidden: neither CheckExternal's refusal of an auth
+// key nor the way an ExternalCA prints shows the key.
+func TestExternalAuthKeyHidden(t *testing.T) {
+	short := []byte("0123456789abcde") // one byte short, printable to be found
+	err := fsm.CheckExternal([]fsm.ExternalCA{{Protocol: fsm.ProtocolCFSSL, URL: "https://ca.example.com", AuthKey: short}})
+	if !errors.Is(err, fsm.ErrBadCommand) || !strings.Contains(err.Error(), "authkey is 15 bytes") {
+		t.Fatalf("CheckExternal(15-byte authkey) = %v, want %v saying authkey is 15 bytes", err, fsm.ErrBadCommand)
+	}
+	e := fsm.ExternalCA{Protocol: fsm.ProtocolCFSSL, URL: "https://ca.example.com", AuthKey: []byte("0123456789abcdef")}
+	for _, s := range []string{err.Error(), e.String(), fmt.Sprintf("%v %+v %+v", e, []fsm.ExternalCA{e}, &fsm.State{External: []fsm.ExternalCA{e}})} {
+		if strings.Contains(s, "0123456789abcde") || strings.Contains(s, "3031323334") {
+			t.Errorf("%q shows the auth key", s)
+		}
+	}
+	if got, want := e.String(), "cfssl https://ca.example.com (authkey: set)"; got != want {
+		t.Errorf("ExternalCA.String() = %q, want %q", got, want)
 	}
 }
 
@@ -474,6 +500,7 @@ func TestExternalSnapshotJSON(t *testing.T) {
 			Protocol string `json:"protocol"`
 			URL      string `json:"url"`
 			CACert   []byte `json:"ca_cert"`
+			AuthKey  []byte `json:"auth_key"`
 		} `json:"external"`
 	}
 	js := mustJSON(t, s)
@@ -484,7 +511,7 @@ func TestExternalSnapshotJSON(t *testing.T) {
 		t.Fatalf("JSON external = %+v, want %d entries", decoded.External, len(want))
 	}
 	for i, e := range decoded.External {
-		if e.Protocol != want[i].Protocol || e.URL != want[i].URL || !bytes.Equal(e.CACert, want[i].CACert) {
+		if e.Protocol != want[i].Protocol || e.URL != want[i].URL || !bytes.Equal(e.CACert, want[i].CACert) || !bytes.Equal(e.AuthKey, want[i].AuthKey) {
 			t.Errorf("JSON external[%d] = %+v, want %+v", i, e, want[i])
 		}
 	}

@@ -77,6 +77,20 @@ type ExternalCA struct {
 	// CACert is the PEM bundle that verifies the CA's HTTPS certificate;
 	// empty for the system's roots.
 	CACert []byte `json:"ca_cert,omitempty"`
+	// AuthKey is the key of the CA's CFSSL "standard" auth_keys entry
+	// (raw, not hex): when set, sign requests go to
+	// URL/api/v1/cfssl/authsign with an HMAC-SHA256 token. A secret, like
+	// CA.Key: String leaves it out, and so must every answer and log.
+	AuthKey []byte `json:"auth_key,omitempty"`
+}
+
+// String describes e for logs and errors, without its auth key.
+func (e ExternalCA) String() string {
+	s := e.Protocol + " " + e.URL
+	if len(e.AuthKey) > 0 {
+		s += " (authkey: set)"
+	}
+	return s
 }
 
 // ProtocolCFSSL is the external CA protocol of CloudFlare's CFSSL.

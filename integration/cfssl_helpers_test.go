@@ -94,6 +94,14 @@ type cfsslOptions struct {
 	// Expiry of the default profile, as cfssl writes durations (default
 	// "2160h").
 	Expiry string
+	// AuthKey, when set, is the hex key of an auth_keys entry ("type":
+	// "standard") that the default and CA profiles require: they sign
+	// only through authsign, and cfssl disables its sign endpoint.
+	AuthKey string
+	// MutualTLS makes cfssl require client certificates issued by CA
+	// (-mutual-tls-ca with CA's root); the harness's own client then
+	// presents one.
+	MutualTLS bool
 }
 
 // cfsslCA is a running (or stopped) `cfssl serve`.
@@ -110,6 +118,8 @@ type cfsslCA struct {
 	dir             string
 	configFile      string
 	tlsCert, tlsKey string
+	mtlsCAFile      string
+	opts            cfsslOptions
 	log             *cfsslLog
 	client          *http.Client
 	mu              sync.Mutex // guards cmd and done
@@ -150,6 +160,11 @@ func cfsslSigningConfig(opts cfsslOptions) ([]byte, error) {
 		Expiry       string        `json:"expiry"`
 		Usages       []string      `json:"usages"`
 		CAConstraint *caConstraint `json:"ca_constraint,omitempty"`
+		AuthKey      string        `json:"auth_key,omitempty"`
+	}
+	authKey := ""
+	if opts.AuthKey != "" {
+		authKey = "quorumca"
 	}
 	profiles := map[string]profile{}
 	if !opts.NoCAProfile {
@@ -157,16 +172,21 @@ func cfsslSigningConfig(opts cfsslOptions) ([]byte, error) {
 			Expiry:       "43800h",
 			Usages:       []string{"cert sign", "crl sign"},
 			CAConstraint: &caConstraint{IsCA: true, MaxPathLen: 1},
+			AuthKey:      authKey,
 		}
 	}
 	cfg := map[string]any{
 		"signing": map[string]any{
 			"default": profile{
-				Expiry: expiry,
-				Usages: []string{"signing", "key encipherment", "server auth", "client auth"},
+				Expiry:  expiry,
+				Usages:  []string{"signing", "key encipherment", "server auth", "client auth"},
+				AuthKey: authKey,
 			},
 			"profiles": profiles,
 		},
+	}
+	if authKey != "" {
+		cfg["auth_keys"] = map[string]any{authKey: map[string]string{"type": "standard", "key": opts.AuthKey}}
 	}
 	return json.MarshalIndent(cfg, "", "  ")
 }
@@ -198,6 +218,7 @@ func startCFSSL(t *testing.T, opts cfsslOptions) *cfsslCA {
 		configFile: filepath.Join(dir, "config.json"),
 		tlsCert:    filepath.Join(dir, "tls-cert.pem"),
 		tlsKey:     filepath.Join(dir, "tls-key.pem"),
+		mtlsCAFile: filepath.Join(dir, "mutual-tls-ca.pem"),
 		log:        &cfsslLog{},
 	}
 	certs, err := ca.ParseCertificates(m.Cert)
@@ -208,17 +229,13 @@ func startCFSSL(t *testing.T, opts cfsslOptions) *cfsslCA {
 	// contain only one object" otherwise, and the signer is not set up.
 	writeTestFile(t, c.CertFile, ca.EncodeCertificates(certs[0]), 0o644)
 	writeTestFile(t, c.KeyFile, m.Key, 0o600)
-	cfg, err := cfsslSigningConfig(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeTestFile(t, c.configFile, cfg, 0o644)
+	writeTestFile(t, c.mtlsCAFile, m.Bundle, 0o644)
 	tlsCA, certPEM, keyPEM := newTestTLSServerPEM(t)
 	c.TLSCA = tlsCA
 	writeTestFile(t, c.TLSCAFile, tlsCA, 0o644)
 	writeTestFile(t, c.tlsCert, certPEM, 0o644)
 	writeTestFile(t, c.tlsKey, keyPEM, 0o600)
-	c.client = testTLSClient(t, tlsCA)
+	c.Reconfigure(t, func(o *cfsslOptions) { *o = opts })
 
 	t.Cleanup(func() { c.Stop(t) })
 	// A port picked free may be taken again before cfssl binds it (by a
@@ -247,6 +264,24 @@ func (c *cfsslCA) Start(t *testing.T) {
 	if err := c.start(); err != nil {
 		c.Stop(t)
 		t.Fatalf("cfssl serve did not restart on port %d: %v\ncfssl log:\n%s", c.port, err, c.Log())
+	}
+}
+
+// Reconfigure changes cfssl's options from its next Start (the CA stays
+// the one it was started with): its signing configuration, and whether it
+// requires client certificates, which the harness's client then presents.
+func (c *cfsslCA) Reconfigure(t *testing.T, change func(*cfsslOptions)) {
+	t.Helper()
+	change(&c.opts)
+	cfg, err := cfsslSigningConfig(c.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeTestFile(t, c.configFile, cfg, 0o644)
+	c.client = testTLSClient(t, c.TLSCA)
+	if c.opts.MutualTLS {
+		cert := testClientCert(t, c.CA)
+		c.client.Transport.(*http.Transport).TLSClientConfig.Certificates = []tls.Certificate{cert}
 	}
 }
 
@@ -296,7 +331,8 @@ func (c *cfsslCA) WaitLog(t *testing.T, substr string) {
 }
 
 // HTTPClient returns a client that trusts the test CA of cfssl's TLS
-// certificate.
+// certificate, and presents a client certificate of CA when cfssl
+// requires one.
 func (c *cfsslCA) HTTPClient() *http.Client { return c.client }
 
 // Port returns the TCP port cfssl listens on.
@@ -307,7 +343,7 @@ func (c *cfsslCA) Port() int { return c.port }
 func (c *cfsslCA) start() error {
 	c.starts++
 	fmt.Fprintf(c.log, "=== harness: start %d of cfssl serve on %s\n", c.starts, c.URL)
-	cmd := exec.Command(c.bin, "serve",
+	args := []string{"serve",
 		"-address", "127.0.0.1",
 		"-port", strconv.Itoa(c.port),
 		"-ca", c.CertFile,
@@ -315,7 +351,11 @@ func (c *cfsslCA) start() error {
 		"-config", c.configFile,
 		"-tls-cert", c.tlsCert,
 		"-tls-key", c.tlsKey,
-	)
+	}
+	if c.opts.MutualTLS {
+		args = append(args, "-mutual-tls-ca", c.mtlsCAFile)
+	}
+	cmd := exec.Command(c.bin, args...)
 	cmd.Dir = c.dir
 	cmd.Stdout = c.log
 	cmd.Stderr = c.log
@@ -490,6 +530,41 @@ func testTLSClient(t testing.TB, caPEM []byte) *http.Client {
 	}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+// testClientCert returns a worker certificate of a cluster of its own,
+// signed by m: a TLS client certificate (clientAuth) of the CA m.
+func testClientCert(t testing.TB, m ca.Material) tls.Certificate {
+	t.Helper()
+	signer, err := ca.NewSigner(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ca.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeID, err := ca.NewID(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clusterID, err := ca.NewID(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued, err := signer.SignKey(rand.Reader, time.Now(), key.Public(), ca.Identity{NodeID: nodeID, Role: ca.RoleWorker, ClusterID: clusterID}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := ca.MarshalKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(issued.PEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
 }
 
 func testSerial(t testing.TB) *big.Int {

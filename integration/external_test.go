@@ -51,7 +51,7 @@ func extCAs(cs ...*cfsslCA) []fsm.ExternalCA {
 func extAPI(cas ...fsm.ExternalCA) []*api.ExternalCA {
 	var out []*api.ExternalCA
 	for _, e := range cas {
-		out = append(out, &api.ExternalCA{Protocol: e.Protocol, Url: e.URL, CaCert: e.CACert})
+		out = append(out, &api.ExternalCA{Protocol: e.Protocol, Url: e.URL, CaCert: e.CACert, AuthKey: e.AuthKey})
 	}
 	return out
 }

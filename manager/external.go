@@ -3,19 +3,24 @@ package manager
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
 )
 
@@ -40,8 +45,9 @@ const (
 
 // CFSSL API paths, under an external CA's URL.
 const (
-	cfsslSignPath = "/api/v1/cfssl/sign"
-	cfsslInfoPath = "/api/v1/cfssl/info"
+	cfsslSignPath     = "/api/v1/cfssl/sign"
+	cfsslAuthSignPath = "/api/v1/cfssl/authsign"
+	cfsslInfoPath     = "/api/v1/cfssl/info"
 )
 
 // cfsslSubject is the subject a CFSSL sign request imposes on the
@@ -62,6 +68,15 @@ type cfsslSignRequest struct {
 	Hosts   []string      `json:"hosts"`
 	Subject *cfsslSubject `json:"subject,omitempty"`
 	Profile string        `json:"profile,omitempty"`
+}
+
+// cfsslAuthRequest is the body of POST /api/v1/cfssl/authsign, CFSSL's
+// authenticated request: Request is the sign request's JSON, and Token the
+// HMAC-SHA256 of exactly those bytes under the auth key (CFSSL's
+// "standard" provider, with no additional data). Both travel as base64.
+type cfsslAuthRequest struct {
+	Token   []byte `json:"token"`
+	Request []byte `json:"request"`
 }
 
 // cfsslResponse is CFSSL's answer envelope.
@@ -90,12 +105,21 @@ type externalCA struct {
 type endpoint struct {
 	url    string
 	client *http.Client
+	// authKey, when set, authenticates its sign requests (authsign).
+	authKey []byte
+	// cert is the client certificate the CA may ask for; nil when there is
+	// none. certAsked records that the CA asked for one.
+	cert      func() *tls.Certificate
+	certAsked atomic.Bool
 
 	mu        sync.Mutex // guards downUntil
 	downUntil time.Time
 }
 
-func newExternalCA(cas []fsm.ExternalCA, timeout, skip time.Duration, now func() time.Time) (*externalCA, error) {
+// newExternalCA returns the client of the external CAs cas. cert returns
+// the certificate to present to a CA that asks for one (mutual TLS): this
+// manager's, which follows its renewals; nil before it has one (init).
+func newExternalCA(cas []fsm.ExternalCA, cert func() *tls.Certificate, timeout, skip time.Duration, now func() time.Time) (*externalCA, error) {
 	if len(cas) == 0 {
 		return nil, fmt.Errorf("%w: the cluster has no key and no external CA", fsm.ErrBadCommand)
 	}
@@ -104,7 +128,8 @@ func newExternalCA(cas []fsm.ExternalCA, timeout, skip time.Duration, now func()
 	}
 	e := &externalCA{cas: cas, timeout: timeout, skip: skip, now: now}
 	for _, c := range cas {
-		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		ep := &endpoint{url: strings.TrimSuffix(c.URL, "/"), authKey: c.AuthKey, cert: cert}
+		cfg := ca.HardenTLS(&tls.Config{GetClientCertificate: ep.clientCertificate})
 		if len(c.CACert) > 0 {
 			cfg.RootCAs = x509.NewCertPool()
 			if !cfg.RootCAs.AppendCertsFromPEM(c.CACert) {
@@ -118,22 +143,32 @@ func newExternalCA(cas []fsm.ExternalCA, timeout, skip time.Duration, now func()
 			IdleConnTimeout:     time.Minute,
 			ForceAttemptHTTP2:   true,
 		}
-		e.eps = append(e.eps, &endpoint{
-			url: strings.TrimSuffix(c.URL, "/"),
-			client: &http.Client{
-				Transport: tr,
-				// Never follow a redirect: it could leave HTTPS.
-				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-			},
-		})
+		ep.client = &http.Client{
+			Transport: tr,
+			// Never follow a redirect: it could leave HTTPS.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
+		e.eps = append(e.eps, ep)
 	}
 	return e, nil
+}
+
+// clientCertificate is the TLS client's GetClientCertificate: crypto/tls
+// calls it during a handshake in which the CA asks for a certificate.
+func (ep *endpoint) clientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	ep.certAsked.Store(true)
+	if ep.cert != nil {
+		if c := ep.cert(); c != nil {
+			return c, nil
+		}
+	}
+	return &tls.Certificate{}, nil // none: crypto/tls sends an empty list
 }
 
 // same reports whether e was made from cas.
 func (e *externalCA) same(cas []fsm.ExternalCA) bool {
 	return slices.EqualFunc(e.cas, cas, func(a, b fsm.ExternalCA) bool {
-		return a.Protocol == b.Protocol && a.URL == b.URL && bytes.Equal(a.CACert, b.CACert)
+		return a.Protocol == b.Protocol && a.URL == b.URL && bytes.Equal(a.CACert, b.CACert) && bytes.Equal(a.AuthKey, b.AuthKey)
 	})
 }
 
@@ -255,10 +290,14 @@ const (
 )
 
 // post makes one request. refused is set when the CA answered a proper
-// refusal.
+// refusal, or wants a client certificate this manager does not have.
 func (ep *endpoint) post(ctx context.Context, path string, payload []byte, timeout time.Duration) (cert []byte, refused bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	path, payload, err = ep.authenticate(path, payload)
+	if err != nil {
+		return nil, false, err
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.url+path, bytes.NewReader(payload))
 	if err != nil {
 		return nil, false, err
@@ -269,7 +308,7 @@ func (ep *endpoint) post(ctx context.Context, path string, payload []byte, timeo
 		if ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return nil, false, fmt.Errorf("no answer within %s", timeout)
 		}
-		return nil, false, err
+		return nil, ep.lacksCertificate(), ep.explainTLS(err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxExternalResponse))
@@ -278,7 +317,11 @@ func (ep *endpoint) post(ctx context.Context, path string, payload []byte, timeo
 	}
 	var r cfsslResponse
 	if err := json.Unmarshal(raw, &r); err != nil {
-		return nil, false, fmt.Errorf("HTTP %d, not a CFSSL answer: %q", resp.StatusCode, truncateBytes(raw, 80))
+		err := fmt.Errorf("HTTP %d, not a CFSSL answer: %q", resp.StatusCode, truncateBytes(raw, 80))
+		if resp.StatusCode == http.StatusNotFound && path == cfsslSignPath {
+			err = fmt.Errorf("%w (CFSSL has no sign endpoint when every profile requires an auth key: give authkey=FILE)", err)
+		}
+		return nil, false, err
 	}
 	if !r.Success {
 		msgs := make([]string, 0, len(r.Errors))
@@ -293,6 +336,52 @@ func (ep *endpoint) post(ctx context.Context, path string, payload []byte, timeo
 		return nil, false, fmt.Errorf("HTTP %d: success without a certificate", resp.StatusCode)
 	}
 	return []byte(r.Result.Certificate), false, nil
+}
+
+// authenticate returns the path and body of a request for path with
+// payload to ep: a sign request to a CA with an auth key goes to authsign,
+// in CFSSL's authenticated envelope. The key shows nowhere else.
+func (ep *endpoint) authenticate(path string, payload []byte) (string, []byte, error) {
+	if path != cfsslSignPath || len(ep.authKey) == 0 {
+		return path, payload, nil
+	}
+	mac := hmac.New(sha256.New, ep.authKey)
+	mac.Write(payload)
+	body, err := json.Marshal(cfsslAuthRequest{Token: mac.Sum(nil), Request: payload})
+	if err != nil {
+		return "", nil, fmt.Errorf("encode authenticated request: %w", err)
+	}
+	return cfsslAuthSignPath, body, nil
+}
+
+// lacksCertificate reports whether the CA asked for a client certificate
+// and this manager has none to give (a first manager during init): a
+// request that then fails is refused, not retried.
+func (ep *endpoint) lacksCertificate() bool {
+	return ep.certAsked.Load() && (ep.cert == nil || ep.cert() == nil)
+}
+
+// explainTLS says what err, a request that got no answer, has to do with
+// the client certificate the CA asked for, if it asked.
+//
+// The CA's verdict on a client certificate is a TLS alert, which under TLS
+// 1.3 comes after the handshake; over HTTP/2 the transport may then report
+// only that the connection "could not be established". So a failure after
+// the CA asked for a certificate this manager lacks is taken for that
+// refusal whatever its type; with a certificate sent, a refusal is named
+// only when the alert shows (crypto/tls reports a peer's alert as a
+// *net.OpError whose Op is "remote error"; its alert type is unexported).
+func (ep *endpoint) explainTLS(err error) error {
+	if !ep.certAsked.Load() {
+		return err
+	}
+	if ep.lacksCertificate() {
+		return fmt.Errorf("the external CA requires a client certificate, which this manager does not have yet (init): use authkey, or require client certificates only after init (%w)", err)
+	}
+	if op := (*net.OpError)(nil); errors.As(err, &op) && op.Op == "remote error" {
+		return fmt.Errorf("the external CA refused this manager's client certificate: its -mutual-tls-ca must trust the cluster's root (%w)", err)
+	}
+	return fmt.Errorf("%w (the CA asked for a client certificate: if it refused this manager's, its -mutual-tls-ca must trust the cluster's root)", err)
 }
 
 func truncateBytes(b []byte, n int) string {

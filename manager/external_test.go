@@ -4,10 +4,13 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -179,7 +182,7 @@ func extConf(url string, trust *extTestCA) fsm.ExternalCA {
 
 func newTestExternal(t *testing.T, clock *extTestClock, timeout time.Duration, cas ...fsm.ExternalCA) *externalCA {
 	t.Helper()
-	e, err := newExternalCA(cas, timeout, extTestSkip, clock.now)
+	e, err := newExternalCA(cas, nil, timeout, extTestSkip, clock.now)
 	if err != nil {
 		t.Fatalf("newExternalCA: %v", err)
 	}
@@ -394,7 +397,7 @@ func TestExternalBadAnswersFallThrough(t *testing.T) {
 			w.Header().Set("Content-Type", "text/html")
 			io.WriteString(w, "<html><body>It works!</body></html>")
 		}},
-		{"404 html", "HTTP 404, not a CFSSL answer", http.NotFound},
+		{"404 html", `HTTP 404, not a CFSSL answer: "404 page not found\n" (CFSSL has no sign endpoint when every profile requires an auth key: give authkey=FILE)`, http.NotFound},
 		{"500 cfssl", "HTTP 500: database is down (code 9000)",
 			cfsslAnswer(http.StatusInternalServerError, `{"success":false,"result":null,"errors":[{"code":9000,"message":"database is down"}],"messages":[]}`)},
 		{"success without certificate", "HTTP 200: success without a certificate",
@@ -627,7 +630,7 @@ func TestNewExternalCARefuses(t *testing.T) {
 		{"second one bad", []fsm.ExternalCA{extConf("https://127.0.0.1:8888", trust), {Protocol: fsm.ProtocolCFSSL, URL: "ftp://127.0.0.1"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e, err := newExternalCA(tc.cas, extTestTimeout, extTestSkip, time.Now)
+			e, err := newExternalCA(tc.cas, nil, extTestTimeout, extTestSkip, time.Now)
 			if err == nil {
 				e.close()
 				t.Fatal("accepted")
@@ -639,7 +642,7 @@ func TestNewExternalCARefuses(t *testing.T) {
 		})
 	}
 	// Without cacert, the system's roots are used.
-	e, err := newExternalCA([]fsm.ExternalCA{{Protocol: fsm.ProtocolCFSSL, URL: "https://127.0.0.1:8888"}}, extTestTimeout, extTestSkip, time.Now)
+	e, err := newExternalCA([]fsm.ExternalCA{{Protocol: fsm.ProtocolCFSSL, URL: "https://127.0.0.1:8888"}}, nil, extTestTimeout, extTestSkip, time.Now)
 	if err != nil {
 		t.Fatalf("without cacert: %v", err)
 	}
@@ -815,4 +818,280 @@ func TestExternalSignRequestBody(t *testing.T) {
 	if string(c.body) != `{"label":"","profile":""}` {
 		t.Errorf("info body %s", c.body)
 	}
+}
+
+// clientCert issues a client certificate (clientAuth) named cn.
+func (c *extTestCA) clientCert(t *testing.T, cn string) *tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(3),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, key.Public(), c.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// cfsslInvalidToken is CFSSL's answer to an authsign request whose token
+// does not verify.
+const cfsslInvalidToken = `{"success":false,"result":null,"errors":[{"code":400,"message":"invalid token"}],"messages":[]}`
+
+// TestExternalAuthSign: a CA with an auth key gets every sign request (a
+// node's, and the cross-signing through the CA profile) at authsign, in
+// CFSSL's authenticated envelope whose token is the HMAC-SHA256 of the
+// request's bytes under the key, as CFSSL's standard provider checks it;
+// info stays unauthenticated; a CA of the list without a key still gets
+// plain sign requests. A wrong key is a refusal that names the CA and
+// shows no key.
+func TestExternalAuthSign(t *testing.T) {
+	trust := newExtTestCA(t, "trusted")
+	key := []byte("0123456789abcdef0123456789abcdef")
+	type seen struct {
+		path string
+		body []byte
+	}
+	got := make(chan seen, 8)
+	srv := startExtServer(t, trust, nil, nil, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- seen{r.URL.Path, b}
+		if r.URL.Path != cfsslAuthSignPath {
+			cfsslCert("cert-plain")(w, r)
+			return
+		}
+		// What CFSSL's AuthHandler does.
+		var ar struct {
+			Token   []byte `json:"token"`
+			Request []byte `json:"request"`
+		}
+		if err := json.Unmarshal(b, &ar); err != nil {
+			cfsslAnswer(http.StatusBadRequest, `{"success":false,"errors":[{"code":400,"message":"bad envelope"}]}`)(w, r)
+			return
+		}
+		mac := hmac.New(sha256.New, key)
+		mac.Write(ar.Request)
+		if !hmac.Equal(mac.Sum(nil), ar.Token) {
+			cfsslAnswer(http.StatusBadRequest, cfsslInvalidToken)(w, r)
+			return
+		}
+		cfsslCert("cert-auth")(w, r)
+	})
+	keyed := extConf(srv.URL, trust)
+	keyed.AuthKey = key
+	clock := newExtTestClock()
+	e := newTestExternal(t, clock, extTestTimeout, keyed)
+	ctx := t.Context()
+
+	for _, req := range []cfsslSignRequest{
+		{Request: "CSR-node", Hosts: []string{"worker", "node-1"}, Subject: &cfsslSubject{CN: "node-1", Names: []cfsslName{{O: "cluster-1", OU: "worker"}}}},
+		{Request: "CSR-root", Hosts: []string{}, Profile: CrossSignProfile},
+	} {
+		cert, err := e.sign(ctx, req, acceptAll)
+		if err != nil || string(cert) != "cert-auth" {
+			t.Fatalf("sign(%s) = %q, %v; want cert-auth", req.Request, cert, err)
+		}
+		c := <-got
+		if c.path != cfsslAuthSignPath {
+			t.Errorf("sign(%s) went to %s, want %s", req.Request, c.path, cfsslAuthSignPath)
+		}
+		var env map[string]json.RawMessage
+		if err := json.Unmarshal(c.body, &env); err != nil {
+			t.Fatal(err)
+		}
+		var inner []byte
+		if err := json.Unmarshal(env["request"], &inner); err != nil {
+			t.Fatal(err)
+		}
+		want, _ := json.Marshal(req)
+		if string(inner) != string(want) {
+			t.Errorf("authenticated request = %s, want the sign request %s", inner, want)
+		}
+		if len(env) != 2 {
+			t.Errorf("envelope %s, want token and request only", c.body)
+		}
+		if strings.Contains(string(c.body), string(key)) || strings.Contains(string(c.body), hex.EncodeToString(key)) {
+			t.Errorf("the envelope carries the key: %s", c.body)
+		}
+	}
+
+	if _, err := e.info(ctx, acceptAll); err != nil {
+		t.Fatal(err)
+	}
+	if c := <-got; c.path != cfsslInfoPath || string(c.body) != `{"label":"","profile":""}` {
+		t.Errorf("info: %s %s, want %s unauthenticated", c.path, c.body, cfsslInfoPath)
+	}
+
+	// A CA of the list without a key: plain sign.
+	plain := newTestExternal(t, clock, extTestTimeout, extConf(srv.URL, trust))
+	if cert, err := extSign(plain, acceptAll); err != nil || string(cert) != "cert-plain" {
+		t.Fatalf("sign without a key = %q, %v; want cert-plain", cert, err)
+	}
+	if c := <-got; c.path != cfsslSignPath {
+		t.Errorf("sign without a key went to %s, want %s", c.path, cfsslSignPath)
+	}
+
+	// A wrong key.
+	wrongKey := []byte("fedcba9876543210fedcba9876543210")
+	wrong := extConf(srv.URL, trust)
+	wrong.AuthKey = wrongKey
+	e = newTestExternal(t, clock, extTestTimeout, wrong)
+	_, err := extSign(e, acceptAll)
+	<-got
+	if !errors.Is(err, errExternalRefused) || !strings.Contains(err.Error(), srv.URL) || !strings.Contains(err.Error(), "invalid token") {
+		t.Fatalf("sign with a wrong key = %v, want a refusal naming %s and saying invalid token", err, srv.URL)
+	}
+	for _, k := range [][]byte{key, wrongKey} {
+		if strings.Contains(err.Error(), string(k)) || strings.Contains(err.Error(), hex.EncodeToString(k)) {
+			t.Errorf("the error shows a key: %v", err)
+		}
+	}
+	wantCode(t, err, codes.FailedPrecondition)
+	wantMarked(t, clock, e.eps[0], false)
+}
+
+// TestExternalSameAuthKey: a changed auth key makes a new client.
+func TestExternalSameAuthKey(t *testing.T) {
+	trust := newExtTestCA(t, "trusted")
+	a := extConf("https://127.0.0.1:8888", trust)
+	a.AuthKey = []byte("0123456789abcdef")
+	e := newTestExternal(t, newExtTestClock(), extTestTimeout, a)
+	b := a
+	b.AuthKey = []byte("0123456789abcdeF")
+	none := a
+	none.AuthKey = nil
+	if !e.same([]fsm.ExternalCA{a}) {
+		t.Errorf("same(the same key) = false, want true")
+	}
+	if e.same([]fsm.ExternalCA{b}) || e.same([]fsm.ExternalCA{none}) {
+		t.Errorf("same(another key or none) = true, want false")
+	}
+}
+
+// TestExternalToAPIHidesAuthKey: answers say an auth key is set, never
+// which.
+func TestExternalToAPIHidesAuthKey(t *testing.T) {
+	key := []byte("0123456789abcdef")
+	out := externalToAPI([]fsm.ExternalCA{
+		{Protocol: fsm.ProtocolCFSSL, URL: "https://a.example", AuthKey: key},
+		{Protocol: fsm.ProtocolCFSSL, URL: "https://b.example"},
+	})
+	if got := string(out[0].GetAuthKey()); got != authKeySet {
+		t.Errorf("externalToAPI(with a key).AuthKey = %q, want %q", got, authKeySet)
+	}
+	if got := out[1].GetAuthKey(); len(got) != 0 {
+		t.Errorf("externalToAPI(without a key).AuthKey = %q, want none", got)
+	}
+	// Sent back, the placeholder is refused, not taken for a key.
+	if err := fsm.CheckExternal(externalFromAPI(out)); !errors.Is(err, fsm.ErrBadCommand) {
+		t.Errorf("CheckExternal(an answer sent back) = %v, want %v", err, fsm.ErrBadCommand)
+	}
+}
+
+// TestExternalClientCertificate: a CA that asks for a client certificate
+// (mutual TLS, as `cfssl serve -mutual-tls-ca`) is shown the one cert
+// returns at each new connection, so a renewal is followed. Without one
+// (a first manager at init) the call is refused with a message that says
+// why and what to do; a certificate the CA does not trust fails the call
+// with a message that says what to fix on the CA. Both under TLS 1.2 and
+// 1.3 (whose verdict comes after the handshake), over HTTP/1.1 and HTTP/2
+// (which may lose that verdict behind "could not be established"). A CA
+// that asks for no certificate gets none.
+func TestExternalClientCertificate(t *testing.T) {
+	trust := newExtTestCA(t, "trusted")
+	clients := newExtTestCA(t, "cluster root")
+	pool := x509.NewCertPool()
+	pool.AddCert(clients.cert)
+	m1, m2 := clients.clientCert(t, "manager-1"), clients.clientCert(t, "manager-1 renewed")
+	stranger := newExtTestCA(t, "other root").clientCert(t, "stranger")
+
+	for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		for _, h2 := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s, HTTP/2 %t", tls.VersionName(version), h2), func(t *testing.T) {
+				type seen struct {
+					client string
+					proto  int
+				}
+				peer := make(chan seen, 4)
+				var hits atomic.Int32
+				srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					hits.Add(1)
+					peer <- seen{r.TLS.PeerCertificates[0].Subject.CommonName, r.ProtoMajor}
+					cfsslCert("cert")(w, r)
+				}))
+				srv.EnableHTTP2 = h2
+				srv.TLS = &tls.Config{
+					Certificates: []tls.Certificate{trust.serverCert(t)},
+					ClientAuth:   tls.RequireAndVerifyClientCert, ClientCAs: pool, MaxVersion: version,
+				}
+				srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are expected
+				srv.StartTLS()
+				t.Cleanup(srv.Close)
+				var cur atomic.Pointer[tls.Certificate]
+				e, err := newExternalCA([]fsm.ExternalCA{extConf(srv.URL, trust)}, cur.Load, extTestTimeout, extTestSkip, newExtTestClock().now)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(e.close)
+
+				for _, c := range []*tls.Certificate{m1, m2} {
+					cur.Store(c)
+					e.close() // a new connection, a new handshake
+					if _, err := extSign(e, acceptAll); err != nil {
+						t.Fatalf("sign with a trusted client certificate = %v", err)
+					}
+					leaf, _ := x509.ParseCertificate(c.Certificate[0])
+					got := <-peer
+					if got.client != leaf.Subject.CommonName {
+						t.Errorf("the CA saw client %q, want %q", got.client, leaf.Subject.CommonName)
+					}
+					if want := map[bool]int{false: 1, true: 2}[h2]; got.proto != want {
+						t.Errorf("the request came over HTTP/%d, want HTTP/%d", got.proto, want)
+					}
+				}
+
+				cur.Store(nil)
+				e.close()
+				_, err = extSign(e, acceptAll)
+				if !errors.Is(err, errExternalRefused) || !strings.Contains(err.Error(), "requires a client certificate, which this manager does not have yet (init)") || !strings.Contains(err.Error(), "use authkey") {
+					t.Errorf("sign without a client certificate = %v, want a refusal that says the manager has none yet and to use authkey", err)
+				}
+
+				cur.Store(stranger)
+				e.close()
+				_, err = extSign(e, acceptAll)
+				if !errors.Is(err, errExternalDown) || !strings.Contains(err.Error(), "-mutual-tls-ca must trust the cluster's root") {
+					t.Errorf("sign with an untrusted client certificate = %v, want errExternalDown saying what the CA must trust", err)
+				}
+				if n := hits.Load(); n != 2 {
+					t.Errorf("the CA served %d requests, want 2 (refused handshakes serve none)", n)
+				}
+			})
+		}
+	}
+
+	t.Run("not asked", func(t *testing.T) {
+		srv := startExtServer(t, trust, nil, nil, func(w http.ResponseWriter, r *http.Request) {
+			if n := len(r.TLS.PeerCertificates); n != 0 {
+				t.Errorf("a CA that asks for no client certificate got %d", n)
+			}
+			cfsslCert("cert")(w, r)
+		})
+		e, err := newExternalCA([]fsm.ExternalCA{extConf(srv.URL, trust)}, func() *tls.Certificate { return m1 }, extTestTimeout, extTestSkip, time.Now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.close)
+		if _, err := extSign(e, acceptAll); err != nil {
+			t.Fatal(err)
+		}
+	})
 }

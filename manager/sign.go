@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"sync"
@@ -90,6 +91,16 @@ func (m *Manager) trialSign(ctx context.Context, client *externalCA, material ca
 	return nil
 }
 
+// clientCertificate returns this manager's certificate, which it presents to
+// external CAs that ask for one (mutual TLS), or nil before it has one: the
+// first manager calls the CA during init, before it is issued one.
+func (m *Manager) clientCertificate() *tls.Certificate {
+	if m.creds == nil {
+		return nil
+	}
+	return m.creds.Certificate()
+}
+
 // externalClient returns the client of the external CAs cas, made once
 // per configuration.
 func (m *Manager) externalClient(cas []fsm.ExternalCA) (*externalCA, error) {
@@ -98,7 +109,7 @@ func (m *Manager) externalClient(cas []fsm.ExternalCA) (*externalCA, error) {
 	if m.ext != nil && m.ext.same(cas) {
 		return m.ext, nil
 	}
-	c, err := newExternalCA(cas, m.cfg.ExternalTimeout, m.cfg.ExternalSkip, m.cfg.Now)
+	c, err := newExternalCA(cas, m.clientCertificate, m.cfg.ExternalTimeout, m.cfg.ExternalSkip, m.cfg.Now)
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +176,7 @@ func (m *Manager) externalMaterial(ctx context.Context, cas []fsm.ExternalCA, ce
 		given = &g
 	}
 	// A list the cluster does not use yet gets a client of its own.
-	client, err := newExternalCA(cas, m.cfg.ExternalTimeout, m.cfg.ExternalSkip, m.cfg.Now)
+	client, err := newExternalCA(cas, m.clientCertificate, m.cfg.ExternalTimeout, m.cfg.ExternalSkip, m.cfg.Now)
 	if err != nil {
 		return ca.Material{}, err
 	}
@@ -247,7 +258,7 @@ func (m *Manager) verifyExternal(ctx context.Context, cas []fsm.ExternalCA, mate
 		return err
 	}
 	for _, c := range cas {
-		client, err := newExternalCA([]fsm.ExternalCA{c}, m.cfg.ExternalTimeout, m.cfg.ExternalSkip, m.cfg.Now)
+		client, err := newExternalCA([]fsm.ExternalCA{c}, m.clientCertificate, m.cfg.ExternalTimeout, m.cfg.ExternalSkip, m.cfg.Now)
 		if err != nil {
 			return err
 		}
@@ -275,15 +286,25 @@ func (m *Manager) verifyExternal(ctx context.Context, cas []fsm.ExternalCA, mate
 func externalFromAPI(in []*api.ExternalCA) []fsm.ExternalCA {
 	var out []fsm.ExternalCA
 	for _, e := range in {
-		out = append(out, fsm.ExternalCA{Protocol: e.GetProtocol(), URL: e.GetUrl(), CACert: e.GetCaCert()})
+		out = append(out, fsm.ExternalCA{Protocol: e.GetProtocol(), URL: e.GetUrl(), CACert: e.GetCaCert(), AuthKey: e.GetAuthKey()})
 	}
 	return out
 }
 
+// authKeySet stands for an auth key in answers, which never carry the key:
+// it only says that one is set. Sent back, it is refused as too short.
+const authKeySet = "set"
+
+// externalToAPI lists the external CAs in in for an answer: with the auth
+// keys replaced by authKeySet.
 func externalToAPI(in []fsm.ExternalCA) []*api.ExternalCA {
 	var out []*api.ExternalCA
 	for _, e := range in {
-		out = append(out, &api.ExternalCA{Protocol: e.Protocol, Url: e.URL, CaCert: e.CACert})
+		a := &api.ExternalCA{Protocol: e.Protocol, Url: e.URL, CaCert: e.CACert}
+		if len(e.AuthKey) > 0 {
+			a.AuthKey = []byte(authKeySet)
+		}
+		out = append(out, a)
 	}
 	return out
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
 )
 
@@ -149,7 +151,7 @@ func TestParseExternalCAs(t *testing.T) {
 	}{
 		{"missing protocol", []string{"url=https://ca.example.com:8888"}, "give protocol=cfssl"},
 		{"missing url", []string{"protocol=cfssl"}, "give url=https://HOST:PORT"},
-		{"unknown key", []string{extGoodSpec + ",profile=node"}, `unknown key "profile"; the keys are protocol, url and cacert`},
+		{"unknown key", []string{extGoodSpec + ",profile=node"}, `unknown key "profile"; the keys are protocol, url, cacert and authkey`},
 		{"not key=value", []string{"cfssl"}, `"cfssl" is not key=value`},
 		{"not key=value among good pairs", []string{"protocol=cfssl,https://ca.example.com:8888"}, "is not key=value"},
 		{"empty value", []string{"protocol=,url=https://ca.example.com:8888"}, `"protocol=" is not key=value`},
@@ -175,6 +177,67 @@ func TestParseExternalCAs(t *testing.T) {
 				t.Errorf("parseExternalCAs(%q) = %q, want the flag named", tt.specs, err)
 			}
 		})
+	}
+}
+
+// TestParseExternalCAsAuthKey: authkey=FILE reads the hex key CFSSL's
+// auth_keys hold, as raw bytes; a file that is not one is refused with a
+// message that never shows what it holds.
+func TestParseExternalCAsAuthKey(t *testing.T) {
+	dir := t.TempDir()
+	const hexKey = "00112233445566778899aabbccddeeff"
+	good := extWrite(t, dir, "auth.key", []byte("  "+hexKey+"\n"))
+	upper := extWrite(t, dir, "upper.key", []byte(strings.ToUpper(hexKey)))
+	notHex := extWrite(t, dir, "nothex.key", []byte("secret-passphrase-not-hex-0123456"))
+	short := extWrite(t, dir, "short.key", []byte(hexKey[:30]))
+	long := extWrite(t, dir, "long.key", []byte(strings.Repeat(hexKey, 5)))
+	empty := extWrite(t, dir, "empty.key", nil)
+	missing := filepath.Join(dir, "missing.key")
+
+	for _, file := range []string{good, upper} {
+		spec := extGoodSpec + ",authkey=" + file
+		got, err := parseExternalCAs([]string{spec})
+		if err != nil {
+			t.Fatalf("parseExternalCAs(%q) = %v", spec, err)
+		}
+		if want, _ := hex.DecodeString(hexKey); len(got) != 1 || !bytes.Equal(got[0].AuthKey, want) {
+			t.Errorf("parseExternalCAs(%q) = %+v, want the decoded key", spec, got)
+		}
+		if out := externalToAPI(got); !bytes.Equal(out[0].GetAuthKey(), got[0].AuthKey) {
+			t.Errorf("externalToAPI() dropped the key the daemon needs")
+		}
+	}
+	for _, tt := range []struct{ name, file, want string }{
+		{"not hex", notHex, "must hold the key in hex"},
+		{"too short", short, "the key is 15 bytes; give 16 to 64 bytes"},
+		{"too long", long, "the key is 80 bytes; give 16 to 64 bytes"},
+		{"empty", empty, "the key is 0 bytes"},
+		{"missing", missing, "--external-ca authkey: open " + missing},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parseExternalCAs([]string{extGoodSpec + ",authkey=" + tt.file})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("parseExternalCAs(authkey %s) = %v, want an error containing %q", tt.name, err, tt.want)
+			}
+			if data, _ := os.ReadFile(tt.file); len(data) > 0 && (strings.Contains(err.Error(), strings.TrimSpace(string(data))) || strings.Contains(err.Error(), "passphrase") || strings.Contains(err.Error(), hexKey[:30])) {
+				t.Errorf("parseExternalCAs(authkey %s) = %q shows the file's contents", tt.name, err)
+			}
+		})
+	}
+}
+
+// TestDescribeExternal: answers show that an auth key is set, no more.
+func TestDescribeExternal(t *testing.T) {
+	for _, tt := range []struct {
+		in   *api.ExternalCA
+		want string
+	}{
+		{&api.ExternalCA{Protocol: "cfssl", Url: "https://a:1"}, "cfssl https://a:1"},
+		{&api.ExternalCA{Protocol: "cfssl", Url: "https://a:1", AuthKey: []byte("set")}, "cfssl https://a:1 (authkey: set)"},
+	} {
+		if got := describeExternal(tt.in); got != tt.want {
+			t.Errorf("describeExternal(%v) = %q, want %q", tt.in, got, tt.want)
+		}
 	}
 }
 

@@ -62,7 +62,7 @@ func newUpdateCmd(g *globals) *cobra.Command {
 			if fl.Changed("external-ca") {
 				fmt.Fprintln(w, "External CAs, tried in order:")
 				for _, e := range resp.GetExternalCa() {
-					fmt.Fprintf(w, "  %s %s\n", e.GetProtocol(), e.GetUrl())
+					fmt.Fprintf(w, "  %s\n", describeExternal(e))
 				}
 			}
 			return nil
