@@ -95,10 +95,16 @@ func TestClusterForms(t *testing.T) {
 	}
 
 	// A worker opens mutual TLS to managers with its own credentials and
-	// renews its certificate, through the leader and through a follower
-	// (which forwards to the leader).
+	// renews its certificate at the leader; a follower redirects it there
+	// (the leader must see the node's own connection).
+	leader := c.leader()
 	for _, w := range []*agent.Credentials{w1.Credentials, w2.Credentials()} {
-		for _, i := range []int{c.leader(), f} {
+		conn := dialAPI(t, c.managers[f].addr, w.ClientTLS(agent.ManagerName))
+		_, err := api.NewCAClient(conn).RenewNodeCertificate(t.Context(), &api.RenewNodeCertificateRequest{Csr: newCSR(t)})
+		if addr, ok := api.LeaderRedirect(err); !ok || addr != c.managers[leader].addr {
+			t.Errorf("worker %s: CA.RenewNodeCertificate() through follower %d = %v, want a redirect to the leader at %s", w.Identity().NodeID, f, err, c.managers[leader].addr)
+		}
+		for _, i := range []int{leader, leader} {
 			conn := dialAPI(t, c.managers[i].addr, w.ClientTLS(agent.ManagerName))
 			resp, err := api.NewCAClient(conn).RenewNodeCertificate(t.Context(), &api.RenewNodeCertificateRequest{Csr: newCSR(t)})
 			if err != nil {

@@ -34,6 +34,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/peer"
 
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
@@ -613,6 +614,35 @@ func (p *proxy) close() {
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
+}
+
+// joinRequest is the join request a node makes for csr with token over
+// conn: a proof of the token bound to conn's TLS connection, as
+// agent.Enroll makes it. It calls GetRootBundle first, to learn the
+// connection.
+func joinRequest(tb testing.TB, conn *grpc.ClientConn, token string, csr []byte) *api.IssueNodeCertificateRequest {
+	tb.Helper()
+	tok, err := ca.ParseToken(token)
+	if err != nil {
+		tb.Fatalf("ca.ParseToken() = %v", err)
+	}
+	var p peer.Peer
+	ctx, cancel := context.WithTimeout(tb.Context(), waitFor)
+	defer cancel()
+	if _, err := api.NewCAClient(conn).GetRootBundle(ctx, &api.GetRootBundleRequest{}, grpc.Peer(&p)); err != nil {
+		tb.Fatalf("GetRootBundle() = %v", err)
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		tb.Fatalf("GetRootBundle() came over %T, not TLS", p.AuthInfo)
+	}
+	ekm, err := ti.State.ExportKeyingMaterial(ca.TokenExporterLabel, nil, ca.TokenExporterLength)
+	if err != nil {
+		tb.Fatalf("ExportKeyingMaterial() = %v", err)
+	}
+	return &api.IssueNodeCertificateRequest{
+		Csr: csr, TokenProof: ca.TokenProof(sha256.Sum256([]byte(tok.Secret)), ekm, csr), TokenDigest: tok.DigestString(),
+	}
 }
 
 // containsAny reports whether s contains any of subs, ignoring case.

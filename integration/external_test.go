@@ -634,9 +634,8 @@ func TestExternalCAForgedCSR(t *testing.T) {
 		}
 		ctx, cancel := rotCtx(t)
 		defer cancel()
-		return api.NewCAClient(conn).IssueNodeCertificate(ctx, &api.IssueNodeCertificateRequest{
-			Csr: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), Token: rc.workerToken,
-		})
+		req := joinRequest(t, conn, rc.workerToken, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+		return api.NewCAClient(conn).IssueNodeCertificate(ctx, req)
 	}
 
 	resp, err := issue(pkix.Name{CommonName: "admin", Organization: []string{"evil"}, OrganizationalUnit: []string{string(ca.RoleManager)}})

@@ -571,6 +571,11 @@ func lcListNodes(ctx context.Context, conn *grpc.ClientConn) error {
 	return err
 }
 
+func lcGossip(ctx context.Context, conn *grpc.ClientConn) error {
+	_, err := api.NewCAClient(conn).Gossip(ctx, &api.GossipRequest{})
+	return err
+}
+
 func lcHeartbeat(ctx context.Context, conn *grpc.ClientConn) error {
 	_, err := api.NewCAClient(conn).Heartbeat(ctx, &api.HeartbeatRequest{})
 	return err
@@ -1028,14 +1033,16 @@ func TestRemovedNodeRefusedByAllManagers(t *testing.T) {
 	id := w.Credentials().Identity().NodeID
 	roots := c.roots()
 
-	// Control: before the removal, every manager takes its calls. These
-	// connections stay open across the removal.
+	// Control: before the removal, every manager takes its calls (Gossip
+	// is answered by each; heartbeats and renewals by the leader, which
+	// the others name). These connections stay open across the removal.
 	open := map[*manager.Manager]*grpc.ClientConn{}
 	for _, m := range c.managers {
 		open[m] = c.dial(m.Addr(), w.Credentials().ClientTLS(agent.ManagerName))
-		if err := lcHeartbeat(lcCtx(t), open[m]); err != nil {
-			t.Fatalf("control: CA.Heartbeat() at %s before the removal = %v", m.Addr(), err)
-		}
+		// A follower takes the node's calls once it applied its join.
+		lcEventually(t, "control: CA.Gossip() at "+m.Addr()+" before the removal", func() error {
+			return lcGossip(lcCtx(t), open[m])
+		})
 	}
 
 	w.Stop()
@@ -1478,8 +1485,10 @@ func TestManagerAPIRefusesExpiredCertificate(t *testing.T) {
 		return &pair
 	}
 
-	// Control: the same certificate, signed now, is accepted.
-	if err := lcListNodes(lcCtx(t), c.dial(m.Addr(), clientTLS(sign(time.Now()), c.roots()))); err != nil {
+	// Control: an admin certificate the cluster issued and recorded, valid
+	// now, is accepted.
+	valid, _ := c.adminCertificate(m, time.Hour)
+	if err := lcListNodes(lcCtx(t), c.dial(m.Addr(), clientTLS(&valid, c.roots()))); err != nil {
 		t.Fatalf("control: Control.ListNodes() with a valid admin certificate = %v", err)
 	}
 	before := c.waitSameState()

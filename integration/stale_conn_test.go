@@ -32,11 +32,13 @@ func TestRotationRefusesOpenConnections(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { conn.Close() })
+		// Gossip is answered by every manager itself (a heartbeat only
+		// by the leader: the others redirect it).
 		ctx, cancel := context.WithTimeout(t.Context(), waitFor)
-		_, err = api.NewCAClient(conn).Heartbeat(ctx, &api.HeartbeatRequest{})
+		_, err = api.NewCAClient(conn).Gossip(ctx, &api.GossipRequest{})
 		cancel()
 		if err != nil {
-			t.Fatalf("manager %d: Heartbeat before the rotation = %v", i, err)
+			t.Fatalf("manager %d: Gossip before the rotation = %v", i, err)
 		}
 		conns[i] = conn
 	}
@@ -46,9 +48,13 @@ func TestRotationRefusesOpenConnections(t *testing.T) {
 		eventually(t, waitFor, fmt.Sprintf("manager %d refuses the old connection", i), func() error {
 			ctx, cancel := context.WithTimeout(t.Context(), waitFor)
 			defer cancel()
-			_, err := api.NewCAClient(conn).Heartbeat(ctx, &api.HeartbeatRequest{})
+			_, err := api.NewCAClient(conn).Gossip(ctx, &api.GossipRequest{})
 			if code := status.Code(err); code != codes.PermissionDenied {
-				return fmt.Errorf("manager %d (leader: %v): Heartbeat on a connection opened before the rotation = %v, want PermissionDenied", i, rc.m(i).IsLeader(), err)
+				return fmt.Errorf("manager %d (leader: %v): Gossip on a connection opened before the rotation = %v, want PermissionDenied", i, rc.m(i).IsLeader(), err)
+			}
+			_, err = api.NewCAClient(conn).Heartbeat(ctx, &api.HeartbeatRequest{})
+			if code := status.Code(err); code != codes.PermissionDenied {
+				return fmt.Errorf("manager %d (leader: %v): Heartbeat on a connection opened before the rotation = %v, want PermissionDenied (not a redirect)", i, rc.m(i).IsLeader(), err)
 			}
 			return nil
 		})

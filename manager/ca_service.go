@@ -8,8 +8,10 @@ import (
 	"net"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
@@ -55,7 +57,12 @@ func (s caService) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeC
 	if err != nil {
 		return nil, err
 	}
-	return api.NewInternalClient(conn).Admit(ctx, adm)
+	resp, err := api.NewInternalClient(conn).Admit(ctx, adm)
+	if reason, _ := api.ErrorReason(err); err != nil && reason == "" && status.Code(err) == codes.Unavailable {
+		// Not the leader's answer: it could not be reached.
+		return nil, fmt.Errorf("%w: the leader %s at %s does not answer: %s", errNoLeader, id, addr, status.Convert(err).Message())
+	}
+	return resp, err
 }
 
 // checkJoin checks a join request on the connection it came on: the
@@ -142,6 +149,11 @@ func (m *Manager) admit(ctx context.Context, a *api.AdmitRequest) (*api.IssueNod
 	if err != nil || role == ca.RoleAdmin || len(a.GetSecretHash()) != sha256.Size {
 		return nil, fmt.Errorf("%w: admission for role %q with a %d-byte secret hash", fsm.ErrBadCommand, a.GetRole(), len(a.GetSecretHash()))
 	}
+	// The manager that checked the proof may lag behind a rotation of the
+	// secret: sign nothing for a secret that no longer admits.
+	if !admits(st, role, [32]byte(a.GetSecretHash()), a.GetTokenId(), m.cfg.Now()) {
+		return nil, fmt.Errorf("%w (it was rotated or revoked)", errBadToken)
+	}
 	pub, err := ca.ParseCSR(a.GetCsr())
 	if err != nil {
 		return nil, err
@@ -176,6 +188,17 @@ func (m *Manager) admit(ctx context.Context, a *api.AdmitRequest) (*api.IssueNod
 		NodeId: nodeID, Role: string(role), ClusterId: st.ClusterID,
 		Certificate: issued.PEM, Bundle: next.CA.Bundle, Managers: managerAddrs(next),
 	}, nil
+}
+
+// admits reports whether the secret whose hash is hash admits role now:
+// the role's standing secret, or the usable extra token tokenID.
+func admits(st *fsm.State, role ca.Role, hash [32]byte, tokenID string, now time.Time) bool {
+	if tokenID == "" {
+		want := fsm.HashSecret(st.Secret(role))
+		return subtle.ConstantTimeCompare(want[:], hash[:]) == 1
+	}
+	t, ok := st.Tokens[tokenID]
+	return ok && t.Role == role && t.Usable(now) && subtle.ConstantTimeCompare(t.SecretHash[:], hash[:]) == 1
 }
 
 // hostOf is the address a worker joined from, as recorded: its

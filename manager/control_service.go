@@ -55,6 +55,9 @@ func (s controlService) Status(ctx context.Context, _ *api.StatusRequest) (*api.
 	if n, ok := st.Node(leaderID); ok {
 		resp.LeaderAddr = n.Addr
 	}
+	if disk := m.diskProblem(); disk != nil {
+		resp.Problem = disk.Error()
+	}
 	servers, err := m.raft.Servers()
 	if err != nil {
 		return nil, err
@@ -69,15 +72,32 @@ func (s controlService) Status(ctx context.Context, _ *api.StatusRequest) (*api.
 			mg.Reachability = "reachable"
 			continue
 		}
-		wg.Go(func() {
-			mg.Reachability = "unreachable"
-			if n.Addr != "" && m.ping(ctx, n.Addr) == nil {
-				mg.Reachability = "reachable"
-			}
-		})
+		wg.Go(func() { mg.Reachability = m.reachability(ctx, n.Addr) })
 	}
 	wg.Wait()
 	return resp, nil
+}
+
+// reachability says whether the manager at addr answers, and what keeps it
+// from serving if it says so (a full disk).
+func (m *Manager) reachability(ctx context.Context, addr string) string {
+	if addr == "" {
+		return "unreachable"
+	}
+	conn, err := m.peers.get(addr)
+	if err != nil {
+		return "unreachable"
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	resp, err := api.NewControlClient(conn).Ping(ctx, &api.PingRequest{})
+	switch {
+	case err != nil:
+		return "unreachable"
+	case resp.GetProblem() != "":
+		return "reachable (" + resp.GetProblem() + ")"
+	}
+	return "reachable"
 }
 
 // rotationOfLeader is the rotation's progress as the leader sees it (it
@@ -114,9 +134,14 @@ func (m *Manager) ping(ctx context.Context, addr string) error {
 	return err
 }
 
-// Ping answers at once.
+// Ping answers at once, with what keeps this manager from serving, if
+// anything.
 func (s controlService) Ping(context.Context, *api.PingRequest) (*api.PingResponse, error) {
-	return &api.PingResponse{NodeId: s.m.node.NodeID}, nil
+	resp := &api.PingResponse{NodeId: s.m.node.NodeID}
+	if disk := s.m.diskProblem(); disk != nil {
+		resp.Problem = disk.Error()
+	}
+	return resp, nil
 }
 
 // JoinToken returns a role's join token, and rotates its secret first if
@@ -219,12 +244,7 @@ func (s controlService) ListNodes(ctx context.Context, req *api.ListNodesRequest
 			an.Reachability = "reachable"
 			continue
 		}
-		wg.Go(func() {
-			an.Reachability = "unreachable"
-			if n.Addr != "" && m.ping(ctx, n.Addr) == nil {
-				an.Reachability = "reachable"
-			}
-		})
+		wg.Go(func() { an.Reachability = m.reachability(ctx, n.Addr) })
 	}
 	wg.Wait()
 	return &api.ListNodesResponse{Nodes: out}, nil

@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -42,7 +43,9 @@ func (m *Manager) intercept(arrival authz.Arrival) grpc.UnaryServerInterceptor {
 			return m.forward(ctx, info.FullMethod, req, rule, handler)
 		case authz.Redirect, authz.LeaderOnly:
 			if !m.raft.IsLeader() {
-				return nil, toStatus(m.redirect(ctx))
+				if err := m.redirect(ctx); !isSelf(err) {
+					return nil, toStatus(err)
+				}
 			}
 		}
 		resp, err := handler(ctx, req)
@@ -101,6 +104,9 @@ func (m *Manager) leader(ctx context.Context) (id, addr string, err error) {
 		if ctx.Err() != nil {
 			return "", "", ctx.Err()
 		}
+		if disk := m.diskProblem(); disk != nil {
+			return "", "", fmt.Errorf("%w; %w", errNoLeader, disk)
+		}
 		return "", "", errNoLeader
 	}
 	if id == m.node.NodeID {
@@ -125,6 +131,13 @@ func (m *Manager) redirect(ctx context.Context) error {
 		return &notLeaderError{id: id, addr: addr, self: true}
 	}
 	return &notLeaderError{id: id, addr: addr}
+}
+
+// isSelf reports whether err is a redirect to this very manager: it was
+// elected meanwhile, and answers.
+func isSelf(err error) bool {
+	var nl *notLeaderError
+	return errors.As(err, &nl) && nl.self
 }
 
 // notLeaderError says which manager leads.

@@ -19,6 +19,36 @@ type term struct {
 	ready chan struct{}
 }
 
+// leadership holds this manager's term while it leads, and tells waiters
+// when that changes.
+type leadership struct {
+	mu      sync.Mutex // guards cur and changed
+	cur     *term
+	changed chan struct{} // closed and replaced when cur changes
+}
+
+// get returns the term in progress (nil when this manager does not lead)
+// and a channel closed when that changes.
+func (l *leadership) get() (*term, <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.changed == nil {
+		l.changed = make(chan struct{})
+	}
+	return l.cur, l.changed
+}
+
+// set starts or ends (nil) a term.
+func (l *leadership) set(t *term) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cur = t
+	if l.changed != nil {
+		close(l.changed)
+	}
+	l.changed = make(chan struct{})
+}
+
 // followLeadership runs on every manager for its whole life: it starts the
 // leader's loops when Raft makes this manager the leader, and stops them
 // when it stops being the leader.
@@ -51,7 +81,7 @@ func (m *Manager) lead(ctx context.Context) func() {
 	ctx, cancel := context.WithCancel(ctx)
 	t := &term{since: m.cfg.Now(), ready: make(chan struct{})}
 	m.rotation.restart()
-	m.term.Store(t)
+	m.term.set(t)
 	m.log.Info("leading the cluster")
 	done := make(chan struct{})
 	go func() {
@@ -59,7 +89,7 @@ func (m *Manager) lead(ctx context.Context) func() {
 		m.leaderLoop(ctx, t)
 	}()
 	return func() {
-		m.term.CompareAndSwap(t, nil)
+		m.term.set(nil)
 		cancel()
 		<-done
 		m.log.Info("no longer leading the cluster")
@@ -105,16 +135,34 @@ func (m *Manager) leaderLoop(ctx context.Context, t *term) {
 // majority still follows it (hashicorp/raft's leader lease alone can
 // answer stale reads).
 func (m *Manager) leaderRead(ctx context.Context) error {
-	t := m.term.Load()
-	if t == nil {
-		return m.redirect(ctx)
+	for {
+		t, changed := m.term.get()
+		if t == nil {
+			if !m.raft.IsLeader() {
+				if err := m.redirect(ctx); !isSelf(err) {
+					return err
+				}
+			}
+			// Raft made this manager the leader; its term starts as soon
+			// as followLeadership hears of it (checked again shortly, in
+			// case Raft's view moves on meanwhile).
+			select {
+			case <-changed:
+			case <-time.After(50 * time.Millisecond):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			continue
+		}
+		select {
+		case <-t.ready:
+		case <-changed:
+			continue // the term ended before it was ready
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return m.raft.VerifyLeader(ctx)
 	}
-	select {
-	case <-t.ready:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	return m.raft.VerifyLeader(ctx)
 }
 
 func (m *Manager) reconcile(ctx context.Context) {
@@ -222,7 +270,7 @@ func (m *Manager) live(id string, now time.Time) bool {
 		return true
 	}
 	window := 3 * m.cfg.HeartbeatPeriod
-	if t := m.term.Load(); t != nil && now.Sub(t.since) < window {
+	if t, _ := m.term.get(); t != nil && now.Sub(t.since) < window {
 		return true
 	}
 	ob, ok := m.obs.get(id)

@@ -51,7 +51,7 @@ type Manager struct {
 	// obs is what the leader heard in heartbeats; term is this manager's
 	// leadership, nil while it does not lead.
 	obs     observations
-	term    atomic.Pointer[term]
+	term    leadership
 	renewer *agent.Renewer
 	// anonymous holds a token per call without a certificate in progress.
 	anonymous chan struct{}
@@ -595,6 +595,9 @@ func (m *Manager) Reason() error {
 	return m.reason
 }
 
+// Gossip returns this manager's gossip, or nil before it started.
+func (m *Manager) Gossip() *agent.Gossip { return m.gossip.Load() }
+
 // Renewer returns the renewer of this manager's own certificate.
 func (m *Manager) Renewer() *agent.Renewer { return m.renewer }
 
@@ -665,6 +668,15 @@ func (m *Manager) closeListeners() {
 	}
 }
 
+// diskProblem says, when this manager's last write to its Raft stores
+// failed for lack of space, which manager and file; nil otherwise.
+func (m *Manager) diskProblem() error {
+	if err := m.raft.DiskError(); err != nil {
+		return fmt.Errorf("on manager %s (%s): %w", m.node.NodeID, m.apiAddr, err)
+	}
+	return nil
+}
+
 // Done is closed when the manager has stopped.
 func (m *Manager) Done() <-chan struct{} { return m.done }
 
@@ -706,6 +718,9 @@ func (m *Manager) propose(ctx context.Context, cmd fsm.Command) (*fsm.State, err
 	}
 	out, err := m.raft.Apply(ctx, b)
 	if err != nil {
+		if errors.Is(err, raft.ErrDiskFull) {
+			return nil, fmt.Errorf("on manager %s (%s): %w", m.node.NodeID, m.apiAddr, err)
+		}
 		return nil, err
 	}
 	res, ok := out.(fsm.Result)

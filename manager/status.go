@@ -44,6 +44,7 @@ var classes = []struct {
 	{[]error{authz.ErrNotReady}, codes.Unavailable, ""},
 	{[]error{authz.ErrDenied}, codes.PermissionDenied, ""},
 	{[]error{errBadToken, errTokenRoot}, codes.PermissionDenied, api.ReasonBadToken},
+	{[]error{raft.ErrDiskFull}, codes.Unavailable, api.ReasonDiskFull},
 	{[]error{raft.ErrNoQuorum, raft.ErrNotLeader, errNoLeader, errForwardLoop, raft.ErrShutdown}, codes.Unavailable, api.ReasonNoLeader},
 	{[]error{errExternalDown}, codes.Unavailable, api.ReasonExternalCADown},
 	{[]error{fsm.ErrStale}, codes.Aborted, ""},
