@@ -67,13 +67,15 @@ raft() { echo "127.0.0.1:$((base_port + 10 + $1))"; }
 gossip() { echo "127.0.0.1:$((base_port + 20 + $1))"; }
 
 start manager1 init --listen-addr "$(api 1)" --raft-addr "$(raft 1)" --gossip-addr "$(gossip 1)"
-manager_token=$("$bin" join-token -q manager --data-dir "$dir/manager1")
-worker_token=$("$bin" join-token -q worker --data-dir "$dir/manager1")
-start manager2 join --token "$manager_token" --listen-addr "$(api 2)" --raft-addr "$(raft 2)" --gossip-addr "$(gossip 2)" "$(api 1)"
-start manager3 join --token "$manager_token" --listen-addr "$(api 3)" --raft-addr "$(raft 3)" --gossip-addr "$(gossip 3)" "$(api 1)"
+# The tokens go through files only this user reads: never on a command
+# line, where every local user sees them in ps.
+(umask 077; "$bin" join-token -q manager --data-dir "$dir/manager1" >"$dir/manager.token")
+(umask 077; "$bin" join-token -q worker --data-dir "$dir/manager1" >"$dir/worker.token")
+start manager2 join --token-file "$dir/manager.token" --listen-addr "$(api 2)" --raft-addr "$(raft 2)" --gossip-addr "$(gossip 2)" "$(api 1)"
+start manager3 join --token-file "$dir/manager.token" --listen-addr "$(api 3)" --raft-addr "$(raft 3)" --gossip-addr "$(gossip 3)" "$(api 1)"
 # Workers join through a follower: any manager admits a node.
-start worker1 join --token "$worker_token" --listen-addr "$(api 4)" --raft-addr "$(raft 4)" --gossip-addr "$(gossip 4)" "$(api 2)"
-start worker2 join --token "$worker_token" --listen-addr "$(api 5)" --raft-addr "$(raft 5)" --gossip-addr "$(gossip 5)" "$(api 3)"
+start worker1 join --token-file "$dir/worker.token" --listen-addr "$(api 4)" --raft-addr "$(raft 4)" --gossip-addr "$(gossip 4)" "$(api 2)"
+start worker2 join --token-file "$dir/worker.token" --listen-addr "$(api 5)" --raft-addr "$(raft 5)" --gossip-addr "$(gossip 5)" "$(api 3)"
 
 echo
 "$bin" status --data-dir "$dir/manager1"
