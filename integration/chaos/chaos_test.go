@@ -323,11 +323,13 @@ func TestChaosPauseWorkerThroughRotation(t *testing.T) {
 		}
 		t.Cleanup(func() { conn.Close() })
 		oldConns[m] = conn
+		// Gossip is answered by every manager itself; a heartbeat only
+		// by the leader (the others redirect it there).
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-		err = heartbeat(ctx, conn)
+		err = gossip(ctx, conn)
 		cancel()
 		if err != nil {
-			t.Fatalf("control: CA.Heartbeat with worker3's certificate at %s before the rotation: %v", m, err)
+			t.Fatalf("control: CA.Gossip with worker3's certificate at %s before the rotation: %v", m, err)
 		}
 	}
 
@@ -393,9 +395,7 @@ func TestChaosPauseWorkerThroughRotation(t *testing.T) {
 	if len(accepted) > 0 {
 		st, _ := c.status("manager1")
 		t.Errorf("BUG (quorumca, not this test): on connections opened before the rotation completed, %v (leader %s) still accept worker3's certificate of the old root "+
-			"(CA.Heartbeat succeeds); only new handshakes are refused. The managers check a client's chain against the trust bundle at the TLS handshake only "+
-			"(manager/auth.go callerOf takes the handshake's VerifiedChains and checks removal per call; a forwarded chain is verified again by the leader, so a "+
-			"follower's old connection is refused through the leader, the leader's own is not)", accepted, st.LeaderAddr)
+			"(CA.Heartbeat succeeds); only new handshakes are refused: authz.Decide must verify a chain again when the bundle moved on", accepted, st.LeaderAddr)
 	}
 
 	// Unpaused, worker3 is refused (its heartbeats fail) and says it must
@@ -599,11 +599,13 @@ func TestChaosRemovedNodeCertsRefused(t *testing.T) {
 		}
 		t.Cleanup(func() { conn.Close() })
 		open[m] = conn
+		// Gossip is answered by every manager itself; a heartbeat only
+		// by the leader (the others redirect it there).
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-		err = heartbeat(ctx, conn)
+		err = gossip(ctx, conn)
 		cancel()
 		if err != nil {
-			t.Fatalf("control: CA.Heartbeat with worker2's certificate at %s before its removal: %v", m, err)
+			t.Fatalf("control: CA.Gossip with worker2's certificate at %s before its removal: %v", m, err)
 		}
 	}
 
@@ -643,6 +645,11 @@ func TestChaosRemovedNodeCertsRefused(t *testing.T) {
 	}
 	t.Logf("SUMMARY TestChaosRemovedNodeCertsRefused: worker2 %s stopped and removed (node rm --force); its certificate worked at the 3 managers before, and all 3 refused Heartbeat and RenewNodeCertificate on new connections and on those opened before, within %s after; node ls lists 5 nodes without it; scenario %s",
 		id, since(removedAt), since(start))
+}
+
+func gossip(ctx context.Context, conn *grpc.ClientConn) error {
+	_, err := api.NewCAClient(conn).Gossip(ctx, &api.GossipRequest{})
+	return err
 }
 
 func heartbeat(ctx context.Context, conn *grpc.ClientConn) error {
