@@ -47,8 +47,6 @@ type GossipConfig struct {
 // alone.
 type Gossip struct {
 	cfg    GossipConfig
-	cancel context.CancelFunc
-	done   chan struct{}
 	// metaKick asks run to advertise the credentials anew.
 	metaKick chan struct{}
 	// keys hands run the key to move to (UseKey), wantKey the ID of the
@@ -62,8 +60,8 @@ type Gossip struct {
 	peers []string
 }
 
-// StartGossip starts gossip in the background.
-func StartGossip(cfg GossipConfig) *Gossip {
+// NewGossip returns a node's gossip; Run runs it.
+func NewGossip(cfg GossipConfig) *Gossip {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -76,9 +74,8 @@ func StartGossip(cfg GossipConfig) *Gossip {
 	if cfg.KeyGrace <= 0 {
 		cfg.KeyGrace = 30 * time.Second
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	g := &Gossip{
-		cfg: cfg, cancel: cancel, done: make(chan struct{}), metaKick: make(chan struct{}, 1),
+		cfg: cfg, metaKick: make(chan struct{}, 1),
 		keys: make(chan []byte, 1), wantKey: make(chan string, 1),
 	}
 	// The hook runs inside the credentials' update, on the renewer's
@@ -89,7 +86,6 @@ func StartGossip(cfg GossipConfig) *Gossip {
 		default:
 		}
 	})
-	go g.run(ctx)
 	return g
 }
 
@@ -100,10 +96,11 @@ func (g *Gossip) Member() *membership.Member {
 	return g.member
 }
 
-// Stop leaves the gossip (others see this node leave rather than fail).
-func (g *Gossip) Stop() {
-	g.cancel()
-	<-g.done
+// Run fetches the gossip key, starts the member and keeps it current
+// until ctx is done; then it leaves the gossip (others see this node leave
+// rather than fail).
+func (g *Gossip) Run(ctx context.Context) error {
+	g.run(ctx)
 	g.mu.Lock()
 	m := g.member
 	g.member = nil
@@ -113,6 +110,7 @@ func (g *Gossip) Stop() {
 			g.cfg.Logger.Debug("leave gossip", "err", err)
 		}
 	}
+	return nil
 }
 
 // UseKey moves this node's gossip to key (a manager follows the state's
@@ -174,7 +172,6 @@ func (g *Gossip) updateMeta() {
 }
 
 func (g *Gossip) run(ctx context.Context) {
-	defer close(g.done)
 	var m *membership.Member
 	var peers []string
 	for attempt := 0; ; attempt++ {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 
 	"github.com/quorumca/quorumca/ca"
 )
@@ -81,5 +83,56 @@ func CheckFresh(dataDir string) error {
 			return fmt.Errorf("%w: %s exists; remove it to start over", ErrDataDirInUse, p)
 		}
 	}
+	return nil
+}
+
+// NodeStore is a node's node.json, in memory and on disk: the one place
+// that changes it. A role daemon records the managers and gossip address
+// it learns; the node records its role. Safe for concurrent use.
+type NodeStore struct {
+	dir string
+
+	mu sync.Mutex // guards nc and the file
+	nc NodeConfig
+}
+
+// OpenNodeStore reads <dataDir>/node.json.
+func OpenNodeStore(dataDir string) (*NodeStore, error) {
+	nc, err := LoadNodeConfig(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	return &NodeStore{dir: dataDir, nc: nc}, nil
+}
+
+// NewNodeStore writes nc as <dataDir>/node.json and returns it.
+func NewNodeStore(dataDir string, nc NodeConfig) (*NodeStore, error) {
+	if err := SaveNodeConfig(dataDir, nc); err != nil {
+		return nil, err
+	}
+	return &NodeStore{dir: dataDir, nc: nc}, nil
+}
+
+// Get returns a copy of what node.json holds.
+func (s *NodeStore) Get() NodeConfig {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	nc := s.nc
+	nc.Managers = slices.Clone(nc.Managers)
+	return nc
+}
+
+// Update changes node.json with change, atomically on disk; on a failed
+// write, memory keeps what the disk has.
+func (s *NodeStore) Update(change func(*NodeConfig)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := s.nc
+	next.Managers = slices.Clone(next.Managers)
+	change(&next)
+	if err := SaveNodeConfig(s.dir, next); err != nil {
+		return err
+	}
+	s.nc = next
 	return nil
 }

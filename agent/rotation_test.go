@@ -427,21 +427,41 @@ func peerMeta(m *membership.Member, nodeID string) (membership.Meta, bool) {
 	return membership.Meta{}, false
 }
 
-// stopGossip stops g, failing the test if that takes too long.
-func stopGossip(t *testing.T, g *Gossip) {
+// runningGossip is a Gossip that Run runs, until stop.
+type runningGossip struct {
+	*Gossip
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// runGossip starts a Gossip of cfg; it is stopped when the test ends, if
+// not before.
+func runGossip(t *testing.T, cfg GossipConfig) *runningGossip {
 	t.Helper()
-	done := make(chan struct{})
-	go func() { g.Stop(); close(done) }()
+	ctx, cancel := context.WithCancel(t.Context())
+	g := &runningGossip{Gossip: NewGossip(cfg), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(g.done)
+		g.Run(ctx)
+	}()
+	t.Cleanup(func() { stopGossip(t, g) })
+	return g
+}
+
+// stopGossip ends g's Run, failing the test if that takes too long.
+func stopGossip(t *testing.T, g *runningGossip) {
+	t.Helper()
+	g.cancel()
 	select {
-	case <-done:
+	case <-g.done:
 	case <-time.After(10 * time.Second):
-		t.Fatalf("Gossip.Stop() did not return within 10s")
+		t.Fatalf("Gossip.Run() did not return within 10s of its context ending")
 	}
 }
 
 // TestGossipRunner: the gossip key is fetched until it comes, the member
 // starts on the port it got and says so, follows credential updates in its
-// metadata, and leaves on Stop.
+// metadata, and leaves when Run's context ends.
 func TestGossipRunner(t *testing.T) {
 	r := newRotation(t)
 	p := r.next.issue(t, ca.RoleWorker)
@@ -457,19 +477,13 @@ func TestGossipRunner(t *testing.T) {
 		return key, nil, nil
 	}
 	addrs := make(chan string, 4)
-	g := StartGossip(GossipConfig{
+	g := runGossip(t, GossipConfig{
 		BindAddr:     "127.0.0.1:0",
 		Credentials:  creds,
 		Fetch:        fetch,
 		Timing:       membership.Fast,
 		OnAddr:       func(bind string) { addrs <- bind },
 		RejoinPeriod: time.Hour,
-	})
-	stopped := false
-	t.Cleanup(func() {
-		if !stopped {
-			g.Stop()
-		}
 	})
 
 	waitUntil(t, "the gossip member to start", func() bool { return g.Member() != nil })
@@ -515,9 +529,8 @@ func TestGossipRunner(t *testing.T) {
 	waitUntil(t, "the observer to see the new bundle", seen(MetaOf(creds)))
 
 	stopGossip(t, g)
-	stopped = true
 	if g.Member() != nil {
-		t.Errorf("Member() after Stop = non-nil, want nil")
+		t.Errorf("Member() after Run returned = non-nil, want nil")
 	}
 	waitUntil(t, "the observer to see the node leave", func() bool { _, ok := peerMeta(observer, nodeID); return !ok })
 	if len(addrs) != 0 {
@@ -530,14 +543,14 @@ func TestGossipRunner(t *testing.T) {
 	}
 }
 
-// TestGossipStopWhileFetching: Stop returns while Fetch waits on its
-// context, and no member is started.
+// TestGossipStopWhileFetching: Run returns when its context ends while
+// Fetch waits on it, and no member is started.
 func TestGossipStopWhileFetching(t *testing.T) {
 	c := newTestCA(t)
 	creds, _ := c.newCreds(t, c.issue(t, ca.RoleWorker))
 	fetching := make(chan struct{})
 	var once sync.Once
-	g := StartGossip(GossipConfig{
+	g := runGossip(t, GossipConfig{
 		BindAddr:    "127.0.0.1:0",
 		Credentials: creds,
 		Fetch: func(ctx context.Context) ([]byte, []string, error) {
@@ -551,7 +564,6 @@ func TestGossipStopWhileFetching(t *testing.T) {
 	select {
 	case <-fetching:
 	case <-time.After(waitBound):
-		g.Stop()
 		t.Fatalf("Fetch not called within %v", waitBound)
 	}
 	stopGossip(t, g)
@@ -569,7 +581,7 @@ func TestGossipRejoinsWhenAlone(t *testing.T) {
 	key := gossipKey(2)
 	observer := startObserver(t, key)
 	var fetches atomic.Int32
-	g := StartGossip(GossipConfig{
+	g := runGossip(t, GossipConfig{
 		BindAddr:    "127.0.0.1:0",
 		Credentials: creds,
 		Fetch: func(context.Context) ([]byte, []string, error) {
@@ -581,7 +593,6 @@ func TestGossipRejoinsWhenAlone(t *testing.T) {
 		Timing:       membership.Fast,
 		RejoinPeriod: 20 * time.Millisecond,
 	})
-	defer stopGossip(t, g)
 	waitUntil(t, "the observer to see the node", func() bool { _, ok := peerMeta(observer, p.id.NodeID); return ok })
 	if n := fetches.Load(); n < 2 {
 		t.Errorf("Fetch called %d times, want a second call for peers", n)

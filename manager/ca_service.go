@@ -320,7 +320,7 @@ func (s caService) Gossip(ctx context.Context, _ *api.GossipRequest) (*api.Gossi
 		return nil, fmt.Errorf("%w: this manager has not caught up with the cluster state yet", errNoLeader)
 	}
 	resp := &api.GossipResponse{Key: st.GossipKey, KeyId: membership.KeyID(st.GossipKey)}
-	if g := s.m.gossip.Load(); g != nil {
+	if g := s.m.gossip; g != nil {
 		if mem := g.Member(); mem != nil {
 			resp.Peers = append(resp.Peers, mem.Addr())
 			for _, p := range mem.Peers() {

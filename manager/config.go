@@ -36,8 +36,11 @@ type Config struct {
 	RaftListenAddr string
 	// RaftAdvertiseAddr is the Raft address other managers dial.
 	RaftAdvertiseAddr string
-	// SocketPath is the control socket; default <DataDir>/quorumca.sock.
-	SocketPath string
+	// APIListener and RaftListener, when set, are listeners the caller
+	// opened (the node opens them before a join, to advertise them); the
+	// manager owns them from Init or Open on. Otherwise the manager listens
+	// on ListenAddr and RaftListenAddr.
+	APIListener, RaftListener net.Listener
 	// Logger receives the daemon's logs; default discard.
 	Logger *slog.Logger
 	// Rand supplies all randomness; default crypto/rand.
@@ -49,6 +52,12 @@ type Config struct {
 	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout time.Duration
 	// ApplyTimeout bounds one Raft commit when the caller set no deadline.
 	ApplyTimeout time.Duration
+	// SnapshotThreshold (new log entries that make a snapshot due, and the
+	// entries kept after it) and SnapshotInterval (how often that is
+	// checked) take the raft package's defaults when zero; tests shorten
+	// them.
+	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
 	// HeartbeatPeriod is how often nodes heartbeat to the leader (default
 	// 5s); a node silent for three periods is down.
 	HeartbeatPeriod time.Duration
@@ -171,6 +180,22 @@ func advertise(explicit string, ln net.Listener) string {
 	}
 	return net.JoinHostPort(hostIP(), fmt.Sprint(addr.Port))
 }
+
+// Bound is the listen address to record for a restart: the configured
+// one, or, when it asked for any free port (":0"), the port it got, so that
+// a restarted node listens where it advertised.
+func Bound(configured string, ln net.Listener) string {
+	if _, port, err := net.SplitHostPort(configured); err == nil && port != "0" {
+		return configured
+	}
+	host, _, _ := net.SplitHostPort(configured)
+	return net.JoinHostPort(host, fmt.Sprint(ln.Addr().(*net.TCPAddr).Port))
+}
+
+// Advertise is the address a node advertises for a listener: the explicit
+// one if set, else the listener's, with an unspecified host replaced by
+// this machine's first non-loopback IPv4 address.
+func Advertise(explicit string, ln net.Listener) string { return advertise(explicit, ln) }
 
 func hostIP() string {
 	addrs, err := net.InterfaceAddrs()

@@ -37,8 +37,8 @@ func (m *Manager) followState(ctx context.Context) {
 				m.log.Info("trust bundle updated", "root", fingerprint(st.CA.Bundle))
 			}
 		}
-		if g := m.gossip.Load(); g != nil && len(st.GossipKey) > 0 {
-			g.UseKey(st.GossipKey)
+		if len(st.GossipKey) > 0 {
+			m.gossip.UseKey(st.GossipKey)
 		}
 		m.kickRotation()
 		select {

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"math/big"
-	"net"
 	"slices"
 	"sync"
 	"time"
@@ -130,9 +129,3 @@ func serialHex(n *big.Int) string { return n.Text(16) }
 
 // fingerprint is the SHA-256 of the first certificate of a PEM bundle, hex.
 var fingerprint = agent.BundleFingerprint
-
-// listenUnix listens on a Unix socket that only its owner may use, from
-// the moment it exists (agent.ListenControl).
-func listenUnix(path string) (net.Listener, error) {
-	return agent.ListenControl(path)
-}

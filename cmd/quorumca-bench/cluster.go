@@ -15,6 +15,7 @@ import (
 
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/manager"
+	"github.com/quorumca/quorumca/node"
 )
 
 // cluster is a real cluster of managers in this process: real Raft on bolt
@@ -23,6 +24,7 @@ import (
 type cluster struct {
 	dir         string
 	log         *slog.Logger
+	nodes       []*node.Node
 	managers    []*manager.Manager
 	control     []*grpc.ClientConn
 	workerToken string
@@ -36,11 +38,13 @@ func startCluster(ctx context.Context, dir string, size int, log *slog.Logger) (
 			c.stop()
 		}
 	}()
-	m, err := manager.Init(ctx, c.config("m0"), manager.InitOptions{})
+	cfg := c.config("m0")
+	cfg.Init = &manager.InitOptions{}
+	n, err := node.Start(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("init the first manager: %w", err)
 	}
-	if err := c.add(m); err != nil {
+	if err := c.add(n); err != nil {
 		return nil, err
 	}
 	managerToken, err := c.token(ctx, "manager")
@@ -51,15 +55,13 @@ func startCluster(ctx context.Context, dir string, size int, log *slog.Logger) (
 		return nil, err
 	}
 	for i := 1; i < size; i++ {
-		m, w, err := manager.Join(ctx, c.config(fmt.Sprintf("m%d", i)), managerToken, c.managers[0].Addr())
+		cfg := c.config(fmt.Sprintf("m%d", i))
+		cfg.Join = &node.Join{Token: managerToken, Addr: c.managers[0].Addr()}
+		n, err := node.Start(ctx, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("join manager %d: %w", i, err)
 		}
-		if m == nil {
-			w.Stop()
-			return nil, errors.New("a manager token made a worker")
-		}
-		if err := c.add(m); err != nil {
+		if err := c.add(n); err != nil {
 			return nil, err
 		}
 	}
@@ -68,23 +70,30 @@ func startCluster(ctx context.Context, dir string, size int, log *slog.Logger) (
 
 // config is a node configuration with its own data directory and
 // ephemeral loopback ports.
-func (c *cluster) config(name string) manager.Config {
-	return manager.Config{
-		DataDir:        filepath.Join(c.dir, name),
-		ListenAddr:     "127.0.0.1:0",
-		RaftListenAddr: "127.0.0.1:0",
-		GossipAddr:     "127.0.0.1:0",
-		SocketPath:     filepath.Join(c.dir, name+".sock"),
-		Logger:         c.log,
+func (c *cluster) config(name string) node.Config {
+	return node.Config{
+		DataDir:    filepath.Join(c.dir, name),
+		ListenAddr: "127.0.0.1:0",
+		RaftAddr:   "127.0.0.1:0",
+		GossipAddr: "127.0.0.1:0",
+		SocketPath: filepath.Join(c.dir, name+".sock"),
+		Logger:     c.log,
 	}
 }
 
-func (c *cluster) add(m *manager.Manager) error {
-	conn, err := grpc.NewClient("unix://"+m.SocketPath(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+// add takes a started manager into the cluster.
+func (c *cluster) add(n *node.Node) error {
+	m := n.Manager()
+	if m == nil {
+		n.Stop()
+		return errors.New("the node runs no manager")
+	}
+	conn, err := grpc.NewClient("unix://"+n.SocketPath(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		m.Stop()
+		n.Stop()
 		return err
 	}
+	c.nodes = append(c.nodes, n)
 	c.managers = append(c.managers, m)
 	c.control = append(c.control, conn)
 	return nil
@@ -148,8 +157,8 @@ func (c *cluster) stop() {
 	for _, conn := range c.control {
 		conn.Close()
 	}
-	for _, m := range c.managers {
-		if err := m.Stop(); err != nil {
+	for _, n := range c.nodes {
+		if err := n.Stop(); err != nil {
 			c.log.Warn("stop manager", "err", err)
 		}
 	}

@@ -13,9 +13,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
-	"github.com/quorumca/quorumca/manager"
+	"github.com/quorumca/quorumca/node"
 )
 
 // rotateBound bounds one rotation, and the agents' start and gossip;
@@ -28,13 +27,18 @@ const (
 // startAgents joins a real worker daemons the way `quorumca join` does,
 // spread over the managers, c at a time: each with its own key, data
 // directory, control socket, heartbeats and memberlist member.
-func startAgents(ctx context.Context, cl *cluster, a, c int) (_ []*agent.Worker, retried int, _ error) {
-	workers := make([]*agent.Worker, a)
+func startAgents(ctx context.Context, cl *cluster, a, c int) (_ []*node.Node, retried int, _ error) {
+	workers := make([]*node.Node, a)
 	var retries atomic.Int64
 	addrs := cl.addrs()
+	life := ctx // the agents run until the benchmark ends, not one operation
 	_, err := run(ctx, a, c, func(ctx context.Context, i int) error {
 		cfg := cl.config(fmt.Sprintf("a%d", i))
-		m, w, err := manager.Join(ctx, cfg, cl.workerToken, addrs[i%len(addrs)])
+		join := func(addr string) (*node.Node, error) {
+			cfg.Join = &node.Join{Token: cl.workerToken, Addr: addr}
+			return node.Start(life, cfg)
+		}
+		w, err := join(addrs[i%len(addrs)])
 		// 503 nodes on two cores can starve the Raft leader of its lease:
 		// a join refused while the managers elect a new leader is tried
 		// again, as an operator would, and counted.
@@ -44,14 +48,14 @@ func startAgents(ctx context.Context, cl *cluster, a, c int) (_ []*agent.Worker,
 				break
 			}
 			if err = os.RemoveAll(cfg.DataDir); err == nil {
-				m, w, err = manager.Join(ctx, cfg, cl.workerToken, addrs[(i+try)%len(addrs)])
+				w, err = join(addrs[(i+try)%len(addrs)])
 			}
 		}
 		if err != nil {
 			return err
 		}
-		if m != nil {
-			m.Stop()
+		if w.Worker() == nil {
+			w.Stop()
 			return errors.New("the worker token made a manager")
 		}
 		workers[i] = w
@@ -81,11 +85,11 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-func stopAgents(workers []*agent.Worker) {
+func stopAgents(workers []*node.Node) {
 	var wg sync.WaitGroup
 	for _, w := range workers {
 		if w != nil {
-			wg.Go(w.Stop)
+			wg.Go(func() { w.Stop() })
 		}
 	}
 	wg.Wait()
@@ -117,7 +121,7 @@ func benchRotate(ctx context.Context, cl *cluster, a int) (Result, error) {
 	stopGossipProfile := profile("gossip")
 	err = poll(ctx, rotateBound, func() error {
 		for i, w := range workers {
-			m := w.Gossip().Member()
+			m := w.Worker().Gossip().Member()
 			if m == nil {
 				return fmt.Errorf("agent %d has not started gossip yet", i)
 			}
@@ -172,7 +176,7 @@ func benchRotate(ctx context.Context, cl *cluster, a int) (Result, error) {
 	err = poll(ctx, rotateBound, func() error {
 		now := time.Since(start)
 		for i, w := range workers {
-			if !done[i] && w.Credentials().Issuer().Equal(newCA) {
+			if !done[i] && w.Worker().Credentials().Issuer().Equal(newCA) {
 				done[i], conv[i] = true, now
 				left--
 			}

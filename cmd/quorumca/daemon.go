@@ -1,12 +1,10 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -15,6 +13,7 @@ import (
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/manager"
+	"github.com/quorumca/quorumca/node"
 )
 
 // daemonFlags are the flags of the commands that run the daemon.
@@ -35,22 +34,48 @@ func (d *daemonFlags) register(cmd *cobra.Command) {
 	f.StringVar(&d.publishTokens, "publish-tokens", "", "as a manager, keep the current join tokens in DIR/worker.token and DIR/manager.token (0600), for nodes that join unattended")
 }
 
-func (g *globals) managerConfig(d *daemonFlags) (manager.Config, error) {
+// nodeConfig turns the daemon flags into a node configuration. An address
+// flag given on the command line overrides what node.json recorded at init
+// or join; one left out takes the record, else its default.
+func (g *globals) nodeConfig(cmd *cobra.Command, d *daemonFlags) (node.Config, error) {
 	log, err := g.logger()
 	if err != nil {
-		return manager.Config{}, err
+		return node.Config{}, err
 	}
-	cfg := manager.DefaultConfig()
-	cfg.DataDir = g.dataDir
-	cfg.ListenAddr = d.listenAddr
-	cfg.AdvertiseAddr = d.advertiseAddr
-	cfg.RaftListenAddr = d.raftAddr
-	cfg.RaftAdvertiseAddr = d.raftAdvertiseAddr
-	cfg.GossipAddr = d.gossipAddr
-	cfg.GossipAdvertiseAddr = d.gossipAdvertiseAddr
-	cfg.PublishTokens = d.publishTokens
-	cfg.Logger = log
-	return cfg, cfg.Validate()
+	fl := cmd.Flags()
+	given := func(name, value string) string {
+		if fl.Changed(name) {
+			return value
+		}
+		return ""
+	}
+	cfg := node.Config{
+		DataDir:             g.dataDir,
+		Logger:              log,
+		Out:                 cmd.ErrOrStderr(),
+		ListenAddr:          given("listen-addr", d.listenAddr),
+		AdvertiseAddr:       given("advertise-addr", d.advertiseAddr),
+		RaftAddr:            given("raft-addr", d.raftAddr),
+		RaftAdvertiseAddr:   given("raft-advertise-addr", d.raftAdvertiseAddr),
+		GossipAddr:          given("gossip-addr", d.gossipAddr),
+		GossipAdvertiseAddr: given("gossip-advertise-addr", d.gossipAdvertiseAddr),
+	}
+	cfg.Manager.PublishTokens = d.publishTokens
+	// The addresses as the manager would take them, checked now: a typo
+	// is refused before anything is created.
+	mc := manager.DefaultConfig()
+	mc.DataDir = g.dataDir
+	for _, a := range []struct {
+		field *string
+		value string
+	}{
+		{&mc.ListenAddr, d.listenAddr}, {&mc.AdvertiseAddr, d.advertiseAddr},
+		{&mc.RaftListenAddr, d.raftAddr}, {&mc.RaftAdvertiseAddr, d.raftAdvertiseAddr},
+		{&mc.GossipAddr, d.gossipAddr}, {&mc.GossipAdvertiseAddr, d.gossipAdvertiseAddr},
+	} {
+		*a.field = a.value
+	}
+	return cfg, mc.Validate()
 }
 
 func newInitCmd(g *globals) *cobra.Command {
@@ -68,7 +93,7 @@ func newInitCmd(g *globals) *cobra.Command {
 			if err := agent.CheckDataDir(g.dataDir); err != nil {
 				return err
 			}
-			cfg, err := g.managerConfig(&d)
+			cfg, err := g.nodeConfig(cmd, &d)
 			if err != nil {
 				return err
 			}
@@ -97,7 +122,8 @@ func newInitCmd(g *globals) *cobra.Command {
 				}
 				opts.CA = &m
 			}
-			return initAndRun(cmd, g, &d, cfg, opts)
+			cfg.Init = &opts
+			return node.Run(cmd.Context(), cfg)
 		},
 	}
 	d.register(cmd)
@@ -153,18 +179,15 @@ $QUORUMCA_JOIN_TOKEN. --token works too, but every local user sees it in
 			if _, err := ca.ParseToken(token); err != nil {
 				return fmt.Errorf("%s: %w", source, err)
 			}
-			cfg, err := g.managerConfig(&d)
+			cfg, err := g.nodeConfig(cmd, &d)
 			if err != nil {
 				return err
 			}
-			if err := agent.MakeDataDir(g.dataDir); err != nil {
+			if err := agent.CheckFresh(g.dataDir); err != nil {
 				return err
 			}
-			m, w, err := manager.Join(cmd.Context(), cfg, token, args[0])
-			if err != nil {
-				return err
-			}
-			return runJoined(cmd, g, &d, m, w)
+			cfg.Join = &node.Join{Token: token, Addr: args[0]}
+			return node.Run(cmd.Context(), cfg)
 		},
 	}
 	d.register(cmd)
@@ -172,10 +195,6 @@ $QUORUMCA_JOIN_TOKEN. --token works too, but every local user sees it in
 	cmd.Flags().StringVar(&token, "token", "", "join token (SWMTKN-1-...); visible to every local user in ps: prefer --token-file")
 	return cmd
 }
-
-// tokenFileMax bounds what join reads of --token-file: a token is under
-// 100 bytes, and a path like /dev/zero must not make join read forever.
-const tokenFileMax = 4096
 
 // joinToken returns join's token and where it came from, for messages:
 // --token, else --token-file (its first line, trimmed), else
@@ -189,75 +208,13 @@ func joinToken(stderr io.Writer, flag, file string) (token, source string, err e
 		fmt.Fprintln(stderr, "quorumca: note: --token is visible to every local user in `ps`; prefer --token-file FILE or QUORUMCA_JOIN_TOKEN")
 		return flag, "--token", nil
 	case file != "":
-		token, err := readTokenFile(file)
+		token, err := agent.ReadTokenFile(file)
 		return token, "--token-file " + file, err
 	}
 	if token := strings.TrimSpace(os.Getenv("QUORUMCA_JOIN_TOKEN")); token != "" {
 		return token, "QUORUMCA_JOIN_TOKEN", nil
 	}
 	return "", "", errors.New("no join token: give --token-file FILE or set QUORUMCA_JOIN_TOKEN; get one with `quorumca join-token -q worker` on a manager")
-}
-
-// readTokenFile returns the first line of path, trimmed.
-func readTokenFile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", fmt.Errorf("--token-file %s: %w", path, err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, tokenFileMax))
-	if err != nil {
-		return "", fmt.Errorf("--token-file %s: %w", path, err)
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	token := strings.TrimSpace(line)
-	if token == "" {
-		return "", fmt.Errorf("--token-file %s is empty: its first line must hold the token (`quorumca join-token -q worker` on a manager prints one)", path)
-	}
-	return token, nil
-}
-
-// initAndRun creates a cluster and runs its first manager until
-// interrupted (or until the cluster demotes it: then as a worker).
-func initAndRun(cmd *cobra.Command, g *globals, d *daemonFlags, cfg manager.Config, opts manager.InitOptions) error {
-	if err := agent.MakeDataDir(cfg.DataDir); err != nil {
-		return err
-	}
-	m, err := manager.Init(cmd.Context(), cfg, opts)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(cmd.ErrOrStderr(), "Cluster initialized: node %s is the first manager of cluster %s.\n", m.NodeID(), m.ClusterID())
-	fmt.Fprintf(cmd.ErrOrStderr(), "To add a node, get a token with `quorumca join-token worker --data-dir %s`.\n", g.dataDir)
-	if err := waitManager(cmd.Context(), m); err != nil {
-		return err
-	}
-	if errors.Is(m.Reason(), manager.ErrRoleChanged) && cmd.Context().Err() == nil {
-		return runNode(cmd, g, d)
-	}
-	return nil
-}
-
-// runJoined runs a node that just joined, manager or worker, until
-// interrupted, following a promotion or demotion.
-func runJoined(cmd *cobra.Command, g *globals, d *daemonFlags, m *manager.Manager, w *agent.Worker) error {
-	var switched bool
-	if m != nil {
-		fmt.Fprintf(cmd.ErrOrStderr(), "This node joined cluster %s as manager %s.\n", m.ClusterID(), m.NodeID())
-		if err := waitManager(cmd.Context(), m); err != nil {
-			return err
-		}
-		switched = errors.Is(m.Reason(), manager.ErrRoleChanged)
-	} else {
-		id := w.Credentials().Identity()
-		fmt.Fprintf(cmd.ErrOrStderr(), "This node joined cluster %s as worker %s.\n", id.ClusterID, id.NodeID)
-		waitWorker(cmd.Context(), w)
-		switched = errors.Is(w.Reason(), agent.ErrPromoted)
-	}
-	if switched && cmd.Context().Err() == nil {
-		return runNode(cmd, g, d)
-	}
-	return nil
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -289,24 +246,17 @@ When --data-dir holds a node, these flags are ignored and the node runs.`,
 			if err := agent.CheckDataDir(g.dataDir); err != nil {
 				return err
 			}
-			if _, err := os.Stat(filepath.Join(g.dataDir, agent.NodeFile)); err == nil || (!doInit && tokenFile == "") {
-				return runNode(cmd, g, &d)
-			}
-			cfg, err := g.managerConfig(&d)
+			cfg, err := g.nodeConfig(cmd, &d)
 			if err != nil {
 				return err
 			}
-			if doInit {
-				return initAndRun(cmd, g, &d, cfg, manager.InitOptions{CertExpiry: ca.DefaultCertExpiry})
+			switch {
+			case doInit:
+				cfg.Init = &manager.InitOptions{CertExpiry: ca.DefaultCertExpiry}
+			case tokenFile != "":
+				cfg.Join = &node.Join{TokenFile: tokenFile, Addr: joinAddr, Retry: true}
 			}
-			if err := agent.MakeDataDir(g.dataDir); err != nil {
-				return err
-			}
-			m, w, err := joinWhenReady(cmd.Context(), cfg, tokenFile, joinAddr)
-			if err != nil {
-				return err
-			}
-			return runJoined(cmd, g, &d, m, w)
+			return node.Run(cmd.Context(), cfg)
 		},
 	}
 	d.register(cmd)
@@ -317,136 +267,3 @@ When --data-dir holds a node, these flags are ignored and the node runs.`,
 	return cmd
 }
 
-// joinWhenReady waits for a join token in tokenFile, then joins through
-// addr; it asks again, after a wait of up to 5s and reading the file anew,
-// until the join succeeds or ctx ends. A failed join writes nothing, so
-// asking again is safe.
-func joinWhenReady(ctx context.Context, cfg manager.Config, tokenFile, addr string) (*manager.Manager, *agent.Worker, error) {
-	log := cfg.Logger
-	for wait, attempt := time.Second, 1; ; attempt++ {
-		// As join --token-file reads it: missing or empty, wait for it.
-		token, err := readTokenFile(tokenFile)
-		switch {
-		case err != nil:
-			if attempt == 1 || attempt%10 == 0 {
-				log.Info("waiting for a join token", "file", tokenFile)
-			}
-			wait = time.Second
-		default:
-			m, w, err := manager.Join(ctx, cfg, token, addr)
-			if err == nil {
-				return m, w, nil
-			}
-			log.Warn("join failed; trying again", "via", addr, "in", wait, "err", err)
-			wait = min(2*wait, 5*time.Second)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, nil, ctx.Err()
-		case <-time.After(wait):
-		}
-	}
-}
-
-// runNode runs the node stored in --data-dir until interrupted, switching
-// between manager and worker when the cluster promotes or demotes it.
-func runNode(cmd *cobra.Command, g *globals, d *daemonFlags) error {
-	ctx := cmd.Context()
-	for {
-		nc, err := agent.LoadNodeConfig(g.dataDir)
-		if err != nil {
-			return err
-		}
-		// The gossip addresses recorded at init or join stand, unless a
-		// flag overrides them.
-		if fl := cmd.Flags(); fl.Changed("gossip-addr") || fl.Changed("gossip-advertise-addr") {
-			if fl.Changed("gossip-addr") {
-				nc.GossipAddr = d.gossipAddr
-			}
-			if fl.Changed("gossip-advertise-addr") {
-				nc.GossipAdvertiseAddr = d.gossipAdvertiseAddr
-			}
-			if err := agent.SaveNodeConfig(g.dataDir, nc); err != nil {
-				return err
-			}
-		}
-		started := time.Now()
-		var switched bool
-		if nc.Role == ca.RoleManager {
-			switched, err = runManager(cmd, g, *d, nc)
-		} else {
-			switched, err = runWorker(ctx, g)
-		}
-		if err != nil || !switched || ctx.Err() != nil {
-			return err
-		}
-		// Never spin: a role switch takes at least a second.
-		if wait := time.Second - time.Since(started); wait > 0 {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(wait):
-			}
-		}
-	}
-}
-
-func runManager(cmd *cobra.Command, g *globals, d daemonFlags, nc agent.NodeConfig) (switched bool, err error) {
-	// The addresses recorded at init or join stand, unless a flag
-	// overrides them.
-	fl := cmd.Flags()
-	if !fl.Changed("listen-addr") && nc.ListenAddr != "" {
-		d.listenAddr = nc.ListenAddr
-	}
-	if !fl.Changed("raft-addr") && nc.RaftAddr != "" {
-		d.raftAddr = nc.RaftAddr
-	}
-	if !fl.Changed("advertise-addr") {
-		d.advertiseAddr = nc.AdvertiseAddr
-	}
-	if !fl.Changed("raft-advertise-addr") {
-		d.raftAdvertiseAddr = nc.RaftAdvertiseAddr
-	}
-	cfg, err := g.managerConfig(&d)
-	if err != nil {
-		return false, err
-	}
-	m, err := manager.Start(cmd.Context(), cfg)
-	if err != nil {
-		return false, err
-	}
-	if err := waitManager(cmd.Context(), m); err != nil {
-		return false, err
-	}
-	return errors.Is(m.Reason(), manager.ErrRoleChanged), nil
-}
-
-func runWorker(ctx context.Context, g *globals) (switched bool, err error) {
-	log, err := g.logger()
-	if err != nil {
-		return false, err
-	}
-	w, err := agent.StartWorker(agent.WorkerConfig{DataDir: g.dataDir, Logger: log})
-	if err != nil {
-		return false, err
-	}
-	waitWorker(ctx, w)
-	return errors.Is(w.Reason(), agent.ErrPromoted), nil
-}
-
-func waitManager(ctx context.Context, m *manager.Manager) error {
-	select {
-	case <-ctx.Done():
-	case <-m.Done():
-	}
-	return m.Stop()
-}
-
-func waitWorker(ctx context.Context, w *agent.Worker) error {
-	select {
-	case <-ctx.Done():
-	case <-w.Done():
-	}
-	w.Stop()
-	return nil
-}

@@ -1,21 +1,15 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/quorumca/quorumca/ca"
-	"github.com/quorumca/quorumca/manager"
 )
 
 // cliEnvVars returns every QUORUMCA_* variable the CLI's own (non-test)
@@ -254,40 +248,3 @@ func TestJoinTokenFlagNotesPS(t *testing.T) {
 	}
 }
 
-// TestJoinWhenReadyLogsNoToken: the only log lines of cmd/quorumca that
-// could carry a token are run --join-token-file's; a token that the
-// manager refuses, or that is malformed, is not in them.
-func TestJoinWhenReadyLogsNoToken(t *testing.T) {
-	const secret = "1secretsecretsecretsecret" // 25 base-36 characters, under 2^128
-	digest := strings.Repeat("1", 50)          // 50 base-36 characters, under 2^256
-	for _, token := range []string{
-		"SWMTKN-1-" + digest + "-" + secret,       // well-formed: the join fails on the dial
-		"SWMTKN-1-" + digest + "-" + secret + "x", // malformed secret
-	} {
-		if _, err := ca.ParseToken(token); (err == nil) == strings.HasSuffix(token, "x") {
-			t.Fatalf("ParseToken(%q) = %v: the test's tokens are not what it thinks", token, err)
-		}
-		file := filepath.Join(t.TempDir(), "token")
-		if err := os.WriteFile(file, []byte(token+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		var logs bytes.Buffer
-		cfg := manager.DefaultConfig()
-		cfg.DataDir = t.TempDir()
-		cfg.ListenAddr, cfg.RaftListenAddr, cfg.GossipAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-		cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-		// Two attempts: one at once, one after a second.
-		ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
-		_, _, err := joinWhenReady(ctx, cfg, file, "127.0.0.1:1")
-		cancel()
-		if err == nil {
-			t.Fatalf("joinWhenReady(unreachable manager) = nil error")
-		}
-		if !strings.Contains(logs.String(), "join failed") {
-			t.Fatalf("joinWhenReady logged\n%s\nwant the failed join", logs.String())
-		}
-		if strings.Contains(logs.String(), secret) {
-			t.Errorf("joinWhenReady logged the token's secret:\n%s", logs.String())
-		}
-	}
-}

@@ -1,0 +1,55 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/raft"
+)
+
+// propose commits a command and returns the state after it, or the reason
+// it was refused.
+func (m *Manager) propose(ctx context.Context, cmd fsm.Command) (*fsm.State, error) {
+	b, err := fsm.Encode(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, m.cfg.ApplyTimeout)
+		defer cancel()
+	}
+	out, err := m.raft.Apply(ctx, b)
+	if err != nil {
+		if errors.Is(err, raft.ErrDiskFull) {
+			return nil, fmt.Errorf("on manager %s (%s): %w", m.node.NodeID, m.apiAddr, err)
+		}
+		return nil, err
+	}
+	res, ok := out.(fsm.Result)
+	if !ok {
+		panic(fmt.Sprintf("manager: state machine returned %T", out)) // broken invariant
+	}
+	return res.State, res.Err
+}
+
+// stateMachine adapts fsm.Machine to raft.StateMachine: entries are
+// applied in log order, snapshots are the state's pointer persisted while
+// Apply goes on, and a restore replaces the state whole.
+type stateMachine struct{ m *fsm.Machine }
+
+func (s stateMachine) Apply(index uint64, cmd []byte) any { return s.m.Apply(index, cmd) }
+
+func (s stateMachine) Snapshot() (raft.Snapshot, error) {
+	return snapshot{s.m.Snapshot()}, nil
+}
+
+func (s stateMachine) Restore(r io.Reader) error { return s.m.Restore(r) }
+
+type snapshot struct{ st *fsm.State }
+
+func (s snapshot) Persist(w io.Writer) error { _, err := s.st.WriteTo(w); return err }
+func (snapshot) Release()                    {}

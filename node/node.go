@@ -1,0 +1,495 @@
+// Package node owns a node's life. When the data directory holds no node
+// yet it creates the cluster (init) or joins one; then it runs the daemon
+// the node's role calls for — a manager or a worker — and switches between
+// them when the cluster promotes or demotes the node, until its context
+// ends. It alone opens the control socket and records the node's role in
+// node.json, and it stops what it started in order: the socket's server,
+// then the daemon, which stops its own goroutines before it returns.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/quorumca/quorumca/agent"
+	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/manager"
+	"github.com/quorumca/quorumca/worker"
+)
+
+// SocketFile is the control socket's name under the data directory.
+const SocketFile = agent.SocketFile
+
+// Config configures a node.
+type Config struct {
+	// DataDir holds the node: certificates/, node.json, and raft/ on a
+	// manager.
+	DataDir string
+	// SocketPath is the control socket; default <DataDir>/quorumca.sock.
+	SocketPath string
+	// Logger receives the logs; default discard. Out, if set, receives the
+	// few lines meant for people (the cluster was created, the node
+	// joined).
+	Logger *slog.Logger
+	Out    io.Writer
+
+	// Addresses, each "" to take what node.json recorded at init or join,
+	// else the default (a flag given on the command line overrides the
+	// record).
+	ListenAddr, AdvertiseAddr       string
+	RaftAddr, RaftAdvertiseAddr     string
+	GossipAddr, GossipAdvertiseAddr string
+
+	// Manager holds the manager's settings other than the data directory,
+	// the addresses and the logger (timings, --publish-tokens, the
+	// external CA client's bounds). Its Rand, Now, HeartbeatPeriod and
+	// gossip settings serve the worker too.
+	Manager manager.Config
+
+	// What to do when DataDir holds no node yet: create a cluster with
+	// Init, or join one with Join. With neither, a data directory without a
+	// node is an error.
+	Init *manager.InitOptions
+	Join *Join
+}
+
+// Join says how to join a cluster.
+type Join struct {
+	// Token is the join token; or TokenFile holds it (its first line).
+	Token, TokenFile string
+	// Addr is the API address of the manager to join through.
+	Addr string
+	// Retry makes the node ask again until the join succeeds (and wait
+	// for TokenFile to appear): for nodes that start unattended.
+	Retry bool
+}
+
+// Validate checks the configuration; its messages name the field.
+func (c Config) Validate() error {
+	switch {
+	case c.DataDir == "":
+		return errors.New("node: DataDir (--data-dir) is empty")
+	case c.Init != nil && c.Join != nil:
+		return errors.New("node: Init (--init) and Join (--join-token-file) exclude each other: one node creates the cluster, the others join it")
+	case c.Join != nil && c.Join.Addr == "":
+		return errors.New("node: Join.Addr (the manager to join through) is empty")
+	case c.Join != nil && (c.Join.Token == "") == (c.Join.TokenFile == ""):
+		return errors.New("node: give Join.Token or Join.TokenFile, not both or neither")
+	}
+	return nil
+}
+
+// daemon is what a role runs: a manager or a worker.
+type daemon interface {
+	// Run runs the daemon until ctx ends (nil) or its role changes
+	// (manager.ErrRoleChanged, worker.ErrPromoted); everything it started
+	// has stopped when it returns.
+	Run(ctx context.Context) error
+	// Local returns the gRPC server of the control socket for this role.
+	Local() *grpc.Server
+	// Close releases what the daemon holds when Run will not run.
+	Close() error
+}
+
+// Node is a running node.
+type Node struct {
+	cfg    Config
+	log    *slog.Logger
+	store  *agent.NodeStore
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu  sync.Mutex // guards cur and err
+	cur daemon
+	err error
+}
+
+// Run runs the node of cfg until ctx ends, as Start and then Done do; it
+// returns why the node stopped by itself, or nil.
+func Run(ctx context.Context, cfg Config) error {
+	n, err := Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	<-n.Done()
+	return n.Err()
+}
+
+// Start bootstraps the node if its data directory holds none yet (init
+// or join), starts the daemon of its role, and returns once that daemon
+// serves. The node then runs until ctx ends or Stop is called.
+func Start(ctx context.Context, cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.SocketPath == "" {
+		cfg.SocketPath = filepath.Join(cfg.DataDir, SocketFile)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Out == nil {
+		cfg.Out = io.Discard
+	}
+	cfg.Manager.Logger = cfg.Logger
+	n := &Node{cfg: cfg, log: cfg.Logger, done: make(chan struct{})}
+	if err := agent.CheckDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	first, err := n.bootstrap(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ctx, n.cancel = context.WithCancel(ctx)
+	started := make(chan struct{})
+	go n.run(ctx, first, started)
+	select {
+	case <-started:
+	case <-n.done:
+	}
+	if err := n.Err(); err != nil {
+		n.cancel()
+		return nil, err
+	}
+	return n, nil
+}
+
+// Stop ends the node and waits until everything it started has stopped;
+// it returns Err.
+func (n *Node) Stop() error {
+	n.cancel()
+	<-n.done
+	return n.Err()
+}
+
+// Done is closed when the node has stopped.
+func (n *Node) Done() <-chan struct{} { return n.done }
+
+// Err returns why the node stopped by itself (nil when its context ended
+// or Stop was called).
+func (n *Node) Err() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.err
+}
+
+// Manager returns the node's manager while it runs one, else nil.
+func (n *Node) Manager() *manager.Manager {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	m, _ := n.cur.(*manager.Manager)
+	return m
+}
+
+// Worker returns the node's worker while it runs one, else nil.
+func (n *Node) Worker() *worker.Worker {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	w, _ := n.cur.(*worker.Worker)
+	return w
+}
+
+// Store returns the node's node.json.
+func (n *Node) Store() *agent.NodeStore { return n.store }
+
+// SocketPath returns the control socket's path.
+func (n *Node) SocketPath() string { return n.cfg.SocketPath }
+
+func (n *Node) set(d daemon, err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.cur = d
+	if err != nil {
+		n.err = err
+	}
+}
+
+// run serves the node's daemons one after the other, switching role when
+// the cluster asks, until ctx ends or a daemon fails.
+func (n *Node) run(ctx context.Context, d daemon, started chan struct{}) {
+	defer close(n.done)
+	for {
+		begun := time.Now()
+		err := n.serve(ctx, d, started)
+		started = nil
+		switch {
+		case ctx.Err() != nil:
+			return
+		case !errors.Is(err, manager.ErrRoleChanged) && !errors.Is(err, worker.ErrPromoted):
+			n.set(nil, err)
+			return
+		}
+		if err := n.switchRole(); err != nil {
+			n.set(nil, err)
+			return
+		}
+		// Never spin: a role switch takes a second at least.
+		if !sleep(ctx, time.Second-time.Since(begun)) {
+			return
+		}
+		if d, err = n.open(ctx); err != nil {
+			n.set(nil, err)
+			return
+		}
+	}
+}
+
+// serve runs d with the control socket serving it, and closes started
+// once d serves.
+func (n *Node) serve(ctx context.Context, d daemon, started chan struct{}) error {
+	ln, err := agent.ListenControl(n.cfg.SocketPath)
+	if err != nil {
+		d.Close()
+		return err
+	}
+	local := d.Local()
+	var wg sync.WaitGroup
+	wg.Go(func() { local.Serve(ln) })
+	defer func() {
+		manager.StopServer(local)
+		wg.Wait()
+		n.set(nil, nil)
+	}()
+	n.set(d, nil)
+	var ready <-chan struct{} = closed
+	if m, ok := d.(*manager.Manager); ok {
+		ready = m.Ready()
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- d.Run(ctx) }() // always waited for below
+	select {
+	case <-ready:
+		if started != nil {
+			close(started)
+		}
+		return <-runErr
+	case err := <-runErr:
+		return err
+	}
+}
+
+// switchRole records the role the node's certificate names now, after its
+// daemon stopped for a role change. A demoted manager's Raft state goes:
+// should it be promoted again, it rejoins the voters afresh.
+func (n *Node) switchRole() error {
+	creds, err := agent.LoadCredentials(n.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	role := creds.Identity().Role
+	if err := n.store.Update(func(nc *agent.NodeConfig) { nc.Role = role }); err != nil {
+		return err
+	}
+	if role != ca.RoleManager {
+		if err := os.RemoveAll(filepath.Join(n.cfg.DataDir, manager.RaftDir)); err != nil {
+			return fmt.Errorf("node: remove the Raft state of a demoted manager: %w", err)
+		}
+	}
+	n.log.Info("role changed", "role", role)
+	return nil
+}
+
+// bootstrap returns the node's first daemon: created by init or join if
+// the data directory holds no node, else the one its role calls for.
+func (n *Node) bootstrap(ctx context.Context) (daemon, error) {
+	if _, err := os.Stat(filepath.Join(n.cfg.DataDir, agent.NodeFile)); err == nil || (n.cfg.Init == nil && n.cfg.Join == nil) {
+		store, err := agent.OpenNodeStore(n.cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		n.store = store
+		return n.open(ctx)
+	}
+	if err := agent.MakeDataDir(n.cfg.DataDir); err != nil {
+		return nil, err
+	}
+	if n.cfg.Init != nil {
+		return n.init(ctx)
+	}
+	return n.joinWhenReady(ctx)
+}
+
+// init creates a cluster with this node as its first manager.
+func (n *Node) init(ctx context.Context) (daemon, error) {
+	m, err := manager.Init(ctx, n.managerConfig(agent.NodeConfig{}), *n.cfg.Init)
+	if err != nil {
+		return nil, err
+	}
+	n.store = m.Store()
+	fmt.Fprintf(n.cfg.Out, "Cluster initialized: node %s is the first manager of cluster %s.\n", m.NodeID(), m.ClusterID())
+	fmt.Fprintf(n.cfg.Out, "To add a node, get a token with `quorumca join-token worker --data-dir %s`.\n", n.cfg.DataDir)
+	return m, nil
+}
+
+// open returns the daemon of the node stored in the data directory.
+func (n *Node) open(ctx context.Context) (daemon, error) {
+	creds, err := agent.LoadCredentials(n.cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	nc := n.store.Get()
+	// The certificate says what the node is: it wins over node.json, which
+	// a crash may have left behind a renewal into a new role.
+	role := creds.Identity().Role
+	gossip, gossipAdv := first(n.cfg.GossipAddr, nc.GossipAddr), first(n.cfg.GossipAdvertiseAddr, nc.GossipAdvertiseAddr)
+	if role != nc.Role || gossip != nc.GossipAddr || gossipAdv != nc.GossipAdvertiseAddr {
+		if err := n.store.Update(func(c *agent.NodeConfig) {
+			c.Role, c.GossipAddr, c.GossipAdvertiseAddr = role, gossip, gossipAdv
+		}); err != nil {
+			return nil, err
+		}
+		nc = n.store.Get()
+	}
+	if role == ca.RoleManager {
+		return manager.Open(ctx, n.managerConfig(nc), n.store)
+	}
+	mc := n.cfg.Manager
+	return worker.New(worker.Config{
+		Store: n.store, Credentials: creds, Logger: n.log,
+		HeartbeatPeriod: mc.HeartbeatPeriod, Rand: mc.Rand, Now: mc.Now,
+		GossipTiming: mc.GossipTiming, GossipKeyGrace: mc.GossipKeyGrace,
+	})
+}
+
+// managerConfig is the manager's configuration for a node that recorded
+// nc: an address the configuration gives overrides the recorded one,
+// which overrides the default.
+func (n *Node) managerConfig(nc agent.NodeConfig) manager.Config {
+	mc := n.cfg.Manager
+	mc.DataDir = n.cfg.DataDir
+	mc.ListenAddr = first(n.cfg.ListenAddr, nc.ListenAddr, manager.DefaultListenAddr)
+	mc.RaftListenAddr = first(n.cfg.RaftAddr, nc.RaftAddr, manager.DefaultRaftAddr)
+	mc.AdvertiseAddr = first(n.cfg.AdvertiseAddr, nc.AdvertiseAddr)
+	mc.RaftAdvertiseAddr = first(n.cfg.RaftAdvertiseAddr, nc.RaftAdvertiseAddr)
+	mc.GossipAddr = first(n.cfg.GossipAddr, nc.GossipAddr, agent.DefaultGossipAddr)
+	mc.GossipAdvertiseAddr = first(n.cfg.GossipAdvertiseAddr, nc.GossipAdvertiseAddr)
+	return mc
+}
+
+// joinWhenReady joins the cluster; with Join.Retry it waits for the token
+// file and asks again, after a wait of up to 5s and reading the file anew,
+// until the join succeeds or ctx ends. A failed join writes nothing, so
+// asking again is safe.
+func (n *Node) joinWhenReady(ctx context.Context) (daemon, error) {
+	j := n.cfg.Join
+	for wait, attempt := time.Second, 1; ; attempt++ {
+		token, err := j.Token, error(nil)
+		if token == "" {
+			token, err = agent.ReadTokenFile(j.TokenFile)
+		}
+		if err == nil {
+			d, jerr := n.join(ctx, token)
+			if jerr == nil || !j.Retry {
+				return d, jerr
+			}
+			n.log.Warn("join failed; trying again", "via", j.Addr, "in", wait, "err", jerr)
+			wait = min(2*wait, 5*time.Second)
+		} else {
+			if !j.Retry {
+				return nil, err
+			}
+			if attempt == 1 || attempt%10 == 0 {
+				n.log.Info("waiting for a join token", "file", j.TokenFile)
+			}
+			wait = time.Second
+		}
+		if !sleep(ctx, wait) {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// join admits this node to a cluster with token through Join.Addr. The
+// API and Raft listeners are opened first, so that a manager token can
+// make a manager that advertises them; a worker does not need them, so a
+// port already taken only matters for a manager token.
+func (n *Node) join(ctx context.Context, token string) (daemon, error) {
+	mc := n.managerConfig(agent.NodeConfig{})
+	jc := agent.JoinConfig{
+		DataDir: n.cfg.DataDir, Token: token, Remote: n.cfg.Join.Addr, Rand: mc.Rand, Logger: n.log,
+		Node: agent.NodeConfig{GossipAddr: mc.GossipAddr, GossipAdvertiseAddr: mc.GossipAdvertiseAddr},
+	}
+	apiLn, raftLn, listenErr := listenBoth(mc)
+	closeLns := func() {
+		for _, ln := range []net.Listener{apiLn, raftLn} {
+			if ln != nil {
+				ln.Close()
+			}
+		}
+	}
+	if listenErr == nil {
+		jc.Addr, jc.RaftAddr = manager.Advertise(mc.AdvertiseAddr, apiLn), manager.Advertise(mc.RaftAdvertiseAddr, raftLn)
+		jc.Node.ListenAddr, jc.Node.AdvertiseAddr = manager.Bound(mc.ListenAddr, apiLn), jc.Addr
+		jc.Node.RaftAddr, jc.Node.RaftAdvertiseAddr = manager.Bound(mc.RaftListenAddr, raftLn), jc.RaftAddr
+	}
+	res, err := agent.Join(ctx, jc)
+	if err != nil {
+		closeLns()
+		if listenErr != nil {
+			return nil, fmt.Errorf("%w (a manager token also needs: %v)", err, listenErr)
+		}
+		return nil, err
+	}
+	if n.store, err = agent.OpenNodeStore(n.cfg.DataDir); err != nil {
+		closeLns()
+		return nil, err
+	}
+	fmt.Fprintf(n.cfg.Out, "This node joined cluster %s as %s %s.\n", res.Node.ClusterID, res.Node.Role.Short(), res.Node.NodeID)
+	if res.Node.Role != ca.RoleManager {
+		closeLns()
+		return n.open(ctx)
+	}
+	mc = n.managerConfig(n.store.Get())
+	mc.APIListener, mc.RaftListener = apiLn, raftLn
+	return manager.Open(ctx, mc, n.store)
+}
+
+// listenBoth opens a manager's API and Raft listeners.
+func listenBoth(mc manager.Config) (api, raft net.Listener, err error) {
+	if api, err = net.Listen("tcp", mc.ListenAddr); err != nil {
+		return nil, nil, fmt.Errorf("listen on --listen-addr %s: %w", mc.ListenAddr, err)
+	}
+	if raft, err = net.Listen("tcp", mc.RaftListenAddr); err != nil {
+		api.Close()
+		return nil, nil, fmt.Errorf("listen on --raft-addr %s: %w", mc.RaftListenAddr, err)
+	}
+	return api, raft, nil
+}
+
+// closed is a channel that is closed: a worker serves as soon as it runs.
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// first returns the first of values that is not "".
+func first(values ...string) string {
+	for _, v := range values {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// sleep waits d or until ctx is done; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,54 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quorumca/quorumca/ca"
+)
+
+// TestJoinWhenReadyLogsNoToken: the only log lines that could carry a
+// token are those of a join that retries (run --join-token-file); a token
+// that the manager refuses, or that is malformed, is not in them.
+func TestJoinWhenReadyLogsNoToken(t *testing.T) {
+	const secret = "1secretsecretsecretsecret" // 25 base-36 characters, under 2^128
+	digest := strings.Repeat("1", 50)          // 50 base-36 characters, under 2^256
+	for _, token := range []string{
+		"SWMTKN-1-" + digest + "-" + secret,       // well-formed: the join fails on the dial
+		"SWMTKN-1-" + digest + "-" + secret + "x", // malformed secret
+	} {
+		if _, err := ca.ParseToken(token); (err == nil) == strings.HasSuffix(token, "x") {
+			t.Fatalf("ParseToken(%q) = %v: the test's tokens are not what it thinks", token, err)
+		}
+		file := filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(file, []byte(token+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var logs bytes.Buffer
+		cfg := Config{
+			DataDir:    t.TempDir(),
+			ListenAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0",
+			Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+			Join:   &Join{TokenFile: file, Addr: "127.0.0.1:1", Retry: true},
+		}
+		// Two attempts: one at once, one after a second.
+		ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
+		_, err := Start(ctx, cfg)
+		cancel()
+		if err == nil {
+			t.Fatalf("Start(join through an unreachable manager) = nil error")
+		}
+		if !strings.Contains(logs.String(), "join failed") {
+			t.Fatalf("the join logged\n%s\nwant the failed join", logs.String())
+		}
+		if strings.Contains(logs.String(), secret) {
+			t.Errorf("the join logged the token's secret:\n%s", logs.String())
+		}
+	}
+}
