@@ -87,4 +87,3 @@ func ReadTokenFile(path string) (string, error) {
 	}
 	return token, nil
 }
-

@@ -46,7 +46,7 @@ type GossipConfig struct {
 // (and follows every credential update), and rejoins when it finds itself
 // alone.
 type Gossip struct {
-	cfg    GossipConfig
+	cfg GossipConfig
 	// metaKick asks run to advertise the credentials anew.
 	metaKick chan struct{}
 	// keys hands run the key to move to (UseKey), wantKey the ID of the

@@ -266,4 +266,3 @@ When --data-dir holds a node, these flags are ignored and the node runs.`,
 	f.StringVar(&joinAddr, "join-addr", "", "with --join-token-file: the manager to join through (host:port)")
 	return cmd
 }
-

@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/spf13/cobra"
-
 )
 
 // cliEnvVars returns every QUORUMCA_* variable the CLI's own (non-test)
@@ -247,4 +246,3 @@ func TestJoinTokenFlagNotesPS(t *testing.T) {
 		})
 	}
 }
-
