@@ -90,7 +90,7 @@ func (e *External) Check(now time.Time, certPEM []byte, pub crypto.PublicKey, id
 		if _, err := leaf.Verify(x509.VerifyOptions{
 			Roots: e.ch.roots, Intermediates: e.inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{u},
 		}); err != nil {
-			return Issued{}, fmt.Errorf("%w: the certificate does not verify for %s under the cluster's root: %v (the external CA's signing profile must allow the usages \"signing\", \"client auth\" and \"server auth\")", ErrExternalCA, ekuName(u), err)
+			return Issued{}, fmt.Errorf("%w: the certificate does not verify for %s under the cluster's root: %w (the external CA's signing profile must allow the usages \"signing\", \"client auth\" and \"server auth\")", ErrExternalCA, ekuName(u), err)
 		}
 	}
 	if leaf.KeyUsage != 0 && leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
@@ -209,7 +209,7 @@ func CheckCrossSigned(now time.Time, old Material, certPEM []byte, newRoot *x509
 	if _, err := cross.Verify(x509.VerifyOptions{
 		Roots: ch.roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	}); err != nil {
-		return nil, fmt.Errorf("%w: the cross-signed certificate does not verify under the current root: %v", ErrExternalCA, err)
+		return nil, fmt.Errorf("%w: the cross-signed certificate does not verify under the current root: %w", ErrExternalCA, err)
 	}
 	return cross, nil
 }

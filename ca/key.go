@@ -99,7 +99,7 @@ func ParseKey(keyPEM []byte) (crypto.Signer, error) {
 		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s block: %v", ErrMalformedPEM, block.Type, err)
+		return nil, fmt.Errorf("%w: %s block: %w", ErrMalformedPEM, block.Type, err)
 	}
 	signer, ok := key.(crypto.Signer)
 	if !ok {
@@ -112,7 +112,7 @@ func ParseKey(keyPEM []byte) (crypto.Signer, error) {
 func MarshalKey(key crypto.Signer) ([]byte, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnsupportedKey, err)
+		return nil, fmt.Errorf("%w: %w", ErrUnsupportedKey, err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }

@@ -24,7 +24,7 @@ func ParseCertificates(certPEM []byte) ([]*x509.Certificate, error) {
 		}
 		c, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("%w: certificate %d: %v", ErrMalformedPEM, len(certs)+1, err)
+			return nil, fmt.Errorf("%w: certificate %d: %w", ErrMalformedPEM, len(certs)+1, err)
 		}
 		certs = append(certs, c)
 	}

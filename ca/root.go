@@ -192,7 +192,7 @@ func importCerts(certPEM []byte, now time.Time) ([]*x509.Certificate, error) {
 		if i+1 < len(certs) {
 			parent := certs[i+1]
 			if err := c.CheckSignatureFrom(parent); err != nil {
-				return nil, fmt.Errorf("%s is not signed by certificate %d (%s): %w: %v", name, i+2, parent.Subject, ErrChainIncomplete, err)
+				return nil, fmt.Errorf("%s is not signed by certificate %d (%s): %w: %w", name, i+2, parent.Subject, ErrChainIncomplete, err)
 			}
 		}
 	}
@@ -240,14 +240,14 @@ func randomSerial(rand io.Reader) (*big.Int, error) {
 func subjectKeyID(pub crypto.PublicKey) ([]byte, error) {
 	spki, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnsupportedKey, err)
+		return nil, fmt.Errorf("%w: %w", ErrUnsupportedKey, err)
 	}
 	var info struct {
 		Algorithm pkix.AlgorithmIdentifier
 		PublicKey asn1.BitString
 	}
 	if _, err := asn1.Unmarshal(spki, &info); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnsupportedKey, err)
+		return nil, fmt.Errorf("%w: %w", ErrUnsupportedKey, err)
 	}
 	sum := sha1.Sum(info.PublicKey.Bytes) // an identifier, not a security property
 	return sum[:], nil

@@ -127,7 +127,7 @@ func checkChain(m Material) (checkedChain, error) {
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {
-		return checkedChain{}, fmt.Errorf("%w: CA certificate %s does not chain to the bundle: %v", ErrChainIncomplete, cert.Subject, err)
+		return checkedChain{}, fmt.Errorf("%w: CA certificate %s does not chain to the bundle: %w", ErrChainIncomplete, cert.Subject, err)
 	}
 	for i, c := range verified[0] {
 		// A leaf will have i CA certificates between it and c.
@@ -198,13 +198,13 @@ func parseCSR(csr []byte) (*x509.CertificateRequest, error) {
 	}
 	req, err := x509.ParseCertificateRequest(der)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadCSR, err)
+		return nil, fmt.Errorf("%w: %w", ErrBadCSR, err)
 	}
 	if err := checkNodeKey(req.PublicKey); err != nil {
 		return nil, err
 	}
 	if err := req.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCSRSignature, err)
+		return nil, fmt.Errorf("%w: %w", ErrCSRSignature, err)
 	}
 	return req, nil
 }

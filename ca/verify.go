@@ -66,7 +66,7 @@ func Verify(chain []*x509.Certificate, roots *x509.CertPool, now time.Time) (Ide
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
 	})
 	if err != nil {
-		return Identity{}, TLSStatus{}, fmt.Errorf("%w: %s: %v", ErrUntrusted, leaf.Subject, err)
+		return Identity{}, TLSStatus{}, fmt.Errorf("%w: %s: %w", ErrUntrusted, leaf.Subject, err)
 	}
 	if len(verified[0]) < 2 {
 		return Identity{}, TLSStatus{}, fmt.Errorf("%w: %s is a root of the bundle, not a node certificate", ErrUntrusted, leaf.Subject)

@@ -134,6 +134,59 @@ func TestVerifyRefuses(t *testing.T) {
 	}
 }
 
+// TestVerifyKeepsX509Cause: Verify's error wraps crypto/x509's, so that a
+// caller can tell an unknown authority from an expired certificate or a
+// wrong usage with errors.As, not by reading the message.
+func TestVerifyKeepsX509Cause(t *testing.T) {
+	f := newSignFixture(t)
+	id := f.id(t, 950, ca.RoleWorker)
+	iss, err := f.s.Sign(detRand(951), now, csrPEM(t, ecKey(t, elliptic.P256()), nil), id, ca.DefaultCertExpiry)
+	if err != nil {
+		t.Fatalf("Sign = %v", err)
+	}
+	foreign := root(t, 952, newID(t, 953))
+	rootKey, err := ca.ParseKey(f.m.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	codeSigning := newCA(t, id.NodeID, ecKey(t, elliptic.P256()), &testCA{cert: f.root, key: rootKey}, func(c *x509.Certificate) {
+		c.Subject = pkix.Name{CommonName: id.NodeID, OrganizationalUnit: []string{string(id.Role)}, Organization: []string{id.ClusterID}}
+		c.IsCA, c.KeyUsage = false, x509.KeyUsageDigitalSignature
+		c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}
+	})
+
+	t.Run("unknown authority", func(t *testing.T) {
+		_, _, err := ca.VerifyPEM(iss.PEM, foreign.Bundle, now)
+		var unknown x509.UnknownAuthorityError
+		if !errors.Is(err, ca.ErrUntrusted) || !errors.As(err, &unknown) {
+			t.Fatalf("VerifyPEM(under another root) = %v, want ca.ErrUntrusted wrapping x509.UnknownAuthorityError", err)
+		}
+		if unknown.Cert == nil || !unknown.Cert.Equal(mustParseOne(t, iss.PEM)) {
+			t.Errorf("x509.UnknownAuthorityError.Cert = %v, want the leaf", unknown.Cert)
+		}
+	})
+	for _, tc := range []struct {
+		name  string
+		chain []byte
+		at    time.Time
+		want  x509.InvalidReason
+	}{
+		{"expired", iss.PEM, iss.NotAfter.Add(time.Second), x509.Expired},
+		{"code signing only", codeSigning.certPEM(), now, x509.IncompatibleUsage},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := ca.VerifyPEM(tc.chain, f.m.Bundle, tc.at)
+			var invalid x509.CertificateInvalidError
+			if !errors.Is(err, ca.ErrUntrusted) || !errors.As(err, &invalid) {
+				t.Fatalf("VerifyPEM = %v, want ca.ErrUntrusted wrapping x509.CertificateInvalidError", err)
+			}
+			if invalid.Reason != tc.want {
+				t.Errorf("x509.CertificateInvalidError.Reason = %v, want %v", invalid.Reason, tc.want)
+			}
+		})
+	}
+}
+
 func TestVerifyEmptyChain(t *testing.T) {
 	pool, _, err := ca.ParseBundle(newSignFixture(t).m.Bundle)
 	if err != nil {

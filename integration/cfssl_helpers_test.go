@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/big"
 	"net"
 	"net/http"
@@ -28,6 +29,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -191,9 +193,9 @@ func cfsslSigningConfig(opts cfsslOptions) ([]byte, error) {
 	return json.MarshalIndent(cfg, "", "  ")
 }
 
-// startCFSSL starts `cfssl serve` with opts on a free port of 127.0.0.1 and
-// waits until it answers /api/v1/cfssl/info. The process is killed when the
-// test ends.
+// startCFSSL starts `cfssl serve` with opts on a port of 127.0.0.1 that the
+// kernel picks, and waits until it answers /api/v1/cfssl/info. The process
+// is killed when the test ends.
 func startCFSSL(t *testing.T, opts cfsslOptions) *cfsslCA {
 	t.Helper()
 	bin := requireCFSSL(t)
@@ -238,26 +240,23 @@ func startCFSSL(t *testing.T, opts cfsslOptions) *cfsslCA {
 	c.Reconfigure(t, func(o *cfsslOptions) { *o = opts })
 
 	t.Cleanup(func() { c.Stop(t) })
-	// A port picked free may be taken again before cfssl binds it (by a
-	// parallel test): try another one then.
-	for attempt := 1; ; attempt++ {
-		c.port = freeTCPPort(t)
-		c.URL = "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(c.port))
-		err := c.start()
-		if err == nil {
-			return c
-		}
+	// cfssl binds port 0: the kernel picks a free port and nobody can
+	// take it between the pick and the bind; start reads which it got.
+	if err := c.start(); err != nil {
 		c.Stop(t)
-		if attempt < 3 && strings.Contains(c.Log(), "address already in use") {
-			t.Logf("cfssl: port %d was taken, trying another", c.port)
-			continue
-		}
 		t.Fatalf("cfssl serve did not start: %v\ncfssl log:\n%s", err, c.Log())
 	}
+	return c
 }
 
 // Start (re)starts cfssl on the same port with the same files, and waits
 // until it answers. It stops a running cfssl first.
+//
+// The port is the one the kernel gave the first start, not one probed
+// free: the tests that call Start are about the same CA coming back at the
+// URL the cluster has recorded, so it must be that port. Another process
+// could bind it while cfssl is down; the restart then fails, saying
+// "address already in use" in the log, rather than moving elsewhere.
 func (c *cfsslCA) Start(t *testing.T) {
 	t.Helper()
 	c.Stop(t)
@@ -342,7 +341,11 @@ func (c *cfsslCA) Port() int { return c.port }
 // cfsslReadyTimeout passes.
 func (c *cfsslCA) start() error {
 	c.starts++
-	fmt.Fprintf(c.log, "=== harness: start %d of cfssl serve on %s\n", c.starts, c.URL)
+	if c.port == 0 {
+		fmt.Fprintf(c.log, "=== harness: start %d of cfssl serve on 127.0.0.1, port 0 (the kernel picks)\n", c.starts)
+	} else {
+		fmt.Fprintf(c.log, "=== harness: start %d of cfssl serve on %s\n", c.starts, c.URL)
+	}
 	args := []string{"serve",
 		"-address", "127.0.0.1",
 		"-port", strconv.Itoa(c.port),
@@ -382,8 +385,24 @@ func (c *cfsslCA) start() error {
 			return fmt.Errorf("cfssl exited before it was ready: %v", waitErr)
 		default:
 		}
-		if last = c.ready(); last == nil {
-			return nil
+		// cfssl logs the address it was given ("Now listening on
+		// https://127.0.0.1:0"), not the port it got: ask the system.
+		if c.port == 0 {
+			switch port, err := listeningPort(cmd.Process.Pid); {
+			case err != nil:
+				last = err
+			case port == 0:
+				last = errors.New("not listening yet")
+			default:
+				c.port = port
+				c.URL = "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+				fmt.Fprintf(c.log, "=== harness: cfssl (pid %d) listens on %s\n", cmd.Process.Pid, c.URL)
+			}
+		}
+		if c.port != 0 {
+			if last = c.ready(); last == nil {
+				return nil
+			}
 		}
 		// The info endpoint is only registered when cfssl's signer loads:
 		// waiting longer would not help.
@@ -398,6 +417,79 @@ func (c *cfsslCA) start() error {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// listeningPort returns the TCP port on which process pid listens, or 0
+// while it listens on none. It reads /proc on Linux (the sockets of the
+// process's file descriptors, in its network namespace's TCP table), and
+// asks lsof elsewhere.
+func listeningPort(pid int) (int, error) {
+	fdDir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
+	fds, err := os.ReadDir(fdDir)
+	if runtime.GOOS != "linux" && errors.Is(err, fs.ErrNotExist) {
+		return lsofListeningPort(pid)
+	}
+	if err != nil {
+		return 0, err
+	}
+	sockets := map[string]bool{} // inode numbers
+	for _, fd := range fds {
+		link, err := os.Readlink(filepath.Join(fdDir, fd.Name()))
+		if err != nil {
+			continue // closed since ReadDir
+		}
+		if inode, ok := strings.CutPrefix(link, "socket:["); ok {
+			sockets[strings.TrimSuffix(inode, "]")] = true
+		}
+	}
+	for _, table := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "net", table))
+		if table == "tcp6" && errors.Is(err, fs.ErrNotExist) {
+			break // no IPv6
+		}
+		if err != nil {
+			return 0, err
+		}
+		// "sl local_address rem_address st ... uid timeout inode ...",
+		// addresses as HEXADDR:HEXPORT, state 0A for LISTEN.
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 10 || f[3] != "0A" || !sockets[f[9]] {
+				continue
+			}
+			_, hexPort, _ := strings.Cut(f[1], ":")
+			port, err := strconv.ParseUint(hexPort, 16, 16)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/%d/net/%s: local address %q: %w", pid, table, f[1], err)
+			}
+			return int(port), nil
+		}
+	}
+	return 0, nil
+}
+
+// lsofListeningPort is listeningPort through lsof, for systems without
+// /proc.
+func lsofListeningPort(pid int) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "lsof", "-nP", "-a", "-p", strconv.Itoa(pid), "-iTCP", "-sTCP:LISTEN", "-Fn").Output()
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) && len(out) == 0 {
+		return 0, nil // lsof exits 1 when it finds nothing
+	}
+	if err != nil {
+		return 0, fmt.Errorf("lsof (to find the port cfssl got): %w", err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if addr, ok := strings.CutPrefix(line, "n"); ok {
+			_, p, err := net.SplitHostPort(addr)
+			if err != nil {
+				return 0, fmt.Errorf("lsof: %q: %w", line, err)
+			}
+			return strconv.Atoi(p)
+		}
+	}
+	return 0, nil
 }
 
 // ready checks that cfssl answers info with success.
@@ -425,20 +517,6 @@ func (c *cfsslCA) ready() error {
 		return fmt.Errorf("info: HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(body))
 	}
 	return nil
-}
-
-// freeTCPPort returns a port of 127.0.0.1 that was free a moment ago.
-func freeTCPPort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	if err := ln.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return port
 }
 
 func writeTestFile(t testing.TB, path string, data []byte, perm os.FileMode) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/cfssl"
 	"github.com/quorumca/quorumca/fsm"
 )
 
@@ -53,15 +54,15 @@ func (m *Manager) signWith(ctx context.Context, client *externalCA, material ca.
 	if err != nil {
 		return ca.Issued{}, ca.TLSStatus{}, err
 	}
-	req := cfsslSignRequest{
-		Request: string(csrPEM),
-		Subject: &cfsslSubject{CN: id.NodeID, Names: []cfsslName{{O: id.ClusterID, OU: string(id.Role)}}},
+	req := cfssl.SignRequest{
+		CSR:     string(csrPEM),
+		Subject: &cfssl.Subject{CN: id.NodeID, Names: []cfssl.Name{{O: id.ClusterID, OU: string(id.Role)}}},
 	}
 	if id.Role != ca.RoleAdmin {
 		req.Hosts = []string{string(id.Role), id.NodeID}
 	}
 	var issued ca.Issued
-	if _, err := client.sign(ctx, req, func(cert []byte) error {
+	if _, err := client.Sign(ctx, req, func(cert []byte) error {
 		var err error
 		issued, err = check.Check(m.cfg.Now(), cert, pub, id)
 		return err
@@ -182,7 +183,7 @@ func (m *Manager) externalMaterial(ctx context.Context, cas []fsm.ExternalCA, ce
 	}
 	defer client.close()
 	var material ca.Material
-	_, err = client.info(ctx, func(cert []byte) error {
+	_, err = client.Info(ctx, func(cert []byte) error {
 		signing, err := ca.ParseCertificates(cert)
 		if err != nil {
 			return fmt.Errorf("its certificate: %w", err)
@@ -235,7 +236,7 @@ func (m *Manager) crossSignExternal(ctx context.Context, st *fsm.State, newRoot 
 		return nil, err
 	}
 	var cross *x509.Certificate
-	if _, err := client.sign(ctx, cfsslSignRequest{Request: string(csr), Profile: CrossSignProfile}, func(cert []byte) error {
+	if _, err := client.Sign(ctx, cfssl.SignRequest{CSR: string(csr), Profile: CrossSignProfile}, func(cert []byte) error {
 		var err error
 		cross, err = ca.CheckCrossSigned(m.cfg.Now(), st.CA, cert, newRoot)
 		return err
@@ -262,7 +263,7 @@ func (m *Manager) verifyExternal(ctx context.Context, cas []fsm.ExternalCA, mate
 		if err != nil {
 			return err
 		}
-		_, err = client.info(ctx, func(cert []byte) error {
+		_, err = client.Info(ctx, func(cert []byte) error {
 			got, err := ca.ParseCertificates(cert)
 			if err != nil {
 				return err

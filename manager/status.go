@@ -11,6 +11,7 @@ import (
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/authz"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/cfssl"
 	"github.com/quorumca/quorumca/fsm"
 	"github.com/quorumca/quorumca/raft"
 )
@@ -46,11 +47,11 @@ var classes = []struct {
 	{[]error{errBadToken, errTokenRoot}, codes.PermissionDenied, api.ReasonBadToken},
 	{[]error{raft.ErrDiskFull}, codes.Unavailable, api.ReasonDiskFull},
 	{[]error{raft.ErrNoQuorum, raft.ErrNotLeader, errNoLeader, errForwardLoop, raft.ErrShutdown}, codes.Unavailable, api.ReasonNoLeader},
-	{[]error{errExternalDown}, codes.Unavailable, api.ReasonExternalCADown},
+	{[]error{cfssl.ErrDown}, codes.Unavailable, api.ReasonExternalCADown},
 	{[]error{fsm.ErrStale}, codes.Aborted, ""},
 	{[]error{fsm.ErrUnknownNode, fsm.ErrRemoved, fsm.ErrUnknownToken, fsm.ErrUnknownAdmin}, codes.NotFound, ""},
 	{[]error{fsm.ErrTokenUnusable}, codes.PermissionDenied, api.ReasonBadToken},
-	{[]error{fsm.ErrLastManager, errNodeLive, errQuorum, errNotRotatable, fsm.ErrRotating, errExternalRefused,
+	{[]error{fsm.ErrLastManager, errNodeLive, errQuorum, errNotRotatable, fsm.ErrRotating, cfssl.ErrRefused,
 		ca.ErrExternalCA, fsm.ErrNotInitialized}, codes.FailedPrecondition, ""},
 	{[]error{fsm.ErrNodeExists}, codes.AlreadyExists, ""},
 	{[]error{ca.ErrMalformedToken, ca.ErrBadCSR, ca.ErrCSRSignature, ca.ErrUnsupportedKey, ca.ErrWeakKey,
