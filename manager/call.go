@@ -25,6 +25,9 @@ const (
 	mdForwardedChain = "quorumca-forwarded-chain-bin"
 	mdForwardedAddr  = "quorumca-forwarded-addr"
 	mdForwardedLocal = "quorumca-forwarded-local"
+	// mdForwardedUID is the user of the relaying manager's control socket
+	// (for records only: it grants nothing).
+	mdForwardedUID = "quorumca-forwarded-uid"
 )
 
 // call is who made the call being served, as the policy established it,
@@ -90,6 +93,11 @@ func (m *Manager) requestOf(ctx context.Context, method string, arrival authz.Ar
 	if len(addr) > 0 {
 		c.Addr = addr[0]
 	}
+	if uid := md.Get(mdForwardedUID); r.ForwardedLocal && len(uid) > 0 {
+		if n, err := strconv.Atoi(uid[0]); err == nil && n >= 0 {
+			c.UID = n
+		}
+	}
 	for _, der := range chain {
 		cert, err := x509.ParseCertificate([]byte(der))
 		if err != nil {
@@ -145,6 +153,9 @@ func forwardContext(ctx context.Context, c call) context.Context {
 	kv := []string{mdForwardedAddr, c.Addr}
 	if c.Kind == authz.Host {
 		kv = append(kv, mdForwardedLocal, "1")
+		if c.UID >= 0 {
+			kv = append(kv, mdForwardedUID, strconv.Itoa(c.UID))
+		}
 	}
 	for _, cert := range c.Chain {
 		kv = append(kv, mdForwardedChain, string(cert.Raw))
