@@ -62,7 +62,10 @@ func nameLeader(ctx context.Context, method string, req, reply any, cc *grpc.Cli
 		return err
 	}
 	if s, ok := status.FromError(err); ok && s.Code() == codes.Unavailable {
-		return status.Errorf(codes.Unavailable, "forwarded to the leader at %s: %s", cc.Target(), s.Message())
+		// Keep the leader's details (its reason): only the message grows.
+		p := s.Proto()
+		p.Message = fmt.Sprintf("forwarded to the leader at %s: %s", cc.Target(), p.GetMessage())
+		return status.ErrorProto(p)
 	}
 	return err
 }
