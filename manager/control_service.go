@@ -12,6 +12,7 @@ import (
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/progress"
 )
 
 // controlService is the administration API: the CLI on the control socket
@@ -272,9 +273,9 @@ func selectNodes(st *fsm.State, id string) ([]fsm.Node, error) {
 // rotation in progress, if any: a node unreachable in it is named.
 func tlsStatus(st *fsm.State, n fsm.Node, rotState string) string {
 	switch {
-	case st.Rotation != nil && rotState == rotSkipped:
+	case st.Rotation != nil && rotState == string(progress.Skipped):
 		return "needs rotation (unreachable past the grace: skipped)"
-	case st.Rotation != nil && rotState == rotDown:
+	case st.Rotation != nil && rotState == string(progress.Down):
 		return "needs rotation (unreachable)"
 	case n.Cert.Issuer.Equal(st.CAStatus):
 		return "ready"
