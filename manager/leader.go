@@ -233,14 +233,17 @@ type observations struct {
 	m  map[string]observation
 }
 
-// heard records a heartbeat.
-func (o *observations) heard(id string, ob observation) {
+// heard records a heartbeat, and returns the observation it replaces (ok:
+// there was one).
+func (o *observations) heard(id string, ob observation) (prev observation, ok bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.m == nil {
 		o.m = map[string]observation{}
 	}
+	prev, ok = o.m[id]
 	o.m[id] = ob
+	return prev, ok
 }
 
 // seen records that a node is alive (it joined or renewed), keeping what

@@ -132,6 +132,57 @@ func (m *Manager) observations(now time.Time) map[string]progress.Observation {
 	return out
 }
 
+// The leader looks at the rotation (driveRotation) on every tick of its
+// loop, and when kicked: when the state's rotation or set of nodes changes
+// (rotationMoved), and when a heartbeat shows something new of its node
+// (heardNews). A look costs O(N log N) for N nodes: kicking it at every
+// applied command, N renewals per rotation, cost O(N² log N).
+
+// rotationMoved reports whether the state next may show another progress
+// than prev (nil for none) did, as far as the state goes: another rotation
+// or none, another grace, or, while one is in progress, another set of
+// nodes. A renewal alone does not: the node converges when it presents
+// the new certificate, and the heartbeat that shows it kicks.
+func rotationMoved(prev, next *fsm.State) bool {
+	switch {
+	case prev == nil || prev.Rotation != next.Rotation:
+		return true
+	case next.Rotation == nil:
+		return false
+	case prev.Grace() != next.Grace():
+		return true
+	}
+	return !sameNodes(prev, next)
+}
+
+// sameNodes reports whether the states hold the same set of node IDs. It
+// looks at the counts alone when next follows prev by one command, which
+// adds or removes one node at most; at every node otherwise.
+func sameNodes(prev, next *fsm.State) bool {
+	if prev.Nodes.Len() != next.Nodes.Len() {
+		return false
+	}
+	if next.Index == prev.Index+1 {
+		return true
+	}
+	for id := range next.Nodes.All() {
+		if _, ok := prev.Nodes.Get(id); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// heardNews reports whether a heartbeat's observation ob may change the
+// rotation's progress from what the node's previous observation prev (ok:
+// there was one) showed: the node presents another certificate or holds
+// another bundle, or it is heard again after being silent (down, by the
+// heartbeat period, as progress.Live counts it).
+func heardNews(prev observation, ok bool, ob observation, period time.Duration) bool {
+	return !ok || prev.serial != ob.serial || !prev.issuer.Equal(ob.issuer) || prev.bundle != ob.bundle ||
+		!progress.Live(prev.at, ob.at, period, time.Time{})
+}
+
 // driveRotation is the leader's step of the rotation in progress: complete
 // it when no node holds it back.
 func (m *Manager) driveRotation(ctx context.Context) {
