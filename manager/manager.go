@@ -412,7 +412,7 @@ func (m *Manager) openRaft(bootstrap bool) error {
 	rc.AdvertiseAddr = m.raftAddr
 	rc.TLS = m.raftTLS()
 	rc.ClusterID = m.node.ClusterID
-	rc.StateMachine = stateMachine{m.machine}
+	rc.StateMachine = stateMachine{m.machine, m.log}
 	rc.Logger = m.log.With("component", "raft")
 	rc.Bootstrap = bootstrap
 	rc.Authorize = m.checkRaftPeer
@@ -730,11 +730,27 @@ func (m *Manager) propose(ctx context.Context, cmd fsm.Command) (*fsm.State, err
 	return res.State, res.Err
 }
 
-// stateMachine adapts fsm.Machine to raft.StateMachine.
-type stateMachine struct{ m *fsm.Machine }
+// stateMachine adapts fsm.Machine to raft.StateMachine. When the Machine
+// halts at a command a newer quorumca wrote, it says so at Error level,
+// once, and takes no more snapshots: one would claim the entries it did
+// not apply.
+type stateMachine struct {
+	m   *fsm.Machine
+	log *slog.Logger
+}
 
-func (s stateMachine) Apply(index uint64, cmd []byte) any { return s.m.Apply(index, cmd) }
+func (s stateMachine) Apply(index uint64, cmd []byte) any {
+	wasHalted := s.m.Halted() != nil
+	out := s.m.Apply(index, cmd)
+	if err := s.m.Halted(); err != nil && !wasHalted {
+		s.log.Error("this manager applies the replicated log no further", "err", err)
+	}
+	return out
+}
 func (s stateMachine) Snapshot() (raft.Snapshot, error) {
+	if err := s.m.Halted(); err != nil {
+		return nil, err
+	}
 	return snapshot{s.m.Snapshot()}, nil
 }
 func (s stateMachine) Restore(r io.Reader) error { return s.m.Restore(r) }
