@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -235,7 +236,7 @@ func Decode(b []byte) (Command, error) {
 	err := dec.Decode(&c)
 	if err == nil {
 		if _, end := dec.Token(); end != io.EOF {
-			err = fmt.Errorf("data after the command")
+			err = errors.New("data after the command")
 		}
 	}
 	if err != nil {

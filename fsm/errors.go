@@ -62,6 +62,7 @@ type NewerError struct {
 	Index uint64
 }
 
+// Error says to upgrade this manager, and names both versions.
 func (e *NewerError) Error() string {
 	if e.Snapshot {
 		return fmt.Sprintf("fsm: upgrade this manager: the snapshot is of format %d, this binary reads up to format %d", e.Version, e.Max)
