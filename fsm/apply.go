@@ -11,7 +11,8 @@ import (
 // Result is what applying one command returns.
 type Result struct {
 	// State is the state after the command (the unchanged state, with its
-	// Index advanced, when Err is set).
+	// Index advanced, when Err is set; the state as it was, Index and all,
+	// when a Machine halted: Err is then a *NewerError).
 	State *State
 	// Err says why the command was refused, wrapping an error of this
 	// package.

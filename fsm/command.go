@@ -1,18 +1,22 @@
 package fsm
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
 )
 
-// Version is the command encoding this package writes. Apply refuses
-// commands of a later version, so that a manager running an older binary
-// stops rather than misreads the log.
+// Version is the command encoding this package writes. Decode refuses
+// commands of a later version (and with fields it does not know), and a
+// Machine halts at them, so that a manager running an older binary stops
+// rather than misreads the log.
 const Version = 1
 
 // Command is one change to the state, as it is written to the Raft log:
@@ -219,14 +223,30 @@ func Encode(c Command) ([]byte, error) {
 	return b, nil
 }
 
-// Decode parses a command from the Raft log.
+// Decode parses a command from the Raft log. A command a newer quorumca
+// wrote, of a later version or with a field this package does not know
+// (even nested), is refused with a *NewerError, which matches ErrNewer
+// and ErrBadCommand: reading it as far as this package understands it
+// would apply something else than the managers that wrote it did. Any
+// other command that does not decode is refused with ErrBadCommand.
 func Decode(b []byte) (Command, error) {
 	var c Command
-	if err := json.Unmarshal(b, &c); err != nil {
-		return Command{}, fmt.Errorf("%w: %v", ErrBadCommand, err)
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(&c)
+	if err == nil {
+		if _, end := dec.Token(); end != io.EOF {
+			err = errors.New("data after the command")
+		}
 	}
-	if c.Version < 1 || c.Version > Version {
-		return Command{}, fmt.Errorf("%w: version %d; this manager reads versions 1 to %d: upgrade it", ErrBadCommand, c.Version, Version)
+	if err != nil {
+		return Command{}, classify(b, err)
+	}
+	if c.Version > Version {
+		return Command{}, &NewerError{Version: c.Version, Max: Version}
+	}
+	if c.Version < 1 {
+		return Command{}, fmt.Errorf("%w: version %d; this manager reads versions 1 to %d", ErrBadCommand, c.Version, Version)
 	}
 	n := 0
 	for _, set := range []bool{
@@ -243,4 +263,23 @@ func Decode(b []byte) (Command, error) {
 		return Command{}, fmt.Errorf("%w: %d operations in one command; want exactly 1", ErrBadCommand, n)
 	}
 	return c, nil
+}
+
+// classify says why b, which the strict decoder refused with err, does
+// not decode: it is of a later version (whatever else it holds), it has a
+// field this package does not know (the lenient decoder, which differs
+// only in that, takes it), or it is not a command at all.
+func classify(b []byte, err error) error {
+	var head struct {
+		Version int `json:"v"`
+	}
+	if json.Unmarshal(b, &head) == nil && head.Version > Version {
+		return &NewerError{Version: head.Version, Max: Version}
+	}
+	var c Command
+	lenient := json.Unmarshal(b, &c)
+	if lenient != nil {
+		return fmt.Errorf("%w: %v", ErrBadCommand, lenient)
+	}
+	return &NewerError{Version: c.Version, Max: Version, Unknown: err.Error()}
 }

@@ -3,6 +3,7 @@ package fsm_test
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,6 +95,8 @@ func TestDecodeRefuses(t *testing.T) {
 		{"null operation", `{"v":1,` + at + `,"prune":null}`},
 		{"two operations", string(twoOps)},
 		{"three operations", `{"v":1,` + at + `,"prune":{},"revoke_token":{"id":"a"},"remove_node":{"node_id":"b"}}`},
+		{"data after the command", `{"v":1,` + at + `,"prune":{}} x`},
+		{"two commands", `{"v":1,` + at + `,"prune":{}}{"v":1,` + at + `,"prune":{}}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -103,9 +106,65 @@ func TestDecodeRefuses(t *testing.T) {
 			}
 		})
 	}
-	// The same shapes with exactly one operation decode.
-	if _, err := fsm.Decode([]byte(`{"v":1,` + at + `,"prune":{}}`)); err != nil {
-		t.Errorf("Decode(one prune) = %v, want nil", err)
+	// The same shapes with exactly one operation decode, with white space
+	// around them or not.
+	for _, in := range []string{`{"v":1,` + at + `,"prune":{}}`, " {\"v\":1,\n" + at + `,"prune":{}}` + "\n"} {
+		if _, err := fsm.Decode([]byte(in)); err != nil {
+			t.Errorf("Decode(%q) = %v, want nil", in, err)
+		}
+	}
+	// None of them was written by a newer quorumca: a Machine skips them
+	// rather than halt.
+	for _, tt := range tests {
+		_, err := fsm.Decode([]byte(tt.in))
+		if got, want := errors.Is(err, fsm.ErrNewer), tt.name == "future version"; got != want {
+			t.Errorf("Decode(%q) = %v; errors.Is(ErrNewer) = %t, want %t", tt.in, err, got, want)
+		}
+	}
+}
+
+// TestDecodeNewer: a command a newer quorumca wrote, of a later version or
+// with a field this one does not know, at any depth, is refused with a
+// NewerError that names both versions and says to upgrade, whatever else
+// it holds; so that a Machine can halt at it instead of skipping it.
+func TestDecodeNewer(t *testing.T) {
+	at := `"at":"2030-01-01T00:00:00Z"`
+	next := fsm.Version + 1
+	tests := []struct {
+		name    string
+		in      string
+		version int
+		unknown bool
+	}{
+		{"later version", fmt.Sprintf(`{"v":%d,%s,"prune":{}}`, next, at), next, false},
+		{"later version, new operation", fmt.Sprintf(`{"v":%d,%s,"rename_cluster":{"name":"x"}}`, next, at), next, false},
+		{"later version, field of another type", fmt.Sprintf(`{"v":%d,%s,"prune":[]}`, next, at), next, false},
+		{"later version, no operation", fmt.Sprintf(`{"v":%d,%s}`, next, at), next, false},
+		{"unknown operation", `{"v":1,` + at + `,"rename_cluster":{"name":"x"}}`, 1, true},
+		{"unknown field", `{"v":1,` + at + `,"prune":{},"priority":3}`, 1, true},
+		{"unknown field in an operation", `{"v":1,` + at + `,"remove_node":{"node_id":"b","drain":true}}`, 1, true},
+		{"unknown field deep down", `{"v":1,` + at + `,"issue":{"node":{"id":"n","role":"swarm-worker","cert":{"serial":"1","hsm":"yes"}}}}`, 1, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := fsm.Decode([]byte(tt.in))
+			var ne *fsm.NewerError
+			if !errors.As(err, &ne) {
+				t.Fatalf("Decode(%q) = %+v, %v, want a *fsm.NewerError", tt.in, c, err)
+			}
+			if !errors.Is(err, fsm.ErrNewer) || !errors.Is(err, fsm.ErrBadCommand) {
+				t.Errorf("Decode(%q) error %v does not match both ErrNewer and ErrBadCommand", tt.in, err)
+			}
+			if ne.Version != tt.version || ne.Max != fsm.Version || (ne.Unknown != "") != tt.unknown || ne.Snapshot {
+				t.Errorf("Decode(%q) = %+v, want version %d, max %d, unknown field %t", tt.in, *ne, tt.version, fsm.Version, tt.unknown)
+			}
+			msg := err.Error()
+			for _, want := range []string{"upgrade this manager", fmt.Sprintf("command of version %d", tt.version), fmt.Sprintf("reads up to version %d", fsm.Version)} {
+				if !strings.Contains(msg, want) {
+					t.Errorf("Decode(%q) error %q does not say %q", tt.in, msg, want)
+				}
+			}
+		})
 	}
 }
 

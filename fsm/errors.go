@@ -1,6 +1,9 @@
 package fsm
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Errors Apply returns in a Result. They describe why a command was refused;
 // a refused command leaves the state as it was (but for Index).
@@ -37,3 +40,47 @@ var (
 	// pruned).
 	ErrUnknownAdmin = errors.New("fsm: unknown admin certificate")
 )
+
+// ErrNewer is returned for what a newer quorumca wrote and this package
+// cannot read without misreading it: a command of a later version or with
+// a field it does not know, or a snapshot of a later format. The errors
+// that match it are *NewerError; the manager must be upgraded.
+var ErrNewer = errors.New("fsm: written by a newer quorumca")
+
+// NewerError describes a command or a snapshot a newer quorumca wrote. It
+// matches ErrNewer, and for a command also ErrBadCommand.
+type NewerError struct {
+	// Snapshot is set for a snapshot, clear for a command.
+	Snapshot bool
+	// Version is the command's version or the snapshot's format; Max is
+	// the latest this package reads.
+	Version, Max int
+	// Unknown, for a command of a version this package reads, is the
+	// decoder's word on the field it does not know.
+	Unknown string
+	// Index is the command's Raft index when a Machine met it, else 0.
+	Index uint64
+}
+
+// Error says to upgrade this manager, and names both versions.
+func (e *NewerError) Error() string {
+	if e.Snapshot {
+		return fmt.Sprintf("fsm: upgrade this manager: the snapshot is of format %d, this binary reads up to format %d", e.Version, e.Max)
+	}
+	at := ""
+	if e.Index > 0 {
+		at = fmt.Sprintf(" at index %d", e.Index)
+	}
+	if e.Unknown != "" {
+		return fmt.Sprintf("fsm: upgrade this manager: the log holds a command of version %d%s with a field this binary does not know (%s), this binary reads up to version %d", e.Version, at, e.Unknown, e.Max)
+	}
+	return fmt.Sprintf("fsm: upgrade this manager: the log holds a command of version %d%s, this binary reads up to version %d", e.Version, at, e.Max)
+}
+
+// Unwrap makes e match ErrNewer, and ErrBadCommand for a command.
+func (e *NewerError) Unwrap() []error {
+	if e.Snapshot {
+		return []error{ErrNewer}
+	}
+	return []error{ErrNewer, ErrBadCommand}
+}

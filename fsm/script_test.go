@@ -1,10 +1,7 @@
 package fsm_test
 
 import (
-	"bytes"
-	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -12,18 +9,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/datadriven"
+
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
 )
 
-var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of fsm/testdata/*.txt scripts")
-
-// TestScripts runs the scripts in testdata/: multi-step stories of a
-// cluster, in the spirit of cockroachdb/datadriven (which this module does
-// not require). A script is a list of cases separated by blank lines; a
-// case is a command line, a "----" line and the output the command must
-// give. Lines starting with # are comments. Run with -rewrite to write the
-// outputs the code gives now.
+// TestScripts runs the scripts in testdata/ with cockroachdb/datadriven:
+// multi-step stories of a cluster, in the style of etcd-io/raft's
+// interaction tests. A case is a command line, a "----" line and the
+// output the command must give, ended by a blank line; lines starting
+// with # are comments. Run with -rewrite to write the outputs the code
+// gives now.
 //
 // Commands (durations are Go durations; times print as offsets from the
 // cluster's creation):
@@ -52,79 +49,15 @@ func TestScripts(t *testing.T) {
 	f := newFixture(t)
 	for _, file := range files {
 		t.Run(strings.TrimSuffix(filepath.Base(file), ".txt"), func(t *testing.T) {
-			runScript(t, f, file)
+			r := &scriptRunner{f: f, clock: t0, s: &fsm.State{}, secrets: map[ca.Role][]string{}}
+			datadriven.RunTest(t, file, func(t *testing.T, d *datadriven.TestData) string {
+				if d.Input != "" {
+					t.Fatalf("%s: %s: commands take no input, got %q", d.Pos, d.Cmd, d.Input)
+				}
+				r.t = t
+				return r.run(d)
+			})
 		})
-	}
-}
-
-type scriptCase struct {
-	line    int
-	command string
-	want    string
-	got     string
-}
-
-func parseScript(t *testing.T, file string) (cases []*scriptCase, comments map[int][]string) {
-	t.Helper()
-	b, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	comments = map[int][]string{}
-	lines := strings.Split(string(b), "\n")
-	for i := 0; i < len(lines); i++ {
-		l := strings.TrimSpace(lines[i])
-		switch {
-		case l == "":
-			// Keep a blank line that ends a comment block (the file's
-			// header), for -rewrite.
-			if c := comments[len(cases)]; len(c) > 0 && c[len(c)-1] != "" {
-				comments[len(cases)] = append(c, "")
-			}
-			continue
-		case strings.HasPrefix(l, "#"):
-			comments[len(cases)] = append(comments[len(cases)], lines[i])
-			continue
-		}
-		c := &scriptCase{line: i + 1, command: l}
-		if i+1 >= len(lines) || strings.TrimSpace(lines[i+1]) != "----" {
-			t.Fatalf("%s:%d: command %q is not followed by ----", file, i+1, l)
-		}
-		i += 2
-		var out []string
-		for ; i < len(lines) && strings.TrimSpace(lines[i]) != ""; i++ {
-			out = append(out, lines[i])
-		}
-		c.want = strings.Join(out, "\n")
-		cases = append(cases, c)
-	}
-	return cases, comments
-}
-
-func runScript(t *testing.T, f *fixture, file string) {
-	cases, comments := parseScript(t, file)
-	r := &scriptRunner{t: t, f: f, clock: t0, s: &fsm.State{}, secrets: map[ca.Role][]string{}}
-	for _, c := range cases {
-		c.got = r.run(c.command)
-		if !*rewrite && c.got != c.want {
-			t.Errorf("%s:%d: %s\n got:\n%s\nwant:\n%s", file, c.line, c.command, c.got, c.want)
-		}
-	}
-	if !*rewrite {
-		return
-	}
-	var buf bytes.Buffer
-	for i, c := range cases {
-		for _, l := range comments[i] {
-			fmt.Fprintln(&buf, l)
-		}
-		fmt.Fprintf(&buf, "%s\n----\n%s\n\n", c.command, c.got)
-	}
-	for _, l := range comments[len(cases)] {
-		fmt.Fprintln(&buf, l)
-	}
-	if err := os.WriteFile(file, append(bytes.TrimRight(buf.Bytes(), "\n"), '\n'), 0o644); err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -170,16 +103,19 @@ func rel(at time.Time) string {
 	return "+" + at.Sub(t0).String()
 }
 
-func (r *scriptRunner) run(line string) string {
+func (r *scriptRunner) run(d *datadriven.TestData) string {
 	r.t.Helper()
-	fields := strings.Fields(line)
+	line := d.FullCmd()
 	var args []string
 	opts := map[string]string{}
-	for _, f := range fields[1:] {
-		if k, v, ok := strings.Cut(f, "="); ok {
-			opts[k] = v
-		} else {
-			args = append(args, f)
+	for _, a := range d.CmdArgs {
+		switch len(a.Vals) {
+		case 0:
+			args = append(args, a.Key)
+		case 1:
+			opts[a.Key] = a.Vals[0]
+		default:
+			r.fail("%q: %s takes one value", line, a.Key)
 		}
 	}
 	arg := func(i int) string {
@@ -203,7 +139,7 @@ func (r *scriptRunner) run(line string) string {
 		return c
 	}
 	c := fsm.Command{At: r.clock}
-	switch fields[0] {
+	switch d.Cmd {
 	case "state":
 		return r.dump()
 	case "snapshot":
@@ -280,7 +216,7 @@ func (r *scriptRunner) run(line string) string {
 	case "set-addrs":
 		c.SetAddrs = &fsm.SetAddrs{NodeID: arg(0), Addr: arg(1), RaftAddr: arg(2)}
 	default:
-		return r.fail("%q: unknown command %s", line, fields[0])
+		return r.fail("%q: unknown command %s", line, d.Cmd)
 	}
 	next, err := fsm.Apply(r.s, r.s.Index+1, c)
 	r.s = next

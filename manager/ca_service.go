@@ -273,7 +273,8 @@ func (s caService) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*a
 		return nil, fmt.Errorf("%w: node %s is not a member of this cluster; join it again with a token", fsm.ErrUnknownNode, c.ID.NodeID)
 	}
 	now := m.cfg.Now()
-	m.obs.heard(n.ID, observation{at: now, serial: c.Serial, issuer: c.Status, bundle: req.GetBundleDigest()})
+	ob := observation{at: now, serial: c.Serial, issuer: c.Status, bundle: req.GetBundleDigest()}
+	prev, heard := m.obs.heard(n.ID, ob)
 	resp := &api.HeartbeatResponse{
 		Role:              string(n.Role),
 		Renew:             needsRenewal(st, n, c, now),
@@ -291,7 +292,9 @@ func (s caService) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*a
 		// spread their renewals.
 		resp.RenewJitterMs = m.cfg.RotationJitter.Milliseconds()
 	}
-	m.kickRotation()
+	if heardNews(prev, heard, ob, m.cfg.HeartbeatPeriod) {
+		m.kickRotation()
+	}
 	return resp, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/progress"
 )
 
 // controlService is the administration API: the CLI on the control socket
@@ -55,9 +56,7 @@ func (s controlService) Status(ctx context.Context, _ *api.StatusRequest) (*api.
 	if n, ok := st.Node(leaderID); ok {
 		resp.LeaderAddr = n.Addr
 	}
-	if disk := m.diskProblem(); disk != nil {
-		resp.Problem = disk.Error()
-	}
+	resp.Problem = m.problem()
 	servers, err := m.raft.Servers()
 	if err != nil {
 		return nil, err
@@ -137,11 +136,21 @@ func (m *Manager) ping(ctx context.Context, addr string) error {
 // Ping answers at once, with what keeps this manager from serving, if
 // anything.
 func (s controlService) Ping(context.Context, *api.PingRequest) (*api.PingResponse, error) {
-	resp := &api.PingResponse{NodeId: s.m.node.NodeID}
-	if disk := s.m.diskProblem(); disk != nil {
-		resp.Problem = disk.Error()
+	return &api.PingResponse{NodeId: s.m.node.NodeID, Problem: s.m.problem()}, nil
+}
+
+// problem says what keeps this manager from serving, "" if nothing: a log
+// it cannot apply on (a newer quorumca wrote it: upgrade this manager),
+// a full disk.
+func (m *Manager) problem() string {
+	var out []string
+	if err := m.machine.Halted(); err != nil {
+		out = append(out, fmt.Sprintf("on manager %s (%s): %v", m.node.NodeID, m.apiAddr, err))
 	}
-	return resp, nil
+	if disk := m.diskProblem(); disk != nil {
+		out = append(out, disk.Error())
+	}
+	return strings.Join(out, "; ")
 }
 
 // JoinToken returns a role's join token, and rotates its secret first if
@@ -272,9 +281,9 @@ func selectNodes(st *fsm.State, id string) ([]fsm.Node, error) {
 // rotation in progress, if any: a node unreachable in it is named.
 func tlsStatus(st *fsm.State, n fsm.Node, rotState string) string {
 	switch {
-	case st.Rotation != nil && rotState == rotSkipped:
+	case st.Rotation != nil && rotState == string(progress.Skipped):
 		return "needs rotation (unreachable past the grace: skipped)"
-	case st.Rotation != nil && rotState == rotDown:
+	case st.Rotation != nil && rotState == string(progress.Down):
 		return "needs rotation (unreachable)"
 	case n.Cert.Issuer.Equal(st.CAStatus):
 		return "ready"

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 
 	"github.com/quorumca/quorumca/fsm"
 	"github.com/quorumca/quorumca/raft"
@@ -38,12 +39,28 @@ func (m *Manager) propose(ctx context.Context, cmd fsm.Command) (*fsm.State, err
 
 // stateMachine adapts fsm.Machine to raft.StateMachine: entries are
 // applied in log order, snapshots are the state's pointer persisted while
-// Apply goes on, and a restore replaces the state whole.
-type stateMachine struct{ m *fsm.Machine }
+// Apply goes on, and a restore replaces the state whole. When the Machine
+// halts at a command a newer quorumca wrote, it says so at Error level,
+// once, and takes no more snapshots: one would claim the entries it did
+// not apply.
+type stateMachine struct {
+	m   *fsm.Machine
+	log *slog.Logger
+}
 
-func (s stateMachine) Apply(index uint64, cmd []byte) any { return s.m.Apply(index, cmd) }
+func (s stateMachine) Apply(index uint64, cmd []byte) any {
+	wasHalted := s.m.Halted() != nil
+	out := s.m.Apply(index, cmd)
+	if err := s.m.Halted(); err != nil && !wasHalted {
+		s.log.Error("this manager applies the replicated log no further", "err", err)
+	}
+	return out
+}
 
 func (s stateMachine) Snapshot() (raft.Snapshot, error) {
+	if err := s.m.Halted(); err != nil {
+		return nil, err
+	}
 	return snapshot{s.m.Snapshot()}, nil
 }
 

@@ -3,6 +3,8 @@ package manager
 import (
 	"context"
 	"fmt"
+
+	"github.com/quorumca/quorumca/fsm"
 )
 
 // acceptGossip believes gossip only about nodes of the cluster that were
@@ -27,6 +29,7 @@ func (m *Manager) acceptGossip(id string) error {
 // trusted here at once, not at the next heartbeat) and its gossip key
 // (replaced when a node is removed or a rotation completes).
 func (m *Manager) followState(ctx context.Context) {
+	var last *fsm.State
 	for {
 		st, changed := m.machine.Watch()
 		if st.Initialized() && st.Rotation == nil && string(st.CA.Bundle) != string(m.creds.Bundle()) {
@@ -40,7 +43,10 @@ func (m *Manager) followState(ctx context.Context) {
 		if len(st.GossipKey) > 0 {
 			m.gossip.UseKey(st.GossipKey)
 		}
-		m.kickRotation()
+		if rotationMoved(last, st) {
+			m.kickRotation()
+		}
+		last = st
 		select {
 		case <-ctx.Done():
 			return

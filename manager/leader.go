@@ -3,11 +3,13 @@ package manager
 import (
 	"context"
 	"io"
+	"maps"
 	"sync"
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/progress"
 )
 
 // term is one stretch of this manager's leadership.
@@ -231,14 +233,17 @@ type observations struct {
 	m  map[string]observation
 }
 
-// heard records a heartbeat.
-func (o *observations) heard(id string, ob observation) {
+// heard records a heartbeat, and returns the observation it replaces (ok:
+// there was one).
+func (o *observations) heard(id string, ob observation) (prev observation, ok bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.m == nil {
 		o.m = map[string]observation{}
 	}
+	prev, ok = o.m[id]
 	o.m[id] = ob
+	return prev, ok
 }
 
 // seen records that a node is alive (it joined or renewed), keeping what
@@ -254,6 +259,13 @@ func (o *observations) seen(id string, at time.Time) {
 	o.m[id] = ob
 }
 
+// all returns a copy of every observation, by node ID.
+func (o *observations) all() map[string]observation {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return maps.Clone(o.m)
+}
+
 func (o *observations) get(id string) (observation, bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -262,19 +274,20 @@ func (o *observations) get(id string) (observation, bool) {
 }
 
 // live reports whether node id is alive as this manager sees it: it is
-// this manager, it was heard from within three heartbeat periods, or this
-// manager became the leader less than three periods ago (the nodes have
-// not all reached it yet: none may be taken for down).
+// this manager, or progress.Live says so (it was heard from within three
+// heartbeat periods, or this manager became the leader less than three
+// periods ago: the nodes have not all reached it yet, none may be taken
+// for down).
 func (m *Manager) live(id string, now time.Time) bool {
 	if id == m.node.NodeID {
 		return true
 	}
-	window := 3 * m.cfg.HeartbeatPeriod
-	if t, _ := m.term.get(); t != nil && now.Sub(t.since) < window {
-		return true
+	var since time.Time
+	if t, _ := m.term.get(); t != nil {
+		since = t.since
 	}
-	ob, ok := m.obs.get(id)
-	return ok && now.Sub(ob.at) < window
+	ob, _ := m.obs.get(id)
+	return progress.Live(ob.at, now, m.cfg.HeartbeatPeriod, since)
 }
 
 // sleep waits d or until ctx is done; it reports whether d passed.

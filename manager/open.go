@@ -244,7 +244,7 @@ func (m *Manager) openRaft(bootstrap bool) error {
 	rc.AdvertiseAddr = m.raftAddr
 	rc.TLS = m.raftTLS()
 	rc.ClusterID = m.node.ClusterID
-	rc.StateMachine = stateMachine{m.machine}
+	rc.StateMachine = stateMachine{m.machine, m.log}
 	rc.Logger = m.log.With("component", "raft")
 	rc.Bootstrap = bootstrap
 	rc.Authorize = m.checkRaftPeer

@@ -13,6 +13,7 @@ import (
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/progress"
 )
 
 // A root rotation (DESIGN.md flow 5), as the leader drives it:
@@ -40,20 +41,20 @@ import (
 // errNotRotatable is the refusal of RotateCA while a rotation runs.
 var errNotRotatable = errors.New("cannot rotate")
 
-// rotationTracker is what the leader remembers of the rotation in
-// progress between looks: since when each node is unreachable. It starts
-// afresh with each term, as the observations it is made from do.
+// rotationTracker holds the tracker of the rotation in progress
+// (progress.Tracker: since when each node is unreachable) between the
+// leader's looks. It starts afresh with each term, as the observations it
+// is made from do.
 type rotationTracker struct {
-	mu        sync.Mutex // guards the fields below
-	started   time.Time  // the rotation downSince belongs to
-	downSince map[string]time.Time
+	mu  sync.Mutex // guards cur
+	cur progress.Tracker
 }
 
 // restart forgets everything, for a new term.
 func (t *rotationTracker) restart() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.started, t.downSince = time.Time{}, nil
+	t.cur = progress.Tracker{}
 }
 
 // rotationView is the progress of a rotation as one manager sees it.
@@ -65,111 +66,121 @@ type rotationView struct {
 	skipped []string
 }
 
-// Node states in a rotation.
-const (
-	rotConverged = "converged"
-	rotRenewed   = "renewed"
-	rotPending   = "pending"
-	rotDown      = "down"
-	rotSkipped   = "skipped"
-)
-
 // viewRotation computes the progress of the rotation in progress in st, or
-// of the last completed one, from what this manager heard in heartbeats.
-// Only the leader hears them all, and only the leader's rotation step
-// tracks (records who is down since when).
+// of the last completed one, from what this manager heard in heartbeats
+// (progress.Rotation), in the API's form. Only the leader hears them all,
+// and only the leader's rotation step tracks (records who is down since
+// when).
 func (m *Manager) viewRotation(st *fsm.State, now time.Time, track bool) rotationView {
-	if st.Rotation == nil && st.LastRotation == nil {
-		return rotationView{}
+	in := progress.Input{
+		State: st, Observations: m.observations(now), Self: m.node.NodeID, Track: track,
+		Now: now, HeartbeatPeriod: m.cfg.HeartbeatPeriod,
 	}
-	info := &api.Rotation{GraceSeconds: int64(st.Grace() / time.Second)}
-	newBundle := st.CA.Bundle
-	if r := st.Rotation; r != nil {
-		info.InProgress, info.StartedAt = true, r.StartedAt.Unix()
-		newBundle = r.Bundle
-	} else {
-		info.StartedAt, info.CompletedAt = st.LastRotation.StartedAt.Unix(), st.LastRotation.CompletedAt.Unix()
+	if t, _ := m.term.get(); t != nil {
+		in.LeaderSince = t.since
 	}
-	info.NewRootFingerprint = fingerprint(newBundle)
-	wantBundle := agent.BundleDigest(newBundle)
-
 	t := &m.rotation
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if st.Rotation != nil && track && (t.downSince == nil || !t.started.Equal(st.Rotation.StartedAt)) {
-		t.started, t.downSince = st.Rotation.StartedAt, map[string]time.Time{}
+	in.Tracker = t.cur
+	p, next := progress.Rotation(in)
+	if track {
+		t.cur = next
 	}
-	ours := st.Rotation != nil && t.downSince != nil && t.started.Equal(st.Rotation.StartedAt)
-	view := rotationView{info: info, done: st.Rotation != nil}
-	for _, n := range st.SortedNodes() {
-		ob := m.observed(n.ID)
-		issued := n.Cert.Issuer.Equal(st.CAStatus)
-		serves := issued && ob.serial == n.Cert.Serial && ob.issuer.Equal(st.CAStatus)
-		rn := &api.RotationNode{Id: n.ID, Role: string(n.Role), TrustsNewRoot: ob.bundle == wantBundle}
-		if rn.TrustsNewRoot {
-			info.Trusting++
-		}
-		info.Total++
-		info.Nodes = append(info.Nodes, rn)
-		if st.Rotation == nil {
-			// After completion only the new root's spread is left to see.
-			rn.State = rotConverged
-			if st.WasSkipped(n.ID) {
-				rn.State = rotSkipped
-				info.Skipped++
-			}
-			continue
-		}
-		reachable := m.live(n.ID, now)
-		if track {
-			if reachable {
-				delete(t.downSince, n.ID)
-			} else if _, ok := t.downSince[n.ID]; !ok {
-				t.downSince[n.ID] = now
-			}
-		}
-		since, seenDown := t.downSince[n.ID]
-		seenDown = seenDown && ours
-		switch {
-		case serves:
-			rn.State = rotConverged
-			info.Converged++
-		case !reachable:
-			rn.State = rotDown
-			if seenDown {
-				rn.DownSince = since.Unix()
-				if now.Sub(since) >= st.Grace() {
-					rn.State = rotSkipped
-					info.Skipped++
-					view.skipped = append(view.skipped, n.ID)
-					break
-				}
-			}
-			view.done = false
-		case issued:
-			rn.State = rotRenewed
-			view.done = false
-		default:
-			rn.State = rotPending
-			view.done = false
-		}
-	}
-	return view
+	t.mu.Unlock()
+	return rotationToAPI(p)
 }
 
-// observed is what this manager knows of the certificate and bundle node
-// id holds: its own, or what the node's last heartbeat here showed.
-func (m *Manager) observed(id string) observation {
-	if id == m.node.NodeID {
-		return observation{
-			at:     m.cfg.Now(),
-			serial: m.creds.Leaf().SerialNumber.Text(16),
-			issuer: m.creds.Issuer(),
-			bundle: agent.BundleDigest(m.creds.Bundle()),
+// rotationToAPI converts a progress to the API's form, and what the
+// leader's step needs of it.
+func rotationToAPI(p *progress.Progress) rotationView {
+	if p == nil {
+		return rotationView{}
+	}
+	info := &api.Rotation{
+		InProgress: p.InProgress, StartedAt: p.StartedAt.Unix(),
+		NewRootFingerprint: fingerprint(p.NewBundle), GraceSeconds: int64(p.Grace / time.Second),
+		Total: uint32(p.Counts.Total), Converged: uint32(p.Counts.Converged),
+		Trusting: uint32(p.Counts.Trusting), Skipped: uint32(p.Counts.Skipped),
+	}
+	if !p.InProgress {
+		info.CompletedAt = p.CompletedAt.Unix()
+	}
+	for _, n := range p.Nodes {
+		rn := &api.RotationNode{Id: n.ID, Role: string(n.Role), State: string(n.State), TrustsNewRoot: n.TrustsNewRoot}
+		if !n.DownSince.IsZero() {
+			rn.DownSince = n.DownSince.Unix()
+		}
+		info.Nodes = append(info.Nodes, rn)
+	}
+	return rotationView{info: info, done: p.Done, skipped: p.Skipped}
+}
+
+// observations are what this manager heard of every node, and for itself
+// what its own credentials are, as progress takes them.
+func (m *Manager) observations(now time.Time) map[string]progress.Observation {
+	heard := m.obs.all()
+	out := make(map[string]progress.Observation, len(heard)+1)
+	for id, ob := range heard {
+		out[id] = progress.Observation{At: ob.at, Serial: ob.serial, Issuer: ob.issuer, Bundle: ob.bundle}
+	}
+	out[m.node.NodeID] = progress.Observation{
+		At:     now,
+		Serial: m.creds.Leaf().SerialNumber.Text(16),
+		Issuer: m.creds.Issuer(),
+		Bundle: agent.BundleDigest(m.creds.Bundle()),
+	}
+	return out
+}
+
+// The leader looks at the rotation (driveRotation) on every tick of its
+// loop, and when kicked: when the state's rotation or set of nodes changes
+// (rotationMoved), and when a heartbeat shows something new of its node
+// (heardNews). A look costs O(N log N) for N nodes: kicking it at every
+// applied command, N renewals per rotation, cost O(N² log N).
+
+// rotationMoved reports whether the state next may show another progress
+// than prev (nil for none) did, as far as the state goes: another rotation
+// or none, another grace, or, while one is in progress, another set of
+// nodes. A renewal alone does not: the node converges when it presents
+// the new certificate, and the heartbeat that shows it kicks.
+func rotationMoved(prev, next *fsm.State) bool {
+	switch {
+	case prev == nil || prev.Rotation != next.Rotation:
+		return true
+	case next.Rotation == nil:
+		return false
+	case prev.Grace() != next.Grace():
+		return true
+	}
+	return !sameNodes(prev, next)
+}
+
+// sameNodes reports whether the states hold the same set of node IDs. It
+// looks at the counts alone when next follows prev by one command, which
+// adds or removes one node at most; at every node otherwise.
+func sameNodes(prev, next *fsm.State) bool {
+	if prev.Nodes.Len() != next.Nodes.Len() {
+		return false
+	}
+	if next.Index == prev.Index+1 {
+		return true
+	}
+	for id := range next.Nodes.All() {
+		if _, ok := prev.Nodes.Get(id); !ok {
+			return false
 		}
 	}
-	ob, _ := m.obs.get(id)
-	return ob
+	return true
+}
+
+// heardNews reports whether a heartbeat's observation ob may change the
+// rotation's progress from what the node's previous observation prev (ok:
+// there was one) showed: the node presents another certificate or holds
+// another bundle, or it is heard again after being silent (down, by the
+// heartbeat period, as progress.Live counts it).
+func heardNews(prev observation, ok bool, ob observation, period time.Duration) bool {
+	return !ok || prev.serial != ob.serial || !prev.issuer.Equal(ob.issuer) || prev.bundle != ob.bundle ||
+		!progress.Live(prev.at, ob.at, period, time.Time{})
 }
 
 // driveRotation is the leader's step of the rotation in progress: complete

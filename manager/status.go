@@ -52,7 +52,7 @@ var classes = []struct {
 	{[]error{fsm.ErrUnknownNode, fsm.ErrRemoved, fsm.ErrUnknownToken, fsm.ErrUnknownAdmin}, codes.NotFound, ""},
 	{[]error{fsm.ErrTokenUnusable}, codes.PermissionDenied, api.ReasonBadToken},
 	{[]error{fsm.ErrLastManager, errNodeLive, errQuorum, errNotRotatable, fsm.ErrRotating, cfssl.ErrRefused,
-		ca.ErrExternalCA, fsm.ErrNotInitialized}, codes.FailedPrecondition, ""},
+		ca.ErrExternalCA, fsm.ErrNotInitialized, fsm.ErrNewer}, codes.FailedPrecondition, ""},
 	{[]error{fsm.ErrNodeExists}, codes.AlreadyExists, ""},
 	{[]error{ca.ErrMalformedToken, ca.ErrBadCSR, ca.ErrCSRSignature, ca.ErrUnsupportedKey, ca.ErrWeakKey,
 		ca.ErrBadIdentity, ca.ErrMalformedPEM, fsm.ErrBadCommand, ca.ErrExpiryTooShort, ca.ErrNotCA,
