@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -12,7 +11,6 @@ import (
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
-	"github.com/quorumca/quorumca/progress"
 )
 
 // controlService is the administration API: the CLI on the control socket
@@ -153,39 +151,6 @@ func (m *Manager) problem() string {
 	return strings.Join(out, "; ")
 }
 
-// JoinToken returns a role's join token, and rotates its secret first if
-// asked.
-func (s controlService) JoinToken(ctx context.Context, req *api.JoinTokenRequest) (*api.JoinTokenResponse, error) {
-	m := s.m
-	role, err := ca.ParseRole(req.GetRole())
-	if err != nil {
-		return nil, err
-	}
-	st := m.machine.State()
-	if req.GetRotate() {
-		secret, err := ca.NewSecret(m.cfg.Rand)
-		if err != nil {
-			return nil, err
-		}
-		if st, err = m.propose(ctx, fsm.Command{At: m.cfg.Now(), RotateSecret: &fsm.RotateSecret{Role: role, Secret: secret}}); err != nil {
-			return nil, err
-		}
-		m.log.Info("join token rotated", "role", role, "by", callOf(ctx).actor())
-	}
-	return tokenResponse(st, role)
-}
-
-func tokenResponse(st *fsm.State, role ca.Role) (*api.JoinTokenResponse, error) {
-	if !st.Initialized() {
-		return nil, fsm.ErrNotInitialized
-	}
-	tok, err := st.Token(role)
-	if err != nil {
-		return nil, err
-	}
-	return &api.JoinTokenResponse{Token: tok.String(), Managers: managerAddrs(st)}, nil
-}
-
 // AddVoter makes the calling manager (named by its certificate) a Raft
 // voter, at the Raft address it gives.
 func (s controlService) AddVoter(ctx context.Context, req *api.AddVoterRequest) (*api.AddVoterResponse, error) {
@@ -211,190 +176,6 @@ func (s controlService) AddVoter(ctx context.Context, req *api.AddVoterRequest) 
 	}
 	m.log.Info("raft voter added", "node_id", c.ID.NodeID, "raft_addr", req.GetRaftAddr())
 	return &api.AddVoterResponse{}, nil
-}
-
-// ListNodes lists the nodes, as the leader sees them (it has every node's
-// heartbeats).
-func (s controlService) ListNodes(ctx context.Context, req *api.ListNodesRequest) (*api.ListNodesResponse, error) {
-	m := s.m
-	st := m.machine.State()
-	now := m.cfg.Now()
-	leaderID, _ := m.raft.Leader()
-	nodes, err := selectNodes(st, req.GetNodeId())
-	if err != nil {
-		return nil, err
-	}
-	rotState := map[string]string{}
-	if st.Rotation != nil {
-		for _, rn := range m.viewRotation(st, now, false).info.GetNodes() {
-			rotState[rn.GetId()] = rn.GetState()
-		}
-	}
-	out := make([]*api.Node, len(nodes))
-	var wg sync.WaitGroup
-	for i, n := range nodes {
-		an := &api.Node{
-			Id: n.ID, Role: string(n.Role), Addr: n.Addr, RaftAddr: n.RaftAddr,
-			Status: "down", Leader: n.ID == leaderID,
-			CertSerial: n.Cert.Serial, CertNotAfter: n.Cert.NotAfter.Unix(),
-			TlsStatus: tlsStatus(st, n, rotState[n.ID]), JoinedAt: n.JoinedAt.Unix(),
-		}
-		if ob, ok := m.obs.get(n.ID); ok {
-			an.LastSeen = ob.at.Unix()
-		}
-		if m.live(n.ID, now) {
-			an.Status = "ready"
-		}
-		out[i] = an
-		if n.Role != ca.RoleManager {
-			continue
-		}
-		if n.ID == m.node.NodeID {
-			an.Reachability = "reachable"
-			continue
-		}
-		wg.Go(func() { an.Reachability = m.reachability(ctx, n.Addr) })
-	}
-	wg.Wait()
-	return &api.ListNodesResponse{Nodes: out}, nil
-}
-
-// selectNodes returns the node named id, or every node for "".
-func selectNodes(st *fsm.State, id string) ([]fsm.Node, error) {
-	if id == "" {
-		return st.SortedNodes(), nil
-	}
-	n, ok := st.Node(id)
-	if !ok {
-		if st.IsRemoved(id) {
-			return nil, fmt.Errorf("%w: node %s was removed", fsm.ErrUnknownNode, id)
-		}
-		return nil, fmt.Errorf("%w: no node %s; see `quorumca node ls`", fsm.ErrUnknownNode, id)
-	}
-	return []fsm.Node{n}, nil
-}
-
-// tlsStatus says whether a node's certificate was signed by the current CA
-// ("ready"), is still to be renewed in the rotation in progress ("needs
-// rotation"), or was left behind by a completed rotation while it was
-// unreachable ("rejoin needed"). rotState is the node's state in the
-// rotation in progress, if any: a node unreachable in it is named.
-func tlsStatus(st *fsm.State, n fsm.Node, rotState string) string {
-	switch {
-	case st.Rotation != nil && rotState == string(progress.Skipped):
-		return "needs rotation (unreachable past the grace: skipped)"
-	case st.Rotation != nil && rotState == string(progress.Down):
-		return "needs rotation (unreachable)"
-	case n.Cert.Issuer.Equal(st.CAStatus):
-		return "ready"
-	case st.Rotation != nil:
-		return "needs rotation"
-	}
-	return "rejoin needed"
-}
-
-// SetRole promotes a worker or demotes a manager.
-func (s controlService) SetRole(ctx context.Context, req *api.SetRoleRequest) (*api.SetRoleResponse, error) {
-	m := s.m
-	role, err := ca.ParseRole(req.GetRole())
-	if err != nil {
-		return nil, err
-	}
-	st := m.machine.State()
-	n, ok := st.Node(req.GetNodeId())
-	if !ok {
-		return nil, fmt.Errorf("%w: no node %s; see `quorumca node ls`", fsm.ErrUnknownNode, req.GetNodeId())
-	}
-	if n.Role == role {
-		return nil, fmt.Errorf("%w: node %s is already a %s", fsm.ErrBadCommand, n.ID, role.Short())
-	}
-	if n.Role == ca.RoleManager {
-		if err := m.checkQuorumWithout(ctx, n.ID); err != nil {
-			return nil, err
-		}
-	}
-	if _, err := m.propose(ctx, fsm.Command{At: m.cfg.Now(), SetRole: &fsm.SetRole{NodeID: n.ID, Role: role}}); err != nil {
-		return nil, err
-	}
-	m.log.Info("node role changed", "node_id", n.ID, "role", role, "by", callOf(ctx).actor())
-	if role == ca.RoleWorker {
-		// The leader loop retries this if it fails now.
-		if err := m.raft.RemoveServer(ctx, n.ID); err != nil {
-			m.log.Warn("remove demoted voter", "node_id", n.ID, "err", err)
-		}
-	}
-	return &api.SetRoleResponse{}, nil
-}
-
-// checkQuorumWithout refuses to take manager id out of the Raft voters
-// when it is the last one, or when the managers left would not have a
-// reachable majority.
-func (m *Manager) checkQuorumWithout(ctx context.Context, id string) error {
-	servers, err := m.raft.Servers()
-	if err != nil {
-		return err
-	}
-	st := m.machine.State()
-	var remaining, reachable int
-	for _, srv := range servers {
-		if !srv.Voter || srv.ID == id {
-			continue
-		}
-		remaining++
-		if srv.ID == m.node.NodeID {
-			reachable++
-			continue
-		}
-		if n, ok := st.Node(srv.ID); ok && n.Addr != "" && m.ping(ctx, n.Addr) == nil {
-			reachable++
-		}
-	}
-	if remaining == 0 {
-		return fmt.Errorf("%w: %s is the last manager; promote another node first", fsm.ErrLastManager, id)
-	}
-	if reachable < remaining/2+1 {
-		return fmt.Errorf("%w: only %d of the %d other managers are reachable, and %d are needed; bring managers back first", errQuorum, reachable, remaining, remaining/2+1)
-	}
-	return nil
-}
-
-// RemoveNode removes a node: its certificates are refused from then on,
-// and the gossip key is replaced so that its gossip is no longer heard.
-func (s controlService) RemoveNode(ctx context.Context, req *api.RemoveNodeRequest) (*api.RemoveNodeResponse, error) {
-	m := s.m
-	st := m.machine.State()
-	n, ok := st.Node(req.GetNodeId())
-	if !ok {
-		if st.IsRemoved(req.GetNodeId()) {
-			return nil, fmt.Errorf("%w: node %s was already removed", fsm.ErrRemoved, req.GetNodeId())
-		}
-		return nil, fmt.Errorf("%w: no node %s; see `quorumca node ls`", fsm.ErrUnknownNode, req.GetNodeId())
-	}
-	if n.ID == m.node.NodeID {
-		return nil, fmt.Errorf("%w: node %s is the leader you are talking to; demote it or remove it from another manager", fsm.ErrBadCommand, n.ID)
-	}
-	if !req.GetForce() && m.live(n.ID, m.cfg.Now()) {
-		return nil, fmt.Errorf("%w: node %s is ready; stop it first, or use --force", errNodeLive, n.ID)
-	}
-	if n.Role == ca.RoleManager {
-		if err := m.checkQuorumWithout(ctx, n.ID); err != nil {
-			return nil, err
-		}
-	}
-	key, err := m.newGossipKey()
-	if err != nil {
-		return nil, err
-	}
-	if _, err := m.propose(ctx, fsm.Command{At: m.cfg.Now(), RemoveNode: &fsm.RemoveNode{NodeID: n.ID, GossipKey: key}}); err != nil {
-		return nil, err
-	}
-	m.log.Info("node removed", "node_id", n.ID, "role", n.Role, "by", callOf(ctx).actor())
-	if n.Role == ca.RoleManager {
-		if err := m.raft.RemoveServer(ctx, n.ID); err != nil {
-			m.log.Warn("remove voter", "node_id", n.ID, "err", err)
-		}
-	}
-	return &api.RemoveNodeResponse{}, nil
 }
 
 // Update changes the cluster's settings.
@@ -436,80 +217,4 @@ func (s controlService) Update(ctx context.Context, req *api.UpdateRequest) (*ap
 		RotationGraceSeconds: int64(st.Grace() / time.Second),
 		ExternalCa:           externalToAPI(st.External),
 	}, nil
-}
-
-// CreateToken adds a join token that expires or runs out.
-func (s controlService) CreateToken(ctx context.Context, req *api.CreateTokenRequest) (*api.CreateTokenResponse, error) {
-	m := s.m
-	role, err := ca.ParseRole(req.GetRole())
-	if err != nil {
-		return nil, err
-	}
-	if req.GetTtlSeconds() < 0 || req.GetUses() < 0 {
-		return nil, fmt.Errorf("%w: --ttl and --uses must not be negative", fsm.ErrBadCommand)
-	}
-	secret, err := ca.NewSecret(m.cfg.Rand)
-	if err != nil {
-		return nil, err
-	}
-	id, err := ca.NewID(m.cfg.Rand)
-	if err != nil {
-		return nil, err
-	}
-	id = id[:12]
-	now := m.cfg.Now()
-	t := fsm.ExtraToken{ID: id, Role: role, SecretHash: fsm.HashSecret(secret), UsesLeft: -1}
-	if req.GetUses() > 0 {
-		t.UsesLeft = int(req.GetUses())
-	}
-	if req.GetTtlSeconds() > 0 {
-		t.ExpiresAt = now.Add(time.Duration(req.GetTtlSeconds()) * time.Second)
-	}
-	st, err := m.propose(ctx, fsm.Command{At: now, CreateToken: &fsm.CreateToken{Token: t}})
-	if err != nil {
-		return nil, err
-	}
-	tok, err := ca.NewToken(st.CA.Bundle, secret)
-	if err != nil {
-		return nil, err
-	}
-	m.log.Info("join token created", "token_id", id, "role", role, "uses", t.UsesLeft, "expires", t.ExpiresAt, "by", callOf(ctx).actor())
-	return &api.CreateTokenResponse{Id: id, Token: tok.String(), Managers: managerAddrs(st)}, nil
-}
-
-// ListTokens lists the extra join tokens still usable (never their
-// secrets).
-func (s controlService) ListTokens(context.Context, *api.ListTokensRequest) (*api.ListTokensResponse, error) {
-	st := s.m.machine.State()
-	now := s.m.cfg.Now()
-	resp := &api.ListTokensResponse{}
-	for _, t := range sortedTokens(st) {
-		if !t.Usable(now) {
-			continue
-		}
-		at := &api.Token{Id: t.ID, Role: string(t.Role), UsesLeft: int32(t.UsesLeft), CreatedAt: t.CreatedAt.Unix()}
-		if !t.ExpiresAt.IsZero() {
-			at.ExpiresAt = t.ExpiresAt.Unix()
-		}
-		resp.Tokens = append(resp.Tokens, at)
-	}
-	return resp, nil
-}
-
-// RevokeToken removes an extra join token.
-func (s controlService) RevokeToken(ctx context.Context, req *api.RevokeTokenRequest) (*api.RevokeTokenResponse, error) {
-	if _, err := s.m.propose(ctx, fsm.Command{At: s.m.cfg.Now(), RevokeToken: &fsm.RevokeToken{ID: req.GetId()}}); err != nil {
-		return nil, err
-	}
-	s.m.log.Info("join token revoked", "token_id", req.GetId(), "by", callOf(ctx).actor())
-	return &api.RevokeTokenResponse{}, nil
-}
-
-func sortedTokens(st *fsm.State) []fsm.ExtraToken {
-	out := make([]fsm.ExtraToken, 0, len(st.Tokens))
-	for _, t := range st.Tokens {
-		out = append(out, t)
-	}
-	slices.SortFunc(out, func(a, b fsm.ExtraToken) int { return strings.Compare(a.ID, b.ID) })
-	return out
 }
