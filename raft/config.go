@@ -65,6 +65,16 @@ type Config struct {
 	// StateMachine is what the Node replicates.
 	StateMachine StateMachine
 
+	// Keys are this manager's data keys: every log entry's data and every
+	// snapshot the Node writes is sealed under Keys.Current (AES-256-GCM,
+	// a fresh nonce per record; index, term and type stay readable), and
+	// opened with Current or Previous. Open first seals again, in new
+	// files, whatever is not sealed under Current (a store written before
+	// sealing, or under a previous key): when Open returns, Previous are
+	// no longer needed. Nil leaves the stores unsealed (benchmarks
+	// comparing the cost only); a store once sealed then refuses to open.
+	Keys *Keys
+
 	// Logger receives this package's logs and hashicorp/raft's. Nil
 	// discards them.
 	Logger *slog.Logger

@@ -11,9 +11,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/boltdb/bolt"
 	hraft "github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 )
 
 const (
@@ -41,6 +40,12 @@ const (
 type logStableStore interface {
 	hraft.LogStore
 	hraft.StableStore
+}
+
+// hasKey reports whether the stable store holds key.
+func hasKey(store hraft.StableStore, key []byte) bool {
+	_, err := store.Get(key)
+	return err == nil
 }
 
 // Server is one member of the Raft configuration.
@@ -115,19 +120,12 @@ func Open(cfg Config) (n *Node, err error) {
 		return nil, fmt.Errorf("raft: restrict data dir to its owner: %w", err)
 	}
 	path := filepath.Join(cfg.DataDir, dbFile)
-	store, err := raftboltdb.New(raftboltdb.Options{
-		Path:        path,
-		BoltOptions: &bolt.Options{Timeout: boltOpenTimeout},
-		NoSync:      false, // every log append is on disk before it is acknowledged
-	})
-	if errors.Is(err, bolt.ErrTimeout) {
-		return nil, fmt.Errorf("raft: open %s: %w; is another process using this data dir?", path, err)
-	}
+	store, err := openBolt(path)
 	if err != nil {
-		return nil, fmt.Errorf("raft: open %s: %w", path, err)
+		return nil, err
 	}
 	defer func() {
-		if err != nil {
+		if err != nil && store != nil {
 			_ = store.Close()
 		}
 	}()
@@ -135,16 +133,35 @@ func Open(cfg Config) (n *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("raft: open snapshot store: %w", err)
 	}
+	var s *sealer
+	switch {
+	case cfg.Keys != nil:
+		if s, err = newSealer(*cfg.Keys); err != nil {
+			return nil, err
+		}
+		if !sealedUnder(store, s) {
+			if store, err = seal(store, cfg.DataDir, fileSnaps, s, logger); err != nil {
+				return nil, err
+			}
+		}
+	case hasKey(store, sealedWith):
+		return nil, fmt.Errorf("raft: %s is sealed: this manager needs its data key to read it", path)
+	}
 	// The stores report every write's outcome, so that a full disk is told
 	// apart from a lost quorum. The watch sits under the log cache, which
 	// would lose the error's chain.
 	disk := &diskWatch{log: logger}
 	var stores logStableStore = store
+	var rawSnaps hraft.SnapshotStore = fileSnaps
+	if s != nil {
+		stores = &sealedStore{logStableStore: stores, s: s, file: path}
+		rawSnaps = &sealedSnapshots{SnapshotStore: fileSnaps, s: s}
+	}
 	if cfg.wrapStore != nil {
 		stores = cfg.wrapStore(stores)
 	}
 	stores = &watchedStore{logStableStore: stores, file: path, disk: disk}
-	snaps := &watchedSnapshots{SnapshotStore: fileSnaps, dir: filepath.Join(cfg.DataDir, "snapshots"), disk: disk}
+	snaps := &watchedSnapshots{SnapshotStore: rawSnaps, dir: filepath.Join(cfg.DataDir, "snapshots"), disk: disk}
 	logs, err := hraft.NewLogCache(logCacheSize, stores)
 	if err != nil {
 		return nil, fmt.Errorf("raft: open log cache: %w", err)
