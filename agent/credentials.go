@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -38,6 +39,9 @@ type Credentials struct {
 	mu      sync.RWMutex // guards the fields below
 	hooks   []func()
 	keyPEM  []byte
+	// nk is what node.key holds besides the private key: a manager's data
+	// keys, and the KEK it is sealed under (autolock).
+	nk NodeKey
 	certPEM []byte
 	cert    *tls.Certificate
 	chain   []*x509.Certificate
@@ -53,12 +57,15 @@ func CertDir(dataDir string) string { return filepath.Join(dataDir, Certificates
 
 // LoadCredentials reads the credentials stored under
 // <dataDir>/certificates/, finishing an update that a crash interrupted.
-func LoadCredentials(dataDir string) (*Credentials, error) {
+//
+// A node.key sealed under an unlock key opens with the KEK of keks of the
+// same ID; without it, LoadCredentials returns a *LockedError.
+func LoadCredentials(dataDir string, keks ...ca.KEK) (*Credentials, error) {
 	dir := CertDir(dataDir)
 	if err := recoverPending(dir); err != nil {
 		return nil, err
 	}
-	keyPEM, err := os.ReadFile(filepath.Join(dir, KeyFile))
+	keyFile, err := os.ReadFile(filepath.Join(dir, KeyFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%w in %s; join a cluster first", ErrNoCredentials, dir)
 	}
@@ -73,7 +80,12 @@ func LoadCredentials(dataDir string) (*Credentials, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	c := &Credentials{dir: dir}
+	nk, err := ParseNodeKey(keyFile, keks...)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM := nk.Key
+	c := &Credentials{dir: dir, nk: nk}
 	if err := c.set(keyPEM, certPEM, bundle); err != nil {
 		return nil, fmt.Errorf("agent: credentials in %s: %w", dir, err)
 	}
@@ -109,7 +121,15 @@ func (c *Credentials) update(keyPEM, certPEM, bundle []byte) error {
 	if err := os.MkdirAll(c.dir, 0o700); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	if err := writeCredentials(c.dir, keyPEM, certPEM, bundle); err != nil {
+	c.mu.RLock()
+	nk := c.nk
+	c.mu.RUnlock()
+	nk.Key = keyPEM
+	keyFile, err := nk.Marshal(rand.Reader)
+	if err != nil {
+		return err
+	}
+	if err := writeCredentials(c.dir, keyFile, certPEM, bundle); err != nil {
 		return err
 	}
 	if err := c.set(keyPEM, certPEM, bundle); err != nil {
@@ -130,6 +150,41 @@ func (c *Credentials) OnUpdate(f func()) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.hooks = append(c.hooks[:len(c.hooks):len(c.hooks)], f)
+}
+
+// NodeKey returns what node.key holds: the private key, a manager's data
+// keys and the KEK it is sealed under.
+func (c *Credentials) NodeKey() NodeKey {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	nk := c.nk
+	nk.Key = c.keyPEM
+	return nk
+}
+
+// SetNodeKey changes what node.key holds besides the private key (data
+// keys, KEK) with change, and writes node.key again, atomically: the keys
+// change together or not at all.
+func (c *Credentials) SetNodeKey(change func(*NodeKey)) error {
+	c.updateMu.Lock()
+	defer c.updateMu.Unlock()
+	nk := c.NodeKey()
+	change(&nk)
+	nk.Key = c.NodeKey().Key // the private key changes only with the certificate
+	keyFile, err := nk.Marshal(rand.Reader)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(c.dir, 0o700); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	if err := WriteFileAtomic(filepath.Join(c.dir, KeyFile), keyFile, 0o600); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.nk = nk
+	c.mu.Unlock()
+	return nil
 }
 
 // ErrBundleMismatch is returned by UpdateBundle when the node's own

@@ -1,6 +1,7 @@
 package ca_test
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"regexp"
@@ -237,6 +238,55 @@ func TestTokenProof(t *testing.T) {
 	} {
 		if ok {
 			t.Errorf("CheckTokenProof(%s) = true, want false", name)
+		}
+	}
+}
+
+// TestUnlockKey checks unlock keys: their form, their KEK, and that what
+// one seals opens with it only.
+func TestUnlockKey(t *testing.T) {
+	key, err := ca.NewUnlockKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(key, "QCKEY-1-") {
+		t.Errorf("NewUnlockKey() = %q, want the QCKEY-1- prefix", key)
+	}
+	kek, err := ca.ParseUnlockKey(key)
+	if err != nil || !kek.Valid() || kek.ID == "" {
+		t.Fatalf("ParseUnlockKey(%q) = %v, %v", key, kek.ID, err)
+	}
+	again, _ := ca.ParseUnlockKey(" " + key + "\n")
+	if again.ID != kek.ID {
+		t.Errorf("the KEK of the same key differs: %s, %s", again.ID, kek.ID)
+	}
+	other, _ := ca.NewUnlockKey(rand.Reader)
+	otherKEK, _ := ca.ParseUnlockKey(other)
+	if otherKEK.ID == kek.ID {
+		t.Errorf("two unlock keys share KEK ID %s", kek.ID)
+	}
+	sealed, err := kek.Seal(rand.Reader, []byte("data key"), []byte("slot"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := kek.Open(sealed, []byte("slot")); err != nil || string(got) != "data key" {
+		t.Errorf("Open(Seal()) = %q, %v", got, err)
+	}
+	for name, err := range map[string]error{
+		"another key":  func() error { _, err := otherKEK.Open(sealed, []byte("slot")); return err }(),
+		"another slot": func() error { _, err := kek.Open(sealed, []byte("other")); return err }(),
+		"cut short":    func() error { _, err := kek.Open(sealed[:10], []byte("slot")); return err }(),
+	} {
+		if !errors.Is(err, ca.ErrKEKOpen) {
+			t.Errorf("Open(%s) = %v, want ErrKEKOpen", name, err)
+		}
+	}
+	for _, bad := range []string{"", "QCKEY-1-", "QCKEY-2-" + key[8:], key + "x", "SWMTKN-1-abc"} {
+		if _, err := ca.ParseUnlockKey(bad); !errors.Is(err, ca.ErrMalformedUnlockKey) {
+			t.Errorf("ParseUnlockKey(%q) = %v, want ErrMalformedUnlockKey", bad, err)
+		}
+		if _, err := ca.ParseUnlockKey(bad); err != nil && strings.Contains(err.Error(), key[8:]) {
+			t.Errorf("ParseUnlockKey's error repeats the key")
 		}
 	}
 }
