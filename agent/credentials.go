@@ -36,12 +36,12 @@ type Credentials struct {
 	// updateMu serialises Update and UpdateBundle.
 	updateMu sync.Mutex
 
-	mu      sync.RWMutex // guards the fields below
-	hooks   []func()
-	keyPEM  []byte
+	mu     sync.RWMutex // guards the fields below
+	hooks  []func()
+	keyPEM []byte
 	// nk is what node.key holds besides the private key: a manager's data
 	// keys, and the KEK it is sealed under (autolock).
-	nk NodeKey
+	nk      NodeKey
 	certPEM []byte
 	cert    *tls.Certificate
 	chain   []*x509.Certificate
@@ -97,6 +97,17 @@ func LoadCredentials(dataDir string, keks ...ca.KEK) (*Credentials, error) {
 func NewCredentials(dataDir string, keyPEM, certPEM, bundle []byte) (*Credentials, error) {
 	c := &Credentials{dir: CertDir(dataDir)}
 	if err := c.Update(keyPEM, certPEM, bundle); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// NewManagerCredentials is NewCredentials for a node whose node.key holds
+// more than its private key (nk: a manager's data keys, sealed under a KEK
+// with autolock): the file is written whole, never plain first.
+func NewManagerCredentials(dataDir string, nk NodeKey, certPEM, bundle []byte) (*Credentials, error) {
+	c := &Credentials{dir: CertDir(dataDir), nk: nk}
+	if err := c.Update(nk.Key, certPEM, bundle); err != nil {
 		return nil, err
 	}
 	return c, nil

@@ -2193,6 +2193,8 @@ type UpdateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Seconds; 0 keeps the current value.
 	CertExpirySeconds int64 `protobuf:"varint,1,opt,name=cert_expiry_seconds,json=certExpirySeconds,proto3" json:"cert_expiry_seconds,omitempty"`
+	// Turns autolock on or off; unset keeps it.
+	Autolock *bool `protobuf:"varint,4,opt,name=autolock,proto3,oneof" json:"autolock,omitempty"`
 	// Seconds; 0 keeps the current value.
 	RotationGraceSeconds int64 `protobuf:"varint,2,opt,name=rotation_grace_seconds,json=rotationGraceSeconds,proto3" json:"rotation_grace_seconds,omitempty"`
 	// Replaces the external CAs of a cluster an external CA signs for;
@@ -2239,6 +2241,13 @@ func (x *UpdateRequest) GetCertExpirySeconds() int64 {
 	return 0
 }
 
+func (x *UpdateRequest) GetAutolock() bool {
+	if x != nil && x.Autolock != nil {
+		return *x.Autolock
+	}
+	return false
+}
+
 func (x *UpdateRequest) GetRotationGraceSeconds() int64 {
 	if x != nil {
 		return x.RotationGraceSeconds
@@ -2258,8 +2267,11 @@ type UpdateResponse struct {
 	CertExpirySeconds    int64                  `protobuf:"varint,1,opt,name=cert_expiry_seconds,json=certExpirySeconds,proto3" json:"cert_expiry_seconds,omitempty"`
 	RotationGraceSeconds int64                  `protobuf:"varint,2,opt,name=rotation_grace_seconds,json=rotationGraceSeconds,proto3" json:"rotation_grace_seconds,omitempty"`
 	ExternalCa           []*ExternalCA          `protobuf:"bytes,3,rep,name=external_ca,json=externalCa,proto3" json:"external_ca,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	Autolock             bool                   `protobuf:"varint,4,opt,name=autolock,proto3" json:"autolock,omitempty"`
+	// The new unlock key, when this update turned autolock on.
+	UnlockKey     string `protobuf:"bytes,5,opt,name=unlock_key,json=unlockKey,proto3" json:"unlock_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpdateResponse) Reset() {
@@ -2313,6 +2325,188 @@ func (x *UpdateResponse) GetExternalCa() []*ExternalCA {
 	return nil
 }
 
+func (x *UpdateResponse) GetAutolock() bool {
+	if x != nil {
+		return x.Autolock
+	}
+	return false
+}
+
+func (x *UpdateResponse) GetUnlockKey() string {
+	if x != nil {
+		return x.UnlockKey
+	}
+	return ""
+}
+
+type UnlockKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rotate        bool                   `protobuf:"varint,1,opt,name=rotate,proto3" json:"rotate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnlockKeyRequest) Reset() {
+	*x = UnlockKeyRequest{}
+	mi := &file_quorumca_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnlockKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnlockKeyRequest) ProtoMessage() {}
+
+func (x *UnlockKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnlockKeyRequest.ProtoReflect.Descriptor instead.
+func (*UnlockKeyRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *UnlockKeyRequest) GetRotate() bool {
+	if x != nil {
+		return x.Rotate
+	}
+	return false
+}
+
+type UnlockKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UnlockKey     string                 `protobuf:"bytes,1,opt,name=unlock_key,json=unlockKey,proto3" json:"unlock_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnlockKeyResponse) Reset() {
+	*x = UnlockKeyResponse{}
+	mi := &file_quorumca_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnlockKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnlockKeyResponse) ProtoMessage() {}
+
+func (x *UnlockKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnlockKeyResponse.ProtoReflect.Descriptor instead.
+func (*UnlockKeyResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *UnlockKeyResponse) GetUnlockKey() string {
+	if x != nil {
+		return x.UnlockKey
+	}
+	return ""
+}
+
+type UnlockRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UnlockKey     string                 `protobuf:"bytes,1,opt,name=unlock_key,json=unlockKey,proto3" json:"unlock_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnlockRequest) Reset() {
+	*x = UnlockRequest{}
+	mi := &file_quorumca_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnlockRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnlockRequest) ProtoMessage() {}
+
+func (x *UnlockRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnlockRequest.ProtoReflect.Descriptor instead.
+func (*UnlockRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *UnlockRequest) GetUnlockKey() string {
+	if x != nil {
+		return x.UnlockKey
+	}
+	return ""
+}
+
+type UnlockResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnlockResponse) Reset() {
+	*x = UnlockResponse{}
+	mi := &file_quorumca_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnlockResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnlockResponse) ProtoMessage() {}
+
+func (x *UnlockResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnlockResponse.ProtoReflect.Descriptor instead.
+func (*UnlockResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{39}
+}
+
 type CreateTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Role  string                 `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
@@ -2326,7 +2520,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_quorumca_proto_msgTypes[36]
+	mi := &file_quorumca_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2338,7 +2532,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[36]
+	mi := &file_quorumca_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2351,7 +2545,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{36}
+	return file_quorumca_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CreateTokenRequest) GetRole() string {
@@ -2386,7 +2580,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_quorumca_proto_msgTypes[37]
+	mi := &file_quorumca_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2398,7 +2592,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[37]
+	mi := &file_quorumca_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2411,7 +2605,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{37}
+	return file_quorumca_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CreateTokenResponse) GetId() string {
@@ -2448,7 +2642,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_quorumca_proto_msgTypes[38]
+	mi := &file_quorumca_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2460,7 +2654,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[38]
+	mi := &file_quorumca_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2473,7 +2667,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{38}
+	return file_quorumca_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Token) GetId() string {
@@ -2519,7 +2713,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_quorumca_proto_msgTypes[39]
+	mi := &file_quorumca_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2531,7 +2725,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[39]
+	mi := &file_quorumca_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2544,7 +2738,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{39}
+	return file_quorumca_proto_rawDescGZIP(), []int{43}
 }
 
 type ListTokensResponse struct {
@@ -2556,7 +2750,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_quorumca_proto_msgTypes[40]
+	mi := &file_quorumca_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2568,7 +2762,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[40]
+	mi := &file_quorumca_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2581,7 +2775,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{40}
+	return file_quorumca_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListTokensResponse) GetTokens() []*Token {
@@ -2600,7 +2794,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_quorumca_proto_msgTypes[41]
+	mi := &file_quorumca_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2612,7 +2806,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[41]
+	mi := &file_quorumca_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2625,7 +2819,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{41}
+	return file_quorumca_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -2643,7 +2837,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_quorumca_proto_msgTypes[42]
+	mi := &file_quorumca_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2655,7 +2849,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[42]
+	mi := &file_quorumca_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2668,7 +2862,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{42}
+	return file_quorumca_proto_rawDescGZIP(), []int{46}
 }
 
 type IssueAdminCertificateRequest struct {
@@ -2682,7 +2876,7 @@ type IssueAdminCertificateRequest struct {
 
 func (x *IssueAdminCertificateRequest) Reset() {
 	*x = IssueAdminCertificateRequest{}
-	mi := &file_quorumca_proto_msgTypes[43]
+	mi := &file_quorumca_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2694,7 +2888,7 @@ func (x *IssueAdminCertificateRequest) String() string {
 func (*IssueAdminCertificateRequest) ProtoMessage() {}
 
 func (x *IssueAdminCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[43]
+	mi := &file_quorumca_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2707,7 +2901,7 @@ func (x *IssueAdminCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertificateRequest.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{43}
+	return file_quorumca_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *IssueAdminCertificateRequest) GetCsr() []byte {
@@ -2737,7 +2931,7 @@ type IssueAdminCertificateResponse struct {
 
 func (x *IssueAdminCertificateResponse) Reset() {
 	*x = IssueAdminCertificateResponse{}
-	mi := &file_quorumca_proto_msgTypes[44]
+	mi := &file_quorumca_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2749,7 +2943,7 @@ func (x *IssueAdminCertificateResponse) String() string {
 func (*IssueAdminCertificateResponse) ProtoMessage() {}
 
 func (x *IssueAdminCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[44]
+	mi := &file_quorumca_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2762,7 +2956,7 @@ func (x *IssueAdminCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{44}
+	return file_quorumca_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *IssueAdminCertificateResponse) GetCertificate() []byte {
@@ -2808,7 +3002,7 @@ type AdminCertificate struct {
 
 func (x *AdminCertificate) Reset() {
 	*x = AdminCertificate{}
-	mi := &file_quorumca_proto_msgTypes[45]
+	mi := &file_quorumca_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2820,7 +3014,7 @@ func (x *AdminCertificate) String() string {
 func (*AdminCertificate) ProtoMessage() {}
 
 func (x *AdminCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[45]
+	mi := &file_quorumca_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2833,7 +3027,7 @@ func (x *AdminCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminCertificate.ProtoReflect.Descriptor instead.
 func (*AdminCertificate) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{45}
+	return file_quorumca_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *AdminCertificate) GetSerial() string {
@@ -2886,7 +3080,7 @@ type ListAdminCertificatesRequest struct {
 
 func (x *ListAdminCertificatesRequest) Reset() {
 	*x = ListAdminCertificatesRequest{}
-	mi := &file_quorumca_proto_msgTypes[46]
+	mi := &file_quorumca_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2898,7 +3092,7 @@ func (x *ListAdminCertificatesRequest) String() string {
 func (*ListAdminCertificatesRequest) ProtoMessage() {}
 
 func (x *ListAdminCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[46]
+	mi := &file_quorumca_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2911,7 +3105,7 @@ func (x *ListAdminCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdminCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*ListAdminCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{46}
+	return file_quorumca_proto_rawDescGZIP(), []int{50}
 }
 
 type ListAdminCertificatesResponse struct {
@@ -2923,7 +3117,7 @@ type ListAdminCertificatesResponse struct {
 
 func (x *ListAdminCertificatesResponse) Reset() {
 	*x = ListAdminCertificatesResponse{}
-	mi := &file_quorumca_proto_msgTypes[47]
+	mi := &file_quorumca_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2935,7 +3129,7 @@ func (x *ListAdminCertificatesResponse) String() string {
 func (*ListAdminCertificatesResponse) ProtoMessage() {}
 
 func (x *ListAdminCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[47]
+	mi := &file_quorumca_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2948,7 +3142,7 @@ func (x *ListAdminCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdminCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*ListAdminCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{47}
+	return file_quorumca_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListAdminCertificatesResponse) GetCertificates() []*AdminCertificate {
@@ -2970,7 +3164,7 @@ type RevokeAdminCertificatesRequest struct {
 
 func (x *RevokeAdminCertificatesRequest) Reset() {
 	*x = RevokeAdminCertificatesRequest{}
-	mi := &file_quorumca_proto_msgTypes[48]
+	mi := &file_quorumca_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2982,7 +3176,7 @@ func (x *RevokeAdminCertificatesRequest) String() string {
 func (*RevokeAdminCertificatesRequest) ProtoMessage() {}
 
 func (x *RevokeAdminCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[48]
+	mi := &file_quorumca_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2995,7 +3189,7 @@ func (x *RevokeAdminCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAdminCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAdminCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{48}
+	return file_quorumca_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RevokeAdminCertificatesRequest) GetSerials() []string {
@@ -3022,7 +3216,7 @@ type RevokeAdminCertificatesResponse struct {
 
 func (x *RevokeAdminCertificatesResponse) Reset() {
 	*x = RevokeAdminCertificatesResponse{}
-	mi := &file_quorumca_proto_msgTypes[49]
+	mi := &file_quorumca_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3034,7 +3228,7 @@ func (x *RevokeAdminCertificatesResponse) String() string {
 func (*RevokeAdminCertificatesResponse) ProtoMessage() {}
 
 func (x *RevokeAdminCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[49]
+	mi := &file_quorumca_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3047,7 +3241,7 @@ func (x *RevokeAdminCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAdminCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*RevokeAdminCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{49}
+	return file_quorumca_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RevokeAdminCertificatesResponse) GetSerials() []string {
@@ -3219,17 +3413,31 @@ const file_quorumca_proto_rawDesc = "" +
 	"\x11RemoveNodeRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force\"\x14\n" +
-	"\x12RemoveNodeResponse\"\xaf\x01\n" +
+	"\x12RemoveNodeResponse\"\xdd\x01\n" +
 	"\rUpdateRequest\x12.\n" +
-	"\x13cert_expiry_seconds\x18\x01 \x01(\x03R\x11certExpirySeconds\x124\n" +
+	"\x13cert_expiry_seconds\x18\x01 \x01(\x03R\x11certExpirySeconds\x12\x1f\n" +
+	"\bautolock\x18\x04 \x01(\bH\x00R\bautolock\x88\x01\x01\x124\n" +
 	"\x16rotation_grace_seconds\x18\x02 \x01(\x03R\x14rotationGraceSeconds\x128\n" +
 	"\vexternal_ca\x18\x03 \x03(\v2\x17.quorumca.v1.ExternalCAR\n" +
-	"externalCa\"\xb0\x01\n" +
+	"externalCaB\v\n" +
+	"\t_autolock\"\xeb\x01\n" +
 	"\x0eUpdateResponse\x12.\n" +
 	"\x13cert_expiry_seconds\x18\x01 \x01(\x03R\x11certExpirySeconds\x124\n" +
 	"\x16rotation_grace_seconds\x18\x02 \x01(\x03R\x14rotationGraceSeconds\x128\n" +
 	"\vexternal_ca\x18\x03 \x03(\v2\x17.quorumca.v1.ExternalCAR\n" +
-	"externalCa\"]\n" +
+	"externalCa\x12\x1a\n" +
+	"\bautolock\x18\x04 \x01(\bR\bautolock\x12\x1d\n" +
+	"\n" +
+	"unlock_key\x18\x05 \x01(\tR\tunlockKey\"*\n" +
+	"\x10UnlockKeyRequest\x12\x16\n" +
+	"\x06rotate\x18\x01 \x01(\bR\x06rotate\"2\n" +
+	"\x11UnlockKeyResponse\x12\x1d\n" +
+	"\n" +
+	"unlock_key\x18\x01 \x01(\tR\tunlockKey\".\n" +
+	"\rUnlockRequest\x12\x1d\n" +
+	"\n" +
+	"unlock_key\x18\x01 \x01(\tR\tunlockKey\"\x10\n" +
+	"\x0eUnlockResponse\"]\n" +
 	"\x12CreateTokenRequest\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
@@ -3283,8 +3491,7 @@ const file_quorumca_proto_rawDesc = "" +
 	"\x14IssueNodeCertificate\x12(.quorumca.v1.IssueNodeCertificateRequest\x1a).quorumca.v1.IssueNodeCertificateResponse\x12k\n" +
 	"\x14RenewNodeCertificate\x12(.quorumca.v1.RenewNodeCertificateRequest\x1a).quorumca.v1.RenewNodeCertificateResponse\x12J\n" +
 	"\tHeartbeat\x12\x1d.quorumca.v1.HeartbeatRequest\x1a\x1e.quorumca.v1.HeartbeatResponse\x12A\n" +
-	"\x06Gossip\x12\x1a.quorumca.v1.GossipRequest\x1a\x1b.quorumca.v1.GossipResponse2\x94\n" +
-	"\n" +
+	"\x06Gossip\x12\x1a.quorumca.v1.GossipRequest\x1a\x1b.quorumca.v1.GossipResponse2\xa3\v\n" +
 	"\aControl\x12A\n" +
 	"\x06Status\x12\x1a.quorumca.v1.StatusRequest\x1a\x1b.quorumca.v1.StatusResponse\x12J\n" +
 	"\tJoinToken\x12\x1d.quorumca.v1.JoinTokenRequest\x1a\x1e.quorumca.v1.JoinTokenResponse\x12G\n" +
@@ -3301,7 +3508,9 @@ const file_quorumca_proto_rawDesc = "" +
 	"\vRevokeToken\x12\x1f.quorumca.v1.RevokeTokenRequest\x1a .quorumca.v1.RevokeTokenResponse\x12n\n" +
 	"\x15IssueAdminCertificate\x12).quorumca.v1.IssueAdminCertificateRequest\x1a*.quorumca.v1.IssueAdminCertificateResponse\x12n\n" +
 	"\x15ListAdminCertificates\x12).quorumca.v1.ListAdminCertificatesRequest\x1a*.quorumca.v1.ListAdminCertificatesResponse\x12t\n" +
-	"\x17RevokeAdminCertificates\x12+.quorumca.v1.RevokeAdminCertificatesRequest\x1a,.quorumca.v1.RevokeAdminCertificatesResponse\x12G\n" +
+	"\x17RevokeAdminCertificates\x12+.quorumca.v1.RevokeAdminCertificatesRequest\x1a,.quorumca.v1.RevokeAdminCertificatesResponse\x12J\n" +
+	"\tUnlockKey\x12\x1d.quorumca.v1.UnlockKeyRequest\x1a\x1e.quorumca.v1.UnlockKeyResponse\x12A\n" +
+	"\x06Unlock\x12\x1a.quorumca.v1.UnlockRequest\x1a\x1b.quorumca.v1.UnlockResponse\x12G\n" +
 	"\bRotateCA\x12\x1c.quorumca.v1.RotateCARequest\x1a\x1d.quorumca.v1.RotateCAResponse\x12>\n" +
 	"\x05GetCA\x12\x19.quorumca.v1.GetCARequest\x1a\x1a.quorumca.v1.GetCAResponse2Y\n" +
 	"\bInternal\x12M\n" +
@@ -3319,7 +3528,7 @@ func file_quorumca_proto_rawDescGZIP() []byte {
 	return file_quorumca_proto_rawDescData
 }
 
-var file_quorumca_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_quorumca_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_quorumca_proto_goTypes = []any{
 	(*GetRootBundleRequest)(nil),            // 0: quorumca.v1.GetRootBundleRequest
 	(*GetRootBundleResponse)(nil),           // 1: quorumca.v1.GetRootBundleResponse
@@ -3357,20 +3566,24 @@ var file_quorumca_proto_goTypes = []any{
 	(*RemoveNodeResponse)(nil),              // 33: quorumca.v1.RemoveNodeResponse
 	(*UpdateRequest)(nil),                   // 34: quorumca.v1.UpdateRequest
 	(*UpdateResponse)(nil),                  // 35: quorumca.v1.UpdateResponse
-	(*CreateTokenRequest)(nil),              // 36: quorumca.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),             // 37: quorumca.v1.CreateTokenResponse
-	(*Token)(nil),                           // 38: quorumca.v1.Token
-	(*ListTokensRequest)(nil),               // 39: quorumca.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),              // 40: quorumca.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),              // 41: quorumca.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),             // 42: quorumca.v1.RevokeTokenResponse
-	(*IssueAdminCertificateRequest)(nil),    // 43: quorumca.v1.IssueAdminCertificateRequest
-	(*IssueAdminCertificateResponse)(nil),   // 44: quorumca.v1.IssueAdminCertificateResponse
-	(*AdminCertificate)(nil),                // 45: quorumca.v1.AdminCertificate
-	(*ListAdminCertificatesRequest)(nil),    // 46: quorumca.v1.ListAdminCertificatesRequest
-	(*ListAdminCertificatesResponse)(nil),   // 47: quorumca.v1.ListAdminCertificatesResponse
-	(*RevokeAdminCertificatesRequest)(nil),  // 48: quorumca.v1.RevokeAdminCertificatesRequest
-	(*RevokeAdminCertificatesResponse)(nil), // 49: quorumca.v1.RevokeAdminCertificatesResponse
+	(*UnlockKeyRequest)(nil),                // 36: quorumca.v1.UnlockKeyRequest
+	(*UnlockKeyResponse)(nil),               // 37: quorumca.v1.UnlockKeyResponse
+	(*UnlockRequest)(nil),                   // 38: quorumca.v1.UnlockRequest
+	(*UnlockResponse)(nil),                  // 39: quorumca.v1.UnlockResponse
+	(*CreateTokenRequest)(nil),              // 40: quorumca.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),             // 41: quorumca.v1.CreateTokenResponse
+	(*Token)(nil),                           // 42: quorumca.v1.Token
+	(*ListTokensRequest)(nil),               // 43: quorumca.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),              // 44: quorumca.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),              // 45: quorumca.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),             // 46: quorumca.v1.RevokeTokenResponse
+	(*IssueAdminCertificateRequest)(nil),    // 47: quorumca.v1.IssueAdminCertificateRequest
+	(*IssueAdminCertificateResponse)(nil),   // 48: quorumca.v1.IssueAdminCertificateResponse
+	(*AdminCertificate)(nil),                // 49: quorumca.v1.AdminCertificate
+	(*ListAdminCertificatesRequest)(nil),    // 50: quorumca.v1.ListAdminCertificatesRequest
+	(*ListAdminCertificatesResponse)(nil),   // 51: quorumca.v1.ListAdminCertificatesResponse
+	(*RevokeAdminCertificatesRequest)(nil),  // 52: quorumca.v1.RevokeAdminCertificatesRequest
+	(*RevokeAdminCertificatesResponse)(nil), // 53: quorumca.v1.RevokeAdminCertificatesResponse
 }
 var file_quorumca_proto_depIdxs = []int32{
 	9,  // 0: quorumca.v1.StatusResponse.managers:type_name -> quorumca.v1.Manager
@@ -3383,8 +3596,8 @@ var file_quorumca_proto_depIdxs = []int32{
 	27, // 7: quorumca.v1.ListNodesResponse.nodes:type_name -> quorumca.v1.Node
 	21, // 8: quorumca.v1.UpdateRequest.external_ca:type_name -> quorumca.v1.ExternalCA
 	21, // 9: quorumca.v1.UpdateResponse.external_ca:type_name -> quorumca.v1.ExternalCA
-	38, // 10: quorumca.v1.ListTokensResponse.tokens:type_name -> quorumca.v1.Token
-	45, // 11: quorumca.v1.ListAdminCertificatesResponse.certificates:type_name -> quorumca.v1.AdminCertificate
+	42, // 10: quorumca.v1.ListTokensResponse.tokens:type_name -> quorumca.v1.Token
+	49, // 11: quorumca.v1.ListAdminCertificatesResponse.certificates:type_name -> quorumca.v1.AdminCertificate
 	0,  // 12: quorumca.v1.CA.GetRootBundle:input_type -> quorumca.v1.GetRootBundleRequest
 	2,  // 13: quorumca.v1.CA.IssueNodeCertificate:input_type -> quorumca.v1.IssueNodeCertificateRequest
 	5,  // 14: quorumca.v1.CA.RenewNodeCertificate:input_type -> quorumca.v1.RenewNodeCertificateRequest
@@ -3398,39 +3611,43 @@ var file_quorumca_proto_depIdxs = []int32{
 	30, // 22: quorumca.v1.Control.SetRole:input_type -> quorumca.v1.SetRoleRequest
 	32, // 23: quorumca.v1.Control.RemoveNode:input_type -> quorumca.v1.RemoveNodeRequest
 	34, // 24: quorumca.v1.Control.Update:input_type -> quorumca.v1.UpdateRequest
-	36, // 25: quorumca.v1.Control.CreateToken:input_type -> quorumca.v1.CreateTokenRequest
-	39, // 26: quorumca.v1.Control.ListTokens:input_type -> quorumca.v1.ListTokensRequest
-	41, // 27: quorumca.v1.Control.RevokeToken:input_type -> quorumca.v1.RevokeTokenRequest
-	43, // 28: quorumca.v1.Control.IssueAdminCertificate:input_type -> quorumca.v1.IssueAdminCertificateRequest
-	46, // 29: quorumca.v1.Control.ListAdminCertificates:input_type -> quorumca.v1.ListAdminCertificatesRequest
-	48, // 30: quorumca.v1.Control.RevokeAdminCertificates:input_type -> quorumca.v1.RevokeAdminCertificatesRequest
-	20, // 31: quorumca.v1.Control.RotateCA:input_type -> quorumca.v1.RotateCARequest
-	23, // 32: quorumca.v1.Control.GetCA:input_type -> quorumca.v1.GetCARequest
-	3,  // 33: quorumca.v1.Internal.Admit:input_type -> quorumca.v1.AdmitRequest
-	1,  // 34: quorumca.v1.CA.GetRootBundle:output_type -> quorumca.v1.GetRootBundleResponse
-	4,  // 35: quorumca.v1.CA.IssueNodeCertificate:output_type -> quorumca.v1.IssueNodeCertificateResponse
-	6,  // 36: quorumca.v1.CA.RenewNodeCertificate:output_type -> quorumca.v1.RenewNodeCertificateResponse
-	17, // 37: quorumca.v1.CA.Heartbeat:output_type -> quorumca.v1.HeartbeatResponse
-	19, // 38: quorumca.v1.CA.Gossip:output_type -> quorumca.v1.GossipResponse
-	8,  // 39: quorumca.v1.Control.Status:output_type -> quorumca.v1.StatusResponse
-	11, // 40: quorumca.v1.Control.JoinToken:output_type -> quorumca.v1.JoinTokenResponse
-	13, // 41: quorumca.v1.Control.AddVoter:output_type -> quorumca.v1.AddVoterResponse
-	15, // 42: quorumca.v1.Control.Ping:output_type -> quorumca.v1.PingResponse
-	29, // 43: quorumca.v1.Control.ListNodes:output_type -> quorumca.v1.ListNodesResponse
-	31, // 44: quorumca.v1.Control.SetRole:output_type -> quorumca.v1.SetRoleResponse
-	33, // 45: quorumca.v1.Control.RemoveNode:output_type -> quorumca.v1.RemoveNodeResponse
-	35, // 46: quorumca.v1.Control.Update:output_type -> quorumca.v1.UpdateResponse
-	37, // 47: quorumca.v1.Control.CreateToken:output_type -> quorumca.v1.CreateTokenResponse
-	40, // 48: quorumca.v1.Control.ListTokens:output_type -> quorumca.v1.ListTokensResponse
-	42, // 49: quorumca.v1.Control.RevokeToken:output_type -> quorumca.v1.RevokeTokenResponse
-	44, // 50: quorumca.v1.Control.IssueAdminCertificate:output_type -> quorumca.v1.IssueAdminCertificateResponse
-	47, // 51: quorumca.v1.Control.ListAdminCertificates:output_type -> quorumca.v1.ListAdminCertificatesResponse
-	49, // 52: quorumca.v1.Control.RevokeAdminCertificates:output_type -> quorumca.v1.RevokeAdminCertificatesResponse
-	22, // 53: quorumca.v1.Control.RotateCA:output_type -> quorumca.v1.RotateCAResponse
-	24, // 54: quorumca.v1.Control.GetCA:output_type -> quorumca.v1.GetCAResponse
-	4,  // 55: quorumca.v1.Internal.Admit:output_type -> quorumca.v1.IssueNodeCertificateResponse
-	34, // [34:56] is the sub-list for method output_type
-	12, // [12:34] is the sub-list for method input_type
+	40, // 25: quorumca.v1.Control.CreateToken:input_type -> quorumca.v1.CreateTokenRequest
+	43, // 26: quorumca.v1.Control.ListTokens:input_type -> quorumca.v1.ListTokensRequest
+	45, // 27: quorumca.v1.Control.RevokeToken:input_type -> quorumca.v1.RevokeTokenRequest
+	47, // 28: quorumca.v1.Control.IssueAdminCertificate:input_type -> quorumca.v1.IssueAdminCertificateRequest
+	50, // 29: quorumca.v1.Control.ListAdminCertificates:input_type -> quorumca.v1.ListAdminCertificatesRequest
+	52, // 30: quorumca.v1.Control.RevokeAdminCertificates:input_type -> quorumca.v1.RevokeAdminCertificatesRequest
+	36, // 31: quorumca.v1.Control.UnlockKey:input_type -> quorumca.v1.UnlockKeyRequest
+	38, // 32: quorumca.v1.Control.Unlock:input_type -> quorumca.v1.UnlockRequest
+	20, // 33: quorumca.v1.Control.RotateCA:input_type -> quorumca.v1.RotateCARequest
+	23, // 34: quorumca.v1.Control.GetCA:input_type -> quorumca.v1.GetCARequest
+	3,  // 35: quorumca.v1.Internal.Admit:input_type -> quorumca.v1.AdmitRequest
+	1,  // 36: quorumca.v1.CA.GetRootBundle:output_type -> quorumca.v1.GetRootBundleResponse
+	4,  // 37: quorumca.v1.CA.IssueNodeCertificate:output_type -> quorumca.v1.IssueNodeCertificateResponse
+	6,  // 38: quorumca.v1.CA.RenewNodeCertificate:output_type -> quorumca.v1.RenewNodeCertificateResponse
+	17, // 39: quorumca.v1.CA.Heartbeat:output_type -> quorumca.v1.HeartbeatResponse
+	19, // 40: quorumca.v1.CA.Gossip:output_type -> quorumca.v1.GossipResponse
+	8,  // 41: quorumca.v1.Control.Status:output_type -> quorumca.v1.StatusResponse
+	11, // 42: quorumca.v1.Control.JoinToken:output_type -> quorumca.v1.JoinTokenResponse
+	13, // 43: quorumca.v1.Control.AddVoter:output_type -> quorumca.v1.AddVoterResponse
+	15, // 44: quorumca.v1.Control.Ping:output_type -> quorumca.v1.PingResponse
+	29, // 45: quorumca.v1.Control.ListNodes:output_type -> quorumca.v1.ListNodesResponse
+	31, // 46: quorumca.v1.Control.SetRole:output_type -> quorumca.v1.SetRoleResponse
+	33, // 47: quorumca.v1.Control.RemoveNode:output_type -> quorumca.v1.RemoveNodeResponse
+	35, // 48: quorumca.v1.Control.Update:output_type -> quorumca.v1.UpdateResponse
+	41, // 49: quorumca.v1.Control.CreateToken:output_type -> quorumca.v1.CreateTokenResponse
+	44, // 50: quorumca.v1.Control.ListTokens:output_type -> quorumca.v1.ListTokensResponse
+	46, // 51: quorumca.v1.Control.RevokeToken:output_type -> quorumca.v1.RevokeTokenResponse
+	48, // 52: quorumca.v1.Control.IssueAdminCertificate:output_type -> quorumca.v1.IssueAdminCertificateResponse
+	51, // 53: quorumca.v1.Control.ListAdminCertificates:output_type -> quorumca.v1.ListAdminCertificatesResponse
+	53, // 54: quorumca.v1.Control.RevokeAdminCertificates:output_type -> quorumca.v1.RevokeAdminCertificatesResponse
+	37, // 55: quorumca.v1.Control.UnlockKey:output_type -> quorumca.v1.UnlockKeyResponse
+	39, // 56: quorumca.v1.Control.Unlock:output_type -> quorumca.v1.UnlockResponse
+	22, // 57: quorumca.v1.Control.RotateCA:output_type -> quorumca.v1.RotateCAResponse
+	24, // 58: quorumca.v1.Control.GetCA:output_type -> quorumca.v1.GetCAResponse
+	4,  // 59: quorumca.v1.Internal.Admit:output_type -> quorumca.v1.IssueNodeCertificateResponse
+	36, // [36:60] is the sub-list for method output_type
+	12, // [12:36] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
 	12, // [12:12] is the sub-list for extension extendee
 	0,  // [0:12] is the sub-list for field type_name
@@ -3441,13 +3658,14 @@ func file_quorumca_proto_init() {
 	if File_quorumca_proto != nil {
 		return
 	}
+	file_quorumca_proto_msgTypes[34].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quorumca_proto_rawDesc), len(file_quorumca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   50,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -333,6 +333,8 @@ const (
 	Control_IssueAdminCertificate_FullMethodName   = "/quorumca.v1.Control/IssueAdminCertificate"
 	Control_ListAdminCertificates_FullMethodName   = "/quorumca.v1.Control/ListAdminCertificates"
 	Control_RevokeAdminCertificates_FullMethodName = "/quorumca.v1.Control/RevokeAdminCertificates"
+	Control_UnlockKey_FullMethodName               = "/quorumca.v1.Control/UnlockKey"
+	Control_Unlock_FullMethodName                  = "/quorumca.v1.Control/Unlock"
 	Control_RotateCA_FullMethodName                = "/quorumca.v1.Control/RotateCA"
 	Control_GetCA_FullMethodName                   = "/quorumca.v1.Control/GetCA"
 )
@@ -377,6 +379,12 @@ type ControlClient interface {
 	// RevokeAdminCertificates revokes admin certificates: every manager
 	// refuses them from then on, on new and open connections.
 	RevokeAdminCertificates(ctx context.Context, in *RevokeAdminCertificatesRequest, opts ...grpc.CallOption) (*RevokeAdminCertificatesResponse, error)
+	// UnlockKey returns (and optionally rotates) the unlock key of a cluster
+	// with autolock on.
+	UnlockKey(ctx context.Context, in *UnlockKeyRequest, opts ...grpc.CallOption) (*UnlockKeyResponse, error)
+	// Unlock gives a locked manager the unlock key its keys are sealed
+	// under. On its control socket only.
+	Unlock(ctx context.Context, in *UnlockRequest, opts ...grpc.CallOption) (*UnlockResponse, error)
 	// RotateCA starts a root CA rotation (DESIGN.md flow 5) and returns at
 	// once; GetCA follows its progress.
 	RotateCA(ctx context.Context, in *RotateCARequest, opts ...grpc.CallOption) (*RotateCAResponse, error)
@@ -533,6 +541,26 @@ func (c *controlClient) RevokeAdminCertificates(ctx context.Context, in *RevokeA
 	return out, nil
 }
 
+func (c *controlClient) UnlockKey(ctx context.Context, in *UnlockKeyRequest, opts ...grpc.CallOption) (*UnlockKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnlockKeyResponse)
+	err := c.cc.Invoke(ctx, Control_UnlockKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) Unlock(ctx context.Context, in *UnlockRequest, opts ...grpc.CallOption) (*UnlockResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnlockResponse)
+	err := c.cc.Invoke(ctx, Control_Unlock_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *controlClient) RotateCA(ctx context.Context, in *RotateCARequest, opts ...grpc.CallOption) (*RotateCAResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RotateCAResponse)
@@ -593,6 +621,12 @@ type ControlServer interface {
 	// RevokeAdminCertificates revokes admin certificates: every manager
 	// refuses them from then on, on new and open connections.
 	RevokeAdminCertificates(context.Context, *RevokeAdminCertificatesRequest) (*RevokeAdminCertificatesResponse, error)
+	// UnlockKey returns (and optionally rotates) the unlock key of a cluster
+	// with autolock on.
+	UnlockKey(context.Context, *UnlockKeyRequest) (*UnlockKeyResponse, error)
+	// Unlock gives a locked manager the unlock key its keys are sealed
+	// under. On its control socket only.
+	Unlock(context.Context, *UnlockRequest) (*UnlockResponse, error)
 	// RotateCA starts a root CA rotation (DESIGN.md flow 5) and returns at
 	// once; GetCA follows its progress.
 	RotateCA(context.Context, *RotateCARequest) (*RotateCAResponse, error)
@@ -650,6 +684,12 @@ func (UnimplementedControlServer) ListAdminCertificates(context.Context, *ListAd
 }
 func (UnimplementedControlServer) RevokeAdminCertificates(context.Context, *RevokeAdminCertificatesRequest) (*RevokeAdminCertificatesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeAdminCertificates not implemented")
+}
+func (UnimplementedControlServer) UnlockKey(context.Context, *UnlockKeyRequest) (*UnlockKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UnlockKey not implemented")
+}
+func (UnimplementedControlServer) Unlock(context.Context, *UnlockRequest) (*UnlockResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Unlock not implemented")
 }
 func (UnimplementedControlServer) RotateCA(context.Context, *RotateCARequest) (*RotateCAResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RotateCA not implemented")
@@ -930,6 +970,42 @@ func _Control_RevokeAdminCertificates_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_UnlockKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnlockKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).UnlockKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_UnlockKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).UnlockKey(ctx, req.(*UnlockKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_Unlock_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnlockRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).Unlock(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_Unlock_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).Unlock(ctx, req.(*UnlockRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Control_RotateCA_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RotateCARequest)
 	if err := dec(in); err != nil {
@@ -1028,6 +1104,14 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeAdminCertificates",
 			Handler:    _Control_RevokeAdminCertificates_Handler,
+		},
+		{
+			MethodName: "UnlockKey",
+			Handler:    _Control_UnlockKey_Handler,
+		},
+		{
+			MethodName: "Unlock",
+			Handler:    _Control_Unlock_Handler,
 		},
 		{
 			MethodName: "RotateCA",

@@ -84,6 +84,8 @@ var rules = map[string]Rule{
 	controlService + "RotateCA":                {Who: Operator, Route: Forward},
 	controlService + "RevokeAdminCertificates": {Who: Operator, Route: Forward},
 	controlService + "IssueAdminCertificate":   {Who: HostOnly, Route: Forward},
+	controlService + "UnlockKey":               {Who: Operator, Route: Forward, Read: true},
+	controlService + "Unlock":                  {Who: HostOnly, Route: Here}, // a locked manager's socket
 
 	internalService + "Admit": {Who: Voter, Route: LeaderOnly},
 }

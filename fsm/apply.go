@@ -73,6 +73,10 @@ func apply(s *State, cmd Command) (*State, error) {
 		return applyIssueAdmin(s, cmd.At, cmd.IssueAdmin)
 	case cmd.RevokeAdmin != nil:
 		return applyRevokeAdmin(s, cmd.At, cmd.RevokeAdmin)
+	case cmd.SetAutolock != nil:
+		return applySetAutolock(s, cmd.SetAutolock)
+	case cmd.RotateUnlockKey != nil:
+		return applyRotateUnlockKey(s, cmd.RotateUnlockKey)
 	}
 	return nil, fmt.Errorf("%w: no operation", ErrBadCommand)
 }
@@ -98,6 +102,11 @@ func applyInit(s *State, at time.Time, in *Init) (*State, error) {
 	if err := checkSigner(in.CA, in.External); err != nil {
 		return nil, err
 	}
+	if in.UnlockKey != "" {
+		if _, err := ca.ParseUnlockKey(in.UnlockKey); err != nil {
+			return nil, fmt.Errorf("%w: init: %w", ErrBadCommand, err)
+		}
+	}
 	certs, err := ca.ParseCertificates(in.CA.Cert)
 	if err != nil {
 		return nil, fmt.Errorf("%w: init CA: %w", ErrBadCommand, err)
@@ -118,6 +127,8 @@ func applyInit(s *State, at time.Time, in *Init) (*State, error) {
 		WorkerSecret:  in.WorkerSecret,
 		ManagerSecret: in.ManagerSecret,
 		GossipKey:     in.GossipKey,
+		Autolock:      in.UnlockKey != "",
+		UnlockKey:     in.UnlockKey,
 		External:      in.External,
 		Nodes:         NewNodeMap(m),
 	}, nil

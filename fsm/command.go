@@ -43,6 +43,9 @@ type Command struct {
 
 	IssueAdmin  *IssueAdmin  `json:"issue_admin,omitempty"`
 	RevokeAdmin *RevokeAdmin `json:"revoke_admin,omitempty"`
+
+	SetAutolock     *SetAutolock     `json:"set_autolock,omitempty"`
+	RotateUnlockKey *RotateUnlockKey `json:"rotate_unlock_key,omitempty"`
 }
 
 // SetGossipKey gives a cluster made before gossip existed its gossip key.
@@ -147,6 +150,8 @@ type Init struct {
 	ManagerSecret string       `json:"manager_secret"`
 	// GossipKey encrypts the cluster's gossip.
 	GossipKey []byte `json:"gossip_key"`
+	// UnlockKey, when set, turns autolock on from the start.
+	UnlockKey string `json:"unlock_key,omitempty"`
 	// Manager is the first manager, with the certificate it was issued.
 	Manager Node `json:"manager"`
 }
@@ -253,7 +258,7 @@ func Decode(b []byte) (Command, error) {
 		c.Init != nil, c.Issue != nil, c.RotateSecret != nil, c.SetRole != nil, c.RemoveNode != nil,
 		c.Prune != nil, c.UpdateConfig != nil, c.CreateToken != nil, c.RevokeToken != nil, c.SetAddrs != nil,
 		c.StartRotation != nil, c.CompleteRotation != nil, c.SetGossipKey != nil,
-		c.IssueAdmin != nil, c.RevokeAdmin != nil,
+		c.IssueAdmin != nil, c.RevokeAdmin != nil, c.SetAutolock != nil, c.RotateUnlockKey != nil,
 	} {
 		if set {
 			n++

@@ -56,6 +56,10 @@ type State struct {
 	// removed and when a root rotation completes, so that removed nodes
 	// are left out of the gossip.
 	GossipKey []byte `json:"gossip_key"`
+	// Autolock says whether every manager keeps its keys sealed under
+	// UnlockKey (a manager restarts locked until it is given the key).
+	Autolock  bool   `json:"autolock,omitempty"`
+	UnlockKey string `json:"unlock_key,omitempty"`
 	// RotationGrace is how long a node may be unreachable in gossip before
 	// a root rotation stops waiting for it; zero means
 	// DefaultRotationGrace.

@@ -80,6 +80,15 @@ type Config struct {
 	// DefaultExternalTimeout); ExternalSkip is how long an external CA that
 	// failed is tried only after the others (default DefaultExternalSkip).
 	ExternalTimeout, ExternalSkip time.Duration
+	// UnlockKey opens a node.key sealed under it (autolock); the node
+	// passes the key it was unlocked with.
+	UnlockKey string
+	// testStep, when set, is called at each step of a key change; an
+	// error stops the change there (the crash tests).
+	testStep func(step string) error
+	// Unsealed leaves the Raft stores unsealed: only for benchmarks that
+	// compare the cost of sealing. A sealed store then refuses to open.
+	Unsealed bool
 	// PublishTokens, when set, is a directory where this manager keeps the
 	// current join tokens (worker.token, manager.token, 0600), for nodes
 	// that bootstrap from a shared volume.

@@ -206,15 +206,34 @@ func (s controlService) Update(ctx context.Context, req *api.UpdateRequest) (*ap
 			return nil, err
 		}
 	}
-	st, err := m.propose(ctx, fsm.Command{At: m.cfg.Now(), UpdateConfig: &fsm.UpdateConfig{CertExpiry: expiry, RotationGrace: grace, External: external, ForCA: forCA}})
-	if err != nil {
-		return nil, err
+	st := m.machine.State()
+	if expiry != 0 || grace != 0 || len(external) > 0 {
+		var err error
+		if st, err = m.propose(ctx, fsm.Command{At: m.cfg.Now(), UpdateConfig: &fsm.UpdateConfig{CertExpiry: expiry, RotationGrace: grace, External: external, ForCA: forCA}}); err != nil {
+			return nil, err
+		}
+		m.log.Info("cluster updated", "cert_expiry", st.CertExpiry, "rotation_grace", st.Grace(), "external_cas", len(st.External), "by", callOf(ctx).actor())
+		m.kickRotation()
 	}
-	m.log.Info("cluster updated", "cert_expiry", st.CertExpiry, "rotation_grace", st.Grace(), "external_cas", len(st.External), "by", callOf(ctx).actor())
-	m.kickRotation()
-	return &api.UpdateResponse{
-		CertExpirySeconds:    int64(st.CertExpiry / time.Second),
-		RotationGraceSeconds: int64(st.Grace() / time.Second),
-		ExternalCa:           externalToAPI(st.External),
-	}, nil
+	resp := &api.UpdateResponse{}
+	if req.Autolock != nil && req.GetAutolock() != st.Autolock {
+		cmd := &fsm.SetAutolock{On: req.GetAutolock()}
+		if cmd.On {
+			var err error
+			if cmd.UnlockKey, err = ca.NewUnlockKey(m.cfg.Rand); err != nil {
+				return nil, err
+			}
+			resp.UnlockKey = cmd.UnlockKey
+		}
+		var err error
+		if st, err = m.propose(ctx, fsm.Command{At: m.cfg.Now(), SetAutolock: cmd}); err != nil {
+			return nil, err
+		}
+		m.log.Info("autolock changed", "autolock", st.Autolock, "by", callOf(ctx).actor())
+	}
+	resp.CertExpirySeconds = int64(st.CertExpiry / time.Second)
+	resp.RotationGraceSeconds = int64(st.Grace() / time.Second)
+	resp.ExternalCa = externalToAPI(st.External)
+	resp.Autolock = st.Autolock
+	return resp, nil
 }

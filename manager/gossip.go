@@ -43,6 +43,9 @@ func (m *Manager) followState(ctx context.Context) {
 		if len(st.GossipKey) > 0 {
 			m.gossip.UseKey(st.GossipKey)
 		}
+		if err := m.protectKeys(st); err != nil {
+			m.log.Error("seal this manager's keys as the cluster's autolock says", "err", err)
+		}
 		if rotationMoved(last, st) {
 			m.kickRotation()
 		}

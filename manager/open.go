@@ -28,6 +28,9 @@ type InitOptions struct {
 	CertExpiry time.Duration
 	// CA is an imported CA (--ca-cert/--ca-key); nil generates a root.
 	CA *ca.Material
+	// Autolock turns autolock on from the start: Init makes the unlock key
+	// (the state's UnlockKey) and seals this manager's keys under it.
+	Autolock bool
 	// External, when set, makes the cluster use these external CAs
 	// (--external-ca) and hold no key. ExternalCert is then the external
 	// CA's certificate and chain (--ca-cert), or nil to ask the CA for it.
@@ -143,7 +146,11 @@ func Init(ctx context.Context, cfg Config, opts InitOptions) (_ *Manager, err er
 	if err != nil {
 		return nil, err
 	}
-	if m.creds, err = agent.NewCredentials(cfg.DataDir, keyPEM, issued.PEM, material.Bundle); err != nil {
+	unlockKey, nk, err := m.initialKeys(opts, keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	if m.creds, err = agent.NewManagerCredentials(cfg.DataDir, nk, issued.PEM, material.Bundle); err != nil {
 		return nil, err
 	}
 	m.node = agent.NodeConfig{
@@ -166,6 +173,7 @@ func Init(ctx context.Context, cfg Config, opts InitOptions) (_ *Manager, err er
 	if _, err := m.propose(ctx, fsm.Command{At: now, Init: &fsm.Init{
 		ClusterID: clusterID, CertExpiry: opts.CertExpiry, CA: material, External: opts.External,
 		WorkerSecret: workerSecret, ManagerSecret: managerSecret, GossipKey: gossipKey, Manager: self,
+		UnlockKey: unlockKey,
 	}}); err != nil {
 		return nil, err
 	}
@@ -194,7 +202,7 @@ func Open(ctx context.Context, cfg Config, store *agent.NodeStore) (_ *Manager, 
 	if m.node.GossipAddr == "" {
 		m.node.GossipAddr, m.node.GossipAdvertiseAddr = m.cfg.GossipAddr, m.cfg.GossipAdvertiseAddr
 	}
-	if m.creds, err = agent.LoadCredentials(m.cfg.DataDir); err != nil {
+	if err := m.loadCredentials(); err != nil {
 		return nil, err
 	}
 	if err := m.listen(); err != nil {
@@ -207,6 +215,9 @@ func Open(ctx context.Context, cfg Config, store *agent.NodeStore) (_ *Manager, 
 	}()
 	m.fresh = !dirHasFiles(filepath.Join(m.cfg.DataDir, RaftDir))
 	if err := m.openRaft(false); err != nil {
+		return nil, err
+	}
+	if err := m.dropPreviousDataKey(); err != nil {
 		return nil, err
 	}
 	m.assemble()
@@ -265,6 +276,13 @@ func (m *Manager) openRaft(bootstrap bool) error {
 		rc.SnapshotInterval = m.cfg.SnapshotInterval
 	}
 	rc.ApplyTimeout = m.cfg.ApplyTimeout
+	if !m.cfg.Unsealed {
+		nk := m.creds.NodeKey()
+		rc.Keys = &raft.Keys{Current: nk.DataKey}
+		if len(nk.PrevDataKey) > 0 {
+			rc.Keys.Previous = [][]byte{nk.PrevDataKey}
+		}
+	}
 	if err := os.MkdirAll(rc.DataDir, 0o700); err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}

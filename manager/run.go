@@ -67,6 +67,11 @@ func (m *Manager) Run(ctx context.Context) error {
 // worker.
 func (m *Manager) roleChanged(role ca.Role) {
 	m.log.Info("demoted: stopping the manager side to run as a worker", "role", role)
+	// A worker's node.key is its private key alone, in clear: the data
+	// keys go with the Raft state, and autolock seals managers only.
+	if err := m.creds.SetNodeKey(func(nk *agent.NodeKey) { *nk = agent.NodeKey{Key: nk.Key} }); err != nil {
+		m.log.Error("write a worker's node.key", "err", err)
+	}
 	m.mu.Lock()
 	quit := m.quit
 	m.mu.Unlock()

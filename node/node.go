@@ -56,6 +56,11 @@ type Config struct {
 	// gossip settings serve the worker too.
 	Manager manager.Config
 
+	// UnlockKeyFile, when the node's keys are sealed under the cluster's
+	// unlock key (autolock), is a file whose first line holds the key: a
+	// locked manager reads it, and waits for it, unattended.
+	UnlockKeyFile string
+
 	// What to do when DataDir holds no node yet: create a cluster with
 	// Init, or join one with Join. With neither, a data directory without a
 	// node is an error.
@@ -109,9 +114,31 @@ type Node struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mu  sync.Mutex // guards cur and err
+	mu  sync.Mutex // guards cur, err and unlockKey
 	cur daemon
 	err error
+	// unlockKey is the key the node was unlocked with, in memory only.
+	unlockKey string
+}
+
+func (n *Node) setUnlockKey(key string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.unlockKey = key
+}
+
+func (n *Node) getUnlockKey() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.unlockKey
+}
+
+// Locked reports whether the node waits for its unlock key.
+func (n *Node) Locked() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	_, ok := n.cur.(*locked)
+	return ok
 }
 
 // Run runs the node of cfg until ctx ends, as Start and then Done do; it
@@ -225,6 +252,12 @@ func (n *Node) run(ctx context.Context, d daemon, started chan struct{}) {
 		switch {
 		case ctx.Err() != nil:
 			return
+		case errors.Is(err, errUnlocked):
+			if d, err = n.open(ctx); err != nil {
+				n.set(nil, err)
+				return
+			}
+			continue
 		case !errors.Is(err, manager.ErrRoleChanged) && !errors.Is(err, worker.ErrPromoted):
 			n.set(nil, err)
 			return
@@ -282,7 +315,11 @@ func (n *Node) serve(ctx context.Context, d daemon, started chan struct{}) error
 // daemon stopped for a role change. A demoted manager's Raft state goes:
 // should it be promoted again, it rejoins the voters afresh.
 func (n *Node) switchRole() error {
-	creds, err := agent.LoadCredentials(n.cfg.DataDir)
+	var keks []ca.KEK
+	if kek, err := ca.ParseUnlockKey(n.getUnlockKey()); err == nil {
+		keks = append(keks, kek)
+	}
+	creds, err := agent.LoadCredentials(n.cfg.DataDir, keks...)
 	if err != nil {
 		return err
 	}
@@ -327,13 +364,31 @@ func (n *Node) init(ctx context.Context) (daemon, error) {
 	}
 	n.store = m.Store()
 	fmt.Fprintf(n.cfg.Out, "Cluster initialized: node %s is the first manager of cluster %s.\n", m.NodeID(), m.ClusterID())
+	if key := m.State().UnlockKey; key != "" {
+		n.setUnlockKey(key)
+		fmt.Fprintf(n.cfg.Out, "Autolock is on. Keep this unlock key safe, away from the managers: a manager that restarts needs it (`quorumca unlock`).\n\n    %s\n\n", key)
+	}
 	fmt.Fprintf(n.cfg.Out, "To add a node, get a token with `quorumca join-token worker --data-dir %s`.\n", n.cfg.DataDir)
 	return m, nil
 }
 
-// open returns the daemon of the node stored in the data directory.
+// open returns the daemon of the node stored in the data directory: a
+// locked one while its keys are sealed under an unlock key it was not
+// given.
 func (n *Node) open(ctx context.Context) (daemon, error) {
-	creds, err := agent.LoadCredentials(n.cfg.DataDir)
+	var keks []ca.KEK
+	if key := n.getUnlockKey(); key != "" {
+		kek, err := ca.ParseUnlockKey(key)
+		if err != nil {
+			return nil, err
+		}
+		keks = append(keks, kek)
+	}
+	creds, err := agent.LoadCredentials(n.cfg.DataDir, keks...)
+	var le *agent.LockedError
+	if errors.As(err, &le) {
+		return newLocked(n, le), nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -353,6 +408,12 @@ func (n *Node) open(ctx context.Context) (daemon, error) {
 	if role == ca.RoleManager {
 		return manager.Open(ctx, n.managerConfig(nc), n.store)
 	}
+	if nk := creds.NodeKey(); nk.KEK != nil || len(nk.DataKey) > 0 {
+		// A demotion stopped before the node.key of a worker was written.
+		if err := creds.SetNodeKey(func(k *agent.NodeKey) { *k = agent.NodeKey{Key: k.Key} }); err != nil {
+			return nil, err
+		}
+	}
 	mc := n.cfg.Manager
 	return worker.New(worker.Config{
 		Store: n.store, Credentials: creds, Logger: n.log,
@@ -367,6 +428,7 @@ func (n *Node) open(ctx context.Context) (daemon, error) {
 func (n *Node) managerConfig(nc agent.NodeConfig) manager.Config {
 	mc := n.cfg.Manager
 	mc.DataDir = n.cfg.DataDir
+	mc.UnlockKey = n.getUnlockKey()
 	mc.ListenAddr = first(n.cfg.ListenAddr, nc.ListenAddr, manager.DefaultListenAddr)
 	mc.RaftListenAddr = first(n.cfg.RaftAddr, nc.RaftAddr, manager.DefaultRaftAddr)
 	mc.AdvertiseAddr = first(n.cfg.AdvertiseAddr, nc.AdvertiseAddr)

@@ -3,14 +3,23 @@ package node
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/manager"
 )
 
 // TestJoinWhenReadyLogsNoToken: the only log lines that could carry a
@@ -50,5 +59,88 @@ func TestJoinWhenReadyLogsNoToken(t *testing.T) {
 		if strings.Contains(logs.String(), secret) {
 			t.Errorf("the join logged the token's secret:\n%s", logs.String())
 		}
+	}
+}
+
+// TestLockedNode: with autolock on, a node that restarts is locked: its
+// socket says so and takes the unlock key (a wrong one refused), or it
+// reads the key from --unlock-key-file, and then runs its manager.
+func TestLockedNode(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	sock := filepath.Join(t.TempDir(), "q.sock")
+	var out bytes.Buffer
+	cfg := Config{
+		DataDir: dir, SocketPath: sock, Out: &out,
+		ListenAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0",
+		Init: &manager.InitOptions{Autolock: true},
+	}
+	n, err := Start(t.Context(), cfg)
+	if err != nil {
+		t.Fatalf("Start(init --autolock) = %v", err)
+	}
+	key := regexp.MustCompile(`QCKEY-1-[A-Za-z0-9_-]+`).FindString(out.String())
+	if key == "" {
+		t.Fatalf("init --autolock printed no unlock key:\n%s", out.String())
+	}
+	n.Stop()
+
+	cfg.Init = nil
+	n, err = Start(t.Context(), cfg)
+	if err != nil {
+		t.Fatalf("Start(locked) = %v", err)
+	}
+	t.Cleanup(func() { n.Stop() })
+	if !n.Locked() || n.Manager() != nil {
+		t.Fatalf("a restarted autolocked node: locked %v, manager %v; want locked", n.Locked(), n.Manager())
+	}
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctl := api.NewControlClient(conn)
+	st, err := ctl.Status(t.Context(), &api.StatusRequest{})
+	if err != nil || !strings.Contains(st.GetProblem(), "locked") {
+		t.Fatalf("Status() of a locked node = %v, %v; want the problem to say locked", st.GetProblem(), err)
+	}
+	wrong, _ := ca.NewUnlockKey(rand.Reader)
+	if _, err := ctl.Unlock(t.Context(), &api.UnlockRequest{UnlockKey: wrong}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("Unlock(another key) = %v, want InvalidArgument", err)
+	}
+	if !n.Locked() {
+		t.Fatalf("a wrong key unlocked the node")
+	}
+	if _, err := ctl.Unlock(t.Context(), &api.UnlockRequest{UnlockKey: key}); err != nil {
+		t.Fatalf("Unlock(the key) = %v", err)
+	}
+	waitFor(t, "the unlocked node runs its manager", func() bool { return n.Manager() != nil })
+	n.Stop()
+
+	// Unattended: the key in a file, written after the node started.
+	keyFile := filepath.Join(t.TempDir(), "unlock.key")
+	cfg.UnlockKeyFile = keyFile
+	n, err = Start(t.Context(), cfg)
+	if err != nil {
+		t.Fatalf("Start(locked, --unlock-key-file) = %v", err)
+	}
+	t.Cleanup(func() { n.Stop() })
+	if !n.Locked() {
+		t.Fatalf("the node is not locked while the key file is missing")
+	}
+	if err := os.WriteFile(keyFile, []byte(key+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the node unlocks from the key file", func() bool { return n.Manager() != nil })
+}
+
+// waitFor polls cond for at most 20s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 20s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

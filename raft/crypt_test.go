@@ -274,3 +274,26 @@ func TestInstallSnapshotAcrossKeys(t *testing.T) {
 		t.Errorf("the new node's stores hold the secret in clear: %v", files)
 	}
 }
+
+// TestSealResumesAfterCrash: a seal that a crash stopped half way (an
+// unfinished new file beside raft.db) starts over on the next Open.
+func TestSealResumesAfterCrash(t *testing.T) {
+	c := newTestCA(t)
+	n := startNode(t, c, newID(t), t.TempDir(), "127.0.0.1:0", true, withKeys(nil))
+	waitLeader(t, n)
+	fillWithSecrets(t, n, 40)
+	n.Shutdown()
+	if err := os.WriteFile(filepath.Join(n.dir, dbFile+".seal"), []byte("half a bolt file"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := n.restart(t, c, true, withKeys(&Keys{Current: newDataKey(t)}))
+	waitLeader(t, r)
+	eventually(t, "the state", func() bool { v, ok := r.sm.get("k39"); return ok && v == marker+"-39" })
+	r.Shutdown()
+	if _, err := os.Stat(filepath.Join(n.dir, dbFile+".seal")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the unfinished seal file is left: %v", err)
+	}
+	if files := filesHolding(t, n.dir, marker); len(files) > 0 {
+		t.Errorf("the stores hold the secret in clear: %v", files)
+	}
+}

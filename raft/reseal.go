@@ -155,10 +155,14 @@ func sealSnapshots(dataDir string, snaps *hraft.FileSnapshotStore, s *sealer) er
 	}
 	sealed := &sealedSnapshots{SnapshotStore: snaps, s: s, plain: true}
 	for _, m := range metas {
+		dir := filepath.Join(dataDir, "snapshots", m.ID)
+		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+			continue // reaped as the store made room for one sealed again
+		}
 		if err := sealSnapshot(snaps, sealed, m, s); err != nil {
 			return err
 		}
-		if err := os.RemoveAll(filepath.Join(dataDir, "snapshots", m.ID)); err != nil {
+		if err := os.RemoveAll(dir); err != nil {
 			return fmt.Errorf("raft: remove snapshot %s once sealed again: %w", m.ID, err)
 		}
 	}

@@ -21,6 +21,7 @@ type daemonFlags struct {
 	listenAddr, advertiseAddr, raftAddr, raftAdvertiseAddr string
 	gossipAddr, gossipAdvertiseAddr                        string
 	publishTokens                                          string
+	unlockKeyFile                                          string
 }
 
 func (d *daemonFlags) register(cmd *cobra.Command) {
@@ -31,6 +32,7 @@ func (d *daemonFlags) register(cmd *cobra.Command) {
 	f.StringVar(&d.raftAdvertiseAddr, "raft-advertise-addr", "", "Raft address other managers reach this one at (default: the Raft listen address)")
 	f.StringVar(&d.gossipAddr, "gossip-addr", agent.DefaultGossipAddr, "gossip listen address, TCP and UDP (host:port)")
 	f.StringVar(&d.gossipAdvertiseAddr, "gossip-advertise-addr", "", "gossip address other nodes reach this one at (default: picked from the host's addresses)")
+	f.StringVar(&d.unlockKeyFile, "unlock-key-file", "", "with autolock, a file whose first line is the unlock key: a locked manager reads it (and waits for it) to unlock unattended")
 	f.StringVar(&d.publishTokens, "publish-tokens", "", "as a manager, keep the current join tokens in DIR/worker.token and DIR/manager.token (0600), for nodes that join unattended")
 }
 
@@ -61,6 +63,7 @@ func (g *globals) nodeConfig(cmd *cobra.Command, d *daemonFlags) (node.Config, e
 		GossipAdvertiseAddr: given("gossip-advertise-addr", d.gossipAdvertiseAddr),
 	}
 	cfg.Manager.PublishTokens = d.publishTokens
+	cfg.UnlockKeyFile = d.unlockKeyFile
 	// The addresses as the manager would take them, checked now: a typo
 	// is refused before anything is created.
 	mc := manager.DefaultConfig()
@@ -84,6 +87,7 @@ func newInitCmd(g *globals) *cobra.Command {
 		certExpiry    time.Duration
 		caCert, caKey string
 		externalCAs   []string
+		autolock      bool
 	)
 	cmd := &cobra.Command{
 		Use:   "init",
@@ -100,7 +104,7 @@ func newInitCmd(g *globals) *cobra.Command {
 			if certExpiry < ca.MinCertExpiry {
 				return fmt.Errorf("--cert-expiry %s is under the minimum of %s", certExpiry, ca.MinCertExpiry)
 			}
-			opts := manager.InitOptions{CertExpiry: certExpiry}
+			opts := manager.InitOptions{CertExpiry: certExpiry, Autolock: autolock}
 			if opts.External, err = parseExternalCAs(externalCAs); err != nil {
 				return err
 			}
@@ -128,6 +132,7 @@ func newInitCmd(g *globals) *cobra.Command {
 	}
 	d.register(cmd)
 	cmd.Flags().DurationVar(&certExpiry, "cert-expiry", ca.DefaultCertExpiry, "validity of node certificates (minimum 1h)")
+	cmd.Flags().BoolVar(&autolock, "autolock", false, "seal every manager's keys under an unlock key, printed once: a manager that restarts is locked until it is given it")
 	cmd.Flags().StringVar(&caCert, "ca-cert", "", "PEM CA certificate (and its chain up to a root) to sign with instead of a generated root")
 	cmd.Flags().StringVar(&caKey, "ca-key", "", "PEM private key of --ca-cert")
 	cmd.Flags().StringArrayVar(&externalCAs, "external-ca", nil, externalCAUsage)

@@ -16,15 +16,16 @@ func newUpdateCmd(g *globals) *cobra.Command {
 	var (
 		certExpiry, grace time.Duration
 		externalCAs       []string
+		autolock          bool
 	)
 	cmd := &cobra.Command{
-		Use:   "update [--cert-expiry D] [--rotation-grace D] [--external-ca SPEC]...",
+		Use:   "update [--cert-expiry D] [--rotation-grace D] [--external-ca SPEC]... [--autolock=true|false]",
 		Short: "Change cluster settings",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			fl := cmd.Flags()
-			if !fl.Changed("cert-expiry") && !fl.Changed("rotation-grace") && !fl.Changed("external-ca") {
-				return fmt.Errorf("nothing to update: give --cert-expiry, --rotation-grace or --external-ca")
+			if !fl.Changed("cert-expiry") && !fl.Changed("rotation-grace") && !fl.Changed("external-ca") && !fl.Changed("autolock") {
+				return fmt.Errorf("nothing to update: give --cert-expiry, --rotation-grace, --external-ca or --autolock")
 			}
 			external, err := parseExternalCAs(externalCAs)
 			if err != nil {
@@ -42,6 +43,9 @@ func newUpdateCmd(g *globals) *cobra.Command {
 					return fmt.Errorf("--rotation-grace %s is under the minimum of %s", grace, fsm.MinRotationGrace)
 				}
 				req.RotationGraceSeconds = int64(grace / time.Second)
+			}
+			if fl.Changed("autolock") {
+				req.Autolock = &autolock
 			}
 			client, ctx, done, err := g.control(cmd, 30*time.Second)
 			if err != nil {
@@ -65,11 +69,15 @@ func newUpdateCmd(g *globals) *cobra.Command {
 					fmt.Fprintf(w, "  %s\n", describeExternal(e))
 				}
 			}
+			if fl.Changed("autolock") {
+				printAutolock(w, resp.GetAutolock(), resp.GetUnlockKey())
+			}
 			return nil
 		},
 	}
 	cmd.Flags().DurationVar(&certExpiry, "cert-expiry", 0, "validity of node certificates issued from now on (minimum 1h)")
 	cmd.Flags().DurationVar(&grace, "rotation-grace", fsm.DefaultRotationGrace, "how long a root rotation waits for an unreachable node (minimum 1s)")
+	cmd.Flags().BoolVar(&autolock, "autolock", false, "seal every manager's keys under an unlock key (a manager that restarts is locked until it is given it)")
 	cmd.Flags().StringArrayVar(&externalCAs, "external-ca", nil, "replace the cluster's external CAs (each must answer and sign with the cluster's CA): "+externalCAUsage)
 	return cmd
 }

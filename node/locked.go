@@ -1,0 +1,144 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumca/quorumca/agent"
+	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/ca"
+)
+
+// errUnlocked is the reason a locked node's daemon ends: it was given the
+// unlock key, and the node's own daemon can start.
+var errUnlocked = errors.New("node: unlocked")
+
+// lockedPoll is how often a locked node looks at --unlock-key-file.
+const lockedPoll = time.Second
+
+// locked is the daemon of a manager whose keys are sealed under an unlock
+// key it was not given: it takes no part in Raft and signs nothing; its
+// control socket answers status ("locked") and takes the key (Unlock).
+// With --unlock-key-file it also reads the key there, unattended.
+type locked struct {
+	n   *Node
+	err *agent.LockedError
+	// keys hands Run the keys Unlock took.
+	keys chan string
+}
+
+func newLocked(n *Node, err *agent.LockedError) *locked {
+	n.log.Warn("this manager is locked: its keys are sealed under the cluster's unlock key; run `quorumca unlock`, or give --unlock-key-file", "unlock_key_id", err.KEK)
+	return &locked{n: n, err: err, keys: make(chan string, 1)}
+}
+
+// Run waits for the unlock key: from Unlock, or from the key file.
+func (l *locked) Run(ctx context.Context) error {
+	var tick <-chan time.Time
+	if l.n.cfg.UnlockKeyFile != "" {
+		t := time.NewTicker(lockedPoll)
+		defer t.Stop()
+		tick = t.C
+		if l.fromFile() {
+			return errUnlocked
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case key := <-l.keys:
+			l.n.setUnlockKey(key)
+			return errUnlocked
+		case <-tick:
+			if l.fromFile() {
+				return errUnlocked
+			}
+		}
+	}
+}
+
+// fromFile reads the unlock key in --unlock-key-file, and takes it if it
+// is the one the keys are sealed under.
+func (l *locked) fromFile() bool {
+	key, err := agent.ReadTokenFile(l.n.cfg.UnlockKeyFile)
+	if err != nil {
+		return false
+	}
+	if err := l.check(key); err != nil {
+		l.n.log.Warn("--unlock-key-file holds another unlock key than this manager's keys are sealed under", "file", l.n.cfg.UnlockKeyFile, "err", err)
+		return false
+	}
+	l.n.setUnlockKey(key)
+	return true
+}
+
+// check checks that key is the unlock key the keys are sealed under.
+func (l *locked) check(key string) error {
+	kek, err := ca.ParseUnlockKey(key)
+	if err != nil {
+		return err
+	}
+	if kek.ID != l.err.KEK {
+		return fmt.Errorf("this manager's keys are sealed under unlock key %s, and this key is %s: give the key this manager last knew (after a rotation while it was down, the one before)", l.err.KEK, kek.ID)
+	}
+	return nil
+}
+
+// Local serves status and Unlock.
+func (l *locked) Local() *grpc.Server {
+	s := grpc.NewServer()
+	api.RegisterControlServer(s, lockedControl{l: l})
+	return s
+}
+
+// Close releases nothing: a locked node holds nothing but its socket.
+func (l *locked) Close() error { return nil }
+
+// lockedControl is a locked manager's Control API, on its socket.
+type lockedControl struct {
+	api.UnimplementedControlServer
+	l *locked
+}
+
+func onSocket(ctx context.Context) error {
+	if p, ok := peer.FromContext(ctx); !ok || p.Addr.Network() != "unix" {
+		return status.Error(codes.PermissionDenied, "a locked manager serves its control socket only")
+	}
+	return nil
+}
+
+// lockedProblem is what status says of a locked manager.
+const lockedProblem = "locked: this manager's keys are sealed under the cluster's unlock key; run `quorumca unlock`"
+
+func (c lockedControl) Status(ctx context.Context, _ *api.StatusRequest) (*api.StatusResponse, error) {
+	if err := onSocket(ctx); err != nil {
+		return nil, err
+	}
+	nc := c.l.n.store.Get()
+	return &api.StatusResponse{
+		ClusterId: nc.ClusterID, NodeId: nc.NodeID, Role: string(nc.Role),
+		Problem: fmt.Sprintf("%s (unlock key %s)", lockedProblem, c.l.err.KEK),
+	}, nil
+}
+
+func (c lockedControl) Unlock(ctx context.Context, req *api.UnlockRequest) (*api.UnlockResponse, error) {
+	if err := onSocket(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.l.check(req.GetUnlockKey()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	select {
+	case c.l.keys <- req.GetUnlockKey():
+	default: // unlocking already
+	}
+	return &api.UnlockResponse{}, nil
+}
