@@ -66,6 +66,9 @@ type Renewer struct {
 	conns   map[string]*grpc.ClientConn
 	renewAt time.Time
 	renewed int
+	// answered counts the heartbeats the leader answered, each with the
+	// renewal it called for done or failed.
+	answered int
 	problem error
 	// bundleSince is the age of the newest bundle a heartbeat gave.
 	bundleSince int64
@@ -111,6 +114,15 @@ func (r *Renewer) Renewals() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.renewed
+}
+
+// Heartbeats returns how many heartbeats the leader answered; each is
+// counted once the Renewer has acted on the answer (renewed, if it had
+// to). Tests use it to tell that the Renewer looked at its schedule.
+func (r *Renewer) Heartbeats() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.answered
 }
 
 // RenewAt returns when the current certificate is due for renewal.
@@ -184,6 +196,9 @@ func (r *Renewer) Run(ctx context.Context) error {
 				r.cfg.Logger.Warn("renewal failed", "err", err, "attempt", failures)
 			}
 		}
+		r.mu.Lock()
+		r.answered++
+		r.mu.Unlock()
 	}
 }
 
