@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/ca"
 )
 
@@ -50,5 +51,35 @@ func TestJoinWhenReadyLogsNoToken(t *testing.T) {
 		if strings.Contains(logs.String(), secret) {
 			t.Errorf("the join logged the token's secret:\n%s", logs.String())
 		}
+	}
+}
+
+// TestManagerConfigAdvertise: an address the configuration gives overrides
+// the recorded one; a recorded advertise address goes with the recorded
+// port, and is not taken for a listener on any free port, whose port is
+// another.
+func TestManagerConfigAdvertise(t *testing.T) {
+	rec := agent.NodeConfig{
+		ListenAddr: "127.0.0.1:41000", AdvertiseAddr: "10.0.0.1:41000",
+		RaftAddr: "127.0.0.1:41001", RaftAdvertiseAddr: "10.0.0.1:41001",
+	}
+	for _, tc := range []struct {
+		name                  string
+		cfg                   Config
+		wantListen, wantAdv   string
+		wantRaft, wantRaftAdv string
+	}{
+		{"recorded", Config{}, rec.ListenAddr, rec.AdvertiseAddr, rec.RaftAddr, rec.RaftAdvertiseAddr},
+		{"same ports given", Config{ListenAddr: rec.ListenAddr, RaftAddr: rec.RaftAddr}, rec.ListenAddr, rec.AdvertiseAddr, rec.RaftAddr, rec.RaftAdvertiseAddr},
+		{"any free port", Config{ListenAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0"}, "127.0.0.1:0", "", "127.0.0.1:0", ""},
+		{"any free port, advertise given", Config{ListenAddr: "127.0.0.1:0", AdvertiseAddr: "10.0.0.2:2377"}, "127.0.0.1:0", "10.0.0.2:2377", rec.RaftAddr, rec.RaftAdvertiseAddr},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mc := (&Node{cfg: tc.cfg}).managerConfig(rec)
+			if mc.ListenAddr != tc.wantListen || mc.AdvertiseAddr != tc.wantAdv || mc.RaftListenAddr != tc.wantRaft || mc.RaftAdvertiseAddr != tc.wantRaftAdv {
+				t.Errorf("managerConfig() = listen %q advertise %q, raft %q advertise %q; want %q %q, %q %q",
+					mc.ListenAddr, mc.AdvertiseAddr, mc.RaftListenAddr, mc.RaftAdvertiseAddr, tc.wantListen, tc.wantAdv, tc.wantRaft, tc.wantRaftAdv)
+			}
+		})
 	}
 }
