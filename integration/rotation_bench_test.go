@@ -4,8 +4,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quorumca/quorumca/manager"
+	"github.com/quorumca/quorumca/internal/testkit/clustertest"
 	"github.com/quorumca/quorumca/membership"
+	"github.com/quorumca/quorumca/node"
 )
 
 // Rotation benchmarks: one root rotation of a 3-manager, 10-worker cluster,
@@ -27,34 +28,34 @@ const (
 
 // productionRotation leaves the product's defaults for heartbeats (5s),
 // reconciling (2s) and the rotation jitter (2s), and gossips on LAN timing;
-// only Raft keeps managerConfig's test timings.
-func productionRotation(cfg *manager.Config) {
-	cfg.HeartbeatPeriod, cfg.ReconcilePeriod, cfg.RotationJitter = 0, 0, 0
-	cfg.GossipTiming = membership.LAN
+// only Raft keeps the test timings.
+func productionRotation(_ string, cfg *node.Config) {
+	cfg.Manager.HeartbeatPeriod, cfg.Manager.ReconcilePeriod, cfg.Manager.RotationJitter = 0, 0, 0
+	cfg.Manager.GossipTiming = membership.LAN
 }
 
 // BenchmarkRotation13 rotates with the product's timings.
 func BenchmarkRotation13(b *testing.B) { benchRotation(b, productionRotation) }
 
-// BenchmarkRotation13Fast rotates with the rotation tests' timings
-// (heartbeat 300ms, jitter 200ms, fast gossip).
-func BenchmarkRotation13Fast(b *testing.B) { benchRotation(b, fastRotation) }
+// BenchmarkRotation13Fast rotates with the test clusters' timings
+// (testkit's heartbeat and jitter, fast gossip).
+func BenchmarkRotation13Fast(b *testing.B) { benchRotation(b, nil) }
 
-func benchRotation(b *testing.B, timing func(*manager.Config)) {
-	rc := buildRotationCluster(b, 3, 10, 0, timing, benchRotationBound)
+func benchRotation(b *testing.B, timing func(string, *node.Config)) {
+	rc := clustertest.New(b, clustertest.Options{Managers: 3, Workers: 10, Configure: timing, GossipBound: benchRotationBound})
 	var total, completion time.Duration
 	rotations := 0
 	for b.Loop() {
 		start := time.Now()
-		root := rc.rotate()
+		root := rc.Rotate()
 		var completed time.Duration
 		for {
-			_, err := rc.rotationDone(root, true)
+			_, err := rc.RotationDone(root, true)
 			if err == nil {
 				break
 			}
 			if completed == 0 {
-				if _, err := rc.rotationDone(root, false); err == nil {
+				if _, err := rc.RotationDone(root, false); err == nil {
 					completed = time.Since(start)
 				}
 			}
