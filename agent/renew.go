@@ -69,7 +69,7 @@ type Renewer struct {
 	// answered counts the heartbeats the leader answered, each with the
 	// renewal it called for done or failed.
 	answered int
-	problem error
+	problem  error
 	// bundleSince is the age of the newest bundle a heartbeat gave.
 	bundleSince int64
 	// kick asks Run to renew now.
