@@ -335,12 +335,14 @@ func TestLeaderChangeShowsLiveNodes(t *testing.T) {
 func TestForwardedCallNamesTheCaller(t *testing.T) {
 	c := newLifecycleCluster(t, 3, 0)
 	f := c.Follower()
-	if _, err := f.Control().JoinToken(testkit.Ctx(t), &api.JoinTokenRequest{Role: "worker", Rotate: true}); err != nil {
+	resp, err := f.Control().JoinToken(testkit.Ctx(t), &api.JoinTokenRequest{Role: "worker", Rotate: true})
+	if err != nil {
 		t.Fatalf("JoinToken(rotate) on a follower's control socket = %v", err)
 	}
+	c.WorkerToken = resp.GetToken()
 	w := c.AddWorker("w0")
 	conn := c.Dial(f.Addr(), w.Credentials().ClientTLS(agent.ManagerName))
-	_, err := api.NewControlClient(conn).ListNodes(testkit.Ctx(t), &api.ListNodesRequest{})
+	_, err = api.NewControlClient(conn).ListNodes(testkit.Ctx(t), &api.ListNodesRequest{})
 	if r, _ := api.ErrorReason(err); r != authz.ReasonNotManager {
 		t.Errorf("ListNodes() with a worker certificate = %v, want reason %s", err, authz.ReasonNotManager)
 	}
