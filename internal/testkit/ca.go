@@ -126,9 +126,6 @@ func KeyPEM(tb testing.TB, k crypto.Signer) []byte {
 	return p
 }
 
-// Material returns what NewCA or CAFrom signs with.
-func (c *CA) Material() ca.Material { return c.material }
-
 // Bundle returns the trust bundle of NewCA's or CAFrom's cluster, in PEM.
 func (c *CA) Bundle() []byte { return c.material.Bundle }
 

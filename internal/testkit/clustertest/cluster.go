@@ -157,12 +157,9 @@ func baseConfig(dataDir, sock string, clock *testkit.Clock) node.Config {
 	return cfg
 }
 
-// DataDir returns the data directory of the node named name.
-func (c *Cluster) DataDir(name string) string { return filepath.Join(c.root, name) }
-
 // config returns the configuration of the node named name.
 func (c *Cluster) config(name string) node.Config {
-	cfg := baseConfig(c.DataDir(name), filepath.Join(c.sockDir, name+".sock"), c.Clock)
+	cfg := baseConfig(filepath.Join(c.root, name), filepath.Join(c.sockDir, name+".sock"), c.Clock)
 	if c.opts.Configure != nil {
 		c.opts.Configure(name, &cfg)
 	}

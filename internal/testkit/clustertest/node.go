@@ -157,14 +157,3 @@ func (n *Node) Restart() {
 		n.c.tb.Fatalf("node.Start(%s from its data directory) = %v", n.Name, err)
 	}
 }
-
-// Done returns a channel closed once the node has stopped, by itself or
-// by Stop.
-func (n *Node) Done() <-chan struct{} {
-	if n.n == nil {
-		return closed
-	}
-	return n.n.Done()
-}
-
-var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
