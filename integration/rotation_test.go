@@ -343,7 +343,11 @@ func TestRotationMixedTLS(t *testing.T) {
 // carries it to its end, skipping the stopped leader and a node that never
 // renews once the grace has run out.
 func TestRotationSurvivesLeaderLoss(t *testing.T) {
-	rc := clustertest.New(t, clustertest.Options{Managers: 3, Workers: 4, Grace: 3 * time.Second})
+	// The grace outlasts the election and the renewers' backoff: a worker
+	// whose heartbeats failed while no manager led waits up to 4s before
+	// it tries again, and must not be skipped for it (with 3s, a loaded
+	// machine sometimes skipped one).
+	rc := clustertest.New(t, clustertest.Options{Managers: 3, Workers: 4, Grace: 10 * time.Second})
 	held := rc.HoldRotation()
 	root := rc.Rotate()
 	l := rc.Leader()

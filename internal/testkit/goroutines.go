@@ -42,7 +42,8 @@ func WaitGoroutines(n int, d time.Duration) error {
 		return nil
 	}
 	var buf bytes.Buffer
-	pprof.Lookup("goroutine").WriteTo(&buf, 1)
+	// Each goroutine with where it was created: that names the leak.
+	pprof.Lookup("goroutine").WriteTo(&buf, 2)
 	return fmt.Errorf("runtime.NumGoroutine() = %d once everything stopped, want at most %d (%v); goroutines:\n%s",
 		runtime.NumGoroutine(), n, err, buf.String())
 }
