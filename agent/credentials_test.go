@@ -12,12 +12,13 @@ import (
 	"testing"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 func TestNewCredentialsWritesFiles(t *testing.T) {
-	c := newTestCA(t)
-	p := c.issue(t, ca.RoleWorker)
-	creds, dataDir := c.newCreds(t, p)
+	c := testkit.NewCA(t)
+	p := c.Issue(t, ca.RoleWorker)
+	creds, dataDir := newCreds(t, c, p)
 	dir := CertDir(dataDir)
 
 	if creds.Dir() != dir {
@@ -27,7 +28,7 @@ func TestNewCredentialsWritesFiles(t *testing.T) {
 	if got, want := names(files), []string{CertFile, KeyFile, BundleFile}; !slices.Equal(got, want) {
 		t.Errorf("files in %s = %v, want %v (no temporary or .new files)", dir, got, want)
 	}
-	for name, want := range map[string][]byte{KeyFile: p.keyPEM, CertFile: p.certPEM, BundleFile: c.bundle} {
+	for name, want := range map[string][]byte{KeyFile: p.KeyPEM, CertFile: p.CertPEM, BundleFile: c.Bundle()} {
 		if !bytes.Equal(files[name], want) {
 			t.Errorf("%s holds %d bytes, want the %d given", name, len(files[name]), len(want))
 		}
@@ -41,13 +42,13 @@ func TestNewCredentialsWritesFiles(t *testing.T) {
 		t.Errorf("mode of %s = %v, want no access for group and others", dir, got)
 	}
 
-	if got := creds.Identity(); got != p.id {
-		t.Errorf("Identity() = %v, want %v", got, p.id)
+	if got := creds.Identity(); got != p.ID {
+		t.Errorf("Identity() = %v, want %v", got, p.ID)
 	}
-	if got := creds.Leaf().SerialNumber; got.Cmp(p.serial) != 0 {
-		t.Errorf("Leaf().SerialNumber = %x, want %x", got, p.serial)
+	if got := creds.Leaf().SerialNumber; got.Cmp(p.Serial) != 0 {
+		t.Errorf("Leaf().SerialNumber = %x, want %x", got, p.Serial)
 	}
-	if !bytes.Equal(creds.Bundle(), c.bundle) {
+	if !bytes.Equal(creds.Bundle(), c.Bundle()) {
 		t.Errorf("Bundle() differs from the bundle given")
 	}
 	if _, err := creds.Leaf().Verify(x509.VerifyOptions{Roots: creds.Roots(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
@@ -59,18 +60,18 @@ func TestNewCredentialsWritesFiles(t *testing.T) {
 }
 
 func TestLoadCredentials(t *testing.T) {
-	c := newTestCA(t)
-	p := c.issue(t, ca.RoleManager)
-	_, dataDir := c.newCreds(t, p)
+	c := testkit.NewCA(t)
+	p := c.Issue(t, ca.RoleManager)
+	_, dataDir := newCreds(t, c, p)
 
 	got, err := LoadCredentials(dataDir)
 	if err != nil {
 		t.Fatalf("LoadCredentials() = %v", err)
 	}
-	if got.Identity() != p.id || got.Leaf().SerialNumber.Cmp(p.serial) != 0 {
-		t.Errorf("LoadCredentials() = %v serial %x, want %v serial %x", got.Identity(), got.Leaf().SerialNumber, p.id, p.serial)
+	if got.Identity() != p.ID || got.Leaf().SerialNumber.Cmp(p.Serial) != 0 {
+		t.Errorf("LoadCredentials() = %v serial %x, want %v serial %x", got.Identity(), got.Leaf().SerialNumber, p.ID, p.Serial)
 	}
-	if !bytes.Equal(got.Bundle(), c.bundle) {
+	if !bytes.Equal(got.Bundle(), c.Bundle()) {
 		t.Errorf("LoadCredentials().Bundle() differs from the stored bundle")
 	}
 	checkKeyMatches(t, got)
@@ -99,9 +100,9 @@ func checkKeyMatches(t *testing.T, creds *Credentials) {
 // TestUpdateReachesLiveTLSConfigs: configurations made before Update
 // present the new certificate after it, without being made again.
 func TestUpdateReachesLiveTLSConfigs(t *testing.T) {
-	c := newTestCA(t)
-	old := c.issue(t, ca.RoleManager)
-	creds, dataDir := c.newCreds(t, old)
+	c := testkit.NewCA(t)
+	old := c.Issue(t, ca.RoleManager)
+	creds, dataDir := newCreds(t, c, old)
 	server := creds.ServerTLS(tls.RequireAndVerifyClientCert)
 	client := creds.ClientTLS(ManagerName)
 
@@ -124,18 +125,18 @@ func TestUpdateReachesLiveTLSConfigs(t *testing.T) {
 		}
 		return cert.Leaf
 	}
-	if s, cl := serverLeaf().SerialNumber, clientLeaf().SerialNumber; s.Cmp(old.serial) != 0 || cl.Cmp(old.serial) != 0 {
-		t.Fatalf("before Update: server presents %x, client %x, want %x", s, cl, old.serial)
+	if s, cl := serverLeaf().SerialNumber, clientLeaf().SerialNumber; s.Cmp(old.Serial) != 0 || cl.Cmp(old.Serial) != 0 {
+		t.Fatalf("before Update: server presents %x, client %x, want %x", s, cl, old.Serial)
 	}
 
-	renewed := c.issueFor(t, old.id)
-	if err := creds.Update(renewed.keyPEM, renewed.certPEM, nil); err != nil {
+	renewed := c.IssueFor(t, old.ID)
+	if err := creds.Update(renewed.KeyPEM, renewed.CertPEM, nil); err != nil {
 		t.Fatalf("Update() = %v", err)
 	}
-	if s, cl := serverLeaf().SerialNumber, clientLeaf().SerialNumber; s.Cmp(renewed.serial) != 0 || cl.Cmp(renewed.serial) != 0 {
-		t.Errorf("after Update: server presents %x, client %x, want %x", s, cl, renewed.serial)
+	if s, cl := serverLeaf().SerialNumber, clientLeaf().SerialNumber; s.Cmp(renewed.Serial) != 0 || cl.Cmp(renewed.Serial) != 0 {
+		t.Errorf("after Update: server presents %x, client %x, want %x", s, cl, renewed.Serial)
 	}
-	if !bytes.Equal(creds.Bundle(), c.bundle) {
+	if !bytes.Equal(creds.Bundle(), c.Bundle()) {
 		t.Errorf("Update(nil bundle) changed the bundle")
 	}
 	checkKeyMatches(t, creds)
@@ -145,10 +146,10 @@ func TestUpdateReachesLiveTLSConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatalf("LoadCredentials() = %v", err)
 	}
-	if got := loaded.Leaf().SerialNumber; got.Cmp(renewed.serial) != 0 {
-		t.Errorf("LoadCredentials() after Update: serial %x, want %x", got, renewed.serial)
+	if got := loaded.Leaf().SerialNumber; got.Cmp(renewed.Serial) != 0 {
+		t.Errorf("LoadCredentials() after Update: serial %x, want %x", got, renewed.Serial)
 	}
-	if got := readDir(t, CertDir(dataDir)); !bytes.Equal(got[BundleFile], c.bundle) || len(got) != 3 {
+	if got := readDir(t, CertDir(dataDir)); !bytes.Equal(got[BundleFile], c.Bundle()) || len(got) != 3 {
 		t.Errorf("files after Update = %v, want the three, the bundle kept", names(got))
 	}
 }
@@ -156,23 +157,23 @@ func TestUpdateReachesLiveTLSConfigs(t *testing.T) {
 // TestUpdateRefuses: a key that does not match the certificate, or a bad
 // certificate or bundle, is refused and nothing is written.
 func TestUpdateRefuses(t *testing.T) {
-	c := newTestCA(t)
-	old := c.issue(t, ca.RoleWorker)
-	renewed := c.issueFor(t, old.id)
-	other := c.issueFor(t, old.id)
+	c := testkit.NewCA(t)
+	old := c.Issue(t, ca.RoleWorker)
+	renewed := c.IssueFor(t, old.ID)
+	other := c.IssueFor(t, old.ID)
 	tests := []struct {
 		name                  string
 		keyPEM, certPEM, bndl []byte
 	}{
-		{"key of another certificate", other.keyPEM, renewed.certPEM, nil},
-		{"no key", nil, renewed.certPEM, nil},
-		{"certificate garbage", renewed.keyPEM, []byte("not a certificate"), nil},
-		{"bundle garbage", renewed.keyPEM, renewed.certPEM, []byte("not a bundle")},
-		{"root as node certificate", renewed.keyPEM, c.bundle, nil},
+		{"key of another certificate", other.KeyPEM, renewed.CertPEM, nil},
+		{"no key", nil, renewed.CertPEM, nil},
+		{"certificate garbage", renewed.KeyPEM, []byte("not a certificate"), nil},
+		{"bundle garbage", renewed.KeyPEM, renewed.CertPEM, []byte("not a bundle")},
+		{"root as node certificate", renewed.KeyPEM, c.Bundle(), nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			creds, dataDir := c.newCreds(t, old)
+			creds, dataDir := newCreds(t, c, old)
 			dir := CertDir(dataDir)
 			before := readDir(t, dir)
 			if err := creds.Update(tt.keyPEM, tt.certPEM, tt.bndl); err == nil {
@@ -181,8 +182,8 @@ func TestUpdateRefuses(t *testing.T) {
 			if after := readDir(t, dir); !sameFiles(before, after) {
 				t.Errorf("Update(%s) refused but changed the files: %v, want %v byte-identical", tt.name, names(after), names(before))
 			}
-			if got := creds.Leaf().SerialNumber; got.Cmp(old.serial) != 0 {
-				t.Errorf("Update(%s) refused but Leaf() is now %x, want %x", tt.name, got, old.serial)
+			if got := creds.Leaf().SerialNumber; got.Cmp(old.Serial) != 0 {
+				t.Errorf("Update(%s) refused but Leaf() is now %x, want %x", tt.name, got, old.Serial)
 			}
 			checkKeyMatches(t, creds)
 		})
@@ -192,14 +193,14 @@ func TestUpdateRefuses(t *testing.T) {
 // TestLoadCredentialsRecovers simulates a crash at each point of
 // writeCredentials by writing the .new files by hand.
 func TestLoadCredentialsRecovers(t *testing.T) {
-	c := newTestCA(t)
-	old := c.issue(t, ca.RoleWorker)
-	renewed := c.issueFor(t, old.id)
+	c := testkit.NewCA(t)
+	old := c.Issue(t, ca.RoleWorker)
+	renewed := c.IssueFor(t, old.ID)
 	tests := []struct {
 		name string
-		// files to write over the old pair, by name
+		// files to write over the old testkit.Leaf, by name
 		write map[string][]byte
-		want  pair
+		want  testkit.Leaf
 	}{
 		{
 			name:  "nothing pending",
@@ -208,23 +209,23 @@ func TestLoadCredentialsRecovers(t *testing.T) {
 		},
 		{
 			name:  "lone node.key.new: certificate never written, discarded",
-			write: map[string][]byte{KeyFile + ".new": renewed.keyPEM},
+			write: map[string][]byte{KeyFile + ".new": renewed.KeyPEM},
 			want:  old,
 		},
 		{
 			name:  "node.key.new and node.crt.new: both renamed in",
-			write: map[string][]byte{KeyFile + ".new": renewed.keyPEM, CertFile + ".new": renewed.certPEM},
+			write: map[string][]byte{KeyFile + ".new": renewed.KeyPEM, CertFile + ".new": renewed.CertPEM},
 			want:  renewed,
 		},
 		{
 			name:  "lone node.crt.new, key already renamed: renamed in",
-			write: map[string][]byte{KeyFile: renewed.keyPEM, CertFile + ".new": renewed.certPEM},
+			write: map[string][]byte{KeyFile: renewed.KeyPEM, CertFile + ".new": renewed.CertPEM},
 			want:  renewed,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, dataDir := c.newCreds(t, old)
+			_, dataDir := newCreds(t, c, old)
 			dir := CertDir(dataDir)
 			for name, b := range tt.write {
 				if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
@@ -235,22 +236,22 @@ func TestLoadCredentialsRecovers(t *testing.T) {
 			if err != nil {
 				t.Fatalf("LoadCredentials() = %v", err)
 			}
-			if got := creds.Leaf().SerialNumber; got.Cmp(tt.want.serial) != 0 {
-				t.Errorf("LoadCredentials() serial = %x, want %x", got, tt.want.serial)
+			if got := creds.Leaf().SerialNumber; got.Cmp(tt.want.Serial) != 0 {
+				t.Errorf("LoadCredentials() serial = %x, want %x", got, tt.want.Serial)
 			}
 			checkKeyMatches(t, creds)
 
 			// The recovery is on disk: the .new files are gone and the
-			// stable paths hold the pair that was loaded.
+			// stable paths hold the testkit.Leaf that was loaded.
 			files := readDir(t, dir)
 			if got, want := names(files), []string{CertFile, KeyFile, BundleFile}; !slices.Equal(got, want) {
 				t.Errorf("files after recovery = %v, want %v", got, want)
 			}
-			if !bytes.Equal(files[KeyFile], tt.want.keyPEM) || !bytes.Equal(files[CertFile], tt.want.certPEM) {
+			if !bytes.Equal(files[KeyFile], tt.want.KeyPEM) || !bytes.Equal(files[CertFile], tt.want.CertPEM) {
 				t.Errorf("%s and %s after recovery are not the loaded pair", KeyFile, CertFile)
 			}
-			if again, err := LoadCredentials(dataDir); err != nil || again.Leaf().SerialNumber.Cmp(tt.want.serial) != 0 {
-				t.Errorf("LoadCredentials() again = %v, want serial %x", err, tt.want.serial)
+			if again, err := LoadCredentials(dataDir); err != nil || again.Leaf().SerialNumber.Cmp(tt.want.Serial) != 0 {
+				t.Errorf("LoadCredentials() again = %v, want serial %x", err, tt.want.Serial)
 			}
 		})
 	}

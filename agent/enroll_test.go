@@ -25,6 +25,7 @@ import (
 
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 // enrollTimeout bounds each Enroll of this file.
@@ -52,7 +53,7 @@ type joinCA struct {
 	addr     string
 	ln       *countingListener
 	bundle   []byte
-	signWith *testCA
+	signWith *testkit.CA
 
 	bundleCalls atomic.Int32
 	issueCalls  atomic.Int32
@@ -69,9 +70,9 @@ type joinCA struct {
 
 // startJoinCA serves a joinCA on 127.0.0.1 over TLS, presenting server (a
 // key and certificate chain) until the test ends.
-func startJoinCA(t *testing.T, server pair, bundle []byte, signWith *testCA) *joinCA {
+func startJoinCA(t *testing.T, server testkit.Leaf, bundle []byte, signWith *testkit.CA) *joinCA {
 	t.Helper()
-	cert, err := tls.X509KeyPair(server.certPEM, server.keyPEM)
+	cert, err := tls.X509KeyPair(server.CertPEM, server.KeyPEM)
 	if err != nil {
 		t.Fatalf("tls.X509KeyPair(server) = %v", err)
 	}
@@ -135,8 +136,8 @@ func (f *joinCA) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCer
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	id := ca.Identity{NodeID: nodeID, Role: ca.RoleWorker, ClusterID: f.signWith.clusterID}
-	issued, err := f.signWith.signer.SignKey(rand.Reader, time.Now(), pub, id, 24*time.Hour)
+	id := ca.Identity{NodeID: nodeID, Role: ca.RoleWorker, ClusterID: f.signWith.ClusterID}
+	issued, err := f.signWith.Signer().SignKey(rand.Reader, time.Now(), pub, id, 24*time.Hour)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
@@ -171,11 +172,11 @@ func joinToken(t *testing.T, bundle []byte) string {
 // than the one the token pins (with a certificate that bundle does verify)
 // is refused before the token goes out.
 func TestEnrollDigestMismatchSendsNoToken(t *testing.T) {
-	pinned := newTestCA(t)
-	served := newTestCA(t)
-	f := startJoinCA(t, served.issue(t, ca.RoleManager), served.bundle, served)
+	pinned := testkit.NewCA(t)
+	served := testkit.NewCA(t)
+	f := startJoinCA(t, served.Issue(t, ca.RoleManager), served.Bundle(), served)
 
-	_, err := Enroll(t.Context(), JoinConfig{Token: joinToken(t, pinned.bundle), Remote: f.addr, Timeout: enrollTimeout})
+	_, err := Enroll(t.Context(), JoinConfig{Token: joinToken(t, pinned.Bundle()), Remote: f.addr, Timeout: enrollTimeout})
 	if !errors.Is(err, ca.ErrDigestMismatch) || !errors.Is(err, ErrJoinRefused) {
 		t.Errorf("Enroll(token for another bundle) = %v, want %v wrapping %v", err, ErrJoinRefused, ca.ErrDigestMismatch)
 	}
@@ -193,19 +194,19 @@ func TestEnrollDigestMismatchSendsNoToken(t *testing.T) {
 // or a node of the cluster that is no manager) is refused before the token
 // goes out.
 func TestEnrollServerOutsideBundleSendsNoToken(t *testing.T) {
-	cluster := newTestCA(t)
+	cluster := testkit.NewCA(t)
 	tests := []struct {
 		name   string
-		server pair
+		server testkit.Leaf
 	}{
-		{"another CA's manager", newTestCA(t).issue(t, ca.RoleManager)},
-		{"the cluster's worker", cluster.issue(t, ca.RoleWorker)},
+		{"another CA's manager", testkit.NewCA(t).Issue(t, ca.RoleManager)},
+		{"the cluster's worker", cluster.Issue(t, ca.RoleWorker)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := startJoinCA(t, tt.server, cluster.bundle, cluster)
+			f := startJoinCA(t, tt.server, cluster.Bundle(), cluster)
 
-			_, err := Enroll(t.Context(), JoinConfig{Token: joinToken(t, cluster.bundle), Remote: f.addr, Timeout: enrollTimeout})
+			_, err := Enroll(t.Context(), JoinConfig{Token: joinToken(t, cluster.Bundle()), Remote: f.addr, Timeout: enrollTimeout})
 			if !errors.Is(err, ErrJoinRefused) {
 				t.Errorf("Enroll(server certificate of %s) = %v, want %v", tt.name, err, ErrJoinRefused)
 			}
@@ -230,9 +231,9 @@ func TestEnrollServerOutsideBundleSendsNoToken(t *testing.T) {
 // TestEnrollOneConnection: a join fetches the bundle and sends the token
 // over one connection, and returns what the manager issued, checked.
 func TestEnrollOneConnection(t *testing.T) {
-	cluster := newTestCA(t)
-	f := startJoinCA(t, cluster.issue(t, ca.RoleManager), cluster.bundle, cluster)
-	token := joinToken(t, cluster.bundle)
+	cluster := testkit.NewCA(t)
+	f := startJoinCA(t, cluster.Issue(t, ca.RoleManager), cluster.Bundle(), cluster)
+	token := joinToken(t, cluster.Bundle())
 
 	e, err := Enroll(t.Context(), JoinConfig{Token: token, Remote: f.addr, Timeout: enrollTimeout})
 	if err != nil {
@@ -263,13 +264,13 @@ func TestEnrollOneConnection(t *testing.T) {
 	if e.Identity != want {
 		t.Errorf("Enrollment.Identity = %+v, want %+v", e.Identity, want)
 	}
-	if e.Identity.ClusterID != cluster.clusterID {
-		t.Errorf("Enrollment.Identity.ClusterID = %q, want %q", e.Identity.ClusterID, cluster.clusterID)
+	if e.Identity.ClusterID != cluster.ClusterID {
+		t.Errorf("Enrollment.Identity.ClusterID = %q, want %q", e.Identity.ClusterID, cluster.ClusterID)
 	}
 	if !bytes.Equal(e.CertPEM, issued.GetCertificate()) {
 		t.Errorf("Enrollment.CertPEM is not the certificate the manager issued")
 	}
-	if !bytes.Equal(e.Bundle, cluster.bundle) {
+	if !bytes.Equal(e.Bundle, cluster.Bundle()) {
 		t.Errorf("Enrollment.Bundle is not the bundle the token pins")
 	}
 	if _, err := ca.ParseKey(e.KeyPEM); err != nil {
@@ -311,9 +312,9 @@ func (f *joinCA) checkProof(t *testing.T, token string) {
 // join. What it gets is a proof bound to its own connection: the token's
 // secret never reaches it, and the proof admits nobody elsewhere.
 func TestEnrollPhishedSendsNothingUsable(t *testing.T) {
-	cluster := newTestCA(t)
-	removed := startJoinCA(t, cluster.issue(t, ca.RoleManager), cluster.bundle, nil)
-	token := joinToken(t, cluster.bundle)
+	cluster := testkit.NewCA(t)
+	removed := startJoinCA(t, cluster.Issue(t, ca.RoleManager), cluster.Bundle(), nil)
+	token := joinToken(t, cluster.Bundle())
 	if _, err := Enroll(t.Context(), JoinConfig{Token: token, Remote: removed.addr, Timeout: enrollTimeout}); err == nil {
 		t.Fatalf("Enroll(through a fake manager that admits no one) = nil, want an error")
 	}

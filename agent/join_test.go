@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 // closedAddr returns a 127.0.0.1 address nothing listens on.
@@ -27,7 +28,7 @@ func closedAddr(t *testing.T) string {
 // serves.
 func validToken(t *testing.T) string {
 	t.Helper()
-	tok, err := ca.NewToken(newTestCA(t).bundle, "0123456789abcdefghijklmno")
+	tok, err := ca.NewToken(testkit.NewCA(t).Bundle(), "0123456789abcdefghijklmno")
 	if err != nil {
 		t.Fatalf("ca.NewToken() = %v", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 func newKEK(t *testing.T) ca.KEK {
@@ -37,17 +38,17 @@ func randomKey(t *testing.T) []byte {
 
 // TestNodeKeyRoundTrip writes node.key plain and sealed, and reads it back.
 func TestNodeKeyRoundTrip(t *testing.T) {
-	c := newTestCA(t)
-	p := c.issue(t, ca.RoleManager)
+	c := testkit.NewCA(t)
+	p := c.Issue(t, ca.RoleManager)
 	kek := newKEK(t)
 	for _, tt := range []struct {
 		name string
 		nk   NodeKey
 	}{
-		{"worker: the key alone", NodeKey{Key: p.keyPEM}},
-		{"manager: key and data key", NodeKey{Key: p.keyPEM, DataKey: randomKey(t)}},
-		{"manager rotating its data key", NodeKey{Key: p.keyPEM, DataKey: randomKey(t), PrevDataKey: randomKey(t)}},
-		{"autolock", NodeKey{Key: p.keyPEM, DataKey: randomKey(t), PrevDataKey: randomKey(t), KEK: &kek}},
+		{"worker: the key alone", NodeKey{Key: p.KeyPEM}},
+		{"manager: key and data key", NodeKey{Key: p.KeyPEM, DataKey: randomKey(t)}},
+		{"manager rotating its data key", NodeKey{Key: p.KeyPEM, DataKey: randomKey(t), PrevDataKey: randomKey(t)}},
+		{"autolock", NodeKey{Key: p.KeyPEM, DataKey: randomKey(t), PrevDataKey: randomKey(t), KEK: &kek}},
 	} {
 		b, err := tt.nk.Marshal(rand.Reader)
 		if err != nil {
@@ -57,7 +58,7 @@ func TestNodeKeyRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: ParseNodeKey() = %v", tt.name, err)
 		}
-		if !bytes.Equal(got.Key, p.keyPEM) || !bytes.Equal(got.DataKey, tt.nk.DataKey) || !bytes.Equal(got.PrevDataKey, tt.nk.PrevDataKey) || (got.KEK == nil) != (tt.nk.KEK == nil) {
+		if !bytes.Equal(got.Key, p.KeyPEM) || !bytes.Equal(got.DataKey, tt.nk.DataKey) || !bytes.Equal(got.PrevDataKey, tt.nk.PrevDataKey) || (got.KEK == nil) != (tt.nk.KEK == nil) {
 			t.Errorf("%s: ParseNodeKey(Marshal()) = %+v, want %+v", tt.name, got, tt.nk)
 		}
 		if tt.nk.KEK != nil {
@@ -66,7 +67,7 @@ func TestNodeKeyRoundTrip(t *testing.T) {
 					t.Errorf("%s: a sealed node.key holds a data key in clear", tt.name)
 				}
 			}
-			block, _ := pem.Decode(p.keyPEM)
+			block, _ := pem.Decode(p.KeyPEM)
 			if bytes.Contains(b, block.Bytes) {
 				t.Errorf("%s: a sealed node.key holds the private key in clear", tt.name)
 			}
@@ -85,9 +86,9 @@ func TestNodeKeyRoundTrip(t *testing.T) {
 // TestNodeKeyReadByOthers: a manager's plain node.key, with its data key
 // block, is still read by openssl and Go's crypto/tls as a private key.
 func TestNodeKeyReadByOthers(t *testing.T) {
-	c := newTestCA(t)
-	p := c.issue(t, ca.RoleManager)
-	b, err := NodeKey{Key: p.keyPEM, DataKey: randomKey(t)}.Marshal(rand.Reader)
+	c := testkit.NewCA(t)
+	p := c.Issue(t, ca.RoleManager)
+	b, err := NodeKey{Key: p.KeyPEM, DataKey: randomKey(t)}.Marshal(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +99,7 @@ func TestNodeKeyReadByOthers(t *testing.T) {
 	if out, err := exec.Command("openssl", "pkey", "-in", path, "-noout").CombinedOutput(); err != nil {
 		t.Errorf("openssl pkey -in node.key = %v: %s", err, out)
 	}
-	if _, err := tls.X509KeyPair(p.certPEM, b); err != nil {
+	if _, err := tls.X509KeyPair(p.CertPEM, b); err != nil {
 		t.Errorf("tls.X509KeyPair(node.key with a data key) = %v", err)
 	}
 }
@@ -106,9 +107,9 @@ func TestNodeKeyReadByOthers(t *testing.T) {
 // TestCredentialsSealed: credentials whose node.key is sealed load only
 // with the KEK, and a renewal keeps the data key and the seal.
 func TestCredentialsSealed(t *testing.T) {
-	c := newTestCA(t)
-	p := c.issue(t, ca.RoleManager)
-	creds, dir := c.newCreds(t, p)
+	c := testkit.NewCA(t)
+	p := c.Issue(t, ca.RoleManager)
+	creds, dir := newCreds(t, c, p)
 	kek, dataKey := newKEK(t), randomKey(t)
 	if err := creds.SetNodeKey(func(nk *NodeKey) { nk.DataKey, nk.KEK = dataKey, &kek }); err != nil {
 		t.Fatalf("SetNodeKey() = %v", err)
@@ -120,8 +121,8 @@ func TestCredentialsSealed(t *testing.T) {
 	if err != nil || !bytes.Equal(loaded.NodeKey().DataKey, dataKey) {
 		t.Fatalf("LoadCredentials(sealed, KEK) = %v; data key kept: %v", err, err == nil && bytes.Equal(loaded.NodeKey().DataKey, dataKey))
 	}
-	renewed := c.issueFor(t, p.id)
-	if err := loaded.Update(renewed.keyPEM, renewed.certPEM, nil); err != nil {
+	renewed := c.IssueFor(t, p.ID)
+	if err := loaded.Update(renewed.KeyPEM, renewed.CertPEM, nil); err != nil {
 		t.Fatalf("Update() = %v", err)
 	}
 	raw, _ := os.ReadFile(filepath.Join(CertDir(dir), KeyFile))
@@ -129,7 +130,7 @@ func TestCredentialsSealed(t *testing.T) {
 		t.Errorf("node.key after a renewal is not sealed:\n%s", raw)
 	}
 	again, err := LoadCredentials(dir, kek)
-	if err != nil || !bytes.Equal(again.NodeKey().DataKey, dataKey) || again.Leaf().SerialNumber.Cmp(renewed.serial) != 0 {
+	if err != nil || !bytes.Equal(again.NodeKey().DataKey, dataKey) || again.Leaf().SerialNumber.Cmp(renewed.Serial) != 0 {
 		t.Fatalf("LoadCredentials() after a renewal = %v; want the renewed certificate and the data key", err)
 	}
 	// Autolock off: plain again.

@@ -62,11 +62,17 @@ type Renewer struct {
 	// leader is the API address of the manager that answered last: the
 	// leader, which takes heartbeats and renewals itself (others redirect
 	// there). It is tried first.
-	leader  string
-	conns   map[string]*grpc.ClientConn
+	leader string
+	conns  map[string]*grpc.ClientConn
+	// stopped is set once Run has returned: no connection is opened
+	// after it closed them (the gossip's Fetch may call last).
+	stopped bool
 	renewAt time.Time
 	renewed int
-	problem error
+	// answered counts the heartbeats the leader answered, each with the
+	// renewal it called for done or failed.
+	answered int
+	problem  error
 	// bundleSince is the age of the newest bundle a heartbeat gave.
 	bundleSince int64
 	// kick asks Run to renew now.
@@ -113,6 +119,15 @@ func (r *Renewer) Renewals() int {
 	return r.renewed
 }
 
+// Heartbeats returns how many heartbeats the leader answered; each is
+// counted once the Renewer has acted on the answer (renewed, if it had
+// to). Tests use it to tell that the Renewer looked at its schedule.
+func (r *Renewer) Heartbeats() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.answered
+}
+
 // RenewAt returns when the current certificate is due for renewal.
 func (r *Renewer) RenewAt() time.Time {
 	r.mu.Lock()
@@ -122,7 +137,7 @@ func (r *Renewer) RenewAt() time.Time {
 
 // Run heartbeats and renews until ctx is done.
 func (r *Renewer) Run(ctx context.Context) error {
-	defer r.closeConns()
+	defer r.stop()
 	if err := r.schedule(); err != nil {
 		return err
 	}
@@ -184,6 +199,9 @@ func (r *Renewer) Run(ctx context.Context) error {
 				r.cfg.Logger.Warn("renewal failed", "err", err, "attempt", failures)
 			}
 		}
+		r.mu.Lock()
+		r.answered++
+		r.mu.Unlock()
 	}
 }
 
@@ -343,6 +361,9 @@ func (r *Renewer) call(ctx context.Context, f func(context.Context, *grpc.Client
 func (r *Renewer) conn(addr string) (*grpc.ClientConn, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.stopped {
+		return nil, errStopped
+	}
 	if c, ok := r.conns[addr]; ok {
 		return c, nil
 	}
@@ -352,6 +373,17 @@ func (r *Renewer) conn(addr string) (*grpc.ClientConn, error) {
 	}
 	r.conns[addr] = c
 	return c, nil
+}
+
+// errStopped is returned by a call made after Run returned.
+var errStopped = errors.New("agent: renewer stopped")
+
+// stop closes the connections once Run returns, for good.
+func (r *Renewer) stop() {
+	r.mu.Lock()
+	r.stopped = true
+	r.mu.Unlock()
+	r.closeConns()
 }
 
 func (r *Renewer) closeConns() {

@@ -25,38 +25,19 @@ import (
 
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 	"github.com/quorumca/quorumca/membership"
 )
-
-// waitBound bounds every wait on a background goroutine in this file.
-const waitBound = 15 * time.Second
-
-// waitUntil polls cond until it holds, failing the test with what if it
-// does not within waitBound.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	timeout := time.NewTimer(waitBound)
-	defer timeout.Stop()
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-timeout.C:
-			t.Fatalf("after %v, still waiting for %s", waitBound, what)
-		}
-	}
-}
 
 // rotation is one cluster's CA in the three stages of a root rotation.
 type rotation struct {
 	// old signs with the old root; nodes trust the old root.
-	old *testCA
+	old *testkit.CA
 	// next signs with the new key, its leaves carrying the new root
 	// cross-signed by the old key; nodes still trust the old root.
-	next *testCA
+	next *testkit.CA
 	// fresh signs with the new root, trusted alone: after the rotation.
-	fresh                   *testCA
+	fresh                   *testkit.CA
 	oldRoot, newRoot, cross *x509.Certificate
 }
 
@@ -79,13 +60,7 @@ func newRotation(t testing.TB) *rotation {
 	if err != nil {
 		t.Fatalf("ca.Rotation() = %v", err)
 	}
-	signing := func(m ca.Material) *testCA {
-		s, err := ca.NewSigner(m)
-		if err != nil {
-			t.Fatalf("ca.NewSigner() = %v", err)
-		}
-		return &testCA{clusterID: clusterID, signer: s, bundle: m.Bundle}
-	}
+	signing := func(m ca.Material) *testkit.CA { return testkit.CAFrom(t, clusterID, m) }
 	only := func(what string, p []byte) *x509.Certificate {
 		certs, err := ca.ParseCertificates(p)
 		if err != nil || len(certs) != 1 {
@@ -104,15 +79,15 @@ func newRotation(t testing.TB) *rotation {
 }
 
 // bothRoots is a bundle of the old and the new root.
-func (r *rotation) bothRoots() []byte { return slices.Concat(r.old.bundle, r.fresh.bundle) }
+func (r *rotation) bothRoots() []byte { return slices.Concat(r.old.Bundle(), r.fresh.Bundle()) }
 
 // managerCreds are a manager's credentials in the middle of the rotation:
 // a certificate of the new key that verifies under either root, and trust
 // in both, so that any node of the cluster can reach it.
 func (r *rotation) managerCreds(t *testing.T) *Credentials {
 	t.Helper()
-	p := r.next.issue(t, ca.RoleManager)
-	creds, err := NewCredentials(t.TempDir(), p.keyPEM, p.certPEM, r.bothRoots())
+	p := r.next.Issue(t, ca.RoleManager)
+	creds, err := NewCredentials(t.TempDir(), p.KeyPEM, p.CertPEM, r.bothRoots())
 	if err != nil {
 		t.Fatalf("NewCredentials(manager) = %v", err)
 	}
@@ -124,7 +99,7 @@ func (r *rotation) managerCreds(t *testing.T) *Credentials {
 // new root's subject and key.
 func TestRotationLeafChain(t *testing.T) {
 	r := newRotation(t)
-	certs := chain(t, r.next.issue(t, ca.RoleWorker).certPEM)
+	certs := chain(t, r.next.Issue(t, ca.RoleWorker).CertPEM)
 	if len(certs) != 2 || !certs[1].Equal(r.cross) {
 		t.Fatalf("rotation leaf chain has %d certificates, want the leaf and the cross-signed root", len(certs))
 	}
@@ -138,14 +113,14 @@ func TestRotationLeafChain(t *testing.T) {
 
 func TestUpdateBundleToNewRoot(t *testing.T) {
 	r := newRotation(t)
-	p := r.next.issue(t, ca.RoleWorker)
-	creds, dataDir := r.next.newCreds(t, p)
+	p := r.next.Issue(t, ca.RoleWorker)
+	creds, dataDir := newCreds(t, r.next, p)
 	dir := CertDir(dataDir)
 	var first, second int
 	creds.OnUpdate(func() { first++ })
 	creds.OnUpdate(func() { second++ })
 
-	if err := creds.UpdateBundle(r.fresh.bundle, time.Now()); err != nil {
+	if err := creds.UpdateBundle(r.fresh.Bundle(), time.Now()); err != nil {
 		t.Fatalf("UpdateBundle(new root) for a rotation leaf = %v, want nil", err)
 	}
 	if first != 1 || second != 1 {
@@ -159,33 +134,33 @@ func TestUpdateBundleToNewRoot(t *testing.T) {
 	if err != nil {
 		t.Fatalf("read %s: %v", BundleFile, err)
 	}
-	if !bytes.Equal(onDisk, r.fresh.bundle) {
+	if !bytes.Equal(onDisk, r.fresh.Bundle()) {
 		t.Errorf("%s after UpdateBundle is not the new root", BundleFile)
 	}
-	if !bytes.Equal(files[KeyFile], p.keyPEM) || !bytes.Equal(files[CertFile], p.certPEM) {
+	if !bytes.Equal(files[KeyFile], p.KeyPEM) || !bytes.Equal(files[CertFile], p.CertPEM) {
 		t.Errorf("UpdateBundle changed %s or %s, want them byte-identical", KeyFile, CertFile)
 	}
 	if got := mode(t, filepath.Join(dir, BundleFile)); got != 0o644 {
 		t.Errorf("mode of %s = %v, want 0644", BundleFile, got)
 	}
 
-	if !bytes.Equal(creds.Bundle(), r.fresh.bundle) {
+	if !bytes.Equal(creds.Bundle(), r.fresh.Bundle()) {
 		t.Errorf("Bundle() after UpdateBundle is not the new root")
 	}
-	if got := creds.Leaf().SerialNumber; got.Cmp(p.serial) != 0 {
-		t.Errorf("Leaf() after UpdateBundle = %x, want %x kept", got, p.serial)
+	if got := creds.Leaf().SerialNumber; got.Cmp(p.Serial) != 0 {
+		t.Errorf("Leaf() after UpdateBundle = %x, want %x kept", got, p.Serial)
 	}
 	checkKeyMatches(t, creds)
 	// The pool follows: a leaf of the old root is no longer trusted, one of
 	// the new root is.
-	verifies := func(p pair) bool {
-		_, _, err := ca.Verify(chain(t, p.certPEM), creds.Roots(), time.Now())
+	verifies := func(p testkit.Leaf) bool {
+		_, _, err := ca.Verify(chain(t, p.CertPEM), creds.Roots(), time.Now())
 		return err == nil
 	}
-	if verifies(r.old.issue(t, ca.RoleWorker)) {
+	if verifies(r.old.Issue(t, ca.RoleWorker)) {
 		t.Errorf("Roots() after UpdateBundle still trusts the old root")
 	}
-	if !verifies(r.fresh.issue(t, ca.RoleWorker)) {
+	if !verifies(r.fresh.Issue(t, ca.RoleWorker)) {
 		t.Errorf("Roots() after UpdateBundle does not trust the new root")
 	}
 
@@ -193,8 +168,8 @@ func TestUpdateBundleToNewRoot(t *testing.T) {
 	if err != nil {
 		t.Fatalf("LoadCredentials() after UpdateBundle = %v", err)
 	}
-	if !bytes.Equal(loaded.Bundle(), r.fresh.bundle) || loaded.Leaf().SerialNumber.Cmp(p.serial) != 0 {
-		t.Errorf("LoadCredentials() after UpdateBundle: serial %x and a bundle of %d bytes, want %x and the new root", loaded.Leaf().SerialNumber, len(loaded.Bundle()), p.serial)
+	if !bytes.Equal(loaded.Bundle(), r.fresh.Bundle()) || loaded.Leaf().SerialNumber.Cmp(p.Serial) != 0 {
+		t.Errorf("LoadCredentials() after UpdateBundle: serial %x and a bundle of %d bytes, want %x and the new root", loaded.Leaf().SerialNumber, len(loaded.Bundle()), p.Serial)
 	}
 }
 
@@ -203,25 +178,25 @@ func TestUpdateBundleToNewRoot(t *testing.T) {
 // memory and no hook runs.
 func TestUpdateBundleRefuses(t *testing.T) {
 	r := newRotation(t)
-	other := newTestCA(t)
+	other := testkit.NewCA(t)
 	tests := []struct {
 		name     string
-		signer   *testCA // issues the node's certificate, trusting the old root
+		signer   *testkit.CA // issues the node's certificate, trusting the old root
 		bundle   []byte
 		at       time.Time
 		mismatch bool // want ErrBundleMismatch
 	}{
-		{"old-root leaf, new root", r.old, r.fresh.bundle, time.Now(), true},
-		{"another cluster's root", r.next, other.bundle, time.Now(), true},
-		{"rotation leaf checked after it expired", r.next, r.fresh.bundle, time.Now().Add(48 * time.Hour), true},
+		{"old-root leaf, new root", r.old, r.fresh.Bundle(), time.Now(), true},
+		{"another cluster's root", r.next, other.Bundle(), time.Now(), true},
+		{"rotation leaf checked after it expired", r.next, r.fresh.Bundle(), time.Now().Add(48 * time.Hour), true},
 		{"garbage", r.next, []byte("not a bundle"), time.Now(), false},
 		{"empty", r.next, nil, time.Now(), false},
-		{"a node certificate as bundle", r.next, r.fresh.issue(t, ca.RoleWorker).certPEM, time.Now(), false},
+		{"a node certificate as bundle", r.next, r.fresh.Issue(t, ca.RoleWorker).CertPEM, time.Now(), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := tt.signer.issue(t, ca.RoleWorker)
-			creds, dataDir := tt.signer.newCreds(t, p)
+			p := tt.signer.Issue(t, ca.RoleWorker)
+			creds, dataDir := newCreds(t, tt.signer, p)
 			dir := CertDir(dataDir)
 			hooks := 0
 			creds.OnUpdate(func() { hooks++ })
@@ -238,11 +213,11 @@ func TestUpdateBundleRefuses(t *testing.T) {
 			if after := readDir(t, dir); !sameFiles(before, after) {
 				t.Errorf("UpdateBundle(%s) refused but changed the files: %v", tt.name, names(after))
 			}
-			if !bytes.Equal(creds.Bundle(), tt.signer.bundle) {
+			if !bytes.Equal(creds.Bundle(), tt.signer.Bundle()) {
 				t.Errorf("UpdateBundle(%s) refused but Bundle() changed", tt.name)
 			}
-			if got := creds.Leaf().SerialNumber; got.Cmp(p.serial) != 0 {
-				t.Errorf("UpdateBundle(%s) refused but Leaf() is now %x, want %x", tt.name, got, p.serial)
+			if got := creds.Leaf().SerialNumber; got.Cmp(p.Serial) != 0 {
+				t.Errorf("UpdateBundle(%s) refused but Leaf() is now %x, want %x", tt.name, got, p.Serial)
 			}
 			if !creds.Issuer().Equal(issuer) {
 				t.Errorf("UpdateBundle(%s) refused but Issuer() changed", tt.name)
@@ -268,17 +243,17 @@ func TestIssuer(t *testing.T) {
 	}
 
 	t.Run("leaf of a root", func(t *testing.T) {
-		creds, _ := r.old.newCreds(t, r.old.issue(t, ca.RoleWorker))
+		creds, _ := newCreds(t, r.old, r.old.Issue(t, ca.RoleWorker))
 		if got := creds.Issuer(); !got.Equal(oldStatus) {
 			t.Errorf("Issuer() = %v, want the old root %v", got, oldStatus)
 		}
 	})
 	t.Run("rotation leaf", func(t *testing.T) {
-		creds, _ := r.next.newCreds(t, r.next.issue(t, ca.RoleWorker))
+		creds, _ := newCreds(t, r.next, r.next.Issue(t, ca.RoleWorker))
 		if got := creds.Issuer(); !got.Equal(ca.StatusOf(r.cross)) || !got.Equal(newStatus) {
 			t.Errorf("Issuer() = %v, want the cross-signed new root %v", got, newStatus)
 		}
-		if err := creds.UpdateBundle(r.fresh.bundle, time.Now()); err != nil {
+		if err := creds.UpdateBundle(r.fresh.Bundle(), time.Now()); err != nil {
 			t.Fatalf("UpdateBundle(new root) = %v", err)
 		}
 		if got := creds.Issuer(); !got.Equal(newStatus) {
@@ -288,8 +263,8 @@ func TestIssuer(t *testing.T) {
 	// Both roots of one cluster have the same subject: the issuer is found
 	// by signature, not by name.
 	t.Run("leaf of the second root of a two-root bundle", func(t *testing.T) {
-		p := r.fresh.issue(t, ca.RoleWorker)
-		creds, err := NewCredentials(t.TempDir(), p.keyPEM, p.certPEM, r.bothRoots())
+		p := r.fresh.Issue(t, ca.RoleWorker)
+		creds, err := NewCredentials(t.TempDir(), p.KeyPEM, p.CertPEM, r.bothRoots())
 		if err != nil {
 			t.Fatalf("NewCredentials() = %v", err)
 		}
@@ -298,10 +273,10 @@ func TestIssuer(t *testing.T) {
 		}
 	})
 	t.Run("renewed from a rotation leaf to a leaf of the new root", func(t *testing.T) {
-		p := r.next.issue(t, ca.RoleManager)
-		creds, _ := r.next.newCreds(t, p)
-		renewed := r.fresh.issueFor(t, p.id)
-		if err := creds.Update(renewed.keyPEM, renewed.certPEM, r.fresh.bundle); err != nil {
+		p := r.next.Issue(t, ca.RoleManager)
+		creds, _ := newCreds(t, r.next, p)
+		renewed := r.fresh.IssueFor(t, p.ID)
+		if err := creds.Update(renewed.KeyPEM, renewed.CertPEM, r.fresh.Bundle()); err != nil {
 			t.Fatalf("Update() = %v", err)
 		}
 		if got := creds.Issuer(); !got.Equal(newStatus) {
@@ -312,8 +287,8 @@ func TestIssuer(t *testing.T) {
 
 func TestMetaOf(t *testing.T) {
 	r := newRotation(t)
-	p := r.next.issue(t, ca.RoleManager)
-	creds, _ := r.next.newCreds(t, p)
+	p := r.next.Issue(t, ca.RoleManager)
+	creds, _ := newCreds(t, r.next, p)
 	check := func(step string, serial string, bundle []byte) {
 		t.Helper()
 		want := membership.Meta{
@@ -326,19 +301,19 @@ func TestMetaOf(t *testing.T) {
 			t.Errorf("%s: MetaOf() = %+v, want %+v", step, got, want)
 		}
 	}
-	check("rotation leaf", p.serial.Text(16), r.old.bundle)
+	check("rotation leaf", p.Serial.Text(16), r.old.Bundle())
 	if got := MetaOf(creds); got.Issuer != membership.StatusDigest(creds.Issuer()) || got.Bundle != membership.BundleDigest(creds.Bundle()) {
 		t.Errorf("MetaOf() = %+v, want the digests of Issuer() and Bundle()", got)
 	}
-	if err := creds.UpdateBundle(r.fresh.bundle, time.Now()); err != nil {
+	if err := creds.UpdateBundle(r.fresh.Bundle(), time.Now()); err != nil {
 		t.Fatalf("UpdateBundle() = %v", err)
 	}
-	check("after UpdateBundle", p.serial.Text(16), r.fresh.bundle)
-	renewed := r.fresh.issueFor(t, p.id)
-	if err := creds.Update(renewed.keyPEM, renewed.certPEM, nil); err != nil {
+	check("after UpdateBundle", p.Serial.Text(16), r.fresh.Bundle())
+	renewed := r.fresh.IssueFor(t, p.ID)
+	if err := creds.Update(renewed.KeyPEM, renewed.CertPEM, nil); err != nil {
 		t.Fatalf("Update() = %v", err)
 	}
-	check("renewed under the new root", renewed.serial.Text(16), r.fresh.bundle)
+	check("renewed under the new root", renewed.Serial.Text(16), r.fresh.Bundle())
 	if s := MetaOf(creds).Serial; strings.HasPrefix(s, "0x") || strings.ToLower(s) != s {
 		t.Errorf("MetaOf().Serial = %q, want lower-case hex without prefix", s)
 	}
@@ -464,9 +439,9 @@ func stopGossip(t *testing.T, g *runningGossip) {
 // metadata, and leaves when Run's context ends.
 func TestGossipRunner(t *testing.T) {
 	r := newRotation(t)
-	p := r.next.issue(t, ca.RoleWorker)
-	creds, _ := r.next.newCreds(t, p)
-	nodeID := p.id.NodeID
+	p := r.next.Issue(t, ca.RoleWorker)
+	creds, _ := newCreds(t, r.next, p)
+	nodeID := p.ID.NodeID
 	key := gossipKey(1)
 
 	var fetches atomic.Int32
@@ -486,7 +461,7 @@ func TestGossipRunner(t *testing.T) {
 		RejoinPeriod: time.Hour,
 	})
 
-	waitUntil(t, "the gossip member to start", func() bool { return g.Member() != nil })
+	testkit.Eventually(t, "the gossip member to start", testkit.True(func() bool { return g.Member() != nil }))
 	if n := fetches.Load(); n != 3 {
 		t.Errorf("Fetch called %d times, want 3 (two failures, then the key)", n)
 	}
@@ -494,8 +469,8 @@ func TestGossipRunner(t *testing.T) {
 	var bind string
 	select {
 	case bind = <-addrs:
-	case <-time.After(waitBound):
-		t.Fatalf("OnAddr not called within %v of the member starting", waitBound)
+	case <-time.After(testkit.Wait):
+		t.Fatalf("OnAddr not called within %v of the member starting", testkit.Wait)
 	}
 	host, port, err := net.SplitHostPort(bind)
 	if err != nil || host != "127.0.0.1" || port == "0" || port == "" {
@@ -512,33 +487,33 @@ func TestGossipRunner(t *testing.T) {
 	seen := func(want membership.Meta) func() bool {
 		return func() bool { got, ok := peerMeta(observer, nodeID); return ok && got == want }
 	}
-	waitUntil(t, "the observer to see the node's metadata", seen(MetaOf(creds)))
+	testkit.Eventually(t, "the observer to see the node's metadata", testkit.True(seen(MetaOf(creds))))
 
-	renewed := r.next.issueFor(t, p.id)
-	if err := creds.Update(renewed.keyPEM, renewed.certPEM, nil); err != nil {
+	renewed := r.next.IssueFor(t, p.ID)
+	if err := creds.Update(renewed.KeyPEM, renewed.CertPEM, nil); err != nil {
 		t.Fatalf("Update() = %v", err)
 	}
-	if got := MetaOf(creds).Serial; got != renewed.serial.Text(16) {
-		t.Fatalf("MetaOf() after Update: serial %s, want %s", got, renewed.serial.Text(16))
+	if got := MetaOf(creds).Serial; got != renewed.Serial.Text(16) {
+		t.Fatalf("MetaOf() after Update: serial %s, want %s", got, renewed.Serial.Text(16))
 	}
-	waitUntil(t, "the observer to see the renewed serial "+renewed.serial.Text(16), seen(MetaOf(creds)))
+	testkit.Eventually(t, "the observer to see the renewed serial "+renewed.Serial.Text(16), testkit.True(seen(MetaOf(creds))))
 
-	if err := creds.UpdateBundle(r.fresh.bundle, time.Now()); err != nil {
+	if err := creds.UpdateBundle(r.fresh.Bundle(), time.Now()); err != nil {
 		t.Fatalf("UpdateBundle() = %v", err)
 	}
-	waitUntil(t, "the observer to see the new bundle", seen(MetaOf(creds)))
+	testkit.Eventually(t, "the observer to see the new bundle", testkit.True(seen(MetaOf(creds))))
 
 	stopGossip(t, g)
 	if g.Member() != nil {
 		t.Errorf("Member() after Run returned = non-nil, want nil")
 	}
-	waitUntil(t, "the observer to see the node leave", func() bool { _, ok := peerMeta(observer, nodeID); return !ok })
+	testkit.Eventually(t, "the observer to see the node leave", testkit.True(func() bool { _, ok := peerMeta(observer, nodeID); return !ok }))
 	if len(addrs) != 0 {
 		t.Errorf("OnAddr called %d more times, want once", len(addrs))
 	}
 	// An update after Stop reaches no member, and breaks nothing.
-	again := r.next.issueFor(t, p.id)
-	if err := creds.Update(again.keyPEM, again.certPEM, nil); err != nil {
+	again := r.next.IssueFor(t, p.ID)
+	if err := creds.Update(again.KeyPEM, again.CertPEM, nil); err != nil {
 		t.Errorf("Update() after Gossip.Stop = %v", err)
 	}
 }
@@ -546,8 +521,8 @@ func TestGossipRunner(t *testing.T) {
 // TestGossipStopWhileFetching: Run returns when its context ends while
 // Fetch waits on it, and no member is started.
 func TestGossipStopWhileFetching(t *testing.T) {
-	c := newTestCA(t)
-	creds, _ := c.newCreds(t, c.issue(t, ca.RoleWorker))
+	c := testkit.NewCA(t)
+	creds, _ := newCreds(t, c, c.Issue(t, ca.RoleWorker))
 	fetching := make(chan struct{})
 	var once sync.Once
 	g := runGossip(t, GossipConfig{
@@ -563,8 +538,8 @@ func TestGossipStopWhileFetching(t *testing.T) {
 	})
 	select {
 	case <-fetching:
-	case <-time.After(waitBound):
-		t.Fatalf("Fetch not called within %v", waitBound)
+	case <-time.After(testkit.Wait):
+		t.Fatalf("Fetch not called within %v", testkit.Wait)
 	}
 	stopGossip(t, g)
 	if g.Member() != nil {
@@ -575,9 +550,9 @@ func TestGossipStopWhileFetching(t *testing.T) {
 // TestGossipRejoinsWhenAlone: a node that sees no other member asks for
 // peers again, and joins the ones it is given.
 func TestGossipRejoinsWhenAlone(t *testing.T) {
-	c := newTestCA(t)
-	p := c.issue(t, ca.RoleWorker)
-	creds, _ := c.newCreds(t, p)
+	c := testkit.NewCA(t)
+	p := c.Issue(t, ca.RoleWorker)
+	creds, _ := newCreds(t, c, p)
 	key := gossipKey(2)
 	observer := startObserver(t, key)
 	var fetches atomic.Int32
@@ -593,11 +568,11 @@ func TestGossipRejoinsWhenAlone(t *testing.T) {
 		Timing:       membership.Fast,
 		RejoinPeriod: 20 * time.Millisecond,
 	})
-	waitUntil(t, "the observer to see the node", func() bool { _, ok := peerMeta(observer, p.id.NodeID); return ok })
+	testkit.Eventually(t, "the observer to see the node", testkit.True(func() bool { _, ok := peerMeta(observer, p.ID.NodeID); return ok }))
 	if n := fetches.Load(); n < 2 {
 		t.Errorf("Fetch called %d times, want a second call for peers", n)
 	}
-	waitUntil(t, "the node to see the observer", func() bool { m := g.Member(); return m != nil && m.NumPeers() == 1 })
+	testkit.Eventually(t, "the node to see the observer", testkit.True(func() bool { m := g.Member(); return m != nil && m.NumPeers() == 1 }))
 }
 
 // fakeManager is a manager's CA service cut down to what a Renewer calls:
@@ -607,7 +582,7 @@ func TestGossipRejoinsWhenAlone(t *testing.T) {
 type fakeManager struct {
 	api.UnimplementedCAServer
 	addr      string
-	renewWith *testCA
+	renewWith *testkit.CA
 
 	mu         sync.Mutex // guards the fields below
 	heartbeat  *api.HeartbeatResponse
@@ -618,7 +593,7 @@ type fakeManager struct {
 	calls      map[string]int
 }
 
-func startFakeManager(t *testing.T, server *Credentials, renewWith *testCA) *fakeManager {
+func startFakeManager(t *testing.T, server *Credentials, renewWith *testkit.CA) *fakeManager {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -696,11 +671,11 @@ func (f *fakeManager) RenewNodeCertificate(ctx context.Context, req *api.RenewNo
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	issued, err := f.renewWith.signer.SignKey(rand.Reader, time.Now(), pub, id, 24*time.Hour)
+	issued, err := f.renewWith.Signer().SignKey(rand.Reader, time.Now(), pub, id, 24*time.Hour)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	return &api.RenewNodeCertificateResponse{Role: string(id.Role), Certificate: issued.PEM, Bundle: f.renewWith.bundle}, nil
+	return &api.RenewNodeCertificateResponse{Role: string(id.Role), Certificate: issued.PEM, Bundle: f.renewWith.Bundle()}, nil
 }
 
 func (f *fakeManager) Gossip(ctx context.Context, _ *api.GossipRequest) (*api.GossipResponse, error) {
@@ -733,8 +708,8 @@ func startRenewer(t *testing.T, creds *Credentials, managers ...string) *Renewer
 			if err != nil {
 				t.Errorf("Run() = %v, want nil after cancel", err)
 			}
-		case <-time.After(waitBound):
-			t.Errorf("Run() did not return within %v of cancel", waitBound)
+		case <-time.After(testkit.Wait):
+			t.Errorf("Run() did not return within %v of cancel", testkit.Wait)
 		}
 	})
 	return r
@@ -744,7 +719,7 @@ func startRenewer(t *testing.T, creds *Credentials, managers ...string) *Renewer
 func moreCalls(t *testing.T, f *fakeManager, method string, n int) {
 	t.Helper()
 	base := f.count(method)
-	waitUntil(t, "more "+method+" calls", func() bool { return f.count(method) >= base+n })
+	testkit.Eventually(t, "more "+method+" calls", testkit.True(func() bool { return f.count(method) >= base+n }))
 }
 
 // TestRenewerTakesCoveringBundle: a heartbeat answer with a new bundle that
@@ -752,21 +727,21 @@ func moreCalls(t *testing.T, f *fakeManager, method string, n int) {
 func TestRenewerTakesCoveringBundle(t *testing.T) {
 	r := newRotation(t)
 	f := startFakeManager(t, r.managerCreds(t), r.fresh)
-	f.set(func(f *fakeManager) { f.heartbeat = &api.HeartbeatResponse{Bundle: r.fresh.bundle} })
-	p := r.next.issue(t, ca.RoleWorker)
-	creds, dataDir := r.next.newCreds(t, p)
+	f.set(func(f *fakeManager) { f.heartbeat = &api.HeartbeatResponse{Bundle: r.fresh.Bundle()} })
+	p := r.next.Issue(t, ca.RoleWorker)
+	creds, dataDir := newCreds(t, r.next, p)
 	rn := startRenewer(t, creds, f.addr)
 
-	waitUntil(t, "the new bundle", func() bool { return bytes.Equal(creds.Bundle(), r.fresh.bundle) })
+	testkit.Eventually(t, "the new bundle", testkit.True(func() bool { return bytes.Equal(creds.Bundle(), r.fresh.Bundle()) }))
 	moreCalls(t, f, "Heartbeat", 3)
 	if n, m := rn.Renewals(), f.count("RenewNodeCertificate"); n != 0 || m != 0 {
 		t.Errorf("Renewals() = %d, RenewNodeCertificate called %d times, want no renewal", n, m)
 	}
 	files := readDir(t, CertDir(dataDir))
-	if !bytes.Equal(files[BundleFile], r.fresh.bundle) {
+	if !bytes.Equal(files[BundleFile], r.fresh.Bundle()) {
 		t.Errorf("%s on disk is not the new bundle", BundleFile)
 	}
-	if !bytes.Equal(files[CertFile], p.certPEM) || !bytes.Equal(files[KeyFile], p.keyPEM) {
+	if !bytes.Equal(files[CertFile], p.CertPEM) || !bytes.Equal(files[KeyFile], p.KeyPEM) {
 		t.Errorf("the key or certificate on disk changed, want them kept")
 	}
 	if err := rn.Problem(); err != nil {
@@ -781,31 +756,31 @@ func TestRenewerRenewsForNonCoveringBundle(t *testing.T) {
 	r := newRotation(t)
 	f := startFakeManager(t, r.managerCreds(t), r.fresh)
 	f.set(func(f *fakeManager) {
-		f.heartbeat = &api.HeartbeatResponse{Bundle: r.fresh.bundle, RenewJitterMs: 20}
+		f.heartbeat = &api.HeartbeatResponse{Bundle: r.fresh.Bundle(), RenewJitterMs: 20}
 	})
-	p := r.old.issue(t, ca.RoleWorker)
-	creds, dataDir := r.old.newCreds(t, p)
+	p := r.old.Issue(t, ca.RoleWorker)
+	creds, dataDir := newCreds(t, r.old, p)
 	rn := startRenewer(t, creds, f.addr)
 
-	waitUntil(t, "a renewal", func() bool { return rn.Renewals() > 0 })
+	testkit.Eventually(t, "a renewal", testkit.True(func() bool { return rn.Renewals() > 0 }))
 	moreCalls(t, f, "Heartbeat", 3)
 	if n, m := rn.Renewals(), f.count("RenewNodeCertificate"); n != 1 || m != 1 {
 		t.Errorf("Renewals() = %d, RenewNodeCertificate called %d times, want 1 and 1", n, m)
 	}
-	if !bytes.Equal(creds.Bundle(), r.fresh.bundle) {
+	if !bytes.Equal(creds.Bundle(), r.fresh.Bundle()) {
 		t.Errorf("Bundle() after the renewal is not the new root")
 	}
 	if got := creds.Issuer(); !got.Equal(ca.StatusOf(r.newRoot)) {
 		t.Errorf("Issuer() after the renewal = %v, want the new root", got)
 	}
-	if got := creds.Identity(); got != p.id {
-		t.Errorf("Identity() after the renewal = %v, want %v", got, p.id)
+	if got := creds.Identity(); got != p.ID {
+		t.Errorf("Identity() after the renewal = %v, want %v", got, p.ID)
 	}
-	if creds.Leaf().SerialNumber.Cmp(p.serial) == 0 {
+	if creds.Leaf().SerialNumber.Cmp(p.Serial) == 0 {
 		t.Errorf("Leaf() after the renewal is the old certificate")
 	}
 	files := readDir(t, CertDir(dataDir))
-	if !bytes.Equal(files[BundleFile], r.fresh.bundle) || bytes.Equal(files[CertFile], p.certPEM) || bytes.Equal(files[KeyFile], p.keyPEM) {
+	if !bytes.Equal(files[BundleFile], r.fresh.Bundle()) || bytes.Equal(files[CertFile], p.CertPEM) || bytes.Equal(files[KeyFile], p.KeyPEM) {
 		t.Errorf("files on disk after the renewal: want a new key, a new certificate and the new bundle")
 	}
 	checkKeyMatches(t, creds)
@@ -847,7 +822,7 @@ func TestRenewerStopsDuringJitter(t *testing.T) {
 	f.set(func(f *fakeManager) {
 		f.heartbeat = &api.HeartbeatResponse{Renew: true, RenewJitterMs: time.Hour.Milliseconds()}
 	})
-	creds, _ := r.next.newCreds(t, r.next.issue(t, ca.RoleWorker))
+	creds, _ := newCreds(t, r.next, r.next.Issue(t, ca.RoleWorker))
 	// All-ones random bytes put the jitter at about 35 minutes.
 	rn := NewRenewer(RenewerConfig{Credentials: creds, Managers: []string{f.addr}, HeartbeatPeriod: 10 * time.Millisecond, Rand: constReader(0xff)})
 	if d := rn.jitter(time.Hour); d < time.Minute {
@@ -856,15 +831,15 @@ func TestRenewerStopsDuringJitter(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- rn.Run(ctx) }()
-	waitUntil(t, "a heartbeat", func() bool { return f.count("Heartbeat") > 0 })
+	testkit.Eventually(t, "a heartbeat", testkit.True(func() bool { return f.count("Heartbeat") > 0 }))
 	cancel()
 	select {
 	case err := <-done:
 		if err != nil {
 			t.Errorf("Run() = %v, want nil", err)
 		}
-	case <-time.After(waitBound):
-		t.Fatalf("Run() did not return within %v of cancel while waiting out the jitter", waitBound)
+	case <-time.After(testkit.Wait):
+		t.Fatalf("Run() did not return within %v of cancel while waiting out the jitter", testkit.Wait)
 	}
 	if n := f.count("RenewNodeCertificate"); n != 0 || rn.Renewals() != 0 {
 		t.Errorf("renewed %d times during the jitter, want none", n)
@@ -881,14 +856,14 @@ func TestRenewerProblem(t *testing.T) {
 	r := newRotation(t)
 	tests := []struct {
 		name       string
-		node       *testCA // issues the node's certificate; the node trusts the old root
+		node       *testkit.CA // issues the node's certificate; the node trusts the old root
 		rootBundle []byte
 		left       bool
 	}{
-		{"cluster on the new root, node on the old", r.old, r.fresh.bundle, true},
-		{"cluster on the node's bundle", r.old, r.old.bundle, false},
+		{"cluster on the new root, node on the old", r.old, r.fresh.Bundle(), true},
+		{"cluster on the node's bundle", r.old, r.old.Bundle(), false},
 		{"cluster trusting both roots", r.old, r.bothRoots(), false},
-		{"cluster on the new root, node on a rotation certificate", r.next, r.fresh.bundle, false},
+		{"cluster on the new root, node on a rotation certificate", r.next, r.fresh.Bundle(), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -897,7 +872,7 @@ func TestRenewerProblem(t *testing.T) {
 				f.hbErr = status.Error(codes.Unavailable, "test: no leader")
 				f.rootBundle = tt.rootBundle
 			})
-			creds, _ := tt.node.newCreds(t, tt.node.issue(t, ca.RoleWorker))
+			creds, _ := newCreds(t, tt.node, tt.node.Issue(t, ca.RoleWorker))
 			rn := startRenewer(t, creds, f.addr)
 
 			if !tt.left {
@@ -909,7 +884,7 @@ func TestRenewerProblem(t *testing.T) {
 				}
 				return
 			}
-			waitUntil(t, "a problem", func() bool { return rn.Problem() != nil })
+			testkit.Eventually(t, "a problem", testkit.True(func() bool { return rn.Problem() != nil }))
 			err := rn.Problem()
 			if !errors.Is(err, ErrLeftBehind) {
 				t.Fatalf("Problem() = %v, want %v", err, ErrLeftBehind)
@@ -919,12 +894,12 @@ func TestRenewerProblem(t *testing.T) {
 					t.Errorf("Problem() = %q, want it to mention %q", err, want)
 				}
 			}
-			if !bytes.Equal(creds.Bundle(), tt.node.bundle) {
+			if !bytes.Equal(creds.Bundle(), tt.node.Bundle()) {
 				t.Errorf("the unauthenticated bundle changed the node's trust")
 			}
 
 			f.set(func(f *fakeManager) { f.hbErr = nil })
-			waitUntil(t, "the problem to clear after a heartbeat", func() bool { return rn.Problem() == nil })
+			testkit.Eventually(t, "the problem to clear after a heartbeat", testkit.True(func() bool { return rn.Problem() == nil }))
 		})
 	}
 }
@@ -934,13 +909,13 @@ func TestRenewerProblem(t *testing.T) {
 // trust are the new root's alone; it diagnoses itself as left behind.
 func TestRenewerLeftBehindByRotation(t *testing.T) {
 	r := newRotation(t)
-	server, _ := r.fresh.newCreds(t, r.fresh.issue(t, ca.RoleManager))
+	server, _ := newCreds(t, r.fresh, r.fresh.Issue(t, ca.RoleManager))
 	f := startFakeManager(t, server, nil)
-	f.set(func(f *fakeManager) { f.rootBundle = r.fresh.bundle })
-	creds, _ := r.old.newCreds(t, r.old.issue(t, ca.RoleWorker))
+	f.set(func(f *fakeManager) { f.rootBundle = r.fresh.Bundle() })
+	creds, _ := newCreds(t, r.old, r.old.Issue(t, ca.RoleWorker))
 	rn := startRenewer(t, creds, f.addr)
 
-	waitUntil(t, "a problem", func() bool { return rn.Problem() != nil })
+	testkit.Eventually(t, "a problem", testkit.True(func() bool { return rn.Problem() != nil }))
 	if err := rn.Problem(); !errors.Is(err, ErrLeftBehind) {
 		t.Errorf("Problem() = %v, want %v", err, ErrLeftBehind)
 	}
@@ -964,7 +939,7 @@ func TestRenewerGossip(t *testing.T) {
 	})
 	failing := startFakeManager(t, r.managerCreds(t), nil)
 	failing.set(func(f *fakeManager) { f.gossipErr = status.Error(codes.Unavailable, "test: no state yet") })
-	creds, _ := r.next.newCreds(t, r.next.issue(t, ca.RoleWorker))
+	creds, _ := newCreds(t, r.next, r.next.Issue(t, ca.RoleWorker))
 	dead := closedAddr(t)
 
 	tests := []struct {
@@ -1010,20 +985,20 @@ func TestRenewerGossip(t *testing.T) {
 // the cross-signed new root it holds in its own chain.
 func TestConvergedNodeReachesNewRootManager(t *testing.T) {
 	r := newRotation(t)
-	mp := r.fresh.issue(t, ca.RoleManager)
-	managerCreds, err := NewCredentials(t.TempDir(), mp.keyPEM, mp.certPEM, r.bothRoots())
+	mp := r.fresh.Issue(t, ca.RoleManager)
+	managerCreds, err := NewCredentials(t.TempDir(), mp.KeyPEM, mp.CertPEM, r.bothRoots())
 	if err != nil {
 		t.Fatalf("NewCredentials(manager) = %v", err)
 	}
 	f := startFakeManager(t, managerCreds, r.fresh)
 
-	converged, _ := r.next.newCreds(t, r.next.issue(t, ca.RoleWorker))
+	converged, _ := newCreds(t, r.next, r.next.Issue(t, ca.RoleWorker))
 	if err := heartbeatOnce(t, converged, f.addr); err != nil {
 		t.Errorf("a converged node on the old bundle: Heartbeat = %v, want it to verify the manager", err)
 	}
 	// A node that never renewed has no cross-signed root: it must not get
 	// through by any other path.
-	stale, _ := r.old.newCreds(t, r.old.issue(t, ca.RoleWorker))
+	stale, _ := newCreds(t, r.old, r.old.Issue(t, ca.RoleWorker))
 	if err := heartbeatOnce(t, stale, f.addr); err == nil {
 		t.Errorf("a node of the old root alone verified a manager of the new root alone; want refused")
 	}
@@ -1050,17 +1025,17 @@ func TestRenewerIgnoresOlderBundle(t *testing.T) {
 	r := newRotation(t)
 	f := startFakeManager(t, r.managerCreds(t), r.fresh)
 	f.set(func(f *fakeManager) {
-		f.heartbeat = &api.HeartbeatResponse{Bundle: r.fresh.bundle, BundleSince: 2000}
+		f.heartbeat = &api.HeartbeatResponse{Bundle: r.fresh.Bundle(), BundleSince: 2000}
 	})
-	creds, _ := r.next.newCreds(t, r.next.issue(t, ca.RoleWorker))
+	creds, _ := newCreds(t, r.next, r.next.Issue(t, ca.RoleWorker))
 	startRenewer(t, creds, f.addr)
-	waitUntil(t, "the new bundle", func() bool { return bytes.Equal(creds.Bundle(), r.fresh.bundle) })
+	testkit.Eventually(t, "the new bundle", testkit.True(func() bool { return bytes.Equal(creds.Bundle(), r.fresh.Bundle()) }))
 
 	f.set(func(f *fakeManager) {
-		f.heartbeat = &api.HeartbeatResponse{Bundle: r.old.bundle, BundleSince: 1000}
+		f.heartbeat = &api.HeartbeatResponse{Bundle: r.old.Bundle(), BundleSince: 1000}
 	})
 	moreCalls(t, f, "Heartbeat", 3)
-	if !bytes.Equal(creds.Bundle(), r.fresh.bundle) {
+	if !bytes.Equal(creds.Bundle(), r.fresh.Bundle()) {
 		t.Errorf("an older bundle replaced the new one; want it ignored")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 func chain(t *testing.T, certPEM []byte) []*x509.Certificate {
@@ -23,27 +24,27 @@ func chain(t *testing.T, certPEM []byte) []*x509.Certificate {
 }
 
 func TestVerifyServer(t *testing.T) {
-	c := newTestCA(t)
-	other := newTestCA(t)
-	roots, _, err := ca.ParseBundle(c.bundle)
+	c := testkit.NewCA(t)
+	other := testkit.NewCA(t)
+	roots, _, err := ca.ParseBundle(c.Bundle())
 	if err != nil {
 		t.Fatalf("ParseBundle() = %v", err)
 	}
-	manager := c.issue(t, ca.RoleManager)
-	worker := c.issue(t, ca.RoleWorker)
-	foreign := other.issue(t, ca.RoleManager)
+	manager := c.Issue(t, ca.RoleManager)
+	worker := c.Issue(t, ca.RoleWorker)
+	foreign := other.Issue(t, ca.RoleManager)
 	tests := []struct {
 		name       string
 		certs      []*x509.Certificate
 		serverName string
 		ok         bool
 	}{
-		{"manager as a manager", chain(t, manager.certPEM), ManagerName, true},
-		{"manager by its node ID", chain(t, manager.certPEM), manager.id.NodeID, true},
-		{"worker as a manager", chain(t, worker.certPEM), ManagerName, false},
-		{"manager of another cluster", chain(t, foreign.certPEM), ManagerName, false},
-		{"manager under another name", chain(t, manager.certPEM), "example.com", false},
-		{"the root itself", chain(t, c.bundle), ManagerName, false},
+		{"manager as a manager", chain(t, manager.CertPEM), ManagerName, true},
+		{"manager by its node ID", chain(t, manager.CertPEM), manager.ID.NodeID, true},
+		{"worker as a manager", chain(t, worker.CertPEM), ManagerName, false},
+		{"manager of another cluster", chain(t, foreign.CertPEM), ManagerName, false},
+		{"manager under another name", chain(t, manager.CertPEM), "example.com", false},
+		{"the root itself", chain(t, c.Bundle()), ManagerName, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -106,9 +107,9 @@ var errRefusedPeer = errors.New("test: peer refused")
 // client identity during a real handshake, and refusing it fails the
 // handshake.
 func TestServerTLSPeerCheck(t *testing.T) {
-	c := newTestCA(t)
-	server, _ := c.newCreds(t, c.issue(t, ca.RoleManager))
-	client, _ := c.newCreds(t, c.issue(t, ca.RoleWorker))
+	c := testkit.NewCA(t)
+	server, _ := newCreds(t, c, c.Issue(t, ca.RoleManager))
+	client, _ := newCreds(t, c, c.Issue(t, ca.RoleWorker))
 	clientID := client.Identity()
 
 	for _, refuse := range []bool{false, true} {
@@ -147,11 +148,11 @@ func TestServerTLSPeerCheck(t *testing.T) {
 
 // TestServerTLSRefuses: handshakes a node-to-node listener must refuse.
 func TestServerTLSRefuses(t *testing.T) {
-	c := newTestCA(t)
-	other := newTestCA(t)
-	server, _ := c.newCreds(t, c.issue(t, ca.RoleManager))
-	member, _ := c.newCreds(t, c.issue(t, ca.RoleWorker))
-	stranger, _ := other.newCreds(t, other.issue(t, ca.RoleManager))
+	c := testkit.NewCA(t)
+	other := testkit.NewCA(t)
+	server, _ := newCreds(t, c, c.Issue(t, ca.RoleManager))
+	member, _ := newCreds(t, c, c.Issue(t, ca.RoleWorker))
+	stranger, _ := newCreds(t, other, other.Issue(t, ca.RoleManager))
 
 	tls11 := member.ClientTLS(ManagerName)
 	tls11.MinVersion, tls11.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
@@ -197,22 +198,22 @@ func TestServerTLSRefuses(t *testing.T) {
 // TestClientTLSRefusesWorkerAsManager: a client reaching for a manager
 // refuses a server whose certificate is a worker's, or another cluster's.
 func TestClientTLSRefusesWorkerAsManager(t *testing.T) {
-	c := newTestCA(t)
-	other := newTestCA(t)
-	client, _ := c.newCreds(t, c.issue(t, ca.RoleWorker))
+	c := testkit.NewCA(t)
+	other := testkit.NewCA(t)
+	client, _ := newCreds(t, c, c.Issue(t, ca.RoleWorker))
 	tests := []struct {
 		name   string
-		server pair
-		ca     *testCA
+		server testkit.Leaf
+		ca     *testkit.CA
 		ok     bool
 	}{
-		{"manager", c.issue(t, ca.RoleManager), c, true},
-		{"worker", c.issue(t, ca.RoleWorker), c, false},
-		{"manager of another cluster", other.issue(t, ca.RoleManager), other, false},
+		{"manager", c.Issue(t, ca.RoleManager), c, true},
+		{"worker", c.Issue(t, ca.RoleWorker), c, false},
+		{"manager of another cluster", other.Issue(t, ca.RoleManager), other, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			server, _ := tt.ca.newCreds(t, tt.server)
+			server, _ := newCreds(t, tt.ca, tt.server)
 			serverErr, clientErr := handshake(t, server.ServerTLS(tls.VerifyClientCertIfGiven), client.ClientTLS(ManagerName))
 			if tt.ok && (serverErr != nil || clientErr != nil) {
 				t.Errorf("handshake = server %v, client %v, want nil, nil", serverErr, clientErr)
@@ -228,36 +229,36 @@ func TestClientTLSRefusesWorkerAsManager(t *testing.T) {
 // changes the trust bundle (a root rotation's end) verify peers against
 // the new bundle afterwards.
 func TestLiveConfigsFollowBundle(t *testing.T) {
-	oldCA, newCA := newTestCA(t), newTestCA(t)
-	creds, _ := oldCA.newCreds(t, oldCA.issue(t, ca.RoleManager))
+	oldCA, newCA := testkit.NewCA(t), testkit.NewCA(t)
+	creds, _ := newCreds(t, oldCA, oldCA.Issue(t, ca.RoleManager))
 	server := creds.ServerTLS(tls.RequireAndVerifyClientCert)
 	client := creds.ClientTLS(ManagerName)
 
-	next := newCA.issueFor(t, ca.Identity{NodeID: creds.Identity().NodeID, Role: ca.RoleManager, ClusterID: newCA.clusterID})
-	if err := creds.Update(next.keyPEM, next.certPEM, newCA.bundle); err != nil {
+	next := newCA.IssueFor(t, ca.Identity{NodeID: creds.Identity().NodeID, Role: ca.RoleManager, ClusterID: newCA.ClusterID})
+	if err := creds.Update(next.KeyPEM, next.CertPEM, newCA.Bundle()); err != nil {
 		t.Fatalf("Update(new bundle) = %v", err)
 	}
 
 	// A client that does not check the server, presenting a certificate of
 	// the old or the new root: the server judges it by the new bundle.
-	presenting := func(p pair) *tls.Config {
-		cert, err := tls.X509KeyPair(p.certPEM, p.keyPEM)
+	presenting := func(p testkit.Leaf) *tls.Config {
+		cert, err := tls.X509KeyPair(p.CertPEM, p.KeyPEM)
 		if err != nil {
 			t.Fatalf("X509KeyPair() = %v", err)
 		}
 		return &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: true, Certificates: []tls.Certificate{cert}}
 	}
-	if serverErr, clientErr := handshake(t, server, presenting(newCA.issue(t, ca.RoleWorker))); serverErr != nil || clientErr != nil {
+	if serverErr, clientErr := handshake(t, server, presenting(newCA.Issue(t, ca.RoleWorker))); serverErr != nil || clientErr != nil {
 		t.Errorf("client of the new root: handshake = server %v, client %v, want nil, nil", serverErr, clientErr)
 	}
-	if serverErr, _ := handshake(t, server, presenting(oldCA.issue(t, ca.RoleWorker))); serverErr == nil {
+	if serverErr, _ := handshake(t, server, presenting(oldCA.Issue(t, ca.RoleWorker))); serverErr == nil {
 		t.Errorf("client of the old root: server handshake = nil, want an error")
 	}
 
 	// The client made before the Update trusts managers of the new root
 	// and no longer those of the old one.
-	newManager, _ := newCA.newCreds(t, newCA.issue(t, ca.RoleManager))
-	oldManager, _ := oldCA.newCreds(t, oldCA.issue(t, ca.RoleManager))
+	newManager, _ := newCreds(t, newCA, newCA.Issue(t, ca.RoleManager))
+	oldManager, _ := newCreds(t, oldCA, oldCA.Issue(t, ca.RoleManager))
 	if serverErr, clientErr := handshake(t, newManager.ServerTLS(tls.VerifyClientCertIfGiven), client); serverErr != nil || clientErr != nil {
 		t.Errorf("manager of the new root: handshake = server %v, client %v, want nil, nil", serverErr, clientErr)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 func TestCrossSign(t *testing.T) {
@@ -95,10 +96,10 @@ func TestCrossSignRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A "new" root that reuses the old key.
-	sameKey := newCA(t, "swarm-ca", oldKey, nil, func(c *x509.Certificate) {
+	sameKey := testkit.NewX509CA(t, "swarm-ca", oldKey, nil, now, func(c *x509.Certificate) {
 		c.Subject = pkix.Name{CommonName: "swarm-ca", Organization: []string{cluster}}
 	})
-	notCA := newCA(t, "not a CA", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) {
+	notCA := testkit.NewX509CA(t, "not a CA", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.IsCA = false
 		c.KeyUsage = x509.KeyUsageDigitalSignature
 	})
@@ -108,10 +109,10 @@ func TestCrossSignRefuses(t *testing.T) {
 		key  crypto.Signer
 		want error
 	}{
-		{"new root reuses the old key", sameKey.cert, oldKey, ca.ErrKeyReused},
+		{"new root reuses the old key", sameKey.Cert, oldKey, ca.ErrKeyReused},
 		{"new root is the old root", oldCert, oldKey, ca.ErrKeyReused},
 		{"old key does not match", next, nextKey, ca.ErrKeyMismatch},
-		{"new root not a CA", notCA.cert, oldKey, ca.ErrNotCA},
+		{"new root not a CA", notCA.Cert, oldKey, ca.ErrNotCA},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -151,8 +152,8 @@ func verifyStatus(t *testing.T, chainPEM, bundle []byte, want ca.Identity) ca.TL
 func TestRotation(t *testing.T) {
 	cluster := newID(t, 1)
 	corp := newCorpChain(t)
-	p384 := newCA(t, "P-384 Root", ecKey(t, elliptic.P384()), nil)
-	p384M, err := ca.Import(p384.certPEM(), p384.keyPEM(t), now)
+	p384 := testkit.NewX509CA(t, "P-384 Root", ecKey(t, elliptic.P384()), nil, now)
+	p384M, err := ca.Import(p384.CertPEM(), p384.KeyPEM(t), now)
 	if err != nil {
 		t.Fatalf("Import(P-384 root) = %v", err)
 	}
@@ -217,23 +218,23 @@ func TestRotationRefuses(t *testing.T) {
 	}
 	next := root(t, 3, cluster)
 	// A new root made with the old key.
-	reused := newCA(t, "swarm-ca", oldKey, nil, func(c *x509.Certificate) {
+	reused := testkit.NewX509CA(t, "swarm-ca", oldKey, nil, now, func(c *x509.Certificate) {
 		c.Subject = pkix.Name{CommonName: "swarm-ca", Organization: []string{cluster}}
 	})
-	reusedM := ca.Material{Cert: reused.certPEM(), Key: old.Key, Bundle: reused.certPEM()}
+	reusedM := ca.Material{Cert: reused.CertPEM(), Key: old.Key, Bundle: reused.CertPEM()}
 	// An intermediate (new key) under a root that has the old key.
-	reusedInter := newCA(t, "Inter", ecKey(t, elliptic.P256()), &reused)
+	reusedInter := testkit.NewX509CA(t, "Inter", ecKey(t, elliptic.P256()), reused, now)
 	reusedInterM := ca.Material{
-		Cert:   reusedInter.certPEM(),
-		Key:    reusedInter.keyPEM(t),
-		Chain:  reusedInter.certPEM(),
-		Bundle: reused.certPEM(),
+		Cert:   reusedInter.CertPEM(),
+		Key:    reusedInter.KeyPEM(t),
+		Chain:  reusedInter.CertPEM(),
+		Bundle: reused.CertPEM(),
 	}
 	// A corporate root that allows one CA below it: the intermediate. The
 	// cross-signed certificate would be a second.
-	pathRoot := newCA(t, "Path Root", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) { c.MaxPathLen = 1 })
-	pathInter := newCA(t, "Path Inter", ecKey(t, elliptic.P256()), &pathRoot)
-	pathM, err := ca.Import(concat(pathInter.certPEM(), pathRoot.certPEM()), pathInter.keyPEM(t), now)
+	pathRoot := testkit.NewX509CA(t, "Path Root", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) { c.MaxPathLen = 1 })
+	pathInter := testkit.NewX509CA(t, "Path Inter", ecKey(t, elliptic.P256()), pathRoot, now)
+	pathM, err := ca.Import(concat(pathInter.CertPEM(), pathRoot.CertPEM()), pathInter.KeyPEM(t), now)
 	if err != nil {
 		t.Fatalf("Import(root with pathlen 1 + intermediate) = %v", err)
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 // extCA is an external CA (a CFSSL server) as the tests see it: the
@@ -34,8 +35,8 @@ type extCA struct {
 // named cn.
 func newExtRoot(t testing.TB, cn string, mods ...func(*x509.Certificate)) extCA {
 	t.Helper()
-	r := newCA(t, cn, ecKey(t, elliptic.P256()), nil, mods...)
-	return importExt(t, r, r.certPEM())
+	r := testkit.NewX509CA(t, cn, ecKey(t, elliptic.P256()), nil, now, mods...)
+	return importExt(t, r, r.CertPEM())
 }
 
 // newExtInter makes an external CA that signs with the intermediate of a
@@ -43,18 +44,18 @@ func newExtRoot(t testing.TB, cn string, mods ...func(*x509.Certificate)) extCA 
 func newExtInter(t testing.TB) (extCA, corpChain) {
 	t.Helper()
 	corp := newCorpChain(t)
-	return importExt(t, corp.inter, concat(corp.inter.certPEM(), corp.root.certPEM())), corp
+	return importExt(t, corp.inter, concat(corp.inter.CertPEM(), corp.root.CertPEM())), corp
 }
 
 // importExt imports certPEM as the material of an external CA that signs
 // with signing.
-func importExt(t testing.TB, signing testCA, certPEM []byte) extCA {
+func importExt(t testing.TB, signing *testkit.CA, certPEM []byte) extCA {
 	t.Helper()
 	m, err := ca.ImportExternal(certPEM, now)
 	if err != nil {
-		t.Fatalf("ImportExternal(%s) = %v", signing.cert.Subject, err)
+		t.Fatalf("ImportExternal(%s) = %v", signing.Cert.Subject, err)
 	}
-	return extCA{m: m, cert: signing.cert, key: signing.key}
+	return extCA{m: m, cert: signing.Cert, key: signing.Key}
 }
 
 func (e extCA) checker(t testing.TB) *ca.External {
@@ -262,9 +263,9 @@ func TestExternalCheck(t *testing.T) {
 			c.NotAfter = now.Add(ca.MinCertExpiry)
 		}},
 		{name: "the CA's chain after the leaf is ignored", ext: interCA, id: worker, key: p256,
-			extra: concat(corp.inter.certPEM(), corp.root.certPEM())},
+			extra: concat(corp.inter.CertPEM(), corp.root.CertPEM())},
 		{name: "another certificate after the leaf is ignored", ext: rootCA, id: worker, key: p256,
-			extra: newCA(t, "Stray", ecKey(t, elliptic.P256()), nil).certPEM()},
+			extra: testkit.NewX509CA(t, "Stray", ecKey(t, elliptic.P256()), nil, now).CertPEM()},
 		{name: "checked later in its validity", ext: rootCA, id: worker, key: p256, at: now.Add(30 * 24 * time.Hour)},
 	}
 	for _, tt := range tests {
@@ -314,14 +315,14 @@ func TestExternalCheckRefuses(t *testing.T) {
 	interCA, corp := newExtInter(t)
 	other := newExtRoot(t, "Other Root CA")
 	sameName := newExtRoot(t, "CFSSL Root CA") // another key
-	corpRoot := extCA{cert: corp.root.cert, key: corp.root.key}
+	corpRoot := extCA{cert: corp.root.Cert, key: corp.root.Key}
 	// An issuing CA that may only serve: its leaves cannot be clients.
 	serverOnly := func() extCA {
-		r := newCA(t, "Server Only Root", ecKey(t, elliptic.P256()), nil)
-		i := newCA(t, "Server Only Issuing", ecKey(t, elliptic.P256()), &r, func(c *x509.Certificate) {
+		r := testkit.NewX509CA(t, "Server Only Root", ecKey(t, elliptic.P256()), nil, now)
+		i := testkit.NewX509CA(t, "Server Only Issuing", ecKey(t, elliptic.P256()), r, now, func(c *x509.Certificate) {
 			c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 		})
-		return importExt(t, i, concat(i.certPEM(), r.certPEM()))
+		return importExt(t, i, concat(i.CertPEM(), r.CertPEM()))
 	}()
 
 	worker := ca.Identity{NodeID: newID(t, 2), Role: ca.RoleWorker, ClusterID: cluster}
@@ -423,7 +424,7 @@ func TestExternalCheckRefuses(t *testing.T) {
 		{name: "truncated PEM", pem: []byte("-----BEGIN CERTIFICATE-----\nMIIB")},
 		{name: "certificate not DER", pem: badDER},
 		{name: "a CSR", pem: csrPEM(t, key, nil)},
-		{name: "a private key", pem: keyPEM(t, key)},
+		{name: "a private key", pem: testkit.KeyPEM(t, key)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -494,12 +495,12 @@ func TestNewExternal(t *testing.T) {
 	}
 
 	withKey := rootCA.m
-	withKey.Key = keyPEM(t, rootCA.key)
+	withKey.Key = testkit.KeyPEM(t, rootCA.key)
 	noChain := interCA.m
 	noChain.Chain = nil
 	otherBundle := rootCA.m
-	otherBundle.Bundle = newCA(t, "Other Root", ecKey(t, elliptic.P256()), nil).certPEM()
-	p224 := newCA(t, "P-224 Root", ecKey(t, elliptic.P224()), nil)
+	otherBundle.Bundle = testkit.NewX509CA(t, "Other Root", ecKey(t, elliptic.P256()), nil, now).CertPEM()
+	p224 := testkit.NewX509CA(t, "P-224 Root", ecKey(t, elliptic.P224()), nil, now)
 	tests := []struct {
 		name string
 		m    ca.Material
@@ -508,8 +509,8 @@ func TestNewExternal(t *testing.T) {
 		{"material with a key", withKey, ca.ErrKeyMismatch},
 		{"intermediate without its chain", noChain, ca.ErrChainIncomplete},
 		{"certificate of another bundle", otherBundle, ca.ErrChainIncomplete},
-		{"chain not leading to the signing certificate", ca.Material{Cert: interCA.m.Cert, Chain: corp.root.certPEM(), Bundle: interCA.m.Bundle}, ca.ErrChainIncomplete},
-		{"P-224 CA", ca.Material{Cert: p224.certPEM(), Bundle: p224.certPEM()}, ca.ErrUnsupportedKey},
+		{"chain not leading to the signing certificate", ca.Material{Cert: interCA.m.Cert, Chain: corp.root.CertPEM(), Bundle: interCA.m.Bundle}, ca.ErrChainIncomplete},
+		{"P-224 CA", ca.Material{Cert: p224.CertPEM(), Bundle: p224.CertPEM()}, ca.ErrUnsupportedKey},
 		{"certificate not PEM", ca.Material{Cert: []byte("x"), Bundle: rootCA.m.Bundle}, ca.ErrMalformedPEM},
 		{"no bundle", ca.Material{Cert: rootCA.m.Cert}, ca.ErrMalformedPEM},
 		{"empty", ca.Material{}, ca.ErrMalformedPEM},
@@ -567,7 +568,7 @@ func TestCheckExternalCSR(t *testing.T) {
 		{"RSA 1024 key", csrPEM(t, rsaKey(t, 1024), nil), ca.ErrWeakKey},
 		{"garbage", []byte("not a CSR"), ca.ErrBadCSR},
 		{"empty", nil, ca.ErrBadCSR},
-		{"certificate block", newCA(t, "Root", key, nil).certPEM(), ca.ErrBadCSR},
+		{"certificate block", testkit.NewX509CA(t, "Root", key, nil, now).CertPEM(), ca.ErrBadCSR},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -589,7 +590,7 @@ func TestCrossSignRequest(t *testing.T) {
 	// A root whose subject Go would encode otherwise: the request must
 	// carry its bytes, not a re-encoding.
 	utf8Key := ecKey(t, elliptic.P384())
-	utf8Root := newCA(t, "UTF-8 Root", utf8Key, nil, func(c *x509.Certificate) {
+	utf8Root := testkit.NewX509CA(t, "UTF-8 Root", utf8Key, nil, now, func(c *x509.Certificate) {
 		c.RawSubject = utf8Subject(t, pkix.Name{CommonName: "UTF-8 Root", Organization: []string{"Example Corp"}})
 	})
 	tests := []struct {
@@ -598,8 +599,8 @@ func TestCrossSignRequest(t *testing.T) {
 		key  crypto.Signer
 	}{
 		{"generated root", mustParseOne(t, gen.Cert), genKey},
-		{"root with UTF8String names", utf8Root.cert, utf8Key},
-		{"RSA root", newCA(t, "RSA Root", rsaKey(t, 2048), nil).cert, rsaKey(t, 2048)},
+		{"root with UTF8String names", utf8Root.Cert, utf8Key},
+		{"RSA root", testkit.NewX509CA(t, "RSA Root", rsaKey(t, 2048), nil, now).Cert, rsaKey(t, 2048)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -684,8 +685,8 @@ func generatedNext(t testing.TB, seed uint64, cluster string) nextCA {
 func externalNext(t testing.TB, cn string) nextCA {
 	t.Helper()
 	k := ecKey(t, elliptic.P256())
-	r := newCA(t, cn, k, nil, withSHA1KeyID(t, k))
-	e := importExt(t, r, r.certPEM())
+	r := testkit.NewX509CA(t, cn, k, nil, now, withSHA1KeyID(t, k))
+	e := importExt(t, r, r.CertPEM())
 	return nextCA{m: e.m, rootKey: k, signCert: e.cert, signKey: e.key}
 }
 
@@ -693,10 +694,10 @@ func externalNext(t testing.TB, cn string) nextCA {
 func externalInterNext(t testing.TB) nextCA {
 	t.Helper()
 	rk := ecKey(t, elliptic.P256())
-	r := newCA(t, "New Corp Root", rk, nil, withSHA1KeyID(t, rk))
-	i := newCA(t, "New Corp Issuing CA", ecKey(t, elliptic.P256()), &r)
-	e := importExt(t, i, concat(i.certPEM(), r.certPEM()))
-	return nextCA{m: e.m, rootKey: rk, signCert: i.cert, signKey: i.key}
+	r := testkit.NewX509CA(t, "New Corp Root", rk, nil, now, withSHA1KeyID(t, rk))
+	i := testkit.NewX509CA(t, "New Corp Issuing CA", ecKey(t, elliptic.P256()), r, now)
+	e := importExt(t, i, concat(i.CertPEM(), r.CertPEM()))
+	return nextCA{m: e.m, rootKey: rk, signCert: i.Cert, signKey: i.Key}
 }
 
 // TestExternalCrossSign: an external CA cross-signs a new root through
@@ -790,7 +791,7 @@ func TestCheckCrossSignedRefuses(t *testing.T) {
 	oldInter, corp := newExtInter(t)
 	other := newExtRoot(t, "Other Root")
 	sameName := newExtRoot(t, "Old CFSSL Root")
-	corpRoot := extCA{cert: corp.root.cert, key: corp.root.key}
+	corpRoot := extCA{cert: corp.root.Cert, key: corp.root.Key}
 	next := generatedNext(t, 2, cluster)
 	newRoot := mustParseOne(t, next.m.Cert)
 	// An external CA named as the cluster's generated roots are.
@@ -1013,19 +1014,19 @@ func TestRotationToExternalRefuses(t *testing.T) {
 	}
 	// External CAs that reuse the old key: as their root, as the
 	// intermediate they sign with, or the old CA itself without its key.
-	reusedRoot := newCA(t, "CFSSL Root", oldKey, nil)
-	reusedRootM, err := ca.ImportExternal(reusedRoot.certPEM(), now)
+	reusedRoot := testkit.NewX509CA(t, "CFSSL Root", oldKey, nil, now)
+	reusedRootM, err := ca.ImportExternal(reusedRoot.CertPEM(), now)
 	if err != nil {
 		t.Fatalf("ImportExternal(root with the old key) = %v", err)
 	}
-	reusedInter := newCA(t, "CFSSL Issuing", ecKey(t, elliptic.P256()), &reusedRoot)
-	reusedInterM, err := ca.ImportExternal(concat(reusedInter.certPEM(), reusedRoot.certPEM()), now)
+	reusedInter := testkit.NewX509CA(t, "CFSSL Issuing", ecKey(t, elliptic.P256()), reusedRoot, now)
+	reusedInterM, err := ca.ImportExternal(concat(reusedInter.CertPEM(), reusedRoot.CertPEM()), now)
 	if err != nil {
 		t.Fatalf("ImportExternal(intermediate under a root with the old key) = %v", err)
 	}
-	newR := newCA(t, "New Root", ecKey(t, elliptic.P256()), nil)
-	signsWithOld := newCA(t, "CFSSL Issuing", oldKey, &newR)
-	signsWithOldM, err := ca.ImportExternal(concat(signsWithOld.certPEM(), newR.certPEM()), now)
+	newR := testkit.NewX509CA(t, "New Root", ecKey(t, elliptic.P256()), nil, now)
+	signsWithOld := testkit.NewX509CA(t, "CFSSL Issuing", oldKey, newR, now)
+	signsWithOldM, err := ca.ImportExternal(concat(signsWithOld.CertPEM(), newR.CertPEM()), now)
 	if err != nil {
 		t.Fatalf("ImportExternal(intermediate with the old key) = %v", err)
 	}
@@ -1060,12 +1061,12 @@ func TestRotationToExternalRefuses(t *testing.T) {
 }
 
 func TestImportExternal(t *testing.T) {
-	p256 := newCA(t, "P-256 Root", ecKey(t, elliptic.P256()), nil)
-	rsaRoot := newCA(t, "RSA Root", rsaKey(t, 2048), nil)
+	p256 := testkit.NewX509CA(t, "P-256 Root", ecKey(t, elliptic.P256()), nil, now)
+	rsaRoot := testkit.NewX509CA(t, "RSA Root", rsaKey(t, 2048), nil, now)
 	corp := newCorpChain(t)
-	policy := newCA(t, "Example Policy CA", ecKey(t, elliptic.P256()), &corp.root)
-	issuing := newCA(t, "Example Issuing CA 2", ecKey(t, elliptic.P256()), &policy)
-	yearRoot := newCA(t, "Year Root", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) {
+	policy := testkit.NewX509CA(t, "Example Policy CA", ecKey(t, elliptic.P256()), corp.root, now)
+	issuing := testkit.NewX509CA(t, "Example Issuing CA 2", ecKey(t, elliptic.P256()), policy, now)
+	yearRoot := testkit.NewX509CA(t, "Year Root", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.NotAfter = now.Add(ca.MinCAValidity)
 	})
 	tests := []struct {
@@ -1076,14 +1077,14 @@ func TestImportExternal(t *testing.T) {
 		root    *x509.Certificate
 		chain   []*x509.Certificate
 	}{
-		{"root alone", p256.certPEM(), p256.key, p256.cert, p256.cert, nil},
-		{"RSA root", rsaRoot.certPEM(), rsaRoot.key, rsaRoot.cert, rsaRoot.cert, nil},
-		{"root with exactly a year left", yearRoot.certPEM(), yearRoot.key, yearRoot.cert, yearRoot.cert, nil},
-		{"intermediate and root", concat(corp.inter.certPEM(), corp.root.certPEM()), corp.inter.key,
-			corp.inter.cert, corp.root.cert, []*x509.Certificate{corp.inter.cert}},
-		{"three-level chain", concat(issuing.certPEM(), policy.certPEM(), corp.root.certPEM()), issuing.key,
-			issuing.cert, corp.root.cert, []*x509.Certificate{issuing.cert, policy.cert}},
-		{"surrounding whitespace", concat([]byte("\n"), p256.certPEM(), []byte(" \n")), p256.key, p256.cert, p256.cert, nil},
+		{"root alone", p256.CertPEM(), p256.Key, p256.Cert, p256.Cert, nil},
+		{"RSA root", rsaRoot.CertPEM(), rsaRoot.Key, rsaRoot.Cert, rsaRoot.Cert, nil},
+		{"root with exactly a year left", yearRoot.CertPEM(), yearRoot.Key, yearRoot.Cert, yearRoot.Cert, nil},
+		{"intermediate and root", concat(corp.inter.CertPEM(), corp.root.CertPEM()), corp.inter.Key,
+			corp.inter.Cert, corp.root.Cert, []*x509.Certificate{corp.inter.Cert}},
+		{"three-level chain", concat(issuing.CertPEM(), policy.CertPEM(), corp.root.CertPEM()), issuing.Key,
+			issuing.Cert, corp.root.Cert, []*x509.Certificate{issuing.Cert, policy.Cert}},
+		{"surrounding whitespace", concat([]byte("\n"), p256.CertPEM(), []byte(" \n")), p256.Key, p256.Cert, p256.Cert, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1104,7 +1105,7 @@ func TestImportExternal(t *testing.T) {
 				t.Errorf("ImportExternal: Chain has %d certificates, want %d", len(pemBlocks(m.Chain)), len(tt.chain))
 			}
 			// Import lays out the same certificates, with the key.
-			withKey, err := ca.Import(tt.certPEM, keyPEM(t, tt.key), now)
+			withKey, err := ca.Import(tt.certPEM, testkit.KeyPEM(t, tt.key), now)
 			if err != nil {
 				t.Fatalf("Import(same certificates) = %v", err)
 			}
@@ -1122,38 +1123,38 @@ func TestImportExternal(t *testing.T) {
 // TestImportExternalRefuses: ImportExternal refuses what Import refuses
 // of the certificates, with the same errors.
 func TestImportExternalRefuses(t *testing.T) {
-	good := newCA(t, "Good Root", ecKey(t, elliptic.P256()), nil)
+	good := testkit.NewX509CA(t, "Good Root", ecKey(t, elliptic.P256()), nil, now)
 	corp := newCorpChain(t)
-	other := newCA(t, "Other Root", ecKey(t, elliptic.P256()), nil)
-	leafLike := newCA(t, "Not A CA", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) {
+	other := testkit.NewX509CA(t, "Other Root", ecKey(t, elliptic.P256()), nil, now)
+	leafLike := testkit.NewX509CA(t, "Not A CA", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.IsCA = false
 		c.KeyUsage = x509.KeyUsageDigitalSignature
 	})
-	noConstraints := newCA(t, "No Basic Constraints", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) {
+	noConstraints := testkit.NewX509CA(t, "No Basic Constraints", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.BasicConstraintsValid, c.IsCA = false, false
 	})
-	leafUnderRoot := newCA(t, "Leaf Under Corp Root", ecKey(t, elliptic.P256()), &corp.root, func(c *x509.Certificate) {
+	leafUnderRoot := testkit.NewX509CA(t, "Leaf Under Corp Root", ecKey(t, elliptic.P256()), corp.root, now, func(c *x509.Certificate) {
 		c.IsCA = false
 		c.KeyUsage = x509.KeyUsageDigitalSignature
 	})
-	expired := newCA(t, "Expired Root", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) {
+	expired := testkit.NewX509CA(t, "Expired Root", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.NotBefore, c.NotAfter = now.AddDate(-10, 0, 0), now.Add(-time.Second)
 	})
-	notYet := newCA(t, "Future Root", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) { c.NotBefore = now.Add(time.Hour) })
-	shortLived := newCA(t, "Short Root", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) {
+	notYet := testkit.NewX509CA(t, "Future Root", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) { c.NotBefore = now.Add(time.Hour) })
+	shortLived := testkit.NewX509CA(t, "Short Root", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.NotAfter = now.Add(ca.MinCAValidity - time.Second)
 	})
-	expiredRoot := newCA(t, "Expired Corp Root", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) {
+	expiredRoot := testkit.NewX509CA(t, "Expired Corp Root", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.NotBefore, c.NotAfter = now.AddDate(-10, 0, 0), now.Add(-time.Hour)
 	})
-	interOfExpired := newCA(t, "Inter Of Expired", ecKey(t, elliptic.P256()), &expiredRoot)
-	noInterRoot := newCA(t, "No Intermediates Root", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) {
+	interOfExpired := testkit.NewX509CA(t, "Inter Of Expired", ecKey(t, elliptic.P256()), expiredRoot, now)
+	noInterRoot := testkit.NewX509CA(t, "No Intermediates Root", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.MaxPathLen, c.MaxPathLenZero = 0, true
 	})
-	interOfNoInter := newCA(t, "Inter Of No Intermediates Root", ecKey(t, elliptic.P256()), &noInterRoot)
-	p224 := newCA(t, "P-224 Root", ecKey(t, elliptic.P224()), nil)
-	ed := newCA(t, "Ed25519 Root", edKey(t), nil)
-	weak := newCA(t, "RSA 1024 Root", rsaKey(t, 1024), nil)
+	interOfNoInter := testkit.NewX509CA(t, "Inter Of No Intermediates Root", ecKey(t, elliptic.P256()), noInterRoot, now)
+	p224 := testkit.NewX509CA(t, "P-224 Root", ecKey(t, elliptic.P224()), nil, now)
+	ed := testkit.NewX509CA(t, "Ed25519 Root", edKey(t), nil, now)
+	weak := testkit.NewX509CA(t, "RSA 1024 Root", rsaKey(t, 1024), nil, now)
 	badDER := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("not DER")})
 
 	tests := []struct {
@@ -1162,25 +1163,25 @@ func TestImportExternalRefuses(t *testing.T) {
 		key     crypto.Signer // of the first certificate, for Import
 		want    error
 	}{
-		{"not a CA", leafLike.certPEM(), leafLike.key, ca.ErrNotCA},
-		{"no basic constraints", noConstraints.certPEM(), noConstraints.key, ca.ErrNotCA},
-		{"leaf in the chain", concat(leafUnderRoot.certPEM(), corp.root.certPEM()), leafUnderRoot.key, ca.ErrNotCA},
-		{"intermediate alone", corp.inter.certPEM(), corp.inter.key, ca.ErrChainIncomplete},
-		{"link not signed by the next", concat(corp.inter.certPEM(), other.certPEM()), corp.inter.key, ca.ErrChainIncomplete},
-		{"root followed by its intermediate", concat(corp.root.certPEM(), corp.inter.certPEM()), corp.root.key, ca.ErrChainIncomplete},
-		{"path length forbids the intermediate", concat(interOfNoInter.certPEM(), noInterRoot.certPEM()), interOfNoInter.key, ca.ErrChainIncomplete},
-		{"expired", expired.certPEM(), expired.key, ca.ErrExpiring},
-		{"not yet valid", notYet.certPEM(), notYet.key, ca.ErrExpiring},
-		{"a second under a year left", shortLived.certPEM(), shortLived.key, ca.ErrExpiring},
-		{"expired root above a good intermediate", concat(interOfExpired.certPEM(), expiredRoot.certPEM()), interOfExpired.key, ca.ErrExpiring},
-		{"P-224 CA", p224.certPEM(), p224.key, ca.ErrUnsupportedKey},
-		{"Ed25519 CA", ed.certPEM(), ed.key, ca.ErrUnsupportedKey},
-		{"RSA 1024 CA", weak.certPEM(), weak.key, ca.ErrWeakKey},
-		{"empty", nil, good.key, ca.ErrMalformedPEM},
-		{"not PEM", []byte("-----BEGIN garbage"), good.key, ca.ErrMalformedPEM},
-		{"block not DER", badDER, good.key, ca.ErrMalformedPEM},
-		{"key block", good.keyPEM(t), good.key, ca.ErrMalformedPEM},
-		{"trailing text", concat(good.certPEM(), []byte("trailing")), good.key, ca.ErrMalformedPEM},
+		{"not a CA", leafLike.CertPEM(), leafLike.Key, ca.ErrNotCA},
+		{"no basic constraints", noConstraints.CertPEM(), noConstraints.Key, ca.ErrNotCA},
+		{"leaf in the chain", concat(leafUnderRoot.CertPEM(), corp.root.CertPEM()), leafUnderRoot.Key, ca.ErrNotCA},
+		{"intermediate alone", corp.inter.CertPEM(), corp.inter.Key, ca.ErrChainIncomplete},
+		{"link not signed by the next", concat(corp.inter.CertPEM(), other.CertPEM()), corp.inter.Key, ca.ErrChainIncomplete},
+		{"root followed by its intermediate", concat(corp.root.CertPEM(), corp.inter.CertPEM()), corp.root.Key, ca.ErrChainIncomplete},
+		{"path length forbids the intermediate", concat(interOfNoInter.CertPEM(), noInterRoot.CertPEM()), interOfNoInter.Key, ca.ErrChainIncomplete},
+		{"expired", expired.CertPEM(), expired.Key, ca.ErrExpiring},
+		{"not yet valid", notYet.CertPEM(), notYet.Key, ca.ErrExpiring},
+		{"a second under a year left", shortLived.CertPEM(), shortLived.Key, ca.ErrExpiring},
+		{"expired root above a good intermediate", concat(interOfExpired.CertPEM(), expiredRoot.CertPEM()), interOfExpired.Key, ca.ErrExpiring},
+		{"P-224 CA", p224.CertPEM(), p224.Key, ca.ErrUnsupportedKey},
+		{"Ed25519 CA", ed.CertPEM(), ed.Key, ca.ErrUnsupportedKey},
+		{"RSA 1024 CA", weak.CertPEM(), weak.Key, ca.ErrWeakKey},
+		{"empty", nil, good.Key, ca.ErrMalformedPEM},
+		{"not PEM", []byte("-----BEGIN garbage"), good.Key, ca.ErrMalformedPEM},
+		{"block not DER", badDER, good.Key, ca.ErrMalformedPEM},
+		{"key block", good.KeyPEM(t), good.Key, ca.ErrMalformedPEM},
+		{"trailing text", concat(good.CertPEM(), []byte("trailing")), good.Key, ca.ErrMalformedPEM},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1191,7 +1192,7 @@ func TestImportExternalRefuses(t *testing.T) {
 			if m.Cert != nil || m.Chain != nil || m.Bundle != nil || m.Key != nil {
 				t.Errorf("ImportExternal returned material with its error")
 			}
-			if _, err := ca.Import(tt.certPEM, keyPEM(t, tt.key), now); !errors.Is(err, tt.want) {
+			if _, err := ca.Import(tt.certPEM, testkit.KeyPEM(t, tt.key), now); !errors.Is(err, tt.want) {
 				t.Errorf("Import(same certificates, their key) = %v, want %v as ImportExternal", err, tt.want)
 			}
 		})
@@ -1200,19 +1201,19 @@ func TestImportExternalRefuses(t *testing.T) {
 
 // ImportExternal measures the validity left at the now given.
 func TestImportExternalUsesGivenTime(t *testing.T) {
-	r := newCA(t, "Root", ecKey(t, elliptic.P256()), nil) // valid to now+10y
+	r := testkit.NewX509CA(t, "Root", ecKey(t, elliptic.P256()), nil, now) // valid to now+10y
 	tests := []struct {
 		at   time.Time
 		want error
 	}{
 		{now, nil},
-		{r.cert.NotAfter.Add(-ca.MinCAValidity), nil},
-		{r.cert.NotAfter.Add(-ca.MinCAValidity + time.Second), ca.ErrExpiring},
-		{r.cert.NotBefore.Add(-time.Second), ca.ErrExpiring},
-		{r.cert.NotBefore, nil},
+		{r.Cert.NotAfter.Add(-ca.MinCAValidity), nil},
+		{r.Cert.NotAfter.Add(-ca.MinCAValidity + time.Second), ca.ErrExpiring},
+		{r.Cert.NotBefore.Add(-time.Second), ca.ErrExpiring},
+		{r.Cert.NotBefore, nil},
 	}
 	for _, tt := range tests {
-		if _, err := ca.ImportExternal(r.certPEM(), tt.at); !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
+		if _, err := ca.ImportExternal(r.CertPEM(), tt.at); !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
 			t.Errorf("ImportExternal(root, %v) = %v, want %v", tt.at, err, tt.want)
 		}
 	}

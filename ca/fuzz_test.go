@@ -24,6 +24,7 @@ import (
 	"testing"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 // Seeds whose name starts with "ok-" must be accepted and those starting
@@ -50,19 +51,19 @@ func fuzzSeeds(tb testing.TB) map[string][]fuzzSeed {
 	cluster := newID(tb, 1)
 	gen := root(tb, 2, cluster)
 	corp := newCorpChain(tb)
-	p384 := newCA(tb, "P-384 Root", ecKey(tb, elliptic.P384()), nil)
-	sec1, err := x509.MarshalECPrivateKey(p384.key.(*ecdsa.PrivateKey))
+	p384 := testkit.NewX509CA(tb, "P-384 Root", ecKey(tb, elliptic.P384()), nil, now)
+	sec1, err := x509.MarshalECPrivateKey(p384.Key.(*ecdsa.PrivateKey))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	expired := newCA(tb, "Expired Root", ecKey(tb, elliptic.P256()), nil, func(c *x509.Certificate) {
+	expired := testkit.NewX509CA(tb, "Expired Root", ecKey(tb, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.NotBefore, c.NotAfter = now.AddDate(-3, 0, 0), now.AddDate(0, 0, -1)
 	})
-	notCA := newCA(tb, "Not A CA", ecKey(tb, elliptic.P256()), nil, func(c *x509.Certificate) {
+	notCA := testkit.NewX509CA(tb, "Not A CA", ecKey(tb, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.IsCA, c.KeyUsage = false, x509.KeyUsageDigitalSignature
 	})
-	pathRoot := newCA(tb, "Path Root", ecKey(tb, elliptic.P256()), nil, func(c *x509.Certificate) { c.MaxPathLen, c.MaxPathLenZero = 0, true })
-	pathInter := newCA(tb, "Path Inter", ecKey(tb, elliptic.P256()), &pathRoot)
+	pathRoot := testkit.NewX509CA(tb, "Path Root", ecKey(tb, elliptic.P256()), nil, now, func(c *x509.Certificate) { c.MaxPathLen, c.MaxPathLenZero = 0, true })
+	pathInter := testkit.NewX509CA(tb, "Path Inter", ecKey(tb, elliptic.P256()), pathRoot, now)
 
 	x, err := ecdh.X25519().GenerateKey(crand.Reader)
 	if err != nil {
@@ -125,7 +126,7 @@ func fuzzSeeds(tb testing.TB) map[string][]fuzzSeed {
 		},
 		"FuzzParseCertificates": {
 			{"ok-root", []any{gen.Cert}},
-			{"ok-chain", []any{concat(corp.inter.certPEM(), corp.root.certPEM())}},
+			{"ok-chain", []any{concat(corp.inter.CertPEM(), corp.root.CertPEM())}},
 			{"ok-crlf", []any{bytes.ReplaceAll(gen.Cert, []byte("\n"), []byte("\r\n"))}},
 			{"bad-trailing", []any{concat(gen.Cert, []byte("junk"))}},
 			{"bad-key-block", []any{gen.Key}},
@@ -136,7 +137,7 @@ func fuzzSeeds(tb testing.TB) map[string][]fuzzSeed {
 			{"ok-pkcs8-p256", []any{gen.Key}},
 			{"ok-sec1-p384", []any{pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: sec1})}},
 			{"ok-pkcs1-rsa1024", []any{pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rsaKey(tb, 1024))})}},
-			{"ok-pkcs8-ed25519", []any{keyPEM(tb, edKey(tb))}},
+			{"ok-pkcs8-ed25519", []any{testkit.KeyPEM(tb, edKey(tb))}},
 			{"ok-after-certificate", []any{concat(gen.Cert, gen.Key)}},
 			{"bad-encrypted", []any{encrypted}},
 			{"bad-legacy-encrypted", []any{legacy}},
@@ -147,13 +148,13 @@ func fuzzSeeds(tb testing.TB) map[string][]fuzzSeed {
 		"FuzzSign":     csrs,
 		"FuzzImport": {
 			{"ok-generated-root", []any{gen.Cert, gen.Key}},
-			{"ok-corporate-chain", []any{concat(corp.inter.certPEM(), corp.root.certPEM()), corp.inter.keyPEM(tb)}},
-			{"ok-p384-sec1", []any{p384.certPEM(), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: sec1})}},
-			{"bad-intermediate-alone", []any{corp.inter.certPEM(), corp.inter.keyPEM(tb)}},
-			{"bad-key-mismatch", []any{gen.Cert, corp.inter.keyPEM(tb)}},
-			{"bad-expired", []any{expired.certPEM(), expired.keyPEM(tb)}},
-			{"bad-not-ca", []any{notCA.certPEM(), notCA.keyPEM(tb)}},
-			{"bad-path-length", []any{concat(pathInter.certPEM(), pathRoot.certPEM()), pathInter.keyPEM(tb)}},
+			{"ok-corporate-chain", []any{concat(corp.inter.CertPEM(), corp.root.CertPEM()), corp.inter.KeyPEM(tb)}},
+			{"ok-p384-sec1", []any{p384.CertPEM(), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: sec1})}},
+			{"bad-intermediate-alone", []any{corp.inter.CertPEM(), corp.inter.KeyPEM(tb)}},
+			{"bad-key-mismatch", []any{gen.Cert, corp.inter.KeyPEM(tb)}},
+			{"bad-expired", []any{expired.CertPEM(), expired.KeyPEM(tb)}},
+			{"bad-not-ca", []any{notCA.CertPEM(), notCA.KeyPEM(tb)}},
+			{"bad-path-length", []any{concat(pathInter.CertPEM(), pathRoot.CertPEM()), pathInter.KeyPEM(tb)}},
 			{"bad-encrypted-key", []any{gen.Cert, encrypted}},
 			{"bad-garbage", []any{[]byte("garbage"), []byte("garbage")}},
 		},

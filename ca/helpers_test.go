@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 // now is the fixed instant every test runs at. Whole seconds, so that
@@ -108,82 +109,27 @@ func newID(t testing.TB, seed uint64) string {
 	return id
 }
 
-// testCA is a CA certificate made directly with crypto/x509, the way a
-// corporate PKI would, for Import and rotation tests.
-type testCA struct {
-	cert *x509.Certificate
-	key  crypto.Signer
-}
-
 var serialSeq atomic.Int64
 
 func nextSerial() *big.Int { return big.NewInt(1000 + serialSeq.Add(1)) }
 
-// newCA certifies key as a CA named cn, valid from a day before now for ten
-// years, signed by parent (self-signed when parent is nil). mods adjust the
-// template before signing.
-func newCA(t testing.TB, cn string, key crypto.Signer, parent *testCA, mods ...func(*x509.Certificate)) testCA {
-	t.Helper()
-	tmpl := &x509.Certificate{
-		SerialNumber:          nextSerial(),
-		Subject:               pkix.Name{CommonName: cn, Organization: []string{"Example Corp"}},
-		NotBefore:             now.Add(-24 * time.Hour),
-		NotAfter:              now.AddDate(10, 0, 0),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	for _, m := range mods {
-		m(tmpl)
-	}
-	issuer, signer := tmpl, key
-	if parent != nil {
-		issuer, signer = parent.cert, parent.key
-	}
-	der, err := x509.CreateCertificate(crand.Reader, tmpl, issuer, key.Public(), signer)
-	if err != nil {
-		t.Fatalf("x509.CreateCertificate(%s) = %v", cn, err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatalf("x509.ParseCertificate(%s) = %v", cn, err)
-	}
-	return testCA{cert: c, key: key}
-}
-
-func (c testCA) certPEM() []byte { return ca.EncodeCertificates(c.cert) }
-
-func (c testCA) keyPEM(t testing.TB) []byte {
-	t.Helper()
-	return keyPEM(t, c.key)
-}
-
-func keyPEM(t testing.TB, k crypto.Signer) []byte {
-	t.Helper()
-	p, err := ca.MarshalKey(k)
-	if err != nil {
-		t.Fatalf("MarshalKey(%T) = %v", k, err)
-	}
-	return p
-}
-
 // corpChain is a corporate PKI: a root and an intermediate under it.
 type corpChain struct {
-	root, inter testCA
+	root, inter *testkit.CA
 }
 
 func newCorpChain(t testing.TB) corpChain {
 	t.Helper()
-	root := newCA(t, "Example Root CA", ecKey(t, elliptic.P384()), nil)
-	inter := newCA(t, "Example Issuing CA", ecKey(t, elliptic.P256()), &root)
+	root := testkit.NewX509CA(t, "Example Root CA", ecKey(t, elliptic.P384()), nil, now)
+	inter := testkit.NewX509CA(t, "Example Issuing CA", ecKey(t, elliptic.P256()), root, now)
 	return corpChain{root: root, inter: inter}
 }
 
 // material imports the intermediate with its chain.
 func (c corpChain) material(t testing.TB) ca.Material {
 	t.Helper()
-	certPEM := append(c.inter.certPEM(), c.root.certPEM()...)
-	m, err := ca.Import(certPEM, c.inter.keyPEM(t), now)
+	certPEM := append(c.inter.CertPEM(), c.root.CertPEM()...)
+	m, err := ca.Import(certPEM, c.inter.KeyPEM(t), now)
 	if err != nil {
 		t.Fatalf("Import(corporate intermediate + root) = %v", err)
 	}

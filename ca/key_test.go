@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 func TestParseKey(t *testing.T) {
@@ -32,13 +33,13 @@ func TestParseKey(t *testing.T) {
 		in   []byte
 		want crypto.PublicKey
 	}{
-		{"PKCS#8 P-256", keyPEM(t, p256), p256.Public()},
-		{"PKCS#8 Ed25519", keyPEM(t, ed), ed.Public()},
-		{"PKCS#8 RSA", keyPEM(t, rsaK), rsaK.Public()},
+		{"PKCS#8 P-256", testkit.KeyPEM(t, p256), p256.Public()},
+		{"PKCS#8 Ed25519", testkit.KeyPEM(t, ed), ed.Public()},
+		{"PKCS#8 RSA", testkit.KeyPEM(t, rsaK), rsaK.Public()},
 		{"SEC 1", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: sec1}), p384.Public()},
 		{"PKCS#1", pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rsaK)}), rsaK.Public()},
-		{"after a certificate", concat(certBlock, keyPEM(t, p256)), p256.Public()},
-		{"after text", concat([]byte("Key for the CA:\n"), keyPEM(t, p256)), p256.Public()},
+		{"after a certificate", concat(certBlock, testkit.KeyPEM(t, p256)), p256.Public()},
+		{"after text", concat([]byte("Key for the CA:\n"), testkit.KeyPEM(t, p256)), p256.Public()},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -74,7 +75,7 @@ func TestParseKeyRefuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p256 := keyPEM(t, ecKey(t, elliptic.P256()))
+	p256 := testkit.KeyPEM(t, ecKey(t, elliptic.P256()))
 	b, _ := pem.Decode(p256)
 	legacy := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Headers: map[string]string{"Proc-Type": "4,ENCRYPTED", "DEK-Info": "DES-EDE3-CBC,0011223344556677"}, Bytes: []byte("ciphertext")})
 	tests := []struct {
@@ -258,8 +259,8 @@ func TestParseBundle(t *testing.T) {
 		in   []byte
 		want error
 	}{
-		{"intermediate", corp.inter.certPEM(), ca.ErrChainIncomplete},
-		{"root then intermediate", concat(corp.root.certPEM(), corp.inter.certPEM()), ca.ErrChainIncomplete},
+		{"intermediate", corp.inter.CertPEM(), ca.ErrChainIncomplete},
+		{"root then intermediate", concat(corp.root.CertPEM(), corp.inter.CertPEM()), ca.ErrChainIncomplete},
 		{"leaf", iss.PEM, ca.ErrNotCA},
 		{"garbage", []byte("garbage"), ca.ErrMalformedPEM},
 	}

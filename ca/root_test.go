@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 func TestGenerateRoot(t *testing.T) {
@@ -148,19 +149,19 @@ func TestGenerateRootFailingReader(t *testing.T) {
 }
 
 func TestImport(t *testing.T) {
-	p256 := newCA(t, "P-256 Root", ecKey(t, elliptic.P256()), nil)
-	p384 := newCA(t, "P-384 Root", ecKey(t, elliptic.P384()), nil)
-	rsaRoot := newCA(t, "RSA Root", rsaKey(t, 2048), nil)
+	p256 := testkit.NewX509CA(t, "P-256 Root", ecKey(t, elliptic.P256()), nil, now)
+	p384 := testkit.NewX509CA(t, "P-384 Root", ecKey(t, elliptic.P384()), nil, now)
+	rsaRoot := testkit.NewX509CA(t, "RSA Root", rsaKey(t, 2048), nil, now)
 	corp := newCorpChain(t)
 	// A three-level chain: issuing CA, policy CA, root.
-	policy := newCA(t, "Example Policy CA", ecKey(t, elliptic.P256()), &corp.root)
-	issuing := newCA(t, "Example Issuing CA 2", ecKey(t, elliptic.P256()), &policy)
+	policy := testkit.NewX509CA(t, "Example Policy CA", ecKey(t, elliptic.P256()), corp.root, now)
+	issuing := testkit.NewX509CA(t, "Example Issuing CA 2", ecKey(t, elliptic.P256()), policy, now)
 	// Exactly MinCAValidity left is enough.
-	yearRoot := newCA(t, "Year Root", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) {
+	yearRoot := testkit.NewX509CA(t, "Year Root", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.NotAfter = now.Add(ca.MinCAValidity)
 	})
 
-	sec1, err := x509.MarshalECPrivateKey(p256.key.(*ecdsa.PrivateKey))
+	sec1, err := x509.MarshalECPrivateKey(p256.Key.(*ecdsa.PrivateKey))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,17 +176,17 @@ func TestImport(t *testing.T) {
 		chain     []*x509.Certificate // want Chain
 		wantSigAl x509.SignatureAlgorithm
 	}{
-		{"ECDSA P-256 root", p256.certPEM(), p256.keyPEM(t), p256.cert, p256.cert, nil, x509.ECDSAWithSHA256},
-		{"ECDSA P-256 root, SEC 1 key", p256.certPEM(), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: sec1}), p256.cert, p256.cert, nil, x509.ECDSAWithSHA256},
-		{"ECDSA P-384 root", p384.certPEM(), p384.keyPEM(t), p384.cert, p384.cert, nil, x509.ECDSAWithSHA384},
-		{"RSA 2048 root", rsaRoot.certPEM(), rsaRoot.keyPEM(t), rsaRoot.cert, rsaRoot.cert, nil, x509.SHA256WithRSA},
-		{"RSA 2048 root, PKCS#1 key", rsaRoot.certPEM(), pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: pkcs1}), rsaRoot.cert, rsaRoot.cert, nil, x509.SHA256WithRSA},
-		{"root with exactly a year left", yearRoot.certPEM(), yearRoot.keyPEM(t), yearRoot.cert, yearRoot.cert, nil, x509.ECDSAWithSHA256},
-		{"corporate intermediate and root", concat(corp.inter.certPEM(), corp.root.certPEM()), corp.inter.keyPEM(t),
-			corp.inter.cert, corp.root.cert, []*x509.Certificate{corp.inter.cert}, x509.ECDSAWithSHA256},
-		{"three-level chain", concat(issuing.certPEM(), policy.certPEM(), corp.root.certPEM()), issuing.keyPEM(t),
-			issuing.cert, corp.root.cert, []*x509.Certificate{issuing.cert, policy.cert}, x509.ECDSAWithSHA256},
-		{"surrounding whitespace", concat([]byte("\n\n"), p256.certPEM(), []byte("\n \t\r\n")), p256.keyPEM(t), p256.cert, p256.cert, nil, x509.ECDSAWithSHA256},
+		{"ECDSA P-256 root", p256.CertPEM(), p256.KeyPEM(t), p256.Cert, p256.Cert, nil, x509.ECDSAWithSHA256},
+		{"ECDSA P-256 root, SEC 1 key", p256.CertPEM(), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: sec1}), p256.Cert, p256.Cert, nil, x509.ECDSAWithSHA256},
+		{"ECDSA P-384 root", p384.CertPEM(), p384.KeyPEM(t), p384.Cert, p384.Cert, nil, x509.ECDSAWithSHA384},
+		{"RSA 2048 root", rsaRoot.CertPEM(), rsaRoot.KeyPEM(t), rsaRoot.Cert, rsaRoot.Cert, nil, x509.SHA256WithRSA},
+		{"RSA 2048 root, PKCS#1 key", rsaRoot.CertPEM(), pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: pkcs1}), rsaRoot.Cert, rsaRoot.Cert, nil, x509.SHA256WithRSA},
+		{"root with exactly a year left", yearRoot.CertPEM(), yearRoot.KeyPEM(t), yearRoot.Cert, yearRoot.Cert, nil, x509.ECDSAWithSHA256},
+		{"corporate intermediate and root", concat(corp.inter.CertPEM(), corp.root.CertPEM()), corp.inter.KeyPEM(t),
+			corp.inter.Cert, corp.root.Cert, []*x509.Certificate{corp.inter.Cert}, x509.ECDSAWithSHA256},
+		{"three-level chain", concat(issuing.CertPEM(), policy.CertPEM(), corp.root.CertPEM()), issuing.KeyPEM(t),
+			issuing.Cert, corp.root.Cert, []*x509.Certificate{issuing.Cert, policy.Cert}, x509.ECDSAWithSHA256},
+		{"surrounding whitespace", concat([]byte("\n\n"), p256.CertPEM(), []byte("\n \t\r\n")), p256.KeyPEM(t), p256.Cert, p256.Cert, nil, x509.ECDSAWithSHA256},
 	}
 	cluster := newID(t, 1)
 	id := ca.Identity{NodeID: newID(t, 2), Role: ca.RoleWorker, ClusterID: cluster}
@@ -238,50 +239,50 @@ func TestImport(t *testing.T) {
 
 func TestImportRefuses(t *testing.T) {
 	p256Key := ecKey(t, elliptic.P256())
-	good := newCA(t, "Good Root", p256Key, nil)
+	good := testkit.NewX509CA(t, "Good Root", p256Key, nil, now)
 	corp := newCorpChain(t)
-	other := newCA(t, "Other Root", ecKey(t, elliptic.P256()), nil)
+	other := testkit.NewX509CA(t, "Other Root", ecKey(t, elliptic.P256()), nil, now)
 
-	leafLike := newCA(t, "Not A CA", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) {
+	leafLike := testkit.NewX509CA(t, "Not A CA", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.IsCA = false
 		c.KeyUsage = x509.KeyUsageDigitalSignature
 	})
-	noConstraints := newCA(t, "No Basic Constraints", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) {
+	noConstraints := testkit.NewX509CA(t, "No Basic Constraints", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.BasicConstraintsValid = false
 		c.IsCA = false
 	})
-	leafUnderRoot := newCA(t, "Leaf Under Corp Root", ecKey(t, elliptic.P256()), &corp.root, func(c *x509.Certificate) {
+	leafUnderRoot := testkit.NewX509CA(t, "Leaf Under Corp Root", ecKey(t, elliptic.P256()), corp.root, now, func(c *x509.Certificate) {
 		c.IsCA = false
 		c.KeyUsage = x509.KeyUsageDigitalSignature
 	})
-	expired := newCA(t, "Expired Root", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) {
+	expired := testkit.NewX509CA(t, "Expired Root", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.NotBefore = now.AddDate(-10, 0, 0)
 		c.NotAfter = now.Add(-time.Second)
 	})
-	notYet := newCA(t, "Future Root", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) {
+	notYet := testkit.NewX509CA(t, "Future Root", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.NotBefore = now.Add(time.Hour)
 	})
-	shortLived := newCA(t, "Short Root", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) {
+	shortLived := testkit.NewX509CA(t, "Short Root", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.NotAfter = now.Add(ca.MinCAValidity - time.Second)
 	})
-	expiredRoot := newCA(t, "Expired Corp Root", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) {
+	expiredRoot := testkit.NewX509CA(t, "Expired Corp Root", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.NotBefore = now.AddDate(-10, 0, 0)
 		c.NotAfter = now.Add(-time.Hour)
 	})
-	interOfExpired := newCA(t, "Inter Of Expired", ecKey(t, elliptic.P256()), &expiredRoot)
-	p224 := newCA(t, "P-224 Root", ecKey(t, elliptic.P224()), nil)
-	p521 := newCA(t, "P-521 Root", ecKey(t, elliptic.P521()), nil)
-	ed := newCA(t, "Ed25519 Root", edKey(t), nil)
-	weak := newCA(t, "RSA 1024 Root", rsaKey(t, 1024), nil)
+	interOfExpired := testkit.NewX509CA(t, "Inter Of Expired", ecKey(t, elliptic.P256()), expiredRoot, now)
+	p224 := testkit.NewX509CA(t, "P-224 Root", ecKey(t, elliptic.P224()), nil, now)
+	p521 := testkit.NewX509CA(t, "P-521 Root", ecKey(t, elliptic.P521()), nil, now)
+	ed := testkit.NewX509CA(t, "Ed25519 Root", edKey(t), nil, now)
+	weak := testkit.NewX509CA(t, "RSA 1024 Root", rsaKey(t, 1024), nil, now)
 	// A P-256 intermediate under a P-224 root: the root's key is refused.
-	interOfP224 := newCA(t, "Inter Of P-224", ecKey(t, elliptic.P256()), &p224)
+	interOfP224 := testkit.NewX509CA(t, "Inter Of P-224", ecKey(t, elliptic.P256()), p224, now)
 
 	// A root that allows no intermediate CA below it (pathlen:0): an
 	// intermediate under it cannot issue anything that verifies.
-	noInterRoot := newCA(t, "No Intermediates Root", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) {
+	noInterRoot := testkit.NewX509CA(t, "No Intermediates Root", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.MaxPathLen, c.MaxPathLenZero = 0, true
 	})
-	interOfNoInter := newCA(t, "Inter Of No Intermediates Root", ecKey(t, elliptic.P256()), &noInterRoot)
+	interOfNoInter := testkit.NewX509CA(t, "Inter Of No Intermediates Root", ecKey(t, elliptic.P256()), noInterRoot, now)
 
 	badDER := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("not DER")})
 	encrypted := pem.EncodeToMemory(&pem.Block{Type: "ENCRYPTED PRIVATE KEY", Bytes: []byte{0x30, 0x03, 0x02, 0x01, 0x00}})
@@ -297,37 +298,37 @@ func TestImportRefuses(t *testing.T) {
 		keyPEM  []byte
 		want    error
 	}{
-		{"not a CA", leafLike.certPEM(), leafLike.keyPEM(t), ca.ErrNotCA},
-		{"no basic constraints", noConstraints.certPEM(), noConstraints.keyPEM(t), ca.ErrNotCA},
-		{"leaf in the chain", concat(leafUnderRoot.certPEM(), corp.root.certPEM()), leafUnderRoot.keyPEM(t), ca.ErrNotCA},
-		{"intermediate alone", corp.inter.certPEM(), corp.inter.keyPEM(t), ca.ErrChainIncomplete},
-		{"link not signed by the next", concat(corp.inter.certPEM(), other.certPEM()), corp.inter.keyPEM(t), ca.ErrChainIncomplete},
-		{"root followed by its intermediate", concat(corp.root.certPEM(), corp.inter.certPEM()), corp.root.keyPEM(t), ca.ErrChainIncomplete},
-		{"path length forbids the intermediate", concat(interOfNoInter.certPEM(), noInterRoot.certPEM()), interOfNoInter.keyPEM(t), ca.ErrChainIncomplete},
-		{"expired", expired.certPEM(), expired.keyPEM(t), ca.ErrExpiring},
-		{"not yet valid", notYet.certPEM(), notYet.keyPEM(t), ca.ErrExpiring},
-		{"a second under a year left", shortLived.certPEM(), shortLived.keyPEM(t), ca.ErrExpiring},
-		{"expired root above a good intermediate", concat(interOfExpired.certPEM(), expiredRoot.certPEM()), interOfExpired.keyPEM(t), ca.ErrExpiring},
-		{"key does not match", good.certPEM(), other.keyPEM(t), ca.ErrKeyMismatch},
-		{"root key given for the intermediate", concat(corp.inter.certPEM(), corp.root.certPEM()), corp.root.keyPEM(t), ca.ErrKeyMismatch},
-		{"P-224 CA", p224.certPEM(), p224.keyPEM(t), ca.ErrUnsupportedKey},
-		{"P-521 CA", p521.certPEM(), p521.keyPEM(t), ca.ErrUnsupportedKey},
-		{"P-224 root above a P-256 intermediate", concat(interOfP224.certPEM(), p224.certPEM()), interOfP224.keyPEM(t), ca.ErrUnsupportedKey},
-		{"Ed25519 CA", ed.certPEM(), ed.keyPEM(t), ca.ErrUnsupportedKey},
-		{"Ed25519 key for a P-256 certificate", good.certPEM(), keyPEM(t, edKey(t)), ca.ErrUnsupportedKey},
-		{"RSA 1024 CA", weak.certPEM(), weak.keyPEM(t), ca.ErrWeakKey},
-		{"RSA 1024 key for a P-256 certificate", good.certPEM(), keyPEM(t, rsaKey(t, 1024)), ca.ErrWeakKey},
-		{"empty certificate", nil, good.keyPEM(t), ca.ErrMalformedPEM},
-		{"certificate not PEM", []byte("-----BEGIN garbage"), good.keyPEM(t), ca.ErrMalformedPEM},
-		{"certificate block not DER", badDER, good.keyPEM(t), ca.ErrMalformedPEM},
-		{"key block where the certificate goes", good.keyPEM(t), good.keyPEM(t), ca.ErrMalformedPEM},
-		{"trailing text after the certificate", concat(good.certPEM(), []byte("trailing")), good.keyPEM(t), ca.ErrMalformedPEM},
-		{"empty key", good.certPEM(), nil, ca.ErrMalformedPEM},
-		{"key not PEM", good.certPEM(), []byte("not a key"), ca.ErrMalformedPEM},
-		{"key block not DER", good.certPEM(), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: []byte("not DER")}), ca.ErrMalformedPEM},
-		{"certificate where the key goes", good.certPEM(), good.certPEM(), ca.ErrMalformedPEM},
-		{"encrypted PKCS#8 key", good.certPEM(), encrypted, ca.ErrMalformedPEM},
-		{"legacy encrypted key", good.certPEM(), legacyEncrypted, ca.ErrMalformedPEM},
+		{"not a CA", leafLike.CertPEM(), leafLike.KeyPEM(t), ca.ErrNotCA},
+		{"no basic constraints", noConstraints.CertPEM(), noConstraints.KeyPEM(t), ca.ErrNotCA},
+		{"leaf in the chain", concat(leafUnderRoot.CertPEM(), corp.root.CertPEM()), leafUnderRoot.KeyPEM(t), ca.ErrNotCA},
+		{"intermediate alone", corp.inter.CertPEM(), corp.inter.KeyPEM(t), ca.ErrChainIncomplete},
+		{"link not signed by the next", concat(corp.inter.CertPEM(), other.CertPEM()), corp.inter.KeyPEM(t), ca.ErrChainIncomplete},
+		{"root followed by its intermediate", concat(corp.root.CertPEM(), corp.inter.CertPEM()), corp.root.KeyPEM(t), ca.ErrChainIncomplete},
+		{"path length forbids the intermediate", concat(interOfNoInter.CertPEM(), noInterRoot.CertPEM()), interOfNoInter.KeyPEM(t), ca.ErrChainIncomplete},
+		{"expired", expired.CertPEM(), expired.KeyPEM(t), ca.ErrExpiring},
+		{"not yet valid", notYet.CertPEM(), notYet.KeyPEM(t), ca.ErrExpiring},
+		{"a second under a year left", shortLived.CertPEM(), shortLived.KeyPEM(t), ca.ErrExpiring},
+		{"expired root above a good intermediate", concat(interOfExpired.CertPEM(), expiredRoot.CertPEM()), interOfExpired.KeyPEM(t), ca.ErrExpiring},
+		{"key does not match", good.CertPEM(), other.KeyPEM(t), ca.ErrKeyMismatch},
+		{"root key given for the intermediate", concat(corp.inter.CertPEM(), corp.root.CertPEM()), corp.root.KeyPEM(t), ca.ErrKeyMismatch},
+		{"P-224 CA", p224.CertPEM(), p224.KeyPEM(t), ca.ErrUnsupportedKey},
+		{"P-521 CA", p521.CertPEM(), p521.KeyPEM(t), ca.ErrUnsupportedKey},
+		{"P-224 root above a P-256 intermediate", concat(interOfP224.CertPEM(), p224.CertPEM()), interOfP224.KeyPEM(t), ca.ErrUnsupportedKey},
+		{"Ed25519 CA", ed.CertPEM(), ed.KeyPEM(t), ca.ErrUnsupportedKey},
+		{"Ed25519 key for a P-256 certificate", good.CertPEM(), testkit.KeyPEM(t, edKey(t)), ca.ErrUnsupportedKey},
+		{"RSA 1024 CA", weak.CertPEM(), weak.KeyPEM(t), ca.ErrWeakKey},
+		{"RSA 1024 key for a P-256 certificate", good.CertPEM(), testkit.KeyPEM(t, rsaKey(t, 1024)), ca.ErrWeakKey},
+		{"empty certificate", nil, good.KeyPEM(t), ca.ErrMalformedPEM},
+		{"certificate not PEM", []byte("-----BEGIN garbage"), good.KeyPEM(t), ca.ErrMalformedPEM},
+		{"certificate block not DER", badDER, good.KeyPEM(t), ca.ErrMalformedPEM},
+		{"key block where the certificate goes", good.KeyPEM(t), good.KeyPEM(t), ca.ErrMalformedPEM},
+		{"trailing text after the certificate", concat(good.CertPEM(), []byte("trailing")), good.KeyPEM(t), ca.ErrMalformedPEM},
+		{"empty key", good.CertPEM(), nil, ca.ErrMalformedPEM},
+		{"key not PEM", good.CertPEM(), []byte("not a key"), ca.ErrMalformedPEM},
+		{"key block not DER", good.CertPEM(), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: []byte("not DER")}), ca.ErrMalformedPEM},
+		{"certificate where the key goes", good.CertPEM(), good.CertPEM(), ca.ErrMalformedPEM},
+		{"encrypted PKCS#8 key", good.CertPEM(), encrypted, ca.ErrMalformedPEM},
+		{"legacy encrypted key", good.CertPEM(), legacyEncrypted, ca.ErrMalformedPEM},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -344,9 +345,9 @@ func TestImportRefuses(t *testing.T) {
 
 // The message for an encrypted key says what to do.
 func TestImportEncryptedKeySaysDecrypt(t *testing.T) {
-	good := newCA(t, "Good Root", ecKey(t, elliptic.P256()), nil)
+	good := testkit.NewX509CA(t, "Good Root", ecKey(t, elliptic.P256()), nil, now)
 	enc := pem.EncodeToMemory(&pem.Block{Type: "ENCRYPTED PRIVATE KEY", Bytes: []byte{0x30, 0x00}})
-	_, err := ca.Import(good.certPEM(), enc, now)
+	_, err := ca.Import(good.CertPEM(), enc, now)
 	if !errors.Is(err, ca.ErrMalformedPEM) || !strings.Contains(err.Error(), "decrypt") {
 		t.Errorf("Import(encrypted key) = %v, want %v saying to decrypt the key", err, ca.ErrMalformedPEM)
 	}
@@ -354,21 +355,21 @@ func TestImportEncryptedKeySaysDecrypt(t *testing.T) {
 
 // An imported root's remaining validity is measured at the now given.
 func TestImportUsesGivenTime(t *testing.T) {
-	r := newCA(t, "Root", ecKey(t, elliptic.P256()), nil) // valid to now+10y
+	r := testkit.NewX509CA(t, "Root", ecKey(t, elliptic.P256()), nil, now) // valid to now+10y
 	tests := []struct {
 		at   time.Time
 		want error
 	}{
 		{now, nil},
 		{now.AddDate(8, 0, 0), nil},
-		{r.cert.NotAfter.Add(-ca.MinCAValidity), nil},
-		{r.cert.NotAfter.Add(-ca.MinCAValidity + time.Second), ca.ErrExpiring},
-		{r.cert.NotAfter, ca.ErrExpiring},
-		{r.cert.NotBefore.Add(-time.Second), ca.ErrExpiring},
-		{r.cert.NotBefore, nil},
+		{r.Cert.NotAfter.Add(-ca.MinCAValidity), nil},
+		{r.Cert.NotAfter.Add(-ca.MinCAValidity + time.Second), ca.ErrExpiring},
+		{r.Cert.NotAfter, ca.ErrExpiring},
+		{r.Cert.NotBefore.Add(-time.Second), ca.ErrExpiring},
+		{r.Cert.NotBefore, nil},
 	}
 	for _, tt := range tests {
-		_, err := ca.Import(r.certPEM(), r.keyPEM(t), tt.at)
+		_, err := ca.Import(r.CertPEM(), r.KeyPEM(t), tt.at)
 		if !errors.Is(err, tt.want) {
 			t.Errorf("Import(root, %v) = %v, want %v", tt.at, err, tt.want)
 		}

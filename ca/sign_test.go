@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 // signFixture is a generated root and its Signer.
@@ -266,9 +267,9 @@ func TestSignClampsToCAExpiry(t *testing.T) {
 // the bundle's root included, not only the signing certificate's.
 func TestSignClampsToChainExpiry(t *testing.T) {
 	rootEnd := now.Add(ca.MinCAValidity + 24*time.Hour)
-	corpRoot := newCA(t, "Root", ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) { c.NotAfter = rootEnd })
-	inter := newCA(t, "Inter", ecKey(t, elliptic.P256()), &corpRoot) // outlives its root
-	m, err := ca.Import(concat(inter.certPEM(), corpRoot.certPEM()), inter.keyPEM(t), now)
+	corpRoot := testkit.NewX509CA(t, "Root", ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) { c.NotAfter = rootEnd })
+	inter := testkit.NewX509CA(t, "Inter", ecKey(t, elliptic.P256()), corpRoot, now) // outlives its root
+	m, err := ca.Import(concat(inter.CertPEM(), corpRoot.CertPEM()), inter.KeyPEM(t), now)
 	if err != nil {
 		t.Fatalf("Import = %v", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 func TestVerify(t *testing.T) {
@@ -24,7 +25,7 @@ func TestVerify(t *testing.T) {
 		wantIssuer *x509.Certificate
 	}{
 		{"generated root", f.s, f.m.Bundle, f.root},
-		{"corporate intermediate", corpS, corpM.Bundle, corp.inter.cert},
+		{"corporate intermediate", corpS, corpM.Bundle, corp.inter.Cert},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -89,13 +90,13 @@ func TestVerifyRefuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rootCA := testCA{cert: f.root, key: rootKey}
-	codeSigning := newCA(t, id.NodeID, ecKey(t, elliptic.P256()), &rootCA, func(c *x509.Certificate) {
+	rootCA := &testkit.CA{Cert: f.root, Key: rootKey}
+	codeSigning := testkit.NewX509CA(t, id.NodeID, ecKey(t, elliptic.P256()), rootCA, now, func(c *x509.Certificate) {
 		c.Subject = pkix.Name{CommonName: id.NodeID, OrganizationalUnit: []string{string(id.Role)}, Organization: []string{id.ClusterID}}
 		c.IsCA, c.KeyUsage = false, x509.KeyUsageDigitalSignature
 		c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}
 	})
-	noIdentity := newCA(t, "alice", ecKey(t, elliptic.P256()), &rootCA, func(c *x509.Certificate) {
+	noIdentity := testkit.NewX509CA(t, "alice", ecKey(t, elliptic.P256()), rootCA, now, func(c *x509.Certificate) {
 		c.IsCA, c.KeyUsage = false, x509.KeyUsageDigitalSignature
 		c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	})
@@ -113,8 +114,8 @@ func TestVerifyRefuses(t *testing.T) {
 		{"a second after NotAfter", iss.PEM, f.m.Bundle, iss.NotAfter.Add(time.Second), ca.ErrUntrusted},
 		{"before NotBefore", iss.PEM, f.m.Bundle, iss.NotBefore.Add(-time.Second), ca.ErrUntrusted},
 		{"corporate leaf without its intermediate", corpLeafAlone, corpM.Bundle, now, ca.ErrUntrusted},
-		{"code-signing leaf", codeSigning.certPEM(), f.m.Bundle, now, ca.ErrUntrusted},
-		{"leaf naming no node", noIdentity.certPEM(), f.m.Bundle, now, ca.ErrBadIdentity},
+		{"code-signing leaf", codeSigning.CertPEM(), f.m.Bundle, now, ca.ErrUntrusted},
+		{"leaf naming no node", noIdentity.CertPEM(), f.m.Bundle, now, ca.ErrBadIdentity},
 		{"bundle not self-signed", corpIss.PEM, corpM.Chain, now, ca.ErrChainIncomplete},
 		{"bundle not a CA", iss.PEM, concat(f.m.Bundle, pemBlocks(iss.PEM)[0]), now, ca.ErrNotCA},
 		{"empty bundle", iss.PEM, nil, now, ca.ErrMalformedPEM},
@@ -149,7 +150,7 @@ func TestVerifyKeepsX509Cause(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	codeSigning := newCA(t, id.NodeID, ecKey(t, elliptic.P256()), &testCA{cert: f.root, key: rootKey}, func(c *x509.Certificate) {
+	codeSigning := testkit.NewX509CA(t, id.NodeID, ecKey(t, elliptic.P256()), &testkit.CA{Cert: f.root, Key: rootKey}, now, func(c *x509.Certificate) {
 		c.Subject = pkix.Name{CommonName: id.NodeID, OrganizationalUnit: []string{string(id.Role)}, Organization: []string{id.ClusterID}}
 		c.IsCA, c.KeyUsage = false, x509.KeyUsageDigitalSignature
 		c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}
@@ -172,7 +173,7 @@ func TestVerifyKeepsX509Cause(t *testing.T) {
 		want  x509.InvalidReason
 	}{
 		{"expired", iss.PEM, iss.NotAfter.Add(time.Second), x509.Expired},
-		{"code signing only", codeSigning.certPEM(), now, x509.IncompatibleUsage},
+		{"code signing only", codeSigning.CertPEM(), now, x509.IncompatibleUsage},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := ca.VerifyPEM(tc.chain, f.m.Bundle, tc.at)
@@ -201,10 +202,10 @@ func TestVerifyEmptyChain(t *testing.T) {
 // root, not a node certificate: Verify refuses it (and does not panic).
 func TestVerifyRootAsLeaf(t *testing.T) {
 	id := ca.Identity{NodeID: newID(t, 1), Role: ca.RoleManager, ClusterID: newID(t, 2)}
-	self := newCA(t, id.NodeID, ecKey(t, elliptic.P256()), nil, func(c *x509.Certificate) {
+	self := testkit.NewX509CA(t, id.NodeID, ecKey(t, elliptic.P256()), nil, now, func(c *x509.Certificate) {
 		c.Subject = pkix.Name{CommonName: id.NodeID, OrganizationalUnit: []string{string(id.Role)}, Organization: []string{id.ClusterID}}
 	})
-	_, _, err := ca.VerifyPEM(self.certPEM(), self.certPEM(), now)
+	_, _, err := ca.VerifyPEM(self.CertPEM(), self.CertPEM(), now)
 	if !errors.Is(err, ca.ErrUntrusted) {
 		t.Errorf("VerifyPEM(root as its own leaf) = %v, want %v", err, ca.ErrUntrusted)
 	}
@@ -222,7 +223,7 @@ func TestTLSStatus(t *testing.T) {
 		t.Errorf("StatusOf(root).Equal(StatusOf(same subject, other key)) = true, want false")
 	}
 	corp := newCorpChain(t)
-	if a.Equal(ca.StatusOf(corp.inter.cert)) {
+	if a.Equal(ca.StatusOf(corp.inter.Cert)) {
 		t.Errorf("StatusOf(root).Equal(StatusOf(other CA)) = true, want false")
 	}
 	s := a.String()

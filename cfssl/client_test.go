@@ -22,46 +22,21 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
-// Timeouts of the external CA tests: short, so that the file runs in a few
-// seconds, and long enough for a TLS handshake on 127.0.0.1 under -race.
-const (
-	extTestTimeout = 500 * time.Millisecond
-	extTestSkip    = 30 * time.Second
-	// extTestBound is how long a call that should fail fast may take.
-	extTestBound = 3 * time.Second
-	// crossSignProfile is the signing profile a manager cross-signs with
-	// (manager.CrossSignProfile).
-	crossSignProfile = "CA"
-)
+// crossSignProfile is the signing profile a manager cross-signs with
+// (manager.CrossSignProfile).
+const crossSignProfile = "CA"
 
-// extTestClock is a controllable clock for the skip window.
-type extTestClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newExtTestClock() *extTestClock {
-	return &extTestClock{t: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
-}
-
-func (c *extTestClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *extTestClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
+// newExtTestClock is a controllable clock for the skip window.
+func newExtTestClock() *testkit.Clock {
+	return testkit.NewClock(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC))
 }
 
 // extTestCA is a CA that issues the HTTPS certificates of the fake
@@ -178,9 +153,9 @@ func extConf(url string, trust *extTestCA) Endpoint {
 	return Endpoint{URL: url, RootCAs: trust.pem}
 }
 
-func newTestExternal(t *testing.T, clock *extTestClock, timeout time.Duration, eps ...Endpoint) *Client {
+func newTestExternal(t *testing.T, clock *testkit.Clock, timeout time.Duration, eps ...Endpoint) *Client {
 	t.Helper()
-	e, err := New(Config{Endpoints: eps, Timeout: timeout, Skip: extTestSkip, Now: clock.now})
+	e, err := New(Config{Endpoints: eps, Timeout: timeout, Skip: testkit.ExternalSkip, Now: clock.Now})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -207,12 +182,12 @@ func extSign(e *Client, accept func([]byte) error) ([]byte, error) {
 }
 
 // wantMarked checks whether ep is marked failing until now+skip.
-func wantMarked(t *testing.T, clock *extTestClock, ep *endpoint, marked bool) {
+func wantMarked(t *testing.T, clock *testkit.Clock, ep *endpoint, marked bool) {
 	t.Helper()
 	until := ep.until()
 	switch {
-	case marked && !until.Equal(clock.now().Add(extTestSkip)):
-		t.Errorf("%s: failing until %v, want %v", ep.url, until, clock.now().Add(extTestSkip))
+	case marked && !until.Equal(clock.Now().Add(testkit.ExternalSkip)):
+		t.Errorf("%s: failing until %v, want %v", ep.url, until, clock.Now().Add(testkit.ExternalSkip))
 	case !marked && !until.IsZero():
 		t.Errorf("%s: marked failing until %v, want not marked", ep.url, until)
 	}
@@ -223,7 +198,7 @@ func TestFirstURLAnswers(t *testing.T) {
 	a := startExtServer(t, trust, nil, nil, cfsslCert("cert-a"))
 	b := startExtServer(t, trust, nil, nil, cfsslCert("cert-b"))
 	clock := newExtTestClock()
-	e := newTestExternal(t, clock, extTestTimeout, extConf(a.URL, trust), extConf(b.URL+"/", trust))
+	e := newTestExternal(t, clock, testkit.ExternalTimeout, extConf(a.URL, trust), extConf(b.URL+"/", trust))
 	for i := range 3 {
 		cert, err := extSign(e, acceptAll)
 		if err != nil {
@@ -247,7 +222,7 @@ func TestFirstURLDownSkipWindow(t *testing.T) {
 	addr := deadAddr(t)
 	b := startExtServer(t, trust, nil, nil, cfsslCert("cert-b"))
 	clock := newExtTestClock()
-	e := newTestExternal(t, clock, extTestTimeout, extConf("https://"+addr, trust), extConf(b.URL, trust))
+	e := newTestExternal(t, clock, testkit.ExternalTimeout, extConf("https://"+addr, trust), extConf(b.URL, trust))
 
 	cert, err := extSign(e, acceptAll)
 	if err != nil || string(cert) != "cert-b" {
@@ -266,7 +241,7 @@ func TestFirstURLDownSkipWindow(t *testing.T) {
 		t.Fatalf("listen again on %s: %v", addr, err)
 	}
 	a := startExtServer(t, trust, nil, l, cfsslCert("cert-a"))
-	clock.advance(extTestSkip - time.Second)
+	clock.Advance(t, testkit.ExternalSkip-time.Second)
 	cert, err = extSign(e, acceptAll)
 	if err != nil || string(cert) != "cert-b" {
 		t.Fatalf("within the window: got %q, %v; want cert-b", cert, err)
@@ -276,7 +251,7 @@ func TestFirstURLDownSkipWindow(t *testing.T) {
 	}
 
 	// After the window, the first is tried first again.
-	clock.advance(2 * time.Second)
+	clock.Advance(t, 2*time.Second)
 	cert, err = extSign(e, acceptAll)
 	if err != nil || string(cert) != "cert-a" {
 		t.Fatalf("after the window: got %q, %v; want cert-a", cert, err)
@@ -291,13 +266,13 @@ func TestAllDownListsEveryURL(t *testing.T) {
 	trust := newExtTestCA(t, "trusted")
 	u1, u2 := "https://"+deadAddr(t), "https://"+deadAddr(t)
 	clock := newExtTestClock()
-	e := newTestExternal(t, clock, extTestTimeout, extConf(u1, trust), extConf(u2, trust))
+	e := newTestExternal(t, clock, testkit.ExternalTimeout, extConf(u1, trust), extConf(u2, trust))
 	start := time.Now()
 	_, err := extSign(e, acceptAll)
 	if !errors.Is(err, ErrDown) {
 		t.Fatalf("got %v, want ErrDown", err)
 	}
-	if time.Since(start) > extTestBound {
+	if time.Since(start) > testkit.ExternalBound {
 		t.Errorf("took %v", time.Since(start))
 	}
 	msg := err.Error()
@@ -312,10 +287,10 @@ func TestAllDownListsEveryURL(t *testing.T) {
 func TestOrderDownSoonestRecoveryFirst(t *testing.T) {
 	trust := newExtTestCA(t, "trusted")
 	clock := newExtTestClock()
-	e := newTestExternal(t, clock, extTestTimeout,
+	e := newTestExternal(t, clock, testkit.ExternalTimeout,
 		extConf("https://127.0.0.1:1", trust), extConf("https://127.0.0.1:2", trust),
 		extConf("https://127.0.0.1:3", trust), extConf("https://127.0.0.1:4", trust))
-	now := clock.now()
+	now := clock.Now()
 	e.eps[0].mark(false, now, 20*time.Second)
 	e.eps[1].mark(false, now, 10*time.Second)
 	e.eps[3].mark(false, now, -time.Second) // the window is over
@@ -350,8 +325,8 @@ func TestSlowServerTimesOut(t *testing.T) {
 		if !errors.Is(err, ErrDown) || !strings.Contains(err.Error(), "no answer within "+timeout.String()) || !strings.Contains(err.Error(), slow.URL) {
 			t.Fatalf("got %v, want ErrDown naming %s and saying no answer within %v", err, slow.URL, timeout)
 		}
-		if took < timeout || took > extTestBound {
-			t.Errorf("took %v, want between %v and %v", took, timeout, extTestBound)
+		if took < timeout || took > testkit.ExternalBound {
+			t.Errorf("took %v, want between %v and %v", took, timeout, testkit.ExternalBound)
 		}
 		wantMarked(t, clock, e.eps[0], true)
 	})
@@ -363,7 +338,7 @@ func TestSlowServerTimesOut(t *testing.T) {
 		if err != nil || string(cert) != "cert-b" {
 			t.Fatalf("got %q, %v; want cert-b", cert, err)
 		}
-		if took := time.Since(start); took > extTestBound {
+		if took := time.Since(start); took > testkit.ExternalBound {
 			t.Errorf("took %v", took)
 		}
 		wantMarked(t, clock, e.eps[0], true)
@@ -396,7 +371,7 @@ func TestBadAnswersFallThrough(t *testing.T) {
 			good := startExtServer(t, trust, nil, nil, cfsslCert("cert-good"))
 
 			clock := newExtTestClock()
-			e := newTestExternal(t, clock, extTestTimeout, extConf(bad.URL, trust), extConf(good.URL, trust))
+			e := newTestExternal(t, clock, testkit.ExternalTimeout, extConf(bad.URL, trust), extConf(good.URL, trust))
 			cert, err := extSign(e, acceptAll)
 			if err != nil || string(cert) != "cert-good" {
 				t.Fatalf("got %q, %v; want cert-good", cert, err)
@@ -408,7 +383,7 @@ func TestBadAnswersFallThrough(t *testing.T) {
 			wantMarked(t, clock, e.eps[1], false)
 
 			clock = newExtTestClock()
-			e = newTestExternal(t, clock, extTestTimeout, extConf(bad.URL, trust))
+			e = newTestExternal(t, clock, testkit.ExternalTimeout, extConf(bad.URL, trust))
 			_, err = extSign(e, acceptAll)
 			if !errors.Is(err, ErrDown) {
 				t.Fatalf("only URL: got %v, want ErrDown", err)
@@ -430,7 +405,7 @@ func TestRefusalFallsThrough(t *testing.T) {
 
 	// CFSSL answers 400 for its own failures too: the next CA is asked,
 	// and the refusing one is not marked failing.
-	e := newTestExternal(t, clock, extTestTimeout, extConf(refuse.URL, trust), extConf(good.URL, trust))
+	e := newTestExternal(t, clock, testkit.ExternalTimeout, extConf(refuse.URL, trust), extConf(good.URL, trust))
 	cert, err := extSign(e, acceptAll)
 	if err != nil || string(cert) != "cert-good" {
 		t.Fatalf("got %q, %v; want the second CA's certificate", cert, err)
@@ -439,7 +414,7 @@ func TestRefusalFallsThrough(t *testing.T) {
 
 	// When every CA refuses, the refusal is the answer: no retry.
 	refuse2 := startExtServer(t, trust, nil, nil, cfsslAnswer(http.StatusBadRequest, refusal))
-	e = newTestExternal(t, clock, extTestTimeout, extConf(refuse.URL, trust), extConf(refuse2.URL, trust))
+	e = newTestExternal(t, clock, testkit.ExternalTimeout, extConf(refuse.URL, trust), extConf(refuse2.URL, trust))
 	_, err = extSign(e, acceptAll)
 	if !errors.Is(err, ErrRefused) || errors.Is(err, ErrDown) {
 		t.Fatalf("got %v, want ErrRefused and not ErrDown", err)
@@ -451,7 +426,7 @@ func TestRefusalFallsThrough(t *testing.T) {
 	}
 
 	// A refusal and a CA down: retried later (Unavailable).
-	e = newTestExternal(t, clock, extTestTimeout, extConf(refuse.URL, trust), extConf("https://"+deadAddr(t), trust))
+	e = newTestExternal(t, clock, testkit.ExternalTimeout, extConf(refuse.URL, trust), extConf("https://"+deadAddr(t), trust))
 	_, err = extSign(e, acceptAll)
 	if !errors.Is(err, ErrDown) {
 		t.Fatalf("got %v, want ErrDown", err)
@@ -494,7 +469,7 @@ func TestAcceptRefusesCertificate(t *testing.T) {
 	}
 
 	clock := newExtTestClock()
-	e := newTestExternal(t, clock, extTestTimeout, extConf(bad.URL, trust), extConf(good.URL, trust))
+	e := newTestExternal(t, clock, testkit.ExternalTimeout, extConf(bad.URL, trust), extConf(good.URL, trust))
 	cert, err := extSign(e, accept)
 	if err != nil || string(cert) != "cert-good" {
 		t.Fatalf("got %q, %v; want cert-good", cert, err)
@@ -507,7 +482,7 @@ func TestAcceptRefusesCertificate(t *testing.T) {
 
 	// Every CA answers a certificate accept refuses: the error says why.
 	clock = newExtTestClock()
-	e = newTestExternal(t, clock, extTestTimeout, extConf(bad.URL, trust))
+	e = newTestExternal(t, clock, testkit.ExternalTimeout, extConf(bad.URL, trust))
 	_, err = extSign(e, accept)
 	if !errors.Is(err, ca.ErrExternalCA) || !strings.Contains(err.Error(), bad.URL+": ") || !strings.Contains(err.Error(), "wrong issuer") {
 		t.Fatalf("got %v, want ca.ErrExternalCA naming %s", err, bad.URL)
@@ -522,14 +497,14 @@ func TestUntrustedServerCertificate(t *testing.T) {
 	good := startExtServer(t, trust, nil, nil, cfsslCert("cert-good"))
 
 	clock := newExtTestClock()
-	e := newTestExternal(t, clock, extTestTimeout, extConf(untrusted.URL, trust), extConf(good.URL, trust))
+	e := newTestExternal(t, clock, testkit.ExternalTimeout, extConf(untrusted.URL, trust), extConf(good.URL, trust))
 	cert, err := extSign(e, acceptAll)
 	if err != nil || string(cert) != "cert-good" {
 		t.Fatalf("got %q, %v; want cert-good", cert, err)
 	}
 	wantMarked(t, clock, e.eps[0], true)
 
-	e = newTestExternal(t, clock, extTestTimeout, extConf(untrusted.URL, trust))
+	e = newTestExternal(t, clock, testkit.ExternalTimeout, extConf(untrusted.URL, trust))
 	_, err = extSign(e, acceptAll)
 	if !errors.Is(err, ErrDown) || !strings.Contains(err.Error(), "unknown authority") {
 		t.Fatalf("got %v, want ErrDown for an unknown authority", err)
@@ -539,7 +514,7 @@ func TestUntrustedServerCertificate(t *testing.T) {
 	}
 
 	// Trusting its CA is enough to talk to it.
-	e = newTestExternal(t, clock, extTestTimeout, extConf(untrusted.URL, other))
+	e = newTestExternal(t, clock, testkit.ExternalTimeout, extConf(untrusted.URL, other))
 	if cert, err := extSign(e, acceptAll); err != nil || string(cert) != "cert-untrusted" {
 		t.Fatalf("trusting its CA: got %q, %v", cert, err)
 	}
@@ -562,7 +537,7 @@ func TestRefusesTLS11(t *testing.T) {
 	conn.Close()
 
 	clock := newExtTestClock()
-	e := newTestExternal(t, clock, extTestTimeout, extConf(old.URL, trust))
+	e := newTestExternal(t, clock, testkit.ExternalTimeout, extConf(old.URL, trust))
 	_, err = extSign(e, acceptAll)
 	if !errors.Is(err, ErrDown) || !strings.Contains(err.Error(), "protocol version") {
 		t.Fatalf("got %v, want ErrDown for the protocol version", err)
@@ -579,7 +554,7 @@ func TestOversizedAnswer(t *testing.T) {
 	good := startExtServer(t, trust, nil, nil, cfsslCert("cert-good"))
 
 	clock := newExtTestClock()
-	e := newTestExternal(t, clock, extTestTimeout, extConf(huge.URL, trust))
+	e := newTestExternal(t, clock, testkit.ExternalTimeout, extConf(huge.URL, trust))
 	_, err := extSign(e, acceptAll)
 	if !errors.Is(err, ErrDown) || !strings.Contains(err.Error(), "not a CFSSL answer") {
 		t.Fatalf("got %v, want ErrDown for a truncated answer", err)
@@ -589,7 +564,7 @@ func TestOversizedAnswer(t *testing.T) {
 	}
 	wantMarked(t, clock, e.eps[0], true)
 
-	e = newTestExternal(t, clock, extTestTimeout, extConf(huge.URL, trust), extConf(good.URL, trust))
+	e = newTestExternal(t, clock, testkit.ExternalTimeout, extConf(huge.URL, trust), extConf(good.URL, trust))
 	if cert, err := extSign(e, acceptAll); err != nil || string(cert) != "cert-good" {
 		t.Fatalf("got %q, %v; want cert-good", cert, err)
 	}
@@ -637,7 +612,7 @@ func TestContextCancelledBeforeCall(t *testing.T) {
 	trust := newExtTestCA(t, "trusted")
 	a := startExtServer(t, trust, nil, nil, cfsslCert("cert-a"))
 	clock := newExtTestClock()
-	e := newTestExternal(t, clock, extTestTimeout, extConf(a.URL, trust))
+	e := newTestExternal(t, clock, testkit.ExternalTimeout, extConf(a.URL, trust))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	start := time.Now()
@@ -645,7 +620,7 @@ func TestContextCancelledBeforeCall(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("got %v, want context.Canceled", err)
 	}
-	if took := time.Since(start); took > extTestBound/3 {
+	if took := time.Since(start); took > testkit.ExternalBound/3 {
 		t.Errorf("took %v", took)
 	}
 	if a.hits.Load() != 0 {
@@ -710,7 +685,7 @@ func TestSignRequestBody(t *testing.T) {
 		cfsslCert("cert")(w, r)
 	})
 	clock := newExtTestClock()
-	e := newTestExternal(t, clock, extTestTimeout, extConf(srv.URL, trust))
+	e := newTestExternal(t, clock, testkit.ExternalTimeout, extConf(srv.URL, trust))
 	ctx := context.Background()
 
 	// An admin certificate: no hosts, a subject, the default profile.
@@ -871,7 +846,7 @@ func TestAuthSign(t *testing.T) {
 	keyed := extConf(srv.URL, trust)
 	keyed.AuthKey = key
 	clock := newExtTestClock()
-	e := newTestExternal(t, clock, extTestTimeout, keyed)
+	e := newTestExternal(t, clock, testkit.ExternalTimeout, keyed)
 	ctx := t.Context()
 
 	for _, req := range []SignRequest{
@@ -914,7 +889,7 @@ func TestAuthSign(t *testing.T) {
 	}
 
 	// A CA of the list without a key: plain sign.
-	plain := newTestExternal(t, clock, extTestTimeout, extConf(srv.URL, trust))
+	plain := newTestExternal(t, clock, testkit.ExternalTimeout, extConf(srv.URL, trust))
 	if cert, err := extSign(plain, acceptAll); err != nil || string(cert) != "cert-plain" {
 		t.Fatalf("sign without a key = %q, %v; want cert-plain", cert, err)
 	}
@@ -926,7 +901,7 @@ func TestAuthSign(t *testing.T) {
 	wrongKey := []byte("fedcba9876543210fedcba9876543210")
 	wrong := extConf(srv.URL, trust)
 	wrong.AuthKey = wrongKey
-	e = newTestExternal(t, clock, extTestTimeout, wrong)
+	e = newTestExternal(t, clock, testkit.ExternalTimeout, wrong)
 	_, err := extSign(e, acceptAll)
 	<-got
 	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), srv.URL) || !strings.Contains(err.Error(), "invalid token") {
@@ -980,7 +955,7 @@ func TestClientCertificate(t *testing.T) {
 				srv.StartTLS()
 				t.Cleanup(srv.Close)
 				var cur atomic.Pointer[tls.Certificate]
-				e, err := New(Config{Endpoints: []Endpoint{extConf(srv.URL, trust)}, ClientCertificate: cur.Load, Timeout: extTestTimeout, Skip: extTestSkip, Now: newExtTestClock().now})
+				e, err := New(Config{Endpoints: []Endpoint{extConf(srv.URL, trust)}, ClientCertificate: cur.Load, Timeout: testkit.ExternalTimeout, Skip: testkit.ExternalSkip, Now: newExtTestClock().Now})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -1029,7 +1004,7 @@ func TestClientCertificate(t *testing.T) {
 			}
 			cfsslCert("cert")(w, r)
 		})
-		e, err := New(Config{Endpoints: []Endpoint{extConf(srv.URL, trust)}, ClientCertificate: func() *tls.Certificate { return m1 }, Timeout: extTestTimeout, Skip: extTestSkip})
+		e, err := New(Config{Endpoints: []Endpoint{extConf(srv.URL, trust)}, ClientCertificate: func() *tls.Certificate { return m1 }, Timeout: testkit.ExternalTimeout, Skip: testkit.ExternalSkip})
 		if err != nil {
 			t.Fatal(err)
 		}

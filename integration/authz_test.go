@@ -24,6 +24,8 @@ import (
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/authz"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
+	"github.com/quorumca/quorumca/internal/testkit/clustertest"
 	"github.com/quorumca/quorumca/manager"
 )
 
@@ -130,16 +132,16 @@ func mustCSR() []byte {
 
 // checkAttacks makes every attack call with creds at every running
 // manager, and fails unless each is refused with PermissionDenied.
-func (c *lcCluster) checkAttacks(who string, creds *tls.Certificate, calls []attackCall) {
-	c.t.Helper()
-	for _, m := range c.running() {
-		conn := c.dial(m.Addr(), clientTLS(creds, c.roots()))
+func checkAttacks(t *testing.T, c *clustertest.Cluster, who string, creds *tls.Certificate, calls []attackCall) {
+	t.Helper()
+	for _, m := range c.RunningManagers() {
+		conn := c.Dial(m.Addr(), clientTLS(creds, c.Roots()))
 		for _, a := range calls {
-			ctx, cancel := context.WithTimeout(c.t.Context(), 5*time.Second)
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 			err := a.call(ctx, conn)
 			cancel()
 			if code := status.Code(err); code != codes.PermissionDenied {
-				c.t.Errorf("%s: %s at manager %s (leader %v) = %v, want PermissionDenied", who, a.name, m.NodeID(), m.IsLeader(), err)
+				t.Errorf("%s: %s at manager %s (leader %v) = %v, want PermissionDenied", who, a.name, m.ID(), m.Manager().IsLeader(), err)
 			}
 		}
 	}
@@ -173,44 +175,44 @@ func raftRefuses(tb testing.TB, addr string, creds *tls.Certificate, roots *x509
 // heartbeat as another node, not the Raft transport, not the gossip key.
 // Nothing is written to the state.
 func TestDemotedManagerCertificateRefused(t *testing.T) {
-	c := lcNewCluster(t, 4, 0)
-	leader := c.leader()
-	var victim *manager.Manager
-	for _, m := range c.managers {
+	c := newLifecycleCluster(t, 4, 0)
+	leader := c.Leader()
+	var victim *clustertest.Node
+	for _, m := range c.Managers {
 		if m != leader {
 			victim = m
 		}
 	}
 	old := *victim.Credentials().Certificate()
-	if _, err := c.control(leader).SetRole(lcCtx(t), &api.SetRoleRequest{NodeId: victim.NodeID(), Role: "worker"}); err != nil {
-		t.Fatalf("SetRole(%s, worker) = %v", victim.NodeID(), err)
+	if _, err := leader.Control().SetRole(testkit.Ctx(t), &api.SetRoleRequest{NodeId: victim.ID(), Role: "worker"}); err != nil {
+		t.Fatalf("SetRole(%s, worker) = %v", victim.ID(), err)
 	}
-	lcWaitDone(t, "the demoted manager stops its manager side", victim.Done())
-	before := c.waitSameState()
-	for _, m := range c.running() {
-		if n, _ := m.State().Node(victim.NodeID()); n.Role != ca.RoleWorker {
-			t.Fatalf("manager %s holds %s as a %s, want a worker", m.NodeID(), victim.NodeID(), n.Role)
+	waitRole(t, victim, ca.RoleWorker) // the demoted manager's manager side has stopped
+	before := c.WaitSameState()
+	for _, m := range c.RunningManagers() {
+		if n, _ := m.Manager().State().Node(victim.ID()); n.Role != ca.RoleWorker {
+			t.Fatalf("manager %s holds %s as a %s, want a worker", m.ID(), victim.ID(), n.Role)
 		}
 	}
-	leaderChain := rotChainOf(t, leader.Credentials())
-	c.checkAttacks("demoted manager", &old, attackCalls(leaderChain))
-	for _, m := range c.running() {
-		if err := raftRefuses(t, m.RaftAddr(), &old, c.roots()); err != nil {
-			t.Errorf("demoted manager at %s's Raft port: %v", m.NodeID(), err)
+	leaderChain := chainOf(t, leader.Credentials())
+	checkAttacks(t, c, "demoted manager", &old, attackCalls(leaderChain))
+	for _, m := range c.RunningManagers() {
+		if err := raftRefuses(t, m.RaftAddr(), &old, c.Roots()); err != nil {
+			t.Errorf("demoted manager at %s's Raft port: %v", m.ID(), err)
 		}
 	}
-	c.checkStateUnchanged("the demoted manager's attacks", before)
+	c.CheckStateUnchanged(t, "the demoted manager's attacks", before)
 }
 
 // TestWorkerForwardingMetadataRefused: a worker's certificate with the
 // metadata a manager sets when it relays a call gets nothing either.
 func TestWorkerForwardingMetadataRefused(t *testing.T) {
-	c := lcNewCluster(t, 3, 0)
-	w, _ := c.addWorker("w0")
-	c.waitConverged(c.managers)
-	before := c.waitSameState()
+	c := newLifecycleCluster(t, 3, 0)
+	w := c.AddWorker("w0")
+	c.WaitConverged()
+	before := c.WaitSameState()
 	creds := w.Credentials().Certificate()
-	calls := attackCalls(rotChainOf(t, c.leader().Credentials()))
+	calls := attackCalls(chainOf(t, c.Leader().Credentials()))
 	// A worker may call Gossip as itself: leave that call out of the
 	// no-metadata set.
 	var filtered []attackCall
@@ -219,13 +221,13 @@ func TestWorkerForwardingMetadataRefused(t *testing.T) {
 			filtered = append(filtered, a)
 		}
 	}
-	c.checkAttacks("worker", creds, filtered)
-	for _, m := range c.running() {
-		if err := raftRefuses(t, m.RaftAddr(), creds, c.roots()); err != nil {
-			t.Errorf("worker at %s's Raft port: %v", m.NodeID(), err)
+	checkAttacks(t, c, "worker", creds, filtered)
+	for _, m := range c.RunningManagers() {
+		if err := raftRefuses(t, m.RaftAddr(), creds, c.Roots()); err != nil {
+			t.Errorf("worker at %s's Raft port: %v", m.ID(), err)
 		}
 	}
-	c.checkStateUnchanged("the worker's attacks", before)
+	c.CheckStateUnchanged(t, "the worker's attacks", before)
 }
 
 // TestAdminCertificateRecordedAndRevoked: an admin certificate is issued
@@ -235,42 +237,42 @@ func TestWorkerForwardingMetadataRefused(t *testing.T) {
 // TTL is its own (default 24h, at most 30 days), not the cluster's cert
 // expiry.
 func TestAdminCertificateRecordedAndRevoked(t *testing.T) {
-	c := lcNewCluster(t, 3, time.Hour)
-	f := c.follower()
-	pair, leaf := c.adminCertificate(f, 0)
+	c := newLifecycleCluster(t, 3, time.Hour)
+	f := c.Follower()
+	pair, leaf := adminCertificate(t, c, f, 0)
 	serial := leaf.SerialNumber.Text(16)
 	if got := leaf.NotAfter.Sub(leaf.NotBefore); got < manager.DefaultAdminCertTTL {
 		t.Errorf("admin certificate valid %s, want the default %s (not capped by the cluster's 1h cert expiry)", got, manager.DefaultAdminCertTTL)
 	}
-	c.waitSameState()
-	ls, err := c.control(c.leader()).ListAdminCertificates(lcCtx(t), &api.ListAdminCertificatesRequest{})
+	c.WaitSameState()
+	ls, err := c.Leader().Control().ListAdminCertificates(testkit.Ctx(t), &api.ListAdminCertificatesRequest{})
 	if err != nil || len(ls.GetCertificates()) != 1 || ls.GetCertificates()[0].GetSerial() != serial || ls.GetCertificates()[0].GetIssuedBy() == "" {
 		t.Fatalf("ListAdminCertificates() = %v, %v; want the one issued, %s, with who issued it", ls, err, serial)
 	}
-	open := map[*manager.Manager]*grpc.ClientConn{}
-	for _, m := range c.managers {
-		open[m] = c.dial(m.Addr(), clientTLS(&pair, c.roots()))
-		if err := lcListNodes(lcCtx(t), open[m]); err != nil {
-			t.Fatalf("ListNodes() with the admin certificate at %s = %v", m.NodeID(), err)
+	open := map[*clustertest.Node]*grpc.ClientConn{}
+	for _, m := range c.Managers {
+		open[m] = c.Dial(m.Addr(), clientTLS(&pair, c.Roots()))
+		if err := listNodesCall(testkit.Ctx(t), open[m]); err != nil {
+			t.Fatalf("ListNodes() with the admin certificate at %s = %v", m.ID(), err)
 		}
 	}
 	// It cannot mint its successor.
-	_, err = api.NewControlClient(open[c.leader()]).IssueAdminCertificate(lcCtx(t), &api.IssueAdminCertificateRequest{Csr: mustCSR()})
-	lcWantCode(t, "IssueAdminCertificate() with an admin certificate", err, codes.PermissionDenied)
+	_, err = api.NewControlClient(open[c.Leader()]).IssueAdminCertificate(testkit.Ctx(t), &api.IssueAdminCertificateRequest{Csr: mustCSR()})
+	wantCode(t, "IssueAdminCertificate() with an admin certificate", err, codes.PermissionDenied)
 	// Its TTL is capped.
-	_, err = c.control(f).IssueAdminCertificate(lcCtx(t), &api.IssueAdminCertificateRequest{Csr: mustCSR(), TtlSeconds: int64(31 * 24 * time.Hour / time.Second)})
-	lcWantCode(t, "IssueAdminCertificate(ttl 31 days)", err, codes.InvalidArgument)
+	_, err = f.Control().IssueAdminCertificate(testkit.Ctx(t), &api.IssueAdminCertificateRequest{Csr: mustCSR(), TtlSeconds: int64(31 * 24 * time.Hour / time.Second)})
+	wantCode(t, "IssueAdminCertificate(ttl 31 days)", err, codes.InvalidArgument)
 
-	resp, err := c.control(f).RevokeAdminCertificates(lcCtx(t), &api.RevokeAdminCertificatesRequest{Serials: []string{serial}})
+	resp, err := f.Control().RevokeAdminCertificates(testkit.Ctx(t), &api.RevokeAdminCertificatesRequest{Serials: []string{serial}})
 	if err != nil || len(resp.GetSerials()) != 1 {
 		t.Fatalf("RevokeAdminCertificates(%s) = %v, %v", serial, resp, err)
 	}
-	for _, m := range c.managers {
-		lcEventually(t, "manager "+m.NodeID()+" refuses the revoked admin certificate", func() error {
-			if err := lcListNodes(lcCtx(t), open[m]); status.Code(err) != codes.PermissionDenied {
+	for _, m := range c.Managers {
+		testkit.Eventually(t, "manager "+m.ID()+" refuses the revoked admin certificate", func() error {
+			if err := listNodesCall(testkit.Ctx(t), open[m]); status.Code(err) != codes.PermissionDenied {
 				return fmt.Errorf("ListNodes() on a connection opened before the revocation = %v, want PermissionDenied", err)
 			}
-			return lcRefusedAt(t, m.Addr(), clientTLS(&pair, c.roots()), "bad certificate", lcListNodes)
+			return refusedAt(t, m.Addr(), clientTLS(&pair, c.Roots()), "bad certificate", listNodesCall)
 		})
 	}
 }
@@ -279,18 +281,18 @@ func TestAdminCertificateRecordedAndRevoked(t *testing.T) {
 // on an open connection once the managers' clock passes its NotAfter, and
 // leaves the state.
 func TestAdminCertificateExpiresAndIsPruned(t *testing.T) {
-	c := lcNewCluster(t, 1, 0)
-	m := c.managers[0]
-	pair, leaf := c.adminCertificate(m, time.Hour)
-	conn := c.dial(m.Addr(), clientTLS(&pair, c.roots()))
-	if err := lcListNodes(lcCtx(t), conn); err != nil {
+	c := newLifecycleCluster(t, 1, 0)
+	m := c.Managers[0]
+	pair, leaf := adminCertificate(t, c, m, time.Hour)
+	conn := c.Dial(m.Addr(), clientTLS(&pair, c.Roots()))
+	if err := listNodesCall(testkit.Ctx(t), conn); err != nil {
 		t.Fatalf("ListNodes() with a fresh admin certificate = %v", err)
 	}
-	c.clock.Set(t, leaf.NotAfter.Add(time.Minute))
-	err := lcListNodes(lcCtx(t), conn)
-	lcWantCode(t, "ListNodes() with an expired admin certificate on an open connection", err, codes.PermissionDenied)
-	lcEventually(t, "the expired admin certificate is pruned", func() error {
-		if n := len(m.State().Admins); n != 0 {
+	c.Clock.Set(t, leaf.NotAfter.Add(time.Minute))
+	err := listNodesCall(testkit.Ctx(t), conn)
+	wantCode(t, "ListNodes() with an expired admin certificate on an open connection", err, codes.PermissionDenied)
+	testkit.Eventually(t, "the expired admin certificate is pruned", func() error {
+		if n := len(m.Manager().State().Admins); n != 0 {
 			return fmt.Errorf("%d admin certificates recorded", n)
 		}
 		return nil
@@ -302,19 +304,17 @@ func TestAdminCertificateExpiresAndIsPruned(t *testing.T) {
 // ready and matches the committed state, and node rm still asks for
 // --force on a live node.
 func TestLeaderChangeShowsLiveNodes(t *testing.T) {
-	c := lcNewCluster(t, 3, 0)
-	w, _ := c.addWorker("w0")
+	c := newLifecycleCluster(t, 3, 0)
+	w := c.AddWorker("w0")
 	id := w.Credentials().Identity().NodeID
-	old := c.leader()
-	if err := old.Stop(); err != nil {
-		t.Fatalf("Stop(leader) = %v", err)
-	}
-	nl := c.leader()
-	resp, err := c.control(nl).ListNodes(lcCtx(t), &api.ListNodesRequest{})
+	old := c.Leader()
+	old.Stop()
+	nl := c.Leader()
+	resp, err := nl.Control().ListNodes(testkit.Ctx(t), &api.ListNodesRequest{})
 	if err != nil {
 		t.Fatalf("ListNodes() on the new leader = %v", err)
 	}
-	want := nodeIDs(nl.State())
+	want := clustertest.NodeIDs(nl.Manager().State())
 	var got []string
 	for _, n := range resp.GetNodes() {
 		got = append(got, n.GetId())
@@ -325,22 +325,24 @@ func TestLeaderChangeShowsLiveNodes(t *testing.T) {
 	if slices.Sort(got); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("node ls lists %v, want the committed nodes %v", got, want)
 	}
-	_, err = c.control(nl).RemoveNode(lcCtx(t), &api.RemoveNodeRequest{NodeId: id})
-	lcWantCode(t, "RemoveNode(live worker, no --force) right after the election", err, codes.FailedPrecondition)
+	_, err = nl.Control().RemoveNode(testkit.Ctx(t), &api.RemoveNodeRequest{NodeId: id})
+	wantCode(t, "RemoveNode(live worker, no --force) right after the election", err, codes.FailedPrecondition)
 }
 
 // TestForwardedCallNamesTheCaller checks what a follower relays: a call on
 // its control socket reaches the leader as the follower's host, and the
 // policy reason of a refusal reaches the client.
 func TestForwardedCallNamesTheCaller(t *testing.T) {
-	c := lcNewCluster(t, 3, 0)
-	f := c.follower()
-	if _, err := c.control(f).JoinToken(lcCtx(t), &api.JoinTokenRequest{Role: "worker", Rotate: true}); err != nil {
+	c := newLifecycleCluster(t, 3, 0)
+	f := c.Follower()
+	resp, err := f.Control().JoinToken(testkit.Ctx(t), &api.JoinTokenRequest{Role: "worker", Rotate: true})
+	if err != nil {
 		t.Fatalf("JoinToken(rotate) on a follower's control socket = %v", err)
 	}
-	w, _ := c.addWorker("w0")
-	conn := c.dial(f.Addr(), w.Credentials().ClientTLS(agent.ManagerName))
-	_, err := api.NewControlClient(conn).ListNodes(lcCtx(t), &api.ListNodesRequest{})
+	c.WorkerToken = resp.GetToken()
+	w := c.AddWorker("w0")
+	conn := c.Dial(f.Addr(), w.Credentials().ClientTLS(agent.ManagerName))
+	_, err = api.NewControlClient(conn).ListNodes(testkit.Ctx(t), &api.ListNodesRequest{})
 	if r, _ := api.ErrorReason(err); r != authz.ReasonNotManager {
 		t.Errorf("ListNodes() with a worker certificate = %v, want reason %s", err, authz.ReasonNotManager)
 	}

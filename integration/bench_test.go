@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/quorumca/quorumca/agent"
+	"github.com/quorumca/quorumca/internal/testkit"
+	"github.com/quorumca/quorumca/internal/testkit/clustertest"
 )
 
 // BenchmarkSequentialJoins joins workers one after another through a
@@ -16,8 +18,8 @@ import (
 //
 //	go test -run='^$' -bench=SequentialJoins -benchtime=200x ./integration/
 func BenchmarkSequentialJoins(b *testing.B) {
-	c := newCluster(b, 3)
-	via := c.managers[c.follower()].addr
+	c := clustertest.New(b, clustertest.Options{Managers: 3})
+	via := c.Follower().Addr()
 
 	var lat []time.Duration
 	var total time.Duration
@@ -26,7 +28,7 @@ func BenchmarkSequentialJoins(b *testing.B) {
 		dir := b.TempDir()
 		b.StartTimer()
 		start := time.Now()
-		_, err := agent.Join(b.Context(), agent.JoinConfig{DataDir: dir, Token: c.workerToken, Remote: via, Logger: testLogger()})
+		_, err := agent.Join(b.Context(), agent.JoinConfig{DataDir: dir, Token: c.WorkerToken, Remote: via, Logger: testkit.Logger()})
 		d := time.Since(start)
 		if err != nil {
 			b.Fatalf("agent.Join() #%d through a follower = %v", len(lat), err)

@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 const (
@@ -319,13 +320,14 @@ func (c *cfsslCA) Log() string { return c.log.String() }
 // explains.
 func (c *cfsslCA) WaitLog(t *testing.T, substr string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(c.Log(), substr) {
-		if time.Now().After(deadline) {
-			t.Errorf("cfssl's log does not say %q:\n%s", substr, c.Log())
-			return
+	err := testkit.Poll(5*time.Second, func() error {
+		if !strings.Contains(c.Log(), substr) {
+			return fmt.Errorf("no %q yet", substr)
 		}
-		time.Sleep(10 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Errorf("cfssl's log does not say %q:\n%s", substr, c.Log())
 	}
 }
 

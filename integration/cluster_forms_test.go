@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -21,58 +20,58 @@ import (
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
-	"github.com/quorumca/quorumca/manager"
+	"github.com/quorumca/quorumca/internal/testkit"
+	"github.com/quorumca/quorumca/internal/testkit/clustertest"
+	"github.com/quorumca/quorumca/node"
 )
 
 // TestClusterForms forms a cluster of three managers and two workers that
 // join through a follower, and checks every node's identity on disk, the
 // Raft voters, and that a worker reaches the managers over mutual TLS.
 func TestClusterForms(t *testing.T) {
-	baseline := runtime.NumGoroutine()
 	// Registered first, so it runs last: after every node, connection and
 	// directory of the test is gone.
-	t.Cleanup(func() { checkGoroutines(t, baseline) })
+	testkit.CheckGoroutines(t)
 
-	c := newCluster(t, 3)
-	f := c.follower()
-	via := c.managers[f].addr
+	c := clustertest.New(t, clustertest.Options{Managers: 3})
+	f := c.Follower()
+	via := f.Addr()
 
-	// One worker without a daemon, one through manager.Join with a worker
-	// token (which starts the worker daemon).
-	w1, w1Dir := c.joinWorker(via)
-	wcfg := managerConfig(t, c.sockDir, "w2")
-	m, w2, err := manager.Join(t.Context(), wcfg, c.workerToken, via)
+	// One worker without a daemon, one through node.Start with a worker
+	// token (which runs the worker daemon).
+	w1, w1Dir := c.JoinNoDaemon(via)
+	w2n, err := c.Join("w2", node.Join{Token: c.WorkerToken, Addr: via})
 	if err != nil {
-		t.Fatalf("manager.Join(worker token, follower %s) = %v", via, err)
+		t.Fatalf("node.Start(join with the worker token through follower %s) = %v", via, err)
 	}
-	if m != nil || w2 == nil {
-		t.Fatalf("manager.Join(worker token) = (%v, %v), want a worker and no manager", m, w2)
+	if m, w := w2n.Node().Manager(), w2n.Node().Worker(); m != nil || w == nil {
+		t.Fatalf("node.Start(join with the worker token) runs manager %v, worker %v; want a worker and no manager", m, w)
 	}
-	t.Cleanup(w2.Stop)
+	w2 := w2n.Worker()
 
 	// Every manager lists the three managers as voters, one of them the
 	// leader, and that leader is a manager that says it leads.
-	c.waitVoters(3)
+	c.WaitVoters()
 	var managerIDs []string
-	for _, n := range c.managers {
-		managerIDs = append(managerIDs, n.id)
+	for _, n := range c.Managers {
+		managerIDs = append(managerIDs, n.ID())
 	}
 	slices.Sort(managerIDs)
-	st, err := c.status(0)
+	st, err := c.Managers[0].Status()
 	if err != nil {
 		t.Fatalf("Control.Status() on manager 0 = %v", err)
 	}
-	if got := voterIDs(st); !slices.Equal(got, managerIDs) {
+	if got := clustertest.VoterIDs(st); !slices.Equal(got, managerIDs) {
 		t.Errorf("Control.Status() voters = %v, want the managers %v", got, managerIDs)
 	}
-	if l := c.leader(); st.GetLeaderId() != c.managers[l].id {
-		t.Errorf("Control.Status() leader = %s, want %s (the manager whose IsLeader() is true)", st.GetLeaderId(), c.managers[l].id)
+	if l := c.Leader(); st.GetLeaderId() != l.ID() {
+		t.Errorf("Control.Status() leader = %s, want %s (the manager whose IsLeader() is true)", st.GetLeaderId(), l.ID())
 	}
-	if st.GetClusterId() != c.clusterID {
-		t.Errorf("Control.Status() cluster = %s, want %s", st.GetClusterId(), c.clusterID)
+	if st.GetClusterId() != c.ClusterID {
+		t.Errorf("Control.Status() cluster = %s, want %s", st.GetClusterId(), c.ClusterID)
 	}
 
-	nodes := c.waitConverged()
+	nodes := c.WaitConverged()
 	if len(nodes) != 5 {
 		t.Errorf("State().Nodes = %v, want 5 nodes (3 managers, 2 workers)", nodes)
 	}
@@ -82,11 +81,11 @@ func TestClusterForms(t *testing.T) {
 		name, dir string
 		role      ca.Role
 	}{
-		{"manager0", c.managers[0].cfg.DataDir, ca.RoleManager},
-		{"manager1", c.managers[1].cfg.DataDir, ca.RoleManager},
-		{"manager2", c.managers[2].cfg.DataDir, ca.RoleManager},
+		{"manager0", c.Managers[0].Dir, ca.RoleManager},
+		{"manager1", c.Managers[1].Dir, ca.RoleManager},
+		{"manager2", c.Managers[2].Dir, ca.RoleManager},
 		{"worker1", w1Dir, ca.RoleWorker},
-		{"worker2", wcfg.DataDir, ca.RoleWorker},
+		{"worker2", w2n.Dir, ca.RoleWorker},
 	}
 	for _, d := range dirs {
 		t.Run("identity/"+d.name, func(t *testing.T) {
@@ -97,20 +96,20 @@ func TestClusterForms(t *testing.T) {
 	// A worker opens mutual TLS to managers with its own credentials and
 	// renews its certificate at the leader; a follower redirects it there
 	// (the leader must see the node's own connection).
-	leader := c.leader()
+	leader := c.Leader()
 	for _, w := range []*agent.Credentials{w1.Credentials, w2.Credentials()} {
-		conn := dialAPI(t, c.managers[f].addr, w.ClientTLS(agent.ManagerName))
+		conn := c.Dial(f.Addr(), w.ClientTLS(agent.ManagerName))
 		_, err := api.NewCAClient(conn).RenewNodeCertificate(t.Context(), &api.RenewNodeCertificateRequest{Csr: newCSR(t)})
-		if addr, ok := api.LeaderRedirect(err); !ok || addr != c.managers[leader].addr {
-			t.Errorf("worker %s: CA.RenewNodeCertificate() through follower %d = %v, want a redirect to the leader at %s", w.Identity().NodeID, f, err, c.managers[leader].addr)
+		if addr, ok := api.LeaderRedirect(err); !ok || addr != leader.Addr() {
+			t.Errorf("worker %s: CA.RenewNodeCertificate() through follower %s = %v, want a redirect to the leader at %s", w.Identity().NodeID, f.Name, err, leader.Addr())
 		}
-		for _, i := range []int{leader, leader} {
-			conn := dialAPI(t, c.managers[i].addr, w.ClientTLS(agent.ManagerName))
+		for _, m := range []*clustertest.Node{leader, leader} {
+			conn := c.Dial(m.Addr(), w.ClientTLS(agent.ManagerName))
 			resp, err := api.NewCAClient(conn).RenewNodeCertificate(t.Context(), &api.RenewNodeCertificateRequest{Csr: newCSR(t)})
 			if err != nil {
-				t.Fatalf("worker %s: CA.RenewNodeCertificate() through manager %d = %v", w.Identity().NodeID, i, err)
+				t.Fatalf("worker %s: CA.RenewNodeCertificate() through manager %s = %v", w.Identity().NodeID, m.Name, err)
 			}
-			id, _, err := ca.VerifyPEM(resp.GetCertificate(), c.bundle, time.Now())
+			id, _, err := ca.VerifyPEM(resp.GetCertificate(), c.Bundle, time.Now())
 			if err != nil {
 				t.Fatalf("renewed certificate: VerifyPEM() = %v", err)
 			}
@@ -121,7 +120,7 @@ func TestClusterForms(t *testing.T) {
 				t.Errorf("RenewNodeCertificate().Role = %q, want %q", resp.GetRole(), ca.RoleWorker)
 			}
 			leaf := parseLeaf(t, resp.GetCertificate())
-			n, _ := c.m(c.leader()).State().Node(id.NodeID)
+			n, _ := c.Leader().Manager().State().Node(id.NodeID)
 			if got, want := n.Cert.Serial, leaf.SerialNumber.Text(16); got != want {
 				t.Errorf("leader's State().Node(%s).Cert.Serial = %s, want the renewed %s", id.NodeID, got, want)
 			}
@@ -129,7 +128,7 @@ func TestClusterForms(t *testing.T) {
 	}
 
 	// The worker daemon reaches every manager it was given over mutual TLS.
-	wst, err := controlAt(t, wcfg.SocketPath).Status(t.Context(), &api.StatusRequest{})
+	wst, err := w2n.Status()
 	if err != nil {
 		t.Fatalf("worker Control.Status() = %v", err)
 	}
@@ -146,7 +145,7 @@ func TestClusterForms(t *testing.T) {
 // checkNodeOnDisk checks the credentials stored in a node's data directory:
 // the certificate verifies against the cluster's bundle and names the node
 // ID, role and cluster ID; the key is 0600; the state agrees.
-func checkNodeOnDisk(t *testing.T, c *cluster, dir string, role ca.Role) {
+func checkNodeOnDisk(t *testing.T, c *clustertest.Cluster, dir string, role ca.Role) {
 	t.Helper()
 	nc, err := agent.LoadNodeConfig(dir)
 	if err != nil {
@@ -165,14 +164,14 @@ func checkNodeOnDisk(t *testing.T, c *cluster, dir string, role ca.Role) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(bundle, c.bundle) {
+	if !bytes.Equal(bundle, c.Bundle) {
 		t.Errorf("%s differs from the cluster's bundle", agent.BundleFile)
 	}
-	id, _, err := ca.VerifyPEM(certPEM, c.bundle, time.Now())
+	id, _, err := ca.VerifyPEM(certPEM, c.Bundle, time.Now())
 	if err != nil {
 		t.Fatalf("VerifyPEM(%s) = %v", agent.CertFile, err)
 	}
-	want := ca.Identity{NodeID: nc.NodeID, Role: role, ClusterID: c.clusterID}
+	want := ca.Identity{NodeID: nc.NodeID, Role: role, ClusterID: c.ClusterID}
 	if id != want {
 		t.Errorf("VerifyPEM(%s) = %+v, want %+v", agent.CertFile, id, want)
 	}
@@ -186,8 +185,8 @@ func checkNodeOnDisk(t *testing.T, c *cluster, dir string, role ca.Role) {
 	if got := leaf.Subject.OrganizationalUnit; !slices.Equal(got, []string{string(role)}) {
 		t.Errorf("certificate OU = %q, want [%q]", got, role)
 	}
-	if got := leaf.Subject.Organization; !slices.Equal(got, []string{c.clusterID}) {
-		t.Errorf("certificate O = %q, want [%q]", got, c.clusterID)
+	if got := leaf.Subject.Organization; !slices.Equal(got, []string{c.ClusterID}) {
+		t.Errorf("certificate O = %q, want [%q]", got, c.ClusterID)
 	}
 	fi, err := os.Stat(filepath.Join(certDir, agent.KeyFile))
 	if err != nil {
@@ -196,17 +195,17 @@ func checkNodeOnDisk(t *testing.T, c *cluster, dir string, role ca.Role) {
 	if got := fi.Mode().Perm(); got != 0o600 {
 		t.Errorf("%s mode = %v, want 0600", agent.KeyFile, got)
 	}
-	for _, i := range c.running() {
-		n, ok := c.managers[i].m.State().Node(nc.NodeID)
+	for _, m := range c.RunningManagers() {
+		n, ok := m.Manager().State().Node(nc.NodeID)
 		if !ok {
-			t.Errorf("manager %d: State().Node(%s) missing", i, nc.NodeID)
+			t.Errorf("manager %s: State().Node(%s) missing", m.Name, nc.NodeID)
 			continue
 		}
 		if n.Role != role {
-			t.Errorf("manager %d: State().Node(%s).Role = %s, want %s", i, nc.NodeID, n.Role, role)
+			t.Errorf("manager %s: State().Node(%s).Role = %s, want %s", m.Name, nc.NodeID, n.Role, role)
 		}
 		if n.Cert.Serial != leaf.SerialNumber.Text(16) {
-			t.Errorf("manager %d: State().Node(%s).Cert.Serial = %s, want %s", i, nc.NodeID, n.Cert.Serial, leaf.SerialNumber.Text(16))
+			t.Errorf("manager %s: State().Node(%s).Cert.Serial = %s, want %s", m.Name, nc.NodeID, n.Cert.Serial, leaf.SerialNumber.Text(16))
 		}
 	}
 }
@@ -222,22 +221,22 @@ func parseLeaf(t *testing.T, certPEM []byte) *x509.Certificate {
 
 // waitAgreedLeader waits until every running manager's Control.Status
 // names the same leader, and returns that leader's node ID.
-func (c *cluster) waitAgreedLeader() string {
-	c.tb.Helper()
+func waitAgreedLeader(t *testing.T, c *clustertest.Cluster) string {
+	t.Helper()
 	var leader string
-	eventually(c.tb, waitFor, "the running managers agree on a leader", func() error {
+	testkit.Eventually(t, "the running managers agree on a leader", func() error {
 		leader = ""
-		for _, i := range c.running() {
-			st, err := c.status(i)
+		for _, m := range c.RunningManagers() {
+			st, err := m.Status()
 			if err != nil {
-				return fmt.Errorf("manager %d: Status() = %v", i, err)
+				return fmt.Errorf("manager %s: Status() = %v", m.Name, err)
 			}
 			id := st.GetLeaderId()
 			if id == "" {
-				return fmt.Errorf("manager %d knows no leader", i)
+				return fmt.Errorf("manager %s knows no leader", m.Name)
 			}
 			if leader != "" && id != leader {
-				return fmt.Errorf("manager %d says %s leads, another %s", i, id, leader)
+				return fmt.Errorf("manager %s says %s leads, another %s", m.Name, id, leader)
 			}
 			leader = id
 		}
@@ -250,39 +249,39 @@ func (c *cluster) waitAgreedLeader() string {
 // joins keep succeeding through either; the stopped manager restarts from
 // its data directory on the same addresses and catches up.
 func TestLeaderFailover(t *testing.T) {
-	baseline := runtime.NumGoroutine()
-	t.Cleanup(func() { checkGoroutines(t, baseline) }) // runs last
-	c := newCluster(t, 3)
-	old := c.leader()
-	oldID := c.managers[old].id
-	c.stop(old)
+	testkit.CheckGoroutines(t) // its check runs last
+	c := clustertest.New(t, clustertest.Options{Managers: 3})
+	old := c.Leader()
+	oldID, oldAddr, oldRaftAddr := old.ID(), old.Manager().Addr(), old.Manager().RaftAddr()
+	old.Stop()
 
-	l := c.leader()
-	if got := c.waitAgreedLeader(); got != c.managers[l].id || got == oldID {
-		t.Fatalf("survivors agree that %s leads, want the new leader %s (not the stopped %s)", got, c.managers[l].id, oldID)
+	l := c.Leader()
+	if got := waitAgreedLeader(t, c); got != l.ID() || got == oldID {
+		t.Fatalf("survivors agree that %s leads, want the new leader %s (not the stopped %s)", got, l.ID(), oldID)
 	}
 
 	// Joins succeed through both survivors, the new leader and the
 	// follower (which forwards to the new leader).
 	var joined []string
-	for _, i := range c.running() {
-		res, _ := c.joinWorker(c.managers[i].addr)
+	for _, m := range c.RunningManagers() {
+		res, _ := c.JoinNoDaemon(m.Addr())
 		joined = append(joined, res.Node.NodeID)
 	}
 	for _, id := range joined {
-		if _, ok := c.m(l).State().Node(id); !ok {
+		if _, ok := l.Manager().State().Node(id); !ok {
 			t.Errorf("new leader's State().Node(%s) missing after the join returned", id)
 		}
 	}
 
 	// The stopped manager restarts on its old addresses, is the same node,
 	// and catches up with what it missed.
-	m := c.restart(old)
-	if m.NodeID() != oldID || m.Addr() != c.managers[old].addr || m.RaftAddr() != c.managers[old].raftAddr {
+	old.Restart()
+	m := old.Manager()
+	if m.NodeID() != oldID || m.Addr() != oldAddr || m.RaftAddr() != oldRaftAddr {
 		t.Errorf("restarted manager is %s at %s/%s, want %s at %s/%s",
-			m.NodeID(), m.Addr(), m.RaftAddr(), oldID, c.managers[old].addr, c.managers[old].raftAddr)
+			m.NodeID(), m.Addr(), m.RaftAddr(), oldID, oldAddr, oldRaftAddr)
 	}
-	eventually(t, waitFor, "the restarted manager has the nodes that joined while it was down", func() error {
+	testkit.Eventually(t, "the restarted manager has the nodes that joined while it was down", func() error {
 		for _, id := range joined {
 			if _, ok := m.State().Node(id); !ok {
 				return fmt.Errorf("State().Node(%s) missing", id)
@@ -290,18 +289,18 @@ func TestLeaderFailover(t *testing.T) {
 		}
 		return nil
 	})
-	c.waitVoters(3)
-	nodes := c.waitConverged()
+	c.WaitVoters()
+	nodes := c.WaitConverged()
 	if len(nodes) != 5 {
 		t.Errorf("State().Nodes = %v, want 5 (3 managers, 2 workers)", nodes)
 	}
 
 	// And it takes joins again (a follower now, or the leader).
-	res, _ := c.joinWorker(m.Addr())
-	eventually(t, waitFor, "the new worker on every manager", func() error {
-		for _, i := range c.running() {
-			if _, ok := c.m(i).State().Node(res.Node.NodeID); !ok {
-				return fmt.Errorf("manager %d: State().Node(%s) missing", i, res.Node.NodeID)
+	res, _ := c.JoinNoDaemon(m.Addr())
+	testkit.Eventually(t, "the new worker on every manager", func() error {
+		for _, mg := range c.RunningManagers() {
+			if _, ok := mg.Manager().State().Node(res.Node.NodeID); !ok {
+				return fmt.Errorf("manager %s: State().Node(%s) missing", mg.Name, res.Node.NodeID)
 			}
 		}
 		return nil
@@ -320,27 +319,26 @@ func TestLostQuorumFailsClearly(t *testing.T) {
 		{"survivor was a follower", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			baseline := runtime.NumGoroutine()
-			t.Cleanup(func() { checkGoroutines(t, baseline) }) // runs last
-			c := newCluster(t, 3)
-			nodes := c.waitConverged()
-			survivor := c.follower()
+			testkit.CheckGoroutines(t) // its check runs last
+			c := clustertest.New(t, clustertest.Options{Managers: 3})
+			nodes := c.WaitConverged()
+			survivor := c.Follower()
 			if tc.wasLeader {
-				survivor = c.leader()
+				survivor = c.Leader()
 			}
-			for _, i := range c.running() {
-				if i != survivor {
-					c.stop(i)
+			for _, m := range c.RunningManagers() {
+				if m != survivor {
+					m.Stop()
 				}
 			}
-			addr := c.managers[survivor].addr
+			addr := survivor.Addr()
 
 			const bound = 15 * time.Second
 			ctx, cancel := context.WithTimeout(t.Context(), bound)
 			defer cancel()
 			dir := t.TempDir()
 			start := time.Now()
-			_, err := agent.Join(ctx, agent.JoinConfig{DataDir: dir, Token: c.workerToken, Remote: addr, Timeout: bound, Logger: testLogger()})
+			_, err := agent.Join(ctx, agent.JoinConfig{DataDir: dir, Token: c.WorkerToken, Remote: addr, Timeout: bound, Logger: testkit.Logger()})
 			elapsed := time.Since(start)
 			if err == nil {
 				t.Fatalf("agent.Join() through the survivor with 2 of 3 managers down = nil error, want Unavailable")
@@ -358,13 +356,13 @@ func TestLostQuorumFailsClearly(t *testing.T) {
 			if names := dirEntries(t, dir); len(names) != 0 {
 				t.Errorf("joiner's data dir holds %v after a failed join, want nothing", names)
 			}
-			if got := nodeIDs(c.m(survivor).State()); !slices.Equal(got, nodes) {
+			if got := clustertest.NodeIDs(survivor.Manager().State()); !slices.Equal(got, nodes) {
 				t.Errorf("survivor's State().Nodes = %v, want unchanged %v", got, nodes)
 			}
 
 			// Reads still answer: the root bundle over the API (as a joining
 			// node asks) and on the control socket, and the status.
-			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS(nil, c.roots()))))
+			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS(nil, c.Roots()))))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -373,10 +371,10 @@ func TestLostQuorumFailsClearly(t *testing.T) {
 			if err != nil {
 				t.Fatalf("CA.GetRootBundle() over the API without quorum = %v", err)
 			}
-			if !bytes.Equal(rb.GetBundle(), c.bundle) {
+			if !bytes.Equal(rb.GetBundle(), c.Bundle) {
 				t.Errorf("CA.GetRootBundle() over the API = another bundle")
 			}
-			sock, err := grpc.NewClient("unix://"+c.managers[survivor].cfg.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			sock, err := grpc.NewClient("unix://"+survivor.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -385,16 +383,16 @@ func TestLostQuorumFailsClearly(t *testing.T) {
 			if err != nil {
 				t.Fatalf("CA.GetRootBundle() on the socket without quorum = %v", err)
 			}
-			if !bytes.Equal(rb.GetBundle(), c.bundle) {
+			if !bytes.Equal(rb.GetBundle(), c.Bundle) {
 				t.Errorf("CA.GetRootBundle() on the socket = another bundle")
 			}
 			st, err := api.NewControlClient(sock).Status(t.Context(), &api.StatusRequest{})
 			if err != nil {
 				t.Fatalf("Control.Status() on the socket without quorum = %v", err)
 			}
-			if st.GetClusterId() != c.clusterID || st.GetNodeId() != c.managers[survivor].id || int(st.GetNodes()) != len(nodes) {
+			if st.GetClusterId() != c.ClusterID || st.GetNodeId() != survivor.ID() || int(st.GetNodes()) != len(nodes) {
 				t.Errorf("Control.Status() = cluster %s node %s with %d nodes, want %s %s %d",
-					st.GetClusterId(), st.GetNodeId(), st.GetNodes(), c.clusterID, c.managers[survivor].id, len(nodes))
+					st.GetClusterId(), st.GetNodeId(), st.GetNodes(), c.ClusterID, survivor.ID(), len(nodes))
 			}
 			unreachable := 0
 			for _, mg := range st.GetManagers() {
@@ -413,26 +411,26 @@ func TestLostQuorumFailsClearly(t *testing.T) {
 // starts it again from its data directory: the same cluster comes back,
 // state and CA identical, nothing re-initialized.
 func TestRestartFromDataDir(t *testing.T) {
-	baseline := runtime.NumGoroutine()
-	t.Cleanup(func() { checkGoroutines(t, baseline) }) // runs last
-	c := newCluster(t, 1)
-	w1, _ := c.joinWorker(c.managers[0].addr)
-	c.joinWorker(c.managers[0].addr)
+	testkit.CheckGoroutines(t) // its check runs last
+	c := clustertest.New(t, clustertest.Options{Managers: 1})
+	w1, _ := c.JoinNoDaemon(c.Managers[0].Addr())
+	c.JoinNoDaemon(c.Managers[0].Addr())
 
-	m := c.m(0)
+	m := c.Managers[0].Manager()
 	before := m.State()
 	if before.Nodes.Len() != 3 {
-		t.Fatalf("State().Nodes = %v, want 3", nodeIDs(before))
+		t.Fatalf("State().Nodes = %v, want 3", clustertest.NodeIDs(before))
 	}
-	wantState := stateJSON(t, before)
+	wantState := clustertest.StateJSON(t, before)
 	wantSerial := m.Credentials().Leaf().SerialNumber
 	wantBundle := m.Credentials().Bundle()
 	wantNodeID, wantClusterID := m.NodeID(), m.ClusterID()
 
-	c.stop(0)
-	m = c.restart(0)
+	c.Managers[0].Stop()
+	c.Managers[0].Restart()
+	m = c.Managers[0].Manager()
 
-	eventually(t, waitFor, "the restarted manager leads and has replayed its log", func() error {
+	testkit.Eventually(t, "the restarted manager leads and has replayed its log", func() error {
 		if !m.IsLeader() {
 			return fmt.Errorf("not the leader yet")
 		}
@@ -442,7 +440,7 @@ func TestRestartFromDataDir(t *testing.T) {
 		return nil
 	})
 	after := m.State()
-	if got := stateJSON(t, after); got != wantState {
+	if got := clustertest.StateJSON(t, after); got != wantState {
 		t.Errorf("state after restart differs:\n got %s\nwant %s", got, wantState)
 	}
 	if after.Index != before.Index {
@@ -457,13 +455,13 @@ func TestRestartFromDataDir(t *testing.T) {
 	if !bytes.Equal(m.Credentials().Bundle(), wantBundle) || !bytes.Equal(after.CA.Bundle, wantBundle) {
 		t.Errorf("CA bundle changed across the restart")
 	}
-	if got := c.token(0, "worker"); got != c.workerToken {
-		t.Errorf("worker token after restart = %s, want the same %s", got, c.workerToken)
+	if got := c.Token(c.Managers[0], "worker"); got != c.WorkerToken {
+		t.Errorf("worker token after restart = %s, want the same %s", got, c.WorkerToken)
 	}
 
 	// A worker's certificate from before the restart still opens mutual
 	// TLS and renews.
-	conn := dialAPI(t, m.Addr(), w1.Credentials.ClientTLS(agent.ManagerName))
+	conn := c.Dial(m.Addr(), w1.Credentials.ClientTLS(agent.ManagerName))
 	if _, err := api.NewCAClient(conn).RenewNodeCertificate(t.Context(), &api.RenewNodeCertificateRequest{Csr: newCSR(t)}); err != nil {
 		t.Errorf("worker from before the restart: CA.RenewNodeCertificate() = %v", err)
 	}

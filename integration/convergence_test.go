@@ -13,8 +13,10 @@ import (
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
-	"github.com/quorumca/quorumca/manager"
+	"github.com/quorumca/quorumca/internal/testkit"
+	"github.com/quorumca/quorumca/internal/testkit/clustertest"
 	"github.com/quorumca/quorumca/membership"
+	"github.com/quorumca/quorumca/node"
 )
 
 // TestRemovedNodeCannotHoldRotation: a removed node still holds the old
@@ -23,69 +25,68 @@ import (
 // once the old key is dropped; and the rotation skips the down node after
 // the grace all the same, because only heartbeats count.
 func TestRemovedNodeCannotHoldRotation(t *testing.T) {
-	rc := buildRotationCluster(t, 1, 3, time.Second, func(cfg *manager.Config) {
-		fastRotation(cfg)
-		cfg.GossipKeyGrace = time.Second
-	}, waitFor)
-	removed, down, alive := rc.workers[0], rc.workers[1], rc.workers[2]
-	oldKey := rc.m(0).State().GossipKey
+	rc := clustertest.New(t, clustertest.Options{
+		Managers: 1, Workers: 3, Grace: time.Second,
+		Configure: func(_ string, cfg *node.Config) { cfg.Manager.GossipKeyGrace = time.Second },
+	})
+	removed, down, alive := rc.Workers[0], rc.Workers[1], rc.Workers[2]
+	oldKey := rc.Managers[0].Manager().State().GossipKey
 	gossipPeers := gossipAddrs(t, rc)
 
 	// The second worker goes down; the first, with the gossip key it
 	// holds, claims in gossip to be the second, alive. Then the first is
 	// removed.
-	removed.stop()
-	down.stop()
-	forged := rotForgeMember(t, down.id, oldKey, membership.Meta{Role: ca.RoleWorker, Serial: "01"}, gossipPeers)
-	eventually(t, waitFor, "the manager hears the forged member", func() error {
-		if _, ok := memberPeer(forged, rc.managers[0].m.NodeID()); !ok {
+	removed.Stop()
+	down.Stop()
+	forged := rotForgeMember(t, down.ID(), oldKey, membership.Meta{Role: ca.RoleWorker, Serial: "01"}, gossipPeers)
+	testkit.Eventually(t, "the manager hears the forged member", func() error {
+		if _, ok := memberPeer(forged, rc.Managers[0].ID()); !ok {
 			return fmt.Errorf("the forged member does not see the manager")
 		}
 		return nil
 	})
-	ctx, cancel := rotCtx(t)
-	defer cancel()
-	if _, err := rc.anyCtl().RemoveNode(ctx, &api.RemoveNodeRequest{NodeId: removed.id, Force: true}); err != nil {
-		t.Fatalf("RemoveNode(%s) = %v", removed.id, err)
+	ctx := testkit.Ctx(t)
+	if _, err := rc.Ctl().RemoveNode(ctx, &api.RemoveNodeRequest{NodeId: removed.ID(), Force: true}); err != nil {
+		t.Fatalf("RemoveNode(%s) = %v", removed.ID(), err)
 	}
-	newKey := rc.m(0).State().GossipKey
+	newKey := rc.Managers[0].Manager().State().GossipKey
 	if string(newKey) == string(oldKey) {
 		t.Fatalf("RemoveNode did not replace the gossip key")
 	}
 
 	// The manager moves to the new key, then stops reading the old one:
 	// the forged member is no longer heard.
-	eventually(t, waitFor, "the manager's gossip no longer hears the forged member", func() error {
-		mem := rc.m(0).Gossip().Member()
+	testkit.Eventually(t, "the manager's gossip no longer hears the forged member", func() error {
+		mem := rc.Managers[0].Manager().Gossip().Member()
 		if mem == nil {
 			return fmt.Errorf("gossip not started")
 		}
 		if mem.KeyID() != membership.KeyID(newKey) || mem.Keys() != 1 {
 			return fmt.Errorf("gossip uses key %s with %d keys, want only %s", mem.KeyID(), mem.Keys(), membership.KeyID(newKey))
 		}
-		if _, ok := memberPeer(mem, down.id); ok {
-			return fmt.Errorf("the forged member %s is still a peer", down.id)
+		if _, ok := memberPeer(mem, down.ID()); ok {
+			return fmt.Errorf("the forged member %s is still a peer", down.ID())
 		}
 		return nil
 	})
 
 	// The worker still in the cluster hears of the new key in a heartbeat,
 	// fetches it over mutual TLS and moves to it.
-	eventually(t, waitFor, "the remaining worker moves to the new gossip key", func() error {
-		mem := alive.w.Gossip().Member()
+	testkit.Eventually(t, "the remaining worker moves to the new gossip key", func() error {
+		mem := alive.Worker().Gossip().Member()
 		if mem == nil || mem.KeyID() != membership.KeyID(newKey) {
 			return fmt.Errorf("worker gossip is not on key %s", membership.KeyID(newKey))
 		}
-		if _, ok := memberPeer(mem, rc.managers[0].m.NodeID()); !ok {
+		if _, ok := memberPeer(mem, rc.Managers[0].ID()); !ok {
 			return fmt.Errorf("the worker does not see the manager in gossip")
 		}
 		return nil
 	})
 
 	// The rotation skips the down node after the grace.
-	root := rc.rotate()
-	got := rc.waitRotation(root, false)
-	if n, ok := rotNode(got.GetRotation(), down.id); !ok || n.GetState() != "skipped" {
+	root := rc.Rotate()
+	got := rc.WaitRotation(root, false)
+	if n, ok := clustertest.RotationNode(got.GetRotation(), down.ID()); !ok || n.GetState() != "skipped" {
 		t.Errorf("after the rotation, the down node is %v, want skipped", n)
 	}
 }
@@ -100,11 +101,11 @@ func memberPeer(m *membership.Member, id string) (membership.Peer, bool) {
 }
 
 // gossipAddrs returns the managers' gossip addresses, to join through.
-func gossipAddrs(t *testing.T, rc *rotationCluster) []string {
+func gossipAddrs(t *testing.T, rc *clustertest.Cluster) []string {
 	t.Helper()
 	var out []string
-	for _, i := range rc.running() {
-		if g := rc.managers[i].m.Gossip(); g != nil && g.Member() != nil {
+	for _, mg := range rc.RunningManagers() {
+		if g := mg.Manager().Gossip(); g != nil && g.Member() != nil {
 			out = append(out, g.Member().Addr())
 		}
 	}
@@ -120,20 +121,18 @@ func gossipAddrs(t *testing.T, rc *rotationCluster) []string {
 // leader never saw it presented). Once it heartbeats with the new one,
 // the rotation completes.
 func TestRenewedButServingOldCertificateNotConverged(t *testing.T) {
-	rc := newRotationCluster(t, 1, 0, 0)
-	held := rc.holdRotation()
+	rc := clustertest.New(t, clustertest.Options{Managers: 1, Workers: 0})
+	held := rc.HoldRotation()
 	id := held.Node.NodeID
-	addr := rc.managers[rc.leader()].addr
+	addr := rc.Leader().Addr()
 	old := held.Credentials.Certificate()
 	heartbeat := func(cert *tls.Certificate) error {
-		conn := dialAPI(t, addr, clientTLS(cert, rc.roots()))
-		ctx, cancel := rotCtx(t)
-		defer cancel()
-		_, err := api.NewCAClient(conn).Heartbeat(ctx, &api.HeartbeatRequest{BundleDigest: agent.BundleDigest(held.Credentials.Bundle())})
+		conn := rc.Dial(addr, clientTLS(cert, rc.Roots()))
+		_, err := api.NewCAClient(conn).Heartbeat(testkit.Ctx(t), &api.HeartbeatRequest{BundleDigest: agent.BundleDigest(held.Credentials.Bundle())})
 		return err
 	}
-	root := rc.rotate()
-	rc.waitConvergedExcept(id)
+	root := rc.Rotate()
+	rc.WaitConvergedExcept(id)
 
 	// Renew, keeping the old certificate in use.
 	key, err := ca.GenerateKey(nil)
@@ -144,27 +143,33 @@ func TestRenewedButServingOldCertificateNotConverged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn := dialAPI(t, addr, clientTLS(old, rc.roots()))
-	ctx, cancel := rotCtx(t)
-	resp, err := api.NewCAClient(conn).RenewNodeCertificate(ctx, &api.RenewNodeCertificateRequest{Csr: csr})
-	cancel()
+	conn := rc.Dial(addr, clientTLS(old, rc.Roots()))
+	resp, err := api.NewCAClient(conn).RenewNodeCertificate(testkit.Ctx(t), &api.RenewNodeCertificateRequest{Csr: csr})
 	if err != nil {
 		t.Fatalf("RenewNodeCertificate() = %v", err)
 	}
-	lcHolds(t, 6*rotHeartbeat, "the node serving its old certificate is not converged", func() error {
+	// Heartbeat after heartbeat with the old certificate, it stays
+	// "renewed": the leader records each heartbeat before it answers, and
+	// GetCA tells the progress from what it recorded.
+	notConverged := func() error {
 		if err := heartbeat(old); err != nil {
 			return err
 		}
-		ca, err := rc.getCA()
+		ca, err := rc.GetCA()
 		if err != nil {
 			return err
 		}
-		n, _ := rotNode(ca.GetRotation(), id)
+		n, _ := clustertest.RotationNode(ca.GetRotation(), id)
 		if !ca.GetRotation().GetInProgress() || n.GetState() != "renewed" {
-			return fmt.Errorf("node %s is %q (%s), want \"renewed\" with the rotation in progress", id, n.GetState(), rotationSummary(ca.GetRotation()))
+			return fmt.Errorf("node %s is %q (%s), want \"renewed\" with the rotation in progress", id, n.GetState(), clustertest.RotationSummary(ca.GetRotation()))
 		}
 		return nil
-	})
+	}
+	for i := range 6 {
+		if err := notConverged(); err != nil {
+			t.Fatalf("the node serving its old certificate is not converged: heartbeat %d: %v", i+1, err)
+		}
+	}
 	keyPEM, err := ca.MarshalKey(key)
 	if err != nil {
 		t.Fatal(err)
@@ -176,5 +181,5 @@ func TestRenewedButServingOldCertificateNotConverged(t *testing.T) {
 	if err := heartbeat(&pair); err != nil {
 		t.Fatalf("Heartbeat() with the new certificate = %v", err)
 	}
-	rc.waitRotation(root, false)
+	rc.WaitRotation(root, false)
 }

@@ -19,7 +19,10 @@ import (
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/internal/testkit"
+	"github.com/quorumca/quorumca/internal/testkit/clustertest"
 	"github.com/quorumca/quorumca/manager"
+	"github.com/quorumca/quorumca/node"
 )
 
 // The tests of how the cluster authenticates to a real CFSSL: mutual TLS
@@ -79,17 +82,15 @@ func TestExternalCAMutualTLS(t *testing.T) {
 	cf.Start(t)
 	cf.WaitLog(t, "listening with mutual TLS")
 
-	rw := rc.startWorker("w0")
-	serial := rw.w.Credentials().Leaf().SerialNumber
-	ctx, cancel := rotCtx(t)
-	defer cancel()
-	if err := rw.w.Renewer().Renew(ctx); err != nil {
+	rw := rc.AddWorker("w0")
+	serial := rw.Worker().Credentials().Leaf().SerialNumber
+	if err := rw.Worker().Renewer().Renew(testkit.Ctx(t)); err != nil {
 		t.Fatalf("Renew() through a CFSSL that requires client certificates = %v", err)
 	}
-	if rw.w.Credentials().Leaf().SerialNumber.Cmp(serial) == 0 {
+	if rw.Worker().Credentials().Leaf().SerialNumber.Cmp(serial) == 0 {
 		t.Fatalf("the renewal did not replace the worker's certificate")
 	}
-	extCheckNodes(t, rc, extFirstCert(t, cf.CA.Cert), rc.bundle)
+	extCheckNodes(t, rc, extFirstCert(t, cf.CA.Cert), rc.Bundle)
 
 	// The harness's client presents a certificate of the external root:
 	// that is what CFSSL checks, and all it checks.
@@ -123,11 +124,14 @@ func TestExternalCAMutualTLS(t *testing.T) {
 	}
 
 	// init: the first manager has no certificate to present yet.
-	cfg := managerConfig(t, shortDir(t), "init")
-	extTiming(&cfg)
-	_, err = manager.Init(t.Context(), cfg, manager.InitOptions{External: extCAs(cf)})
+	cfg := clustertest.Config(t, "init")
+	cfg.Init = &manager.InitOptions{External: extCAs(cf)}
+	n, err := node.Start(t.Context(), cfg)
+	if err == nil {
+		n.Stop()
+	}
 	if err == nil || !strings.Contains(err.Error(), "requires a client certificate, which this manager does not have yet (init)") || !strings.Contains(err.Error(), "use authkey") {
-		t.Fatalf("manager.Init(on a CFSSL that requires client certificates) = %v, want an error that says the manager has none yet and to use authkey", err)
+		t.Fatalf("node.Start(init on a CFSSL that requires client certificates) = %v, want an error that says the manager has none yet and to use authkey", err)
 	}
 }
 
@@ -159,12 +163,11 @@ func TestExternalCAAuthSign(t *testing.T) {
 
 	logs := &cfsslLog{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	timing := func(cfg *manager.Config) {
-		extTiming(cfg)
-		cfg.Logger = logger
-	}
-	rc := buildClusterWith(t, 1, 1, 0, timing, waitFor, manager.InitOptions{External: []fsm.ExternalCA{extA}})
-	if st := rc.m(0).State(); len(st.External) != 1 || !bytes.Equal(st.External[0].AuthKey, keyA) {
+	rc := clustertest.New(t, clustertest.Options{
+		Managers: 1, Workers: 1, Init: manager.InitOptions{External: []fsm.ExternalCA{extA}},
+		Configure: func(_ string, cfg *node.Config) { cfg.Logger = logger },
+	})
+	if st := rc.Managers[0].Manager().State(); len(st.External) != 1 || !bytes.Equal(st.External[0].AuthKey, keyA) {
 		t.Fatalf("the state's external CAs hold no auth key, or another")
 	}
 	secrets := func(keys ...[]byte) []string {
@@ -186,17 +189,15 @@ func TestExternalCAAuthSign(t *testing.T) {
 	}
 
 	t.Log("join and renew")
-	rw := rc.startWorker("w1")
-	serial := rw.w.Credentials().Leaf().SerialNumber
-	ctx, cancel := rotCtx(t)
-	defer cancel()
-	if err := rw.w.Renewer().Renew(ctx); err != nil {
+	rw := rc.AddWorker("w1")
+	serial := rw.Worker().Credentials().Leaf().SerialNumber
+	if err := rw.Worker().Renewer().Renew(testkit.Ctx(t)); err != nil {
 		t.Fatalf("Renew() through authsign = %v", err)
 	}
-	if rw.w.Credentials().Leaf().SerialNumber.Cmp(serial) == 0 {
+	if rw.Worker().Credentials().Leaf().SerialNumber.Cmp(serial) == 0 {
 		t.Fatalf("the renewal did not replace the worker's certificate")
 	}
-	extCheckNodes(t, rc, extFirstCert(t, cfA.CA.Cert), rc.bundle)
+	extCheckNodes(t, rc, extFirstCert(t, cfA.CA.Cert), rc.Bundle)
 
 	t.Log("CFSSL refuses to sign without authentication")
 	cert, code, err := extPostSign(cfA.HTTPClient(), cfA, extSignBody(t))
@@ -208,13 +209,11 @@ func TestExternalCAAuthSign(t *testing.T) {
 	t.Log("GetCA and Update answer that a key is set, not which")
 	for name, answer := range map[string]func() (proto.Message, []*api.ExternalCA, error){
 		"GetCA": func() (proto.Message, []*api.ExternalCA, error) {
-			resp, err := rc.getCA()
+			resp, err := rc.GetCA()
 			return resp, resp.GetExternalCa(), err
 		},
 		"Update": func() (proto.Message, []*api.ExternalCA, error) {
-			ctx, cancel := rotCtx(t)
-			defer cancel()
-			resp, err := rc.anyCtl().Update(ctx, &api.UpdateRequest{ExternalCa: extAPI(extA)})
+			resp, err := rc.Ctl().Update(testkit.Ctx(t), &api.UpdateRequest{ExternalCa: extAPI(extA)})
 			return resp, resp.GetExternalCa(), err
 		},
 	} {
@@ -247,17 +246,17 @@ func TestExternalCAAuthSign(t *testing.T) {
 	cfB := startCFSSL(t, cfsslOptions{CA: extRoot(t, "external-b"), AuthKey: hexB})
 	extB := extCAs(cfB)[0]
 	extB.AuthKey = keyB
-	oldBundle := rc.bundle
-	resp, err := rc.tryRotate(&api.RotateCARequest{ExternalCa: extAPI(extB), CaKey: cfB.CA.Key})
+	oldBundle := rc.Bundle
+	resp, err := rc.TryRotate(&api.RotateCARequest{ExternalCa: extAPI(extB), CaKey: cfB.CA.Key})
 	if err != nil {
 		t.Fatalf("RotateCA(external A → external B, both with auth keys) = %v", err)
 	}
 	noSecret("RotateCA's answer", resp.String())
-	done := rc.waitRotation(resp.GetRotation().GetNewRootFingerprint(), true)
+	done := rc.WaitRotation(resp.GetRotation().GetNewRootFingerprint(), true)
 	if !bytes.Equal(done.GetBundle(), cfB.CA.Bundle) {
 		t.Fatalf("bundle after rotating to B is not B's root")
 	}
-	if st := rc.m(0).State(); len(st.External) != 1 || st.External[0].URL != cfB.URL || !bytes.Equal(st.External[0].AuthKey, keyB) {
+	if st := rc.Managers[0].Manager().State(); len(st.External) != 1 || st.External[0].URL != cfB.URL || !bytes.Equal(st.External[0].AuthKey, keyB) {
 		t.Errorf("external CAs after the rotation: %v, want %s with B's key", st.External, cfB.URL)
 	}
 	extCheckNodes(t, rc, extFirstCert(t, cfB.CA.Cert), done.GetBundle(), oldBundle)

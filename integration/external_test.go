@@ -31,7 +31,10 @@ import (
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/internal/testkit"
+	"github.com/quorumca/quorumca/internal/testkit/clustertest"
 	"github.com/quorumca/quorumca/manager"
+	"github.com/quorumca/quorumca/node"
 )
 
 // The external CA tests run clusters whose certificates the real CFSSL
@@ -56,18 +59,13 @@ func extAPI(cas ...fsm.ExternalCA) []*api.ExternalCA {
 	return out
 }
 
-// extTiming is the rotation tests' timing with a short external CA
-// timeout.
-func extTiming(cfg *manager.Config) {
-	fastRotation(cfg)
-	cfg.ExternalTimeout = 2 * time.Second
-}
-
 // extCluster starts managers managers and workers workers on the external
 // CAs cas; certPEM is --ca-cert (nil: ask the CA).
-func extCluster(t *testing.T, managers, workers int, certPEM []byte, cas ...fsm.ExternalCA) *rotationCluster {
+func extCluster(t *testing.T, managers, workers int, certPEM []byte, cas ...fsm.ExternalCA) *clustertest.Cluster {
 	t.Helper()
-	return buildClusterWith(t, managers, workers, 0, extTiming, waitFor, manager.InitOptions{External: cas, ExternalCert: certPEM})
+	return clustertest.New(t, clustertest.Options{
+		Managers: managers, Workers: workers, Init: manager.InitOptions{External: cas, ExternalCert: certPEM},
+	})
 }
 
 // extFirstCert parses the first certificate of a PEM bundle.
@@ -84,22 +82,22 @@ func extFirstCert(t *testing.T, pemBytes []byte) *x509.Certificate {
 // by issuer, naming its own identity, that verifies, with the chain it
 // carries, under each of bundles with Go's verifier and with `openssl
 // verify`.
-func extCheckNodes(t *testing.T, rc *rotationCluster, issuer *x509.Certificate, bundles ...[]byte) {
+func extCheckNodes(t *testing.T, rc *clustertest.Cluster, issuer *x509.Certificate, bundles ...[]byte) {
 	t.Helper()
-	creds := rc.nodeCreds()
+	creds := rc.NodeCreds()
 	if len(creds) == 0 {
 		t.Fatal("no running node")
 	}
 	for id, c := range creds {
-		chain := rotChainOf(t, c)
+		chain := chainOf(t, c)
 		leaf := chain[0]
 		if err := leaf.CheckSignatureFrom(issuer); err != nil {
 			t.Errorf("node %s: certificate issued by %s, want %s: %v", id, leaf.Issuer, issuer.Subject, err)
 			continue
 		}
 		got, err := ca.IdentityOf(leaf)
-		if err != nil || got.NodeID != id || got.ClusterID != rc.clusterID || len(leaf.Subject.Names) != 3 {
-			t.Errorf("node %s: certificate names %s (%v), want CN=%s, its role, O=%s and nothing else", id, leaf.Subject, err, id, rc.clusterID)
+		if err != nil || got.NodeID != id || got.ClusterID != rc.ClusterID || len(leaf.Subject.Names) != 3 {
+			t.Errorf("node %s: certificate names %s (%v), want CN=%s, its role, O=%s and nothing else", id, leaf.Subject, err, id, rc.ClusterID)
 		}
 		var chainPEM []byte
 		for _, cert := range chain {
@@ -176,44 +174,47 @@ func TestExternalCAInit(t *testing.T) {
 	t.Run("root", func(t *testing.T) {
 		cf := startCFSSL(t, cfsslOptions{})
 		rc := extCluster(t, 3, 2, nil, extCAs(cf)...)
-		if !bytes.Equal(rc.bundle, cf.CA.Bundle) {
+		if !bytes.Equal(rc.Bundle, cf.CA.Bundle) {
 			t.Errorf("cluster bundle is not the external CA's root")
 		}
-		for _, i := range rc.running() {
-			st := rc.m(i).State()
+		for _, mg := range rc.RunningManagers() {
+			st := mg.Manager().State()
 			if st.Signs() || len(st.CA.Key) > 0 {
-				t.Errorf("manager %d holds a CA key; an external CA cluster must not", i)
+				t.Errorf("manager %s holds a CA key; an external CA cluster must not", mg.Name)
 			}
 			if len(st.External) != 1 || st.External[0].URL != cf.URL {
-				t.Errorf("manager %d: external CAs %+v, want %s", i, st.External, cf.URL)
+				t.Errorf("manager %s: external CAs %+v, want %s", mg.Name, st.External, cf.URL)
 			}
 		}
-		resp, err := rc.getCA()
+		resp, err := rc.GetCA()
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(resp.GetExternalCa()) != 1 || resp.GetExternalCa()[0].GetUrl() != cf.URL {
 			t.Errorf("GetCA().ExternalCa = %v, want %s", resp.GetExternalCa(), cf.URL)
 		}
-		extCheckNodes(t, rc, extFirstCert(t, cf.CA.Cert), rc.bundle)
+		extCheckNodes(t, rc, extFirstCert(t, cf.CA.Cert), rc.Bundle)
 	})
 	t.Run("intermediate", func(t *testing.T) {
 		m := extIntermediate(t)
 		cf := startCFSSL(t, cfsslOptions{CA: m})
 		// Asked, the CA answers its intermediate: the root cannot be
 		// guessed, and Init says to give the chain.
-		cfg := managerConfig(t, shortDir(t), "bad")
-		extTiming(&cfg)
-		_, err := manager.Init(t.Context(), cfg, manager.InitOptions{External: extCAs(cf)})
+		cfg := clustertest.Config(t, "bad")
+		cfg.Init = &manager.InitOptions{External: extCAs(cf)}
+		n, err := node.Start(t.Context(), cfg)
+		if err == nil {
+			n.Stop()
+		}
 		if err == nil || !strings.Contains(err.Error(), "--ca-cert") {
-			t.Fatalf("manager.Init(external CA with an intermediate, no --ca-cert) = %v, want an error that asks for --ca-cert", err)
+			t.Fatalf("node.Start(init on an external CA with an intermediate, no --ca-cert) = %v, want an error that asks for --ca-cert", err)
 		}
 		if entries, _ := os.ReadDir(cfg.DataDir); len(entries) > 0 {
 			t.Errorf("a failed Init left %d entries in the data dir", len(entries))
 		}
 		chain := append(append([]byte(nil), m.Cert...), m.Bundle...)
 		rc := extCluster(t, 1, 2, chain, extCAs(cf)...)
-		if !bytes.Equal(rc.bundle, m.Bundle) {
+		if !bytes.Equal(rc.Bundle, m.Bundle) {
 			t.Errorf("cluster bundle is not the corporate root")
 		}
 		extCheckNodes(t, rc, extFirstCert(t, m.Cert), m.Bundle)
@@ -227,26 +228,26 @@ func TestExternalCAInit(t *testing.T) {
 // the certificates issued during a rotation verify under the old root and
 // the new one, with openssl too.
 func TestExternalCARotations(t *testing.T) {
-	rc := buildRotationCluster(t, 3, 2, 0, extTiming, waitFor)
+	rc := clustertest.New(t, clustertest.Options{Managers: 3, Workers: 2})
 	rotateTo := func(req *api.RotateCARequest) (oldBundle, newBundle []byte) {
 		t.Helper()
-		oldBundle = rc.m(rc.running()[0]).State().CA.Bundle
-		resp, err := rc.tryRotate(req)
+		oldBundle = rc.RunningManagers()[0].Manager().State().CA.Bundle
+		resp, err := rc.TryRotate(req)
 		if err != nil {
 			t.Fatalf("RotateCA() = %v", err)
 		}
-		done := rc.waitRotation(resp.GetRotation().GetNewRootFingerprint(), true)
+		done := rc.WaitRotation(resp.GetRotation().GetNewRootFingerprint(), true)
 		return oldBundle, done.GetBundle()
 	}
 	checkState := func(wantSigns bool, want []fsm.ExternalCA) {
 		t.Helper()
-		for _, i := range rc.running() {
-			st := rc.m(i).State()
+		for _, mg := range rc.RunningManagers() {
+			st := mg.Manager().State()
 			if st.Signs() != wantSigns {
-				t.Errorf("manager %d: Signs() = %v, want %v", i, st.Signs(), wantSigns)
+				t.Errorf("manager %s: Signs() = %v, want %v", mg.Name, st.Signs(), wantSigns)
 			}
 			if len(st.External) != len(want) || (len(want) > 0 && st.External[0].URL != want[0].URL) {
-				t.Errorf("manager %d: external CAs %+v, want %+v", i, st.External, want)
+				t.Errorf("manager %s: external CAs %+v, want %+v", mg.Name, st.External, want)
 			}
 		}
 	}
@@ -262,11 +263,11 @@ func TestExternalCARotations(t *testing.T) {
 
 	t.Log("external A → external B, without B's root key: refused")
 	cfB := startCFSSL(t, cfsslOptions{CA: extRoot(t, "external-b")})
-	_, err := rc.tryRotate(&api.RotateCARequest{ExternalCa: extAPI(extCAs(cfB)...)})
+	_, err := rc.TryRotate(&api.RotateCARequest{ExternalCa: extAPI(extCAs(cfB)...)})
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "--ca-key") {
 		t.Fatalf("RotateCA(external → external, no key) = %v, want FailedPrecondition naming --ca-key", err)
 	}
-	if st := rc.m(rc.running()[0]).State(); st.Rotation != nil {
+	if st := rc.RunningManagers()[0].Manager().State(); st.Rotation != nil {
 		t.Fatalf("a refused rotation started anyway")
 	}
 
@@ -281,7 +282,7 @@ func TestExternalCARotations(t *testing.T) {
 	t.Log("external B → internal (generated root)")
 	old, now = rotateTo(&api.RotateCARequest{})
 	checkState(true, nil)
-	st := rc.m(rc.running()[0]).State()
+	st := rc.RunningManagers()[0].Manager().State()
 	if !bytes.Equal(st.CA.Bundle, now) || bytes.Equal(now, old) {
 		t.Fatalf("bundle after rotating to a generated root is not the state's new root")
 	}
@@ -305,11 +306,11 @@ func TestExternalCACannotCrossSign(t *testing.T) {
 	t.Run("no CA profile", func(t *testing.T) {
 		cf := startCFSSL(t, cfsslOptions{NoCAProfile: true})
 		rc := extCluster(t, 1, 0, nil, extCAs(cf)...)
-		_, err := rc.tryRotate(&api.RotateCARequest{})
+		_, err := rc.TryRotate(&api.RotateCARequest{})
 		if err == nil || !strings.Contains(err.Error(), manager.CrossSignProfile) {
 			t.Fatalf("RotateCA(external without CA profile → internal) = %v, want a refusal naming the %q profile", err, manager.CrossSignProfile)
 		}
-		if st := rc.m(0).State(); st.Rotation != nil || st.Signs() {
+		if st := rc.Managers[0].Manager().State(); st.Rotation != nil || st.Signs() {
 			t.Fatalf("a refused rotation changed the state")
 		}
 	})
@@ -317,11 +318,11 @@ func TestExternalCACannotCrossSign(t *testing.T) {
 		cf := startCFSSL(t, cfsslOptions{CA: extRoot(t, "same-name")})
 		rc := extCluster(t, 1, 0, nil, extCAs(cf)...)
 		next := startCFSSL(t, cfsslOptions{CA: extRoot(t, "same-name")})
-		_, err := rc.tryRotate(&api.RotateCARequest{ExternalCa: extAPI(extCAs(next)...), CaKey: next.CA.Key})
+		_, err := rc.TryRotate(&api.RotateCARequest{ExternalCa: extAPI(extCAs(next)...), CaKey: next.CA.Key})
 		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "same subject") {
 			t.Fatalf("RotateCA(external → external of the same subject) = %v, want FailedPrecondition naming the same subject", err)
 		}
-		if st := rc.m(0).State(); st.Rotation != nil || st.External[0].URL != cf.URL {
+		if st := rc.Managers[0].Manager().State(); st.Rotation != nil || st.External[0].URL != cf.URL {
 			t.Fatalf("a refused rotation changed the state")
 		}
 	})
@@ -349,14 +350,14 @@ func (h *joinLog) WithGroup(string) slog.Handler      { return h }
 
 // extTryJoin joins a worker with timeout; it returns the error and checks
 // that a failed join left the data dir empty.
-func extTryJoin(t *testing.T, rc *rotationCluster, timeout time.Duration, log *slog.Logger) error {
+func extTryJoin(t *testing.T, rc *clustertest.Cluster, timeout time.Duration, log *slog.Logger) error {
 	t.Helper()
 	if log == nil {
-		log = testLogger()
+		log = testkit.Logger()
 	}
 	dir := t.TempDir()
 	_, err := agent.Join(t.Context(), agent.JoinConfig{
-		DataDir: dir, Token: rc.workerToken, Remote: rc.via(), Timeout: timeout, Logger: log,
+		DataDir: dir, Token: rc.WorkerToken, Remote: rc.Via(), Timeout: timeout, Logger: log,
 	})
 	if err != nil {
 		if entries, _ := os.ReadDir(dir); len(entries) > 0 {
@@ -401,11 +402,9 @@ func extFakeCA(t *testing.T, cf *cfsslCA, sign http.HandlerFunc) (ext fsm.Extern
 }
 
 // extUpdate replaces the cluster's external CAs.
-func extUpdate(t *testing.T, rc *rotationCluster, cas ...fsm.ExternalCA) error {
+func extUpdate(t *testing.T, rc *clustertest.Cluster, cas ...fsm.ExternalCA) error {
 	t.Helper()
-	ctx, cancel := rotCtx(t)
-	defer cancel()
-	_, err := rc.anyCtl().Update(ctx, &api.UpdateRequest{ExternalCa: extAPI(cas...)})
+	_, err := rc.Ctl().Update(testkit.Ctx(t), &api.UpdateRequest{ExternalCa: extAPI(cas...)})
 	return err
 }
 
@@ -417,7 +416,7 @@ func extUpdate(t *testing.T, rc *rotationCluster, cas ...fsm.ExternalCA) error {
 func TestExternalCAUnavailable(t *testing.T) {
 	cf := startCFSSL(t, cfsslOptions{})
 	rc := extCluster(t, 1, 0, nil, extCAs(cf)...)
-	nodes := func() int { return rc.m(0).State().Nodes.Len() }
+	nodes := func() int { return rc.Managers[0].Manager().State().Nodes.Len() }
 	before := nodes()
 
 	t.Run("down", func(t *testing.T) {
@@ -432,12 +431,12 @@ func TestExternalCAUnavailable(t *testing.T) {
 		// A join in progress retries, and succeeds once the CA is back.
 		h := &joinLog{want: "retrying", seen: make(chan struct{}, 1)}
 		joined := make(chan error, 1)
-		go func() { joined <- extTryJoin(t, rc, waitFor, slog.New(h)) }()
+		go func() { joined <- extTryJoin(t, rc, testkit.Wait, slog.New(h)) }()
 		select {
 		case <-h.seen:
 		case err := <-joined:
 			t.Fatalf("join returned %v before retrying", err)
-		case <-time.After(waitFor):
+		case <-time.After(testkit.Wait):
 			t.Fatal("the join did not retry")
 		}
 		cf.Start(t)
@@ -462,7 +461,7 @@ func TestExternalCAUnavailable(t *testing.T) {
 		}
 		broken.Store(true)
 		for i := range 2 {
-			if err := extTryJoin(t, rc, waitFor, nil); err != nil {
+			if err := extTryJoin(t, rc, testkit.Wait, nil); err != nil {
 				t.Fatalf("join %d with a slow first CA and a working fallback = %v", i, err)
 			}
 		}
@@ -569,7 +568,7 @@ func TestExternalCAUnavailable(t *testing.T) {
 	if err := extUpdate(t, rc, extCAs(cf)...); err != nil {
 		t.Fatal(err)
 	}
-	if err := extTryJoin(t, rc, waitFor, nil); err != nil {
+	if err := extTryJoin(t, rc, testkit.Wait, nil); err != nil {
 		t.Fatalf("join back on the real CA = %v", err)
 	}
 }
@@ -578,7 +577,7 @@ func TestExternalCAUnavailable(t *testing.T) {
 // cluster that holds its key, and for a CA that signs with another
 // certificate or does not answer; the external CAs stay as they were.
 func TestExternalCAUpdateRefusals(t *testing.T) {
-	internal := buildRotationCluster(t, 1, 0, 0, extTiming, waitFor)
+	internal := clustertest.New(t, clustertest.Options{Managers: 1})
 	cf := startCFSSL(t, cfsslOptions{})
 	if err := extUpdate(t, internal, extCAs(cf)...); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "rotate") {
 		t.Errorf("Update(external CA) on a self-signing cluster = %v, want InvalidArgument that says to rotate", err)
@@ -594,7 +593,7 @@ func TestExternalCAUpdateRefusals(t *testing.T) {
 	if err := extUpdate(t, rc, extCAs(down)...); err == nil || !strings.Contains(err.Error(), down.URL) {
 		t.Errorf("Update(external CA that is down) = %v, want a refusal naming %s", err, down.URL)
 	}
-	if st := rc.m(0).State(); len(st.External) != 1 || st.External[0].URL != cf.URL {
+	if st := rc.Managers[0].Manager().State(); len(st.External) != 1 || st.External[0].URL != cf.URL {
 		t.Errorf("external CAs after refused updates = %+v, want only %s", st.External, cf.URL)
 	}
 	// A second CFSSL with the same key is a valid fallback.
@@ -603,7 +602,7 @@ func TestExternalCAUpdateRefusals(t *testing.T) {
 		t.Fatalf("Update(external CAs: cfssl, its twin) = %v", err)
 	}
 	cf.Stop(t)
-	if err := extTryJoin(t, rc, waitFor, nil); err != nil {
+	if err := extTryJoin(t, rc, testkit.Wait, nil); err != nil {
 		t.Fatalf("join with the first CA down and its twin up = %v", err)
 	}
 }
@@ -614,11 +613,11 @@ func TestExternalCAUpdateRefusals(t *testing.T) {
 func TestExternalCAForgedCSR(t *testing.T) {
 	cf := startCFSSL(t, cfsslOptions{})
 	rc := extCluster(t, 1, 0, nil, extCAs(cf)...)
-	roots, _, err := ca.ParseBundle(rc.bundle)
+	roots, _, err := ca.ParseBundle(rc.Bundle)
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(rc.via(), grpc.WithTransportCredentials(credentials.NewTLS(agent.BundleClientTLS(roots, agent.ManagerName))))
+	conn, err := grpc.NewClient(rc.Via(), grpc.WithTransportCredentials(credentials.NewTLS(agent.BundleClientTLS(roots, agent.ManagerName))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -632,9 +631,8 @@ func TestExternalCAForgedCSR(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := rotCtx(t)
-		defer cancel()
-		req := joinRequest(t, conn, rc.workerToken, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+		ctx := testkit.Ctx(t)
+		req := joinRequest(t, conn, rc.WorkerToken, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
 		return api.NewCAClient(conn).IssueNodeCertificate(ctx, req)
 	}
 
@@ -644,19 +642,19 @@ func TestExternalCAForgedCSR(t *testing.T) {
 	}
 	leaf := extFirstCert(t, resp.GetCertificate())
 	id, err := ca.IdentityOf(leaf)
-	if err != nil || id.Role != ca.RoleWorker || id.ClusterID != rc.clusterID || id.NodeID != resp.GetNodeId() {
+	if err != nil || id.Role != ca.RoleWorker || id.ClusterID != rc.ClusterID || id.NodeID != resp.GetNodeId() {
 		t.Errorf("certificate for a forged CSR names %s (%v), want the worker identity the cluster gave", leaf.Subject, err)
 	}
 	if fmt.Sprint(leaf.DNSNames) != fmt.Sprint([]string{string(ca.RoleWorker), id.NodeID}) {
 		t.Errorf("certificate DNS names %v, want the cluster's", leaf.DNSNames)
 	}
 
-	before := rc.m(0).State().Nodes.Len()
+	before := rc.Managers[0].Manager().State().Nodes.Len()
 	_, err = issue(pkix.Name{CommonName: "x", Country: []string{"XX"}, Locality: []string{"Nowhere"}})
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "CN, O and OU") {
 		t.Fatalf("IssueNodeCertificate(CSR with C and L) = %v, want InvalidArgument", err)
 	}
-	if got := rc.m(0).State().Nodes.Len(); got != before {
+	if got := rc.Managers[0].Manager().State().Nodes.Len(); got != before {
 		t.Fatalf("a refused join changed the node count from %d to %d", before, got)
 	}
 }
@@ -667,22 +665,20 @@ func TestExternalCAForgedCSR(t *testing.T) {
 func TestExternalCARenewal(t *testing.T) {
 	cf := startCFSSL(t, cfsslOptions{})
 	rc := extCluster(t, 1, 1, nil, extCAs(cf)...)
-	rw := rc.workers[0]
-	serial := rw.w.Credentials().Leaf().SerialNumber
+	rw := rc.Workers[0]
+	serial := rw.Worker().Credentials().Leaf().SerialNumber
 	record := func() fsm.CertInfo {
-		n, _ := rc.m(0).State().Node(rw.id)
+		n, _ := rc.Managers[0].Manager().State().Node(rw.ID())
 		return n.Cert
 	}
 	before := record()
 
 	cf.Stop(t)
-	ctx, cancel := rotCtx(t)
-	err := rw.w.Renewer().Renew(ctx)
-	cancel()
+	err := rw.Worker().Renewer().Renew(testkit.Ctx(t))
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), api.ExternalCADown) {
 		t.Fatalf("Renew() with the external CA down = %v, want Unavailable saying no external CA answered", err)
 	}
-	if got := rw.w.Credentials().Leaf().SerialNumber; got.Cmp(serial) != 0 {
+	if got := rw.Worker().Credentials().Leaf().SerialNumber; got.Cmp(serial) != 0 {
 		t.Fatalf("a failed renewal replaced the certificate")
 	}
 	if got := record(); got.Serial != before.Serial {
@@ -690,14 +686,12 @@ func TestExternalCARenewal(t *testing.T) {
 	}
 
 	cf.Start(t)
-	ctx, cancel = rotCtx(t)
-	defer cancel()
-	if err := rw.w.Renewer().Renew(ctx); err != nil {
+	if err := rw.Worker().Renewer().Renew(testkit.Ctx(t)); err != nil {
 		t.Fatalf("Renew() with the external CA back = %v", err)
 	}
-	leaf := rw.w.Credentials().Leaf()
+	leaf := rw.Worker().Credentials().Leaf()
 	if leaf.SerialNumber.Cmp(serial) == 0 || record().Serial == before.Serial {
 		t.Fatalf("the renewal did not replace the certificate and its record")
 	}
-	extCheckNodes(t, rc, extFirstCert(t, cf.CA.Cert), rc.bundle)
+	extCheckNodes(t, rc, extFirstCert(t, cf.CA.Cert), rc.Bundle)
 }

@@ -30,7 +30,9 @@ import (
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
-	"github.com/quorumca/quorumca/manager"
+	"github.com/quorumca/quorumca/internal/testkit"
+	"github.com/quorumca/quorumca/internal/testkit/clustertest"
+	"github.com/quorumca/quorumca/node"
 )
 
 func TestMain(m *testing.M) {
@@ -91,10 +93,10 @@ func flood(targets []string) int {
 // is checked before anything is relayed: the managers' heap barely moves,
 // and every call is refused.
 func TestAnonymousJoinFloodBoundedMemory(t *testing.T) {
-	c := newCluster(t, 3)
-	leader := c.leader()
-	targets := []string{c.managers[leader].addr, c.managers[c.follower()].addr}
-	before := stateJSON(t, c.m(leader).State())
+	c := clustertest.New(t, clustertest.Options{Managers: 3})
+	leader := c.Leader()
+	targets := []string{leader.Addr(), c.Follower().Addr()}
+	before := clustertest.StateJSON(t, leader.Manager().State())
 
 	runtime.GC()
 	var ms runtime.MemStats
@@ -142,7 +144,7 @@ func TestAnonymousJoinFloodBoundedMemory(t *testing.T) {
 	if limit := int64(64 << 20); grew > limit {
 		t.Errorf("the managers' heap grew by %d MiB during the flood, want at most %d MiB", grew>>20, limit>>20)
 	}
-	if got := stateJSON(t, c.m(leader).State()); got != before {
+	if got := clustertest.StateJSON(t, leader.Manager().State()); got != before {
 		t.Errorf("the flood changed the state")
 	}
 }
@@ -160,8 +162,8 @@ func summarize(lines []string) map[string]int {
 // few hundred silent ones (closing the oldest), closes each after the
 // handshake deadline, and still serves a real client meanwhile.
 func TestSilentConnectionsCapped(t *testing.T) {
-	c := newCluster(t, 1)
-	addr := c.managers[0].addr
+	c := clustertest.New(t, clustertest.Options{Managers: 1})
+	addr := c.Managers[0].Addr()
 	const silent = 2000
 	conns := make([]net.Conn, 0, silent)
 	t.Cleanup(func() {
@@ -177,9 +179,8 @@ func TestSilentConnectionsCapped(t *testing.T) {
 		conns = append(conns, conn)
 	}
 	// A real client gets through while they wait.
-	conn := dialAPI(t, addr, clientTLS(c.managers[0].m.Credentials().Certificate(), c.roots()))
-	ctx, cancel := context.WithTimeout(t.Context(), waitFor)
-	defer cancel()
+	conn := c.Dial(addr, clientTLS(c.Managers[0].Credentials().Certificate(), c.Roots()))
+	ctx := testkit.Ctx(t)
 	if _, err := api.NewControlClient(conn).Ping(ctx, &api.PingRequest{}); err != nil {
 		t.Fatalf("Ping() during the flood of silent connections = %v", err)
 	}
@@ -201,7 +202,7 @@ func TestSilentConnectionsCapped(t *testing.T) {
 	if n := open(); n > 300 {
 		t.Errorf("%d of %d silent connections still open, want at most 300", n, silent)
 	}
-	eventually(t, waitFor, "the manager closes silent connections at the handshake deadline", func() error {
+	testkit.Eventually(t, "the manager closes silent connections at the handshake deadline", func() error {
 		if n := open(); n > 0 {
 			return fmt.Errorf("%d silent connections still open", n)
 		}
@@ -216,23 +217,22 @@ func TestSilentConnectionsCapped(t *testing.T) {
 // which the cluster refuses when the fake replays it, and the secret is
 // nowhere in what it received.
 func TestPhishingRemovedManagerGetsNoToken(t *testing.T) {
-	c := newCluster(t, 3)
-	leader := c.leader()
-	victim := (leader + 1) % 3
-	creds := c.managers[victim].m.Credentials()
+	c := clustertest.New(t, clustertest.Options{Managers: 3})
+	leader := c.Leader()
+	victim := c.Follower()
+	creds := victim.Credentials()
 	stolen := *creds.Certificate()
-	c.stop(victim)
-	ctx, cancel := context.WithTimeout(t.Context(), waitFor)
-	defer cancel()
-	if _, err := c.control(leader).RemoveNode(ctx, &api.RemoveNodeRequest{NodeId: c.managers[victim].id, Force: true}); err != nil {
-		t.Fatalf("RemoveNode(manager %s) = %v", c.managers[victim].id, err)
+	victim.Stop()
+	ctx := testkit.Ctx(t)
+	if _, err := leader.Control().RemoveNode(ctx, &api.RemoveNodeRequest{NodeId: victim.ID(), Force: true}); err != nil {
+		t.Fatalf("RemoveNode(manager %s) = %v", victim.ID(), err)
 	}
-	before := stateJSON(t, c.m(leader).State())
-	token := c.token(leader, "worker")
+	before := clustertest.StateJSON(t, leader.Manager().State())
+	token := c.Token(leader, "worker")
 	tok, _ := ca.ParseToken(token)
 
-	fake := startFakeManager(t, stolen, c.bundle, c.managers[leader].addr)
-	_, err := agent.Join(ctx, agent.JoinConfig{DataDir: t.TempDir(), Token: token, Remote: fake.addr, Logger: testLogger()})
+	fake := startFakeManager(t, stolen, c.Bundle, leader.Addr())
+	_, err := agent.Join(ctx, agent.JoinConfig{DataDir: t.TempDir(), Token: token, Remote: fake.addr, Logger: testkit.Logger()})
 	if err == nil {
 		t.Fatalf("the join through the fake manager succeeded")
 	}
@@ -248,7 +248,7 @@ func TestPhishingRemovedManagerGetsNoToken(t *testing.T) {
 	if code := status.Code(fake.replayErr); code != codes.PermissionDenied {
 		t.Errorf("the cluster answered the fake's replay of the join with %v, want PermissionDenied", fake.replayErr)
 	}
-	if got := stateJSON(t, c.m(leader).State()); got != before {
+	if got := clustertest.StateJSON(t, leader.Manager().State()); got != before {
 		t.Errorf("the phishing changed the state")
 	}
 }
@@ -302,8 +302,8 @@ func (f *fakeManager) IssueNodeCertificate(ctx context.Context, req *api.IssueNo
 // through.
 func TestAPIRefusesWeakTLS(t *testing.T) {
 	openssl := requireOpenSSL(t)
-	c := newCluster(t, 1)
-	addr := c.managers[0].addr
+	c := clustertest.New(t, clustertest.Options{Managers: 1})
+	addr := c.Managers[0].Addr()
 	for _, tt := range []struct {
 		name string
 		args []string
@@ -354,23 +354,18 @@ func TestDiskFullSaysDiskFull(t *testing.T) {
 		t.Skipf("mount tmpfs (needs root): %v", err)
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
-	sock := shortDir(t)
-	cfg := managerConfig(t, sock, "m0")
-	cfg.DataDir = filepath.Join(dir, "data")
-	c := &cluster{tb: t, sockDir: sock}
-	t.Cleanup(c.stopAll)
-	m, err := manager.Init(t.Context(), cfg, manager.InitOptions{})
-	if err != nil {
-		t.Fatalf("manager.Init() on a tmpfs = %v", err)
-	}
-	c.add(cfg, m)
+	c := clustertest.New(t, clustertest.Options{
+		Managers:  1,
+		Configure: func(_ string, cfg *node.Config) { cfg.DataDir = filepath.Join(dir, "data") },
+	})
+	m := c.Managers[0].Manager()
 	filler := filepath.Join(dir, "filler")
 	fill(t, filler)
-	ctx, cancel := context.WithTimeout(t.Context(), waitFor)
-	defer cancel()
+	ctx := testkit.Ctx(t)
+	var err error
 	// The store may still have free pages: write until it needs more.
 	for i := 0; i < 2000 && err == nil; i++ {
-		_, err = c.control(0).JoinToken(ctx, &api.JoinTokenRequest{Role: "worker", Rotate: true})
+		_, err = c.Managers[0].Control().JoinToken(ctx, &api.JoinTokenRequest{Role: "worker", Rotate: true})
 	}
 	if err == nil || !strings.Contains(err.Error(), "disk full") || !strings.Contains(err.Error(), m.NodeID()) {
 		t.Errorf("JoinToken(rotate) on a full disk = %v, want an error that says the disk of manager %s is full", err, m.NodeID())
@@ -378,15 +373,15 @@ func TestDiskFullSaysDiskFull(t *testing.T) {
 	if r, _ := api.ErrorReason(err); r != api.ReasonDiskFull {
 		t.Errorf("JoinToken(rotate) on a full disk: reason %q, want %s", r, api.ReasonDiskFull)
 	}
-	st, err := c.control(0).Status(ctx, &api.StatusRequest{})
+	st, err := c.Managers[0].Control().Status(ctx, &api.StatusRequest{})
 	if err != nil || !strings.Contains(st.GetProblem(), "disk full") {
 		t.Errorf("Status() on a full disk = problem %q, %v; want it to say the disk is full", st.GetProblem(), err)
 	}
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitFor, "the manager serves again once space is freed", func() error {
-		_, err := c.control(0).JoinToken(ctx, &api.JoinTokenRequest{Role: "worker", Rotate: true})
+	testkit.Eventually(t, "the manager serves again once space is freed", func() error {
+		_, err := c.Managers[0].Control().JoinToken(ctx, &api.JoinTokenRequest{Role: "worker", Rotate: true})
 		return err
 	})
 }

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,7 +8,10 @@ import (
 	"testing"
 
 	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/internal/testkit"
+	"github.com/quorumca/quorumca/internal/testkit/clustertest"
 	"github.com/quorumca/quorumca/manager"
+	"github.com/quorumca/quorumca/node"
 )
 
 // TestPublishTokens: a manager started with PublishTokens keeps both join
@@ -17,10 +19,10 @@ import (
 // with the token it reads there.
 func TestPublishTokens(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "tokens")
-	rc := buildClusterWith(t, 1, 0, 0, func(cfg *manager.Config) {
-		fastRotation(cfg)
-		cfg.PublishTokens = dir
-	}, waitFor, manager.InitOptions{})
+	rc := clustertest.New(t, clustertest.Options{
+		Managers:  1,
+		Configure: func(_ string, cfg *node.Config) { cfg.Manager.PublishTokens = dir },
+	})
 	read := func(name string) (string, error) {
 		p := filepath.Join(dir, name)
 		fi, err := os.Stat(p)
@@ -33,8 +35,8 @@ func TestPublishTokens(t *testing.T) {
 		b, err := os.ReadFile(p)
 		return strings.TrimSpace(string(b)), err
 	}
-	want := map[string]string{manager.WorkerTokenFile: rc.workerToken, manager.ManagerTokenFile: rc.managerToken}
-	eventually(t, waitFor, "both tokens published", func() error {
+	want := map[string]string{manager.WorkerTokenFile: rc.WorkerToken, manager.ManagerTokenFile: rc.ManagerToken}
+	testkit.Eventually(t, "both tokens published", func() error {
 		for name, tok := range want {
 			got, err := read(name)
 			if err != nil {
@@ -47,26 +49,24 @@ func TestPublishTokens(t *testing.T) {
 		return nil
 	})
 
-	ctx, cancel := context.WithTimeout(t.Context(), waitFor)
-	defer cancel()
-	resp, err := rc.anyCtl().JoinToken(ctx, &api.JoinTokenRequest{Role: "worker", Rotate: true})
+	resp, err := rc.Ctl().JoinToken(testkit.Ctx(t), &api.JoinTokenRequest{Role: "worker", Rotate: true})
 	if err != nil {
 		t.Fatalf("JoinToken(worker, rotate) = %v", err)
 	}
-	eventually(t, waitFor, "the rotated worker token published", func() error {
+	testkit.Eventually(t, "the rotated worker token published", func() error {
 		got, err := read(manager.WorkerTokenFile)
 		if err != nil {
 			return err
 		}
-		if got != resp.GetToken() || got == rc.workerToken {
+		if got != resp.GetToken() || got == rc.WorkerToken {
 			return fmt.Errorf("worker.token holds %.20s…, want the rotated token", got)
 		}
 		return nil
 	})
 	tok, _ := read(manager.WorkerTokenFile)
-	rc.workerToken = tok
-	rw := rc.startWorker("w-published")
-	if rw.w.Credentials().Identity().Role != "swarm-worker" {
-		t.Fatalf("joined with the published token as %s, want a worker", rw.w.Credentials().Identity().Role)
+	rc.WorkerToken = tok
+	rw := rc.AddWorker("w-published")
+	if rw.Worker().Credentials().Identity().Role != "swarm-worker" {
+		t.Fatalf("joined with the published token as %s, want a worker", rw.Worker().Credentials().Identity().Role)
 	}
 }

@@ -18,7 +18,10 @@ import (
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
+	"github.com/quorumca/quorumca/internal/testkit/clustertest"
 	"github.com/quorumca/quorumca/manager"
+	"github.com/quorumca/quorumca/node"
 )
 
 // Each test here is one security property: a refusal, and proof that
@@ -41,11 +44,11 @@ func wrongSecret(t *testing.T, token string) string {
 // bundle but carries a wrong secret: PermissionDenied, and nothing is
 // written, neither in the cluster nor in the joiner's data directory.
 func TestJoinWrongToken(t *testing.T) {
-	c := newCluster(t, 3)
-	nodes := c.waitConverged()
-	leader, follower := c.managers[c.leader()].addr, c.managers[c.follower()].addr
-	bad := wrongSecret(t, c.workerToken)
-	oldWorkerToken := c.workerToken
+	c := clustertest.New(t, clustertest.Options{Managers: 3})
+	nodes := c.WaitConverged()
+	leader, follower := c.Leader().Addr(), c.Follower().Addr()
+	bad := wrongSecret(t, c.WorkerToken)
+	oldWorkerToken := c.WorkerToken
 
 	for _, tc := range []struct {
 		name  string
@@ -56,22 +59,20 @@ func TestJoinWrongToken(t *testing.T) {
 			name:  "agent.Join through a follower",
 			token: func() string { return bad },
 			join: func(t *testing.T, dir, token string) error {
-				_, err := agent.Join(t.Context(), agent.JoinConfig{DataDir: dir, Token: token, Remote: follower, Logger: testLogger()})
+				_, err := agent.Join(t.Context(), agent.JoinConfig{DataDir: dir, Token: token, Remote: follower, Logger: testkit.Logger()})
 				return err
 			},
 		},
 		{
-			name:  "manager.Join through the leader",
+			name:  "node.Start(join) through the leader",
 			token: func() string { return bad },
 			join: func(t *testing.T, dir, token string) error {
-				cfg := managerConfig(t, c.sockDir, "bad")
+				cfg := clustertest.Config(t, "bad")
 				cfg.DataDir = dir
-				m, w, err := manager.Join(t.Context(), cfg, token, leader)
-				if m != nil {
-					m.Stop()
-				}
-				if w != nil {
-					w.Stop()
+				cfg.Join = &node.Join{Token: token, Addr: leader}
+				n, err := node.Start(t.Context(), cfg)
+				if n != nil {
+					n.Stop()
 				}
 				return err
 			},
@@ -80,18 +81,18 @@ func TestJoinWrongToken(t *testing.T) {
 			// Rotating the worker token revokes the old one.
 			name: "old worker token after rotation",
 			token: func() string {
-				resp, err := c.control(0).JoinToken(t.Context(), &api.JoinTokenRequest{Role: "worker", Rotate: true})
+				resp, err := c.Managers[0].Control().JoinToken(t.Context(), &api.JoinTokenRequest{Role: "worker", Rotate: true})
 				if err != nil {
 					t.Fatalf("Control.JoinToken(worker, rotate) = %v", err)
 				}
 				if resp.GetToken() == oldWorkerToken {
 					t.Fatalf("Control.JoinToken(worker, rotate) returned the old token")
 				}
-				nodes = c.waitConverged()
+				nodes = c.WaitConverged()
 				return oldWorkerToken
 			},
 			join: func(t *testing.T, dir, token string) error {
-				_, err := agent.Join(t.Context(), agent.JoinConfig{DataDir: dir, Token: token, Remote: follower, Logger: testLogger()})
+				_, err := agent.Join(t.Context(), agent.JoinConfig{DataDir: dir, Token: token, Remote: follower, Logger: testkit.Logger()})
 				return err
 			},
 		},
@@ -115,7 +116,7 @@ func TestJoinWrongToken(t *testing.T) {
 			if names := dirEntries(t, dir); len(names) != 0 {
 				t.Errorf("joiner's data dir holds %v after a refused join, want nothing (no %s, no %s/)", names, agent.NodeFile, agent.CertificatesDir)
 			}
-			c.checkNodesUnchanged(t, nodes)
+			c.CheckNodesUnchanged(t, nodes)
 		})
 	}
 }
@@ -137,9 +138,9 @@ func mustSecret(t *testing.T, token string) string {
 // the bundle does not vouch for is shown against a server that counts the
 // calls it gets (agent's TestEnrollDigestMismatchSendsNoToken).
 func TestJoinTokenDigestMismatch(t *testing.T) {
-	c := newCluster(t, 3)
-	nodes := c.waitConverged()
-	via := c.managers[c.follower()].addr
+	c := clustertest.New(t, clustertest.Options{Managers: 3})
+	nodes := c.WaitConverged()
+	via := c.Follower().Addr()
 
 	otherCluster, err := ca.NewID(rand.Reader)
 	if err != nil {
@@ -149,7 +150,7 @@ func TestJoinTokenDigestMismatch(t *testing.T) {
 	if err != nil {
 		t.Fatalf("GenerateRoot() = %v", err)
 	}
-	real, err := ca.ParseToken(c.workerToken)
+	real, err := ca.ParseToken(c.WorkerToken)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,31 +159,31 @@ func TestJoinTokenDigestMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	p := newProxy(t, via)
+	p := testkit.NewProxy(t, via)
 	dir := t.TempDir()
-	_, err = agent.Join(t.Context(), agent.JoinConfig{DataDir: dir, Token: pinned.String(), Remote: p.addr(), Logger: testLogger()})
+	_, err = agent.Join(t.Context(), agent.JoinConfig{DataDir: dir, Token: pinned.String(), Remote: p.Addr(), Logger: testkit.Logger()})
 	if !errors.Is(err, ca.ErrDigestMismatch) {
 		t.Fatalf("agent.Join(token pinning another bundle) = %v, want ca.ErrDigestMismatch", err)
 	}
-	if got := p.accepted.Load(); got != 1 {
+	if got := p.Accepted(); got != 1 {
 		t.Errorf("joiner opened %d connections to the manager, want 1 (the bundle fetch)", got)
 	}
 	if names := dirEntries(t, dir); len(names) != 0 {
 		t.Errorf("joiner's data dir holds %v after a refused join, want nothing", names)
 	}
-	c.checkNodesUnchanged(t, nodes)
+	c.CheckNodesUnchanged(t, nodes)
 
 	// Control: the right token through another proxy joins, over one
 	// connection.
-	p2 := newProxy(t, via)
-	res, err := agent.Join(t.Context(), agent.JoinConfig{DataDir: t.TempDir(), Token: c.workerToken, Remote: p2.addr(), Logger: testLogger()})
+	p2 := testkit.NewProxy(t, via)
+	res, err := agent.Join(t.Context(), agent.JoinConfig{DataDir: t.TempDir(), Token: c.WorkerToken, Remote: p2.Addr(), Logger: testkit.Logger()})
 	if err != nil {
 		t.Fatalf("agent.Join(right token) through the proxy = %v", err)
 	}
-	if got := p2.accepted.Load(); got != 1 {
+	if got := p2.Accepted(); got != 1 {
 		t.Errorf("a successful join opened %d connections, want 1 (bundle, then CSR, on the same connection)", got)
 	}
-	if _, ok := c.m(c.leader()).State().Node(res.Node.NodeID); !ok {
+	if _, ok := c.Leader().Manager().State().Node(res.Node.NodeID); !ok {
 		t.Errorf("leader's State().Node(%s) missing after the control join", res.Node.NodeID)
 	}
 }
@@ -191,13 +192,13 @@ func TestJoinTokenDigestMismatch(t *testing.T) {
 // advertising API and Raft addresses, as a manager would: the node is a
 // worker, and not a Raft voter.
 func TestWorkerTokenNeverYieldsManager(t *testing.T) {
-	c := newCluster(t, 3)
-	st, err := c.status(0)
+	c := clustertest.New(t, clustertest.Options{Managers: 3})
+	st, err := c.Managers[0].Status()
 	if err != nil {
 		t.Fatal(err)
 	}
-	voters := voterIDs(st)
-	via := c.managers[c.follower()].addr
+	voters := clustertest.VoterIDs(st)
+	via := c.Follower().Addr()
 
 	for _, tc := range []struct {
 		name string
@@ -210,8 +211,8 @@ func TestWorkerTokenNeverYieldsManager(t *testing.T) {
 				apiLn, raftLn := listen(t), listen(t)
 				dir := t.TempDir()
 				res, err := agent.Join(t.Context(), agent.JoinConfig{
-					DataDir: dir, Token: c.workerToken, Remote: via,
-					Addr: apiLn.Addr().String(), RaftAddr: raftLn.Addr().String(), Logger: testLogger(),
+					DataDir: dir, Token: c.WorkerToken, Remote: via,
+					Addr: apiLn.Addr().String(), RaftAddr: raftLn.Addr().String(), Logger: testkit.Logger(),
 				})
 				if err != nil {
 					t.Fatalf("agent.Join(worker token, Addr, RaftAddr) = %v", err)
@@ -220,19 +221,16 @@ func TestWorkerTokenNeverYieldsManager(t *testing.T) {
 			},
 		},
 		{
-			name: "manager.Join",
+			name: "node.Start(join)",
 			join: func(t *testing.T) (*agent.Credentials, string) {
-				cfg := managerConfig(t, c.sockDir, "wt")
-				m, w, err := manager.Join(t.Context(), cfg, c.workerToken, via)
-				if m != nil {
-					m.Stop()
-					t.Fatalf("manager.Join(worker token) returned a manager")
-				}
+				n, err := c.Join("wt", node.Join{Token: c.WorkerToken, Addr: via})
 				if err != nil {
-					t.Fatalf("manager.Join(worker token) = %v", err)
+					t.Fatalf("node.Start(join with the worker token) = %v", err)
 				}
-				t.Cleanup(w.Stop)
-				return w.Credentials(), cfg.DataDir
+				if n.Node().Manager() != nil {
+					t.Fatalf("node.Start(join with the worker token) runs a manager")
+				}
+				return n.Worker().Credentials(), n.Dir
 			},
 		},
 	} {
@@ -252,25 +250,25 @@ func TestWorkerTokenNeverYieldsManager(t *testing.T) {
 			if nc.Role != ca.RoleWorker {
 				t.Errorf("node.json role = %s, want %s", nc.Role, ca.RoleWorker)
 			}
-			n, ok := c.m(c.leader()).State().Node(id.NodeID)
+			n, ok := c.Leader().Manager().State().Node(id.NodeID)
 			if !ok {
 				t.Fatalf("leader's State().Node(%s) missing", id.NodeID)
 			}
 			if n.Role != ca.RoleWorker || n.RaftAddr != "" {
 				t.Errorf("State().Node(%s) = role %s, Raft address %q; want %s and none", id.NodeID, n.Role, n.RaftAddr, ca.RoleWorker)
 			}
-			for _, i := range c.running() {
-				st, err := c.status(i)
+			for _, m := range c.RunningManagers() {
+				st, err := m.Status()
 				if err != nil {
 					t.Fatal(err)
 				}
 				for _, mg := range st.GetManagers() {
 					if mg.GetNodeId() == id.NodeID {
-						t.Errorf("manager %d: the worker %s is in the Raft configuration (voter %v)", i, id.NodeID, mg.GetVoter())
+						t.Errorf("manager %s: the worker %s is in the Raft configuration (voter %v)", m.Name, id.NodeID, mg.GetVoter())
 					}
 				}
-				if got := voterIDs(st); !slices.Equal(got, voters) {
-					t.Errorf("manager %d: voters = %v, want unchanged %v", i, got, voters)
+				if got := clustertest.VoterIDs(st); !slices.Equal(got, voters) {
+					t.Errorf("manager %s: voters = %v, want unchanged %v", m.Name, got, voters)
 				}
 			}
 		})
@@ -331,15 +329,15 @@ func checkRaftAccepted(t *testing.T, addr string, cfg *tls.Config) {
 
 // checkVotersUnchanged fails unless every running manager reports the
 // Raft configuration want.
-func (c *cluster) checkVotersUnchanged(t *testing.T, want []raftMember) {
+func checkVotersUnchanged(t *testing.T, c *clustertest.Cluster, want []raftMember) {
 	t.Helper()
-	for _, i := range c.running() {
-		st, err := c.status(i)
+	for _, m := range c.RunningManagers() {
+		st, err := m.Status()
 		if err != nil {
-			t.Fatalf("manager %d: Status() = %v", i, err)
+			t.Fatalf("manager %s: Status() = %v", m.Name, err)
 		}
 		if got := members(st); !slices.Equal(got, want) {
-			t.Errorf("manager %d: Raft configuration = %+v, want unchanged %+v", i, got, want)
+			t.Errorf("manager %s: Raft configuration = %+v, want unchanged %+v", m.Name, got, want)
 		}
 	}
 }
@@ -348,31 +346,31 @@ func (c *cluster) checkVotersUnchanged(t *testing.T, want []raftMember) {
 // with a worker's valid certificate: the connection is closed, and the
 // voters are unchanged.
 func TestRaftTransportRefusesWorkerCert(t *testing.T) {
-	c := newCluster(t, 3)
-	res, _ := c.joinWorker(c.managers[0].addr)
-	st, err := c.status(c.leader())
+	c := clustertest.New(t, clustertest.Options{Managers: 3})
+	res, _ := c.JoinNoDaemon(c.Managers[0].Addr())
+	st, err := c.Leader().Status()
 	if err != nil {
 		t.Fatal(err)
 	}
 	before := members(st)
 
-	attack := clientTLS(res.Credentials.Certificate(), c.roots())
-	for i, n := range c.managers {
-		checkRaftRefused(t, n.raftAddr, attack)
+	attack := clientTLS(res.Credentials.Certificate(), c.Roots())
+	for i, n := range c.Managers {
+		checkRaftRefused(t, n.RaftAddr(), attack)
 		// The same client with a manager's certificate is let in: the
 		// refusal is about the role.
-		checkRaftAccepted(t, n.raftAddr, clientTLS(c.m((i+1)%3).Credentials().Certificate(), c.roots()))
+		checkRaftAccepted(t, n.RaftAddr(), clientTLS(c.Managers[(i+1)%3].Credentials().Certificate(), c.Roots()))
 	}
-	c.checkVotersUnchanged(t, before)
+	checkVotersUnchanged(t, c, before)
 }
 
 // TestRaftTransportRefusesForeignCluster dials every manager's Raft
 // address with the manager certificate of another cluster: the connection
 // is refused, and the voters are unchanged.
 func TestRaftTransportRefusesForeignCluster(t *testing.T) {
-	c := newCluster(t, 3)
-	foreign := newCluster(t, 1)
-	st, err := c.status(c.leader())
+	c := clustertest.New(t, clustertest.Options{Managers: 3})
+	foreign := clustertest.New(t, clustertest.Options{Managers: 1})
+	st, err := c.Leader().Status()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,13 +378,13 @@ func TestRaftTransportRefusesForeignCluster(t *testing.T) {
 
 	// The attacker trusts this cluster's roots, so that only the server's
 	// check of the client certificate can end the connection.
-	attack := clientTLS(foreign.m(0).Credentials().Certificate(), c.roots())
-	for _, n := range c.managers {
-		checkRaftRefused(t, n.raftAddr, attack)
+	attack := clientTLS(foreign.Managers[0].Manager().Credentials().Certificate(), c.Roots())
+	for _, n := range c.Managers {
+		checkRaftRefused(t, n.RaftAddr(), attack)
 	}
-	c.checkVotersUnchanged(t, before)
+	checkVotersUnchanged(t, c, before)
 	// And the other way round.
-	checkRaftRefused(t, foreign.managers[0].raftAddr, clientTLS(c.m(0).Credentials().Certificate(), foreign.roots()))
+	checkRaftRefused(t, foreign.Managers[0].RaftAddr(), clientTLS(c.Managers[0].Manager().Credentials().Certificate(), foreign.Roots()))
 }
 
 // checkCode fails unless err is a gRPC error with one of the codes.
@@ -414,54 +412,54 @@ func adminCalls(ctx context.Context, ctl api.ControlClient) map[string]error {
 
 // checkAdminUnchanged fails unless the join tokens, nodes and voters are
 // as they were.
-func (c *cluster) checkAdminUnchanged(t *testing.T, nodes []string, voters []raftMember) {
+func checkAdminUnchanged(t *testing.T, c *clustertest.Cluster, nodes []string, voters []raftMember) {
 	t.Helper()
-	if got := c.token(0, "worker"); got != c.workerToken {
+	if got := c.Token(c.Managers[0], "worker"); got != c.WorkerToken {
 		t.Errorf("worker token changed")
 	}
-	if got := c.token(0, "manager"); got != c.managerToken {
+	if got := c.Token(c.Managers[0], "manager"); got != c.ManagerToken {
 		t.Errorf("manager token changed")
 	}
-	c.checkNodesUnchanged(t, nodes)
-	c.checkVotersUnchanged(t, voters)
+	c.CheckNodesUnchanged(t, nodes)
+	checkVotersUnchanged(t, c, voters)
 }
 
 // TestManagerAPIRefusesWorkerCert makes the managers-only calls over the
 // API with a worker's certificate: PermissionDenied, through the leader and
 // a follower, and nothing changes.
 func TestManagerAPIRefusesWorkerCert(t *testing.T) {
-	c := newCluster(t, 3)
-	res, _ := c.joinWorker(c.managers[0].addr)
-	nodes := c.waitConverged()
-	st, err := c.status(0)
+	c := clustertest.New(t, clustertest.Options{Managers: 3})
+	res, _ := c.JoinNoDaemon(c.Managers[0].Addr())
+	nodes := c.WaitConverged()
+	st, err := c.Managers[0].Status()
 	if err != nil {
 		t.Fatal(err)
 	}
 	voters := members(st)
 
-	for _, i := range []int{c.leader(), c.follower()} {
-		addr := c.managers[i].addr
-		ctl := api.NewControlClient(dialAPI(t, addr, res.Credentials.ClientTLS(agent.ManagerName)))
+	for _, m := range []*clustertest.Node{c.Leader(), c.Follower()} {
+		addr := m.Addr()
+		ctl := api.NewControlClient(c.Dial(addr, res.Credentials.ClientTLS(agent.ManagerName)))
 		for call, err := range adminCalls(t.Context(), ctl) {
 			checkCode(t, call+" with a worker certificate at "+addr, err, codes.PermissionDenied)
 		}
 		// Control: a manager's certificate over the same API is served.
-		mgr := api.NewControlClient(dialAPI(t, addr, c.m((i+1)%3).Credentials().ClientTLS(agent.ManagerName)))
+		mgr := api.NewControlClient(c.Dial(addr, c.Managers[(slices.Index(c.Managers, m)+1)%3].Credentials().ClientTLS(agent.ManagerName)))
 		if _, err := mgr.Status(t.Context(), &api.StatusRequest{}); err != nil {
 			t.Errorf("control: Control.Status() with a manager certificate at %s = %v", addr, err)
 		}
 	}
-	c.checkAdminUnchanged(t, nodes, voters)
+	checkAdminUnchanged(t, c, nodes, voters)
 }
 
 // TestManagerAPIRefusesForeignCert calls the API with the manager
 // certificate of another cluster: every call that needs a certificate
 // fails, and nothing changes.
 func TestManagerAPIRefusesForeignCert(t *testing.T) {
-	c := newCluster(t, 3)
-	foreign := newCluster(t, 1)
-	nodes := c.waitConverged()
-	st, err := c.status(0)
+	c := clustertest.New(t, clustertest.Options{Managers: 3})
+	foreign := clustertest.New(t, clustertest.Options{Managers: 1})
+	nodes := c.WaitConverged()
+	st, err := c.Managers[0].Status()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -469,35 +467,35 @@ func TestManagerAPIRefusesForeignCert(t *testing.T) {
 
 	// The attacker trusts this cluster's roots, so that only the server's
 	// check of the client certificate can refuse it.
-	attack := clientTLS(foreign.m(0).Credentials().Certificate(), c.roots())
+	attack := clientTLS(foreign.Managers[0].Manager().Credentials().Certificate(), c.Roots())
 	refused := []codes.Code{codes.Unavailable, codes.Unauthenticated, codes.PermissionDenied}
-	for _, i := range []int{c.leader(), c.follower()} {
-		addr := c.managers[i].addr
-		conn := dialAPI(t, addr, attack)
+	for _, m := range []*clustertest.Node{c.Leader(), c.Follower()} {
+		addr := m.Addr()
+		conn := c.Dial(addr, attack)
 		for call, err := range adminCalls(t.Context(), api.NewControlClient(conn)) {
 			checkCode(t, call+" with a foreign certificate at "+addr, err, refused...)
 		}
 		_, err := api.NewCAClient(conn).RenewNodeCertificate(t.Context(), &api.RenewNodeCertificateRequest{Csr: newCSR(t)})
 		checkCode(t, "CA.RenewNodeCertificate with a foreign certificate at "+addr, err, refused...)
 	}
-	c.checkAdminUnchanged(t, nodes, voters)
+	checkAdminUnchanged(t, c, nodes, voters)
 }
 
 // TestManagerAPIRefusesNoCert calls the API without a client certificate:
 // the calls that need one are Unauthenticated; the root bundle, which a
 // joining node fetches, is served.
 func TestManagerAPIRefusesNoCert(t *testing.T) {
-	c := newCluster(t, 3)
-	nodes := c.waitConverged()
-	st, err := c.status(0)
+	c := clustertest.New(t, clustertest.Options{Managers: 3})
+	nodes := c.WaitConverged()
+	st, err := c.Managers[0].Status()
 	if err != nil {
 		t.Fatal(err)
 	}
 	voters := members(st)
 
-	for _, i := range []int{c.leader(), c.follower()} {
-		addr := c.managers[i].addr
-		conn := dialAPI(t, addr, clientTLS(nil, c.roots()))
+	for _, m := range []*clustertest.Node{c.Leader(), c.Follower()} {
+		addr := m.Addr()
+		conn := c.Dial(addr, clientTLS(nil, c.Roots()))
 		for call, err := range adminCalls(t.Context(), api.NewControlClient(conn)) {
 			checkCode(t, call+" without a certificate at "+addr, err, codes.Unauthenticated)
 		}
@@ -507,20 +505,20 @@ func TestManagerAPIRefusesNoCert(t *testing.T) {
 			t.Errorf("control: CA.GetRootBundle() without a certificate at %s = %v", addr, err)
 		}
 	}
-	c.checkAdminUnchanged(t, nodes, voters)
+	checkAdminUnchanged(t, c, nodes, voters)
 }
 
 // TestTLS11ClientRefused offers at most TLS 1.1 to the API and the Raft
 // transport: the server refuses the protocol version.
 func TestTLS11ClientRefused(t *testing.T) {
-	c := newCluster(t, 1)
-	cert := c.m(0).Credentials().Certificate()
+	c := clustertest.New(t, clustertest.Options{Managers: 1})
+	cert := c.Managers[0].Credentials().Certificate()
 	for _, tc := range []struct{ name, addr string }{
-		{"API", c.managers[0].addr},
-		{"Raft", c.managers[0].raftAddr},
+		{"API", c.Managers[0].Addr()},
+		{"Raft", c.Managers[0].RaftAddr()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			old := clientTLS(cert, c.roots())
+			old := clientTLS(cert, c.Roots())
 			old.MinVersion, old.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
 			conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", tc.addr, old)
 			if err == nil {
@@ -535,7 +533,7 @@ func TestTLS11ClientRefused(t *testing.T) {
 			}
 
 			// Control: TLS 1.2 is accepted.
-			modern := clientTLS(cert, c.roots())
+			modern := clientTLS(cert, c.Roots())
 			modern.MaxVersion = tls.VersionTLS12
 			conn, err = tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", tc.addr, modern)
 			if err != nil {
@@ -547,24 +545,17 @@ func TestTLS11ClientRefused(t *testing.T) {
 }
 
 // TestInitRefusesExistingDataDir inits a cluster, stops it, and inits (or
-// joins) again into its data directory: refused with
-// agent.ErrDataDirInUse, and every file is byte for byte as it was.
+// joins) again into its data directory, with what a node calls to create
+// one: refused with agent.ErrDataDirInUse, and every file is byte for byte
+// as it was.
 func TestInitRefusesExistingDataDir(t *testing.T) {
-	sock := shortDir(t)
-	cfg := managerConfig(t, sock, "m0")
-	m, err := manager.Init(t.Context(), cfg, manager.InitOptions{})
-	if err != nil {
-		t.Fatalf("manager.Init() = %v", err)
-	}
-	clusterID, nodeID, addr, raftAddr := m.ClusterID(), m.NodeID(), m.Addr(), m.RaftAddr()
-	token, err := controlAt(t, cfg.SocketPath).JoinToken(t.Context(), &api.JoinTokenRequest{Role: "manager"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Stop(); err != nil {
-		t.Fatalf("Stop() = %v", err)
-	}
-	before := hashTree(t, cfg.DataDir)
+	c := clustertest.New(t, clustertest.Options{Managers: 1})
+	n := c.Managers[0]
+	m := n.Manager()
+	clusterID, nodeID, addr := m.ClusterID(), m.NodeID(), m.Addr()
+	token := c.ManagerToken
+	n.Stop()
+	before := hashTree(t, n.Dir)
 	if len(before) < 4 {
 		t.Fatalf("data dir holds %v, want a cluster's files", slices.Sorted(maps.Keys(before)))
 	}
@@ -573,30 +564,25 @@ func TestInitRefusesExistingDataDir(t *testing.T) {
 		name string
 		run  func() error
 	}{
-		{"Init", func() error {
+		{"manager.Init", func() error {
+			cfg := manager.Config{DataDir: n.Dir, ListenAddr: "127.0.0.1:0", RaftListenAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", Logger: testkit.Logger()}
 			m, err := manager.Init(t.Context(), cfg, manager.InitOptions{})
 			if m != nil {
-				m.Stop()
+				m.Close()
 			}
 			return err
 		}},
-		{"Join", func() error {
-			m, w, err := manager.Join(t.Context(), cfg, token.GetToken(), addr)
-			if m != nil {
-				m.Stop()
-			}
-			if w != nil {
-				w.Stop()
-			}
+		{"agent.Join", func() error {
+			_, err := agent.Join(t.Context(), agent.JoinConfig{DataDir: n.Dir, Token: token, Remote: addr, Logger: testkit.Logger()})
 			return err
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.run()
 			if !errors.Is(err, agent.ErrDataDirInUse) {
-				t.Fatalf("manager.%s() over a cluster's data dir = %v, want agent.ErrDataDirInUse", tc.name, err)
+				t.Fatalf("%s() over a cluster's data dir = %v, want agent.ErrDataDirInUse", tc.name, err)
 			}
-			after := hashTree(t, cfg.DataDir)
+			after := hashTree(t, n.Dir)
 			if !maps.Equal(after, before) {
 				for k, v := range before {
 					if after[k] != v {
@@ -608,19 +594,15 @@ func TestInitRefusesExistingDataDir(t *testing.T) {
 						t.Errorf("%s: created", k)
 					}
 				}
-				t.Fatalf("manager.%s() changed the data dir", tc.name)
+				t.Fatalf("%s() changed the data dir", tc.name)
 			}
 		})
 	}
 
-	// The cluster is intact: it starts again as it was.
-	cfg.ListenAddr, cfg.RaftListenAddr = addr, raftAddr
-	m, err = manager.Start(t.Context(), cfg)
-	if err != nil {
-		t.Fatalf("manager.Start() after the refusals = %v", err)
-	}
-	defer m.Stop()
-	if m.ClusterID() != clusterID || m.NodeID() != nodeID {
-		t.Errorf("started node %s of cluster %s, want %s of %s", m.NodeID(), m.ClusterID(), nodeID, clusterID)
+	// The cluster is intact: it starts again as it was, on the addresses
+	// it recorded.
+	n.Restart()
+	if m := n.Manager(); m.ClusterID() != clusterID || m.NodeID() != nodeID || m.Addr() != addr {
+		t.Errorf("started node %s of cluster %s at %s, want %s of %s at %s", m.NodeID(), m.ClusterID(), m.Addr(), nodeID, clusterID, addr)
 	}
 }

@@ -6,18 +6,14 @@ package integration
 // cluster on the fast timings below.
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,424 +23,10 @@ import (
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
-	"github.com/quorumca/quorumca/manager"
+	"github.com/quorumca/quorumca/internal/testkit"
+	"github.com/quorumca/quorumca/internal/testkit/clustertest"
 	"github.com/quorumca/quorumca/membership"
 )
-
-// Timings of the rotation tests: nodes heartbeat every 300ms, wait at most
-// 200ms before renewing for a rotation, and the leader reconciles every
-// 200ms. Raft keeps managerConfig's timings.
-const (
-	rotHeartbeat = 300 * time.Millisecond
-	rotReconcile = 200 * time.Millisecond
-	rotJitter    = 200 * time.Millisecond
-)
-
-// fastRotation sets the rotation tests' timings.
-func fastRotation(cfg *manager.Config) {
-	cfg.HeartbeatPeriod = rotHeartbeat
-	cfg.ReconcilePeriod = rotReconcile
-	cfg.RotationJitter = rotJitter
-}
-
-// rotationCluster is a test cluster of managers and worker daemons.
-// Everything it starts is stopped when the test ends.
-type rotationCluster struct {
-	*cluster
-	timing  func(*manager.Config)
-	workers []*rotWorker
-	// ctls are the control clients of the managers, by index.
-	ctls map[int]api.ControlClient
-}
-
-// rotWorker is a worker daemon of a rotationCluster, running or stopped.
-type rotWorker struct {
-	cfg manager.Config
-	id  string
-	w   *agent.Worker // nil while stopped
-}
-
-// newRotationCluster starts managers managers and workers worker daemons on
-// the fast rotation timings, with the given rotation grace (0 keeps the
-// default), and waits until the managers agree on every node and every
-// node is in gossip.
-func newRotationCluster(tb testing.TB, managers, workers int, grace time.Duration) *rotationCluster {
-	tb.Helper()
-	return buildRotationCluster(tb, managers, workers, grace, fastRotation, waitFor)
-}
-
-// buildRotationCluster is newRotationCluster with the timings timing sets
-// on each node's configuration, waiting at most settle for gossip to reach
-// every node.
-func buildRotationCluster(tb testing.TB, managers, workers int, grace time.Duration, timing func(*manager.Config), settle time.Duration) *rotationCluster {
-	tb.Helper()
-	return buildClusterWith(tb, managers, workers, grace, timing, settle, manager.InitOptions{})
-}
-
-// buildClusterWith is buildRotationCluster for a cluster initialised with
-// opts (an imported or external CA).
-func buildClusterWith(tb testing.TB, managers, workers int, grace time.Duration, timing func(*manager.Config), settle time.Duration, opts manager.InitOptions) *rotationCluster {
-	tb.Helper()
-	// Registered before the stops, so that the data dirs go after them
-	// (see newCluster).
-	tb.TempDir()
-	rc := &rotationCluster{cluster: &cluster{tb: tb, sockDir: shortDir(tb)}, timing: timing, ctls: map[int]api.ControlClient{}}
-	tb.Cleanup(rc.stopAll)
-	for i := range managers {
-		cfg := rc.config(fmt.Sprintf("m%d", i))
-		if i == 0 {
-			m, err := manager.Init(tb.Context(), cfg, opts)
-			if err != nil {
-				tb.Fatalf("manager.Init() = %v", err)
-			}
-			rc.add(cfg, m)
-			rc.clusterID, rc.bundle = m.ClusterID(), m.Credentials().Bundle()
-			rc.workerToken, rc.managerToken = rc.token(0, "worker"), rc.token(0, "manager")
-			continue
-		}
-		rc.joinManager(cfg, rc.managerToken)
-	}
-	rc.waitVoters(managers)
-	if grace > 0 {
-		rc.setGrace(grace)
-	}
-	for i := range workers {
-		rc.startWorker(fmt.Sprintf("w%d", i))
-	}
-	rc.waitConverged()
-	rc.waitGossip(settle)
-	return rc
-}
-
-// config returns a node configuration of this cluster.
-func (rc *rotationCluster) config(name string) manager.Config {
-	cfg := managerConfig(rc.tb, rc.sockDir, name)
-	rc.timing(&cfg)
-	return cfg
-}
-
-// via returns the API address of the first running manager, to join
-// through.
-func (rc *rotationCluster) via() string {
-	rc.tb.Helper()
-	run := rc.running()
-	if len(run) == 0 {
-		rc.tb.Fatalf("no running manager")
-	}
-	return rc.managers[run[0]].addr
-}
-
-// joinManager joins a manager daemon with token through a running manager,
-// and adds it to the cluster.
-func (rc *rotationCluster) joinManager(cfg manager.Config, token string) *manager.Manager {
-	rc.tb.Helper()
-	m, w, err := manager.Join(rc.tb.Context(), cfg, token, rc.via())
-	if err != nil {
-		rc.tb.Fatalf("manager.Join(manager token, %s) = %v", rc.via(), err)
-	}
-	if m == nil {
-		w.Stop()
-		rc.tb.Fatalf("manager.Join(manager token) returned a worker, want a manager")
-	}
-	rc.add(cfg, m)
-	return m
-}
-
-// startWorker joins a worker daemon with the cluster's worker token through
-// a running manager, the way `quorumca join` does.
-func (rc *rotationCluster) startWorker(name string) *rotWorker {
-	rc.tb.Helper()
-	cfg := rc.config(name)
-	m, w, err := manager.Join(rc.tb.Context(), cfg, rc.workerToken, rc.via())
-	if err != nil {
-		rc.tb.Fatalf("manager.Join(worker token) = %v", err)
-	}
-	if m != nil {
-		m.Stop()
-		rc.tb.Fatalf("manager.Join(worker token) started a manager, want a worker")
-	}
-	rw := &rotWorker{cfg: cfg, id: w.Credentials().Identity().NodeID, w: w}
-	rc.workers = append(rc.workers, rw)
-	return rw
-}
-
-// stop stops the worker daemon if it runs.
-func (rw *rotWorker) stop() {
-	if rw.w != nil {
-		rw.w.Stop()
-		rw.w = nil
-	}
-}
-
-// restart starts the stopped worker again from its data directory.
-func (rw *rotWorker) restart(tb testing.TB) *agent.Worker {
-	tb.Helper()
-	w, err := agent.StartWorker(agent.WorkerConfig{
-		DataDir: rw.cfg.DataDir, SocketPath: rw.cfg.SocketPath, Logger: rw.cfg.Logger,
-		HeartbeatPeriod: rw.cfg.HeartbeatPeriod, GossipTiming: rw.cfg.GossipTiming,
-	})
-	if err != nil {
-		tb.Fatalf("agent.StartWorker(%s) = %v", rw.cfg.DataDir, err)
-	}
-	rw.w = w
-	return w
-}
-
-// stopAll stops the workers, all at once, then the managers.
-func (rc *rotationCluster) stopAll() {
-	var wg sync.WaitGroup
-	for _, rw := range rc.workers {
-		wg.Go(rw.stop)
-	}
-	wg.Wait()
-	rc.cluster.stopAll()
-}
-
-// runningWorkers returns the running worker daemons.
-func (rc *rotationCluster) runningWorkers() []*rotWorker {
-	var out []*rotWorker
-	for _, rw := range rc.workers {
-		if rw.w != nil {
-			out = append(out, rw)
-		}
-	}
-	return out
-}
-
-// nodeCreds returns the credentials of every running daemon, managers and
-// workers, by node ID.
-func (rc *rotationCluster) nodeCreds() map[string]*agent.Credentials {
-	out := map[string]*agent.Credentials{}
-	for _, i := range rc.running() {
-		m := rc.managers[i].m
-		out[m.NodeID()] = m.Credentials()
-	}
-	for _, rw := range rc.runningWorkers() {
-		out[rw.id] = rw.w.Credentials()
-	}
-	return out
-}
-
-// waitGossip waits until every worker daemon sees every other daemon in
-// gossip, so that a rotation starts with every node in it. (A join that
-// memberlist's broadcasts miss arrives with its next push/pull: 5s with
-// fast timing, 30s on LAN timing.)
-func (rc *rotationCluster) waitGossip(bound time.Duration) {
-	rc.tb.Helper()
-	want := len(rc.running()) + len(rc.runningWorkers()) - 1
-	eventually(rc.tb, bound, "every worker sees every node in gossip", func() error {
-		for _, rw := range rc.runningWorkers() {
-			mem := rw.w.Gossip().Member()
-			if mem == nil {
-				return fmt.Errorf("worker %s: gossip not started", rw.id)
-			}
-			if n := mem.NumPeers(); n != want {
-				return fmt.Errorf("worker %s sees %d peers, want %d", rw.id, n, want)
-			}
-		}
-		return nil
-	})
-}
-
-// ctl returns a control client of manager i, kept for the whole test.
-func (rc *rotationCluster) ctl(i int) api.ControlClient {
-	rc.tb.Helper()
-	if c, ok := rc.ctls[i]; ok {
-		return c
-	}
-	c := controlAt(rc.tb, rc.managers[i].cfg.SocketPath)
-	rc.ctls[i] = c
-	return c
-}
-
-// anyCtl returns a control client of the first running manager.
-func (rc *rotationCluster) anyCtl() api.ControlClient {
-	rc.tb.Helper()
-	run := rc.running()
-	if len(run) == 0 {
-		rc.tb.Fatalf("no running manager")
-	}
-	return rc.ctl(run[0])
-}
-
-// rotCtx returns a context for one call.
-func rotCtx(tb testing.TB) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(tb.Context(), 10*time.Second)
-}
-
-// setGrace sets the rotation grace with Control.Update.
-func (rc *rotationCluster) setGrace(grace time.Duration) {
-	rc.tb.Helper()
-	ctx, cancel := rotCtx(rc.tb)
-	defer cancel()
-	secs := int64(grace / time.Second)
-	resp, err := rc.anyCtl().Update(ctx, &api.UpdateRequest{RotationGraceSeconds: secs})
-	if err != nil {
-		rc.tb.Fatalf("Control.Update(rotation_grace_seconds: %d) = %v", secs, err)
-	}
-	if resp.GetRotationGraceSeconds() != secs {
-		rc.tb.Fatalf("Control.Update(rotation_grace_seconds: %d) answered %d", secs, resp.GetRotationGraceSeconds())
-	}
-}
-
-// tryRotate calls Control.RotateCA on a running manager.
-func (rc *rotationCluster) tryRotate(req *api.RotateCARequest) (*api.RotateCAResponse, error) {
-	ctx, cancel := rotCtx(rc.tb)
-	defer cancel()
-	return rc.anyCtl().RotateCA(ctx, req)
-}
-
-// rotate starts a rotation to a new generated root and returns the new
-// root's fingerprint.
-func (rc *rotationCluster) rotate() string {
-	rc.tb.Helper()
-	resp, err := rc.tryRotate(&api.RotateCARequest{})
-	if err != nil {
-		rc.tb.Fatalf("Control.RotateCA() = %v", err)
-	}
-	r := resp.GetRotation()
-	if !r.GetInProgress() || r.GetNewRootFingerprint() == "" {
-		rc.tb.Fatalf("Control.RotateCA() = %v, want a rotation in progress", r)
-	}
-	return r.GetNewRootFingerprint()
-}
-
-// getCA calls Control.GetCA on a running manager.
-func (rc *rotationCluster) getCA() (*api.GetCAResponse, error) {
-	ctx, cancel := rotCtx(rc.tb)
-	defer cancel()
-	return rc.anyCtl().GetCA(ctx, &api.GetCARequest{})
-}
-
-// waitRotation waits until the rotation to the root with fingerprint root
-// has completed and, if trusting, every node trusts the new root; it
-// returns the last GetCA answer.
-func (rc *rotationCluster) waitRotation(root string, trusting bool) *api.GetCAResponse {
-	rc.tb.Helper()
-	var last *api.GetCAResponse
-	eventually(rc.tb, waitFor, "rotation completed", func() (err error) {
-		last, err = rc.rotationDone(root, trusting)
-		return err
-	})
-	return last
-}
-
-// rotationDone returns GetCA's answer if the rotation to the root with
-// fingerprint root has completed and, if trusting, every node trusts the
-// new root; otherwise an error that says how far it is.
-func (rc *rotationCluster) rotationDone(root string, trusting bool) (*api.GetCAResponse, error) {
-	resp, err := rc.getCA()
-	if err != nil {
-		return nil, err
-	}
-	r := resp.GetRotation()
-	switch {
-	case r.GetNewRootFingerprint() != root:
-		return nil, fmt.Errorf("GetCA() shows the rotation to %s, want %s", r.GetNewRootFingerprint(), root)
-	case r.GetInProgress():
-		return nil, fmt.Errorf("still in progress: %s", rotationSummary(r))
-	case trusting && r.GetTrusting() != r.GetTotal():
-		return nil, fmt.Errorf("completed, not every node trusts the new root yet: %s", rotationSummary(r))
-	}
-	return resp, nil
-}
-
-// rotationSummary describes a rotation's progress in one line.
-func rotationSummary(r *api.Rotation) string {
-	var nodes []string
-	for _, n := range r.GetNodes() {
-		nodes = append(nodes, fmt.Sprintf("%s:%s/trusts=%t", n.GetId()[:6], n.GetState(), n.GetTrustsNewRoot()))
-	}
-	return fmt.Sprintf("in_progress=%t total=%d converged=%d trusting=%d skipped=%d [%s]",
-		r.GetInProgress(), r.GetTotal(), r.GetConverged(), r.GetTrusting(), r.GetSkipped(), strings.Join(nodes, " "))
-}
-
-// rotNode returns node id's entry in a rotation's progress.
-func rotNode(r *api.Rotation, id string) (*api.RotationNode, bool) {
-	for _, n := range r.GetNodes() {
-		if n.GetId() == id {
-			return n, true
-		}
-	}
-	return nil, false
-}
-
-// listNodes returns Control.ListNodes from a running manager, by node ID.
-func (rc *rotationCluster) listNodes() (map[string]*api.Node, error) {
-	ctx, cancel := rotCtx(rc.tb)
-	defer cancel()
-	resp, err := rc.anyCtl().ListNodes(ctx, &api.ListNodesRequest{})
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]*api.Node{}
-	for _, n := range resp.GetNodes() {
-		out[n.GetId()] = n
-	}
-	return out, nil
-}
-
-// waitConvergedExcept waits until every node of the rotation in progress
-// but those named has converged, and the rotation is still in progress.
-func (rc *rotationCluster) waitConvergedExcept(ids ...string) {
-	rc.tb.Helper()
-	eventually(rc.tb, waitFor, fmt.Sprintf("every node but %v converged", ids), func() error {
-		resp, err := rc.getCA()
-		if err != nil {
-			return err
-		}
-		r := resp.GetRotation()
-		if !r.GetInProgress() {
-			return fmt.Errorf("rotation not in progress: %s", rotationSummary(r))
-		}
-		for _, n := range r.GetNodes() {
-			if slices.Contains(ids, n.GetId()) == (n.GetState() == "converged") {
-				return fmt.Errorf("node %s is %s: %s", n.GetId(), n.GetState(), rotationSummary(r))
-			}
-		}
-		return nil
-	})
-}
-
-// rotChainOf returns the certificate chain creds present, leaf first.
-func rotChainOf(tb testing.TB, creds *agent.Credentials) []*x509.Certificate {
-	tb.Helper()
-	return rotParseChain(tb, creds.Certificate())
-}
-
-// rotParseChain parses the chain of a key pair, leaf first.
-func rotParseChain(tb testing.TB, pair *tls.Certificate) []*x509.Certificate {
-	tb.Helper()
-	var out []*x509.Certificate
-	for _, der := range pair.Certificate {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			tb.Fatalf("x509.ParseCertificate() = %v", err)
-		}
-		out = append(out, c)
-	}
-	return out
-}
-
-// rotParseRoot parses a PEM bundle of one root, and returns it as a pool and
-// as a certificate.
-func rotParseRoot(tb testing.TB, bundle []byte) (*x509.CertPool, *x509.Certificate) {
-	tb.Helper()
-	pool, roots, err := ca.ParseBundle(bundle)
-	if err != nil || len(roots) != 1 {
-		tb.Fatalf("ParseBundle() = %d roots, %v; want one root", len(roots), err)
-	}
-	return pool, roots[0]
-}
-
-// holdRotation joins a node with no daemon: it never renews nor gossips,
-// so a rotation waits for it (until the grace runs out).
-func (rc *rotationCluster) holdRotation() agent.JoinResult {
-	rc.tb.Helper()
-	res, _ := rc.joinWorker(rc.via())
-	rc.waitConverged()
-	return res
-}
 
 // TestRotationCompletes rotates the root of a 3-manager, 10-worker cluster
 // and checks where it leaves every node: certificates signed by the new
@@ -452,53 +34,51 @@ func (rc *rotationCluster) holdRotation() agent.JoinResult {
 // state, old join tokens refused and new ones admitting, and every node
 // ready in node ls.
 func TestRotationCompletes(t *testing.T) {
-	baseline := runtime.NumGoroutine()
-	t.Cleanup(func() { checkGoroutines(t, baseline) }) // runs last
-	rc := newRotationCluster(t, 3, 10, 0)
-	oldBundle, oldRoots := rc.bundle, rc.roots()
-	before := rc.m(rc.leader()).State()
-	oldWorker, oldManager := rc.workerToken, rc.managerToken
-	ctx, cancel := rotCtx(t)
-	defer cancel()
-	extra, err := rc.anyCtl().CreateToken(ctx, &api.CreateTokenRequest{Role: "worker"})
+	testkit.CheckGoroutines(t) // its check runs last
+	rc := clustertest.New(t, clustertest.Options{Managers: 3, Workers: 10})
+	oldBundle, oldRoots := rc.Bundle, rc.Roots()
+	before := rc.Leader().Manager().State()
+	oldWorker, oldManager := rc.WorkerToken, rc.ManagerToken
+	ctx := testkit.Ctx(t)
+	extra, err := rc.Ctl().CreateToken(ctx, &api.CreateTokenRequest{Role: "worker"})
 	if err != nil {
 		t.Fatalf("Control.CreateToken(worker) = %v", err)
 	}
 	// A certificate of the old root, to present once the rotation is done.
-	oldCert := rc.workers[0].w.Credentials().Certificate()
-	if _, _, err := ca.Verify(rotParseChain(t, oldCert), oldRoots, time.Now()); err != nil {
+	oldCert := rc.Workers[0].Worker().Credentials().Certificate()
+	if _, _, err := ca.Verify(parseChain(t, oldCert), oldRoots, time.Now()); err != nil {
 		t.Fatalf("ca.Verify(a worker's certificate, old root) before the rotation = %v", err)
 	}
 
-	root := rc.rotate()
-	got := rc.waitRotation(root, true)
+	root := rc.Rotate()
+	got := rc.WaitRotation(root, true)
 	r := got.GetRotation()
 	if want := uint32(13); r.GetTotal() != want || r.GetSkipped() != 0 {
-		t.Errorf("GetCA() after completion: %s; want total %d, none skipped", rotationSummary(r), want)
+		t.Errorf("GetCA() after completion: %s; want total %d, none skipped", clustertest.RotationSummary(r), want)
 	}
 	newBundle := got.GetBundle()
 	if string(newBundle) == string(oldBundle) {
 		t.Fatalf("GetCA().Bundle after the rotation is the old bundle")
 	}
-	newRoots, newRoot := rotParseRoot(t, newBundle)
+	newRoots, newRoot := parseRoot(t, newBundle)
 
 	// The state: on every manager, the rotation is over and the old key is
 	// gone.
-	eventually(t, waitFor, "every manager applied the completion", func() error {
-		for _, i := range rc.running() {
-			st := rc.managers[i].m.State()
+	testkit.Eventually(t, "every manager applied the completion", func() error {
+		for _, mg := range rc.RunningManagers() {
+			st := mg.Manager().State()
 			switch {
 			case st.Rotation != nil:
-				return fmt.Errorf("manager %d: State().Rotation = %+v, want nil", i, st.Rotation)
+				return fmt.Errorf("manager %s: State().Rotation = %+v, want nil", mg.Name, st.Rotation)
 			case st.LastRotation == nil:
-				return fmt.Errorf("manager %d: State().LastRotation = nil", i)
+				return fmt.Errorf("manager %s: State().LastRotation = nil", mg.Name)
 			case string(st.CA.Bundle) != string(newBundle):
-				return fmt.Errorf("manager %d: State().CA.Bundle is not GetCA's", i)
+				return fmt.Errorf("manager %s: State().CA.Bundle is not GetCA's", mg.Name)
 			}
 		}
 		return nil
 	})
-	after := rc.m(rc.leader()).State()
+	after := rc.Leader().Manager().State()
 	if string(after.CA.Key) == string(before.CA.Key) {
 		t.Errorf("State().CA.Key after the rotation is the old key")
 	}
@@ -510,11 +90,11 @@ func TestRotationCompletes(t *testing.T) {
 	}
 
 	// Every node: the new bundle alone, a certificate of the new key.
-	creds := rc.nodeCreds()
+	creds := rc.NodeCreds()
 	if len(creds) != 13 {
 		t.Fatalf("%d running nodes, want 13", len(creds))
 	}
-	eventually(t, waitFor, "every node holds the new bundle", func() error {
+	testkit.Eventually(t, "every node holds the new bundle", func() error {
 		for id, c := range creds {
 			if string(c.Bundle()) != string(newBundle) {
 				return fmt.Errorf("node %s: Credentials().Bundle() is not the new bundle", id)
@@ -524,7 +104,7 @@ func TestRotationCompletes(t *testing.T) {
 	})
 	now := time.Now()
 	for id, c := range creds {
-		chain := rotChainOf(t, c)
+		chain := chainOf(t, c)
 		if !c.Issuer().Equal(after.CAStatus) {
 			t.Errorf("node %s: Credentials().Issuer() = %s, want the new CA %s", id, c.Issuer(), after.CAStatus)
 		}
@@ -546,43 +126,43 @@ func TestRotationCompletes(t *testing.T) {
 			t.Errorf("node %s: ca.Verify(leaf alone, old bundle) = nil, want an error: the leaf is signed by the old key", id)
 		}
 		for _, inter := range chain[1:] {
-			if !inter.IsCA || !lcSamePublicKey(inter, newRoot) {
-				t.Errorf("node %s: its chain carries another certificate than the cross-signed new root: %s", id, rotChainNames(chain))
+			if !inter.IsCA || !samePublicKey(inter, newRoot) {
+				t.Errorf("node %s: its chain carries another certificate than the cross-signed new root: %s", id, chainNames(chain))
 			}
 		}
 		// The node no longer trusts the old root.
-		if _, _, err := ca.Verify(rotParseChain(t, oldCert), c.Roots(), now); err == nil {
+		if _, _, err := ca.Verify(parseChain(t, oldCert), c.Roots(), now); err == nil {
 			t.Errorf("node %s: a certificate of the old root verifies under Credentials().Roots()", id)
 		}
 	}
 
 	// Both standing tokens and the extra one are gone.
 	rotCheckOldTokensRefused(t, rc, oldWorker, oldManager, extra.GetToken())
-	if ts, err := rc.anyCtl().ListTokens(ctx, &api.ListTokensRequest{}); err != nil || len(ts.GetTokens()) != 0 {
+	if ts, err := rc.Ctl().ListTokens(ctx, &api.ListTokensRequest{}); err != nil || len(ts.GetTokens()) != 0 {
 		t.Errorf("Control.ListTokens() after the rotation = %v, %v; want none", ts.GetTokens(), err)
 	}
 
 	// The new tokens admit a worker and a manager.
-	rc.workerToken, rc.managerToken = rc.token(rc.running()[0], "worker"), rc.token(rc.running()[0], "manager")
-	if rc.workerToken == oldWorker || rc.managerToken == oldManager {
+	rc.WorkerToken, rc.ManagerToken = rc.Token(rc.RunningManagers()[0], "worker"), rc.Token(rc.RunningManagers()[0], "manager")
+	if rc.WorkerToken == oldWorker || rc.ManagerToken == oldManager {
 		t.Fatalf("Control.JoinToken() after the rotation returned an old token")
 	}
-	joined, _ := rc.joinWorker(rc.via())
+	joined, _ := rc.JoinNoDaemon(rc.Via())
 	// "From this point on, all new node certificates issued are signed
 	// with the new root CA, and do not contain any intermediates."
-	if chain := rotChainOf(t, joined.Credentials); len(chain) != 1 {
-		t.Errorf("worker joined after the rotation: chain %s, want the leaf alone", rotChainNames(chain))
+	if chain := chainOf(t, joined.Credentials); len(chain) != 1 {
+		t.Errorf("worker joined after the rotation: chain %s, want the leaf alone", chainNames(chain))
 	} else if _, _, err := ca.Verify(chain, newRoots, time.Now()); err != nil {
 		t.Errorf("worker joined with the new token: certificate does not verify under the new root: %v", err)
 	}
-	m := rc.joinManager(rc.config("m3"), rc.managerToken)
-	rc.waitVoters(4)
+	m := rc.AddManager("m3")
+	rc.WaitVoters()
 	if string(m.Credentials().Bundle()) != string(newBundle) {
 		t.Errorf("manager joined with the new token holds another bundle than the new root")
 	}
 
-	eventually(t, waitFor, "node ls shows every node ready", func() error {
-		nodes, err := rc.listNodes()
+	testkit.Eventually(t, "node ls shows every node ready", func() error {
+		nodes, err := rc.ListNodes()
 		if err != nil {
 			return err
 		}
@@ -598,26 +178,16 @@ func TestRotationCompletes(t *testing.T) {
 	})
 }
 
-// rotChainNames describes a chain for an error message: each certificate's
-// subject and issuer.
-func rotChainNames(chain []*x509.Certificate) string {
-	var parts []string
-	for _, c := range chain {
-		parts = append(parts, fmt.Sprintf("[%s issued by %s]", c.Subject, c.Issuer))
-	}
-	return strings.Join(parts, " ")
-}
-
 // rotCheckOldTokensRefused fails unless joins with the tokens from before a
 // completed rotation are refused: they pin the old bundle, and their
 // secrets were replaced too.
-func rotCheckOldTokensRefused(t *testing.T, rc *rotationCluster, tokens ...string) {
+func rotCheckOldTokensRefused(t *testing.T, rc *clustertest.Cluster, tokens ...string) {
 	t.Helper()
-	nodes := rc.waitConverged()
-	via := rc.via()
+	nodes := rc.WaitConverged()
+	via := rc.Via()
 	for _, tok := range tokens {
 		dir := t.TempDir()
-		_, err := agent.Join(t.Context(), agent.JoinConfig{DataDir: dir, Token: tok, Remote: via, Logger: testLogger()})
+		_, err := agent.Join(t.Context(), agent.JoinConfig{DataDir: dir, Token: tok, Remote: via, Logger: testkit.Logger()})
 		if !errors.Is(err, ca.ErrDigestMismatch) || !errors.Is(err, agent.ErrJoinRefused) {
 			t.Errorf("agent.Join(token from before the rotation) = %v, want agent.ErrJoinRefused wrapping ca.ErrDigestMismatch", err)
 		}
@@ -629,16 +199,16 @@ func rotCheckOldTokensRefused(t *testing.T, rc *rotationCluster, tokens ...strin
 		if err != nil {
 			t.Fatal(err)
 		}
-		repinned, err := ca.NewToken(rc.m(rc.running()[0]).State().CA.Bundle, parsed.Secret)
+		repinned, err := ca.NewToken(rc.RunningManagers()[0].Manager().State().CA.Bundle, parsed.Secret)
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = agent.Join(t.Context(), agent.JoinConfig{DataDir: t.TempDir(), Token: repinned.String(), Remote: via, Logger: testLogger()})
+		_, err = agent.Join(t.Context(), agent.JoinConfig{DataDir: t.TempDir(), Token: repinned.String(), Remote: via, Logger: testkit.Logger()})
 		if got := status.Code(err); got != codes.PermissionDenied {
 			t.Errorf("agent.Join(old secret, new digest) = %v (code %s), want %s", err, got, codes.PermissionDenied)
 		}
 	}
-	rc.checkNodesUnchanged(t, nodes)
+	rc.CheckNodesUnchanged(t, nodes)
 }
 
 // rotMutualTLS runs one mutual-TLS exchange between two nodes' own
@@ -721,12 +291,12 @@ func rotMutualTLS(srv, cli *agent.Credentials) (serverSaw, clientSaw ca.Identity
 // old one complete mutual TLS both ways, each verifying the other's chain
 // against its own (old) bundle.
 func TestRotationMixedTLS(t *testing.T) {
-	rc := newRotationCluster(t, 3, 2, 0)
-	held := rc.holdRotation() // never renews: the rotation stays in progress
-	rc.rotate()
-	renewed := rc.workers[0].w.Credentials()
-	eventually(t, waitFor, "a worker daemon renewed to the new CA", func() error {
-		st := rc.m(rc.leader()).State()
+	rc := clustertest.New(t, clustertest.Options{Managers: 3, Workers: 2})
+	held := rc.HoldRotation() // never renews: the rotation stays in progress
+	rc.Rotate()
+	renewed := rc.Workers[0].Worker().Credentials()
+	testkit.Eventually(t, "a worker daemon renewed to the new CA", func() error {
+		st := rc.Leader().Manager().State()
 		if st.Rotation == nil {
 			return errors.New("State().Rotation = nil, want the rotation in progress")
 		}
@@ -736,13 +306,13 @@ func TestRotationMixedTLS(t *testing.T) {
 		return nil
 	})
 	old := held.Credentials
-	st := rc.m(rc.leader()).State()
+	st := rc.Leader().Manager().State()
 	if old.Issuer().Equal(st.CAStatus) || !old.Issuer().Equal(st.Rotation.From) {
 		t.Fatalf("the held node's Issuer() = %s, want the old CA %s", old.Issuer(), st.Rotation.From)
 	}
 	// The renewed certificate verifies under the new root too.
-	newRoots, _ := rotParseRoot(t, st.Rotation.Bundle)
-	if _, _, err := ca.Verify(rotChainOf(t, renewed), newRoots, time.Now()); err != nil {
+	newRoots, _ := parseRoot(t, st.Rotation.Bundle)
+	if _, _, err := ca.Verify(chainOf(t, renewed), newRoots, time.Now()); err != nil {
 		t.Errorf("ca.Verify(renewed worker's chain, new root) = %v", err)
 	}
 	ids := map[*agent.Credentials]string{renewed: renewed.Identity().NodeID, old: old.Identity().NodeID}
@@ -763,7 +333,7 @@ func TestRotationMixedTLS(t *testing.T) {
 			}
 		})
 	}
-	if resp, err := rc.getCA(); err != nil || !resp.GetRotation().GetInProgress() {
+	if resp, err := rc.GetCA(); err != nil || !resp.GetRotation().GetInProgress() {
 		t.Errorf("GetCA() after the handshakes = %v, %v; want the rotation still in progress", resp.GetRotation(), err)
 	}
 }
@@ -773,28 +343,32 @@ func TestRotationMixedTLS(t *testing.T) {
 // carries it to its end, skipping the stopped leader and a node that never
 // renews once the grace has run out.
 func TestRotationSurvivesLeaderLoss(t *testing.T) {
-	rc := newRotationCluster(t, 3, 4, 3*time.Second)
-	held := rc.holdRotation()
-	root := rc.rotate()
-	l := rc.leader()
-	leaderID := rc.managers[l].id
-	resp, err := rc.getCA()
+	// The grace outlasts the election and the renewers' backoff: a worker
+	// whose heartbeats failed while no manager led waits up to 4s before
+	// it tries again, and must not be skipped for it (with 3s, a loaded
+	// machine sometimes skipped one).
+	rc := clustertest.New(t, clustertest.Options{Managers: 3, Workers: 4, Grace: 10 * time.Second})
+	held := rc.HoldRotation()
+	root := rc.Rotate()
+	l := rc.Leader()
+	leaderID := l.ID()
+	resp, err := rc.GetCA()
 	if err != nil || !resp.GetRotation().GetInProgress() {
 		t.Fatalf("GetCA() right after RotateCA = %v, %v; want in progress", resp.GetRotation(), err)
 	}
-	rc.stop(l)
+	l.Stop()
 
-	got := rc.waitRotation(root, false).GetRotation()
-	if nl := rc.leader(); rc.managers[nl].id == leaderID {
+	got := rc.WaitRotation(root, false).GetRotation()
+	if nl := rc.Leader(); nl.ID() == leaderID {
 		t.Fatalf("the stopped manager %s leads", leaderID)
 	}
-	st := rc.m(rc.leader()).State()
+	st := rc.Leader().Manager().State()
 	want := []string{held.Node.NodeID, leaderID}
 	if n, _ := st.Node(leaderID); n.Cert.Issuer.Equal(st.CAStatus) {
 		// It renewed in the few milliseconds between RotateCA and Stop; if
 		// the next leader saw it serve that certificate before it left
 		// gossip, it converged, rightly.
-		if rn, _ := rotNode(got, leaderID); rn.GetState() == "converged" {
+		if rn, _ := clustertest.RotationNode(got, leaderID); rn.GetState() == "converged" {
 			t.Logf("the stopped leader renewed before it stopped, and converged")
 			want = want[:1]
 		}
@@ -808,14 +382,14 @@ func TestRotationSurvivesLeaderLoss(t *testing.T) {
 	}
 	slices.Sort(skipped)
 	if !slices.Equal(skipped, want) || got.GetSkipped() != uint32(len(want)) {
-		t.Errorf("GetCA() skipped %v (count %d), want %v: %s", skipped, got.GetSkipped(), want, rotationSummary(got))
+		t.Errorf("GetCA() skipped %v (count %d), want %v: %s", skipped, got.GetSkipped(), want, clustertest.RotationSummary(got))
 	}
 	if st.Rotation != nil || st.LastRotation == nil || !slices.Equal(st.LastRotation.Skipped, want) {
 		t.Errorf("State(): Rotation %v, LastRotation %+v; want none in progress and %v skipped", st.Rotation, st.LastRotation, want)
 	}
 	newBundle := st.CA.Bundle
-	eventually(t, waitFor, "every running node on the new root", func() error {
-		for id, c := range rc.nodeCreds() {
+	testkit.Eventually(t, "every running node on the new root", func() error {
+		for id, c := range rc.NodeCreds() {
 			if string(c.Bundle()) != string(newBundle) {
 				return fmt.Errorf("node %s: Credentials().Bundle() is not the new root", id)
 			}
@@ -825,14 +399,14 @@ func TestRotationSurvivesLeaderLoss(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, waitFor, "every running node trusts the new root, as GetCA counts", func() error {
-		resp, err := rc.getCA()
+	testkit.Eventually(t, "every running node trusts the new root, as GetCA counts", func() error {
+		resp, err := rc.GetCA()
 		if err != nil {
 			return err
 		}
 		// All but the held node and the stopped leader.
 		if r := resp.GetRotation(); r.GetTrusting() != r.GetTotal()-2 {
-			return fmt.Errorf("%s; want trusting = total - 2", rotationSummary(r))
+			return fmt.Errorf("%s; want trusting = total - 2", clustertest.RotationSummary(r))
 		}
 		return nil
 	})
@@ -843,26 +417,25 @@ func TestRotationSurvivesLeaderLoss(t *testing.T) {
 // without it. Back up, it is refused by every manager at the TLS handshake,
 // and says it must rejoin; a fresh join with the new token works.
 func TestRotationSkipsDownWorker(t *testing.T) {
-	baseline := runtime.NumGoroutine()
-	t.Cleanup(func() { checkGoroutines(t, baseline) }) // runs last
-	rc := newRotationCluster(t, 3, 3, 2*time.Second)
-	down := rc.workers[2]
-	down.stop()
-	root := rc.rotate()
+	testkit.CheckGoroutines(t) // its check runs last
+	rc := clustertest.New(t, clustertest.Options{Managers: 3, Workers: 3, Grace: 2 * time.Second})
+	down := rc.Workers[2]
+	down.Stop()
+	root := rc.Rotate()
 
 	state := func() (string, error) {
-		resp, err := rc.getCA()
+		resp, err := rc.GetCA()
 		if err != nil {
 			return "", err
 		}
-		n, ok := rotNode(resp.GetRotation(), down.id)
+		n, ok := clustertest.RotationNode(resp.GetRotation(), down.ID())
 		if !ok {
-			return "", fmt.Errorf("GetCA() does not list %s: %s", down.id, rotationSummary(resp.GetRotation()))
+			return "", fmt.Errorf("GetCA() does not list %s: %s", down.ID(), clustertest.RotationSummary(resp.GetRotation()))
 		}
 		return n.GetState(), nil
 	}
 	for _, want := range []string{"down", "skipped"} {
-		eventually(t, waitFor, fmt.Sprintf("GetCA() names the stopped worker %s", want), func() error {
+		testkit.Eventually(t, fmt.Sprintf("GetCA() names the stopped worker %s", want), func() error {
 			got, err := state()
 			if err != nil {
 				return err
@@ -873,31 +446,31 @@ func TestRotationSkipsDownWorker(t *testing.T) {
 			return nil
 		})
 	}
-	got := rc.waitRotation(root, false)
+	got := rc.WaitRotation(root, false)
 	if r := got.GetRotation(); r.GetSkipped() != 1 {
-		t.Errorf("GetCA() after completion: %s; want the stopped worker alone skipped", rotationSummary(r))
+		t.Errorf("GetCA() after completion: %s; want the stopped worker alone skipped", clustertest.RotationSummary(r))
 	}
 	newBundle := got.GetBundle()
-	eventually(t, waitFor, "every manager applied the completion and holds the new bundle", func() error {
-		for _, i := range rc.running() {
-			m := rc.managers[i].m
+	testkit.Eventually(t, "every manager applied the completion and holds the new bundle", func() error {
+		for _, mg := range rc.RunningManagers() {
+			m := mg.Manager()
 			st := m.State()
-			if st.Rotation != nil || !st.WasSkipped(down.id) {
-				return fmt.Errorf("manager %d: Rotation %v, LastRotation %+v; want %s skipped", i, st.Rotation, st.LastRotation, down.id)
+			if st.Rotation != nil || !st.WasSkipped(down.ID()) {
+				return fmt.Errorf("manager %s: Rotation %v, LastRotation %+v; want %s skipped", mg.Name, st.Rotation, st.LastRotation, down.ID())
 			}
 			if string(m.Credentials().Bundle()) != string(newBundle) {
-				return fmt.Errorf("manager %d still holds the old bundle", i)
+				return fmt.Errorf("manager %s still holds the old bundle", mg.Name)
 			}
 		}
 		return nil
 	})
-	nodes, err := rc.listNodes()
+	nodes, err := rc.ListNodes()
 	if err != nil {
 		t.Fatalf("ListNodes() = %v", err)
 	}
 	for id, n := range nodes {
 		want := "ready"
-		if id == down.id {
+		if id == down.ID() {
 			want = "rejoin needed"
 		}
 		if n.GetTlsStatus() != want {
@@ -907,22 +480,23 @@ func TestRotationSkipsDownWorker(t *testing.T) {
 
 	// Back up, from its data directory: refused at the handshake by every
 	// manager, and told to rejoin.
-	w := down.restart(t)
+	down.Restart()
+	w := down.Worker()
 	creds := w.Credentials()
 	if string(creds.Bundle()) == string(newBundle) {
 		t.Fatalf("the restarted worker already holds the new bundle")
 	}
-	for _, i := range rc.running() {
-		addr := rc.managers[i].addr
+	for _, mg := range rc.RunningManagers() {
+		addr := mg.Addr()
 		cfg := creds.ClientTLS(agent.ManagerName)
-		if err := lcRefusedAt(t, addr, cfg, "unknown certificate authority", lcHeartbeat); err != nil {
-			t.Errorf("manager %d: Heartbeat with the skipped worker's certificate: %v", i, err)
+		if err := refusedAt(t, addr, cfg, "unknown certificate authority", heartbeatCall); err != nil {
+			t.Errorf("manager %s: Heartbeat with the skipped worker's certificate: %v", mg.Name, err)
 		}
-		if alert, err := lcTLSAlert(addr, cfg); err != nil || !strings.Contains(alert, "unknown certificate authority") {
-			t.Errorf("manager %d: TLS handshake with the skipped worker's certificate: alert %q, %v; want \"unknown certificate authority\"", i, alert, err)
+		if alert, err := tlsAlert(addr, cfg); err != nil || !strings.Contains(alert, "unknown certificate authority") {
+			t.Errorf("manager %s: TLS handshake with the skipped worker's certificate: alert %q, %v; want \"unknown certificate authority\"", mg.Name, alert, err)
 		}
 	}
-	eventually(t, waitFor, "the skipped worker says it was left behind", func() error {
+	testkit.Eventually(t, "the skipped worker says it was left behind", func() error {
 		p := w.Renewer().Problem()
 		if !errors.Is(p, agent.ErrLeftBehind) {
 			return fmt.Errorf("Renewer().Problem() = %v, want agent.ErrLeftBehind", p)
@@ -932,26 +506,24 @@ func TestRotationSkipsDownWorker(t *testing.T) {
 		}
 		return nil
 	})
-	ctx, cancel := rotCtx(t)
-	defer cancel()
-	if st, err := controlAt(t, down.cfg.SocketPath).Status(ctx, &api.StatusRequest{}); err != nil || !containsAny(st.GetProblem(), "rejoin") {
+	if st, err := down.Status(); err != nil || !containsAny(st.GetProblem(), "rejoin") {
 		t.Errorf("worker's Control.Status() = problem %q, %v; want it to say to rejoin", st.GetProblem(), err)
 	}
 
 	// A fresh join with the new token, into a new data directory.
-	rc.workerToken = rc.token(rc.running()[0], "worker")
-	fresh := rc.startWorker("w3")
-	if string(fresh.w.Credentials().Bundle()) != string(newBundle) {
+	rc.WorkerToken = rc.Token(rc.RunningManagers()[0], "worker")
+	fresh := rc.AddWorker("w3")
+	if string(fresh.Worker().Credentials().Bundle()) != string(newBundle) {
 		t.Errorf("the freshly joined worker holds another bundle than the new root")
 	}
-	eventually(t, waitFor, "node ls shows the fresh worker ready", func() error {
-		nodes, err := rc.listNodes()
+	testkit.Eventually(t, "node ls shows the fresh worker ready", func() error {
+		nodes, err := rc.ListNodes()
 		if err != nil {
 			return err
 		}
-		n, ok := nodes[fresh.id]
+		n, ok := nodes[fresh.ID()]
 		if !ok || n.GetTlsStatus() != "ready" || n.GetStatus() != "ready" {
-			return fmt.Errorf("ListNodes(): fresh worker %s = %v", fresh.id, n)
+			return fmt.Errorf("ListNodes(): fresh worker %s = %v", fresh.ID(), n)
 		}
 		return nil
 	})
@@ -962,13 +534,13 @@ func TestRotationSkipsDownWorker(t *testing.T) {
 // without its key, and the current root again (its key is not new), which
 // leaves the state untouched.
 func TestRotationToGivenRoot(t *testing.T) {
-	rc := newRotationCluster(t, 3, 1, 0)
-	held := rc.holdRotation() // keeps the rotation in progress until removed
-	given, err := ca.GenerateRoot(rand.Reader, time.Now(), rc.clusterID)
+	rc := clustertest.New(t, clustertest.Options{Managers: 3, Workers: 1})
+	held := rc.HoldRotation() // keeps the rotation in progress until removed
+	given, err := ca.GenerateRoot(rand.Reader, time.Now(), rc.ClusterID)
 	if err != nil {
 		t.Fatalf("GenerateRoot() = %v", err)
 	}
-	resp, err := rc.tryRotate(&api.RotateCARequest{CaCert: given.Cert, CaKey: given.Key})
+	resp, err := rc.TryRotate(&api.RotateCARequest{CaCert: given.Cert, CaKey: given.Key})
 	if err != nil {
 		t.Fatalf("RotateCA(given root) = %v", err)
 	}
@@ -977,71 +549,69 @@ func TestRotationToGivenRoot(t *testing.T) {
 		t.Errorf("RotateCA(given root): new root %s, want the given one %s", root, want)
 	}
 
-	_, err = rc.tryRotate(&api.RotateCARequest{})
-	lcWantCode(t, "RotateCA() while a rotation is in progress", err, codes.FailedPrecondition)
-	_, err = rc.tryRotate(&api.RotateCARequest{CaCert: given.Cert})
-	lcWantCode(t, "RotateCA(ca_cert without ca_key)", err, codes.InvalidArgument)
-	_, err = rc.tryRotate(&api.RotateCARequest{CaKey: given.Key})
-	lcWantCode(t, "RotateCA(ca_key without ca_cert)", err, codes.InvalidArgument)
-	if got, err := rc.getCA(); err != nil || !got.GetRotation().GetInProgress() || got.GetRotation().GetNewRootFingerprint() != root {
+	_, err = rc.TryRotate(&api.RotateCARequest{})
+	wantCode(t, "RotateCA() while a rotation is in progress", err, codes.FailedPrecondition)
+	_, err = rc.TryRotate(&api.RotateCARequest{CaCert: given.Cert})
+	wantCode(t, "RotateCA(ca_cert without ca_key)", err, codes.InvalidArgument)
+	_, err = rc.TryRotate(&api.RotateCARequest{CaKey: given.Key})
+	wantCode(t, "RotateCA(ca_key without ca_cert)", err, codes.InvalidArgument)
+	if got, err := rc.GetCA(); err != nil || !got.GetRotation().GetInProgress() || got.GetRotation().GetNewRootFingerprint() != root {
 		t.Fatalf("GetCA() after the refused calls = %v, %v; want the rotation to the given root in progress", got.GetRotation(), err)
 	}
 
 	// Removing the node that holds it back lets it complete.
-	ctx, cancel := rotCtx(t)
-	defer cancel()
-	if _, err := rc.anyCtl().RemoveNode(ctx, &api.RemoveNodeRequest{NodeId: held.Node.NodeID, Force: true}); err != nil {
+	ctx := testkit.Ctx(t)
+	if _, err := rc.Ctl().RemoveNode(ctx, &api.RemoveNodeRequest{NodeId: held.Node.NodeID, Force: true}); err != nil {
 		t.Fatalf("RemoveNode(%s) = %v", held.Node.NodeID, err)
 	}
-	got := rc.waitRotation(root, true)
+	got := rc.WaitRotation(root, true)
 	if string(got.GetBundle()) != string(given.Bundle) {
 		t.Errorf("GetCA().Bundle after the rotation:\n%s\nwant the given root:\n%s", got.GetBundle(), given.Bundle)
 	}
-	eventually(t, waitFor, "every manager applied the completion", func() error {
-		for _, i := range rc.running() {
-			st := rc.managers[i].m.State()
+	testkit.Eventually(t, "every manager applied the completion", func() error {
+		for _, mg := range rc.RunningManagers() {
+			st := mg.Manager().State()
 			if st.Rotation != nil || string(st.CA.Bundle) != string(given.Bundle) {
-				return fmt.Errorf("manager %d: Rotation %v, bundle is the given root: %t", i, st.Rotation, string(st.CA.Bundle) == string(given.Bundle))
+				return fmt.Errorf("manager %s: Rotation %v, bundle is the given root: %t", mg.Name, st.Rotation, string(st.CA.Bundle) == string(given.Bundle))
 			}
 		}
 		return nil
 	})
-	givenRoots, _ := rotParseRoot(t, given.Bundle)
-	for id, c := range rc.nodeCreds() {
-		if _, _, err := ca.Verify(rotChainOf(t, c)[:1], givenRoots, time.Now()); err != nil {
+	givenRoots, _ := parseRoot(t, given.Bundle)
+	for id, c := range rc.NodeCreds() {
+		if _, _, err := ca.Verify(chainOf(t, c)[:1], givenRoots, time.Now()); err != nil {
 			t.Errorf("node %s: its leaf alone does not verify under the given root: %v", id, err)
 		}
 	}
 
 	// The current root again: refused, and nothing changes.
-	cur := rc.m(rc.leader()).State().CA
-	before := map[int]string{}
-	for _, i := range rc.running() {
-		before[i] = stateJSON(t, rc.managers[i].m.State())
+	cur := rc.Leader().Manager().State().CA
+	before := map[string]string{}
+	for _, mg := range rc.RunningManagers() {
+		before[mg.Name] = clustertest.StateJSON(t, mg.Manager().State())
 	}
-	_, err = rc.tryRotate(&api.RotateCARequest{CaCert: cur.Cert, CaKey: cur.Key})
-	lcWantCode(t, "RotateCA(the current root's cert and key)", err, codes.InvalidArgument)
+	_, err = rc.TryRotate(&api.RotateCARequest{CaCert: cur.Cert, CaKey: cur.Key})
+	wantCode(t, "RotateCA(the current root's cert and key)", err, codes.InvalidArgument)
 	if err != nil && !containsAny(status.Convert(err).Message(), "new key") {
 		t.Errorf("RotateCA(the current root's cert and key) = %v, want the message to ask for a new key", err)
 	}
-	for _, i := range rc.running() {
-		st := rc.managers[i].m.State()
+	for _, mg := range rc.RunningManagers() {
+		st := mg.Manager().State()
 		if st.Rotation != nil {
-			t.Errorf("manager %d: State().Rotation = %+v after a refused RotateCA, want nil", i, st.Rotation)
+			t.Errorf("manager %s: State().Rotation = %+v after a refused RotateCA, want nil", mg.Name, st.Rotation)
 		}
-		if got := stateJSON(t, st); got != before[i] {
-			t.Errorf("manager %d: state changed by a refused RotateCA: %s", i, lcDiff(got, before[i]))
+		if got := clustertest.StateJSON(t, st); got != before[mg.Name] {
+			t.Errorf("manager %s: state changed by a refused RotateCA: %s", mg.Name, clustertest.Diff(got, before[mg.Name]))
 		}
 	}
 }
 
 // rotGossipAccess asks a manager's CA.Gossip, over mutual TLS with a worker's
 // certificate, for the gossip key and the addresses to join through.
-func rotGossipAccess(t *testing.T, rc *rotationCluster, creds *agent.Credentials) (key []byte, peers []string) {
+func rotGossipAccess(t *testing.T, rc *clustertest.Cluster, creds *agent.Credentials) (key []byte, peers []string) {
 	t.Helper()
-	conn := dialAPI(t, rc.via(), clientTLS(creds.Certificate(), creds.Roots()))
-	ctx, cancel := rotCtx(t)
-	defer cancel()
+	conn := rc.Dial(rc.Via(), clientTLS(creds.Certificate(), creds.Roots()))
+	ctx := testkit.Ctx(t)
 	resp, err := api.NewCAClient(conn).Gossip(ctx, &api.GossipRequest{})
 	if err != nil {
 		t.Fatalf("CA.Gossip() with a worker's certificate = %v", err)
@@ -1058,7 +628,7 @@ func rotGossipAccess(t *testing.T, rc *rotationCluster, creds *agent.Credentials
 func rotForgeMember(t *testing.T, id string, key []byte, meta membership.Meta, peers []string) *membership.Member {
 	t.Helper()
 	mem, err := membership.New(membership.Config{
-		NodeID: id, BindAddr: "127.0.0.1:0", Key: key, Meta: meta, Timing: membership.Fast, Logger: testLogger(),
+		NodeID: id, BindAddr: "127.0.0.1:0", Key: key, Meta: meta, Timing: membership.Fast, Logger: testkit.Logger(),
 	})
 	if err != nil {
 		t.Fatalf("membership.New(%s) = %v", id, err)
@@ -1076,18 +646,17 @@ func rotForgeMember(t *testing.T, id string, key []byte, meta membership.Meta, p
 // advertising the new issuer with a certificate the cluster never issued
 // to it.
 func TestRotationIgnoresForgedGossip(t *testing.T) {
-	baseline := runtime.NumGoroutine()
-	t.Cleanup(func() { checkGoroutines(t, baseline) }) // runs last
-	rc := newRotationCluster(t, 3, 2, 0)
-	held := rc.holdRotation()
+	testkit.CheckGoroutines(t) // its check runs last
+	rc := clustertest.New(t, clustertest.Options{Managers: 3, Workers: 2})
+	held := rc.HoldRotation()
 	heldID := held.Node.NodeID
-	key, peers := rotGossipAccess(t, rc, rc.workers[0].w.Credentials())
-	if string(key) != string(rc.m(0).State().GossipKey) {
+	key, peers := rotGossipAccess(t, rc, rc.Workers[0].Worker().Credentials())
+	if string(key) != string(rc.Managers[0].Manager().State().GossipKey) {
 		t.Fatalf("CA.Gossip() key is not the state's GossipKey")
 	}
-	rc.rotate()
-	rc.waitConvergedExcept(heldID)
-	st := rc.m(rc.leader()).State()
+	rc.Rotate()
+	rc.WaitConvergedExcept(heldID)
+	st := rc.Leader().Manager().State()
 	total := uint32(st.Nodes.Len())
 	newMeta := membership.Meta{
 		Role:   ca.RoleWorker,
@@ -1102,23 +671,25 @@ func TestRotationIgnoresForgedGossip(t *testing.T) {
 			t.Fatal(err)
 		}
 		rotForgeMember(t, stranger, key, newMeta, peers)
-		lcHolds(t, 2*time.Second, "GetCA() ignores the stranger", func() error {
-			resp, err := rc.getCA()
+		// For as long as every node takes to have seven heartbeats
+		// answered by the leader (a rotation is looked at after each).
+		testkit.HoldsUntil(t, "GetCA() ignores the stranger", func() error {
+			resp, err := rc.GetCA()
 			if err != nil {
 				return err
 			}
 			r := resp.GetRotation()
-			if _, ok := rotNode(r, stranger); ok || r.GetTotal() != total || !r.GetInProgress() {
-				return fmt.Errorf("%s; want %d nodes, without %s, in progress", rotationSummary(r), total, stranger)
+			if _, ok := clustertest.RotationNode(r, stranger); ok || r.GetTotal() != total || !r.GetInProgress() {
+				return fmt.Errorf("%s; want %d nodes, without %s, in progress", clustertest.RotationSummary(r), total, stranger)
 			}
 			return nil
-		})
+		}, rc.HeartbeatRounds(7))
 	})
 
 	t.Run("member advertising a certificate never issued", func(t *testing.T) {
 		mem := rotForgeMember(t, heldID, key, newMeta, peers)
 		// The managers hear the forged member in gossip...
-		eventually(t, waitFor, "the forged member is in gossip", func() error {
+		testkit.Eventually(t, "the forged member is in gossip", func() error {
 			if n := mem.NumPeers(); n == 0 {
 				return errors.New("the forged member sees no peer")
 			}
@@ -1126,34 +697,35 @@ func TestRotationIgnoresForgedGossip(t *testing.T) {
 		})
 		// ... but gossip proves nothing: the held node never heartbeat to
 		// the leader, so it stays down (it is skipped after the grace),
-		// and is never counted converged.
-		lcHolds(t, 3*time.Second, "the forged node never converges", func() error {
-			resp, err := rc.getCA()
+		// and is never counted converged: not in ten heartbeats of every
+		// other node.
+		testkit.HoldsUntil(t, "the forged node never converges", func() error {
+			resp, err := rc.GetCA()
 			if err != nil {
 				return err
 			}
 			r := resp.GetRotation()
-			n, _ := rotNode(r, heldID)
+			n, _ := clustertest.RotationNode(r, heldID)
 			if !r.GetInProgress() || n.GetState() != "down" || r.GetConverged() != total-1 || r.GetTotal() != total {
-				return fmt.Errorf("%s; want in progress, %d of %d converged, %s down", rotationSummary(r), total-1, total, heldID)
+				return fmt.Errorf("%s; want in progress, %d of %d converged, %s down", clustertest.RotationSummary(r), total-1, total, heldID)
 			}
 			return nil
-		})
+		}, rc.HeartbeatRounds(10))
 	})
 }
 
 // TestRotationStatusAndNodeLs follows a rotation held by a node that never
 // renews in Control.Status on every manager and in node ls.
 func TestRotationStatusAndNodeLs(t *testing.T) {
-	rc := newRotationCluster(t, 3, 2, 0)
-	held := rc.holdRotation()
+	rc := clustertest.New(t, clustertest.Options{Managers: 3, Workers: 2})
+	held := rc.HoldRotation()
 	heldID := held.Node.NodeID
-	rc.rotate()
-	rc.waitConvergedExcept(heldID)
-	total := uint32(rc.m(rc.leader()).State().Nodes.Len())
-	for _, i := range rc.running() {
-		eventually(t, waitFor, fmt.Sprintf("manager %d's Status shows the rotation", i), func() error {
-			st, err := rc.status(i)
+	rc.Rotate()
+	rc.WaitConvergedExcept(heldID)
+	total := uint32(rc.Leader().Manager().State().Nodes.Len())
+	for _, mg := range rc.RunningManagers() {
+		testkit.Eventually(t, fmt.Sprintf("manager %s's Status shows the rotation", mg.Name), func() error {
+			st, err := mg.Status()
 			if err != nil {
 				return err
 			}
@@ -1162,12 +734,12 @@ func TestRotationStatusAndNodeLs(t *testing.T) {
 				return errors.New("Status().Rotation = nil")
 			}
 			if !r.GetInProgress() || r.GetTotal() != total || r.GetConverged() != total-1 {
-				return fmt.Errorf("Status().Rotation: %s; want in progress, %d of %d converged", rotationSummary(r), total-1, total)
+				return fmt.Errorf("Status().Rotation: %s; want in progress, %d of %d converged", clustertest.RotationSummary(r), total-1, total)
 			}
 			return nil
 		})
 	}
-	nodes, err := rc.listNodes()
+	nodes, err := rc.ListNodes()
 	if err != nil {
 		t.Fatalf("ListNodes() = %v", err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 // secretsOf returns every secret of the state: CA private keys (PEM, DER,
@@ -76,7 +77,7 @@ func rotateRoot(t *testing.T, m *testManager) {
 	if _, err := (controlService{m: m.Manager}).RotateCA(t.Context(), &api.RotateCARequest{}); err != nil {
 		t.Fatalf("RotateCA() = %v", err)
 	}
-	eventually(t, "the rotation completes", func() error {
+	testkit.Eventually(t, "the rotation completes", func() error {
 		if m.State().Rotation != nil {
 			m.kickRotation()
 			return errors.New("in progress")
@@ -108,7 +109,7 @@ func TestNoSecretInClearAtRest(t *testing.T) {
 				secrets[fmt.Sprintf("token rotations %d", i+1)] = secretsOf(m.State())
 			}
 			if autolock {
-				eventually(t, "both managers' keys sealed", func() error {
+				testkit.Eventually(t, "both managers' keys sealed", func() error {
 					for _, x := range []*testManager{m, j} {
 						if x.Credentials().NodeKey().KEK == nil {
 							return fmt.Errorf("manager %s not sealed yet", x.NodeID())
@@ -132,7 +133,7 @@ func TestNoSecretInClearAtRest(t *testing.T) {
 				m.cfg = cfg
 			}
 			r := reopen(t, m)
-			eventually(t, "the restarted manager's state", func() error {
+			testkit.Eventually(t, "the restarted manager's state", func() error {
 				if !r.State().Initialized() {
 					return errors.New("not yet")
 				}
@@ -151,7 +152,7 @@ func TestLockedManagerOpensWithTheKeyOnly(t *testing.T) {
 	if err != nil || resp.GetUnlockKey() == "" {
 		t.Fatalf("Update(autolock on) = %v, %v; want the unlock key", resp, err)
 	}
-	eventually(t, "node.key sealed", func() error {
+	testkit.Eventually(t, "node.key sealed", func() error {
 		if m.Credentials().NodeKey().KEK == nil {
 			return errors.New("not sealed")
 		}
@@ -197,7 +198,7 @@ func TestCrashBeforeKeysSealed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the failpoint", func() error {
+	testkit.Eventually(t, "the failpoint", func() error {
 		if !hit.Load() {
 			return errors.New("not reached")
 		}
@@ -206,7 +207,7 @@ func TestCrashBeforeKeysSealed(t *testing.T) {
 	m.stop()
 	m.cfg.testStep = nil
 	r := reopen(t, m) // in clear still: no key needed
-	eventually(t, "node.key sealed after the restart", func() error {
+	testkit.Eventually(t, "node.key sealed after the restart", func() error {
 		if kek := r.Credentials().NodeKey().KEK; kek == nil {
 			return errors.New("not sealed")
 		}
@@ -228,7 +229,7 @@ func TestCrashBeforePreviousDataKeyDropped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "node.key sealed with a new data key", func() error {
+	testkit.Eventually(t, "node.key sealed with a new data key", func() error {
 		if len(m.Credentials().NodeKey().PrevDataKey) == 0 {
 			return errors.New("no rotation of the data key yet")
 		}
@@ -249,7 +250,7 @@ func TestCrashBeforePreviousDataKeyDropped(t *testing.T) {
 	if len(r.Credentials().NodeKey().PrevDataKey) != 0 {
 		t.Errorf("the previous data key was not dropped")
 	}
-	eventually(t, "the state after the crash", func() error {
+	testkit.Eventually(t, "the state after the crash", func() error {
 		if got := stateOf(t, r.State()); got != want {
 			return errors.New("differs")
 		}
@@ -269,7 +270,7 @@ func TestUnlockKeyRotatedWhileDown(t *testing.T) {
 	oldKey := resp.GetUnlockKey()
 	// The joining manager seals its keys once it applies the state.
 	j := joinManager(t, m, nil)
-	eventually(t, "the second manager sealed", func() error {
+	testkit.Eventually(t, "the second manager sealed", func() error {
 		if j.Credentials().NodeKey().KEK == nil {
 			return errors.New("not sealed")
 		}
@@ -277,7 +278,7 @@ func TestUnlockKeyRotatedWhileDown(t *testing.T) {
 	})
 	// Three managers, so that one down leaves a majority.
 	third := joinManager(t, m, nil)
-	eventually(t, "the third manager sealed", func() error {
+	testkit.Eventually(t, "the third manager sealed", func() error {
 		if third.Credentials().NodeKey().KEK == nil {
 			return errors.New("not sealed")
 		}
@@ -297,7 +298,7 @@ func TestUnlockKeyRotatedWhileDown(t *testing.T) {
 	}
 	third.cfg.UnlockKey = oldKey
 	r := reopen(t, third)
-	eventually(t, "the manager that was down moves to the new key", func() error {
+	testkit.Eventually(t, "the manager that was down moves to the new key", func() error {
 		if kek := r.Credentials().NodeKey().KEK; kek == nil || kek.ID != newKEK.ID {
 			return errors.New("still under the old key")
 		}

@@ -28,13 +28,7 @@ import (
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/cfssl"
 	"github.com/quorumca/quorumca/fsm"
-)
-
-// Timeouts of the external CA tests: short, so that the file runs in a few
-// seconds, and long enough for a TLS handshake on 127.0.0.1 under -race.
-const (
-	extTestTimeout = 500 * time.Millisecond
-	extTestSkip    = 30 * time.Second
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 // extTestCert returns the PEM of a CA certificate, for cacert.
@@ -71,7 +65,7 @@ func TestNewExternalCARefuses(t *testing.T) {
 		{"second one bad", []fsm.ExternalCA{trusted, {Protocol: fsm.ProtocolCFSSL, URL: "ftp://127.0.0.1"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e, err := newExternalCA(tc.cas, nil, extTestTimeout, extTestSkip, time.Now)
+			e, err := newExternalCA(tc.cas, nil, testkit.ExternalTimeout, testkit.ExternalSkip, time.Now)
 			if err == nil {
 				e.close()
 				t.Fatal("accepted")
@@ -83,7 +77,7 @@ func TestNewExternalCARefuses(t *testing.T) {
 		})
 	}
 	// Without cacert, the system's roots are used.
-	e, err := newExternalCA([]fsm.ExternalCA{{Protocol: fsm.ProtocolCFSSL, URL: "https://127.0.0.1:8888"}}, nil, extTestTimeout, extTestSkip, time.Now)
+	e, err := newExternalCA([]fsm.ExternalCA{{Protocol: fsm.ProtocolCFSSL, URL: "https://127.0.0.1:8888"}}, nil, testkit.ExternalTimeout, testkit.ExternalSkip, time.Now)
 	if err != nil {
 		t.Fatalf("without cacert: %v", err)
 	}
@@ -94,7 +88,7 @@ func TestNewExternalCARefuses(t *testing.T) {
 func TestExternalSameAuthKey(t *testing.T) {
 	a := fsm.ExternalCA{Protocol: fsm.ProtocolCFSSL, URL: "https://127.0.0.1:8888", CACert: extTestCert(t)}
 	a.AuthKey = []byte("0123456789abcdef")
-	e, err := newExternalCA([]fsm.ExternalCA{a}, nil, extTestTimeout, extTestSkip, time.Now)
+	e, err := newExternalCA([]fsm.ExternalCA{a}, nil, testkit.ExternalTimeout, testkit.ExternalSkip, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +217,7 @@ func TestExternalErrorStatus(t *testing.T) {
 		{"cancelled before the call", []fsm.ExternalCA{refusing}, cancelled, nil, codes.Canceled, context.Canceled},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e, err := newExternalCA(tc.cas, nil, 200*time.Millisecond, extTestSkip, time.Now)
+			e, err := newExternalCA(tc.cas, nil, 200*time.Millisecond, testkit.ExternalSkip, time.Now)
 			if err != nil {
 				t.Fatal(err)
 			}

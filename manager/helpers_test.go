@@ -12,13 +12,8 @@ import (
 
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/internal/testkit"
 	"github.com/quorumca/quorumca/membership"
-)
-
-// Bounds of the manager package's tests.
-const (
-	testWait = 20 * time.Second
-	testPoll = 20 * time.Millisecond
 )
 
 // testManager is a manager of a test cluster, running until the test ends
@@ -38,8 +33,8 @@ func testConfig(t *testing.T, dir string) Config {
 		RaftListenAddr:  "127.0.0.1:0",
 		GossipAddr:      "127.0.0.1:0",
 		GossipTiming:    membership.Fast,
-		HeartbeatPeriod: 300 * time.Millisecond,
-		ReconcilePeriod: 200 * time.Millisecond,
+		HeartbeatPeriod: testkit.HeartbeatPeriod,
+		ReconcilePeriod: testkit.ReconcilePeriod,
 		ApplyTimeout:    5 * time.Second,
 	}
 }
@@ -59,8 +54,8 @@ func run(t *testing.T, m *Manager, cfg Config) *testManager {
 			cancel()
 			select {
 			case runErr = <-done:
-			case <-time.After(testWait):
-				t.Errorf("Manager.Run did not return within %s of its context ending", testWait)
+			case <-time.After(testkit.Wait):
+				t.Errorf("Manager.Run did not return within %s of its context ending", testkit.Wait)
 			}
 		}
 		return runErr
@@ -71,8 +66,8 @@ func run(t *testing.T, m *Manager, cfg Config) *testManager {
 	case err := <-done:
 		stopped = true
 		t.Fatalf("Manager.Run() = %v before it was ready", err)
-	case <-time.After(testWait):
-		t.Fatalf("manager not ready within %s", testWait)
+	case <-time.After(testkit.Wait):
+		t.Fatalf("manager not ready within %s", testkit.Wait)
 	}
 	return &testManager{Manager: m, cfg: cfg, stop: stop}
 }
@@ -150,23 +145,6 @@ func reopen(t *testing.T, old *testManager) *testManager {
 		t.Fatalf("Open(%s) = %v", cfg.DataDir, err)
 	}
 	return run(t, m, cfg)
-}
-
-// eventually polls cond until it returns nil, and fails the test with its
-// last error after testWait.
-func eventually(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(testWait)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, testWait, err)
-		}
-		time.Sleep(testPoll)
-	}
 }
 
 // rotateSecrets commits n join-token rotations through m, the leader.

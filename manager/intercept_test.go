@@ -17,6 +17,7 @@ import (
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 // pair is a leader and a follower.
@@ -24,7 +25,7 @@ func pair(t *testing.T) (leader, follower *testManager) {
 	t.Helper()
 	leader = initManager(t, nil)
 	follower = joinManager(t, leader, nil)
-	eventually(t, "the follower is a voter that knows the leader", func() error {
+	testkit.Eventually(t, "the follower is a voter that knows the leader", func() error {
 		if id, _ := follower.raft.Leader(); id != leader.NodeID() || !leader.isVoter(follower.NodeID()) {
 			return errNoLeader
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 // snapshotting makes a manager snapshot after a few entries, and keep few
@@ -43,7 +44,7 @@ func stateOf(t *testing.T, st *fsm.State) string {
 func TestRestartRestoresFromSnapshot(t *testing.T) {
 	m := initManager(t, snapshotting)
 	rotateSecrets(t, m.Manager, 40)
-	eventually(t, "a snapshot on disk", func() error {
+	testkit.Eventually(t, "a snapshot on disk", func() error {
 		if n := snapshots(m.cfg.DataDir); n == 0 {
 			return fmt.Errorf("no snapshot yet (last_snapshot_index %s)", m.raft.Stats()["last_snapshot_index"])
 		}
@@ -54,7 +55,7 @@ func TestRestartRestoresFromSnapshot(t *testing.T) {
 		t.Fatalf("Run() = %v after a stop", err)
 	}
 	r := reopen(t, m)
-	eventually(t, "the restarted manager's state", func() error {
+	testkit.Eventually(t, "the restarted manager's state", func() error {
 		if got := stateOf(t, r.State()); got != before {
 			return fmt.Errorf("state differs:\n got %.300s\nwant %.300s", got, before)
 		}
@@ -64,7 +65,7 @@ func TestRestartRestoresFromSnapshot(t *testing.T) {
 		t.Errorf("the restarted manager's last_snapshot_index = %s, want the snapshot it restored", idx)
 	}
 	// It goes on committing from there, once it leads again.
-	eventually(t, "the restarted manager leads", func() error {
+	testkit.Eventually(t, "the restarted manager leads", func() error {
 		if !r.IsLeader() {
 			return fmt.Errorf("not the leader yet")
 		}
@@ -79,14 +80,14 @@ func TestRestartRestoresFromSnapshot(t *testing.T) {
 func TestNewManagerInstallsSnapshot(t *testing.T) {
 	m := initManager(t, snapshotting)
 	rotateSecrets(t, m.Manager, 40)
-	eventually(t, "a snapshot on the leader", func() error {
+	testkit.Eventually(t, "a snapshot on the leader", func() error {
 		if snapshots(m.cfg.DataDir) == 0 {
 			return fmt.Errorf("no snapshot yet")
 		}
 		return nil
 	})
 	j := joinManager(t, m, snapshotting)
-	eventually(t, "the new manager's state", func() error {
+	testkit.Eventually(t, "the new manager's state", func() error {
 		want := stateOf(t, m.State())
 		if got := stateOf(t, j.State()); got != want {
 			return fmt.Errorf("state differs:\n got %.300s\nwant %.300s", got, want)

@@ -6,51 +6,9 @@ import (
 	"sort"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/quorumca/quorumca/ca"
 )
-
-// maxWait bounds every wait on gossip in these tests.
-const maxWait = 15 * time.Second
-
-// eventually polls cond every 20 ms and fails the test with msg if it has
-// not held within timeout.
-func eventually(t testing.TB, timeout time.Duration, cond func() bool, msg string) {
-	t.Helper()
-	if timeout > maxWait {
-		timeout = maxWait
-	}
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if cond() {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", timeout, msg)
-		}
-		<-tick.C
-	}
-}
-
-// eventuallyNil is eventually for a check that says what is wrong; the
-// last complaint is logged if it never stops complaining.
-func eventuallyNil(t testing.TB, timeout time.Duration, check func() error, msg string) {
-	t.Helper()
-	var last error
-	defer func() {
-		// t.Fatalf unwinds through here (runtime.Goexit runs defers).
-		if t.Failed() && last != nil {
-			t.Logf("last check: %v", last)
-		}
-	}()
-	eventually(t, timeout, func() bool {
-		last = check()
-		return last == nil
-	}, msg)
-}
 
 func newKey(t testing.TB) []byte {
 	t.Helper()

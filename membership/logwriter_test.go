@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 type record struct {
@@ -113,14 +114,14 @@ func TestMemberLogsThroughLogger(t *testing.T) {
 	if n, err := x.Join([]string{a.Addr()}); err == nil && n != 0 {
 		t.Fatalf("join with the wrong key contacted %d nodes", n)
 	}
-	eventually(t, maxWait, func() bool {
+	testkit.Eventually(t, "a logged no warning or error through its Logger about the bad join", testkit.True(func() bool {
 		for _, r := range h.records() {
 			if r.level >= slog.LevelWarn && strings.HasPrefix(r.msg, "gossip memberlist:") {
 				return true
 			}
 		}
 		return false
-	}, "a logged no warning or error through its Logger about the bad join")
+	}))
 	for _, r := range h.records() {
 		if !strings.HasPrefix(r.msg, "gossip") {
 			t.Errorf("record %q does not come from the gossip log writer", r.msg)

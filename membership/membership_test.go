@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 func TestThreeMembersSeeEachOther(t *testing.T) {
@@ -57,7 +58,7 @@ func TestThreeMembersSeeEachOther(t *testing.T) {
 				want[other] = meta
 			}
 		}
-		eventuallyNil(t, maxWait, func() error {
+		testkit.Eventually(t, id+" does not see the other two members with their metadata", func() error {
 			if err := checkPeers(m, want); err != nil {
 				return err
 			}
@@ -65,7 +66,7 @@ func TestThreeMembersSeeEachOther(t *testing.T) {
 				return fmt.Errorf("NumPeers() = %d, want 2", n)
 			}
 			return nil
-		}, id+" does not see the other two members with their metadata")
+		})
 
 		for _, p := range m.Peers() {
 			if p.Addr != members[p.NodeID].Addr() {
@@ -87,12 +88,12 @@ func TestSetMetaPropagates(t *testing.T) {
 	join(t, b, a.Addr())
 	join(t, c, a.Addr())
 
-	eventuallyNil(t, maxWait, func() error {
+	testkit.Eventually(t, "a does not see b and c", func() error {
 		return checkPeers(a, map[string]Meta{"b": bMeta, "c": testMeta(ca.RoleWorker, "cc01")})
-	}, "a does not see b and c")
-	eventuallyNil(t, maxWait, func() error {
+	})
+	testkit.Eventually(t, "c does not see a and b", func() error {
 		return checkPeers(c, map[string]Meta{"a": testMeta(ca.RoleManager, "aa01"), "b": bMeta})
-	}, "c does not see a and b")
+	})
 	if changes.Load() < 2 {
 		t.Fatalf("OnChange called %d times after two members joined, want at least 2", changes.Load())
 	}
@@ -104,7 +105,7 @@ func TestSetMetaPropagates(t *testing.T) {
 		t.Fatalf("SetMeta: %v", err)
 	}
 	for name, m := range map[string]*Member{"a": a, "c": c} {
-		eventuallyNil(t, maxWait, func() error {
+		testkit.Eventually(t, name+" never sees b's new metadata", func() error {
 			p, ok := findPeer(m, "b")
 			if !ok {
 				return errors.New("b is not listed")
@@ -113,10 +114,9 @@ func TestSetMetaPropagates(t *testing.T) {
 				return fmt.Errorf("b's meta is %+v", p.Meta)
 			}
 			return nil
-		}, name+" never sees b's new metadata")
+		})
 	}
-	eventually(t, maxWait, func() bool { return changes.Load() > before },
-		"OnChange was not called on a after b changed its metadata")
+	testkit.Eventually(t, "OnChange was not called on a after b changed its metadata", testkit.True(func() bool { return changes.Load() > before }))
 
 	// The largest metadata Encode allows travels too.
 	big := testMeta(ca.RoleWorker, "")
@@ -124,10 +124,10 @@ func TestSetMetaPropagates(t *testing.T) {
 	if err := b.SetMeta(big); err != nil {
 		t.Fatalf("SetMeta(largest meta): %v", err)
 	}
-	eventually(t, maxWait, func() bool {
+	testkit.Eventually(t, "a never sees b's largest metadata", testkit.True(func() bool {
 		p, ok := findPeer(a, "b")
 		return ok && p.MetaErr == nil && p.Meta == big
-	}, "a never sees b's largest metadata")
+	}))
 }
 
 // maxSerialLen is the longest Serial (of plain hex digits) that m can
@@ -152,7 +152,7 @@ func TestSetMetaAlone(t *testing.T) {
 		if err != nil {
 			t.Fatalf("SetMeta: %v", err)
 		}
-	case <-time.After(maxWait):
+	case <-time.After(testkit.Wait):
 		t.Fatal("SetMeta without peers did not return")
 	}
 	// The member's own node carries the new metadata.
@@ -171,8 +171,7 @@ func TestSetMetaSameTwice(t *testing.T) {
 	a := start(t, "a", key, testMeta(ca.RoleManager, "aa"))
 	b := start(t, "b", key, meta)
 	join(t, b, a.Addr())
-	eventuallyNil(t, maxWait, func() error { return checkPeers(a, map[string]Meta{"b": meta}) },
-		"a does not see b")
+	testkit.Eventually(t, "a does not see b", func() error { return checkPeers(a, map[string]Meta{"b": meta}) })
 
 	// The meta b started with, then a new one twice.
 	if err := b.SetMeta(meta); err != nil {
@@ -184,8 +183,7 @@ func TestSetMetaSameTwice(t *testing.T) {
 			t.Fatalf("SetMeta #%d: %v", i+1, err)
 		}
 	}
-	eventuallyNil(t, maxWait, func() error { return checkPeers(a, map[string]Meta{"b": next}) },
-		"a does not see b's new meta")
+	testkit.Eventually(t, "a does not see b's new meta", func() error { return checkPeers(a, map[string]Meta{"b": next}) })
 }
 
 func TestSetMetaSameIsNoOp(t *testing.T) {
@@ -228,8 +226,7 @@ func TestWrongKeyCannotJoin(t *testing.T) {
 	a := start(t, "a", key, testMeta(ca.RoleManager, "aa"))
 	b := start(t, "b", key, testMeta(ca.RoleWorker, "bb"))
 	join(t, b, a.Addr())
-	eventually(t, maxWait, func() bool { return a.NumPeers() == 1 && b.NumPeers() == 1 },
-		"a and b do not see each other")
+	testkit.Eventually(t, "a and b do not see each other", testkit.True(func() bool { return a.NumPeers() == 1 && b.NumPeers() == 1 }))
 
 	x := start(t, "x", newKey(t), testMeta(ca.RoleWorker, "ee"))
 	n, err := x.Join([]string{a.Addr()})
@@ -263,11 +260,11 @@ func TestWrongKeyCannotJoin(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, m := range map[string]*Member{"a": a, "b": b} {
-		eventually(t, maxWait, func() bool {
+		testkit.Eventually(t, name+" never sees c's new metadata", testkit.True(func() bool {
 			notListed()
 			p, ok := findPeer(m, "c")
 			return ok && p.Meta == newMeta
-		}, name+" never sees c's new metadata")
+		}))
 	}
 	notListed()
 }
@@ -333,10 +330,10 @@ func TestAcceptRefusesIntruder(t *testing.T) {
 			t.Fatalf("guard counts %d peers; only friend is accepted", n)
 		}
 	}
-	eventuallyNil(t, maxWait, func() error {
+	testkit.Eventually(t, "friend does not see guard and intruder", func() error {
 		checkGuard()
 		return checkPeers(friend, map[string]Meta{"guard": testMeta(ca.RoleManager, "01"), "intruder": testMeta(ca.RoleWorker, "03")})
-	}, "friend does not see guard and intruder")
+	})
 
 	// The intruder also knocks on the guard's door directly, and changes
 	// its metadata so that its alive messages are gossiped again.
@@ -346,11 +343,11 @@ func TestAcceptRefusesIntruder(t *testing.T) {
 	if err := intruder.SetMeta(testMeta(ca.RoleManager, "04")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, maxWait, func() bool {
+	testkit.Eventually(t, "friend never sees the intruder's new metadata", testkit.True(func() bool {
 		checkGuard()
 		p, ok := findPeer(friend, "intruder")
 		return ok && p.Meta.Serial == "04"
-	}, "friend never sees the intruder's new metadata")
+	}))
 
 	// Barrier: once the guard has the friend's later news, it has been
 	// offered the intruder's alive messages (and refused them).
@@ -358,10 +355,10 @@ func TestAcceptRefusesIntruder(t *testing.T) {
 	if err := friend.SetMeta(newFriend); err != nil {
 		t.Fatal(err)
 	}
-	eventuallyNil(t, maxWait, func() error {
+	testkit.Eventually(t, "guard does not see the friend's new metadata (and only the friend)", func() error {
 		checkGuard()
 		return checkPeers(guard, map[string]Meta{"friend": newFriend})
-	}, "guard does not see the friend's new metadata (and only the friend)")
+	})
 	checkGuard()
 	if calls.Load() == 0 {
 		t.Fatal("Accept was never called")
@@ -379,11 +376,10 @@ func TestAcceptRefusingLaterHidesPeer(t *testing.T) {
 	c := start(t, "c", key, cMeta)
 	join(t, b, a.Addr())
 	join(t, c, a.Addr())
-	eventuallyNil(t, maxWait, func() error { return checkPeers(a, map[string]Meta{"b": bMeta, "c": cMeta}) },
-		"a does not see b and c")
-	eventuallyNil(t, maxWait, func() error {
+	testkit.Eventually(t, "a does not see b and c", func() error { return checkPeers(a, map[string]Meta{"b": bMeta, "c": cMeta}) })
+	testkit.Eventually(t, "b does not see a and c", func() error {
 		return checkPeers(b, map[string]Meta{"a": testMeta(ca.RoleManager, "01"), "c": cMeta})
-	}, "b does not see a and c")
+	})
 
 	// c is removed from the cluster: a stops listing it at once.
 	refused.set("c", true)
@@ -397,8 +393,7 @@ func TestAcceptRefusingLaterHidesPeer(t *testing.T) {
 
 	// Accepted again, it is listed again.
 	refused.set("c", false)
-	eventuallyNil(t, maxWait, func() error { return checkPeers(a, map[string]Meta{"b": bMeta, "c": cMeta}) },
-		"a does not list c again once accepted")
+	testkit.Eventually(t, "a does not list c again once accepted", func() error { return checkPeers(a, map[string]Meta{"b": bMeta, "c": cMeta}) })
 }
 
 func TestShutdownMemberDisappears(t *testing.T) {
@@ -409,18 +404,17 @@ func TestShutdownMemberDisappears(t *testing.T) {
 	join(t, b, a.Addr())
 	join(t, c, a.Addr())
 	for _, m := range []*Member{a, b, c} {
-		eventually(t, maxWait, func() bool { return m.NumPeers() == 2 && len(m.Peers()) == 2 },
-			"the three members do not see each other")
+		testkit.Eventually(t, "the three members do not see each other", testkit.True(func() bool { return m.NumPeers() == 2 && len(m.Peers()) == 2 }))
 	}
 
 	if err := c.Shutdown(); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
 	for name, m := range map[string]*Member{"a": a, "b": b} {
-		eventually(t, maxWait, func() bool {
+		testkit.Eventually(t, name+" still lists c after it shut down", testkit.True(func() bool {
 			_, listed := findPeer(m, "c")
 			return !listed && m.NumPeers() == 1
-		}, name+" still lists c after it shut down")
+		}))
 		if _, ok := findPeer(m, name2other(name)); !ok {
 			t.Errorf("%s no longer lists %s, which is still up", name, name2other(name))
 		}
@@ -442,18 +436,17 @@ func TestLeaveMemberDisappears(t *testing.T) {
 	join(t, b, a.Addr())
 	join(t, c, a.Addr())
 	for _, m := range []*Member{a, b, c} {
-		eventually(t, maxWait, func() bool { return m.NumPeers() == 2 },
-			"the three members do not see each other")
+		testkit.Eventually(t, "the three members do not see each other", testkit.True(func() bool { return m.NumPeers() == 2 }))
 	}
 
 	if err := c.Leave(5 * time.Second); err != nil {
 		t.Fatalf("Leave: %v", err)
 	}
 	for name, m := range map[string]*Member{"a": a, "b": b} {
-		eventually(t, maxWait, func() bool {
+		testkit.Eventually(t, name+" still lists c after it left", testkit.True(func() bool {
 			_, listed := findPeer(m, "c")
 			return !listed && m.NumPeers() == 1
-		}, name+" still lists c after it left")
+		}))
 		if _, ok := findPeer(m, name2other(name)); !ok {
 			t.Errorf("%s no longer lists %s, which is still up", name, name2other(name))
 		}
@@ -469,7 +462,7 @@ func TestLeaveAlone(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Leave: %v", err)
 		}
-	case <-time.After(maxWait):
+	case <-time.After(testkit.Wait):
 		t.Fatal("Leave did not return")
 	}
 }
@@ -545,10 +538,8 @@ func TestNewDefaults(t *testing.T) {
 	a := start(t, "a", key, Meta{}, func(c *Config) { c.Timing = LAN })
 	b := start(t, "b", key, testMeta(ca.RoleWorker, "01"), func(c *Config) { c.Timing = LAN })
 	join(t, b, a.Addr())
-	eventuallyNil(t, maxWait, func() error { return checkPeers(b, map[string]Meta{"a": {}}) },
-		"b does not see a and its zero metadata")
-	eventuallyNil(t, maxWait, func() error { return checkPeers(a, map[string]Meta{"b": testMeta(ca.RoleWorker, "01")}) },
-		"a does not see b")
+	testkit.Eventually(t, "b does not see a and its zero metadata", func() error { return checkPeers(b, map[string]Meta{"a": {}}) })
+	testkit.Eventually(t, "a does not see b", func() error { return checkPeers(a, map[string]Meta{"b": testMeta(ca.RoleWorker, "01")}) })
 }
 
 func TestJoinNobody(t *testing.T) {
@@ -587,7 +578,7 @@ func TestPeersDuringMetaChurn(t *testing.T) {
 	}
 	b := start(t, "b", key, metas[0])
 	join(t, b, a.Addr())
-	eventually(t, maxWait, func() bool { _, ok := findPeer(a, "b"); return ok }, "a does not see b")
+	testkit.Eventually(t, "a does not see b", testkit.True(func() bool { _, ok := findPeer(a, "b"); return ok }))
 
 	stop := make(chan struct{})
 	readerDone := make(chan error, 1)
@@ -631,10 +622,10 @@ func TestPeersDuringMetaChurn(t *testing.T) {
 		}
 	}
 	last := metas[len(metas)-1]
-	eventually(t, maxWait, func() bool {
+	testkit.Eventually(t, "a never sees b's last metadata", testkit.True(func() bool {
 		p, ok := findPeer(a, "b")
 		return ok && p.Meta == last
-	}, "a never sees b's last metadata")
+	}))
 	close(stop)
 	if err := <-readerDone; err != nil {
 		t.Fatal(err)
@@ -660,7 +651,7 @@ func TestKeyRotation(t *testing.T) {
 			return nil
 		}
 	}
-	eventuallyNil(t, maxWait, seesExactly(a, "b", "left"), "a sees b and left")
+	testkit.Eventually(t, "a sees b and left", seesExactly(a, "b", "left"))
 
 	if err := a.UseKey(newKey); err != nil {
 		t.Fatalf("a.UseKey(new) = %v", err)
@@ -675,7 +666,7 @@ func TestKeyRotation(t *testing.T) {
 		t.Fatalf("b.UseKey(new) = %v", err)
 	}
 	// Both still read the old key: nobody is lost while they move.
-	eventuallyNil(t, maxWait, seesExactly(a, "b", "left"), "a still sees b and left")
+	testkit.Eventually(t, "a still sees b and left", seesExactly(a, "b", "left"))
 
 	if err := a.DropOldKeys(); err != nil {
 		t.Fatalf("a.DropOldKeys() = %v", err)
@@ -688,8 +679,8 @@ func TestKeyRotation(t *testing.T) {
 	}
 	// The member left on the old key is no longer heard: a and b declare
 	// it dead, and still see each other.
-	eventuallyNil(t, maxWait, seesExactly(a, "b"), "a sees only b")
-	eventuallyNil(t, maxWait, seesExactly(b, "a"), "b sees only a")
+	testkit.Eventually(t, "a sees only b", seesExactly(a, "b"))
+	testkit.Eventually(t, "b sees only a", seesExactly(b, "a"))
 	if err := a.UseKey(make([]byte, 16)); !errors.Is(err, ErrBadKey) {
 		t.Errorf("UseKey(16 bytes) = %v, want ErrBadKey", err)
 	}

@@ -431,8 +431,8 @@ func (n *Node) managerConfig(nc agent.NodeConfig) manager.Config {
 	mc.UnlockKey = n.getUnlockKey()
 	mc.ListenAddr = first(n.cfg.ListenAddr, nc.ListenAddr, manager.DefaultListenAddr)
 	mc.RaftListenAddr = first(n.cfg.RaftAddr, nc.RaftAddr, manager.DefaultRaftAddr)
-	mc.AdvertiseAddr = first(n.cfg.AdvertiseAddr, nc.AdvertiseAddr)
-	mc.RaftAdvertiseAddr = first(n.cfg.RaftAdvertiseAddr, nc.RaftAdvertiseAddr)
+	mc.AdvertiseAddr = first(n.cfg.AdvertiseAddr, recordedFor(mc.ListenAddr, nc.AdvertiseAddr))
+	mc.RaftAdvertiseAddr = first(n.cfg.RaftAdvertiseAddr, recordedFor(mc.RaftListenAddr, nc.RaftAdvertiseAddr))
 	mc.GossipAddr = first(n.cfg.GossipAddr, nc.GossipAddr, agent.DefaultGossipAddr)
 	mc.GossipAdvertiseAddr = first(n.cfg.GossipAdvertiseAddr, nc.GossipAdvertiseAddr)
 	return mc
@@ -514,6 +514,17 @@ func (n *Node) join(ctx context.Context, token string) (daemon, error) {
 	mc = n.managerConfig(n.store.Get())
 	mc.APIListener, mc.RaftListener = apiLn, raftLn
 	return manager.Open(ctx, mc, n.store)
+}
+
+// recordedFor returns the advertise address node.json recorded, unless the
+// node now listens on any free port (port 0, as a promoted worker may):
+// the port it gets is not the recorded one, and what to advertise is its
+// listener's own address.
+func recordedFor(listen, advertised string) string {
+	if _, port, err := net.SplitHostPort(listen); err == nil && port == "0" {
+		return ""
+	}
+	return advertised
 }
 
 // listenBoth opens a manager's API and Raft listeners.

@@ -17,8 +17,10 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 	"github.com/quorumca/quorumca/manager"
 )
 
@@ -113,7 +115,7 @@ func TestLockedNode(t *testing.T) {
 	if _, err := ctl.Unlock(t.Context(), &api.UnlockRequest{UnlockKey: key}); err != nil {
 		t.Fatalf("Unlock(the key) = %v", err)
 	}
-	waitFor(t, "the unlocked node runs its manager", func() bool { return n.Manager() != nil })
+	testkit.Eventually(t, "the unlocked node runs its manager", testkit.True(func() bool { return n.Manager() != nil }))
 	n.Stop()
 
 	// Unattended: the key in a file, written after the node started.
@@ -130,17 +132,35 @@ func TestLockedNode(t *testing.T) {
 	if err := os.WriteFile(keyFile, []byte(key+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the node unlocks from the key file", func() bool { return n.Manager() != nil })
+	testkit.Eventually(t, "the node unlocks from the key file", testkit.True(func() bool { return n.Manager() != nil }))
 }
 
-// waitFor polls cond for at most 20s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 20s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
+// TestManagerConfigAdvertise: an address the configuration gives overrides
+// the recorded one; a recorded advertise address goes with the recorded
+// port, and is not taken for a listener on any free port, whose port is
+// another.
+func TestManagerConfigAdvertise(t *testing.T) {
+	rec := agent.NodeConfig{
+		ListenAddr: "127.0.0.1:41000", AdvertiseAddr: "10.0.0.1:41000",
+		RaftAddr: "127.0.0.1:41001", RaftAdvertiseAddr: "10.0.0.1:41001",
+	}
+	for _, tc := range []struct {
+		name                  string
+		cfg                   Config
+		wantListen, wantAdv   string
+		wantRaft, wantRaftAdv string
+	}{
+		{"recorded", Config{}, rec.ListenAddr, rec.AdvertiseAddr, rec.RaftAddr, rec.RaftAdvertiseAddr},
+		{"same ports given", Config{ListenAddr: rec.ListenAddr, RaftAddr: rec.RaftAddr}, rec.ListenAddr, rec.AdvertiseAddr, rec.RaftAddr, rec.RaftAdvertiseAddr},
+		{"any free port", Config{ListenAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0"}, "127.0.0.1:0", "", "127.0.0.1:0", ""},
+		{"any free port, advertise given", Config{ListenAddr: "127.0.0.1:0", AdvertiseAddr: "10.0.0.2:2377"}, "127.0.0.1:0", "10.0.0.2:2377", rec.RaftAddr, rec.RaftAdvertiseAddr},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mc := (&Node{cfg: tc.cfg}).managerConfig(rec)
+			if mc.ListenAddr != tc.wantListen || mc.AdvertiseAddr != tc.wantAdv || mc.RaftListenAddr != tc.wantRaft || mc.RaftAdvertiseAddr != tc.wantRaftAdv {
+				t.Errorf("managerConfig() = listen %q advertise %q, raft %q advertise %q; want %q %q, %q %q",
+					mc.ListenAddr, mc.AdvertiseAddr, mc.RaftListenAddr, mc.RaftAdvertiseAddr, tc.wantListen, tc.wantAdv, tc.wantRaft, tc.wantRaftAdv)
+			}
+		})
 	}
 }

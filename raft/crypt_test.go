@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 // marker is a value the tests put in the replicated state, as a secret of
@@ -47,7 +49,7 @@ func fillWithSecrets(t *testing.T, n *testNode, count int) {
 			t.Fatalf("Apply(%d) = %v", i, err)
 		}
 	}
-	eventually(t, "a snapshot", func() bool { return n.Stats()["last_snapshot_index"] != "0" })
+	testkit.Eventually(t, "a snapshot", testkit.True(func() bool { return n.Stats()["last_snapshot_index"] != "0" }))
 }
 
 // filesHolding returns the files under dir whose raw bytes hold s.
@@ -77,7 +79,7 @@ func filesHolding(t *testing.T, dir, s string) []string {
 // replicated state is sealed: the log and the snapshots hold no byte of
 // it in clear, and a restart opens them to the same state.
 func TestSealedStoresHoldNoSecret(t *testing.T) {
-	c := newTestCA(t)
+	c := testkit.NewCA(t)
 	keys := &Keys{Current: newDataKey(t)}
 	n := startNode(t, c, newID(t), t.TempDir(), "127.0.0.1:0", true, withKeys(keys))
 	waitLeader(t, n)
@@ -90,10 +92,10 @@ func TestSealedStoresHoldNoSecret(t *testing.T) {
 	}
 	r := n.restart(t, c, true, withKeys(keys))
 	waitLeader(t, r)
-	eventually(t, "the restarted node's state", func() bool {
+	testkit.Eventually(t, "the restarted node's state", testkit.True(func() bool {
 		v, ok := r.sm.get("k39")
 		return ok && v == marker+"-39"
-	})
+	}))
 	if r.sm.restored() == 0 {
 		t.Errorf("the restarted node restored no snapshot")
 	}
@@ -103,7 +105,7 @@ func TestSealedStoresHoldNoSecret(t *testing.T) {
 // under another: Open fails with ErrSealed, naming the file, and nothing
 // is applied.
 func TestSealedStoreWrongKey(t *testing.T) {
-	c := newTestCA(t)
+	c := testkit.NewCA(t)
 	n := startNode(t, c, newID(t), t.TempDir(), "127.0.0.1:0", true, withKeys(&Keys{Current: newDataKey(t)}))
 	waitLeader(t, n)
 	fillWithSecrets(t, n, 20)
@@ -135,7 +137,7 @@ func TestSealedStoreWrongKey(t *testing.T) {
 // so that no page of the old ones is left, with every entry and snapshot
 // kept.
 func TestUpgradeSealsInPlace(t *testing.T) {
-	c := newTestCA(t)
+	c := testkit.NewCA(t)
 	plain := func(cfg *Config) {
 		withKeys(nil)(cfg)
 	}
@@ -149,10 +151,10 @@ func TestUpgradeSealsInPlace(t *testing.T) {
 	keys := &Keys{Current: newDataKey(t)}
 	r := n.restart(t, c, true, withKeys(keys))
 	waitLeader(t, r)
-	eventually(t, "the sealed node's state", func() bool {
+	testkit.Eventually(t, "the sealed node's state", testkit.True(func() bool {
 		v, ok := r.sm.get("k39")
 		return ok && v == marker+"-39" && r.sm.len() == 40
-	})
+	}))
 	r.Shutdown()
 	if files := filesHolding(t, n.dir, marker); len(files) > 0 {
 		t.Errorf("after sealing, the stores still hold the secret in clear: %v", files)
@@ -163,7 +165,7 @@ func TestUpgradeSealsInPlace(t *testing.T) {
 // seals everything again under the new one; from then on the new key alone
 // opens it, and the old alone does not.
 func TestRotateDataKey(t *testing.T) {
-	c := newTestCA(t)
+	c := testkit.NewCA(t)
 	oldKey, newKey := newDataKey(t), newDataKey(t)
 	n := startNode(t, c, newID(t), t.TempDir(), "127.0.0.1:0", true, withKeys(&Keys{Current: oldKey}))
 	waitLeader(t, n)
@@ -174,10 +176,10 @@ func TestRotateDataKey(t *testing.T) {
 	r.Shutdown()
 	r2 := n.restart(t, c, true, withKeys(&Keys{Current: newKey}))
 	waitLeader(t, r2)
-	eventually(t, "the state under the new key alone", func() bool {
+	testkit.Eventually(t, "the state under the new key alone", testkit.True(func() bool {
 		v, ok := r2.sm.get("k39")
 		return ok && v == marker+"-39"
-	})
+	}))
 	r2.Shutdown()
 	cfg := n.cfg
 	withKeys(&Keys{Current: oldKey})(&cfg)
@@ -254,7 +256,7 @@ func listenLocal() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0
 // new one that must install the leader's snapshot receives it plain over
 // the mutual-TLS transport and seals it under its own.
 func TestInstallSnapshotAcrossKeys(t *testing.T) {
-	c := newTestCA(t)
+	c := testkit.NewCA(t)
 	leader := startNode(t, c, newID(t), t.TempDir(), "127.0.0.1:0", true, withKeys(&Keys{Current: newDataKey(t)}))
 	waitLeader(t, leader)
 	fillWithSecrets(t, leader, 40)
@@ -262,10 +264,10 @@ func TestInstallSnapshotAcrossKeys(t *testing.T) {
 	if err := leader.AddVoter(t.Context(), joiner.id, joiner.addr); err != nil {
 		t.Fatalf("AddVoter() = %v", err)
 	}
-	eventually(t, "the new node's state", func() bool {
+	testkit.Eventually(t, "the new node's state", testkit.True(func() bool {
 		v, ok := joiner.sm.get("k39")
 		return ok && v == marker+"-39"
-	})
+	}))
 	if joiner.sm.restored() == 0 {
 		t.Errorf("the new node installed no snapshot: the test proves nothing")
 	}
@@ -278,7 +280,7 @@ func TestInstallSnapshotAcrossKeys(t *testing.T) {
 // TestSealResumesAfterCrash: a seal that a crash stopped half way (an
 // unfinished new file beside raft.db) starts over on the next Open.
 func TestSealResumesAfterCrash(t *testing.T) {
-	c := newTestCA(t)
+	c := testkit.NewCA(t)
 	n := startNode(t, c, newID(t), t.TempDir(), "127.0.0.1:0", true, withKeys(nil))
 	waitLeader(t, n)
 	fillWithSecrets(t, n, 40)
@@ -288,7 +290,7 @@ func TestSealResumesAfterCrash(t *testing.T) {
 	}
 	r := n.restart(t, c, true, withKeys(&Keys{Current: newDataKey(t)}))
 	waitLeader(t, r)
-	eventually(t, "the state", func() bool { v, ok := r.sm.get("k39"); return ok && v == marker+"-39" })
+	testkit.Eventually(t, "the state", testkit.True(func() bool { v, ok := r.sm.get("k39"); return ok && v == marker+"-39" }))
 	r.Shutdown()
 	if _, err := os.Stat(filepath.Join(n.dir, dbFile+".seal")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the unfinished seal file is left: %v", err)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	hraft "github.com/hashicorp/raft"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 // tmpfsSize is the size of the tmpfs the disk-full test fills: room for a
@@ -32,7 +33,7 @@ const tmpfsSize = 8 << 20
 // stable store's: hashicorp/raft panics when it cannot save its term.
 func TestDiskFullIsReported(t *testing.T) {
 	t.Run("tmpfs", func(t *testing.T) {
-		checkGoroutines(t)
+		testkit.CheckGoroutines(t)
 		dir := mountTmpfs(t, tmpfsSize)
 		filler := filepath.Join(dir, "filler")
 		testDiskFull(t, filepath.Join(dir, "raft"), nil, func() { fillDisk(t, filler) }, func() {
@@ -42,7 +43,7 @@ func TestDiskFullIsReported(t *testing.T) {
 		})
 	})
 	t.Run("injected store", func(t *testing.T) {
-		checkGoroutines(t)
+		testkit.CheckGoroutines(t)
 		dataDir := t.TempDir()
 		var full atomic.Bool
 		wrap := func(s logStableStore) logStableStore {
@@ -55,7 +56,7 @@ func TestDiskFullIsReported(t *testing.T) {
 // testDiskFull runs the disk-full scenario on a one-node cluster in
 // dataDir: fill makes its disk full, free frees it.
 func testDiskFull(t *testing.T, dataDir string, wrap func(logStableStore) logStableStore, fill, free func()) {
-	c := newTestCA(t)
+	c := testkit.NewCA(t)
 	n := startNode(t, c, newID(t), dataDir, "127.0.0.1:0", true, func(cfg *Config) {
 		cfg.wrapStore = wrap
 		// Between the failed write, when the leader steps down, and its
@@ -85,10 +86,10 @@ func testDiskFull(t *testing.T, dataDir string, wrap func(logStableStore) logSta
 	free()
 	assertDiskFull(t, derr, filepath.Join(dataDir, dbFile))
 
-	eventually(t, "Apply to succeed once the disk has room", func() bool {
+	testkit.Eventually(t, "Apply to succeed once the disk has room", testkit.True(func() bool {
 		_, err := n.Apply(t.Context(), []byte("b=2"))
 		return err == nil
-	})
+	}))
 	if err := n.DiskError(); err != nil {
 		t.Errorf("DiskError() after space was freed = %v, want nil", err)
 	}
@@ -98,10 +99,10 @@ func testDiskFull(t *testing.T, dataDir string, wrap func(logStableStore) logSta
 // taken: the failure shows in DiskError, naming the snapshots directory,
 // until a later write succeeds.
 func TestDiskFullSnapshotIsReported(t *testing.T) {
-	checkGoroutines(t)
+	testkit.CheckGoroutines(t)
 	dir := mountTmpfs(t, tmpfsSize)
 	dataDir := filepath.Join(dir, "raft")
-	c := newTestCA(t)
+	c := testkit.NewCA(t)
 	n := startNode(t, c, newID(t), dataDir, "127.0.0.1:0", true, nil)
 	waitLeader(t, n)
 	if _, err := n.Apply(t.Context(), []byte("a=1")); err != nil {
@@ -146,8 +147,8 @@ func TestDiskFullSnapshotIsReported(t *testing.T) {
 // cancellation stay as they are. Once a write succeeds, ErrNoQuorum is
 // back.
 func TestErrorMappingDiskFull(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	n := startNode(t, c, newID(t), t.TempDir(), "127.0.0.1:0", true, nil)
 	waitLeader(t, n)
 	// The new leader's own writes are done once an Apply is; the node

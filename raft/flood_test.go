@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 // floodConns is how many silent connections the flooder keeps open against
@@ -20,8 +22,8 @@ const floodConns = 300
 // about the time an election takes without the flood, and the new leader
 // must commit.
 func TestRaftPortFloodStillElectsLeader(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	nodes := startCluster(t, c, 3, nil)
 	if _, err := nodes[0].Apply(t.Context(), []byte("a=1")); err != nil {
 		t.Fatalf("Apply(a=1) = %v", err)
@@ -32,9 +34,9 @@ func TestRaftPortFloodStillElectsLeader(t *testing.T) {
 	}
 	f := startFlood(t, floodConns, addrs...)
 	for _, n := range nodes {
-		eventually(t, "the flood to fill "+n.id+"'s handshake slots", func() bool {
+		testkit.Eventually(t, "the flood to fill "+n.id+"'s handshake slots", testkit.True(func() bool {
 			return n.stream.tracked() >= maxHandshakes
-		})
+		}))
 	}
 
 	old := nodes[0]

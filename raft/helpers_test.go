@@ -2,31 +2,19 @@ package raft
 
 import (
 	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
-)
-
-// Test timings: fast enough that a three-node test takes a second or two on
-// loopback, slow enough not to flap on two busy cores.
-const (
-	testHeartbeat = 400 * time.Millisecond
-	testLease     = 200 * time.Millisecond
-	testApply     = 3 * time.Second
-	// waitFor bounds every poll for something to happen.
-	waitFor = 10 * time.Second
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 // testLogger writes to the test's output, so the log shows with a failure.
@@ -39,31 +27,6 @@ func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: level}))
 }
 
-// testCA is a cluster's root CA, issuing test certificates.
-type testCA struct {
-	clusterID string
-	signer    *ca.Signer
-	roots     *x509.CertPool
-}
-
-func newTestCA(t *testing.T) *testCA {
-	t.Helper()
-	clusterID := newID(t)
-	m, err := ca.GenerateRoot(rand.Reader, time.Now(), clusterID)
-	if err != nil {
-		t.Fatalf("GenerateRoot() = %v", err)
-	}
-	signer, err := ca.NewSigner(m)
-	if err != nil {
-		t.Fatalf("NewSigner() = %v", err)
-	}
-	roots, _, err := ca.ParseBundle(m.Bundle)
-	if err != nil {
-		t.Fatalf("ParseBundle() = %v", err)
-	}
-	return &testCA{clusterID: clusterID, signer: signer, roots: roots}
-}
-
 func newID(t *testing.T) string {
 	t.Helper()
 	id, err := ca.NewID(rand.Reader)
@@ -71,50 +34,6 @@ func newID(t *testing.T) string {
 		t.Fatalf("NewID() = %v", err)
 	}
 	return id
-}
-
-// cert issues a certificate naming id.
-func (c *testCA) cert(t *testing.T, id ca.Identity) tls.Certificate {
-	t.Helper()
-	key, err := ca.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatalf("GenerateKey() = %v", err)
-	}
-	csr, err := ca.NewCSR(rand.Reader, key, id.NodeID)
-	if err != nil {
-		t.Fatalf("NewCSR() = %v", err)
-	}
-	issued, err := c.signer.Sign(rand.Reader, time.Now(), csr, id, ca.DefaultCertExpiry)
-	if err != nil {
-		t.Fatalf("Sign(%+v) = %v", id, err)
-	}
-	keyPEM, err := ca.MarshalKey(key)
-	if err != nil {
-		t.Fatalf("MarshalKey() = %v", err)
-	}
-	cert, err := tls.X509KeyPair(issued.PEM, keyPEM)
-	if err != nil {
-		t.Fatalf("X509KeyPair() = %v", err)
-	}
-	return cert
-}
-
-// tlsConfig returns a TLS configuration for a node of this cluster with the
-// given role, trusting this CA.
-func (c *testCA) tlsConfig(t *testing.T, nodeID string, role ca.Role) *tls.Config {
-	t.Helper()
-	return c.tlsConfigFor(t, ca.Identity{NodeID: nodeID, Role: role, ClusterID: c.clusterID})
-}
-
-// tlsConfigFor returns a TLS configuration for a certificate naming id,
-// whatever cluster it names, trusting this CA.
-func (c *testCA) tlsConfigFor(t *testing.T, id ca.Identity) *tls.Config {
-	t.Helper()
-	return &tls.Config{
-		Certificates: []tls.Certificate{c.cert(t, id)},
-		RootCAs:      c.roots,
-		ClientCAs:    c.roots,
-	}
 }
 
 // kv is a test StateMachine: a map of strings set by commands "key=value",
@@ -201,7 +120,7 @@ type testNode struct {
 // startNode opens a node with the given ID, data dir and listen address
 // ("127.0.0.1:0" for a new one), with test timings, and shuts it down when
 // the test ends. tweak, if not nil, adjusts the Config.
-func startNode(t *testing.T, c *testCA, id, dir, addr string, bootstrap bool, tweak func(*Config)) *testNode {
+func startNode(t *testing.T, c *testkit.CA, id, dir, addr string, bootstrap bool, tweak func(*Config)) *testNode {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -212,16 +131,16 @@ func startNode(t *testing.T, c *testCA, id, dir, addr string, bootstrap bool, tw
 	cfg.NodeID = id
 	cfg.DataDir = dir
 	cfg.Listener = ln
-	cfg.TLS = c.tlsConfig(t, id, ca.RoleManager)
-	cfg.ClusterID = c.clusterID
+	cfg.TLS = c.TLSConfig(t, manager(c, id))
+	cfg.ClusterID = c.ClusterID
 	cfg.StateMachine = sm
 	cfg.Logger = testLogger(t).With("node", id[:6])
 	cfg.Bootstrap = bootstrap
-	cfg.HeartbeatTimeout = testHeartbeat
-	cfg.ElectionTimeout = testHeartbeat
-	cfg.LeaderLeaseTimeout = testLease
+	cfg.HeartbeatTimeout = testkit.RaftHeartbeat
+	cfg.ElectionTimeout = testkit.RaftHeartbeat
+	cfg.LeaderLeaseTimeout = testkit.RaftLease
 	cfg.CommitTimeout = 10 * time.Millisecond
-	cfg.ApplyTimeout = testApply
+	cfg.ApplyTimeout = testkit.ApplyTimeout
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -238,14 +157,14 @@ func startNode(t *testing.T, c *testCA, id, dir, addr string, bootstrap bool, tw
 }
 
 // restart opens tn again from its data dir, on its address.
-func (tn *testNode) restart(t *testing.T, c *testCA, bootstrap bool, tweak func(*Config)) *testNode {
+func (tn *testNode) restart(t *testing.T, c *testkit.CA, bootstrap bool, tweak func(*Config)) *testNode {
 	t.Helper()
 	return startNode(t, c, tn.id, tn.dir, tn.addr, bootstrap, tweak)
 }
 
 // startCluster starts size nodes: the first bootstraps and adds the others
 // as voters. It returns them, the leader first.
-func startCluster(t *testing.T, c *testCA, size int, tweak func(*Config)) []*testNode {
+func startCluster(t *testing.T, c *testkit.CA, size int, tweak func(*Config)) []*testNode {
 	t.Helper()
 	nodes := []*testNode{startNode(t, c, newID(t), t.TempDir(), "127.0.0.1:0", true, tweak)}
 	waitLeader(t, nodes...)
@@ -254,13 +173,13 @@ func startCluster(t *testing.T, c *testCA, size int, tweak func(*Config)) []*tes
 		nodes = append(nodes, n)
 		// A leader that misses the new voter's first answers may step
 		// down; ask whichever node leads next.
-		eventually(t, "AddVoter("+n.id+") to succeed", func() bool {
+		testkit.Eventually(t, "AddVoter("+n.id+") to succeed", testkit.True(func() bool {
 			err := waitLeader(t, nodes...).AddVoter(t.Context(), n.id, n.addr)
 			if err != nil {
 				t.Logf("AddVoter(%s) = %v; retrying", n.id, err)
 			}
 			return err == nil
-		})
+		}))
 	}
 	leader := waitLeader(t, nodes...)
 	for i, n := range nodes {
@@ -274,7 +193,7 @@ func startCluster(t *testing.T, c *testCA, size int, tweak func(*Config)) []*tes
 // waitLeader polls until one of nodes is the leader and returns it.
 func waitLeader(t *testing.T, nodes ...*testNode) *testNode {
 	t.Helper()
-	return waitLeaderWithin(t, waitFor, nodes...)
+	return waitLeaderWithin(t, testkit.Wait, nodes...)
 }
 
 // waitLeaderWithin polls until one of nodes is the leader and returns it,
@@ -282,7 +201,7 @@ func waitLeader(t *testing.T, nodes ...*testNode) *testNode {
 func waitLeaderWithin(t *testing.T, d time.Duration, nodes ...*testNode) *testNode {
 	t.Helper()
 	var leader *testNode
-	eventuallyWithin(t, d, "a leader", func() bool {
+	testkit.EventuallyWithin(t, d, "a leader", testkit.True(func() bool {
 		for _, n := range nodes {
 			if n.IsLeader() {
 				leader = n
@@ -290,44 +209,6 @@ func waitLeaderWithin(t *testing.T, d time.Duration, nodes ...*testNode) *testNo
 			}
 		}
 		return false
-	})
+	}))
 	return leader
-}
-
-// eventually polls cond until it holds, failing the test after waitFor.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	eventuallyWithin(t, waitFor, what, cond)
-}
-
-// eventuallyWithin polls cond until it holds, failing the test after d.
-func eventuallyWithin(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// checkGoroutines fails the test if, once every later cleanup (shutting
-// nodes down) has run, more goroutines run than when it was called. It
-// must be called before anything the test starts.
-func checkGoroutines(t *testing.T) {
-	t.Helper()
-	base := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > base {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				buf = buf[:runtime.Stack(buf, true)]
-				t.Errorf("goroutines = %d after shutdown, want <= %d (at start); stacks:\n%s", runtime.NumGoroutine(), base, buf)
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
 }

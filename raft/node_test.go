@@ -12,13 +12,12 @@ import (
 	"time"
 
 	hraft "github.com/hashicorp/raft"
-
-	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 func TestClusterReplicates(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	nodes := startCluster(t, c, 3, nil)
 	leader := nodes[0]
 
@@ -30,10 +29,10 @@ func TestClusterReplicates(t *testing.T) {
 		t.Errorf("Apply(a=1) result = %v, want the entry's index", res)
 	}
 	for _, n := range nodes {
-		eventually(t, "a=1 on "+n.id, func() bool {
+		testkit.Eventually(t, "a=1 on "+n.id, testkit.True(func() bool {
 			v, ok := n.sm.get("a")
 			return ok && v == "1"
-		})
+		}))
 	}
 
 	servers, err := leader.Servers()
@@ -65,14 +64,14 @@ func TestClusterReplicates(t *testing.T) {
 }
 
 func TestApplyOnFollowerReturnsNotLeader(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	nodes := startCluster(t, c, 3, nil)
 	leader, follower := nodes[0], nodes[1]
-	eventually(t, "the follower to learn the leader", func() bool {
+	testkit.Eventually(t, "the follower to learn the leader", testkit.True(func() bool {
 		id, _ := follower.Leader()
 		return id == leader.id
-	})
+	}))
 
 	_, err := follower.Apply(t.Context(), []byte("a=1"))
 	if !errors.Is(err, ErrNotLeader) {
@@ -101,15 +100,15 @@ func TestApplyOnFollowerReturnsNotLeader(t *testing.T) {
 }
 
 func TestLeaderFailover(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	nodes := startCluster(t, c, 3, nil)
 	old := nodes[0]
 	if _, err := old.Apply(t.Context(), []byte("a=1")); err != nil {
 		t.Fatalf("Apply(a=1) = %v", err)
 	}
 	for _, n := range nodes {
-		eventually(t, "a=1 on "+n.id, func() bool { _, ok := n.sm.get("a"); return ok })
+		testkit.Eventually(t, "a=1 on "+n.id, testkit.True(func() bool { _, ok := n.sm.get("a"); return ok }))
 	}
 
 	if err := old.Shutdown(); err != nil {
@@ -126,23 +125,23 @@ func TestLeaderFailover(t *testing.T) {
 	// The old leader comes back from its data dir, on its address, and
 	// catches up as a follower.
 	back := old.restart(t, c, false, nil)
-	eventually(t, "the restarted node to catch up", func() bool {
+	testkit.Eventually(t, "the restarted node to catch up", testkit.True(func() bool {
 		a, _ := back.sm.get("a")
 		b, _ := back.sm.get("b")
 		return a == "1" && b == "2"
-	})
+	}))
 	if id, _ := back.Leader(); id != leader.id {
 		t.Errorf("restarted node's Leader() = %s, want %s", id, leader.id)
 	}
 	if _, err := leader.Apply(t.Context(), []byte("c=3")); err != nil {
 		t.Fatalf("Apply(c=3) = %v", err)
 	}
-	eventually(t, "c=3 on the restarted node", func() bool { _, ok := back.sm.get("c"); return ok })
+	testkit.Eventually(t, "c=3 on the restarted node", testkit.True(func() bool { _, ok := back.sm.get("c"); return ok }))
 }
 
 func TestApplyWithoutQuorum(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	nodes := startCluster(t, c, 3, func(cfg *Config) { cfg.ApplyTimeout = 2 * time.Second })
 	leader := nodes[0]
 	if _, err := leader.Apply(t.Context(), []byte("a=1")); err != nil {
@@ -181,8 +180,8 @@ func TestApplyWithoutQuorum(t *testing.T) {
 }
 
 func TestErrorMapping(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	n := startNode(t, c, newID(t), t.TempDir(), "127.0.0.1:0", true, nil)
 	waitLeader(t, n)
 	tests := []struct {
@@ -212,8 +211,8 @@ func TestErrorMapping(t *testing.T) {
 }
 
 func TestSnapshotCatchUp(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	snapshotOften := func(cfg *Config) {
 		cfg.SnapshotThreshold = 8
 		cfg.SnapshotInterval = 50 * time.Millisecond
@@ -227,10 +226,10 @@ func TestSnapshotCatchUp(t *testing.T) {
 			t.Fatalf("Apply(k%d) = %v", i, err)
 		}
 	}
-	eventually(t, "a snapshot", func() bool {
+	testkit.Eventually(t, "a snapshot", testkit.True(func() bool {
 		idx, _ := strconv.Atoi(leader.Stats()["last_snapshot_index"])
 		return idx >= entries/2
-	})
+	}))
 	snaps, err := os.ReadDir(filepath.Join(leader.dir, "snapshots"))
 	if err != nil || len(snaps) == 0 {
 		t.Fatalf("ReadDir(snapshots) = %d entries, %v; want snapshots on disk", len(snaps), err)
@@ -240,23 +239,23 @@ func TestSnapshotCatchUp(t *testing.T) {
 	if err := leader.AddVoter(t.Context(), late.id, late.addr); err != nil {
 		t.Fatalf("AddVoter() = %v", err)
 	}
-	eventually(t, "the late node to catch up", func() bool { return late.sm.len() == entries })
+	testkit.Eventually(t, "the late node to catch up", testkit.True(func() bool { return late.sm.len() == entries }))
 	if late.sm.restored() == 0 {
 		t.Errorf("late node restored %d snapshots, want it to catch up from a snapshot", late.sm.restored())
 	}
 }
 
 func TestLeaderChanges(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	n := startNode(t, c, newID(t), t.TempDir(), "127.0.0.1:0", true, nil)
 	select {
 	case v := <-n.LeaderChanges():
 		if !v {
 			t.Fatalf("LeaderChanges() delivered %v, want true", v)
 		}
-	case <-time.After(waitFor):
-		t.Fatalf("LeaderChanges() delivered nothing in %s", waitFor)
+	case <-time.After(testkit.Wait):
+		t.Fatalf("LeaderChanges() delivered nothing in %s", testkit.Wait)
 	}
 	if !n.IsLeader() {
 		t.Errorf("IsLeader() = false after LeaderChanges() said true")
@@ -298,8 +297,8 @@ func TestLeaderChangesKeepsLast(t *testing.T) {
 }
 
 func TestRestartDoesNotRebootstrap(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	n := startNode(t, c, newID(t), t.TempDir(), "127.0.0.1:0", true, nil)
 	waitLeader(t, n)
 	var last uint64
@@ -335,8 +334,8 @@ func TestRestartDoesNotRebootstrap(t *testing.T) {
 }
 
 func TestRemoveServer(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	nodes := startCluster(t, c, 3, nil)
 	leader := nodes[0]
 	if err := leader.RemoveServer(t.Context(), nodes[2].id); err != nil {
@@ -360,7 +359,7 @@ func TestRemoveServer(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	c := newTestCA(t)
+	c := testkit.NewCA(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -375,8 +374,8 @@ func TestConfigValidate(t *testing.T) {
 	good.NodeID = newID(t)
 	good.DataDir = t.TempDir()
 	good.Listener = ln
-	good.TLS = c.tlsConfig(t, good.NodeID, ca.RoleManager)
-	good.ClusterID = c.clusterID
+	good.TLS = c.TLSConfig(t, manager(c, good.NodeID))
+	good.ClusterID = c.ClusterID
 	good.StateMachine = newKV()
 	if err := good.Validate(); err != nil {
 		t.Fatalf("Validate(good) = %v", err)

@@ -16,6 +16,7 @@ import (
 	hraft "github.com/hashicorp/raft"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 // weakSuites are TLS 1.2 suites that quorumca's TLS policy (ca.HardenTLS)
@@ -31,14 +32,14 @@ var weakSuites = map[string]uint16{
 // server's): TLS 1.0, TLS 1.1 and TLS 1.2 with CBC/SHA-1 suites are
 // refused; TLS 1.2 with an AEAD suite and TLS 1.3 get through.
 func TestTransportTLSPolicy(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	nodeID := newID(t)
 	servers := map[string]*tls.Config{
-		"Certificates":       c.tlsConfig(t, nodeID, ca.RoleManager),
-		"GetConfigForClient": viaGetConfigForClient(c.tlsConfig(t, nodeID, ca.RoleManager)),
+		"Certificates":       c.TLSConfig(t, manager(c, nodeID)),
+		"GetConfigForClient": viaGetConfigForClient(c.TLSConfig(t, manager(c, nodeID))),
 	}
-	peer := c.tlsConfig(t, newID(t), ca.RoleManager)
+	peer := c.TLSConfig(t, manager(c, newID(t)))
 	tests := []struct {
 		name     string
 		version  uint16
@@ -59,7 +60,7 @@ func TestTransportTLSPolicy(t *testing.T) {
 			t.Run(name+"/"+tt.name, func(t *testing.T) {
 				cfg := clientConfig(peer)
 				cfg.MinVersion, cfg.MaxVersion, cfg.CipherSuites = tt.version, tt.version, tt.suites
-				conn, err := tls.DialWithDialer(&net.Dialer{Timeout: waitFor}, "tcp", m.Addr().String(), cfg)
+				conn, err := tls.DialWithDialer(&net.Dialer{Timeout: testkit.Wait}, "tcp", m.Addr().String(), cfg)
 				if !tt.accepted {
 					if err == nil {
 						conn.Close()
@@ -84,10 +85,10 @@ func TestTransportTLSPolicy(t *testing.T) {
 // a manager does not dial through to a server (one with a valid manager
 // certificate) that offers only CBC/SHA-1 suites under TLS 1.2.
 func TestTransportDialRefusesWeakServer(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	m := newTestStream(t, c, manager(c, newID(t)), nil)
-	cfg := c.tlsConfig(t, newID(t), ca.RoleManager)
+	cfg := c.TLSConfig(t, manager(c, newID(t)))
 	cfg.MaxVersion = tls.VersionTLS12
 	cfg.CipherSuites = []uint16{weakSuites["ECDHE-ECDSA-AES128-SHA"], weakSuites["ECDHE-ECDSA-AES256-SHA"]}
 	cfg.ClientAuth = tls.RequireAndVerifyClientCert
@@ -114,10 +115,10 @@ func TestTransportOpenSSLRefusesCBC(t *testing.T) {
 		}
 		t.Skipf("openssl not found: %v", err)
 	}
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	m := newTestStream(t, c, manager(c, newID(t)), nil)
-	certFile, keyFile := writeKeyPair(t, c.cert(t, manager(c, newID(t))))
+	certFile, keyFile := writeKeyPair(t, c.IssueFor(t, manager(c, newID(t))).TLS(t))
 	tests := []struct {
 		cipher   string
 		accepted bool
@@ -132,7 +133,7 @@ func TestTransportOpenSSLRefusesCBC(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.cipher, func(t *testing.T) {
 			logged := len(m.logs.records())
-			ctx, cancel := context.WithTimeout(t.Context(), waitFor)
+			ctx, cancel := context.WithTimeout(t.Context(), testkit.Wait)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, openssl, "s_client", "-connect", m.Addr().String(), "-tls1_2", "-cipher", tt.cipher,
 				"-cert", certFile, "-key", keyFile, "-servername", string(ca.RoleManager))
@@ -141,7 +142,7 @@ func TestTransportOpenSSLRefusesCBC(t *testing.T) {
 			t.Logf("openssl s_client -tls1_2 -cipher %s: %v", tt.cipher, err)
 			switch {
 			case ctx.Err() != nil:
-				t.Fatalf("openssl s_client did not finish in %s:\n%s", waitFor, out)
+				t.Fatalf("openssl s_client did not finish in %s:\n%s", testkit.Wait, out)
 			case tt.accepted && (err != nil || !negotiated):
 				t.Fatalf("openssl s_client -cipher %s = %v, want the handshake through:\n%s", tt.cipher, err, out)
 			case tt.accepted:
@@ -153,7 +154,7 @@ func TestTransportOpenSSLRefusesCBC(t *testing.T) {
 				assertNotAccepted(t, m)
 				// The server saw openssl's ClientHello and refused it:
 				// openssl did not give up on its own.
-				eventually(t, "the server to log the refusal", func() bool {
+				testkit.Eventually(t, "the server to log the refusal", testkit.True(func() bool {
 					for _, r := range m.logs.records()[logged:] {
 						if r.Message == "raft: refused peer" && r.attrs["side"] == "accept" {
 							t.Logf("server: %s: %s", r.Message, r.attrs["reason"])
@@ -161,7 +162,7 @@ func TestTransportOpenSSLRefusesCBC(t *testing.T) {
 						}
 					}
 					return false
-				})
+				}))
 			}
 		})
 	}
@@ -206,7 +207,7 @@ func serveTLS(t *testing.T, cfg *tls.Config) string {
 			if err != nil {
 				return
 			}
-			_ = conn.SetDeadline(time.Now().Add(waitFor))
+			_ = conn.SetDeadline(time.Now().Add(testkit.Wait))
 			_ = conn.(*tls.Conn).Handshake()
 			conn.Close()
 		}

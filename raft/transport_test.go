@@ -16,6 +16,7 @@ import (
 	hraft "github.com/hashicorp/raft"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 // testStream is a stream layer of its own, for a node of c with the given
@@ -27,15 +28,15 @@ type testStream struct {
 	logs *recorder
 }
 
-func newTestStream(t *testing.T, c *testCA, id ca.Identity, authorize func(ca.Identity) error) *testStream {
+func newTestStream(t *testing.T, c *testkit.CA, id ca.Identity, authorize func(ca.Identity) error) *testStream {
 	t.Helper()
-	s := newTestStreamTLS(t, c, c.tlsConfigFor(t, id), authorize)
+	s := newTestStreamTLS(t, c, c.TLSConfig(t, id), authorize)
 	s.id = id.NodeID
 	return s
 }
 
 // newTestStreamTLS is newTestStream with the caller's TLS configuration.
-func newTestStreamTLS(t *testing.T, c *testCA, cfg *tls.Config, authorize func(ca.Identity) error) *testStream {
+func newTestStreamTLS(t *testing.T, c *testkit.CA, cfg *tls.Config, authorize func(ca.Identity) error) *testStream {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -46,7 +47,7 @@ func newTestStreamTLS(t *testing.T, c *testCA, cfg *tls.Config, authorize func(c
 		listener:  ln,
 		advertise: ln.Addr().String(),
 		tls:       cfg,
-		clusterID: c.clusterID,
+		clusterID: c.ClusterID,
 		authorize: authorize,
 		log:       slog.New(rec),
 	})
@@ -58,8 +59,8 @@ func newTestStreamTLS(t *testing.T, c *testCA, cfg *tls.Config, authorize func(c
 	return &testStream{streamLayer: s, tls: cfg, logs: rec}
 }
 
-func manager(c *testCA, nodeID string) ca.Identity {
-	return ca.Identity{NodeID: nodeID, Role: ca.RoleManager, ClusterID: c.clusterID}
+func manager(c *testkit.CA, nodeID string) ca.Identity {
+	return ca.Identity{NodeID: nodeID, Role: ca.RoleManager, ClusterID: c.ClusterID}
 }
 
 // clientConfig returns cfg as a plain crypto/tls client dialling a manager.
@@ -75,8 +76,8 @@ func acceptOne(t *testing.T, s *testStream) net.Conn {
 	select {
 	case c := <-s.accepted:
 		return c
-	case <-time.After(waitFor):
-		t.Fatalf("Accept() returned nothing in %s", waitFor)
+	case <-time.After(testkit.Wait):
+		t.Fatalf("Accept() returned nothing in %s", testkit.Wait)
 		return nil
 	}
 }
@@ -97,14 +98,14 @@ func assertNotAccepted(t *testing.T, s *testStream) {
 // fails, or the first read fails (not by the client's own timeout).
 func assertServerCloses(t *testing.T, s *testStream, cfg *tls.Config) {
 	t.Helper()
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: waitFor}, "tcp", s.Addr().String(), clientConfig(cfg))
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: testkit.Wait}, "tcp", s.Addr().String(), clientConfig(cfg))
 	if err != nil {
 		t.Logf("handshake refused: %v", err)
 		assertNotAccepted(t, s)
 		return
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(waitFor))
+	_ = conn.SetDeadline(time.Now().Add(testkit.Wait))
 	_, _ = conn.Write([]byte{0}) // an AppendEntries RPC's type byte
 	_, err = conn.Read(make([]byte, 1))
 	var ne net.Error
@@ -112,7 +113,7 @@ func assertServerCloses(t *testing.T, s *testStream, cfg *tls.Config) {
 	case err == nil:
 		t.Fatalf("server answered a refused peer")
 	case errors.As(err, &ne) && ne.Timeout():
-		t.Fatalf("server kept a refused peer's connection open for %s", waitFor)
+		t.Fatalf("server kept a refused peer's connection open for %s", testkit.Wait)
 	}
 	t.Logf("connection closed by the server: %v", err)
 	assertNotAccepted(t, s)
@@ -121,19 +122,19 @@ func assertServerCloses(t *testing.T, s *testStream, cfg *tls.Config) {
 // assertRefusalLogged checks that s logged a refusal at Warn naming nodeID.
 func assertRefusalLogged(t *testing.T, s *testStream, nodeID string) {
 	t.Helper()
-	eventually(t, "a refusal naming "+nodeID+" in the log", func() bool {
+	testkit.Eventually(t, "a refusal naming "+nodeID+" in the log", testkit.True(func() bool {
 		for _, r := range s.logs.records() {
 			if r.Level == slog.LevelWarn && r.Message == "raft: refused peer" && strings.Contains(r.attrs["node_id"], nodeID) {
 				return true
 			}
 		}
 		return false
-	})
+	}))
 }
 
 func TestTransportAcceptsManager(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	a := newTestStream(t, c, manager(c, newID(t)), nil)
 	b := newTestStream(t, c, manager(c, newID(t)), nil)
 
@@ -157,14 +158,14 @@ func TestTransportAcceptsManager(t *testing.T) {
 }
 
 func TestTransportRefusesWorkerCert(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	m := newTestStream(t, c, manager(c, newID(t)), nil)
 	workerID := newID(t)
-	worker := ca.Identity{NodeID: workerID, Role: ca.RoleWorker, ClusterID: c.clusterID}
+	worker := ca.Identity{NodeID: workerID, Role: ca.RoleWorker, ClusterID: c.ClusterID}
 
 	t.Run("accept", func(t *testing.T) {
-		assertServerCloses(t, m, c.tlsConfigFor(t, worker))
+		assertServerCloses(t, m, c.TLSConfig(t, worker))
 		assertRefusalLogged(t, m, workerID)
 	})
 	t.Run("dial", func(t *testing.T) {
@@ -180,18 +181,18 @@ func TestTransportRefusesWorkerCert(t *testing.T) {
 }
 
 func TestTransportRefusesForeignCluster(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	m := newTestStream(t, c, manager(c, newID(t)), nil)
-	other := newTestCA(t)
+	other := testkit.NewCA(t)
 
 	t.Run("other root", func(t *testing.T) {
 		foreign := manager(other, newID(t))
 		// The foreign node trusts our root, so only our side refuses, and
 		// presents its certificate even though our server asks for
 		// certificates from our root.
-		cfg := other.tlsConfigFor(t, foreign)
-		cfg.RootCAs = c.roots
+		cfg := other.TLSConfig(t, foreign)
+		cfg.RootCAs = c.Roots(t)
 		cert := cfg.Certificates[0]
 		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
 		assertServerCloses(t, m, cfg)
@@ -208,8 +209,8 @@ func TestTransportRefusesForeignCluster(t *testing.T) {
 	t.Run("other cluster ID under our root", func(t *testing.T) {
 		// Our root signs a certificate naming another cluster: the chain
 		// verifies, the O does not match.
-		foreign := ca.Identity{NodeID: newID(t), Role: ca.RoleManager, ClusterID: other.clusterID}
-		assertServerCloses(t, m, c.tlsConfigFor(t, foreign))
+		foreign := ca.Identity{NodeID: newID(t), Role: ca.RoleManager, ClusterID: other.ClusterID}
+		assertServerCloses(t, m, c.TLSConfig(t, foreign))
 		assertRefusalLogged(t, m, foreign.NodeID)
 
 		f := newTestStream(t, c, foreign, nil)
@@ -225,15 +226,15 @@ func TestTransportRefusesForeignCluster(t *testing.T) {
 }
 
 func TestTransportRefusesTLS11(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	m := newTestStream(t, c, manager(c, newID(t)), nil)
-	peer := c.tlsConfig(t, newID(t), ca.RoleManager)
+	peer := c.TLSConfig(t, manager(c, newID(t)))
 
 	for _, v := range []uint16{tls.VersionTLS10, tls.VersionTLS11} {
 		cfg := clientConfig(peer)
 		cfg.MinVersion, cfg.MaxVersion = v, v
-		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: waitFor}, "tcp", m.Addr().String(), cfg)
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: testkit.Wait}, "tcp", m.Addr().String(), cfg)
 		if err == nil {
 			conn.Close()
 			t.Fatalf("handshake with MaxVersion %s succeeded, want it refused", tls.VersionName(v))
@@ -245,7 +246,7 @@ func TestTransportRefusesTLS11(t *testing.T) {
 	// TLS 1.2 is the least accepted.
 	cfg := clientConfig(peer)
 	cfg.MaxVersion = tls.VersionTLS12
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: waitFor}, "tcp", m.Addr().String(), cfg)
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: testkit.Wait}, "tcp", m.Addr().String(), cfg)
 	if err != nil {
 		t.Fatalf("handshake with MaxVersion TLS 1.2 = %v, want success", err)
 	}
@@ -254,8 +255,8 @@ func TestTransportRefusesTLS11(t *testing.T) {
 }
 
 func TestTransportAuthorizeHook(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	removedID := newID(t)
 	errRemoved := errors.New("node was removed")
 	authorize := func(id ca.Identity) error {
@@ -268,7 +269,7 @@ func TestTransportAuthorizeHook(t *testing.T) {
 	removed := manager(c, removedID)
 
 	t.Run("accept", func(t *testing.T) {
-		assertServerCloses(t, m, c.tlsConfigFor(t, removed))
+		assertServerCloses(t, m, c.TLSConfig(t, removed))
 		assertRefusalLogged(t, m, removedID)
 	})
 	t.Run("dial", func(t *testing.T) {
@@ -293,8 +294,8 @@ func TestTransportAuthorizeHook(t *testing.T) {
 }
 
 func TestTransportSilentPeerDoesNotBlockAccept(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	m := newTestStream(t, c, manager(c, newID(t)), nil)
 
 	// A peer that connects and never says a word.
@@ -314,8 +315,8 @@ func TestTransportSilentPeerDoesNotBlockAccept(t *testing.T) {
 }
 
 func TestTransportCloseEndsConnections(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	a := newTestStream(t, c, manager(c, newID(t)), nil)
 	b := newTestStream(t, c, manager(c, newID(t)), nil)
 	conn, err := a.Dial(hraft.ServerAddress(b.Addr().String()), time.Second)
@@ -397,9 +398,9 @@ func (d *derivedRecorder) WithAttrs(attrs []slog.Attr) slog.Handler {
 func (d *derivedRecorder) WithGroup(string) slog.Handler { return d }
 
 func TestTransportSetTLS(t *testing.T) {
-	checkGoroutines(t)
-	oldCA, newCA := newTestCA(t), newTestCA(t)
-	newCA.clusterID = oldCA.clusterID // a rotation keeps the cluster
+	testkit.CheckGoroutines(t)
+	oldCA, newCA := testkit.NewCA(t), testkit.NewCA(t)
+	newCA.ClusterID = oldCA.ClusterID // a rotation keeps the cluster
 	id := newID(t)
 	m := newTestStream(t, oldCA, manager(oldCA, id), nil)
 	oldPeer := newTestStream(t, oldCA, manager(oldCA, newID(t)), nil)
@@ -411,7 +412,7 @@ func TestTransportSetTLS(t *testing.T) {
 	}
 	assertNotAccepted(t, m)
 
-	m.setTLS(newCA.tlsConfig(t, id, ca.RoleManager))
+	m.setTLS(newCA.TLSConfig(t, manager(newCA, id)))
 	conn, err := newPeer.Dial(hraft.ServerAddress(m.Addr().String()), time.Second)
 	if err != nil {
 		t.Fatalf("Dial() from the new root after setTLS = %v", err)
@@ -430,8 +431,8 @@ func TestTransportSetTLS(t *testing.T) {
 // closed, and a peer that has sent its ClientHello is not evicted while a
 // silent one is pending.
 func TestTransportFullSlotsEvictOldestSilent(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	m := newTestStream(t, c, manager(c, newID(t)), nil)
 
 	// The oldest connection of all has sent a ClientHello and stalls.
@@ -439,14 +440,14 @@ func TestTransportFullSlotsEvictOldestSilent(t *testing.T) {
 	if _, err := speaker.Write(clientHello(t)); err != nil {
 		t.Fatalf("Write(ClientHello) = %v", err)
 	}
-	eventually(t, "the server to read the ClientHello", func() bool { return m.pendingHellos() == 1 })
+	testkit.Eventually(t, "the server to read the ClientHello", testkit.True(func() bool { return m.pendingHellos() == 1 }))
 
 	const extra = 10
 	silent := make([]net.Conn, maxHandshakes+extra)
 	for i := range silent {
 		silent[i] = dialRaw(t, m)
 	}
-	eventually(t, "the handshake slots to fill", func() bool { return m.tracked() == maxHandshakes })
+	testkit.Eventually(t, "the handshake slots to fill", testkit.True(func() bool { return m.tracked() == maxHandshakes }))
 
 	// Well within helloTimeout, so that no deadline frees a slot.
 	peer := newTestStream(t, c, manager(c, newID(t)), nil)
@@ -470,12 +471,12 @@ func TestTransportFullSlotsEvictOldestSilent(t *testing.T) {
 // sends nothing is closed after helloTimeout, not after the longer
 // handshakeTimeout a real handshake is given.
 func TestTransportSilentPeerClosedAtHelloTimeout(t *testing.T) {
-	checkGoroutines(t)
-	c := newTestCA(t)
+	testkit.CheckGoroutines(t)
+	c := testkit.NewCA(t)
 	m := newTestStream(t, c, manager(c, newID(t)), nil)
 	start := time.Now()
 	conn := dialRaw(t, m)
-	assertClosedWithin(t, conn, waitFor, "a silent connection")
+	assertClosedWithin(t, conn, testkit.Wait, "a silent connection")
 	if took := time.Since(start); took >= handshakeTimeout {
 		t.Errorf("silent connection closed after %s, want about helloTimeout (%s), before handshakeTimeout (%s)", took, helloTimeout, handshakeTimeout)
 	} else {
@@ -491,7 +492,7 @@ func TestTransportSilentPeerClosedAtHelloTimeout(t *testing.T) {
 // dialRaw opens a plain TCP connection to s, closed when the test ends.
 func dialRaw(t *testing.T, s *testStream) net.Conn {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", s.Addr().String(), waitFor)
+	conn, err := net.DialTimeout("tcp", s.Addr().String(), testkit.Wait)
 	if err != nil {
 		t.Fatalf("Dial(%s) = %v", s.Addr(), err)
 	}
@@ -529,7 +530,7 @@ func clientHello(t *testing.T) []byte {
 		_ = tls.Client(a, &tls.Config{ServerName: string(ca.RoleManager)}).Handshake()
 	}()
 	buf := make([]byte, 64<<10)
-	_ = b.SetReadDeadline(time.Now().Add(waitFor))
+	_ = b.SetReadDeadline(time.Now().Add(testkit.Wait))
 	n, err := b.Read(buf)
 	a.Close()
 	b.Close()

@@ -13,13 +13,15 @@ import (
 
 	hraft "github.com/hashicorp/raft"
 	raftboltdbv1 "github.com/hashicorp/raft-boltdb"
+
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 // TestOpensV1Store: a raft.db written by raft-boltdb v1 on boltdb/bolt
 // (the release before) opens in place on raft-boltdb/v2 and bbolt, and is
 // sealed: its entries come back whole.
 func TestOpensV1Store(t *testing.T) {
-	c := newTestCA(t)
+	c := testkit.NewCA(t)
 	id, dir := newID(t), t.TempDir()
 	v1, err := raftboltdbv1.NewBoltStore(filepath.Join(dir, dbFile))
 	if err != nil {
@@ -55,10 +57,10 @@ func TestOpensV1Store(t *testing.T) {
 
 	n := startNode(t, c, id, dir, addr, false, withKeys(&Keys{Current: newDataKey(t)}))
 	waitLeader(t, n)
-	eventually(t, "the v1 store's entries applied", func() bool {
+	testkit.Eventually(t, "the v1 store's entries applied", testkit.True(func() bool {
 		v, ok := n.sm.get("v1-9")
 		return ok && v == marker
-	})
+	}))
 	n.Shutdown()
 	if files := filesHolding(t, dir, marker); len(files) > 0 {
 		t.Errorf("after sealing the v1 store, the secret is still in clear in %v", files)

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/quorumca/quorumca/agent"
+	"github.com/quorumca/quorumca/internal/testkit"
 	"github.com/quorumca/quorumca/manager"
 )
 
@@ -37,17 +37,6 @@ func TestRunBootstrapFlagsRefused(t *testing.T) {
 			}
 		})
 	}
-}
-
-// freeAddr returns a loopback address with a port free right now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // shortTemp returns a temp dir with a short path: a control socket's
@@ -86,16 +75,10 @@ func startRun(t *testing.T, args ...string) {
 // waitFile waits (bounded) until path exists.
 func waitFile(t *testing.T, path string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := os.Stat(path); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not appear in 30s", path)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testkit.EventuallyWithin(t, 30*time.Second, path+" to appear", func() error {
+		_, err := os.Stat(path)
+		return err
+	})
 }
 
 // TestRunBootstrapsUnattended: `run --init --publish-tokens` creates a
@@ -105,13 +88,24 @@ func TestRunBootstrapsUnattended(t *testing.T) {
 	root := shortTemp(t)
 	tokens := filepath.Join(root, "tokens")
 	mgr, wrk := filepath.Join(root, "m"), filepath.Join(root, "w")
-	api := freeAddr(t)
+	// The worker must be told where to join before the manager has an
+	// address: it joins through a relay whose port the test holds from the
+	// start, pointed at the manager once the manager has one. (Every
+	// listener is on port 0: a port found free and closed again may be
+	// taken by then.)
+	via := testkit.NewProxy(t, "")
 	workerArgs := []string{"--data-dir", wrk, "--join-token-file", filepath.Join(tokens, manager.WorkerTokenFile),
-		"--join-addr", api, "--gossip-addr", freeAddr(t)}
+		"--join-addr", via.Addr(), "--gossip-addr", "127.0.0.1:0"}
 	// The worker starts first: it waits for the token.
 	startRun(t, workerArgs...)
 	startRun(t, "--data-dir", mgr, "--init", "--publish-tokens", tokens,
-		"--listen-addr", api, "--raft-addr", freeAddr(t), "--gossip-addr", freeAddr(t))
+		"--listen-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0")
+	waitFile(t, filepath.Join(mgr, agent.NodeFile))
+	mnc, err := agent.LoadNodeConfig(mgr)
+	if err != nil {
+		t.Fatalf("manager node.json: %v", err)
+	}
+	via.SetTarget(mnc.AdvertiseAddr)
 	waitFile(t, filepath.Join(wrk, agent.NodeFile))
 	nc, err := agent.LoadNodeConfig(wrk)
 	if err != nil || nc.Role != "swarm-worker" {
