@@ -118,20 +118,12 @@ func TestNoSecretInClearAtRest(t *testing.T) {
 					return nil
 				})
 			}
+			if autolock {
+				// The key of the cluster alone opens them at the restart.
+				m.cfg.UnlockKey = m.State().UnlockKey
+			}
 			j.stop()
 			m.stop()
-			for _, x := range []*testManager{m, j} {
-				if hits := found(t, x.cfg.DataDir, secrets); len(hits) > 0 {
-					t.Errorf("secrets in clear at rest:\n%s", strings.Join(hits, "\n"))
-				}
-			}
-			if autolock {
-				// The key of the cluster alone opens them: restart with it.
-				reopenKey := m.State().UnlockKey
-				cfg := m.cfg
-				cfg.UnlockKey = reopenKey
-				m.cfg = cfg
-			}
 			r := reopen(t, m)
 			testkit.Eventually(t, "the restarted manager's state", func() error {
 				if !r.State().Initialized() {
@@ -139,52 +131,159 @@ func TestNoSecretInClearAtRest(t *testing.T) {
 				}
 				return nil
 			})
+			r.stop()
+			for _, x := range []*testManager{m, j} {
+				if hits := found(t, x.cfg.DataDir, secrets); len(hits) > 0 {
+					t.Errorf("secrets in clear at rest:\n%s", strings.Join(hits, "\n"))
+				}
+			}
 		})
+	}
+}
+
+// TestUpgradeFromPlaintextDataDir: data dirs written with the stores
+// unsealed, as the release before wrote them (the test checks that they
+// do hold the secrets in clear), are sealed in place at the first start:
+// both managers keep the state and every node, and no secret of any
+// moment remains in any file's raw bytes.
+func TestUpgradeFromPlaintextDataDir(t *testing.T) {
+	plain := func(c *Config) { snapshotting(c); c.Unsealed = true }
+	m := initManager(t, plain)
+	j := joinManager(t, m, plain)
+	secrets := map[string]map[string][]byte{"init": secretsOf(m.State())}
+	rotateRoot(t, m)
+	rotateSecrets(t, m.Manager, 20)
+	secrets["rotated"] = secretsOf(m.State())
+	want := stateOf(t, m.State())
+	testkit.Eventually(t, "the second manager's state", func() error {
+		if stateOf(t, j.State()) != want {
+			return errors.New("differs")
+		}
+		return nil
+	})
+	j.stop()
+	m.stop()
+	if hits := found(t, m.cfg.DataDir, secrets); len(hits) == 0 {
+		t.Fatalf("the unsealed data dir holds no secret in clear: the search would find nothing")
+	}
+
+	m.cfg.Unsealed, j.cfg.Unsealed = false, false
+	rm, rj := reopen(t, m), reopen(t, j)
+	for _, r := range []*testManager{rm, rj} {
+		testkit.Eventually(t, "the upgraded manager's state", func() error {
+			if got := stateOf(t, r.State()); got != want {
+				return fmt.Errorf("differs:\n%s", got)
+			}
+			return nil
+		})
+	}
+	rj.stop()
+	rm.stop()
+	for _, x := range []*testManager{m, j} {
+		if hits := found(t, x.cfg.DataDir, secrets); len(hits) > 0 {
+			t.Errorf("secrets in clear after the upgrade:\n%s", strings.Join(hits, "\n"))
+		}
 	}
 }
 
 // TestLockedManagerOpensWithTheKeyOnly: with autolock on, a manager's
 // node.key opens with the unlock key only; Open without it says locked.
 func TestLockedManagerOpensWithTheKeyOnly(t *testing.T) {
-	on := true
 	m := initManager(t, nil)
+	key := autolockOn(t, m)
+	m.stop()
+	openLocked(t, m, "")
+	other, _ := ca.NewUnlockKey(rand.Reader)
+	openLocked(t, m, other)
+	m.cfg.UnlockKey = key
+	reopen(t, m)
+}
+
+// failpoint stops the first step named name once armed, as a kill there
+// would.
+type failpoint struct {
+	name       string
+	armed, hit atomic.Bool
+}
+
+func (f *failpoint) hook(step string) error {
+	if step == f.name && f.armed.Load() && !f.hit.Swap(true) {
+		return errCrash
+	}
+	return nil
+}
+
+// crashAt returns a test step hook that stops the first step named name.
+func crashAt(name string) (func(string) error, *atomic.Bool) {
+	f := &failpoint{name: name}
+	f.armed.Store(true)
+	return f.hook, &f.hit
+}
+
+// waitHit waits for the failpoint to stop its step.
+func (f *failpoint) waitHit(t *testing.T) {
+	t.Helper()
+	testkit.Eventually(t, "the failpoint "+f.name, testkit.True(f.hit.Load))
+}
+
+// autolockOn turns autolock on through m and waits for m's keys to be
+// sealed; it returns the unlock key.
+func autolockOn(t *testing.T, m *testManager) string {
+	t.Helper()
+	on := true
 	resp, err := (controlService{m: m.Manager}).Update(t.Context(), &api.UpdateRequest{Autolock: &on})
 	if err != nil || resp.GetUnlockKey() == "" {
 		t.Fatalf("Update(autolock on) = %v, %v; want the unlock key", resp, err)
 	}
-	testkit.Eventually(t, "node.key sealed", func() error {
-		if m.Credentials().NodeKey().KEK == nil {
-			return errors.New("not sealed")
+	waitSealedUnder(t, m, resp.GetUnlockKey())
+	return resp.GetUnlockKey()
+}
+
+// waitSealedUnder waits for m's node.key to be sealed under key, or in
+// clear for "".
+func waitSealedUnder(t *testing.T, m *testManager, key string) {
+	t.Helper()
+	want := ""
+	if key != "" {
+		kek, err := ca.ParseUnlockKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = kek.ID
+	}
+	testkit.Eventually(t, "node.key sealed under "+cmpName(want), func() error {
+		got := ""
+		if kek := m.Credentials().NodeKey().KEK; kek != nil {
+			got = kek.ID
+		}
+		if got != want {
+			return fmt.Errorf("sealed under %s", cmpName(got))
 		}
 		return nil
 	})
-	m.stop()
-	store, _ := agent.OpenNodeStore(m.cfg.DataDir)
-	_, err = Open(t.Context(), m.cfg, store)
-	var le *agent.LockedError
-	if !errors.As(err, &le) {
-		t.Fatalf("Open(no unlock key) = %v, want a *agent.LockedError", err)
-	}
-	other, _ := ca.NewUnlockKey(rand.Reader)
-	cfg := m.cfg
-	cfg.UnlockKey = other
-	if _, err := Open(t.Context(), cfg, store); !errors.As(err, &le) {
-		t.Fatalf("Open(another unlock key) = %v, want a *agent.LockedError", err)
-	}
-	m.cfg.UnlockKey = resp.GetUnlockKey()
-	reopen(t, m)
 }
 
-// crashAt returns a test step hook that stops the first step named name,
-// as a kill there would.
-func crashAt(name string) (func(string) error, *atomic.Bool) {
-	var hit atomic.Bool
-	return func(step string) error {
-		if step == name && !hit.Swap(true) {
-			return errCrash
-		}
-		return nil
-	}, &hit
+func cmpName(kekID string) string {
+	if kekID == "" {
+		return "no key (in clear)"
+	}
+	return "unlock key " + kekID
+}
+
+// openLocked checks that m's data directory does not open with key ("" for
+// none): it is locked.
+func openLocked(t *testing.T, m *testManager, key string) {
+	t.Helper()
+	cfg := m.cfg
+	cfg.UnlockKey = key
+	store, err := agent.OpenNodeStore(cfg.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var le *agent.LockedError
+	if _, err := Open(t.Context(), cfg, store); !errors.As(err, &le) {
+		t.Fatalf("Open(%s) = %v, want a *agent.LockedError", cmpName(key), err)
+	}
 }
 
 // TestCrashBeforeKeysSealed: autolock turned on, and the manager stopped
@@ -261,47 +360,71 @@ func TestCrashBeforePreviousDataKeyDropped(t *testing.T) {
 // TestUnlockKeyRotatedWhileDown: a manager down while the unlock key was
 // rotated unlocks with the key it last knew, then moves to the new one.
 func TestUnlockKeyRotatedWhileDown(t *testing.T) {
-	on := true
 	m := initManager(t, nil)
-	resp, err := (controlService{m: m.Manager}).Update(t.Context(), &api.UpdateRequest{Autolock: &on})
-	if err != nil {
-		t.Fatal(err)
-	}
-	oldKey := resp.GetUnlockKey()
-	// The joining manager seals its keys once it applies the state.
-	j := joinManager(t, m, nil)
-	testkit.Eventually(t, "the second manager sealed", func() error {
-		if j.Credentials().NodeKey().KEK == nil {
-			return errors.New("not sealed")
-		}
-		return nil
-	})
+	oldKey := autolockOn(t, m)
+	// The joining managers seal their keys once they apply the state.
 	// Three managers, so that one down leaves a majority.
+	j := joinManager(t, m, nil)
+	waitSealedUnder(t, j, oldKey)
 	third := joinManager(t, m, nil)
-	testkit.Eventually(t, "the third manager sealed", func() error {
-		if third.Credentials().NodeKey().KEK == nil {
-			return errors.New("not sealed")
-		}
-		return nil
-	})
+	waitSealedUnder(t, third, oldKey)
 	third.stop()
 	rot, err := (controlService{m: m.Manager}).UnlockKey(t.Context(), &api.UnlockKeyRequest{Rotate: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	newKEK, _ := ca.ParseUnlockKey(rot.GetUnlockKey())
-	third.cfg.UnlockKey = rot.GetUnlockKey()
-	store, _ := agent.OpenNodeStore(third.cfg.DataDir)
-	var le *agent.LockedError
-	if _, err := Open(t.Context(), third.cfg, store); !errors.As(err, &le) {
-		t.Fatalf("Open(the new key) on the manager that was down = %v, want locked under the old", err)
-	}
+	openLocked(t, third, rot.GetUnlockKey())
 	third.cfg.UnlockKey = oldKey
 	r := reopen(t, third)
-	testkit.Eventually(t, "the manager that was down moves to the new key", func() error {
-		if kek := r.Credentials().NodeKey().KEK; kek == nil || kek.ID != newKEK.ID {
-			return errors.New("still under the old key")
-		}
-		return nil
-	})
+	waitSealedUnder(t, r, rot.GetUnlockKey())
+}
+
+// TestCrashBeforeKeysUnsealed: autolock turned off, and the manager
+// stopped before it wrote node.key in clear: it is still locked under the
+// unlock key, opens with it, and then writes its keys in clear.
+func TestCrashBeforeKeysUnsealed(t *testing.T) {
+	fp := &failpoint{name: "protect-keys"}
+	m := initManager(t, func(c *Config) { c.testStep = fp.hook })
+	key := autolockOn(t, m)
+	fp.armed.Store(true)
+	off := false
+	if _, err := (controlService{m: m.Manager}).Update(t.Context(), &api.UpdateRequest{Autolock: &off}); err != nil {
+		t.Fatalf("Update(autolock off) = %v", err)
+	}
+	fp.waitHit(t)
+	m.stop()
+	m.cfg.testStep = nil
+	openLocked(t, m, "")
+	m.cfg.UnlockKey = key
+	r := reopen(t, m)
+	waitSealedUnder(t, r, "")
+	r.stop()
+	r.cfg.UnlockKey = ""
+	reopen(t, r)
+}
+
+// TestCrashBeforeKeysResealed: the unlock key rotated, and the manager
+// stopped before it sealed node.key under the new one: it opens with the
+// old key only, and then moves to the new.
+func TestCrashBeforeKeysResealed(t *testing.T) {
+	fp := &failpoint{name: "protect-keys"}
+	m := initManager(t, func(c *Config) { c.testStep = fp.hook })
+	oldKey := autolockOn(t, m)
+	fp.armed.Store(true)
+	rot, err := (controlService{m: m.Manager}).UnlockKey(t.Context(), &api.UnlockKeyRequest{Rotate: true})
+	if err != nil {
+		t.Fatalf("UnlockKey(rotate) = %v", err)
+	}
+	newKey := rot.GetUnlockKey()
+	fp.waitHit(t)
+	m.stop()
+	m.cfg.testStep = nil
+	openLocked(t, m, newKey)
+	m.cfg.UnlockKey = oldKey
+	r := reopen(t, m)
+	waitSealedUnder(t, r, newKey)
+	r.stop()
+	openLocked(t, r, oldKey)
+	r.cfg.UnlockKey = newKey
+	reopen(t, r)
 }

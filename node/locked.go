@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -32,6 +35,8 @@ type locked struct {
 	err *agent.LockedError
 	// keys hands Run the keys Unlock took.
 	keys chan string
+	// lastFileErr is what was last logged of --unlock-key-file.
+	lastFileErr string
 }
 
 func newLocked(n *Node, err *agent.LockedError) *locked {
@@ -65,19 +70,52 @@ func (l *locked) Run(ctx context.Context) error {
 	}
 }
 
-// fromFile reads the unlock key in --unlock-key-file, and takes it if it
-// is the one the keys are sealed under.
+// fromFile reads --unlock-key-file and takes the unlock key there that the
+// keys are sealed under. The file may hold several keys, one per line: the
+// current one and the one before a rotation, for a manager that was down
+// while the key was rotated. What is wrong with the file is logged once
+// per change of it, not at every look.
 func (l *locked) fromFile() bool {
-	key, err := agent.ReadTokenFile(l.n.cfg.UnlockKeyFile)
+	key, err := l.keyInFile()
 	if err != nil {
-		return false
-	}
-	if err := l.check(key); err != nil {
-		l.n.log.Warn("--unlock-key-file holds another unlock key than this manager's keys are sealed under", "file", l.n.cfg.UnlockKeyFile, "err", err)
+		if msg := err.Error(); msg != l.lastFileErr {
+			l.lastFileErr = msg
+			l.n.log.Warn("cannot unlock from --unlock-key-file", "file", l.n.cfg.UnlockKeyFile, "err", err)
+		}
 		return false
 	}
 	l.n.setUnlockKey(key)
 	return true
+}
+
+// unlockKeyFileMax bounds what is read of --unlock-key-file.
+const unlockKeyFileMax = 4 << 10
+
+func (l *locked) keyInFile() (string, error) {
+	f, err := os.Open(l.n.cfg.UnlockKeyFile)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, unlockKeyFileMax))
+	if err != nil {
+		return "", err
+	}
+	keys := strings.Fields(string(b))
+	if len(keys) == 0 {
+		return "", errors.New("the file is empty: write the unlock key in it (`quorumca unlock-key -q` on a running manager prints it)")
+	}
+	var firstErr error
+	for _, key := range keys {
+		err := l.check(key)
+		if err == nil {
+			return key, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	return "", firstErr
 }
 
 // check checks that key is the unlock key the keys are sealed under.

@@ -118,7 +118,8 @@ func TestLockedNode(t *testing.T) {
 	testkit.Eventually(t, "the unlocked node runs its manager", testkit.True(func() bool { return n.Manager() != nil }))
 	n.Stop()
 
-	// Unattended: the key in a file, written after the node started.
+	// Unattended: the key in a file, written after the node started, after
+	// another key (the file may hold the keys before and after a rotation).
 	keyFile := filepath.Join(t.TempDir(), "unlock.key")
 	cfg.UnlockKeyFile = keyFile
 	n, err = Start(t.Context(), cfg)
@@ -129,7 +130,7 @@ func TestLockedNode(t *testing.T) {
 	if !n.Locked() {
 		t.Fatalf("the node is not locked while the key file is missing")
 	}
-	if err := os.WriteFile(keyFile, []byte(key+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, []byte(wrong+"\n"+key+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	testkit.Eventually(t, "the node unlocks from the key file", testkit.True(func() bool { return n.Manager() != nil }))

@@ -22,7 +22,9 @@ import (
 // stores (fsynced) under dir, mutual TLS on 127.0.0.1, real memberlist,
 // the product's default timings.
 type cluster struct {
-	dir         string
+	dir string
+	// unsealed runs the managers with their Raft stores unsealed.
+	unsealed    bool
 	log         *slog.Logger
 	nodes       []*node.Node
 	managers    []*manager.Manager
@@ -31,8 +33,10 @@ type cluster struct {
 }
 
 // startCluster inits one manager and joins size-1 more through it.
-func startCluster(ctx context.Context, dir string, size int, log *slog.Logger) (_ *cluster, err error) {
-	c := &cluster{dir: dir, log: log}
+// With unsealed, the managers' Raft stores are written in clear, to
+// measure what sealing costs.
+func startCluster(ctx context.Context, dir string, size int, unsealed bool, log *slog.Logger) (_ *cluster, err error) {
+	c := &cluster{dir: dir, log: log, unsealed: unsealed}
 	defer func() {
 		if err != nil {
 			c.stop()
@@ -78,6 +82,7 @@ func (c *cluster) config(name string) node.Config {
 		GossipAddr: "127.0.0.1:0",
 		SocketPath: filepath.Join(c.dir, name+".sock"),
 		Logger:     c.log,
+		Manager:    manager.Config{Unsealed: c.unsealed},
 	}
 }
 

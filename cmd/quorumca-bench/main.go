@@ -11,6 +11,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -33,6 +34,8 @@ type options struct {
 	logFile    string
 	n, c       int
 	agents     int
+	unsealed   bool
+	rounds     int
 }
 
 func main() {
@@ -56,6 +59,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&o.memprofile, "memprofile", "", "write a heap profile of the idle agents (rotate) to this file")
 	pf.StringVar(&o.dir, "dir", "", "parent of the run's data directory (default: the system's temp dir; it must be on a real disk, the Raft stores fsync)")
 	pf.BoolVar(&o.keep, "keep", false, "keep the data directory")
+	pf.BoolVar(&o.unsealed, "unsealed", false, "run the managers with their Raft stores unsealed (in clear), to compare with a run that seals them (the default)")
 	pf.StringVar(&o.logFile, "log", "", "append the managers' logs to this file (default: formatted, then discarded)")
 
 	sizes := func(cmd *cobra.Command, n bool) {
@@ -93,7 +97,16 @@ func newRoot() *cobra.Command {
 	}
 	sizes(all, true)
 	all.Flags().IntVar(&o.agents, "agents", 500, "number of agent daemons")
-	root.AddCommand(join, renew, rotate, all)
+	seal := &cobra.Command{
+		Use:   "seal",
+		Short: "N joins and N renewals on sealed Raft stores and on unsealed ones, in alternate rounds: what sealing costs",
+		Args:  cobra.NoArgs,
+		RunE:  o.runSeal,
+	}
+	seal.Flags().IntVarP(&o.n, "nodes", "n", 1000, "number of joins (and renewals) per round and mode")
+	seal.Flags().IntVarP(&o.c, "concurrency", "c", 64, "concurrent joiners (and renewers)")
+	seal.Flags().IntVar(&o.rounds, "rounds", 3, "rounds: each runs both modes, in alternate order; the medians are compared")
+	root.AddCommand(join, renew, rotate, all, seal)
 	return root
 }
 
@@ -104,26 +117,16 @@ func (o *options) run(cmd *cobra.Command, join, renew, rotate bool) (err error) 
 	if rotate && o.agents < 1 {
 		return fmt.Errorf("--agents must be at least 1")
 	}
-	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	log, closeLog, err := o.logger()
+	ctx, log, dir, done, err := o.start(cmd)
 	if err != nil {
 		return err
 	}
-	defer closeLog()
-	dir, err := workDir(o.dir)
-	if err != nil {
-		return err
-	}
-	if !o.keep {
-		defer os.RemoveAll(dir)
-	}
-	cpuProfile, memProfile = o.cpuprofile, o.memprofile
+	defer done()
 
 	var results []Result
 	if join || renew {
 		note("starting 3 managers in %s", dir)
-		cl, err := startCluster(ctx, dir+"/joins", 3, log)
+		cl, err := startCluster(ctx, dir+"/joins", 3, o.unsealed, log)
 		if err != nil {
 			return err
 		}
@@ -154,7 +157,7 @@ func (o *options) run(cmd *cobra.Command, join, renew, rotate bool) (err error) 
 	}
 	if rotate {
 		note("rotate: 3 managers and %d agents", o.agents)
-		cl, err := startCluster(ctx, dir+"/rotate", 3, log)
+		cl, err := startCluster(ctx, dir+"/rotate", 3, o.unsealed, log)
 		if err != nil {
 			return err
 		}
@@ -165,6 +168,36 @@ func (o *options) run(cmd *cobra.Command, join, renew, rotate bool) (err error) 
 		}
 		results = append(results, r)
 	}
+	return o.write(cmd, results)
+}
+
+// start sets up a run: a context that SIGINT and SIGTERM cancel, the
+// managers' logger, the run's data directory, the profiles asked for. done
+// undoes it all.
+func (o *options) start(cmd *cobra.Command) (_ context.Context, _ *slog.Logger, dir string, done func(), err error) {
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	log, closeLog, err := o.logger()
+	if err != nil {
+		stop()
+		return nil, nil, "", nil, err
+	}
+	if dir, err = workDir(o.dir); err != nil {
+		closeLog()
+		stop()
+		return nil, nil, "", nil, err
+	}
+	cpuProfile, memProfile = o.cpuprofile, o.memprofile
+	return ctx, log, dir, func() {
+		if !o.keep {
+			os.RemoveAll(dir)
+		}
+		closeLog()
+		stop()
+	}, nil
+}
+
+// write prints the results as a table, or as JSON with --json.
+func (o *options) write(cmd *cobra.Command, results []Result) error {
 	if o.json {
 		return writeJSON(cmd.OutOrStdout(), results)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -89,6 +90,7 @@ func TestBenchRefusesBadSizes(t *testing.T) {
 		{"join", "-n", "0"},
 		{"renew", "-c", "0"},
 		{"rotate", "--agents", "0"},
+		{"seal", "--rounds", "0"},
 	} {
 		_, err := runBench(t, append([]string{"--dir", t.TempDir()}, args...)...)
 		if err == nil || !strings.Contains(err.Error(), "at least 1") {
@@ -112,5 +114,31 @@ func TestWriteTable(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}
+	}
+}
+
+// TestBenchSealSmall: the seal benchmark reports joins and renewals on
+// sealed stores beside the same on unsealed ones, over the rounds asked.
+func TestBenchSealSmall(t *testing.T) {
+	out, err := runBench(t, "--json", "--dir", t.TempDir(), "seal", "-n", "12", "-c", "3", "--rounds", "2")
+	if err != nil {
+		t.Fatalf("quorumca-bench seal = %v", err)
+	}
+	var results []Result
+	if err := json.Unmarshal([]byte(out), &results); err != nil {
+		t.Fatalf("--json output does not parse: %v\n%s", err, out)
+	}
+	var names []string
+	for _, r := range results {
+		names = append(names, r.Name)
+		if r.N != 12 || r.Rate <= 0 || r.Ceiling == nil || r.Ceiling.Rate <= 0 || !strings.Contains(r.Ceiling.What, "unsealed") {
+			t.Errorf("%s: n=%d rate=%g ceiling %+v; want 12 operations against a measured unsealed run", r.Name, r.N, r.Rate, r.Ceiling)
+		}
+		if r.Figures["rounds"] != 2 || len(r.Goals) != 1 || !strings.Contains(r.Goals[0].What, "sealing") {
+			t.Errorf("%s: figures %v goals %+v; want 2 rounds and the cost of sealing checked", r.Name, r.Figures, r.Goals)
+		}
+	}
+	if want := []string{"join (sealed)", "renew (sealed)"}; !slices.Equal(names, want) {
+		t.Errorf("results %v, want %v", names, want)
 	}
 }

@@ -50,7 +50,7 @@ func newUnlockKeyCmd(g *globals) *cobra.Command {
 				return nil
 			}
 			if rotate {
-				fmt.Fprintln(w, "Rotated the unlock key. A manager that was down meanwhile unlocks with the key before, then moves to this one.")
+				fmt.Fprintln(w, "Rotated the unlock key. A manager that was down meanwhile unlocks with the key before, then moves to this one: an --unlock-key-file may hold both, one per line.")
 			}
 			fmt.Fprintf(w, "To unlock a manager, run `quorumca unlock` on it and give:\n\n    %s\n\n", resp.GetUnlockKey())
 			return nil
