@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quorumca/quorumca/internal/wait"
 	"github.com/quorumca/quorumca/membership"
 )
 
@@ -180,7 +181,7 @@ func (g *Gossip) run(ctx context.Context) {
 		key, peers, err = g.cfg.Fetch(ctx)
 		if err != nil {
 			g.cfg.Logger.Warn("gossip: fetch the cluster's gossip key", "err", err, "attempt", attempt+1)
-			if !sleepCtx(ctx, gossipBackoff(attempt)) {
+			if !wait.Sleep(ctx, gossipBackoff(attempt)) {
 				return
 			}
 			continue
@@ -200,7 +201,7 @@ func (g *Gossip) run(ctx context.Context) {
 			break
 		}
 		g.cfg.Logger.Error("gossip: cannot start; rotations will wait for this node", "err", err, "attempt", attempt+1)
-		if !sleepCtx(ctx, gossipBackoff(attempt)) {
+		if !wait.Sleep(ctx, gossipBackoff(attempt)) {
 			return
 		}
 	}
@@ -317,16 +318,4 @@ func boundGossip(bind, advertised string) string {
 
 func gossipBackoff(attempt int) time.Duration {
 	return min(250*time.Millisecond<<min(attempt, 7), 30*time.Second)
-}
-
-// sleepCtx waits d or until ctx is done; it reports whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/internal/testkit"
+	"github.com/quorumca/quorumca/internal/wait"
 	"github.com/quorumca/quorumca/membership"
 )
 
@@ -362,17 +363,17 @@ func TestGossipBackoff(t *testing.T) {
 }
 
 func TestSleepCtx(t *testing.T) {
-	if !sleepCtx(t.Context(), time.Millisecond) {
-		t.Errorf("sleepCtx(live context, 1ms) = false, want true")
+	if !wait.Sleep(t.Context(), time.Millisecond) {
+		t.Errorf("wait.Sleep(live context, 1ms) = false, want true")
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	start := time.Now()
-	if sleepCtx(ctx, time.Hour) {
-		t.Errorf("sleepCtx(cancelled context, 1h) = true, want false")
+	if wait.Sleep(ctx, time.Hour) {
+		t.Errorf("wait.Sleep(cancelled context, 1h) = true, want false")
 	}
 	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("sleepCtx(cancelled context, 1h) took %v, want an immediate return", d)
+		t.Errorf("wait.Sleep(cancelled context, 1h) took %v, want an immediate return", d)
 	}
 }
 

@@ -379,7 +379,7 @@ func waitRole(t *testing.T, n *clustertest.Node, role ca.Role) *node.Node {
 		}
 		m, w := nn.Manager(), nn.Worker()
 		if (role == ca.RoleManager) != (m != nil) || (role == ca.RoleWorker) != (w != nil) {
-			return fmt.Errorf("Manager() = %v, Worker() = %v", m, w)
+			return fmt.Errorf("runs a manager: %v, a worker: %v", m != nil, w != nil)
 		}
 		return nil
 	})

@@ -9,6 +9,7 @@ import (
 
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/internal/wait"
 	"github.com/quorumca/quorumca/progress"
 )
 
@@ -110,7 +111,7 @@ func (m *Manager) leaderLoop(ctx context.Context, t *term) {
 			break
 		}
 		m.log.Warn("new leader: barrier", "err", err, "attempt", attempt+1)
-		if !sleep(ctx, backoff(attempt)) {
+		if !wait.Sleep(ctx, backoff(attempt)) {
 			return
 		}
 	}
@@ -288,18 +289,6 @@ func (m *Manager) live(id string, now time.Time) bool {
 	}
 	ob, _ := m.obs.get(id)
 	return progress.Live(ob.at, now, m.cfg.HeartbeatPeriod, since)
-}
-
-// sleep waits d or until ctx is done; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 func backoff(attempt int) time.Duration {

@@ -12,6 +12,7 @@ import (
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/wait"
 )
 
 // ErrRoleChanged is the reason Run returns when the cluster demoted this
@@ -100,7 +101,7 @@ func (m *Manager) becomeVoter(ctx context.Context, remotes []string) error {
 			}
 			last = err
 		}
-		if !sleep(ctx, backoff(attempt)) {
+		if !wait.Sleep(ctx, backoff(attempt)) {
 			return fmt.Errorf("manager: could not become a Raft voter: %w", last)
 		}
 	}

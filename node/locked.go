@@ -61,6 +61,7 @@ func (l *locked) Run(ctx context.Context) error {
 			return nil
 		case key := <-l.keys:
 			l.n.setUnlockKey(key)
+			l.n.log.Info("unlocked by `quorumca unlock`: starting the manager", "unlock_key_id", l.err.KEK)
 			return errUnlocked
 		case <-tick:
 			if l.fromFile() {
@@ -85,6 +86,7 @@ func (l *locked) fromFile() bool {
 		return false
 	}
 	l.n.setUnlockKey(key)
+	l.n.log.Info("unlocked by --unlock-key-file: starting the manager", "file", l.n.cfg.UnlockKeyFile, "unlock_key_id", l.err.KEK)
 	return true
 }
 

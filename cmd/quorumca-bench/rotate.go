@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/internal/wait"
 	"github.com/quorumca/quorumca/node"
 )
 
@@ -44,7 +45,7 @@ func startAgents(ctx context.Context, cl *cluster, a, c int) (_ []*node.Node, re
 		// again, as an operator would, and counted.
 		for try := 1; err != nil && status.Code(err) == codes.Unavailable && try < 5; try++ {
 			retries.Add(1)
-			if !sleepCtx(ctx, time.Second) {
+			if !wait.Sleep(ctx, time.Second) {
 				break
 			}
 			if err = os.RemoveAll(cfg.DataDir); err == nil {
@@ -71,18 +72,6 @@ func startAgents(ctx context.Context, cl *cluster, a, c int) (_ []*node.Node, re
 // note tells the person running the benchmark how far it got.
 func note(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, format+"\n", args...)
-}
-
-// sleepCtx waits d or until ctx is done; it reports whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 func stopAgents(workers []*node.Node) {
@@ -139,7 +128,7 @@ func benchRotate(ctx context.Context, cl *cluster, a int) (Result, error) {
 	// gossip, then the memory they hold.
 	stopIdleProfile := profile("idle")
 	cpu0 := cpuTime()
-	if !sleepCtx(ctx, idleWindow) {
+	if !wait.Sleep(ctx, idleWindow) {
 		stopIdleProfile()
 		return Result{}, ctx.Err()
 	}

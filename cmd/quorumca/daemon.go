@@ -32,7 +32,7 @@ func (d *daemonFlags) register(cmd *cobra.Command) {
 	f.StringVar(&d.raftAdvertiseAddr, "raft-advertise-addr", "", "Raft address other managers reach this one at (default: the Raft listen address)")
 	f.StringVar(&d.gossipAddr, "gossip-addr", agent.DefaultGossipAddr, "gossip listen address, TCP and UDP (host:port)")
 	f.StringVar(&d.gossipAdvertiseAddr, "gossip-advertise-addr", "", "gossip address other nodes reach this one at (default: picked from the host's addresses)")
-	f.StringVar(&d.unlockKeyFile, "unlock-key-file", "", "with autolock, a file whose first line is the unlock key: a locked manager reads it (and waits for it) to unlock unattended")
+	f.StringVar(&d.unlockKeyFile, "unlock-key-file", "", "with autolock, a file holding the unlock key (one per line: the keys before and after a rotation may both be there): a locked manager reads it, and waits for it, to unlock unattended")
 	f.StringVar(&d.publishTokens, "publish-tokens", "", "as a manager, keep the current join tokens in DIR/worker.token and DIR/manager.token (0600), for nodes that join unattended")
 }
 

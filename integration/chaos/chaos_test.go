@@ -509,11 +509,38 @@ func TestChaosPauseWorkerThroughRotation(t *testing.T) {
 		took, grace, outcome, newID, since(rejoinAt), since(start))
 }
 
-// TestChaosRestartAll restarts every container at once: the same nodes
-// come back, on the same root, with no problem and no rejoin.
+// TestChaosRestartAll turns autolock on, puts the unlock key where the
+// managers' --unlock-key-file points, and restarts every container at
+// once: the managers come up locked and unlock themselves from the file;
+// the same nodes come back, on the same root, with no problem and no
+// rejoin.
 func TestChaosRestartAll(t *testing.T) {
 	c := newCluster(t, "restartall", 3)
 	start := time.Now()
+
+	// Autolock on, and the unlock key where the managers' --unlock-key-file
+	// points (the volume the three mount at /run/secrets).
+	c.mustCLI("manager2", "update", "--autolock=true")
+	key := strings.TrimSpace(c.mustCLI("manager1", "unlock-key", "-q"))
+	if !strings.HasPrefix(key, "QCKEY-1-") {
+		t.Fatalf("unlock-key -q printed %q, want an unlock key", key)
+	}
+	if err := c.writeFile("manager1", "/run/secrets/unlock.key", []byte(key+"\n")); err != nil {
+		t.Fatal(err)
+	}
+	c.eventually("every manager's node.key sealed under the unlock key", waitBound, func() error {
+		for _, svc := range managers {
+			b, err := c.readFile(svc, keyFile)
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(string(b), "SEALED PRIVATE KEY") || strings.Contains(string(b), "BEGIN PRIVATE KEY") || strings.Contains(string(b), "BEGIN EC PRIVATE KEY") {
+				return fmt.Errorf("%s: node.key not sealed", svc)
+			}
+		}
+		return nil
+	})
+
 	before := c.certs(services...)
 	ids := nodeIDs(c.mustNodes("manager1"))
 	root := []byte(c.mustCLI("manager1", "ca"))
@@ -536,6 +563,16 @@ func TestChaosRestartAll(t *testing.T) {
 	ready := since(restartAt)
 	if got := nodeIDs(ns); !slices.Equal(got, ids) {
 		t.Errorf("node IDs after the restart %v, want %v", got, ids)
+	}
+	// Each manager came up locked, and unlocked itself from the file.
+	for _, svc := range managers {
+		logs, err := c.tryDockerAll("logs", "--since", restartAt.Add(-time.Second).UTC().Format(time.RFC3339), c.ctr(svc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(logs, "this manager is locked") || !strings.Contains(logs, "unlocked by --unlock-key-file") {
+			t.Errorf("%s's log since the restart does not show it locked, then unlocked from the file:\n%s", svc, logs)
+		}
 	}
 	if now := []byte(c.mustCLI("manager1", "ca")); !sameCerts(now, root) {
 		t.Errorf("root after the restart %s, want %s", describeRoot(now), describeRoot(root))
@@ -573,7 +610,7 @@ func TestChaosRestartAll(t *testing.T) {
 			t.Logf("%s renewed its certificate across the restart (serial %s -> %s)", svc, before[svc].serial, nc.serial)
 		}
 	}
-	t.Logf("SUMMARY TestChaosRestartAll: docker-compose restart took %s; all 6 healthy and ready %s after it; same 6 node IDs, same root, no node reports a problem, "+
+	t.Logf("SUMMARY TestChaosRestartAll: autolock on, unlock key in the managers' /run/secrets; docker-compose restart took %s; the 3 managers came up locked and unlocked from the file; all 6 healthy and ready %s after it; same 6 node IDs, same root, no node reports a problem, "+
 		"every node.crt verifies with its old identity (%d renewed across the restart); scenario %s", restarted, ready, renewed, since(start))
 }
 

@@ -671,6 +671,35 @@ func (c *cluster) readFile(svc, path string) ([]byte, error) {
 	}
 }
 
+// writeFile writes data, 0600, into a container's file system (a volume
+// it mounts too) through docker cp.
+func (c *cluster) writeFile(svc, path string, data []byte) error {
+	id := c.containerID(svc)
+	if id == "" {
+		return fmt.Errorf("no container for %s", svc)
+	}
+	var archive bytes.Buffer
+	tw := tar.NewWriter(&archive)
+	if err := tw.WriteHeader(&tar.Header{Name: filepath.Base(path), Mode: 0o600, Size: int64(len(data)), ModTime: time.Now(), Typeflag: tar.TypeReg}); err != nil {
+		return err
+	}
+	if _, err := tw.Write(data); err != nil {
+		return err
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, "docker", "cp", "-", id+":"+filepath.Dir(path))
+	cmd.Stdin, cmd.Stderr = &archive, &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("docker cp - %s:%s: %w: %s", svc, path, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
 func (c *cluster) mustReadFile(svc, path string) []byte {
 	c.t.Helper()
 	b, err := c.readFile(svc, path)
