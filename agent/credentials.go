@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/atomicfile"
 )
 
 // File names under <data-dir>/certificates/, stable for other programs.
@@ -271,7 +272,7 @@ func writeCredentials(dir string, keyPEM, certPEM, bundle []byte) error {
 	if err := os.Rename(newCert, filepath.Join(dir, CertFile)); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return err
 	}
 	return WriteFileAtomic(filepath.Join(dir, BundleFile), bundle, 0o644)
@@ -300,7 +301,7 @@ func recoverPending(dir string) error {
 	if err := os.Rename(newCert, filepath.Join(dir, CertFile)); err != nil {
 		return fmt.Errorf("agent: recover interrupted certificate update: %w", err)
 	}
-	return syncDir(dir)
+	return atomicfile.SyncDir(dir)
 }
 
 // Identity returns who the current certificate names.

@@ -27,7 +27,7 @@ func Apply(s *State, index uint64, cmd Command) (*State, error) {
 	if s == nil {
 		s = &State{}
 	}
-	next, err := apply(s, cmd)
+	next, err := apply(s, index, cmd)
 	if err != nil {
 		refused := *s
 		refused.Index = index
@@ -37,16 +37,16 @@ func Apply(s *State, index uint64, cmd Command) (*State, error) {
 	return next, nil
 }
 
-func apply(s *State, cmd Command) (*State, error) {
+func apply(s *State, index uint64, cmd Command) (*State, error) {
 	if cmd.Init != nil {
-		return applyInit(s, cmd.At, cmd.Init)
+		return applyInit(s, cmd.At, index, cmd.Init)
 	}
 	if !s.Initialized() {
 		return nil, ErrNotInitialized
 	}
 	switch {
 	case cmd.Issue != nil:
-		return applyIssue(s, cmd.At, cmd.Issue)
+		return applyIssue(s, cmd.At, index, cmd.Issue)
 	case cmd.RotateSecret != nil:
 		return applyRotateSecret(s, cmd.RotateSecret)
 	case cmd.SetRole != nil:
@@ -75,13 +75,17 @@ func apply(s *State, cmd Command) (*State, error) {
 		return applyRevokeAdmin(s, cmd.At, cmd.RevokeAdmin)
 	case cmd.SetAutolock != nil:
 		return applySetAutolock(s, cmd.SetAutolock)
+	case cmd.Recover != nil:
+		return applyRecover(s, cmd.At, index, cmd.Recover)
+	case cmd.ConfirmNodes != nil:
+		return applyConfirmNodes(s, cmd.ConfirmNodes)
 	case cmd.RotateUnlockKey != nil:
 		return applyRotateUnlockKey(s, cmd.RotateUnlockKey)
 	}
 	return nil, fmt.Errorf("%w: no operation", ErrBadCommand)
 }
 
-func applyInit(s *State, at time.Time, in *Init) (*State, error) {
+func applyInit(s *State, at time.Time, index uint64, in *Init) (*State, error) {
 	if s.Initialized() {
 		return nil, fmt.Errorf("%w: cluster %s", ErrInitialized, s.ClusterID)
 	}
@@ -115,7 +119,7 @@ func applyInit(s *State, at time.Time, in *Init) (*State, error) {
 	// other: its NotAfter bounds how long a removal must be remembered.
 	m := in.Manager
 	m.JoinedAt = at
-	m.Cert.IssuedAt = at
+	m.Cert.IssuedAt, m.Cert.Index = at, index
 	if m.Cert.NotAfter.After(m.CertsValidUntil) {
 		m.CertsValidUntil = m.Cert.NotAfter
 	}
@@ -146,7 +150,7 @@ func checkSigner(m ca.Material, external []ExternalCA) error {
 	return CheckExternal(external)
 }
 
-func applyIssue(s *State, at time.Time, in *Issue) (*State, error) {
+func applyIssue(s *State, at time.Time, index uint64, in *Issue) (*State, error) {
 	n := in.Node
 	if n.ID == "" || (n.Role != ca.RoleManager && n.Role != ca.RoleWorker) || n.Cert.Serial == "" {
 		return nil, fmt.Errorf("%w: issue needs a node ID, a role and a serial", ErrBadCommand)
@@ -192,7 +196,8 @@ func applyIssue(s *State, at time.Time, in *Issue) (*State, error) {
 			n.RaftAddr = old.RaftAddr
 		}
 	}
-	n.Cert.IssuedAt = at
+	n.Cert.IssuedAt, n.Cert.Index = at, index
+	n.Unconfirmed = false
 	n.CertsValidUntil = old.CertsValidUntil
 	if n.Cert.NotAfter.After(n.CertsValidUntil) {
 		n.CertsValidUntil = n.Cert.NotAfter
@@ -242,14 +247,20 @@ func applyRemoveNode(s *State, in *RemoveNode) (*State, error) {
 	if len(in.GossipKey) > 0 {
 		next.GossipKey = in.GossipKey
 	}
-	next.Nodes = next.Nodes.Without(n.ID)
 	next.cloneRemoved()
+	next.remove(n)
+	return next, nil
+}
+
+// remove moves n from Nodes to Removed, until its last certificate
+// expires. The caller has cloned Removed.
+func (s *State) remove(n Node) {
+	s.Nodes = s.Nodes.Without(n.ID)
 	until := n.CertsValidUntil
 	if n.Cert.NotAfter.After(until) {
 		until = n.Cert.NotAfter
 	}
-	next.Removed[n.ID] = until
-	return next, nil
+	s.Removed[n.ID] = until
 }
 
 // applyPrune drops what has expired by at. It keeps s itself when nothing

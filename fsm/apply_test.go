@@ -248,7 +248,7 @@ func applyCases(w *world) []applyCase {
 		applyCase{name: "renew/worker", cmd: f.renew(idW, ca.RoleWorker, now, f.expiry), check: func(t *testing.T, before, after *fsm.State) {
 			old, n := nodeOf(before, idW), nodeOf(after, idW)
 			want := f.cert(now, f.expiry)
-			want.IssuedAt = now
+			want.IssuedAt, want.Index = now, after.Index // the entry that recorded it
 			if d := diff(n.Cert, want); d != "" {
 				t.Errorf("renewed Cert differs:\n%s", d)
 			}

@@ -46,6 +46,9 @@ type Command struct {
 
 	SetAutolock     *SetAutolock     `json:"set_autolock,omitempty"`
 	RotateUnlockKey *RotateUnlockKey `json:"rotate_unlock_key,omitempty"`
+
+	Recover      *Recover      `json:"recover,omitempty"`
+	ConfirmNodes *ConfirmNodes `json:"confirm_nodes,omitempty"`
 }
 
 // SetGossipKey gives a cluster made before gossip existed its gossip key.
@@ -259,6 +262,7 @@ func Decode(b []byte) (Command, error) {
 		c.Prune != nil, c.UpdateConfig != nil, c.CreateToken != nil, c.RevokeToken != nil, c.SetAddrs != nil,
 		c.StartRotation != nil, c.CompleteRotation != nil, c.SetGossipKey != nil,
 		c.IssueAdmin != nil, c.RevokeAdmin != nil, c.SetAutolock != nil, c.RotateUnlockKey != nil,
+		c.Recover != nil, c.ConfirmNodes != nil,
 	} {
 		if set {
 			n++

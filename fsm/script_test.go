@@ -1,6 +1,7 @@
 package fsm_test
 
 import (
+	"bytes"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -36,6 +37,11 @@ import (
 //	set-role ID ROLE | remove ID | prune | update expiry=D
 //	token-create ID ROLE SECRET uses=N [ttl=D] | token-revoke ID
 //	set-addrs ID ADDR RAFTADDR
+//	recover KIND [lost=ID,ID] [after=N] [manager=ID]
+//	                                      KIND: force-new-cluster or restore; after: the
+//	                                      last index known committed; manager: the restored one
+//	confirm ID...                         the nodes showed their certificates
+//	index                                 print the index of the last command
 //	state                                 print nodes, removals and tokens
 //	snapshot                              check restore(snapshot(state)) == state
 //
@@ -215,6 +221,26 @@ func (r *scriptRunner) run(d *datadriven.TestData) string {
 		c.RevokeToken = &fsm.RevokeToken{ID: arg(0)}
 	case "set-addrs":
 		c.SetAddrs = &fsm.SetAddrs{NodeID: arg(0), Addr: arg(1), RaftAddr: arg(2)}
+	case "recover":
+		rec := &fsm.Recover{Kind: arg(0), From: r.s.Index, GossipKey: bytes.Repeat([]byte{byte(r.s.Index + 1)}, fsm.GossipKeySize)}
+		if lost := opts["lost"]; lost != "" {
+			rec.Lost = strings.Split(lost, ",")
+		}
+		if after := opts["after"]; after != "" {
+			n, err := strconv.ParseUint(after, 10, 64)
+			if err != nil {
+				r.fail("%q: after=%q: %v", line, after, err)
+			}
+			rec.UnconfirmedAfter = n
+		}
+		if id := opts["manager"]; id != "" {
+			rec.Manager = &fsm.Node{ID: id, Role: ca.RoleManager, Cert: cert()}
+		}
+		c.Recover = rec
+	case "confirm":
+		c.ConfirmNodes = &fsm.ConfirmNodes{IDs: args}
+	case "index":
+		return fmt.Sprintf("index %d", r.s.Index)
 	default:
 		return r.fail("%q: unknown command %s", line, d.Cmd)
 	}
@@ -250,6 +276,9 @@ func (r *scriptRunner) dump() string {
 		if n.RaftAddr != "" {
 			line += " raft " + n.RaftAddr
 		}
+		if n.Unconfirmed {
+			line += " unconfirmed"
+		}
 		out = append(out, line)
 	}
 	var removed []string
@@ -264,5 +293,8 @@ func (r *scriptRunner) dump() string {
 	}
 	slices.Sort(tokens)
 	out = append(out, tokens...)
+	if rec := s.Recovery; rec != nil {
+		out = append(out, fmt.Sprintf("recovery %s at %s index %d from %d lost %v unconfirmed %v", rec.Kind, rel(rec.At), rec.Index, rec.From, rec.Lost, rec.Unconfirmed))
+	}
 	return strings.Join(out, "\n")
 }

@@ -68,6 +68,9 @@ type State struct {
 	Rotation *Rotation `json:"rotation,omitempty"`
 	// LastRotation records the last rotation that completed.
 	LastRotation *RotationRecord `json:"last_rotation,omitempty"`
+	// Recovery records the last time the cluster was brought back from a
+	// lost majority: force-new-cluster, or a restore from a backup.
+	Recovery *Recovery `json:"recovery,omitempty"`
 }
 
 // ExternalCA is one external CA endpoint: a CFSSL server whose sign API
@@ -187,6 +190,11 @@ type Node struct {
 	CertsValidUntil time.Time `json:"certs_valid_until"`
 	// JoinedAt is when the node joined, by the leader's clock.
 	JoinedAt time.Time `json:"joined_at"`
+	// Unconfirmed marks a node whose certificate an entry recorded that a
+	// recovery (force-new-cluster) committed without knowing whether it
+	// had been committed before: the node may never have received it. It
+	// is cleared when the node shows that certificate, or renews.
+	Unconfirmed bool `json:"unconfirmed,omitempty"`
 }
 
 // CertInfo describes a certificate the cluster issued.
@@ -199,6 +207,9 @@ type CertInfo struct {
 	Issuer ca.TLSStatus `json:"issuer"`
 	// IssuedAt is when it was issued, by the leader's clock.
 	IssuedAt time.Time `json:"issued_at"`
+	// Index is the Raft index of the entry that recorded it (zero for
+	// certificates recorded before this field was).
+	Index uint64 `json:"index,omitempty"`
 }
 
 // Initialized reports whether Init has been applied.

@@ -295,6 +295,9 @@ func (s caService) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*a
 	if heardNews(prev, heard, ob, m.cfg.HeartbeatPeriod) {
 		m.kickRotation()
 	}
+	if n.Unconfirmed && c.Serial == n.Cert.Serial {
+		m.confirm(ctx, n.ID)
+	}
 	return resp, nil
 }
 

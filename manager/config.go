@@ -83,6 +83,10 @@ type Config struct {
 	// UnlockKey opens a node.key sealed under it (autolock); the node
 	// passes the key it was unlocked with.
 	UnlockKey string
+	// ForceNewCluster makes this manager, which survived the loss of the
+	// majority, the only voter of the cluster, keeping its state (see
+	// recovery.go).
+	ForceNewCluster bool
 	// testStep, when set, is called at each step of a key change; an
 	// error stops the change there (the crash tests).
 	testStep func(step string) error

@@ -115,6 +115,7 @@ func (m *Manager) leaderLoop(ctx context.Context, t *term) {
 			return
 		}
 	}
+	m.recoveryUpkeep(ctx)
 	tick := time.NewTicker(m.cfg.ReconcilePeriod)
 	defer tick.Stop()
 	for {
@@ -173,6 +174,7 @@ func (m *Manager) reconcile(ctx context.Context) {
 	if !st.Initialized() {
 		return
 	}
+	m.recoveryUpkeep(ctx)
 	servers, err := m.raft.Servers()
 	if err != nil {
 		return

@@ -258,6 +258,7 @@ func (m *Manager) openRaft(bootstrap bool) error {
 	rc.StateMachine = stateMachine{m.machine, m.log}
 	rc.Logger = m.log.With("component", "raft")
 	rc.Bootstrap = bootstrap
+	rc.ForceNewCluster = m.cfg.ForceNewCluster
 	rc.Authorize = m.checkRaftPeer
 	if m.cfg.HeartbeatTimeout > 0 {
 		rc.HeartbeatTimeout = m.cfg.HeartbeatTimeout

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/quorumca/quorumca/agent"
@@ -23,6 +24,9 @@ func (n *Node) bootstrap(ctx context.Context) (daemon, error) {
 			return nil, err
 		}
 		n.store = store
+		if err := n.addManagers(); err != nil {
+			return nil, err
+		}
 		return n.open(ctx)
 	}
 	if err := agent.MakeDataDir(n.cfg.DataDir); err != nil {
@@ -159,4 +163,28 @@ func first(values ...string) string {
 		}
 	}
 	return ""
+}
+
+// addManagers puts the manager addresses the configuration gives first in
+// node.json's list (those already there move up).
+func (n *Node) addManagers() error {
+	addrs := slices.Clone(n.cfg.ManagerAddrs)
+	if j := n.cfg.Join; j != nil && j.Addr != "" {
+		addrs = append(addrs, j.Addr)
+	}
+	if len(addrs) == 0 {
+		return nil
+	}
+	nc := n.store.Get()
+	var want []string
+	for _, a := range append(addrs, nc.Managers...) {
+		if !slices.Contains(want, a) {
+			want = append(want, a)
+		}
+	}
+	if slices.Equal(want, nc.Managers) {
+		return nil
+	}
+	n.log.Info("managers to reach the cluster through", "managers", want)
+	return n.store.Update(func(c *agent.NodeConfig) { c.Managers = want })
 }

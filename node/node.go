@@ -63,9 +63,15 @@ type Config struct {
 
 	// What to do when DataDir holds no node yet: create a cluster with
 	// Init, or join one with Join. With neither, a data directory without a
-	// node is an error.
+	// node is an error. When it holds one, Join.Addr is taken as one of
+	// ManagerAddrs.
 	Init *manager.InitOptions
 	Join *Join
+
+	// ManagerAddrs are manager API addresses the node tries first, before
+	// those node.json records (a manager restored from a backup on a new
+	// address): recorded in node.json at start.
+	ManagerAddrs []string
 }
 
 // Join says how to join a cluster.
@@ -370,7 +376,16 @@ func (n *Node) open(ctx context.Context) (daemon, error) {
 		nc = n.store.Get()
 	}
 	if role == ca.RoleManager {
-		return manager.Open(ctx, n.managerConfig(nc), n.store)
+		m, err := manager.Open(ctx, n.managerConfig(nc), n.store)
+		if err == nil {
+			// Forced once: a later manager of this node (after a demotion
+			// and a promotion) joins the cluster as any other.
+			n.cfg.Manager.ForceNewCluster = false
+		}
+		return m, err
+	}
+	if n.cfg.Manager.ForceNewCluster {
+		return nil, fmt.Errorf("node: --force-new-cluster: %s holds a worker; run it on a manager that survived the loss of the others", n.cfg.DataDir)
 	}
 	if nk := creds.NodeKey(); nk.KEK != nil || len(nk.DataKey) > 0 {
 		// A demotion stopped before the node.key of a worker was written.

@@ -84,6 +84,12 @@ type Config struct {
 	// is safe to pass on every start of the first manager.
 	Bootstrap bool
 
+	// ForceNewCluster makes Open make this node the only voter of the
+	// cluster, keeping its state (see recover.go): for a manager that
+	// survived the loss of the majority. It fails with ErrNoState on a
+	// data directory that holds no Raft state.
+	ForceNewCluster bool
+
 	// HeartbeatTimeout is how long a follower waits without hearing from a
 	// leader before it starts an election. At least 5ms.
 	HeartbeatTimeout time.Duration

@@ -12,6 +12,7 @@ import (
 	"io"
 
 	hraft "github.com/hashicorp/raft"
+	"github.com/quorumca/quorumca/internal/sealstream"
 )
 
 // DataKeySize is the size of a data key: AES-256-GCM.
@@ -201,15 +202,13 @@ func (st *sealedStore) GetLog(index uint64, l *hraft.Log) error {
 // the header, the chunk number and the last-chunk bit as additional data:
 // chunks cannot be reordered, dropped or cut short without failing.
 const (
-	snapshotHead  = 4 + keyIDSize + 8
-	chunkSize     = 64 << 10
+	snapshotHead  = 4 + keyIDSize + sealstream.PrefixSize
 	chunkOverhead = 4 + tagSize
-	lastChunk     = 1 << 31
 )
 
 // sealedSize returns the sealed size of a snapshot of plain bytes.
 func sealedSize(plain int64) int64 {
-	chunks := plain/chunkSize + 1 // the last one may be empty
+	chunks := plain/sealstream.ChunkSize + 1 // the last one may be empty
 	return snapshotHead + plain + chunks*chunkOverhead
 }
 
@@ -217,7 +216,8 @@ func sealedSize(plain int64) int64 {
 // or -1 if no plain size seals to it.
 func plainSize(sealed int64) int64 {
 	body := sealed - snapshotHead
-	for chunks := max(body/(chunkSize+chunkOverhead), 1); chunks <= body/(chunkSize+chunkOverhead)+2; chunks++ {
+	per := int64(sealstream.ChunkSize + chunkOverhead)
+	for chunks := max(body/per, 1); chunks <= body/per+2; chunks++ {
 		if p := body - chunks*chunkOverhead; p >= 0 && sealedSize(p) == sealed {
 			return p
 		}
@@ -225,31 +225,9 @@ func plainSize(sealed int64) int64 {
 	return -1
 }
 
-func chunkNonce(prefix []byte, n uint32) []byte {
-	nonce := make([]byte, nonceSize)
-	copy(nonce, prefix)
-	binary.BigEndian.PutUint32(nonce[8:], n)
-	return nonce
-}
-
-func chunkAD(head []byte, n uint32, last bool) []byte {
-	ad := append(append([]byte(nil), head...), 0, 0, 0, 0, 0)
-	binary.BigEndian.PutUint32(ad[len(head):], n)
-	if last {
-		ad[len(ad)-1] = 1
-	}
-	return ad
-}
-
-// sealingWriter seals what is written to it into w, a chunk at a time;
-// finish writes the last chunk.
-type sealingWriter struct {
-	w    io.Writer
-	s    *sealer
-	head []byte
-	buf  []byte
-	n    uint32
-}
+// sealingWriter seals what is written to it into w, a chunk at a time
+// (sealstream); finish writes the last chunk.
+type sealingWriter struct{ *sealstream.Writer }
 
 func newSealingWriter(w io.Writer, s *sealer) (*sealingWriter, error) {
 	head := make([]byte, snapshotHead)
@@ -261,50 +239,14 @@ func newSealingWriter(w io.Writer, s *sealer) (*sealingWriter, error) {
 	if _, err := w.Write(head); err != nil {
 		return nil, err
 	}
-	return &sealingWriter{w: w, s: s, head: head, buf: make([]byte, 0, chunkSize)}, nil
+	return &sealingWriter{sealstream.NewWriter(w, s.current, head, head[4+keyIDSize:])}, nil
 }
 
-func (sw *sealingWriter) Write(p []byte) (int, error) {
-	written := 0
-	for len(p) > 0 {
-		take := min(len(p), chunkSize-len(sw.buf))
-		sw.buf = append(sw.buf, p[:take]...)
-		p, written = p[take:], written+take
-		if len(sw.buf) == chunkSize {
-			if err := sw.chunk(false); err != nil {
-				return written, err
-			}
-		}
-	}
-	return written, nil
-}
+func (sw *sealingWriter) finish() error { return sw.Close() }
 
-func (sw *sealingWriter) chunk(last bool) error {
-	length := uint32(len(sw.buf))
-	if last {
-		length |= lastChunk
-	}
-	out := binary.BigEndian.AppendUint32(make([]byte, 0, 4+len(sw.buf)+tagSize), length)
-	out = sw.s.current.Seal(out, chunkNonce(sw.head[4+keyIDSize:], sw.n), sw.buf, chunkAD(sw.head, sw.n, last))
-	sw.n++
-	sw.buf = sw.buf[:0]
-	_, err := sw.w.Write(out)
-	return err
-}
-
-func (sw *sealingWriter) finish() error { return sw.chunk(true) }
-
-// openingReader opens a sealed snapshot read from r.
-type openingReader struct {
-	r    io.Reader
-	s    *sealer
-	aead cipher.AEAD
-	head []byte
-	name string // for errors
-	buf  []byte
-	n    uint32
-	done bool
-}
+// openingReader opens a sealed snapshot read from r; what does not open
+// is ErrSealed.
+type openingReader struct{ r *sealstream.Reader }
 
 func newOpeningReader(r io.Reader, s *sealer, name string) (*openingReader, error) {
 	head := make([]byte, snapshotHead)
@@ -315,45 +257,15 @@ func newOpeningReader(r io.Reader, s *sealer, name string) (*openingReader, erro
 	if !ok {
 		return nil, fmt.Errorf("%w: snapshot %s is sealed with key %x, which this manager does not hold", ErrSealed, name, keyOf(head))
 	}
-	return &openingReader{r: r, s: s, aead: aead, head: head, name: name}, nil
+	return &openingReader{sealstream.NewReader(r, aead, head, head[4+keyIDSize:], "snapshot "+name)}, nil
 }
 
 func (or *openingReader) Read(p []byte) (int, error) {
-	for len(or.buf) == 0 {
-		if or.done {
-			return 0, io.EOF
-		}
-		if err := or.next(); err != nil {
-			return 0, err
-		}
+	n, err := or.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("%w: %w", ErrSealed, err)
 	}
-	n := copy(p, or.buf)
-	or.buf = or.buf[n:]
-	return n, nil
-}
-
-func (or *openingReader) next() error {
-	var lb [4]byte
-	if _, err := io.ReadFull(or.r, lb[:]); err != nil {
-		return fmt.Errorf("%w: snapshot %s is cut short at chunk %d", ErrSealed, or.name, or.n)
-	}
-	length := binary.BigEndian.Uint32(lb[:])
-	last := length&lastChunk != 0
-	length &^= lastChunk
-	if length > chunkSize {
-		return fmt.Errorf("%w: snapshot %s: chunk %d of %d bytes", ErrSealed, or.name, or.n, length)
-	}
-	ct := make([]byte, int(length)+tagSize)
-	if _, err := io.ReadFull(or.r, ct); err != nil {
-		return fmt.Errorf("%w: snapshot %s is cut short in chunk %d", ErrSealed, or.name, or.n)
-	}
-	plain, err := or.aead.Open(ct[:0], chunkNonce(or.head[4+keyIDSize:], or.n), ct, chunkAD(or.head, or.n, last))
-	if err != nil {
-		return fmt.Errorf("%w: snapshot %s, chunk %d: %v", ErrSealed, or.name, or.n, err)
-	}
-	or.n++
-	or.buf, or.done = plain, last
-	return nil
+	return n, err
 }
 
 // sealedSnapshots seals the snapshots the file store writes and opens

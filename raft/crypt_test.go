@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quorumca/quorumca/internal/sealstream"
 	"github.com/quorumca/quorumca/internal/testkit"
 )
 
@@ -203,7 +204,7 @@ func TestSealedSnapshotFormat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, size := range []int{0, 1, chunkSize - 1, chunkSize, chunkSize + 1, 3*chunkSize + 7} {
+	for _, size := range []int{0, 1, sealstream.ChunkSize - 1, sealstream.ChunkSize, sealstream.ChunkSize + 1, 3*sealstream.ChunkSize + 7} {
 		plain := make([]byte, size)
 		rand.Read(plain)
 		var sealed bytes.Buffer

@@ -79,6 +79,11 @@ type Node struct {
 
 	shutdownOnce sync.Once
 	shutdownErr  error
+
+	dataDir  string
+	applied  *appliedIndex
+	recMu    sync.Mutex // guards recovery
+	recovery *Recovery  // a forced new cluster not yet finished
 }
 
 // Open opens the stores in cfg.DataDir, starts the mutual-TLS transport on
@@ -207,6 +212,29 @@ func Open(cfg Config) (n *Node, err error) {
 		return nil, fmt.Errorf("raft: %w", err) // Validate should have caught it
 	}
 
+	applied, err := openAppliedIndex(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = applied.close()
+		}
+	}()
+	sm := fsm{sm: cfg.StateMachine, applied: applied}
+	rec, err := readRecovery(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case rec != nil && rec.Done:
+		// Recovered already; the caller has yet to record it.
+	case cfg.ForceNewCluster || rec != nil:
+		if rec, err = forceNewCluster(rc, sm, logs, stores, snaps, trans, cfg.DataDir, advertise, rec, logger); err != nil {
+			return nil, err
+		}
+	}
+
 	if cfg.Bootstrap {
 		has, err := hraft.HasExistingState(logs, stores, snaps)
 		if err != nil {
@@ -227,7 +255,7 @@ func Open(cfg Config) (n *Node, err error) {
 		}
 	}
 
-	r, err := hraft.NewRaft(rc, fsm{cfg.StateMachine}, logs, stores, snaps, trans)
+	r, err := hraft.NewRaft(rc, sm, logs, stores, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("raft: start: %w", err)
 	}
@@ -242,6 +270,9 @@ func Open(cfg Config) (n *Node, err error) {
 		applyTimeout: cfg.ApplyTimeout,
 		notify:       notify,
 		leaderCh:     make(chan bool, leaderChangesBuffer),
+		dataDir:      cfg.DataDir,
+		applied:      applied,
+		recovery:     rec,
 		done:         make(chan struct{}),
 		stopFwd:      make(chan struct{}),
 		fwdDone:      make(chan struct{}),
@@ -494,6 +525,9 @@ func (n *Node) Shutdown() error {
 		<-n.fwdDone
 		if err := n.store.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("raft: close %s: %w", dbFile, err))
+		}
+		if err := n.applied.close(); err != nil {
+			errs = append(errs, fmt.Errorf("raft: close %s: %w", appliedFile, err))
 		}
 		n.shutdownErr = errors.Join(errs...)
 		n.log.Info("raft: shut down", "node_id", n.id)

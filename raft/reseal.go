@@ -11,6 +11,7 @@ import (
 
 	hraft "github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/quorumca/quorumca/internal/atomicfile"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -68,7 +69,7 @@ func seal(store *raftboltdb.BoltStore, dataDir string, snaps *hraft.FileSnapshot
 	if err := os.Rename(path+".seal", path); err != nil {
 		return nil, fmt.Errorf("raft: replace %s: %w", path, err)
 	}
-	if err := syncDir(dataDir); err != nil {
+	if err := atomicfile.SyncDir(dataDir); err != nil {
 		return nil, err
 	}
 	store, err := openBolt(path)
@@ -202,19 +203,6 @@ func sealSnapshot(snaps *hraft.FileSnapshotStore, sealed *sealedSnapshots, m *hr
 	}
 	if err := sink.Close(); err != nil {
 		return fmt.Errorf("raft: seal snapshot %s: %w", m.ID, err)
-	}
-	return nil
-}
-
-// syncDir fsyncs a directory, so that a rename in it is on disk.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("raft: sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("raft: sync %s: %w", dir, err)
 	}
 	return nil
 }

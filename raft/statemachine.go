@@ -46,12 +46,20 @@ type Snapshot interface {
 	Release()
 }
 
-// fsm adapts a StateMachine to hashicorp/raft's FSM.
-type fsm struct{ sm StateMachine }
+// fsm adapts a StateMachine to hashicorp/raft's FSM, and records the
+// index of each entry it applied (see recover.go).
+type fsm struct {
+	sm      StateMachine
+	applied *appliedIndex
+}
 
 var _ hraft.FSM = fsm{}
 
-func (f fsm) Apply(l *hraft.Log) any { return f.sm.Apply(l.Index, l.Data) }
+func (f fsm) Apply(l *hraft.Log) any {
+	out := f.sm.Apply(l.Index, l.Data)
+	f.applied.set(l.Index)
+	return out
+}
 
 func (f fsm) Snapshot() (hraft.FSMSnapshot, error) {
 	s, err := f.sm.Snapshot()

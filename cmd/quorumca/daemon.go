@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -225,11 +226,11 @@ func joinToken(stderr io.Writer, flag, file string) (token, source string, err e
 func newRunCmd(g *globals) *cobra.Command {
 	var (
 		d                   daemonFlags
-		doInit              bool
+		doInit, forceNew    bool
 		tokenFile, joinAddr string
 	)
 	cmd := &cobra.Command{
-		Use:   "run [--init | --join-token-file F --join-addr MANAGER_ADDR]",
+		Use:   "run [--init | --join-token-file F --join-addr MANAGER_ADDR | --force-new-cluster]",
 		Short: "Run the node stored in --data-dir (after init or join, or a restart)",
 		Long: `Run the node stored in --data-dir.
 
@@ -239,14 +240,23 @@ holds no node yet: --init creates a cluster, as quorumca init does;
 --join-addr with the token it holds, asking again (and re-reading the file)
 until the join succeeds. A manager started with --publish-tokens DIR keeps
 the current join tokens in DIR/worker.token and DIR/manager.token for them.
-When --data-dir holds a node, these flags are ignored and the node runs.`,
+When --data-dir holds a node, it runs; --join-addr is then a manager to try
+first (one restored from a backup on a new address).
+
+--force-new-cluster is for a manager that survived the loss of the
+majority of managers: it becomes the only voter, keeping the cluster's
+identity (cluster ID, CA, nodes, tokens); the lost managers are removed,
+and must join again with a manager token from an empty data directory.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if doInit && tokenFile != "" {
 				return errors.New("--init and --join-token-file exclude each other: one node creates the cluster, the others join it")
 			}
-			if (tokenFile == "") != (joinAddr == "") {
-				return errors.New("--join-token-file and --join-addr go together")
+			if tokenFile != "" && joinAddr == "" {
+				return errors.New("--join-token-file needs --join-addr, the manager to join through")
+			}
+			if forceNew && (doInit || tokenFile != "") {
+				return errors.New("--force-new-cluster recovers the manager --data-dir holds: it goes with neither --init nor --join-token-file")
 			}
 			if err := agent.CheckDataDir(g.dataDir); err != nil {
 				return err
@@ -260,6 +270,14 @@ When --data-dir holds a node, these flags are ignored and the node runs.`,
 				cfg.Init = &manager.InitOptions{CertExpiry: ca.DefaultCertExpiry}
 			case tokenFile != "":
 				cfg.Join = &node.Join{TokenFile: tokenFile, Addr: joinAddr, Retry: true}
+			case joinAddr != "":
+				cfg.ManagerAddrs = []string{joinAddr}
+			}
+			if forceNew {
+				if _, err := os.Stat(filepath.Join(g.dataDir, agent.NodeFile)); err != nil {
+					return fmt.Errorf("--force-new-cluster: %s holds no node: it recovers a manager's data directory", g.dataDir)
+				}
+				cfg.Manager.ForceNewCluster = true
 			}
 			return node.Run(cmd.Context(), cfg)
 		},
@@ -268,6 +286,7 @@ When --data-dir holds a node, these flags are ignored and the node runs.`,
 	f := cmd.Flags()
 	f.BoolVar(&doInit, "init", false, "when --data-dir holds no node, create a cluster first")
 	f.StringVar(&tokenFile, "join-token-file", "", "when --data-dir holds no node, join with the token in this file once it exists")
-	f.StringVar(&joinAddr, "join-addr", "", "with --join-token-file: the manager to join through (host:port)")
+	f.StringVar(&joinAddr, "join-addr", "", "with --join-token-file: the manager to join through (host:port); on a node already joined, a manager to try first")
+	f.BoolVar(&forceNew, "force-new-cluster", false, "on a manager that survived the loss of the majority: become the only voter, keeping the cluster's identity; the lost managers are removed")
 	return cmd
 }

@@ -145,7 +145,20 @@ func (n *Node) Stop() {
 
 // Restart starts the stopped node again from its data directory, on the
 // addresses its node.json records.
-func (n *Node) Restart() {
+func (n *Node) Restart() { n.c.tb.Helper(); n.RestartWith(nil) }
+
+// RestartWith restarts the stopped node as Restart does, with its
+// configuration changed by change (when not nil): --force-new-cluster,
+// another manager to try first.
+func (n *Node) RestartWith(change func(*node.Config)) {
+	n.c.tb.Helper()
+	if err := n.TryRestart(change); err != nil {
+		n.c.tb.Fatalf("node.Start(%s from its data directory) = %v", n.Name, err)
+	}
+}
+
+// TryRestart is RestartWith, returning node.Start's error.
+func (n *Node) TryRestart(change func(*node.Config)) error {
 	n.c.tb.Helper()
 	if n.n != nil {
 		n.c.tb.Fatalf("node %s runs: stop it first", n.Name)
@@ -153,7 +166,8 @@ func (n *Node) Restart() {
 	cfg := n.cfg
 	cfg.Init, cfg.Join = nil, nil
 	cfg.ListenAddr, cfg.RaftAddr, cfg.GossipAddr = "", "", ""
-	if err := n.run(cfg); err != nil {
-		n.c.tb.Fatalf("node.Start(%s from its data directory) = %v", n.Name, err)
+	if change != nil {
+		change(&cfg)
 	}
+	return n.run(cfg)
 }
