@@ -17,12 +17,6 @@ func BundleDigest(bundle []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// BundleFingerprint returns the SHA-256 of a bundle's first certificate, hex.
-func BundleFingerprint(bundle []byte) string {
-	certs, err := ca.ParseCertificates(bundle)
-	if err != nil {
-		return "?"
-	}
-	sum := sha256.Sum256(certs[0].Raw)
-	return hex.EncodeToString(sum[:])
-}
+// BundleFingerprint returns the SHA-256 of a bundle's first certificate,
+// hex (ca.BundleFingerprint).
+func BundleFingerprint(bundle []byte) string { return ca.BundleFingerprint(bundle) }

@@ -25,6 +25,264 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type BackupRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Answer from what this manager has applied, without a leader.
+	Stale         bool `protobuf:"varint,1,opt,name=stale,proto3" json:"stale,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_quorumca_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *BackupRequest) GetStale() bool {
+	if x != nil {
+		return x.Stale
+	}
+	return false
+}
+
+type BackupChunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Set in the first chunk only.
+	Info          *BackupInfo `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
+	Data          []byte      `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupChunk) Reset() {
+	*x = BackupChunk{}
+	mi := &file_quorumca_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupChunk) ProtoMessage() {}
+
+func (x *BackupChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
+func (*BackupChunk) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BackupChunk) GetInfo() *BackupInfo {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+func (x *BackupChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type BackupInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The index of the state, and the Raft term then.
+	Index uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Term  uint64 `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
+	// The manager that answered, and whether it had no leader to confirm
+	// its state was current.
+	TakenFrom string `protobuf:"bytes,3,opt,name=taken_from,json=takenFrom,proto3" json:"taken_from,omitempty"`
+	Stale     bool   `protobuf:"varint,4,opt,name=stale,proto3" json:"stale,omitempty"`
+	// When, in Unix nanoseconds.
+	TakenAt       int64 `protobuf:"varint,5,opt,name=taken_at,json=takenAt,proto3" json:"taken_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupInfo) Reset() {
+	*x = BackupInfo{}
+	mi := &file_quorumca_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupInfo) ProtoMessage() {}
+
+func (x *BackupInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupInfo.ProtoReflect.Descriptor instead.
+func (*BackupInfo) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *BackupInfo) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *BackupInfo) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *BackupInfo) GetTakenFrom() string {
+	if x != nil {
+		return x.TakenFrom
+	}
+	return ""
+}
+
+func (x *BackupInfo) GetStale() bool {
+	if x != nil {
+		return x.Stale
+	}
+	return false
+}
+
+func (x *BackupInfo) GetTakenAt() int64 {
+	if x != nil {
+		return x.TakenAt
+	}
+	return 0
+}
+
+type ReadIndexRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadIndexRequest) Reset() {
+	*x = ReadIndexRequest{}
+	mi := &file_quorumca_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadIndexRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadIndexRequest) ProtoMessage() {}
+
+func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
+func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{3}
+}
+
+type ReadIndexResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadIndexResponse) Reset() {
+	*x = ReadIndexResponse{}
+	mi := &file_quorumca_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadIndexResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadIndexResponse) ProtoMessage() {}
+
+func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
+func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ReadIndexResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 type GetRootBundleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -33,7 +291,7 @@ type GetRootBundleRequest struct {
 
 func (x *GetRootBundleRequest) Reset() {
 	*x = GetRootBundleRequest{}
-	mi := &file_quorumca_proto_msgTypes[0]
+	mi := &file_quorumca_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -45,7 +303,7 @@ func (x *GetRootBundleRequest) String() string {
 func (*GetRootBundleRequest) ProtoMessage() {}
 
 func (x *GetRootBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[0]
+	mi := &file_quorumca_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -58,7 +316,7 @@ func (x *GetRootBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRootBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetRootBundleRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{0}
+	return file_quorumca_proto_rawDescGZIP(), []int{5}
 }
 
 type GetRootBundleResponse struct {
@@ -71,7 +329,7 @@ type GetRootBundleResponse struct {
 
 func (x *GetRootBundleResponse) Reset() {
 	*x = GetRootBundleResponse{}
-	mi := &file_quorumca_proto_msgTypes[1]
+	mi := &file_quorumca_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -83,7 +341,7 @@ func (x *GetRootBundleResponse) String() string {
 func (*GetRootBundleResponse) ProtoMessage() {}
 
 func (x *GetRootBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[1]
+	mi := &file_quorumca_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -96,7 +354,7 @@ func (x *GetRootBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRootBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetRootBundleResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{1}
+	return file_quorumca_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetRootBundleResponse) GetBundle() []byte {
@@ -128,7 +386,7 @@ type IssueNodeCertificateRequest struct {
 
 func (x *IssueNodeCertificateRequest) Reset() {
 	*x = IssueNodeCertificateRequest{}
-	mi := &file_quorumca_proto_msgTypes[2]
+	mi := &file_quorumca_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -140,7 +398,7 @@ func (x *IssueNodeCertificateRequest) String() string {
 func (*IssueNodeCertificateRequest) ProtoMessage() {}
 
 func (x *IssueNodeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[2]
+	mi := &file_quorumca_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -153,7 +411,7 @@ func (x *IssueNodeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueNodeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*IssueNodeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{2}
+	return file_quorumca_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *IssueNodeCertificateRequest) GetCsr() []byte {
@@ -218,7 +476,7 @@ type AdmitRequest struct {
 
 func (x *AdmitRequest) Reset() {
 	*x = AdmitRequest{}
-	mi := &file_quorumca_proto_msgTypes[3]
+	mi := &file_quorumca_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -230,7 +488,7 @@ func (x *AdmitRequest) String() string {
 func (*AdmitRequest) ProtoMessage() {}
 
 func (x *AdmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[3]
+	mi := &file_quorumca_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -243,7 +501,7 @@ func (x *AdmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdmitRequest.ProtoReflect.Descriptor instead.
 func (*AdmitRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{3}
+	return file_quorumca_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AdmitRequest) GetCsr() []byte {
@@ -313,7 +571,7 @@ type IssueNodeCertificateResponse struct {
 
 func (x *IssueNodeCertificateResponse) Reset() {
 	*x = IssueNodeCertificateResponse{}
-	mi := &file_quorumca_proto_msgTypes[4]
+	mi := &file_quorumca_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -325,7 +583,7 @@ func (x *IssueNodeCertificateResponse) String() string {
 func (*IssueNodeCertificateResponse) ProtoMessage() {}
 
 func (x *IssueNodeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[4]
+	mi := &file_quorumca_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -338,7 +596,7 @@ func (x *IssueNodeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueNodeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueNodeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{4}
+	return file_quorumca_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *IssueNodeCertificateResponse) GetNodeId() string {
@@ -392,7 +650,7 @@ type RenewNodeCertificateRequest struct {
 
 func (x *RenewNodeCertificateRequest) Reset() {
 	*x = RenewNodeCertificateRequest{}
-	mi := &file_quorumca_proto_msgTypes[5]
+	mi := &file_quorumca_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -404,7 +662,7 @@ func (x *RenewNodeCertificateRequest) String() string {
 func (*RenewNodeCertificateRequest) ProtoMessage() {}
 
 func (x *RenewNodeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[5]
+	mi := &file_quorumca_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -417,7 +675,7 @@ func (x *RenewNodeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewNodeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewNodeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{5}
+	return file_quorumca_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RenewNodeCertificateRequest) GetCsr() []byte {
@@ -439,7 +697,7 @@ type RenewNodeCertificateResponse struct {
 
 func (x *RenewNodeCertificateResponse) Reset() {
 	*x = RenewNodeCertificateResponse{}
-	mi := &file_quorumca_proto_msgTypes[6]
+	mi := &file_quorumca_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +709,7 @@ func (x *RenewNodeCertificateResponse) String() string {
 func (*RenewNodeCertificateResponse) ProtoMessage() {}
 
 func (x *RenewNodeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[6]
+	mi := &file_quorumca_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +722,7 @@ func (x *RenewNodeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewNodeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RenewNodeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{6}
+	return file_quorumca_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RenewNodeCertificateResponse) GetRole() string {
@@ -503,7 +761,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_quorumca_proto_msgTypes[7]
+	mi := &file_quorumca_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -515,7 +773,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[7]
+	mi := &file_quorumca_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -528,7 +786,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{7}
+	return file_quorumca_proto_rawDescGZIP(), []int{12}
 }
 
 type StatusResponse struct {
@@ -548,14 +806,16 @@ type StatusResponse struct {
 	Rotation *Rotation `protobuf:"bytes,10,opt,name=rotation,proto3" json:"rotation,omitempty"`
 	// What keeps a worker from its managers, if anything (a worker left
 	// behind by a root rotation must rejoin).
-	Problem       string `protobuf:"bytes,11,opt,name=problem,proto3" json:"problem,omitempty"`
+	Problem string `protobuf:"bytes,11,opt,name=problem,proto3" json:"problem,omitempty"`
+	// The last recovery from a lost majority, if any.
+	Recovery      *Recovery `protobuf:"bytes,12,opt,name=recovery,proto3" json:"recovery,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_quorumca_proto_msgTypes[8]
+	mi := &file_quorumca_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -567,7 +827,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[8]
+	mi := &file_quorumca_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -580,7 +840,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{8}
+	return file_quorumca_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StatusResponse) GetClusterId() string {
@@ -660,6 +920,92 @@ func (x *StatusResponse) GetProblem() string {
 	return ""
 }
 
+func (x *StatusResponse) GetRecovery() *Recovery {
+	if x != nil {
+		return x.Recovery
+	}
+	return nil
+}
+
+type Recovery struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "force-new-cluster" or "restore".
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	At   int64  `protobuf:"varint,2,opt,name=at,proto3" json:"at,omitempty"`
+	// Restore: the backup's index; force-new-cluster: the survivor's last.
+	From uint64 `protobuf:"varint,3,opt,name=from,proto3" json:"from,omitempty"`
+	// The managers removed, and the nodes marked unconfirmed.
+	Lost          []string `protobuf:"bytes,4,rep,name=lost,proto3" json:"lost,omitempty"`
+	Unconfirmed   []string `protobuf:"bytes,5,rep,name=unconfirmed,proto3" json:"unconfirmed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Recovery) Reset() {
+	*x = Recovery{}
+	mi := &file_quorumca_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Recovery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Recovery) ProtoMessage() {}
+
+func (x *Recovery) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Recovery.ProtoReflect.Descriptor instead.
+func (*Recovery) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Recovery) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Recovery) GetAt() int64 {
+	if x != nil {
+		return x.At
+	}
+	return 0
+}
+
+func (x *Recovery) GetFrom() uint64 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+func (x *Recovery) GetLost() []string {
+	if x != nil {
+		return x.Lost
+	}
+	return nil
+}
+
+func (x *Recovery) GetUnconfirmed() []string {
+	if x != nil {
+		return x.Unconfirmed
+	}
+	return nil
+}
+
 type Manager struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	NodeId   string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -675,7 +1021,7 @@ type Manager struct {
 
 func (x *Manager) Reset() {
 	*x = Manager{}
-	mi := &file_quorumca_proto_msgTypes[9]
+	mi := &file_quorumca_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -687,7 +1033,7 @@ func (x *Manager) String() string {
 func (*Manager) ProtoMessage() {}
 
 func (x *Manager) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[9]
+	mi := &file_quorumca_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -700,7 +1046,7 @@ func (x *Manager) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Manager.ProtoReflect.Descriptor instead.
 func (*Manager) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{9}
+	return file_quorumca_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Manager) GetNodeId() string {
@@ -756,7 +1102,7 @@ type JoinTokenRequest struct {
 
 func (x *JoinTokenRequest) Reset() {
 	*x = JoinTokenRequest{}
-	mi := &file_quorumca_proto_msgTypes[10]
+	mi := &file_quorumca_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -768,7 +1114,7 @@ func (x *JoinTokenRequest) String() string {
 func (*JoinTokenRequest) ProtoMessage() {}
 
 func (x *JoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[10]
+	mi := &file_quorumca_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -781,7 +1127,7 @@ func (x *JoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*JoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{10}
+	return file_quorumca_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *JoinTokenRequest) GetRole() string {
@@ -809,7 +1155,7 @@ type JoinTokenResponse struct {
 
 func (x *JoinTokenResponse) Reset() {
 	*x = JoinTokenResponse{}
-	mi := &file_quorumca_proto_msgTypes[11]
+	mi := &file_quorumca_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -821,7 +1167,7 @@ func (x *JoinTokenResponse) String() string {
 func (*JoinTokenResponse) ProtoMessage() {}
 
 func (x *JoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[11]
+	mi := &file_quorumca_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -834,7 +1180,7 @@ func (x *JoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*JoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{11}
+	return file_quorumca_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *JoinTokenResponse) GetToken() string {
@@ -862,7 +1208,7 @@ type AddVoterRequest struct {
 
 func (x *AddVoterRequest) Reset() {
 	*x = AddVoterRequest{}
-	mi := &file_quorumca_proto_msgTypes[12]
+	mi := &file_quorumca_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +1220,7 @@ func (x *AddVoterRequest) String() string {
 func (*AddVoterRequest) ProtoMessage() {}
 
 func (x *AddVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[12]
+	mi := &file_quorumca_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +1233,7 @@ func (x *AddVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddVoterRequest.ProtoReflect.Descriptor instead.
 func (*AddVoterRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{12}
+	return file_quorumca_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AddVoterRequest) GetRaftAddr() string {
@@ -912,7 +1258,7 @@ type AddVoterResponse struct {
 
 func (x *AddVoterResponse) Reset() {
 	*x = AddVoterResponse{}
-	mi := &file_quorumca_proto_msgTypes[13]
+	mi := &file_quorumca_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1270,7 @@ func (x *AddVoterResponse) String() string {
 func (*AddVoterResponse) ProtoMessage() {}
 
 func (x *AddVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[13]
+	mi := &file_quorumca_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1283,7 @@ func (x *AddVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddVoterResponse.ProtoReflect.Descriptor instead.
 func (*AddVoterResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{13}
+	return file_quorumca_proto_rawDescGZIP(), []int{19}
 }
 
 type PingRequest struct {
@@ -948,7 +1294,7 @@ type PingRequest struct {
 
 func (x *PingRequest) Reset() {
 	*x = PingRequest{}
-	mi := &file_quorumca_proto_msgTypes[14]
+	mi := &file_quorumca_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -960,7 +1306,7 @@ func (x *PingRequest) String() string {
 func (*PingRequest) ProtoMessage() {}
 
 func (x *PingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[14]
+	mi := &file_quorumca_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -973,7 +1319,7 @@ func (x *PingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingRequest.ProtoReflect.Descriptor instead.
 func (*PingRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{14}
+	return file_quorumca_proto_rawDescGZIP(), []int{20}
 }
 
 type PingResponse struct {
@@ -987,7 +1333,7 @@ type PingResponse struct {
 
 func (x *PingResponse) Reset() {
 	*x = PingResponse{}
-	mi := &file_quorumca_proto_msgTypes[15]
+	mi := &file_quorumca_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1345,7 @@ func (x *PingResponse) String() string {
 func (*PingResponse) ProtoMessage() {}
 
 func (x *PingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[15]
+	mi := &file_quorumca_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1358,7 @@ func (x *PingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingResponse.ProtoReflect.Descriptor instead.
 func (*PingResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{15}
+	return file_quorumca_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PingResponse) GetNodeId() string {
@@ -1039,7 +1385,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_quorumca_proto_msgTypes[16]
+	mi := &file_quorumca_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1051,7 +1397,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[16]
+	mi := &file_quorumca_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1064,7 +1410,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{16}
+	return file_quorumca_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *HeartbeatRequest) GetBundleDigest() string {
@@ -1102,7 +1448,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_quorumca_proto_msgTypes[17]
+	mi := &file_quorumca_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1460,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[17]
+	mi := &file_quorumca_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1473,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{17}
+	return file_quorumca_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *HeartbeatResponse) GetRole() string {
@@ -1201,7 +1547,7 @@ type GossipRequest struct {
 
 func (x *GossipRequest) Reset() {
 	*x = GossipRequest{}
-	mi := &file_quorumca_proto_msgTypes[18]
+	mi := &file_quorumca_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1213,7 +1559,7 @@ func (x *GossipRequest) String() string {
 func (*GossipRequest) ProtoMessage() {}
 
 func (x *GossipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[18]
+	mi := &file_quorumca_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1226,7 +1572,7 @@ func (x *GossipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipRequest.ProtoReflect.Descriptor instead.
 func (*GossipRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{18}
+	return file_quorumca_proto_rawDescGZIP(), []int{24}
 }
 
 type GossipResponse struct {
@@ -1243,7 +1589,7 @@ type GossipResponse struct {
 
 func (x *GossipResponse) Reset() {
 	*x = GossipResponse{}
-	mi := &file_quorumca_proto_msgTypes[19]
+	mi := &file_quorumca_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1255,7 +1601,7 @@ func (x *GossipResponse) String() string {
 func (*GossipResponse) ProtoMessage() {}
 
 func (x *GossipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[19]
+	mi := &file_quorumca_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1268,7 +1614,7 @@ func (x *GossipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipResponse.ProtoReflect.Descriptor instead.
 func (*GossipResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{19}
+	return file_quorumca_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GossipResponse) GetKey() []byte {
@@ -1311,7 +1657,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_quorumca_proto_msgTypes[20]
+	mi := &file_quorumca_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1669,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[20]
+	mi := &file_quorumca_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1682,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{20}
+	return file_quorumca_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RotateCARequest) GetCaCert() []byte {
@@ -1386,7 +1732,7 @@ type ExternalCA struct {
 
 func (x *ExternalCA) Reset() {
 	*x = ExternalCA{}
-	mi := &file_quorumca_proto_msgTypes[21]
+	mi := &file_quorumca_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1398,7 +1744,7 @@ func (x *ExternalCA) String() string {
 func (*ExternalCA) ProtoMessage() {}
 
 func (x *ExternalCA) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[21]
+	mi := &file_quorumca_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1411,7 +1757,7 @@ func (x *ExternalCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExternalCA.ProtoReflect.Descriptor instead.
 func (*ExternalCA) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{21}
+	return file_quorumca_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ExternalCA) GetProtocol() string {
@@ -1451,7 +1797,7 @@ type RotateCAResponse struct {
 
 func (x *RotateCAResponse) Reset() {
 	*x = RotateCAResponse{}
-	mi := &file_quorumca_proto_msgTypes[22]
+	mi := &file_quorumca_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1463,7 +1809,7 @@ func (x *RotateCAResponse) String() string {
 func (*RotateCAResponse) ProtoMessage() {}
 
 func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[22]
+	mi := &file_quorumca_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1476,7 +1822,7 @@ func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateCAResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{22}
+	return file_quorumca_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RotateCAResponse) GetRotation() *Rotation {
@@ -1494,7 +1840,7 @@ type GetCARequest struct {
 
 func (x *GetCARequest) Reset() {
 	*x = GetCARequest{}
-	mi := &file_quorumca_proto_msgTypes[23]
+	mi := &file_quorumca_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1506,7 +1852,7 @@ func (x *GetCARequest) String() string {
 func (*GetCARequest) ProtoMessage() {}
 
 func (x *GetCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[23]
+	mi := &file_quorumca_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1519,7 +1865,7 @@ func (x *GetCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCARequest.ProtoReflect.Descriptor instead.
 func (*GetCARequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{23}
+	return file_quorumca_proto_rawDescGZIP(), []int{29}
 }
 
 type GetCAResponse struct {
@@ -1538,7 +1884,7 @@ type GetCAResponse struct {
 
 func (x *GetCAResponse) Reset() {
 	*x = GetCAResponse{}
-	mi := &file_quorumca_proto_msgTypes[24]
+	mi := &file_quorumca_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1550,7 +1896,7 @@ func (x *GetCAResponse) String() string {
 func (*GetCAResponse) ProtoMessage() {}
 
 func (x *GetCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[24]
+	mi := &file_quorumca_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1563,7 +1909,7 @@ func (x *GetCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCAResponse.ProtoReflect.Descriptor instead.
 func (*GetCAResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{24}
+	return file_quorumca_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetCAResponse) GetBundle() []byte {
@@ -1611,7 +1957,7 @@ type Rotation struct {
 
 func (x *Rotation) Reset() {
 	*x = Rotation{}
-	mi := &file_quorumca_proto_msgTypes[25]
+	mi := &file_quorumca_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1623,7 +1969,7 @@ func (x *Rotation) String() string {
 func (*Rotation) ProtoMessage() {}
 
 func (x *Rotation) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[25]
+	mi := &file_quorumca_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1636,7 +1982,7 @@ func (x *Rotation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rotation.ProtoReflect.Descriptor instead.
 func (*Rotation) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{25}
+	return file_quorumca_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Rotation) GetInProgress() bool {
@@ -1725,7 +2071,7 @@ type RotationNode struct {
 
 func (x *RotationNode) Reset() {
 	*x = RotationNode{}
-	mi := &file_quorumca_proto_msgTypes[26]
+	mi := &file_quorumca_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1737,7 +2083,7 @@ func (x *RotationNode) String() string {
 func (*RotationNode) ProtoMessage() {}
 
 func (x *RotationNode) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[26]
+	mi := &file_quorumca_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1750,7 +2096,7 @@ func (x *RotationNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationNode.ProtoReflect.Descriptor instead.
 func (*RotationNode) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{26}
+	return file_quorumca_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RotationNode) GetId() string {
@@ -1802,16 +2148,19 @@ type Node struct {
 	CertSerial   string `protobuf:"bytes,8,opt,name=cert_serial,json=certSerial,proto3" json:"cert_serial,omitempty"`
 	CertNotAfter int64  `protobuf:"varint,9,opt,name=cert_not_after,json=certNotAfter,proto3" json:"cert_not_after,omitempty"`
 	// Who signed the node's certificate.
-	TlsStatus     string `protobuf:"bytes,10,opt,name=tls_status,json=tlsStatus,proto3" json:"tls_status,omitempty"`
-	JoinedAt      int64  `protobuf:"varint,11,opt,name=joined_at,json=joinedAt,proto3" json:"joined_at,omitempty"`
-	LastSeen      int64  `protobuf:"varint,12,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	TlsStatus string `protobuf:"bytes,10,opt,name=tls_status,json=tlsStatus,proto3" json:"tls_status,omitempty"`
+	JoinedAt  int64  `protobuf:"varint,11,opt,name=joined_at,json=joinedAt,proto3" json:"joined_at,omitempty"`
+	LastSeen  int64  `protobuf:"varint,12,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	// Recorded by an entry a forced new cluster committed, and not yet
+	// shown by the node: it may never have received its certificate.
+	Unconfirmed   bool `protobuf:"varint,13,opt,name=unconfirmed,proto3" json:"unconfirmed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_quorumca_proto_msgTypes[27]
+	mi := &file_quorumca_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1823,7 +2172,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[27]
+	mi := &file_quorumca_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1836,7 +2185,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{27}
+	return file_quorumca_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Node) GetId() string {
@@ -1923,6 +2272,13 @@ func (x *Node) GetLastSeen() int64 {
 	return 0
 }
 
+func (x *Node) GetUnconfirmed() bool {
+	if x != nil {
+		return x.Unconfirmed
+	}
+	return false
+}
+
 type ListNodesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only this node, when set.
@@ -1933,7 +2289,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_quorumca_proto_msgTypes[28]
+	mi := &file_quorumca_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1945,7 +2301,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[28]
+	mi := &file_quorumca_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1958,7 +2314,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{28}
+	return file_quorumca_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListNodesRequest) GetNodeId() string {
@@ -1977,7 +2333,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_quorumca_proto_msgTypes[29]
+	mi := &file_quorumca_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1989,7 +2345,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[29]
+	mi := &file_quorumca_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2002,7 +2358,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{29}
+	return file_quorumca_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -2023,7 +2379,7 @@ type SetRoleRequest struct {
 
 func (x *SetRoleRequest) Reset() {
 	*x = SetRoleRequest{}
-	mi := &file_quorumca_proto_msgTypes[30]
+	mi := &file_quorumca_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2035,7 +2391,7 @@ func (x *SetRoleRequest) String() string {
 func (*SetRoleRequest) ProtoMessage() {}
 
 func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[30]
+	mi := &file_quorumca_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2048,7 +2404,7 @@ func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleRequest.ProtoReflect.Descriptor instead.
 func (*SetRoleRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{30}
+	return file_quorumca_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SetRoleRequest) GetNodeId() string {
@@ -2073,7 +2429,7 @@ type SetRoleResponse struct {
 
 func (x *SetRoleResponse) Reset() {
 	*x = SetRoleResponse{}
-	mi := &file_quorumca_proto_msgTypes[31]
+	mi := &file_quorumca_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2085,7 +2441,7 @@ func (x *SetRoleResponse) String() string {
 func (*SetRoleResponse) ProtoMessage() {}
 
 func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[31]
+	mi := &file_quorumca_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2098,7 +2454,7 @@ func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleResponse.ProtoReflect.Descriptor instead.
 func (*SetRoleResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{31}
+	return file_quorumca_proto_rawDescGZIP(), []int{37}
 }
 
 type RemoveNodeRequest struct {
@@ -2111,7 +2467,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_quorumca_proto_msgTypes[32]
+	mi := &file_quorumca_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2123,7 +2479,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[32]
+	mi := &file_quorumca_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2136,7 +2492,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{32}
+	return file_quorumca_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RemoveNodeRequest) GetNodeId() string {
@@ -2161,7 +2517,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_quorumca_proto_msgTypes[33]
+	mi := &file_quorumca_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2529,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[33]
+	mi := &file_quorumca_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2542,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{33}
+	return file_quorumca_proto_rawDescGZIP(), []int{39}
 }
 
 type UpdateRequest struct {
@@ -2206,7 +2562,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_quorumca_proto_msgTypes[34]
+	mi := &file_quorumca_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2218,7 +2574,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[34]
+	mi := &file_quorumca_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2231,7 +2587,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{34}
+	return file_quorumca_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *UpdateRequest) GetCertExpirySeconds() int64 {
@@ -2276,7 +2632,7 @@ type UpdateResponse struct {
 
 func (x *UpdateResponse) Reset() {
 	*x = UpdateResponse{}
-	mi := &file_quorumca_proto_msgTypes[35]
+	mi := &file_quorumca_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2288,7 +2644,7 @@ func (x *UpdateResponse) String() string {
 func (*UpdateResponse) ProtoMessage() {}
 
 func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[35]
+	mi := &file_quorumca_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2301,7 +2657,7 @@ func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateResponse.ProtoReflect.Descriptor instead.
 func (*UpdateResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{35}
+	return file_quorumca_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *UpdateResponse) GetCertExpirySeconds() int64 {
@@ -2348,7 +2704,7 @@ type UnlockKeyRequest struct {
 
 func (x *UnlockKeyRequest) Reset() {
 	*x = UnlockKeyRequest{}
-	mi := &file_quorumca_proto_msgTypes[36]
+	mi := &file_quorumca_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2360,7 +2716,7 @@ func (x *UnlockKeyRequest) String() string {
 func (*UnlockKeyRequest) ProtoMessage() {}
 
 func (x *UnlockKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[36]
+	mi := &file_quorumca_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2373,7 +2729,7 @@ func (x *UnlockKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnlockKeyRequest.ProtoReflect.Descriptor instead.
 func (*UnlockKeyRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{36}
+	return file_quorumca_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *UnlockKeyRequest) GetRotate() bool {
@@ -2392,7 +2748,7 @@ type UnlockKeyResponse struct {
 
 func (x *UnlockKeyResponse) Reset() {
 	*x = UnlockKeyResponse{}
-	mi := &file_quorumca_proto_msgTypes[37]
+	mi := &file_quorumca_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2404,7 +2760,7 @@ func (x *UnlockKeyResponse) String() string {
 func (*UnlockKeyResponse) ProtoMessage() {}
 
 func (x *UnlockKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[37]
+	mi := &file_quorumca_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2417,7 +2773,7 @@ func (x *UnlockKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnlockKeyResponse.ProtoReflect.Descriptor instead.
 func (*UnlockKeyResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{37}
+	return file_quorumca_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *UnlockKeyResponse) GetUnlockKey() string {
@@ -2436,7 +2792,7 @@ type UnlockRequest struct {
 
 func (x *UnlockRequest) Reset() {
 	*x = UnlockRequest{}
-	mi := &file_quorumca_proto_msgTypes[38]
+	mi := &file_quorumca_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2448,7 +2804,7 @@ func (x *UnlockRequest) String() string {
 func (*UnlockRequest) ProtoMessage() {}
 
 func (x *UnlockRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[38]
+	mi := &file_quorumca_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2461,7 +2817,7 @@ func (x *UnlockRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnlockRequest.ProtoReflect.Descriptor instead.
 func (*UnlockRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{38}
+	return file_quorumca_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *UnlockRequest) GetUnlockKey() string {
@@ -2479,7 +2835,7 @@ type UnlockResponse struct {
 
 func (x *UnlockResponse) Reset() {
 	*x = UnlockResponse{}
-	mi := &file_quorumca_proto_msgTypes[39]
+	mi := &file_quorumca_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2491,7 +2847,7 @@ func (x *UnlockResponse) String() string {
 func (*UnlockResponse) ProtoMessage() {}
 
 func (x *UnlockResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[39]
+	mi := &file_quorumca_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2504,7 +2860,7 @@ func (x *UnlockResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnlockResponse.ProtoReflect.Descriptor instead.
 func (*UnlockResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{39}
+	return file_quorumca_proto_rawDescGZIP(), []int{45}
 }
 
 type CreateTokenRequest struct {
@@ -2520,7 +2876,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_quorumca_proto_msgTypes[40]
+	mi := &file_quorumca_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2532,7 +2888,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[40]
+	mi := &file_quorumca_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2545,7 +2901,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{40}
+	return file_quorumca_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *CreateTokenRequest) GetRole() string {
@@ -2580,7 +2936,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_quorumca_proto_msgTypes[41]
+	mi := &file_quorumca_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2592,7 +2948,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[41]
+	mi := &file_quorumca_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2605,7 +2961,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{41}
+	return file_quorumca_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *CreateTokenResponse) GetId() string {
@@ -2642,7 +2998,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_quorumca_proto_msgTypes[42]
+	mi := &file_quorumca_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2654,7 +3010,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[42]
+	mi := &file_quorumca_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2667,7 +3023,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{42}
+	return file_quorumca_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *Token) GetId() string {
@@ -2713,7 +3069,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_quorumca_proto_msgTypes[43]
+	mi := &file_quorumca_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2725,7 +3081,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[43]
+	mi := &file_quorumca_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2738,7 +3094,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{43}
+	return file_quorumca_proto_rawDescGZIP(), []int{49}
 }
 
 type ListTokensResponse struct {
@@ -2750,7 +3106,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_quorumca_proto_msgTypes[44]
+	mi := &file_quorumca_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2762,7 +3118,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[44]
+	mi := &file_quorumca_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2775,7 +3131,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{44}
+	return file_quorumca_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListTokensResponse) GetTokens() []*Token {
@@ -2794,7 +3150,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_quorumca_proto_msgTypes[45]
+	mi := &file_quorumca_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2806,7 +3162,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[45]
+	mi := &file_quorumca_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2819,7 +3175,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{45}
+	return file_quorumca_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -2837,7 +3193,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_quorumca_proto_msgTypes[46]
+	mi := &file_quorumca_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2849,7 +3205,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[46]
+	mi := &file_quorumca_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2862,7 +3218,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{46}
+	return file_quorumca_proto_rawDescGZIP(), []int{52}
 }
 
 type IssueAdminCertificateRequest struct {
@@ -2876,7 +3232,7 @@ type IssueAdminCertificateRequest struct {
 
 func (x *IssueAdminCertificateRequest) Reset() {
 	*x = IssueAdminCertificateRequest{}
-	mi := &file_quorumca_proto_msgTypes[47]
+	mi := &file_quorumca_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2888,7 +3244,7 @@ func (x *IssueAdminCertificateRequest) String() string {
 func (*IssueAdminCertificateRequest) ProtoMessage() {}
 
 func (x *IssueAdminCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[47]
+	mi := &file_quorumca_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2901,7 +3257,7 @@ func (x *IssueAdminCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertificateRequest.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{47}
+	return file_quorumca_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *IssueAdminCertificateRequest) GetCsr() []byte {
@@ -2931,7 +3287,7 @@ type IssueAdminCertificateResponse struct {
 
 func (x *IssueAdminCertificateResponse) Reset() {
 	*x = IssueAdminCertificateResponse{}
-	mi := &file_quorumca_proto_msgTypes[48]
+	mi := &file_quorumca_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2943,7 +3299,7 @@ func (x *IssueAdminCertificateResponse) String() string {
 func (*IssueAdminCertificateResponse) ProtoMessage() {}
 
 func (x *IssueAdminCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[48]
+	mi := &file_quorumca_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2956,7 +3312,7 @@ func (x *IssueAdminCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{48}
+	return file_quorumca_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *IssueAdminCertificateResponse) GetCertificate() []byte {
@@ -3002,7 +3358,7 @@ type AdminCertificate struct {
 
 func (x *AdminCertificate) Reset() {
 	*x = AdminCertificate{}
-	mi := &file_quorumca_proto_msgTypes[49]
+	mi := &file_quorumca_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3014,7 +3370,7 @@ func (x *AdminCertificate) String() string {
 func (*AdminCertificate) ProtoMessage() {}
 
 func (x *AdminCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[49]
+	mi := &file_quorumca_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3027,7 +3383,7 @@ func (x *AdminCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminCertificate.ProtoReflect.Descriptor instead.
 func (*AdminCertificate) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{49}
+	return file_quorumca_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *AdminCertificate) GetSerial() string {
@@ -3080,7 +3436,7 @@ type ListAdminCertificatesRequest struct {
 
 func (x *ListAdminCertificatesRequest) Reset() {
 	*x = ListAdminCertificatesRequest{}
-	mi := &file_quorumca_proto_msgTypes[50]
+	mi := &file_quorumca_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3092,7 +3448,7 @@ func (x *ListAdminCertificatesRequest) String() string {
 func (*ListAdminCertificatesRequest) ProtoMessage() {}
 
 func (x *ListAdminCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[50]
+	mi := &file_quorumca_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3105,7 +3461,7 @@ func (x *ListAdminCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdminCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*ListAdminCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{50}
+	return file_quorumca_proto_rawDescGZIP(), []int{56}
 }
 
 type ListAdminCertificatesResponse struct {
@@ -3117,7 +3473,7 @@ type ListAdminCertificatesResponse struct {
 
 func (x *ListAdminCertificatesResponse) Reset() {
 	*x = ListAdminCertificatesResponse{}
-	mi := &file_quorumca_proto_msgTypes[51]
+	mi := &file_quorumca_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3129,7 +3485,7 @@ func (x *ListAdminCertificatesResponse) String() string {
 func (*ListAdminCertificatesResponse) ProtoMessage() {}
 
 func (x *ListAdminCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[51]
+	mi := &file_quorumca_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3142,7 +3498,7 @@ func (x *ListAdminCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdminCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*ListAdminCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{51}
+	return file_quorumca_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListAdminCertificatesResponse) GetCertificates() []*AdminCertificate {
@@ -3164,7 +3520,7 @@ type RevokeAdminCertificatesRequest struct {
 
 func (x *RevokeAdminCertificatesRequest) Reset() {
 	*x = RevokeAdminCertificatesRequest{}
-	mi := &file_quorumca_proto_msgTypes[52]
+	mi := &file_quorumca_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3176,7 +3532,7 @@ func (x *RevokeAdminCertificatesRequest) String() string {
 func (*RevokeAdminCertificatesRequest) ProtoMessage() {}
 
 func (x *RevokeAdminCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[52]
+	mi := &file_quorumca_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3189,7 +3545,7 @@ func (x *RevokeAdminCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAdminCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAdminCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{52}
+	return file_quorumca_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *RevokeAdminCertificatesRequest) GetSerials() []string {
@@ -3216,7 +3572,7 @@ type RevokeAdminCertificatesResponse struct {
 
 func (x *RevokeAdminCertificatesResponse) Reset() {
 	*x = RevokeAdminCertificatesResponse{}
-	mi := &file_quorumca_proto_msgTypes[53]
+	mi := &file_quorumca_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3228,7 +3584,7 @@ func (x *RevokeAdminCertificatesResponse) String() string {
 func (*RevokeAdminCertificatesResponse) ProtoMessage() {}
 
 func (x *RevokeAdminCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[53]
+	mi := &file_quorumca_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3241,7 +3597,7 @@ func (x *RevokeAdminCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAdminCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*RevokeAdminCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{53}
+	return file_quorumca_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *RevokeAdminCertificatesResponse) GetSerials() []string {
@@ -3255,7 +3611,23 @@ var File_quorumca_proto protoreflect.FileDescriptor
 
 const file_quorumca_proto_rawDesc = "" +
 	"\n" +
-	"\x0equorumca.proto\x12\vquorumca.v1\"\x16\n" +
+	"\x0equorumca.proto\x12\vquorumca.v1\"%\n" +
+	"\rBackupRequest\x12\x14\n" +
+	"\x05stale\x18\x01 \x01(\bR\x05stale\"N\n" +
+	"\vBackupChunk\x12+\n" +
+	"\x04info\x18\x01 \x01(\v2\x17.quorumca.v1.BackupInfoR\x04info\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\x86\x01\n" +
+	"\n" +
+	"BackupInfo\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x1d\n" +
+	"\n" +
+	"taken_from\x18\x03 \x01(\tR\ttakenFrom\x12\x14\n" +
+	"\x05stale\x18\x04 \x01(\bR\x05stale\x12\x19\n" +
+	"\btaken_at\x18\x05 \x01(\x03R\atakenAt\"\x12\n" +
+	"\x10ReadIndexRequest\")\n" +
+	"\x11ReadIndexResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"\x16\n" +
 	"\x14GetRootBundleRequest\"/\n" +
 	"\x15GetRootBundleResponse\x12\x16\n" +
 	"\x06bundle\x18\x01 \x01(\fR\x06bundle\"\xba\x01\n" +
@@ -3291,7 +3663,7 @@ const file_quorumca_proto_rawDesc = "" +
 	"\vcertificate\x18\x02 \x01(\fR\vcertificate\x12\x16\n" +
 	"\x06bundle\x18\x03 \x01(\fR\x06bundle\x12\x1a\n" +
 	"\bmanagers\x18\x04 \x03(\tR\bmanagers\"\x0f\n" +
-	"\rStatusRequest\"\x8a\x03\n" +
+	"\rStatusRequest\"\xbd\x03\n" +
 	"\x0eStatusResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x17\n" +
@@ -3306,7 +3678,14 @@ const file_quorumca_proto_rawDesc = "" +
 	"\x13cert_expiry_seconds\x18\t \x01(\x03R\x11certExpirySeconds\x121\n" +
 	"\brotation\x18\n" +
 	" \x01(\v2\x15.quorumca.v1.RotationR\brotation\x12\x18\n" +
-	"\aproblem\x18\v \x01(\tR\aproblem\"\xa5\x01\n" +
+	"\aproblem\x18\v \x01(\tR\aproblem\x121\n" +
+	"\brecovery\x18\f \x01(\v2\x15.quorumca.v1.RecoveryR\brecovery\"x\n" +
+	"\bRecovery\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
+	"\x02at\x18\x02 \x01(\x03R\x02at\x12\x12\n" +
+	"\x04from\x18\x03 \x01(\x04R\x04from\x12\x12\n" +
+	"\x04lost\x18\x04 \x03(\tR\x04lost\x12 \n" +
+	"\vunconfirmed\x18\x05 \x03(\tR\vunconfirmed\"\xa5\x01\n" +
 	"\aManager\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x1b\n" +
@@ -3385,7 +3764,7 @@ const file_quorumca_proto_rawDesc = "" +
 	"\x05state\x18\x03 \x01(\tR\x05state\x12\x1d\n" +
 	"\n" +
 	"down_since\x18\x04 \x01(\x03R\tdownSince\x12&\n" +
-	"\x0ftrusts_new_root\x18\x05 \x01(\bR\rtrustsNewRoot\"\xcf\x02\n" +
+	"\x0ftrusts_new_root\x18\x05 \x01(\bR\rtrustsNewRoot\"\xf1\x02\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x12\n" +
@@ -3401,7 +3780,8 @@ const file_quorumca_proto_rawDesc = "" +
 	"tls_status\x18\n" +
 	" \x01(\tR\ttlsStatus\x12\x1b\n" +
 	"\tjoined_at\x18\v \x01(\x03R\bjoinedAt\x12\x1b\n" +
-	"\tlast_seen\x18\f \x01(\x03R\blastSeen\"+\n" +
+	"\tlast_seen\x18\f \x01(\x03R\blastSeen\x12 \n" +
+	"\vunconfirmed\x18\r \x01(\bR\vunconfirmed\"+\n" +
 	"\x10ListNodesRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"<\n" +
 	"\x11ListNodesResponse\x12'\n" +
@@ -3491,7 +3871,7 @@ const file_quorumca_proto_rawDesc = "" +
 	"\x14IssueNodeCertificate\x12(.quorumca.v1.IssueNodeCertificateRequest\x1a).quorumca.v1.IssueNodeCertificateResponse\x12k\n" +
 	"\x14RenewNodeCertificate\x12(.quorumca.v1.RenewNodeCertificateRequest\x1a).quorumca.v1.RenewNodeCertificateResponse\x12J\n" +
 	"\tHeartbeat\x12\x1d.quorumca.v1.HeartbeatRequest\x1a\x1e.quorumca.v1.HeartbeatResponse\x12A\n" +
-	"\x06Gossip\x12\x1a.quorumca.v1.GossipRequest\x1a\x1b.quorumca.v1.GossipResponse2\xa3\v\n" +
+	"\x06Gossip\x12\x1a.quorumca.v1.GossipRequest\x1a\x1b.quorumca.v1.GossipResponse2\xe5\v\n" +
 	"\aControl\x12A\n" +
 	"\x06Status\x12\x1a.quorumca.v1.StatusRequest\x1a\x1b.quorumca.v1.StatusResponse\x12J\n" +
 	"\tJoinToken\x12\x1d.quorumca.v1.JoinTokenRequest\x1a\x1e.quorumca.v1.JoinTokenResponse\x12G\n" +
@@ -3512,9 +3892,11 @@ const file_quorumca_proto_rawDesc = "" +
 	"\tUnlockKey\x12\x1d.quorumca.v1.UnlockKeyRequest\x1a\x1e.quorumca.v1.UnlockKeyResponse\x12A\n" +
 	"\x06Unlock\x12\x1a.quorumca.v1.UnlockRequest\x1a\x1b.quorumca.v1.UnlockResponse\x12G\n" +
 	"\bRotateCA\x12\x1c.quorumca.v1.RotateCARequest\x1a\x1d.quorumca.v1.RotateCAResponse\x12>\n" +
-	"\x05GetCA\x12\x19.quorumca.v1.GetCARequest\x1a\x1a.quorumca.v1.GetCAResponse2Y\n" +
+	"\x05GetCA\x12\x19.quorumca.v1.GetCARequest\x1a\x1a.quorumca.v1.GetCAResponse\x12@\n" +
+	"\x06Backup\x12\x1a.quorumca.v1.BackupRequest\x1a\x18.quorumca.v1.BackupChunk0\x012\xa5\x01\n" +
 	"\bInternal\x12M\n" +
-	"\x05Admit\x12\x19.quorumca.v1.AdmitRequest\x1a).quorumca.v1.IssueNodeCertificateResponseB\"Z github.com/quorumca/quorumca/apib\x06proto3"
+	"\x05Admit\x12\x19.quorumca.v1.AdmitRequest\x1a).quorumca.v1.IssueNodeCertificateResponse\x12J\n" +
+	"\tReadIndex\x12\x1d.quorumca.v1.ReadIndexRequest\x1a\x1e.quorumca.v1.ReadIndexResponseB\"Z github.com/quorumca/quorumca/apib\x06proto3"
 
 var (
 	file_quorumca_proto_rawDescOnce sync.Once
@@ -3528,129 +3910,141 @@ func file_quorumca_proto_rawDescGZIP() []byte {
 	return file_quorumca_proto_rawDescData
 }
 
-var file_quorumca_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_quorumca_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
 var file_quorumca_proto_goTypes = []any{
-	(*GetRootBundleRequest)(nil),            // 0: quorumca.v1.GetRootBundleRequest
-	(*GetRootBundleResponse)(nil),           // 1: quorumca.v1.GetRootBundleResponse
-	(*IssueNodeCertificateRequest)(nil),     // 2: quorumca.v1.IssueNodeCertificateRequest
-	(*AdmitRequest)(nil),                    // 3: quorumca.v1.AdmitRequest
-	(*IssueNodeCertificateResponse)(nil),    // 4: quorumca.v1.IssueNodeCertificateResponse
-	(*RenewNodeCertificateRequest)(nil),     // 5: quorumca.v1.RenewNodeCertificateRequest
-	(*RenewNodeCertificateResponse)(nil),    // 6: quorumca.v1.RenewNodeCertificateResponse
-	(*StatusRequest)(nil),                   // 7: quorumca.v1.StatusRequest
-	(*StatusResponse)(nil),                  // 8: quorumca.v1.StatusResponse
-	(*Manager)(nil),                         // 9: quorumca.v1.Manager
-	(*JoinTokenRequest)(nil),                // 10: quorumca.v1.JoinTokenRequest
-	(*JoinTokenResponse)(nil),               // 11: quorumca.v1.JoinTokenResponse
-	(*AddVoterRequest)(nil),                 // 12: quorumca.v1.AddVoterRequest
-	(*AddVoterResponse)(nil),                // 13: quorumca.v1.AddVoterResponse
-	(*PingRequest)(nil),                     // 14: quorumca.v1.PingRequest
-	(*PingResponse)(nil),                    // 15: quorumca.v1.PingResponse
-	(*HeartbeatRequest)(nil),                // 16: quorumca.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),               // 17: quorumca.v1.HeartbeatResponse
-	(*GossipRequest)(nil),                   // 18: quorumca.v1.GossipRequest
-	(*GossipResponse)(nil),                  // 19: quorumca.v1.GossipResponse
-	(*RotateCARequest)(nil),                 // 20: quorumca.v1.RotateCARequest
-	(*ExternalCA)(nil),                      // 21: quorumca.v1.ExternalCA
-	(*RotateCAResponse)(nil),                // 22: quorumca.v1.RotateCAResponse
-	(*GetCARequest)(nil),                    // 23: quorumca.v1.GetCARequest
-	(*GetCAResponse)(nil),                   // 24: quorumca.v1.GetCAResponse
-	(*Rotation)(nil),                        // 25: quorumca.v1.Rotation
-	(*RotationNode)(nil),                    // 26: quorumca.v1.RotationNode
-	(*Node)(nil),                            // 27: quorumca.v1.Node
-	(*ListNodesRequest)(nil),                // 28: quorumca.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),               // 29: quorumca.v1.ListNodesResponse
-	(*SetRoleRequest)(nil),                  // 30: quorumca.v1.SetRoleRequest
-	(*SetRoleResponse)(nil),                 // 31: quorumca.v1.SetRoleResponse
-	(*RemoveNodeRequest)(nil),               // 32: quorumca.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),              // 33: quorumca.v1.RemoveNodeResponse
-	(*UpdateRequest)(nil),                   // 34: quorumca.v1.UpdateRequest
-	(*UpdateResponse)(nil),                  // 35: quorumca.v1.UpdateResponse
-	(*UnlockKeyRequest)(nil),                // 36: quorumca.v1.UnlockKeyRequest
-	(*UnlockKeyResponse)(nil),               // 37: quorumca.v1.UnlockKeyResponse
-	(*UnlockRequest)(nil),                   // 38: quorumca.v1.UnlockRequest
-	(*UnlockResponse)(nil),                  // 39: quorumca.v1.UnlockResponse
-	(*CreateTokenRequest)(nil),              // 40: quorumca.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),             // 41: quorumca.v1.CreateTokenResponse
-	(*Token)(nil),                           // 42: quorumca.v1.Token
-	(*ListTokensRequest)(nil),               // 43: quorumca.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),              // 44: quorumca.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),              // 45: quorumca.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),             // 46: quorumca.v1.RevokeTokenResponse
-	(*IssueAdminCertificateRequest)(nil),    // 47: quorumca.v1.IssueAdminCertificateRequest
-	(*IssueAdminCertificateResponse)(nil),   // 48: quorumca.v1.IssueAdminCertificateResponse
-	(*AdminCertificate)(nil),                // 49: quorumca.v1.AdminCertificate
-	(*ListAdminCertificatesRequest)(nil),    // 50: quorumca.v1.ListAdminCertificatesRequest
-	(*ListAdminCertificatesResponse)(nil),   // 51: quorumca.v1.ListAdminCertificatesResponse
-	(*RevokeAdminCertificatesRequest)(nil),  // 52: quorumca.v1.RevokeAdminCertificatesRequest
-	(*RevokeAdminCertificatesResponse)(nil), // 53: quorumca.v1.RevokeAdminCertificatesResponse
+	(*BackupRequest)(nil),                   // 0: quorumca.v1.BackupRequest
+	(*BackupChunk)(nil),                     // 1: quorumca.v1.BackupChunk
+	(*BackupInfo)(nil),                      // 2: quorumca.v1.BackupInfo
+	(*ReadIndexRequest)(nil),                // 3: quorumca.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),               // 4: quorumca.v1.ReadIndexResponse
+	(*GetRootBundleRequest)(nil),            // 5: quorumca.v1.GetRootBundleRequest
+	(*GetRootBundleResponse)(nil),           // 6: quorumca.v1.GetRootBundleResponse
+	(*IssueNodeCertificateRequest)(nil),     // 7: quorumca.v1.IssueNodeCertificateRequest
+	(*AdmitRequest)(nil),                    // 8: quorumca.v1.AdmitRequest
+	(*IssueNodeCertificateResponse)(nil),    // 9: quorumca.v1.IssueNodeCertificateResponse
+	(*RenewNodeCertificateRequest)(nil),     // 10: quorumca.v1.RenewNodeCertificateRequest
+	(*RenewNodeCertificateResponse)(nil),    // 11: quorumca.v1.RenewNodeCertificateResponse
+	(*StatusRequest)(nil),                   // 12: quorumca.v1.StatusRequest
+	(*StatusResponse)(nil),                  // 13: quorumca.v1.StatusResponse
+	(*Recovery)(nil),                        // 14: quorumca.v1.Recovery
+	(*Manager)(nil),                         // 15: quorumca.v1.Manager
+	(*JoinTokenRequest)(nil),                // 16: quorumca.v1.JoinTokenRequest
+	(*JoinTokenResponse)(nil),               // 17: quorumca.v1.JoinTokenResponse
+	(*AddVoterRequest)(nil),                 // 18: quorumca.v1.AddVoterRequest
+	(*AddVoterResponse)(nil),                // 19: quorumca.v1.AddVoterResponse
+	(*PingRequest)(nil),                     // 20: quorumca.v1.PingRequest
+	(*PingResponse)(nil),                    // 21: quorumca.v1.PingResponse
+	(*HeartbeatRequest)(nil),                // 22: quorumca.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),               // 23: quorumca.v1.HeartbeatResponse
+	(*GossipRequest)(nil),                   // 24: quorumca.v1.GossipRequest
+	(*GossipResponse)(nil),                  // 25: quorumca.v1.GossipResponse
+	(*RotateCARequest)(nil),                 // 26: quorumca.v1.RotateCARequest
+	(*ExternalCA)(nil),                      // 27: quorumca.v1.ExternalCA
+	(*RotateCAResponse)(nil),                // 28: quorumca.v1.RotateCAResponse
+	(*GetCARequest)(nil),                    // 29: quorumca.v1.GetCARequest
+	(*GetCAResponse)(nil),                   // 30: quorumca.v1.GetCAResponse
+	(*Rotation)(nil),                        // 31: quorumca.v1.Rotation
+	(*RotationNode)(nil),                    // 32: quorumca.v1.RotationNode
+	(*Node)(nil),                            // 33: quorumca.v1.Node
+	(*ListNodesRequest)(nil),                // 34: quorumca.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),               // 35: quorumca.v1.ListNodesResponse
+	(*SetRoleRequest)(nil),                  // 36: quorumca.v1.SetRoleRequest
+	(*SetRoleResponse)(nil),                 // 37: quorumca.v1.SetRoleResponse
+	(*RemoveNodeRequest)(nil),               // 38: quorumca.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),              // 39: quorumca.v1.RemoveNodeResponse
+	(*UpdateRequest)(nil),                   // 40: quorumca.v1.UpdateRequest
+	(*UpdateResponse)(nil),                  // 41: quorumca.v1.UpdateResponse
+	(*UnlockKeyRequest)(nil),                // 42: quorumca.v1.UnlockKeyRequest
+	(*UnlockKeyResponse)(nil),               // 43: quorumca.v1.UnlockKeyResponse
+	(*UnlockRequest)(nil),                   // 44: quorumca.v1.UnlockRequest
+	(*UnlockResponse)(nil),                  // 45: quorumca.v1.UnlockResponse
+	(*CreateTokenRequest)(nil),              // 46: quorumca.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),             // 47: quorumca.v1.CreateTokenResponse
+	(*Token)(nil),                           // 48: quorumca.v1.Token
+	(*ListTokensRequest)(nil),               // 49: quorumca.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),              // 50: quorumca.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),              // 51: quorumca.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),             // 52: quorumca.v1.RevokeTokenResponse
+	(*IssueAdminCertificateRequest)(nil),    // 53: quorumca.v1.IssueAdminCertificateRequest
+	(*IssueAdminCertificateResponse)(nil),   // 54: quorumca.v1.IssueAdminCertificateResponse
+	(*AdminCertificate)(nil),                // 55: quorumca.v1.AdminCertificate
+	(*ListAdminCertificatesRequest)(nil),    // 56: quorumca.v1.ListAdminCertificatesRequest
+	(*ListAdminCertificatesResponse)(nil),   // 57: quorumca.v1.ListAdminCertificatesResponse
+	(*RevokeAdminCertificatesRequest)(nil),  // 58: quorumca.v1.RevokeAdminCertificatesRequest
+	(*RevokeAdminCertificatesResponse)(nil), // 59: quorumca.v1.RevokeAdminCertificatesResponse
 }
 var file_quorumca_proto_depIdxs = []int32{
-	9,  // 0: quorumca.v1.StatusResponse.managers:type_name -> quorumca.v1.Manager
-	25, // 1: quorumca.v1.StatusResponse.rotation:type_name -> quorumca.v1.Rotation
-	21, // 2: quorumca.v1.RotateCARequest.external_ca:type_name -> quorumca.v1.ExternalCA
-	25, // 3: quorumca.v1.RotateCAResponse.rotation:type_name -> quorumca.v1.Rotation
-	25, // 4: quorumca.v1.GetCAResponse.rotation:type_name -> quorumca.v1.Rotation
-	21, // 5: quorumca.v1.GetCAResponse.external_ca:type_name -> quorumca.v1.ExternalCA
-	26, // 6: quorumca.v1.Rotation.nodes:type_name -> quorumca.v1.RotationNode
-	27, // 7: quorumca.v1.ListNodesResponse.nodes:type_name -> quorumca.v1.Node
-	21, // 8: quorumca.v1.UpdateRequest.external_ca:type_name -> quorumca.v1.ExternalCA
-	21, // 9: quorumca.v1.UpdateResponse.external_ca:type_name -> quorumca.v1.ExternalCA
-	42, // 10: quorumca.v1.ListTokensResponse.tokens:type_name -> quorumca.v1.Token
-	49, // 11: quorumca.v1.ListAdminCertificatesResponse.certificates:type_name -> quorumca.v1.AdminCertificate
-	0,  // 12: quorumca.v1.CA.GetRootBundle:input_type -> quorumca.v1.GetRootBundleRequest
-	2,  // 13: quorumca.v1.CA.IssueNodeCertificate:input_type -> quorumca.v1.IssueNodeCertificateRequest
-	5,  // 14: quorumca.v1.CA.RenewNodeCertificate:input_type -> quorumca.v1.RenewNodeCertificateRequest
-	16, // 15: quorumca.v1.CA.Heartbeat:input_type -> quorumca.v1.HeartbeatRequest
-	18, // 16: quorumca.v1.CA.Gossip:input_type -> quorumca.v1.GossipRequest
-	7,  // 17: quorumca.v1.Control.Status:input_type -> quorumca.v1.StatusRequest
-	10, // 18: quorumca.v1.Control.JoinToken:input_type -> quorumca.v1.JoinTokenRequest
-	12, // 19: quorumca.v1.Control.AddVoter:input_type -> quorumca.v1.AddVoterRequest
-	14, // 20: quorumca.v1.Control.Ping:input_type -> quorumca.v1.PingRequest
-	28, // 21: quorumca.v1.Control.ListNodes:input_type -> quorumca.v1.ListNodesRequest
-	30, // 22: quorumca.v1.Control.SetRole:input_type -> quorumca.v1.SetRoleRequest
-	32, // 23: quorumca.v1.Control.RemoveNode:input_type -> quorumca.v1.RemoveNodeRequest
-	34, // 24: quorumca.v1.Control.Update:input_type -> quorumca.v1.UpdateRequest
-	40, // 25: quorumca.v1.Control.CreateToken:input_type -> quorumca.v1.CreateTokenRequest
-	43, // 26: quorumca.v1.Control.ListTokens:input_type -> quorumca.v1.ListTokensRequest
-	45, // 27: quorumca.v1.Control.RevokeToken:input_type -> quorumca.v1.RevokeTokenRequest
-	47, // 28: quorumca.v1.Control.IssueAdminCertificate:input_type -> quorumca.v1.IssueAdminCertificateRequest
-	50, // 29: quorumca.v1.Control.ListAdminCertificates:input_type -> quorumca.v1.ListAdminCertificatesRequest
-	52, // 30: quorumca.v1.Control.RevokeAdminCertificates:input_type -> quorumca.v1.RevokeAdminCertificatesRequest
-	36, // 31: quorumca.v1.Control.UnlockKey:input_type -> quorumca.v1.UnlockKeyRequest
-	38, // 32: quorumca.v1.Control.Unlock:input_type -> quorumca.v1.UnlockRequest
-	20, // 33: quorumca.v1.Control.RotateCA:input_type -> quorumca.v1.RotateCARequest
-	23, // 34: quorumca.v1.Control.GetCA:input_type -> quorumca.v1.GetCARequest
-	3,  // 35: quorumca.v1.Internal.Admit:input_type -> quorumca.v1.AdmitRequest
-	1,  // 36: quorumca.v1.CA.GetRootBundle:output_type -> quorumca.v1.GetRootBundleResponse
-	4,  // 37: quorumca.v1.CA.IssueNodeCertificate:output_type -> quorumca.v1.IssueNodeCertificateResponse
-	6,  // 38: quorumca.v1.CA.RenewNodeCertificate:output_type -> quorumca.v1.RenewNodeCertificateResponse
-	17, // 39: quorumca.v1.CA.Heartbeat:output_type -> quorumca.v1.HeartbeatResponse
-	19, // 40: quorumca.v1.CA.Gossip:output_type -> quorumca.v1.GossipResponse
-	8,  // 41: quorumca.v1.Control.Status:output_type -> quorumca.v1.StatusResponse
-	11, // 42: quorumca.v1.Control.JoinToken:output_type -> quorumca.v1.JoinTokenResponse
-	13, // 43: quorumca.v1.Control.AddVoter:output_type -> quorumca.v1.AddVoterResponse
-	15, // 44: quorumca.v1.Control.Ping:output_type -> quorumca.v1.PingResponse
-	29, // 45: quorumca.v1.Control.ListNodes:output_type -> quorumca.v1.ListNodesResponse
-	31, // 46: quorumca.v1.Control.SetRole:output_type -> quorumca.v1.SetRoleResponse
-	33, // 47: quorumca.v1.Control.RemoveNode:output_type -> quorumca.v1.RemoveNodeResponse
-	35, // 48: quorumca.v1.Control.Update:output_type -> quorumca.v1.UpdateResponse
-	41, // 49: quorumca.v1.Control.CreateToken:output_type -> quorumca.v1.CreateTokenResponse
-	44, // 50: quorumca.v1.Control.ListTokens:output_type -> quorumca.v1.ListTokensResponse
-	46, // 51: quorumca.v1.Control.RevokeToken:output_type -> quorumca.v1.RevokeTokenResponse
-	48, // 52: quorumca.v1.Control.IssueAdminCertificate:output_type -> quorumca.v1.IssueAdminCertificateResponse
-	51, // 53: quorumca.v1.Control.ListAdminCertificates:output_type -> quorumca.v1.ListAdminCertificatesResponse
-	53, // 54: quorumca.v1.Control.RevokeAdminCertificates:output_type -> quorumca.v1.RevokeAdminCertificatesResponse
-	37, // 55: quorumca.v1.Control.UnlockKey:output_type -> quorumca.v1.UnlockKeyResponse
-	39, // 56: quorumca.v1.Control.Unlock:output_type -> quorumca.v1.UnlockResponse
-	22, // 57: quorumca.v1.Control.RotateCA:output_type -> quorumca.v1.RotateCAResponse
-	24, // 58: quorumca.v1.Control.GetCA:output_type -> quorumca.v1.GetCAResponse
-	4,  // 59: quorumca.v1.Internal.Admit:output_type -> quorumca.v1.IssueNodeCertificateResponse
-	36, // [36:60] is the sub-list for method output_type
-	12, // [12:36] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	2,  // 0: quorumca.v1.BackupChunk.info:type_name -> quorumca.v1.BackupInfo
+	15, // 1: quorumca.v1.StatusResponse.managers:type_name -> quorumca.v1.Manager
+	31, // 2: quorumca.v1.StatusResponse.rotation:type_name -> quorumca.v1.Rotation
+	14, // 3: quorumca.v1.StatusResponse.recovery:type_name -> quorumca.v1.Recovery
+	27, // 4: quorumca.v1.RotateCARequest.external_ca:type_name -> quorumca.v1.ExternalCA
+	31, // 5: quorumca.v1.RotateCAResponse.rotation:type_name -> quorumca.v1.Rotation
+	31, // 6: quorumca.v1.GetCAResponse.rotation:type_name -> quorumca.v1.Rotation
+	27, // 7: quorumca.v1.GetCAResponse.external_ca:type_name -> quorumca.v1.ExternalCA
+	32, // 8: quorumca.v1.Rotation.nodes:type_name -> quorumca.v1.RotationNode
+	33, // 9: quorumca.v1.ListNodesResponse.nodes:type_name -> quorumca.v1.Node
+	27, // 10: quorumca.v1.UpdateRequest.external_ca:type_name -> quorumca.v1.ExternalCA
+	27, // 11: quorumca.v1.UpdateResponse.external_ca:type_name -> quorumca.v1.ExternalCA
+	48, // 12: quorumca.v1.ListTokensResponse.tokens:type_name -> quorumca.v1.Token
+	55, // 13: quorumca.v1.ListAdminCertificatesResponse.certificates:type_name -> quorumca.v1.AdminCertificate
+	5,  // 14: quorumca.v1.CA.GetRootBundle:input_type -> quorumca.v1.GetRootBundleRequest
+	7,  // 15: quorumca.v1.CA.IssueNodeCertificate:input_type -> quorumca.v1.IssueNodeCertificateRequest
+	10, // 16: quorumca.v1.CA.RenewNodeCertificate:input_type -> quorumca.v1.RenewNodeCertificateRequest
+	22, // 17: quorumca.v1.CA.Heartbeat:input_type -> quorumca.v1.HeartbeatRequest
+	24, // 18: quorumca.v1.CA.Gossip:input_type -> quorumca.v1.GossipRequest
+	12, // 19: quorumca.v1.Control.Status:input_type -> quorumca.v1.StatusRequest
+	16, // 20: quorumca.v1.Control.JoinToken:input_type -> quorumca.v1.JoinTokenRequest
+	18, // 21: quorumca.v1.Control.AddVoter:input_type -> quorumca.v1.AddVoterRequest
+	20, // 22: quorumca.v1.Control.Ping:input_type -> quorumca.v1.PingRequest
+	34, // 23: quorumca.v1.Control.ListNodes:input_type -> quorumca.v1.ListNodesRequest
+	36, // 24: quorumca.v1.Control.SetRole:input_type -> quorumca.v1.SetRoleRequest
+	38, // 25: quorumca.v1.Control.RemoveNode:input_type -> quorumca.v1.RemoveNodeRequest
+	40, // 26: quorumca.v1.Control.Update:input_type -> quorumca.v1.UpdateRequest
+	46, // 27: quorumca.v1.Control.CreateToken:input_type -> quorumca.v1.CreateTokenRequest
+	49, // 28: quorumca.v1.Control.ListTokens:input_type -> quorumca.v1.ListTokensRequest
+	51, // 29: quorumca.v1.Control.RevokeToken:input_type -> quorumca.v1.RevokeTokenRequest
+	53, // 30: quorumca.v1.Control.IssueAdminCertificate:input_type -> quorumca.v1.IssueAdminCertificateRequest
+	56, // 31: quorumca.v1.Control.ListAdminCertificates:input_type -> quorumca.v1.ListAdminCertificatesRequest
+	58, // 32: quorumca.v1.Control.RevokeAdminCertificates:input_type -> quorumca.v1.RevokeAdminCertificatesRequest
+	42, // 33: quorumca.v1.Control.UnlockKey:input_type -> quorumca.v1.UnlockKeyRequest
+	44, // 34: quorumca.v1.Control.Unlock:input_type -> quorumca.v1.UnlockRequest
+	26, // 35: quorumca.v1.Control.RotateCA:input_type -> quorumca.v1.RotateCARequest
+	29, // 36: quorumca.v1.Control.GetCA:input_type -> quorumca.v1.GetCARequest
+	0,  // 37: quorumca.v1.Control.Backup:input_type -> quorumca.v1.BackupRequest
+	8,  // 38: quorumca.v1.Internal.Admit:input_type -> quorumca.v1.AdmitRequest
+	3,  // 39: quorumca.v1.Internal.ReadIndex:input_type -> quorumca.v1.ReadIndexRequest
+	6,  // 40: quorumca.v1.CA.GetRootBundle:output_type -> quorumca.v1.GetRootBundleResponse
+	9,  // 41: quorumca.v1.CA.IssueNodeCertificate:output_type -> quorumca.v1.IssueNodeCertificateResponse
+	11, // 42: quorumca.v1.CA.RenewNodeCertificate:output_type -> quorumca.v1.RenewNodeCertificateResponse
+	23, // 43: quorumca.v1.CA.Heartbeat:output_type -> quorumca.v1.HeartbeatResponse
+	25, // 44: quorumca.v1.CA.Gossip:output_type -> quorumca.v1.GossipResponse
+	13, // 45: quorumca.v1.Control.Status:output_type -> quorumca.v1.StatusResponse
+	17, // 46: quorumca.v1.Control.JoinToken:output_type -> quorumca.v1.JoinTokenResponse
+	19, // 47: quorumca.v1.Control.AddVoter:output_type -> quorumca.v1.AddVoterResponse
+	21, // 48: quorumca.v1.Control.Ping:output_type -> quorumca.v1.PingResponse
+	35, // 49: quorumca.v1.Control.ListNodes:output_type -> quorumca.v1.ListNodesResponse
+	37, // 50: quorumca.v1.Control.SetRole:output_type -> quorumca.v1.SetRoleResponse
+	39, // 51: quorumca.v1.Control.RemoveNode:output_type -> quorumca.v1.RemoveNodeResponse
+	41, // 52: quorumca.v1.Control.Update:output_type -> quorumca.v1.UpdateResponse
+	47, // 53: quorumca.v1.Control.CreateToken:output_type -> quorumca.v1.CreateTokenResponse
+	50, // 54: quorumca.v1.Control.ListTokens:output_type -> quorumca.v1.ListTokensResponse
+	52, // 55: quorumca.v1.Control.RevokeToken:output_type -> quorumca.v1.RevokeTokenResponse
+	54, // 56: quorumca.v1.Control.IssueAdminCertificate:output_type -> quorumca.v1.IssueAdminCertificateResponse
+	57, // 57: quorumca.v1.Control.ListAdminCertificates:output_type -> quorumca.v1.ListAdminCertificatesResponse
+	59, // 58: quorumca.v1.Control.RevokeAdminCertificates:output_type -> quorumca.v1.RevokeAdminCertificatesResponse
+	43, // 59: quorumca.v1.Control.UnlockKey:output_type -> quorumca.v1.UnlockKeyResponse
+	45, // 60: quorumca.v1.Control.Unlock:output_type -> quorumca.v1.UnlockResponse
+	28, // 61: quorumca.v1.Control.RotateCA:output_type -> quorumca.v1.RotateCAResponse
+	30, // 62: quorumca.v1.Control.GetCA:output_type -> quorumca.v1.GetCAResponse
+	1,  // 63: quorumca.v1.Control.Backup:output_type -> quorumca.v1.BackupChunk
+	9,  // 64: quorumca.v1.Internal.Admit:output_type -> quorumca.v1.IssueNodeCertificateResponse
+	4,  // 65: quorumca.v1.Internal.ReadIndex:output_type -> quorumca.v1.ReadIndexResponse
+	40, // [40:66] is the sub-list for method output_type
+	14, // [14:40] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_quorumca_proto_init() }
@@ -3658,14 +4052,14 @@ func file_quorumca_proto_init() {
 	if File_quorumca_proto != nil {
 		return
 	}
-	file_quorumca_proto_msgTypes[34].OneofWrappers = []any{}
+	file_quorumca_proto_msgTypes[40].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quorumca_proto_rawDesc), len(file_quorumca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   54,
+			NumMessages:   60,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -337,6 +337,7 @@ const (
 	Control_Unlock_FullMethodName                  = "/quorumca.v1.Control/Unlock"
 	Control_RotateCA_FullMethodName                = "/quorumca.v1.Control/RotateCA"
 	Control_GetCA_FullMethodName                   = "/quorumca.v1.Control/GetCA"
+	Control_Backup_FullMethodName                  = "/quorumca.v1.Control/Backup"
 )
 
 // ControlClient is the client API for Control service.
@@ -391,6 +392,11 @@ type ControlClient interface {
 	// GetCA returns the trust bundle and the progress of the rotation in
 	// progress, or the outcome of the last one.
 	GetCA(ctx context.Context, in *GetCARequest, opts ...grpc.CallOption) (*GetCAResponse, error)
+	// Backup streams the replicated state at a committed index: the first
+	// chunk says which, the others carry the state (fsm's snapshot
+	// encoding). The manager called answers: it first waits until it has
+	// applied what the leader had committed, unless stale is set.
+	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error)
 }
 
 type controlClient struct {
@@ -581,6 +587,25 @@ func (c *controlClient) GetCA(ctx context.Context, in *GetCARequest, opts ...grp
 	return out, nil
 }
 
+func (c *controlClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[0], Control_Backup_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupRequest, BackupChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_BackupClient = grpc.ServerStreamingClient[BackupChunk]
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -633,6 +658,11 @@ type ControlServer interface {
 	// GetCA returns the trust bundle and the progress of the rotation in
 	// progress, or the outcome of the last one.
 	GetCA(context.Context, *GetCARequest) (*GetCAResponse, error)
+	// Backup streams the replicated state at a committed index: the first
+	// chunk says which, the others carry the state (fsm's snapshot
+	// encoding). The manager called answers: it first waits until it has
+	// applied what the leader had committed, unless stale is set.
+	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupChunk]) error
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -696,6 +726,9 @@ func (UnimplementedControlServer) RotateCA(context.Context, *RotateCARequest) (*
 }
 func (UnimplementedControlServer) GetCA(context.Context, *GetCARequest) (*GetCAResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCA not implemented")
+}
+func (UnimplementedControlServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupChunk]) error {
+	return status.Error(codes.Unimplemented, "method Backup not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -1042,6 +1075,17 @@ func _Control_GetCA_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_Backup_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ControlServer).Backup(m, &grpc.GenericServerStream[BackupRequest, BackupChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_BackupServer = grpc.ServerStreamingServer[BackupChunk]
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1122,12 +1166,19 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Control_GetCA_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Backup",
+			Handler:       _Control_Backup_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "quorumca.proto",
 }
 
 const (
-	Internal_Admit_FullMethodName = "/quorumca.v1.Internal/Admit"
+	Internal_Admit_FullMethodName     = "/quorumca.v1.Internal/Admit"
+	Internal_ReadIndex_FullMethodName = "/quorumca.v1.Internal/ReadIndex"
 )
 
 // InternalClient is the client API for Internal service.
@@ -1140,6 +1191,10 @@ type InternalClient interface {
 	// token a manager checked on the node's own connection. Only a manager
 	// that is a Raft voter may call it.
 	Admit(ctx context.Context, in *AdmitRequest, opts ...grpc.CallOption) (*IssueNodeCertificateResponse, error)
+	// ReadIndex returns the index the leader has applied, once it has made
+	// sure it leads and has applied everything committed: a manager that
+	// has applied up to it holds current state.
+	ReadIndex(ctx context.Context, in *ReadIndexRequest, opts ...grpc.CallOption) (*ReadIndexResponse, error)
 }
 
 type internalClient struct {
@@ -1160,6 +1215,16 @@ func (c *internalClient) Admit(ctx context.Context, in *AdmitRequest, opts ...gr
 	return out, nil
 }
 
+func (c *internalClient) ReadIndex(ctx context.Context, in *ReadIndexRequest, opts ...grpc.CallOption) (*ReadIndexResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReadIndexResponse)
+	err := c.cc.Invoke(ctx, Internal_ReadIndex_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InternalServer is the server API for Internal service.
 // All implementations must embed UnimplementedInternalServer
 // for forward compatibility.
@@ -1170,6 +1235,10 @@ type InternalServer interface {
 	// token a manager checked on the node's own connection. Only a manager
 	// that is a Raft voter may call it.
 	Admit(context.Context, *AdmitRequest) (*IssueNodeCertificateResponse, error)
+	// ReadIndex returns the index the leader has applied, once it has made
+	// sure it leads and has applied everything committed: a manager that
+	// has applied up to it holds current state.
+	ReadIndex(context.Context, *ReadIndexRequest) (*ReadIndexResponse, error)
 	mustEmbedUnimplementedInternalServer()
 }
 
@@ -1182,6 +1251,9 @@ type UnimplementedInternalServer struct{}
 
 func (UnimplementedInternalServer) Admit(context.Context, *AdmitRequest) (*IssueNodeCertificateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Admit not implemented")
+}
+func (UnimplementedInternalServer) ReadIndex(context.Context, *ReadIndexRequest) (*ReadIndexResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReadIndex not implemented")
 }
 func (UnimplementedInternalServer) mustEmbedUnimplementedInternalServer() {}
 func (UnimplementedInternalServer) testEmbeddedByValue()                  {}
@@ -1222,6 +1294,24 @@ func _Internal_Admit_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Internal_ReadIndex_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReadIndexRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).ReadIndex(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_ReadIndex_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).ReadIndex(ctx, req.(*ReadIndexRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Internal_ServiceDesc is the grpc.ServiceDesc for Internal service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1232,6 +1322,10 @@ var Internal_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Admit",
 			Handler:    _Internal_Admit_Handler,
+		},
+		{
+			MethodName: "ReadIndex",
+			Handler:    _Internal_ReadIndex_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

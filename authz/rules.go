@@ -86,8 +86,10 @@ var rules = map[string]Rule{
 	controlService + "IssueAdminCertificate":   {Who: HostOnly, Route: Forward},
 	controlService + "UnlockKey":               {Who: Operator, Route: Forward, Read: true},
 	controlService + "Unlock":                  {Who: HostOnly, Route: Here}, // a locked manager's socket
+	controlService + "Backup":                  {Who: Operator, Route: Here}, // a stream; current through Internal.ReadIndex
 
-	internalService + "Admit": {Who: Voter, Route: LeaderOnly},
+	internalService + "Admit":     {Who: Voter, Route: LeaderOnly},
+	internalService + "ReadIndex": {Who: Voter, Route: LeaderOnly},
 }
 
 // RuleFor returns the rule of a method (its full gRPC name).

@@ -1,8 +1,10 @@
 package ca
 
 import (
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 )
@@ -87,4 +89,15 @@ func trimSpace(b []byte) []byte {
 		b = b[1:]
 	}
 	return b
+}
+
+// BundleFingerprint returns the SHA-256 of a bundle's first certificate,
+// hex: how the root is named to people. "?" when the bundle holds none.
+func BundleFingerprint(bundle []byte) string {
+	certs, err := ParseCertificates(bundle)
+	if err != nil {
+		return "?"
+	}
+	sum := sha256.Sum256(certs[0].Raw)
+	return hex.EncodeToString(sum[:])
 }

@@ -105,3 +105,18 @@ func (k KEK) Open(sealed, ad []byte) ([]byte, error) {
 	}
 	return plain, nil
 }
+
+// Derive returns a key of size bytes for another use of the unlock key
+// than sealing node.key: label names the use, salt binds the key to one
+// instance of it (a backup file). Keys of different labels or salts are
+// unrelated.
+func (k KEK) Derive(label string, salt []byte, size int) ([]byte, error) {
+	if !k.Valid() {
+		return nil, fmt.Errorf("%w: no key", ErrMalformedUnlockKey)
+	}
+	key, err := hkdf.Key(sha256.New, k.key, salt, label, size)
+	if err != nil {
+		return nil, fmt.Errorf("ca: derive %s: %w", label, err)
+	}
+	return key, nil
+}

@@ -50,6 +50,9 @@ func (s controlService) Status(ctx context.Context, _ *api.StatusRequest) (*api.
 		if st.Rotation != nil {
 			resp.Rotation = m.rotationOfLeader(ctx, st)
 		}
+		if r := st.Recovery; r != nil {
+			resp.Recovery = &api.Recovery{Kind: r.Kind, At: r.At.Unix(), From: r.From, Lost: r.Lost, Unconfirmed: r.Unconfirmed}
+		}
 	}
 	if n, ok := st.Node(leaderID); ok {
 		resp.LeaderAddr = n.Addr

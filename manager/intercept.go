@@ -53,6 +53,34 @@ func (m *Manager) intercept(arrival authz.Arrival) grpc.UnaryServerInterceptor {
 	}
 }
 
+// interceptStream is intercept for the streaming methods: the same
+// policy, and every stream is answered by the manager called (the rules
+// give them the route Here).
+func (m *Manager) interceptStream(arrival authz.Arrival) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		ctx := ss.Context()
+		r, c := m.requestOf(ctx, info.FullMethod, arrival)
+		decided, err := authz.Decide(r, m.view())
+		if err != nil {
+			m.log.Warn("call refused", "method", info.FullMethod, "from", c.Addr, "arrival", r.Arrival, "err", err)
+			return toStatus(err)
+		}
+		if rule, _ := authz.RuleFor(info.FullMethod); rule.Route != authz.Here {
+			return status.Errorf(codes.Internal, "manager: stream %s is not answered here: the policy routes streams nowhere else", info.FullMethod)
+		}
+		c.Caller = decided
+		return toStatus(handler(srv, &callStream{ServerStream: ss, ctx: context.WithValue(ctx, callKey{}, c)}))
+	}
+}
+
+// callStream is a stream whose context carries the call.
+type callStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *callStream) Context() context.Context { return s.ctx }
+
 // forward answers a call on the leader: here if this manager leads
 // (after making sure of its state, for a read), else by relaying it to the
 // leader, naming the caller.

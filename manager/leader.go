@@ -11,6 +11,7 @@ import (
 	"github.com/quorumca/quorumca/fsm"
 	"github.com/quorumca/quorumca/internal/wait"
 	"github.com/quorumca/quorumca/progress"
+	"github.com/quorumca/quorumca/raft"
 )
 
 // term is one stretch of this manager's leadership.
@@ -179,6 +180,7 @@ func (m *Manager) reconcile(ctx context.Context) {
 	if err != nil {
 		return
 	}
+	m.recordOwnAddrs(ctx, st, servers)
 	for _, srv := range servers {
 		if n, ok := st.Node(srv.ID); ok && n.Role == ca.RoleManager {
 			continue
@@ -206,6 +208,30 @@ func (m *Manager) reconcile(ctx context.Context) {
 	if st.NeedsPrune(now) {
 		if _, err := m.propose(ctx, fsm.Command{At: now, Prune: &fsm.Prune{}}); err != nil {
 			m.log.Warn("prune", "err", err)
+		}
+	}
+}
+
+// recordOwnAddrs records the leader's addresses where the state and the
+// Raft configuration name others: it was restored from a backup, or
+// restarted on new addresses.
+func (m *Manager) recordOwnAddrs(ctx context.Context, st *fsm.State, servers []raft.Server) {
+	self, ok := st.Node(m.node.NodeID)
+	if !ok {
+		return
+	}
+	if self.Addr != m.apiAddr || self.RaftAddr != m.raftAddr {
+		if _, err := m.propose(ctx, fsm.Command{At: m.cfg.Now(), SetAddrs: &fsm.SetAddrs{NodeID: self.ID, Addr: m.apiAddr, RaftAddr: m.raftAddr}}); err != nil {
+			m.log.Warn("record this manager's addresses", "err", err)
+		} else {
+			m.log.Info("this manager's addresses recorded", "addr", m.apiAddr, "raft_addr", m.raftAddr)
+		}
+	}
+	for _, srv := range servers {
+		if srv.ID == m.node.NodeID && srv.Addr != m.raftAddr {
+			if err := m.raft.AddVoter(ctx, srv.ID, m.raftAddr); err != nil {
+				m.log.Warn("record this manager's Raft address", "err", err)
+			}
 		}
 	}
 }

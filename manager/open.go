@@ -332,6 +332,7 @@ func (m *Manager) assemble() {
 	m.server = grpc.NewServer(
 		grpc.Creds(serverCreds(m.creds, m.checkHandshake)),
 		grpc.ChainUnaryInterceptor(m.intercept(authz.Direct)),
+		grpc.ChainStreamInterceptor(m.interceptStream(authz.Direct)),
 		grpc.InTapHandle(m.tapAnonymous),
 		grpc.MaxRecvMsgSize(maxRecvMsg),
 		grpc.ConnectionTimeout(handshakeTimeout),
@@ -380,7 +381,8 @@ func (m *Manager) register(s *grpc.Server) {
 // Local returns the gRPC server of the manager's control socket: the same
 // services as the API, for the socket's user (its host's administrator).
 func (m *Manager) Local() *grpc.Server {
-	s := grpc.NewServer(grpc.Creds(localCreds{}), grpc.ChainUnaryInterceptor(m.intercept(authz.Local)), grpc.MaxRecvMsgSize(maxRecvMsg))
+	s := grpc.NewServer(grpc.Creds(localCreds{}), grpc.ChainUnaryInterceptor(m.intercept(authz.Local)),
+		grpc.ChainStreamInterceptor(m.interceptStream(authz.Local)), grpc.MaxRecvMsgSize(maxRecvMsg))
 	m.register(s)
 	return s
 }

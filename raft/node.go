@@ -309,6 +309,9 @@ func (n *Node) Apply(ctx context.Context, cmd []byte) (any, error) {
 // it steps down at its first failed log write.
 func (n *Node) DiskError() error { return n.disk.get() }
 
+// Term returns the current Raft term.
+func (n *Node) Term() uint64 { return n.raft.CurrentTerm() }
+
 // IsLeader reports whether this node is the leader now.
 func (n *Node) IsLeader() bool { return n.raft.State() == hraft.Leader }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -65,8 +66,18 @@ type statusJSON struct {
 	Nodes           uint32        `json:"nodes,omitempty"`
 	CertExpiry      string        `json:"cert_expiry,omitempty"`
 	Rotation        *rotationJSON `json:"rotation,omitempty"`
+	Recovery        *recoveryJSON `json:"recovery,omitempty"`
 	Problem         string        `json:"problem,omitempty"`
 	Managers        []managerJSON `json:"managers"`
+}
+
+// recoveryJSON is the last recovery from a lost majority, in status.
+type recoveryJSON struct {
+	Kind        string    `json:"kind"`
+	At          time.Time `json:"at"`
+	From        uint64    `json:"from_index"`
+	Lost        []string  `json:"lost_managers,omitempty"`
+	Unconfirmed []string  `json:"unconfirmed_nodes,omitempty"`
 }
 
 // rotationJSON is the progress of a root rotation in status.
@@ -103,6 +114,9 @@ func printStatus(w io.Writer, format string, st *api.StatusResponse) error {
 			Total: r.GetTotal(), Converged: r.GetConverged(), Skipped: r.GetSkipped(),
 		}
 	}
+	if r := st.GetRecovery(); r != nil {
+		out.Recovery = &recoveryJSON{Kind: r.GetKind(), At: time.Unix(r.GetAt(), 0).UTC(), From: r.GetFrom(), Lost: r.GetLost(), Unconfirmed: r.GetUnconfirmed()}
+	}
 	out.Problem = st.GetProblem()
 	for _, m := range st.GetManagers() {
 		out.Managers = append(out.Managers, managerJSON{
@@ -132,6 +146,16 @@ func printStatus(w io.Writer, format string, st *api.StatusResponse) error {
 		fmt.Fprintf(w, "Rotation:     to sha256:%s since %s: %d/%d nodes renewed", short(r.NewRoot), r.StartedAt.Format(time.RFC3339), r.Converged, r.Total)
 		if r.Skipped > 0 {
 			fmt.Fprintf(w, ", %d skipped", r.Skipped)
+		}
+		fmt.Fprintln(w)
+	}
+	if r := out.Recovery; r != nil {
+		fmt.Fprintf(w, "Recovered:    %s at %s, from index %d", r.Kind, r.At.Format(time.RFC3339), r.From)
+		if len(r.Lost) > 0 {
+			fmt.Fprintf(w, "; managers removed: %s", strings.Join(r.Lost, ", "))
+		}
+		if len(r.Unconfirmed) > 0 {
+			fmt.Fprintf(w, "; recorded unconfirmed: %s", strings.Join(r.Unconfirmed, ", "))
 		}
 		fmt.Fprintln(w)
 	}

@@ -26,6 +26,14 @@ type daemonFlags struct {
 }
 
 func (d *daemonFlags) register(cmd *cobra.Command) {
+	d.registerAddrs(cmd)
+	f := cmd.Flags()
+	f.StringVar(&d.unlockKeyFile, "unlock-key-file", "", "with autolock, a file holding the unlock key (one per line: the keys before and after a rotation may both be there): a locked manager reads it, and waits for it, to unlock unattended")
+	f.StringVar(&d.publishTokens, "publish-tokens", "", "as a manager, keep the current join tokens in DIR/worker.token and DIR/manager.token (0600), for nodes that join unattended")
+}
+
+// registerAddrs registers the address flags alone.
+func (d *daemonFlags) registerAddrs(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&d.listenAddr, "listen-addr", manager.DefaultListenAddr, "API listen address (host:port)")
 	f.StringVar(&d.advertiseAddr, "advertise-addr", "", "API address other nodes reach this manager at (default: the listen address)")
@@ -33,8 +41,6 @@ func (d *daemonFlags) register(cmd *cobra.Command) {
 	f.StringVar(&d.raftAdvertiseAddr, "raft-advertise-addr", "", "Raft address other managers reach this one at (default: the Raft listen address)")
 	f.StringVar(&d.gossipAddr, "gossip-addr", agent.DefaultGossipAddr, "gossip listen address, TCP and UDP (host:port)")
 	f.StringVar(&d.gossipAdvertiseAddr, "gossip-advertise-addr", "", "gossip address other nodes reach this one at (default: picked from the host's addresses)")
-	f.StringVar(&d.unlockKeyFile, "unlock-key-file", "", "with autolock, a file holding the unlock key (one per line: the keys before and after a rotation may both be there): a locked manager reads it, and waits for it, to unlock unattended")
-	f.StringVar(&d.publishTokens, "publish-tokens", "", "as a manager, keep the current join tokens in DIR/worker.token and DIR/manager.token (0600), for nodes that join unattended")
 }
 
 // nodeConfig turns the daemon flags into a node configuration. An address

@@ -35,6 +35,9 @@ type nodeJSON struct {
 	TLSStatus    string     `json:"tls_status"`
 	JoinedAt     time.Time  `json:"joined_at"`
 	LastSeen     *time.Time `json:"last_seen,omitempty"`
+	// Unconfirmed: recorded by an entry a forced new cluster committed,
+	// and not shown by the node since.
+	Unconfirmed bool `json:"unconfirmed,omitempty"`
 }
 
 func toNodeJSON(n *api.Node) nodeJSON {
@@ -43,6 +46,7 @@ func toNodeJSON(n *api.Node) nodeJSON {
 		Status: n.GetStatus(), Reachability: n.GetReachability(), Leader: n.GetLeader(),
 		CertSerial: n.GetCertSerial(), CertNotAfter: time.Unix(n.GetCertNotAfter(), 0).UTC(),
 		TLSStatus: n.GetTlsStatus(), JoinedAt: time.Unix(n.GetJoinedAt(), 0).UTC(),
+		Unconfirmed: n.GetUnconfirmed(),
 	}
 	if s := n.GetLastSeen(); s > 0 {
 		t := time.Unix(s, 0).UTC()
@@ -103,7 +107,11 @@ func printNodes(w io.Writer, nodes []nodeJSON) error {
 		if n.Role == "swarm-manager" {
 			role = "manager"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.ID, dash(n.Addr), role, n.Status, dash(mgr),
+		status := n.Status
+		if n.Unconfirmed {
+			status += " (unconfirmed)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.ID, dash(n.Addr), role, status, dash(mgr),
 			n.CertNotAfter.Format(time.RFC3339), n.TLSStatus)
 	}
 	return tw.Flush()

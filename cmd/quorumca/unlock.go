@@ -68,7 +68,7 @@ func newUnlockCmd(g *globals) *cobra.Command {
 		Short: "Give a locked manager the unlock key (read from the terminal, or --key-file)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			key, err := readUnlockKey(cmd, keyFile)
+			key, err := readUnlockKey(cmd, keyFile, "--key-file")
 			if err != nil {
 				return err
 			}
@@ -93,11 +93,11 @@ func newUnlockCmd(g *globals) *cobra.Command {
 
 // readUnlockKey reads the key from file, or from standard input (a prompt
 // on the terminal); never from the command line, where ps shows it.
-func readUnlockKey(cmd *cobra.Command, file string) (string, error) {
+func readUnlockKey(cmd *cobra.Command, file, flag string) (string, error) {
 	if file != "" {
 		key, err := agent.ReadTokenFile(file)
 		if err != nil {
-			return "", fmt.Errorf("--key-file: %w", err)
+			return "", fmt.Errorf("%s: %w", flag, err)
 		}
 		return key, nil
 	}
@@ -113,5 +113,5 @@ func readUnlockKey(cmd *cobra.Command, file string) (string, error) {
 	if err != nil && err != io.EOF {
 		return "", err
 	}
-	return "", fmt.Errorf("no unlock key on standard input: give it there, or with --key-file; `quorumca unlock-key` on an unlocked manager shows it")
+	return "", fmt.Errorf("no unlock key on standard input: give it there, or with %s; `quorumca unlock-key` on an unlocked manager shows it", flag)
 }

@@ -472,6 +472,11 @@ type statusJSON struct {
 		Converged uint32    `json:"converged"`
 		Skipped   uint32    `json:"skipped"`
 	} `json:"rotation"`
+	Recovery *struct {
+		Kind string   `json:"kind"`
+		From uint64   `json:"from_index"`
+		Lost []string `json:"lost_managers"`
+	} `json:"recovery"`
 	Problem  string `json:"problem"`
 	Managers []struct {
 		NodeID       string `json:"node_id"`

@@ -181,6 +181,26 @@ func (c *Cluster) start(name string, init *manager.InitOptions, join *node.Join)
 	return n, nil
 }
 
+// NodeConfig returns the configuration the cluster gives the node named
+// name: for a test that prepares its data directory (a restore) before
+// StartPrepared runs it.
+func (c *Cluster) NodeConfig(name string) node.Config { return c.config(name) }
+
+// StartPrepared runs the node named name from the data directory the test
+// prepared (NodeConfig(name).DataDir), and counts it among the cluster's
+// managers when it runs one.
+func (c *Cluster) StartPrepared(name string) *Node {
+	c.tb.Helper()
+	n, err := c.start(name, nil, nil)
+	if err != nil {
+		c.tb.Fatalf("node.Start(%s, prepared) = %v", name, err)
+	}
+	if n.Node().Manager() != nil {
+		c.Managers = append(c.Managers, n)
+	}
+	return n
+}
+
 // Join starts a node named name that joins the cluster as j says (Addr
 // "": through the first running manager), and returns the error of
 // node.Start: for tests of a join that must fail. The node is stopped
