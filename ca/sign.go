@@ -246,8 +246,13 @@ func (s *Signer) SignKey(rand io.Reader, now time.Time, pub crypto.PublicKey, id
 	if err != nil {
 		return Issued{}, err
 	}
+	skid, err := subjectKeyID(pub)
+	if err != nil {
+		return Issued{}, err
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber:       serial,
+		SubjectKeyId:       skid,
 		Subject:            pkixName(id.NodeID, string(id.Role), id.ClusterID),
 		DNSNames:           []string{string(id.Role), id.NodeID},
 		NotBefore:          notBefore,

@@ -152,6 +152,10 @@ func checkLeaf(t *testing.T, c *x509.Certificate, id ca.Identity, pub crypto.Pub
 	if !publicKeyEqual(c.PublicKey, pub) {
 		t.Errorf("leaf public key is not the CSR's key")
 	}
+	// RFC 5280 4.2.1.2: a Subject Key Identifier, derived from the key.
+	if len(c.SubjectKeyId) != 20 || bytes.Equal(c.SubjectKeyId, c.AuthorityKeyId) {
+		t.Errorf("leaf SubjectKeyId = %x (authority %x), want the leaf key's own 20-byte identifier", c.SubjectKeyId, c.AuthorityKeyId)
+	}
 }
 
 // TestSignIgnoresForgedCSRSubject: a worker's CSR that names a manager of

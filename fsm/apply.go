@@ -198,12 +198,28 @@ func applyIssue(s *State, at time.Time, index uint64, in *Issue) (*State, error)
 	}
 	n.Cert.IssuedAt, n.Cert.Index = at, index
 	n.Unconfirmed = false
+	if exists {
+		n.Prev = prevCerts(old, at)
+	}
 	n.CertsValidUntil = old.CertsValidUntil
 	if n.Cert.NotAfter.After(n.CertsValidUntil) {
 		n.CertsValidUntil = n.Cert.NotAfter
 	}
 	next.Nodes = next.Nodes.With(n)
 	return next, nil
+}
+
+// prevCerts is what a node's record keeps of its certificates once it
+// renews: those of old still valid at at, the latest MaxPrevCerts.
+func prevCerts(old Node, at time.Time) []CertInfo {
+	prev := slices.DeleteFunc(append(slices.Clone(old.Prev), old.Cert), func(c CertInfo) bool { return !at.Before(c.NotAfter) })
+	if len(prev) > MaxPrevCerts {
+		prev = prev[len(prev)-MaxPrevCerts:]
+	}
+	if len(prev) == 0 {
+		return nil
+	}
+	return prev
 }
 
 func applySetRole(s *State, in *SetRole) (*State, error) {

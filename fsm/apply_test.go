@@ -526,3 +526,36 @@ func TestApplyNilState(t *testing.T) {
 		t.Fatalf("Apply(nil, 2, prune) = %+v, %v, want the empty state at index 2 and %v", s, err, fsm.ErrNotInitialized)
 	}
 }
+
+// TestRenewalKeepsPreviousCertificates: a renewal keeps the node's earlier
+// certificates that are still valid (Knows them), drops those that
+// expired, and keeps no more than MaxPrevCerts.
+func TestRenewalKeepsPreviousCertificates(t *testing.T) {
+	f := newFixture(t)
+	s := apply(t, nil, f.initCmd(), f.join(idW, ca.RoleWorker, f.workerSecret, t0))
+	first := nodeOf(s, idW).Cert
+	// A short-lived second certificate, then a long one.
+	s = apply(t, s, f.renew(idW, ca.RoleWorker, t0.Add(time.Minute), 2*time.Hour))
+	second := nodeOf(s, idW).Cert
+	s = apply(t, s, f.renew(idW, ca.RoleWorker, t0.Add(2*time.Minute), f.expiry))
+	n := nodeOf(s, idW)
+	for _, c := range []fsm.CertInfo{first, second, n.Cert} {
+		if !n.Knows(c.Serial) {
+			t.Errorf("node does not know its certificate %s", c.Serial)
+		}
+	}
+	if n.Knows("ffff") {
+		t.Errorf("node knows a serial it never had")
+	}
+	// Three hours on, the second has expired: the next renewal drops it.
+	s = apply(t, s, f.renew(idW, ca.RoleWorker, t0.Add(3*time.Hour), f.expiry))
+	if n := nodeOf(s, idW); n.Knows(second.Serial) || !n.Knows(first.Serial) {
+		t.Errorf("after the second expired: knows second %v, first %v; want false, true", n.Knows(second.Serial), n.Knows(first.Serial))
+	}
+	for i := range 2 * fsm.MaxPrevCerts {
+		s = apply(t, s, f.renew(idW, ca.RoleWorker, t0.Add(4*time.Hour+time.Duration(i)*time.Minute), f.expiry))
+	}
+	if got := len(nodeOf(s, idW).Prev); got != fsm.MaxPrevCerts {
+		t.Errorf("after many renewals the node keeps %d earlier certificates, want %d", got, fsm.MaxPrevCerts)
+	}
+}

@@ -183,8 +183,10 @@ type Node struct {
 	Addr string `json:"addr,omitempty"`
 	// RaftAddr is a manager's Raft address; empty for workers.
 	RaftAddr string `json:"raft_addr,omitempty"`
-	// Cert describes the node's current certificate.
-	Cert CertInfo `json:"cert"`
+	// Cert describes the node's current certificate; Prev the ones it had
+	// before, while they are valid (at most MaxPrevCerts, latest last).
+	Cert CertInfo   `json:"cert"`
+	Prev []CertInfo `json:"prev_certs,omitempty"`
 	// CertsValidUntil is the latest NotAfter of any certificate issued to
 	// the node: how long its removal must be remembered.
 	CertsValidUntil time.Time `json:"certs_valid_until"`
@@ -210,6 +212,18 @@ type CertInfo struct {
 	// Index is the Raft index of the entry that recorded it (zero for
 	// certificates recorded before this field was).
 	Index uint64 `json:"index,omitempty"`
+}
+
+// MaxPrevCerts bounds how many earlier certificates a node's record keeps.
+const MaxPrevCerts = 8
+
+// Knows reports whether serial (hex) is one of the node's valid
+// certificates: its current one, or one it had before.
+func (n Node) Knows(serial string) bool {
+	if n.Cert.Serial == serial {
+		return true
+	}
+	return slices.ContainsFunc(n.Prev, func(c CertInfo) bool { return c.Serial == serial })
 }
 
 // Initialized reports whether Init has been applied.

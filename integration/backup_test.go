@@ -78,9 +78,10 @@ func serialsOf(st *fsm.State) map[string]string {
 // acknowledged before it is in it), another during a root rotation. Every
 // manager is then lost with its data directory. The second backup
 // restores into a new manager: the nodes and serials are the backup's, the
-// backup's managers removed; each worker, told the new manager's address,
-// reconnects under its own ID with its own certificate, renews, and the
-// rotation completes.
+// backup's managers removed; each worker (which renewed after the backup,
+// so that the restored state does not record the certificate it holds),
+// told the new manager's address, reconnects under its own ID, is asked to
+// renew, renews, and the rotation completes.
 func TestBackupRestoreKeepsIdentities(t *testing.T) {
 	c := clustertest.New(t, clustertest.Options{Managers: 3, Workers: 5, Grace: 5 * time.Second})
 	follower := c.Follower()
@@ -130,7 +131,25 @@ func TestBackupRestoreKeepsIdentities(t *testing.T) {
 	if st2.Rotation == nil {
 		t.Fatalf("the rotation's backup holds no rotation")
 	}
+	// The workers renew after the backup: the restored state does not
+	// record the certificates they then hold, and asks them to renew.
 	workerSerials := map[string]string{}
+	for _, w := range c.Workers {
+		workerSerials[w.ID()] = w.Credentials().Leaf().SerialNumber.Text(16)
+		w.Renewer().RenewSoon()
+	}
+	testkit.Eventually(t, "every worker renewed after the backup", func() error {
+		for _, w := range c.Workers {
+			serial := w.Credentials().Leaf().SerialNumber.Text(16)
+			if serial == workerSerials[w.ID()] {
+				return fmt.Errorf("worker %s has not renewed", w.Name)
+			}
+			if n, _ := st2.Node(w.ID()); n.Knows(serial) {
+				return fmt.Errorf("worker %s holds a certificate the backup records", w.Name)
+			}
+		}
+		return nil
+	})
 	for _, w := range c.Workers {
 		workerSerials[w.ID()] = w.Credentials().Leaf().SerialNumber.Text(16)
 	}

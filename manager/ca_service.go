@@ -303,10 +303,12 @@ func (s caService) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*a
 
 // needsRenewal reports whether the certificate c presented is out of date:
 // another role than the node has now, another issuer than the current CA,
-// or valid for longer than the cluster's cert expiry allows (after
-// `update --cert-expiry` shortened it; only when the cluster signs itself).
+// one the state does not record (issued by an entry a restore or a forced
+// new cluster lost), or valid for longer than the cluster's cert expiry
+// allows (after `update --cert-expiry` shortened it; only when the cluster
+// signs itself).
 func needsRenewal(st *fsm.State, n fsm.Node, c call, now time.Time) bool {
-	if c.ID.Role != n.Role || !c.Status.Equal(st.CAStatus) {
+	if c.ID.Role != n.Role || !c.Status.Equal(st.CAStatus) || !n.Knows(c.Serial) {
 		return true
 	}
 	if !st.Signs() {

@@ -277,6 +277,9 @@ and must join again with a manager token from an empty data directory.`,
 			case tokenFile != "":
 				cfg.Join = &node.Join{TokenFile: tokenFile, Addr: joinAddr, Retry: true}
 			case joinAddr != "":
+				if _, err := os.Stat(filepath.Join(g.dataDir, agent.NodeFile)); err != nil {
+					return fmt.Errorf("--join-addr without --join-token-file adds a manager to try to a node already joined, and %s holds none: give --join-token-file too, to join", g.dataDir)
+				}
 				cfg.ManagerAddrs = []string{joinAddr}
 			}
 			if forceNew {

@@ -23,8 +23,9 @@ func TestRunBootstrapFlagsRefused(t *testing.T) {
 		want string
 	}{
 		{"init and join", []string{"run", "--init", "--join-token-file", "t", "--join-addr", "127.0.0.1:1"}, "exclude each other"},
-		{"token file without addr", []string{"run", "--join-token-file", "t"}, "go together"},
-		{"addr without token file", []string{"run", "--join-addr", "127.0.0.1:1"}, "go together"},
+		{"token file without addr", []string{"run", "--join-token-file", "t"}, "needs --join-addr"},
+		{"addr without token file, no node", []string{"run", "--join-addr", "127.0.0.1:1"}, "give --join-token-file too"},
+		{"force-new-cluster and init", []string{"run", "--init", "--force-new-cluster"}, "neither --init"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			data := t.TempDir()
