@@ -21,6 +21,9 @@ const (
 	KeyFile         = "node.key"
 	CertFile        = "node.crt"
 	BundleFile      = "root-ca.crt"
+	// CRLFile holds the cluster's CRLs (PEM), once the node has fetched
+	// them; a cluster signed by an external CA publishes none.
+	CRLFile = "crl.pem"
 )
 
 // ErrNoCredentials is returned by LoadCredentials when the data directory
@@ -51,6 +54,8 @@ type Credentials struct {
 	id      ca.Identity
 	bundle  []byte
 	roots   *x509.CertPool
+	// crlNumber is the number of the CRL set in crl.pem (0: none).
+	crlNumber uint64
 }
 
 // CertDir returns <dataDir>/certificates.
@@ -89,6 +94,12 @@ func LoadCredentials(dataDir string, keks ...ca.KEK) (*Credentials, error) {
 	c := &Credentials{dir: dir, nk: nk}
 	if err := c.set(keyPEM, certPEM, bundle); err != nil {
 		return nil, fmt.Errorf("agent: credentials in %s: %w", dir, err)
+	}
+	// A crl.pem that does not parse is fetched again.
+	if b, err := os.ReadFile(filepath.Join(dir, CRLFile)); err == nil {
+		if crls, err := ca.ParseCRLs(b); err == nil && len(crls) > 0 && crls[0].Number != nil && crls[0].Number.IsUint64() {
+			c.crlNumber = crls[0].Number.Uint64()
+		}
 	}
 	return c, nil
 }
@@ -156,8 +167,9 @@ func (c *Credentials) update(keyPEM, certPEM, bundle []byte) error {
 	return nil
 }
 
-// OnUpdate registers f to be called after every Update, from the updating
-// goroutine. f must not call Update.
+// OnUpdate registers f to be called after every change of the files
+// (Update, UpdateBundle, UpdateCRL), from the updating goroutine. f must
+// not change the credentials.
 func (c *Credentials) OnUpdate(f func()) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -196,6 +208,41 @@ func (c *Credentials) SetNodeKey(change func(*NodeKey)) error {
 	c.mu.Lock()
 	c.nk = nk
 	c.mu.Unlock()
+	return nil
+}
+
+// CRLNumber returns the number of the CRL set in crl.pem, 0 for none.
+func (c *Credentials) CRLNumber() uint64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.crlNumber
+}
+
+// UpdateCRL replaces crl.pem with the CRL set numbered number, if it is
+// newer than the one there, atomically, and calls the OnUpdate hooks.
+func (c *Credentials) UpdateCRL(pem []byte, number uint64) error {
+	c.updateMu.Lock()
+	defer c.updateMu.Unlock()
+	if number <= c.CRLNumber() {
+		return nil
+	}
+	crls, err := ca.ParseCRLs(pem)
+	if err != nil {
+		return err
+	}
+	if len(crls) == 0 {
+		return errors.New("agent: the CRL set holds no CRL")
+	}
+	if err := WriteFileAtomic(filepath.Join(c.dir, CRLFile), pem, 0o644); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.crlNumber = number
+	hooks := c.hooks
+	c.mu.Unlock()
+	for _, f := range hooks {
+		f()
+	}
 	return nil
 }
 

@@ -177,6 +177,11 @@ func (r *Renewer) Run(ctx context.Context) error {
 		if p := time.Duration(hb.GetPeriodMs()) * time.Millisecond; p > 0 {
 			period = p
 		}
+		if crl := hb.GetCrl(); len(crl) > 0 {
+			if err := r.cfg.Credentials.UpdateCRL(crl, hb.GetCrlNumber()); err != nil {
+				r.cfg.Logger.Warn("CRLs not stored", "err", err)
+			}
+		}
 		renew := hb.GetRenew()
 		fresh := r.newerBundle(hb.GetBundleSince())
 		if b := hb.GetBundle(); fresh && len(b) > 0 && string(b) != string(r.cfg.Credentials.Bundle()) {
@@ -279,7 +284,7 @@ func (r *Renewer) heartbeat(ctx context.Context) (*api.HeartbeatResponse, error)
 	var resp *api.HeartbeatResponse
 	err := r.call(ctx, func(ctx context.Context, conn *grpc.ClientConn) error {
 		var err error
-		resp, err = api.NewCAClient(conn).Heartbeat(ctx, &api.HeartbeatRequest{BundleDigest: BundleDigest(r.cfg.Credentials.Bundle())})
+		resp, err = api.NewCAClient(conn).Heartbeat(ctx, &api.HeartbeatRequest{BundleDigest: BundleDigest(r.cfg.Credentials.Bundle()), CrlNumber: r.cfg.Credentials.CRLNumber()})
 		return err
 	})
 	if err != nil {

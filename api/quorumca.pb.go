@@ -25,6 +25,122 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type RevokeCertificateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Hex, any case, colons allowed (as openssl prints serials).
+	Serial string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	// RFC 5280 reason code (0: unspecified).
+	Reason        int32 `protobuf:"varint,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCertificateRequest) Reset() {
+	*x = RevokeCertificateRequest{}
+	mi := &file_quorumca_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCertificateRequest) ProtoMessage() {}
+
+func (x *RevokeCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCertificateRequest.ProtoReflect.Descriptor instead.
+func (*RevokeCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RevokeCertificateRequest) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *RevokeCertificateRequest) GetReason() int32 {
+	if x != nil {
+		return x.Reason
+	}
+	return 0
+}
+
+type RevokeCertificateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the serial was: "node" or "admin", its node ID or admin ID, and
+	// whether it is the node's current certificate (the node renews now).
+	Kind          string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Current       bool   `protobuf:"varint,3,opt,name=current,proto3" json:"current,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCertificateResponse) Reset() {
+	*x = RevokeCertificateResponse{}
+	mi := &file_quorumca_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCertificateResponse) ProtoMessage() {}
+
+func (x *RevokeCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quorumca_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCertificateResponse.ProtoReflect.Descriptor instead.
+func (*RevokeCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_quorumca_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RevokeCertificateResponse) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *RevokeCertificateResponse) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RevokeCertificateResponse) GetCurrent() bool {
+	if x != nil {
+		return x.Current
+	}
+	return false
+}
+
 type BackupRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Answer from what this manager has applied, without a leader.
@@ -35,7 +151,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_quorumca_proto_msgTypes[0]
+	mi := &file_quorumca_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -47,7 +163,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[0]
+	mi := &file_quorumca_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -60,7 +176,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{0}
+	return file_quorumca_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *BackupRequest) GetStale() bool {
@@ -81,7 +197,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_quorumca_proto_msgTypes[1]
+	mi := &file_quorumca_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -93,7 +209,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[1]
+	mi := &file_quorumca_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -106,7 +222,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{1}
+	return file_quorumca_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *BackupChunk) GetInfo() *BackupInfo {
@@ -140,7 +256,7 @@ type BackupInfo struct {
 
 func (x *BackupInfo) Reset() {
 	*x = BackupInfo{}
-	mi := &file_quorumca_proto_msgTypes[2]
+	mi := &file_quorumca_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -152,7 +268,7 @@ func (x *BackupInfo) String() string {
 func (*BackupInfo) ProtoMessage() {}
 
 func (x *BackupInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[2]
+	mi := &file_quorumca_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -165,7 +281,7 @@ func (x *BackupInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupInfo.ProtoReflect.Descriptor instead.
 func (*BackupInfo) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{2}
+	return file_quorumca_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *BackupInfo) GetIndex() uint64 {
@@ -211,7 +327,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_quorumca_proto_msgTypes[3]
+	mi := &file_quorumca_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -223,7 +339,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[3]
+	mi := &file_quorumca_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -236,7 +352,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{3}
+	return file_quorumca_proto_rawDescGZIP(), []int{5}
 }
 
 type ReadIndexResponse struct {
@@ -248,7 +364,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_quorumca_proto_msgTypes[4]
+	mi := &file_quorumca_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -260,7 +376,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[4]
+	mi := &file_quorumca_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -273,7 +389,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{4}
+	return file_quorumca_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -291,7 +407,7 @@ type GetRootBundleRequest struct {
 
 func (x *GetRootBundleRequest) Reset() {
 	*x = GetRootBundleRequest{}
-	mi := &file_quorumca_proto_msgTypes[5]
+	mi := &file_quorumca_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -303,7 +419,7 @@ func (x *GetRootBundleRequest) String() string {
 func (*GetRootBundleRequest) ProtoMessage() {}
 
 func (x *GetRootBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[5]
+	mi := &file_quorumca_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -316,7 +432,7 @@ func (x *GetRootBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRootBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetRootBundleRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{5}
+	return file_quorumca_proto_rawDescGZIP(), []int{7}
 }
 
 type GetRootBundleResponse struct {
@@ -329,7 +445,7 @@ type GetRootBundleResponse struct {
 
 func (x *GetRootBundleResponse) Reset() {
 	*x = GetRootBundleResponse{}
-	mi := &file_quorumca_proto_msgTypes[6]
+	mi := &file_quorumca_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -341,7 +457,7 @@ func (x *GetRootBundleResponse) String() string {
 func (*GetRootBundleResponse) ProtoMessage() {}
 
 func (x *GetRootBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[6]
+	mi := &file_quorumca_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -354,7 +470,7 @@ func (x *GetRootBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRootBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetRootBundleResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{6}
+	return file_quorumca_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetRootBundleResponse) GetBundle() []byte {
@@ -386,7 +502,7 @@ type IssueNodeCertificateRequest struct {
 
 func (x *IssueNodeCertificateRequest) Reset() {
 	*x = IssueNodeCertificateRequest{}
-	mi := &file_quorumca_proto_msgTypes[7]
+	mi := &file_quorumca_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +514,7 @@ func (x *IssueNodeCertificateRequest) String() string {
 func (*IssueNodeCertificateRequest) ProtoMessage() {}
 
 func (x *IssueNodeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[7]
+	mi := &file_quorumca_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +527,7 @@ func (x *IssueNodeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueNodeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*IssueNodeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{7}
+	return file_quorumca_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *IssueNodeCertificateRequest) GetCsr() []byte {
@@ -476,7 +592,7 @@ type AdmitRequest struct {
 
 func (x *AdmitRequest) Reset() {
 	*x = AdmitRequest{}
-	mi := &file_quorumca_proto_msgTypes[8]
+	mi := &file_quorumca_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -488,7 +604,7 @@ func (x *AdmitRequest) String() string {
 func (*AdmitRequest) ProtoMessage() {}
 
 func (x *AdmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[8]
+	mi := &file_quorumca_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -501,7 +617,7 @@ func (x *AdmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdmitRequest.ProtoReflect.Descriptor instead.
 func (*AdmitRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{8}
+	return file_quorumca_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AdmitRequest) GetCsr() []byte {
@@ -571,7 +687,7 @@ type IssueNodeCertificateResponse struct {
 
 func (x *IssueNodeCertificateResponse) Reset() {
 	*x = IssueNodeCertificateResponse{}
-	mi := &file_quorumca_proto_msgTypes[9]
+	mi := &file_quorumca_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -583,7 +699,7 @@ func (x *IssueNodeCertificateResponse) String() string {
 func (*IssueNodeCertificateResponse) ProtoMessage() {}
 
 func (x *IssueNodeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[9]
+	mi := &file_quorumca_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -596,7 +712,7 @@ func (x *IssueNodeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueNodeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueNodeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{9}
+	return file_quorumca_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *IssueNodeCertificateResponse) GetNodeId() string {
@@ -650,7 +766,7 @@ type RenewNodeCertificateRequest struct {
 
 func (x *RenewNodeCertificateRequest) Reset() {
 	*x = RenewNodeCertificateRequest{}
-	mi := &file_quorumca_proto_msgTypes[10]
+	mi := &file_quorumca_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -662,7 +778,7 @@ func (x *RenewNodeCertificateRequest) String() string {
 func (*RenewNodeCertificateRequest) ProtoMessage() {}
 
 func (x *RenewNodeCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[10]
+	mi := &file_quorumca_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -675,7 +791,7 @@ func (x *RenewNodeCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewNodeCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewNodeCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{10}
+	return file_quorumca_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RenewNodeCertificateRequest) GetCsr() []byte {
@@ -697,7 +813,7 @@ type RenewNodeCertificateResponse struct {
 
 func (x *RenewNodeCertificateResponse) Reset() {
 	*x = RenewNodeCertificateResponse{}
-	mi := &file_quorumca_proto_msgTypes[11]
+	mi := &file_quorumca_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -709,7 +825,7 @@ func (x *RenewNodeCertificateResponse) String() string {
 func (*RenewNodeCertificateResponse) ProtoMessage() {}
 
 func (x *RenewNodeCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[11]
+	mi := &file_quorumca_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -722,7 +838,7 @@ func (x *RenewNodeCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewNodeCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RenewNodeCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{11}
+	return file_quorumca_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RenewNodeCertificateResponse) GetRole() string {
@@ -761,7 +877,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_quorumca_proto_msgTypes[12]
+	mi := &file_quorumca_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -773,7 +889,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[12]
+	mi := &file_quorumca_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -786,7 +902,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{12}
+	return file_quorumca_proto_rawDescGZIP(), []int{14}
 }
 
 type StatusResponse struct {
@@ -815,7 +931,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_quorumca_proto_msgTypes[13]
+	mi := &file_quorumca_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +943,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[13]
+	mi := &file_quorumca_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +956,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{13}
+	return file_quorumca_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StatusResponse) GetClusterId() string {
@@ -943,7 +1059,7 @@ type Recovery struct {
 
 func (x *Recovery) Reset() {
 	*x = Recovery{}
-	mi := &file_quorumca_proto_msgTypes[14]
+	mi := &file_quorumca_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1071,7 @@ func (x *Recovery) String() string {
 func (*Recovery) ProtoMessage() {}
 
 func (x *Recovery) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[14]
+	mi := &file_quorumca_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1084,7 @@ func (x *Recovery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Recovery.ProtoReflect.Descriptor instead.
 func (*Recovery) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{14}
+	return file_quorumca_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Recovery) GetKind() string {
@@ -1021,7 +1137,7 @@ type Manager struct {
 
 func (x *Manager) Reset() {
 	*x = Manager{}
-	mi := &file_quorumca_proto_msgTypes[15]
+	mi := &file_quorumca_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1149,7 @@ func (x *Manager) String() string {
 func (*Manager) ProtoMessage() {}
 
 func (x *Manager) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[15]
+	mi := &file_quorumca_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1162,7 @@ func (x *Manager) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Manager.ProtoReflect.Descriptor instead.
 func (*Manager) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{15}
+	return file_quorumca_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Manager) GetNodeId() string {
@@ -1102,7 +1218,7 @@ type JoinTokenRequest struct {
 
 func (x *JoinTokenRequest) Reset() {
 	*x = JoinTokenRequest{}
-	mi := &file_quorumca_proto_msgTypes[16]
+	mi := &file_quorumca_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1230,7 @@ func (x *JoinTokenRequest) String() string {
 func (*JoinTokenRequest) ProtoMessage() {}
 
 func (x *JoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[16]
+	mi := &file_quorumca_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1243,7 @@ func (x *JoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*JoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{16}
+	return file_quorumca_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *JoinTokenRequest) GetRole() string {
@@ -1155,7 +1271,7 @@ type JoinTokenResponse struct {
 
 func (x *JoinTokenResponse) Reset() {
 	*x = JoinTokenResponse{}
-	mi := &file_quorumca_proto_msgTypes[17]
+	mi := &file_quorumca_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1167,7 +1283,7 @@ func (x *JoinTokenResponse) String() string {
 func (*JoinTokenResponse) ProtoMessage() {}
 
 func (x *JoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[17]
+	mi := &file_quorumca_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1180,7 +1296,7 @@ func (x *JoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*JoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{17}
+	return file_quorumca_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *JoinTokenResponse) GetToken() string {
@@ -1208,7 +1324,7 @@ type AddVoterRequest struct {
 
 func (x *AddVoterRequest) Reset() {
 	*x = AddVoterRequest{}
-	mi := &file_quorumca_proto_msgTypes[18]
+	mi := &file_quorumca_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1336,7 @@ func (x *AddVoterRequest) String() string {
 func (*AddVoterRequest) ProtoMessage() {}
 
 func (x *AddVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[18]
+	mi := &file_quorumca_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1349,7 @@ func (x *AddVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddVoterRequest.ProtoReflect.Descriptor instead.
 func (*AddVoterRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{18}
+	return file_quorumca_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AddVoterRequest) GetRaftAddr() string {
@@ -1258,7 +1374,7 @@ type AddVoterResponse struct {
 
 func (x *AddVoterResponse) Reset() {
 	*x = AddVoterResponse{}
-	mi := &file_quorumca_proto_msgTypes[19]
+	mi := &file_quorumca_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1270,7 +1386,7 @@ func (x *AddVoterResponse) String() string {
 func (*AddVoterResponse) ProtoMessage() {}
 
 func (x *AddVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[19]
+	mi := &file_quorumca_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1283,7 +1399,7 @@ func (x *AddVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddVoterResponse.ProtoReflect.Descriptor instead.
 func (*AddVoterResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{19}
+	return file_quorumca_proto_rawDescGZIP(), []int{21}
 }
 
 type PingRequest struct {
@@ -1294,7 +1410,7 @@ type PingRequest struct {
 
 func (x *PingRequest) Reset() {
 	*x = PingRequest{}
-	mi := &file_quorumca_proto_msgTypes[20]
+	mi := &file_quorumca_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1306,7 +1422,7 @@ func (x *PingRequest) String() string {
 func (*PingRequest) ProtoMessage() {}
 
 func (x *PingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[20]
+	mi := &file_quorumca_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1319,7 +1435,7 @@ func (x *PingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingRequest.ProtoReflect.Descriptor instead.
 func (*PingRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{20}
+	return file_quorumca_proto_rawDescGZIP(), []int{22}
 }
 
 type PingResponse struct {
@@ -1333,7 +1449,7 @@ type PingResponse struct {
 
 func (x *PingResponse) Reset() {
 	*x = PingResponse{}
-	mi := &file_quorumca_proto_msgTypes[21]
+	mi := &file_quorumca_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1345,7 +1461,7 @@ func (x *PingResponse) String() string {
 func (*PingResponse) ProtoMessage() {}
 
 func (x *PingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[21]
+	mi := &file_quorumca_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1358,7 +1474,7 @@ func (x *PingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingResponse.ProtoReflect.Descriptor instead.
 func (*PingResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{21}
+	return file_quorumca_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PingResponse) GetNodeId() string {
@@ -1378,14 +1494,16 @@ func (x *PingResponse) GetProblem() string {
 type HeartbeatRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// SHA-256 (hex) of the trust bundle the node holds.
-	BundleDigest  string `protobuf:"bytes,1,opt,name=bundle_digest,json=bundleDigest,proto3" json:"bundle_digest,omitempty"`
+	BundleDigest string `protobuf:"bytes,1,opt,name=bundle_digest,json=bundleDigest,proto3" json:"bundle_digest,omitempty"`
+	// The number of the CRL set the node holds (0 for none).
+	CrlNumber     uint64 `protobuf:"varint,2,opt,name=crl_number,json=crlNumber,proto3" json:"crl_number,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_quorumca_proto_msgTypes[22]
+	mi := &file_quorumca_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1397,7 +1515,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[22]
+	mi := &file_quorumca_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1410,7 +1528,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{22}
+	return file_quorumca_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *HeartbeatRequest) GetBundleDigest() string {
@@ -1418,6 +1536,13 @@ func (x *HeartbeatRequest) GetBundleDigest() string {
 		return x.BundleDigest
 	}
 	return ""
+}
+
+func (x *HeartbeatRequest) GetCrlNumber() uint64 {
+	if x != nil {
+		return x.CrlNumber
+	}
+	return 0
 }
 
 type HeartbeatResponse struct {
@@ -1441,14 +1566,18 @@ type HeartbeatResponse struct {
 	BundleSince int64 `protobuf:"varint,8,opt,name=bundle_since,json=bundleSince,proto3" json:"bundle_since,omitempty"`
 	// Names the cluster's gossip key (a digest of it): a node whose gossip
 	// uses another key fetches the new one (Gossip).
-	GossipKeyId   string `protobuf:"bytes,9,opt,name=gossip_key_id,json=gossipKeyId,proto3" json:"gossip_key_id,omitempty"`
+	GossipKeyId string `protobuf:"bytes,9,opt,name=gossip_key_id,json=gossipKeyId,proto3" json:"gossip_key_id,omitempty"`
+	// The cluster's CRL set (PEM, one CRL per CA key in use) and its
+	// number, when it is newer than the one the node said it holds.
+	Crl           []byte `protobuf:"bytes,10,opt,name=crl,proto3" json:"crl,omitempty"`
+	CrlNumber     uint64 `protobuf:"varint,11,opt,name=crl_number,json=crlNumber,proto3" json:"crl_number,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_quorumca_proto_msgTypes[23]
+	mi := &file_quorumca_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1589,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[23]
+	mi := &file_quorumca_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1602,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{23}
+	return file_quorumca_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *HeartbeatResponse) GetRole() string {
@@ -1539,6 +1668,20 @@ func (x *HeartbeatResponse) GetGossipKeyId() string {
 	return ""
 }
 
+func (x *HeartbeatResponse) GetCrl() []byte {
+	if x != nil {
+		return x.Crl
+	}
+	return nil
+}
+
+func (x *HeartbeatResponse) GetCrlNumber() uint64 {
+	if x != nil {
+		return x.CrlNumber
+	}
+	return 0
+}
+
 type GossipRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1547,7 +1690,7 @@ type GossipRequest struct {
 
 func (x *GossipRequest) Reset() {
 	*x = GossipRequest{}
-	mi := &file_quorumca_proto_msgTypes[24]
+	mi := &file_quorumca_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1559,7 +1702,7 @@ func (x *GossipRequest) String() string {
 func (*GossipRequest) ProtoMessage() {}
 
 func (x *GossipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[24]
+	mi := &file_quorumca_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1572,7 +1715,7 @@ func (x *GossipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipRequest.ProtoReflect.Descriptor instead.
 func (*GossipRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{24}
+	return file_quorumca_proto_rawDescGZIP(), []int{26}
 }
 
 type GossipResponse struct {
@@ -1589,7 +1732,7 @@ type GossipResponse struct {
 
 func (x *GossipResponse) Reset() {
 	*x = GossipResponse{}
-	mi := &file_quorumca_proto_msgTypes[25]
+	mi := &file_quorumca_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1601,7 +1744,7 @@ func (x *GossipResponse) String() string {
 func (*GossipResponse) ProtoMessage() {}
 
 func (x *GossipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[25]
+	mi := &file_quorumca_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1614,7 +1757,7 @@ func (x *GossipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipResponse.ProtoReflect.Descriptor instead.
 func (*GossipResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{25}
+	return file_quorumca_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GossipResponse) GetKey() []byte {
@@ -1657,7 +1800,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_quorumca_proto_msgTypes[26]
+	mi := &file_quorumca_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1669,7 +1812,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[26]
+	mi := &file_quorumca_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1682,7 +1825,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{26}
+	return file_quorumca_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RotateCARequest) GetCaCert() []byte {
@@ -1732,7 +1875,7 @@ type ExternalCA struct {
 
 func (x *ExternalCA) Reset() {
 	*x = ExternalCA{}
-	mi := &file_quorumca_proto_msgTypes[27]
+	mi := &file_quorumca_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1744,7 +1887,7 @@ func (x *ExternalCA) String() string {
 func (*ExternalCA) ProtoMessage() {}
 
 func (x *ExternalCA) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[27]
+	mi := &file_quorumca_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1757,7 +1900,7 @@ func (x *ExternalCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExternalCA.ProtoReflect.Descriptor instead.
 func (*ExternalCA) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{27}
+	return file_quorumca_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ExternalCA) GetProtocol() string {
@@ -1797,7 +1940,7 @@ type RotateCAResponse struct {
 
 func (x *RotateCAResponse) Reset() {
 	*x = RotateCAResponse{}
-	mi := &file_quorumca_proto_msgTypes[28]
+	mi := &file_quorumca_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +1952,7 @@ func (x *RotateCAResponse) String() string {
 func (*RotateCAResponse) ProtoMessage() {}
 
 func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[28]
+	mi := &file_quorumca_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +1965,7 @@ func (x *RotateCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCAResponse.ProtoReflect.Descriptor instead.
 func (*RotateCAResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{28}
+	return file_quorumca_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RotateCAResponse) GetRotation() *Rotation {
@@ -1840,7 +1983,7 @@ type GetCARequest struct {
 
 func (x *GetCARequest) Reset() {
 	*x = GetCARequest{}
-	mi := &file_quorumca_proto_msgTypes[29]
+	mi := &file_quorumca_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1852,7 +1995,7 @@ func (x *GetCARequest) String() string {
 func (*GetCARequest) ProtoMessage() {}
 
 func (x *GetCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[29]
+	mi := &file_quorumca_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1865,7 +2008,7 @@ func (x *GetCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCARequest.ProtoReflect.Descriptor instead.
 func (*GetCARequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{29}
+	return file_quorumca_proto_rawDescGZIP(), []int{31}
 }
 
 type GetCAResponse struct {
@@ -1884,7 +2027,7 @@ type GetCAResponse struct {
 
 func (x *GetCAResponse) Reset() {
 	*x = GetCAResponse{}
-	mi := &file_quorumca_proto_msgTypes[30]
+	mi := &file_quorumca_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1896,7 +2039,7 @@ func (x *GetCAResponse) String() string {
 func (*GetCAResponse) ProtoMessage() {}
 
 func (x *GetCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[30]
+	mi := &file_quorumca_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1909,7 +2052,7 @@ func (x *GetCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCAResponse.ProtoReflect.Descriptor instead.
 func (*GetCAResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{30}
+	return file_quorumca_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetCAResponse) GetBundle() []byte {
@@ -1957,7 +2100,7 @@ type Rotation struct {
 
 func (x *Rotation) Reset() {
 	*x = Rotation{}
-	mi := &file_quorumca_proto_msgTypes[31]
+	mi := &file_quorumca_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1969,7 +2112,7 @@ func (x *Rotation) String() string {
 func (*Rotation) ProtoMessage() {}
 
 func (x *Rotation) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[31]
+	mi := &file_quorumca_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1982,7 +2125,7 @@ func (x *Rotation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rotation.ProtoReflect.Descriptor instead.
 func (*Rotation) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{31}
+	return file_quorumca_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Rotation) GetInProgress() bool {
@@ -2071,7 +2214,7 @@ type RotationNode struct {
 
 func (x *RotationNode) Reset() {
 	*x = RotationNode{}
-	mi := &file_quorumca_proto_msgTypes[32]
+	mi := &file_quorumca_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2083,7 +2226,7 @@ func (x *RotationNode) String() string {
 func (*RotationNode) ProtoMessage() {}
 
 func (x *RotationNode) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[32]
+	mi := &file_quorumca_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2096,7 +2239,7 @@ func (x *RotationNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotationNode.ProtoReflect.Descriptor instead.
 func (*RotationNode) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{32}
+	return file_quorumca_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RotationNode) GetId() string {
@@ -2160,7 +2303,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_quorumca_proto_msgTypes[33]
+	mi := &file_quorumca_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2172,7 +2315,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[33]
+	mi := &file_quorumca_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2185,7 +2328,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{33}
+	return file_quorumca_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Node) GetId() string {
@@ -2289,7 +2432,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_quorumca_proto_msgTypes[34]
+	mi := &file_quorumca_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2301,7 +2444,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[34]
+	mi := &file_quorumca_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2314,7 +2457,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{34}
+	return file_quorumca_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListNodesRequest) GetNodeId() string {
@@ -2333,7 +2476,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_quorumca_proto_msgTypes[35]
+	mi := &file_quorumca_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2345,7 +2488,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[35]
+	mi := &file_quorumca_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2358,7 +2501,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{35}
+	return file_quorumca_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -2379,7 +2522,7 @@ type SetRoleRequest struct {
 
 func (x *SetRoleRequest) Reset() {
 	*x = SetRoleRequest{}
-	mi := &file_quorumca_proto_msgTypes[36]
+	mi := &file_quorumca_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2391,7 +2534,7 @@ func (x *SetRoleRequest) String() string {
 func (*SetRoleRequest) ProtoMessage() {}
 
 func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[36]
+	mi := &file_quorumca_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2404,7 +2547,7 @@ func (x *SetRoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleRequest.ProtoReflect.Descriptor instead.
 func (*SetRoleRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{36}
+	return file_quorumca_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SetRoleRequest) GetNodeId() string {
@@ -2429,7 +2572,7 @@ type SetRoleResponse struct {
 
 func (x *SetRoleResponse) Reset() {
 	*x = SetRoleResponse{}
-	mi := &file_quorumca_proto_msgTypes[37]
+	mi := &file_quorumca_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2441,7 +2584,7 @@ func (x *SetRoleResponse) String() string {
 func (*SetRoleResponse) ProtoMessage() {}
 
 func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[37]
+	mi := &file_quorumca_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2454,7 +2597,7 @@ func (x *SetRoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoleResponse.ProtoReflect.Descriptor instead.
 func (*SetRoleResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{37}
+	return file_quorumca_proto_rawDescGZIP(), []int{39}
 }
 
 type RemoveNodeRequest struct {
@@ -2467,7 +2610,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_quorumca_proto_msgTypes[38]
+	mi := &file_quorumca_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2479,7 +2622,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[38]
+	mi := &file_quorumca_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2492,7 +2635,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{38}
+	return file_quorumca_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RemoveNodeRequest) GetNodeId() string {
@@ -2517,7 +2660,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_quorumca_proto_msgTypes[39]
+	mi := &file_quorumca_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2529,7 +2672,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[39]
+	mi := &file_quorumca_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2542,7 +2685,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{39}
+	return file_quorumca_proto_rawDescGZIP(), []int{41}
 }
 
 type UpdateRequest struct {
@@ -2562,7 +2705,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_quorumca_proto_msgTypes[40]
+	mi := &file_quorumca_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2574,7 +2717,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[40]
+	mi := &file_quorumca_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2587,7 +2730,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{40}
+	return file_quorumca_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *UpdateRequest) GetCertExpirySeconds() int64 {
@@ -2632,7 +2775,7 @@ type UpdateResponse struct {
 
 func (x *UpdateResponse) Reset() {
 	*x = UpdateResponse{}
-	mi := &file_quorumca_proto_msgTypes[41]
+	mi := &file_quorumca_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2644,7 +2787,7 @@ func (x *UpdateResponse) String() string {
 func (*UpdateResponse) ProtoMessage() {}
 
 func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[41]
+	mi := &file_quorumca_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2657,7 +2800,7 @@ func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateResponse.ProtoReflect.Descriptor instead.
 func (*UpdateResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{41}
+	return file_quorumca_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *UpdateResponse) GetCertExpirySeconds() int64 {
@@ -2704,7 +2847,7 @@ type UnlockKeyRequest struct {
 
 func (x *UnlockKeyRequest) Reset() {
 	*x = UnlockKeyRequest{}
-	mi := &file_quorumca_proto_msgTypes[42]
+	mi := &file_quorumca_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2716,7 +2859,7 @@ func (x *UnlockKeyRequest) String() string {
 func (*UnlockKeyRequest) ProtoMessage() {}
 
 func (x *UnlockKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[42]
+	mi := &file_quorumca_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2729,7 +2872,7 @@ func (x *UnlockKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnlockKeyRequest.ProtoReflect.Descriptor instead.
 func (*UnlockKeyRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{42}
+	return file_quorumca_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *UnlockKeyRequest) GetRotate() bool {
@@ -2748,7 +2891,7 @@ type UnlockKeyResponse struct {
 
 func (x *UnlockKeyResponse) Reset() {
 	*x = UnlockKeyResponse{}
-	mi := &file_quorumca_proto_msgTypes[43]
+	mi := &file_quorumca_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2760,7 +2903,7 @@ func (x *UnlockKeyResponse) String() string {
 func (*UnlockKeyResponse) ProtoMessage() {}
 
 func (x *UnlockKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[43]
+	mi := &file_quorumca_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2773,7 +2916,7 @@ func (x *UnlockKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnlockKeyResponse.ProtoReflect.Descriptor instead.
 func (*UnlockKeyResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{43}
+	return file_quorumca_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *UnlockKeyResponse) GetUnlockKey() string {
@@ -2792,7 +2935,7 @@ type UnlockRequest struct {
 
 func (x *UnlockRequest) Reset() {
 	*x = UnlockRequest{}
-	mi := &file_quorumca_proto_msgTypes[44]
+	mi := &file_quorumca_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2804,7 +2947,7 @@ func (x *UnlockRequest) String() string {
 func (*UnlockRequest) ProtoMessage() {}
 
 func (x *UnlockRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[44]
+	mi := &file_quorumca_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2817,7 +2960,7 @@ func (x *UnlockRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnlockRequest.ProtoReflect.Descriptor instead.
 func (*UnlockRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{44}
+	return file_quorumca_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *UnlockRequest) GetUnlockKey() string {
@@ -2835,7 +2978,7 @@ type UnlockResponse struct {
 
 func (x *UnlockResponse) Reset() {
 	*x = UnlockResponse{}
-	mi := &file_quorumca_proto_msgTypes[45]
+	mi := &file_quorumca_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2847,7 +2990,7 @@ func (x *UnlockResponse) String() string {
 func (*UnlockResponse) ProtoMessage() {}
 
 func (x *UnlockResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[45]
+	mi := &file_quorumca_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2860,7 +3003,7 @@ func (x *UnlockResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnlockResponse.ProtoReflect.Descriptor instead.
 func (*UnlockResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{45}
+	return file_quorumca_proto_rawDescGZIP(), []int{47}
 }
 
 type CreateTokenRequest struct {
@@ -2876,7 +3019,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_quorumca_proto_msgTypes[46]
+	mi := &file_quorumca_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2888,7 +3031,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[46]
+	mi := &file_quorumca_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2901,7 +3044,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{46}
+	return file_quorumca_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CreateTokenRequest) GetRole() string {
@@ -2936,7 +3079,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_quorumca_proto_msgTypes[47]
+	mi := &file_quorumca_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2948,7 +3091,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[47]
+	mi := &file_quorumca_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2961,7 +3104,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{47}
+	return file_quorumca_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *CreateTokenResponse) GetId() string {
@@ -2998,7 +3141,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_quorumca_proto_msgTypes[48]
+	mi := &file_quorumca_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3010,7 +3153,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[48]
+	mi := &file_quorumca_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3023,7 +3166,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{48}
+	return file_quorumca_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *Token) GetId() string {
@@ -3069,7 +3212,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_quorumca_proto_msgTypes[49]
+	mi := &file_quorumca_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3081,7 +3224,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[49]
+	mi := &file_quorumca_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3094,7 +3237,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{49}
+	return file_quorumca_proto_rawDescGZIP(), []int{51}
 }
 
 type ListTokensResponse struct {
@@ -3106,7 +3249,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_quorumca_proto_msgTypes[50]
+	mi := &file_quorumca_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3118,7 +3261,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[50]
+	mi := &file_quorumca_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3131,7 +3274,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{50}
+	return file_quorumca_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ListTokensResponse) GetTokens() []*Token {
@@ -3150,7 +3293,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_quorumca_proto_msgTypes[51]
+	mi := &file_quorumca_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3162,7 +3305,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[51]
+	mi := &file_quorumca_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3175,7 +3318,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{51}
+	return file_quorumca_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -3193,7 +3336,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_quorumca_proto_msgTypes[52]
+	mi := &file_quorumca_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3205,7 +3348,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[52]
+	mi := &file_quorumca_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3218,7 +3361,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{52}
+	return file_quorumca_proto_rawDescGZIP(), []int{54}
 }
 
 type IssueAdminCertificateRequest struct {
@@ -3232,7 +3375,7 @@ type IssueAdminCertificateRequest struct {
 
 func (x *IssueAdminCertificateRequest) Reset() {
 	*x = IssueAdminCertificateRequest{}
-	mi := &file_quorumca_proto_msgTypes[53]
+	mi := &file_quorumca_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3244,7 +3387,7 @@ func (x *IssueAdminCertificateRequest) String() string {
 func (*IssueAdminCertificateRequest) ProtoMessage() {}
 
 func (x *IssueAdminCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[53]
+	mi := &file_quorumca_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3257,7 +3400,7 @@ func (x *IssueAdminCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertificateRequest.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{53}
+	return file_quorumca_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *IssueAdminCertificateRequest) GetCsr() []byte {
@@ -3287,7 +3430,7 @@ type IssueAdminCertificateResponse struct {
 
 func (x *IssueAdminCertificateResponse) Reset() {
 	*x = IssueAdminCertificateResponse{}
-	mi := &file_quorumca_proto_msgTypes[54]
+	mi := &file_quorumca_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3299,7 +3442,7 @@ func (x *IssueAdminCertificateResponse) String() string {
 func (*IssueAdminCertificateResponse) ProtoMessage() {}
 
 func (x *IssueAdminCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[54]
+	mi := &file_quorumca_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3312,7 +3455,7 @@ func (x *IssueAdminCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{54}
+	return file_quorumca_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *IssueAdminCertificateResponse) GetCertificate() []byte {
@@ -3358,7 +3501,7 @@ type AdminCertificate struct {
 
 func (x *AdminCertificate) Reset() {
 	*x = AdminCertificate{}
-	mi := &file_quorumca_proto_msgTypes[55]
+	mi := &file_quorumca_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3370,7 +3513,7 @@ func (x *AdminCertificate) String() string {
 func (*AdminCertificate) ProtoMessage() {}
 
 func (x *AdminCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[55]
+	mi := &file_quorumca_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3383,7 +3526,7 @@ func (x *AdminCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminCertificate.ProtoReflect.Descriptor instead.
 func (*AdminCertificate) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{55}
+	return file_quorumca_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *AdminCertificate) GetSerial() string {
@@ -3436,7 +3579,7 @@ type ListAdminCertificatesRequest struct {
 
 func (x *ListAdminCertificatesRequest) Reset() {
 	*x = ListAdminCertificatesRequest{}
-	mi := &file_quorumca_proto_msgTypes[56]
+	mi := &file_quorumca_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3448,7 +3591,7 @@ func (x *ListAdminCertificatesRequest) String() string {
 func (*ListAdminCertificatesRequest) ProtoMessage() {}
 
 func (x *ListAdminCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[56]
+	mi := &file_quorumca_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3461,7 +3604,7 @@ func (x *ListAdminCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdminCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*ListAdminCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{56}
+	return file_quorumca_proto_rawDescGZIP(), []int{58}
 }
 
 type ListAdminCertificatesResponse struct {
@@ -3473,7 +3616,7 @@ type ListAdminCertificatesResponse struct {
 
 func (x *ListAdminCertificatesResponse) Reset() {
 	*x = ListAdminCertificatesResponse{}
-	mi := &file_quorumca_proto_msgTypes[57]
+	mi := &file_quorumca_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3485,7 +3628,7 @@ func (x *ListAdminCertificatesResponse) String() string {
 func (*ListAdminCertificatesResponse) ProtoMessage() {}
 
 func (x *ListAdminCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[57]
+	mi := &file_quorumca_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3498,7 +3641,7 @@ func (x *ListAdminCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdminCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*ListAdminCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{57}
+	return file_quorumca_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ListAdminCertificatesResponse) GetCertificates() []*AdminCertificate {
@@ -3520,7 +3663,7 @@ type RevokeAdminCertificatesRequest struct {
 
 func (x *RevokeAdminCertificatesRequest) Reset() {
 	*x = RevokeAdminCertificatesRequest{}
-	mi := &file_quorumca_proto_msgTypes[58]
+	mi := &file_quorumca_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3532,7 +3675,7 @@ func (x *RevokeAdminCertificatesRequest) String() string {
 func (*RevokeAdminCertificatesRequest) ProtoMessage() {}
 
 func (x *RevokeAdminCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[58]
+	mi := &file_quorumca_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3545,7 +3688,7 @@ func (x *RevokeAdminCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAdminCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAdminCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{58}
+	return file_quorumca_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *RevokeAdminCertificatesRequest) GetSerials() []string {
@@ -3572,7 +3715,7 @@ type RevokeAdminCertificatesResponse struct {
 
 func (x *RevokeAdminCertificatesResponse) Reset() {
 	*x = RevokeAdminCertificatesResponse{}
-	mi := &file_quorumca_proto_msgTypes[59]
+	mi := &file_quorumca_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3584,7 +3727,7 @@ func (x *RevokeAdminCertificatesResponse) String() string {
 func (*RevokeAdminCertificatesResponse) ProtoMessage() {}
 
 func (x *RevokeAdminCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quorumca_proto_msgTypes[59]
+	mi := &file_quorumca_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3597,7 +3740,7 @@ func (x *RevokeAdminCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAdminCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*RevokeAdminCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_quorumca_proto_rawDescGZIP(), []int{59}
+	return file_quorumca_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *RevokeAdminCertificatesResponse) GetSerials() []string {
@@ -3611,7 +3754,14 @@ var File_quorumca_proto protoreflect.FileDescriptor
 
 const file_quorumca_proto_rawDesc = "" +
 	"\n" +
-	"\x0equorumca.proto\x12\vquorumca.v1\"%\n" +
+	"\x0equorumca.proto\x12\vquorumca.v1\"J\n" +
+	"\x18RevokeCertificateRequest\x12\x16\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\x05R\x06reason\"Y\n" +
+	"\x19RevokeCertificateResponse\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x18\n" +
+	"\acurrent\x18\x03 \x01(\bR\acurrent\"%\n" +
 	"\rBackupRequest\x12\x14\n" +
 	"\x05stale\x18\x01 \x01(\bR\x05stale\"N\n" +
 	"\vBackupChunk\x12+\n" +
@@ -3706,9 +3856,11 @@ const file_quorumca_proto_rawDesc = "" +
 	"\vPingRequest\"A\n" +
 	"\fPingResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
-	"\aproblem\x18\x02 \x01(\tR\aproblem\"7\n" +
+	"\aproblem\x18\x02 \x01(\tR\aproblem\"V\n" +
 	"\x10HeartbeatRequest\x12#\n" +
-	"\rbundle_digest\x18\x01 \x01(\tR\fbundleDigest\"\xad\x02\n" +
+	"\rbundle_digest\x18\x01 \x01(\tR\fbundleDigest\x12\x1d\n" +
+	"\n" +
+	"crl_number\x18\x02 \x01(\x04R\tcrlNumber\"\xde\x02\n" +
 	"\x11HeartbeatResponse\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x14\n" +
 	"\x05renew\x18\x02 \x01(\bR\x05renew\x12.\n" +
@@ -3718,7 +3870,11 @@ const file_quorumca_proto_rawDesc = "" +
 	"\x06bundle\x18\x06 \x01(\fR\x06bundle\x12&\n" +
 	"\x0frenew_jitter_ms\x18\a \x01(\x03R\rrenewJitterMs\x12!\n" +
 	"\fbundle_since\x18\b \x01(\x03R\vbundleSince\x12\"\n" +
-	"\rgossip_key_id\x18\t \x01(\tR\vgossipKeyId\"\x0f\n" +
+	"\rgossip_key_id\x18\t \x01(\tR\vgossipKeyId\x12\x10\n" +
+	"\x03crl\x18\n" +
+	" \x01(\fR\x03crl\x12\x1d\n" +
+	"\n" +
+	"crl_number\x18\v \x01(\x04R\tcrlNumber\"\x0f\n" +
 	"\rGossipRequest\"O\n" +
 	"\x0eGossipResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
@@ -3871,7 +4027,7 @@ const file_quorumca_proto_rawDesc = "" +
 	"\x14IssueNodeCertificate\x12(.quorumca.v1.IssueNodeCertificateRequest\x1a).quorumca.v1.IssueNodeCertificateResponse\x12k\n" +
 	"\x14RenewNodeCertificate\x12(.quorumca.v1.RenewNodeCertificateRequest\x1a).quorumca.v1.RenewNodeCertificateResponse\x12J\n" +
 	"\tHeartbeat\x12\x1d.quorumca.v1.HeartbeatRequest\x1a\x1e.quorumca.v1.HeartbeatResponse\x12A\n" +
-	"\x06Gossip\x12\x1a.quorumca.v1.GossipRequest\x1a\x1b.quorumca.v1.GossipResponse2\xe5\v\n" +
+	"\x06Gossip\x12\x1a.quorumca.v1.GossipRequest\x1a\x1b.quorumca.v1.GossipResponse2\xc9\f\n" +
 	"\aControl\x12A\n" +
 	"\x06Status\x12\x1a.quorumca.v1.StatusRequest\x1a\x1b.quorumca.v1.StatusResponse\x12J\n" +
 	"\tJoinToken\x12\x1d.quorumca.v1.JoinTokenRequest\x1a\x1e.quorumca.v1.JoinTokenResponse\x12G\n" +
@@ -3892,7 +4048,8 @@ const file_quorumca_proto_rawDesc = "" +
 	"\tUnlockKey\x12\x1d.quorumca.v1.UnlockKeyRequest\x1a\x1e.quorumca.v1.UnlockKeyResponse\x12A\n" +
 	"\x06Unlock\x12\x1a.quorumca.v1.UnlockRequest\x1a\x1b.quorumca.v1.UnlockResponse\x12G\n" +
 	"\bRotateCA\x12\x1c.quorumca.v1.RotateCARequest\x1a\x1d.quorumca.v1.RotateCAResponse\x12>\n" +
-	"\x05GetCA\x12\x19.quorumca.v1.GetCARequest\x1a\x1a.quorumca.v1.GetCAResponse\x12@\n" +
+	"\x05GetCA\x12\x19.quorumca.v1.GetCARequest\x1a\x1a.quorumca.v1.GetCAResponse\x12b\n" +
+	"\x11RevokeCertificate\x12%.quorumca.v1.RevokeCertificateRequest\x1a&.quorumca.v1.RevokeCertificateResponse\x12@\n" +
 	"\x06Backup\x12\x1a.quorumca.v1.BackupRequest\x1a\x18.quorumca.v1.BackupChunk0\x012\xa5\x01\n" +
 	"\bInternal\x12M\n" +
 	"\x05Admit\x12\x19.quorumca.v1.AdmitRequest\x1a).quorumca.v1.IssueNodeCertificateResponse\x12J\n" +
@@ -3910,138 +4067,142 @@ func file_quorumca_proto_rawDescGZIP() []byte {
 	return file_quorumca_proto_rawDescData
 }
 
-var file_quorumca_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
+var file_quorumca_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
 var file_quorumca_proto_goTypes = []any{
-	(*BackupRequest)(nil),                   // 0: quorumca.v1.BackupRequest
-	(*BackupChunk)(nil),                     // 1: quorumca.v1.BackupChunk
-	(*BackupInfo)(nil),                      // 2: quorumca.v1.BackupInfo
-	(*ReadIndexRequest)(nil),                // 3: quorumca.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),               // 4: quorumca.v1.ReadIndexResponse
-	(*GetRootBundleRequest)(nil),            // 5: quorumca.v1.GetRootBundleRequest
-	(*GetRootBundleResponse)(nil),           // 6: quorumca.v1.GetRootBundleResponse
-	(*IssueNodeCertificateRequest)(nil),     // 7: quorumca.v1.IssueNodeCertificateRequest
-	(*AdmitRequest)(nil),                    // 8: quorumca.v1.AdmitRequest
-	(*IssueNodeCertificateResponse)(nil),    // 9: quorumca.v1.IssueNodeCertificateResponse
-	(*RenewNodeCertificateRequest)(nil),     // 10: quorumca.v1.RenewNodeCertificateRequest
-	(*RenewNodeCertificateResponse)(nil),    // 11: quorumca.v1.RenewNodeCertificateResponse
-	(*StatusRequest)(nil),                   // 12: quorumca.v1.StatusRequest
-	(*StatusResponse)(nil),                  // 13: quorumca.v1.StatusResponse
-	(*Recovery)(nil),                        // 14: quorumca.v1.Recovery
-	(*Manager)(nil),                         // 15: quorumca.v1.Manager
-	(*JoinTokenRequest)(nil),                // 16: quorumca.v1.JoinTokenRequest
-	(*JoinTokenResponse)(nil),               // 17: quorumca.v1.JoinTokenResponse
-	(*AddVoterRequest)(nil),                 // 18: quorumca.v1.AddVoterRequest
-	(*AddVoterResponse)(nil),                // 19: quorumca.v1.AddVoterResponse
-	(*PingRequest)(nil),                     // 20: quorumca.v1.PingRequest
-	(*PingResponse)(nil),                    // 21: quorumca.v1.PingResponse
-	(*HeartbeatRequest)(nil),                // 22: quorumca.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),               // 23: quorumca.v1.HeartbeatResponse
-	(*GossipRequest)(nil),                   // 24: quorumca.v1.GossipRequest
-	(*GossipResponse)(nil),                  // 25: quorumca.v1.GossipResponse
-	(*RotateCARequest)(nil),                 // 26: quorumca.v1.RotateCARequest
-	(*ExternalCA)(nil),                      // 27: quorumca.v1.ExternalCA
-	(*RotateCAResponse)(nil),                // 28: quorumca.v1.RotateCAResponse
-	(*GetCARequest)(nil),                    // 29: quorumca.v1.GetCARequest
-	(*GetCAResponse)(nil),                   // 30: quorumca.v1.GetCAResponse
-	(*Rotation)(nil),                        // 31: quorumca.v1.Rotation
-	(*RotationNode)(nil),                    // 32: quorumca.v1.RotationNode
-	(*Node)(nil),                            // 33: quorumca.v1.Node
-	(*ListNodesRequest)(nil),                // 34: quorumca.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),               // 35: quorumca.v1.ListNodesResponse
-	(*SetRoleRequest)(nil),                  // 36: quorumca.v1.SetRoleRequest
-	(*SetRoleResponse)(nil),                 // 37: quorumca.v1.SetRoleResponse
-	(*RemoveNodeRequest)(nil),               // 38: quorumca.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),              // 39: quorumca.v1.RemoveNodeResponse
-	(*UpdateRequest)(nil),                   // 40: quorumca.v1.UpdateRequest
-	(*UpdateResponse)(nil),                  // 41: quorumca.v1.UpdateResponse
-	(*UnlockKeyRequest)(nil),                // 42: quorumca.v1.UnlockKeyRequest
-	(*UnlockKeyResponse)(nil),               // 43: quorumca.v1.UnlockKeyResponse
-	(*UnlockRequest)(nil),                   // 44: quorumca.v1.UnlockRequest
-	(*UnlockResponse)(nil),                  // 45: quorumca.v1.UnlockResponse
-	(*CreateTokenRequest)(nil),              // 46: quorumca.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),             // 47: quorumca.v1.CreateTokenResponse
-	(*Token)(nil),                           // 48: quorumca.v1.Token
-	(*ListTokensRequest)(nil),               // 49: quorumca.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),              // 50: quorumca.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),              // 51: quorumca.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),             // 52: quorumca.v1.RevokeTokenResponse
-	(*IssueAdminCertificateRequest)(nil),    // 53: quorumca.v1.IssueAdminCertificateRequest
-	(*IssueAdminCertificateResponse)(nil),   // 54: quorumca.v1.IssueAdminCertificateResponse
-	(*AdminCertificate)(nil),                // 55: quorumca.v1.AdminCertificate
-	(*ListAdminCertificatesRequest)(nil),    // 56: quorumca.v1.ListAdminCertificatesRequest
-	(*ListAdminCertificatesResponse)(nil),   // 57: quorumca.v1.ListAdminCertificatesResponse
-	(*RevokeAdminCertificatesRequest)(nil),  // 58: quorumca.v1.RevokeAdminCertificatesRequest
-	(*RevokeAdminCertificatesResponse)(nil), // 59: quorumca.v1.RevokeAdminCertificatesResponse
+	(*RevokeCertificateRequest)(nil),        // 0: quorumca.v1.RevokeCertificateRequest
+	(*RevokeCertificateResponse)(nil),       // 1: quorumca.v1.RevokeCertificateResponse
+	(*BackupRequest)(nil),                   // 2: quorumca.v1.BackupRequest
+	(*BackupChunk)(nil),                     // 3: quorumca.v1.BackupChunk
+	(*BackupInfo)(nil),                      // 4: quorumca.v1.BackupInfo
+	(*ReadIndexRequest)(nil),                // 5: quorumca.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),               // 6: quorumca.v1.ReadIndexResponse
+	(*GetRootBundleRequest)(nil),            // 7: quorumca.v1.GetRootBundleRequest
+	(*GetRootBundleResponse)(nil),           // 8: quorumca.v1.GetRootBundleResponse
+	(*IssueNodeCertificateRequest)(nil),     // 9: quorumca.v1.IssueNodeCertificateRequest
+	(*AdmitRequest)(nil),                    // 10: quorumca.v1.AdmitRequest
+	(*IssueNodeCertificateResponse)(nil),    // 11: quorumca.v1.IssueNodeCertificateResponse
+	(*RenewNodeCertificateRequest)(nil),     // 12: quorumca.v1.RenewNodeCertificateRequest
+	(*RenewNodeCertificateResponse)(nil),    // 13: quorumca.v1.RenewNodeCertificateResponse
+	(*StatusRequest)(nil),                   // 14: quorumca.v1.StatusRequest
+	(*StatusResponse)(nil),                  // 15: quorumca.v1.StatusResponse
+	(*Recovery)(nil),                        // 16: quorumca.v1.Recovery
+	(*Manager)(nil),                         // 17: quorumca.v1.Manager
+	(*JoinTokenRequest)(nil),                // 18: quorumca.v1.JoinTokenRequest
+	(*JoinTokenResponse)(nil),               // 19: quorumca.v1.JoinTokenResponse
+	(*AddVoterRequest)(nil),                 // 20: quorumca.v1.AddVoterRequest
+	(*AddVoterResponse)(nil),                // 21: quorumca.v1.AddVoterResponse
+	(*PingRequest)(nil),                     // 22: quorumca.v1.PingRequest
+	(*PingResponse)(nil),                    // 23: quorumca.v1.PingResponse
+	(*HeartbeatRequest)(nil),                // 24: quorumca.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),               // 25: quorumca.v1.HeartbeatResponse
+	(*GossipRequest)(nil),                   // 26: quorumca.v1.GossipRequest
+	(*GossipResponse)(nil),                  // 27: quorumca.v1.GossipResponse
+	(*RotateCARequest)(nil),                 // 28: quorumca.v1.RotateCARequest
+	(*ExternalCA)(nil),                      // 29: quorumca.v1.ExternalCA
+	(*RotateCAResponse)(nil),                // 30: quorumca.v1.RotateCAResponse
+	(*GetCARequest)(nil),                    // 31: quorumca.v1.GetCARequest
+	(*GetCAResponse)(nil),                   // 32: quorumca.v1.GetCAResponse
+	(*Rotation)(nil),                        // 33: quorumca.v1.Rotation
+	(*RotationNode)(nil),                    // 34: quorumca.v1.RotationNode
+	(*Node)(nil),                            // 35: quorumca.v1.Node
+	(*ListNodesRequest)(nil),                // 36: quorumca.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),               // 37: quorumca.v1.ListNodesResponse
+	(*SetRoleRequest)(nil),                  // 38: quorumca.v1.SetRoleRequest
+	(*SetRoleResponse)(nil),                 // 39: quorumca.v1.SetRoleResponse
+	(*RemoveNodeRequest)(nil),               // 40: quorumca.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),              // 41: quorumca.v1.RemoveNodeResponse
+	(*UpdateRequest)(nil),                   // 42: quorumca.v1.UpdateRequest
+	(*UpdateResponse)(nil),                  // 43: quorumca.v1.UpdateResponse
+	(*UnlockKeyRequest)(nil),                // 44: quorumca.v1.UnlockKeyRequest
+	(*UnlockKeyResponse)(nil),               // 45: quorumca.v1.UnlockKeyResponse
+	(*UnlockRequest)(nil),                   // 46: quorumca.v1.UnlockRequest
+	(*UnlockResponse)(nil),                  // 47: quorumca.v1.UnlockResponse
+	(*CreateTokenRequest)(nil),              // 48: quorumca.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),             // 49: quorumca.v1.CreateTokenResponse
+	(*Token)(nil),                           // 50: quorumca.v1.Token
+	(*ListTokensRequest)(nil),               // 51: quorumca.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),              // 52: quorumca.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),              // 53: quorumca.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),             // 54: quorumca.v1.RevokeTokenResponse
+	(*IssueAdminCertificateRequest)(nil),    // 55: quorumca.v1.IssueAdminCertificateRequest
+	(*IssueAdminCertificateResponse)(nil),   // 56: quorumca.v1.IssueAdminCertificateResponse
+	(*AdminCertificate)(nil),                // 57: quorumca.v1.AdminCertificate
+	(*ListAdminCertificatesRequest)(nil),    // 58: quorumca.v1.ListAdminCertificatesRequest
+	(*ListAdminCertificatesResponse)(nil),   // 59: quorumca.v1.ListAdminCertificatesResponse
+	(*RevokeAdminCertificatesRequest)(nil),  // 60: quorumca.v1.RevokeAdminCertificatesRequest
+	(*RevokeAdminCertificatesResponse)(nil), // 61: quorumca.v1.RevokeAdminCertificatesResponse
 }
 var file_quorumca_proto_depIdxs = []int32{
-	2,  // 0: quorumca.v1.BackupChunk.info:type_name -> quorumca.v1.BackupInfo
-	15, // 1: quorumca.v1.StatusResponse.managers:type_name -> quorumca.v1.Manager
-	31, // 2: quorumca.v1.StatusResponse.rotation:type_name -> quorumca.v1.Rotation
-	14, // 3: quorumca.v1.StatusResponse.recovery:type_name -> quorumca.v1.Recovery
-	27, // 4: quorumca.v1.RotateCARequest.external_ca:type_name -> quorumca.v1.ExternalCA
-	31, // 5: quorumca.v1.RotateCAResponse.rotation:type_name -> quorumca.v1.Rotation
-	31, // 6: quorumca.v1.GetCAResponse.rotation:type_name -> quorumca.v1.Rotation
-	27, // 7: quorumca.v1.GetCAResponse.external_ca:type_name -> quorumca.v1.ExternalCA
-	32, // 8: quorumca.v1.Rotation.nodes:type_name -> quorumca.v1.RotationNode
-	33, // 9: quorumca.v1.ListNodesResponse.nodes:type_name -> quorumca.v1.Node
-	27, // 10: quorumca.v1.UpdateRequest.external_ca:type_name -> quorumca.v1.ExternalCA
-	27, // 11: quorumca.v1.UpdateResponse.external_ca:type_name -> quorumca.v1.ExternalCA
-	48, // 12: quorumca.v1.ListTokensResponse.tokens:type_name -> quorumca.v1.Token
-	55, // 13: quorumca.v1.ListAdminCertificatesResponse.certificates:type_name -> quorumca.v1.AdminCertificate
-	5,  // 14: quorumca.v1.CA.GetRootBundle:input_type -> quorumca.v1.GetRootBundleRequest
-	7,  // 15: quorumca.v1.CA.IssueNodeCertificate:input_type -> quorumca.v1.IssueNodeCertificateRequest
-	10, // 16: quorumca.v1.CA.RenewNodeCertificate:input_type -> quorumca.v1.RenewNodeCertificateRequest
-	22, // 17: quorumca.v1.CA.Heartbeat:input_type -> quorumca.v1.HeartbeatRequest
-	24, // 18: quorumca.v1.CA.Gossip:input_type -> quorumca.v1.GossipRequest
-	12, // 19: quorumca.v1.Control.Status:input_type -> quorumca.v1.StatusRequest
-	16, // 20: quorumca.v1.Control.JoinToken:input_type -> quorumca.v1.JoinTokenRequest
-	18, // 21: quorumca.v1.Control.AddVoter:input_type -> quorumca.v1.AddVoterRequest
-	20, // 22: quorumca.v1.Control.Ping:input_type -> quorumca.v1.PingRequest
-	34, // 23: quorumca.v1.Control.ListNodes:input_type -> quorumca.v1.ListNodesRequest
-	36, // 24: quorumca.v1.Control.SetRole:input_type -> quorumca.v1.SetRoleRequest
-	38, // 25: quorumca.v1.Control.RemoveNode:input_type -> quorumca.v1.RemoveNodeRequest
-	40, // 26: quorumca.v1.Control.Update:input_type -> quorumca.v1.UpdateRequest
-	46, // 27: quorumca.v1.Control.CreateToken:input_type -> quorumca.v1.CreateTokenRequest
-	49, // 28: quorumca.v1.Control.ListTokens:input_type -> quorumca.v1.ListTokensRequest
-	51, // 29: quorumca.v1.Control.RevokeToken:input_type -> quorumca.v1.RevokeTokenRequest
-	53, // 30: quorumca.v1.Control.IssueAdminCertificate:input_type -> quorumca.v1.IssueAdminCertificateRequest
-	56, // 31: quorumca.v1.Control.ListAdminCertificates:input_type -> quorumca.v1.ListAdminCertificatesRequest
-	58, // 32: quorumca.v1.Control.RevokeAdminCertificates:input_type -> quorumca.v1.RevokeAdminCertificatesRequest
-	42, // 33: quorumca.v1.Control.UnlockKey:input_type -> quorumca.v1.UnlockKeyRequest
-	44, // 34: quorumca.v1.Control.Unlock:input_type -> quorumca.v1.UnlockRequest
-	26, // 35: quorumca.v1.Control.RotateCA:input_type -> quorumca.v1.RotateCARequest
-	29, // 36: quorumca.v1.Control.GetCA:input_type -> quorumca.v1.GetCARequest
-	0,  // 37: quorumca.v1.Control.Backup:input_type -> quorumca.v1.BackupRequest
-	8,  // 38: quorumca.v1.Internal.Admit:input_type -> quorumca.v1.AdmitRequest
-	3,  // 39: quorumca.v1.Internal.ReadIndex:input_type -> quorumca.v1.ReadIndexRequest
-	6,  // 40: quorumca.v1.CA.GetRootBundle:output_type -> quorumca.v1.GetRootBundleResponse
-	9,  // 41: quorumca.v1.CA.IssueNodeCertificate:output_type -> quorumca.v1.IssueNodeCertificateResponse
-	11, // 42: quorumca.v1.CA.RenewNodeCertificate:output_type -> quorumca.v1.RenewNodeCertificateResponse
-	23, // 43: quorumca.v1.CA.Heartbeat:output_type -> quorumca.v1.HeartbeatResponse
-	25, // 44: quorumca.v1.CA.Gossip:output_type -> quorumca.v1.GossipResponse
-	13, // 45: quorumca.v1.Control.Status:output_type -> quorumca.v1.StatusResponse
-	17, // 46: quorumca.v1.Control.JoinToken:output_type -> quorumca.v1.JoinTokenResponse
-	19, // 47: quorumca.v1.Control.AddVoter:output_type -> quorumca.v1.AddVoterResponse
-	21, // 48: quorumca.v1.Control.Ping:output_type -> quorumca.v1.PingResponse
-	35, // 49: quorumca.v1.Control.ListNodes:output_type -> quorumca.v1.ListNodesResponse
-	37, // 50: quorumca.v1.Control.SetRole:output_type -> quorumca.v1.SetRoleResponse
-	39, // 51: quorumca.v1.Control.RemoveNode:output_type -> quorumca.v1.RemoveNodeResponse
-	41, // 52: quorumca.v1.Control.Update:output_type -> quorumca.v1.UpdateResponse
-	47, // 53: quorumca.v1.Control.CreateToken:output_type -> quorumca.v1.CreateTokenResponse
-	50, // 54: quorumca.v1.Control.ListTokens:output_type -> quorumca.v1.ListTokensResponse
-	52, // 55: quorumca.v1.Control.RevokeToken:output_type -> quorumca.v1.RevokeTokenResponse
-	54, // 56: quorumca.v1.Control.IssueAdminCertificate:output_type -> quorumca.v1.IssueAdminCertificateResponse
-	57, // 57: quorumca.v1.Control.ListAdminCertificates:output_type -> quorumca.v1.ListAdminCertificatesResponse
-	59, // 58: quorumca.v1.Control.RevokeAdminCertificates:output_type -> quorumca.v1.RevokeAdminCertificatesResponse
-	43, // 59: quorumca.v1.Control.UnlockKey:output_type -> quorumca.v1.UnlockKeyResponse
-	45, // 60: quorumca.v1.Control.Unlock:output_type -> quorumca.v1.UnlockResponse
-	28, // 61: quorumca.v1.Control.RotateCA:output_type -> quorumca.v1.RotateCAResponse
-	30, // 62: quorumca.v1.Control.GetCA:output_type -> quorumca.v1.GetCAResponse
-	1,  // 63: quorumca.v1.Control.Backup:output_type -> quorumca.v1.BackupChunk
-	9,  // 64: quorumca.v1.Internal.Admit:output_type -> quorumca.v1.IssueNodeCertificateResponse
-	4,  // 65: quorumca.v1.Internal.ReadIndex:output_type -> quorumca.v1.ReadIndexResponse
-	40, // [40:66] is the sub-list for method output_type
-	14, // [14:40] is the sub-list for method input_type
+	4,  // 0: quorumca.v1.BackupChunk.info:type_name -> quorumca.v1.BackupInfo
+	17, // 1: quorumca.v1.StatusResponse.managers:type_name -> quorumca.v1.Manager
+	33, // 2: quorumca.v1.StatusResponse.rotation:type_name -> quorumca.v1.Rotation
+	16, // 3: quorumca.v1.StatusResponse.recovery:type_name -> quorumca.v1.Recovery
+	29, // 4: quorumca.v1.RotateCARequest.external_ca:type_name -> quorumca.v1.ExternalCA
+	33, // 5: quorumca.v1.RotateCAResponse.rotation:type_name -> quorumca.v1.Rotation
+	33, // 6: quorumca.v1.GetCAResponse.rotation:type_name -> quorumca.v1.Rotation
+	29, // 7: quorumca.v1.GetCAResponse.external_ca:type_name -> quorumca.v1.ExternalCA
+	34, // 8: quorumca.v1.Rotation.nodes:type_name -> quorumca.v1.RotationNode
+	35, // 9: quorumca.v1.ListNodesResponse.nodes:type_name -> quorumca.v1.Node
+	29, // 10: quorumca.v1.UpdateRequest.external_ca:type_name -> quorumca.v1.ExternalCA
+	29, // 11: quorumca.v1.UpdateResponse.external_ca:type_name -> quorumca.v1.ExternalCA
+	50, // 12: quorumca.v1.ListTokensResponse.tokens:type_name -> quorumca.v1.Token
+	57, // 13: quorumca.v1.ListAdminCertificatesResponse.certificates:type_name -> quorumca.v1.AdminCertificate
+	7,  // 14: quorumca.v1.CA.GetRootBundle:input_type -> quorumca.v1.GetRootBundleRequest
+	9,  // 15: quorumca.v1.CA.IssueNodeCertificate:input_type -> quorumca.v1.IssueNodeCertificateRequest
+	12, // 16: quorumca.v1.CA.RenewNodeCertificate:input_type -> quorumca.v1.RenewNodeCertificateRequest
+	24, // 17: quorumca.v1.CA.Heartbeat:input_type -> quorumca.v1.HeartbeatRequest
+	26, // 18: quorumca.v1.CA.Gossip:input_type -> quorumca.v1.GossipRequest
+	14, // 19: quorumca.v1.Control.Status:input_type -> quorumca.v1.StatusRequest
+	18, // 20: quorumca.v1.Control.JoinToken:input_type -> quorumca.v1.JoinTokenRequest
+	20, // 21: quorumca.v1.Control.AddVoter:input_type -> quorumca.v1.AddVoterRequest
+	22, // 22: quorumca.v1.Control.Ping:input_type -> quorumca.v1.PingRequest
+	36, // 23: quorumca.v1.Control.ListNodes:input_type -> quorumca.v1.ListNodesRequest
+	38, // 24: quorumca.v1.Control.SetRole:input_type -> quorumca.v1.SetRoleRequest
+	40, // 25: quorumca.v1.Control.RemoveNode:input_type -> quorumca.v1.RemoveNodeRequest
+	42, // 26: quorumca.v1.Control.Update:input_type -> quorumca.v1.UpdateRequest
+	48, // 27: quorumca.v1.Control.CreateToken:input_type -> quorumca.v1.CreateTokenRequest
+	51, // 28: quorumca.v1.Control.ListTokens:input_type -> quorumca.v1.ListTokensRequest
+	53, // 29: quorumca.v1.Control.RevokeToken:input_type -> quorumca.v1.RevokeTokenRequest
+	55, // 30: quorumca.v1.Control.IssueAdminCertificate:input_type -> quorumca.v1.IssueAdminCertificateRequest
+	58, // 31: quorumca.v1.Control.ListAdminCertificates:input_type -> quorumca.v1.ListAdminCertificatesRequest
+	60, // 32: quorumca.v1.Control.RevokeAdminCertificates:input_type -> quorumca.v1.RevokeAdminCertificatesRequest
+	44, // 33: quorumca.v1.Control.UnlockKey:input_type -> quorumca.v1.UnlockKeyRequest
+	46, // 34: quorumca.v1.Control.Unlock:input_type -> quorumca.v1.UnlockRequest
+	28, // 35: quorumca.v1.Control.RotateCA:input_type -> quorumca.v1.RotateCARequest
+	31, // 36: quorumca.v1.Control.GetCA:input_type -> quorumca.v1.GetCARequest
+	0,  // 37: quorumca.v1.Control.RevokeCertificate:input_type -> quorumca.v1.RevokeCertificateRequest
+	2,  // 38: quorumca.v1.Control.Backup:input_type -> quorumca.v1.BackupRequest
+	10, // 39: quorumca.v1.Internal.Admit:input_type -> quorumca.v1.AdmitRequest
+	5,  // 40: quorumca.v1.Internal.ReadIndex:input_type -> quorumca.v1.ReadIndexRequest
+	8,  // 41: quorumca.v1.CA.GetRootBundle:output_type -> quorumca.v1.GetRootBundleResponse
+	11, // 42: quorumca.v1.CA.IssueNodeCertificate:output_type -> quorumca.v1.IssueNodeCertificateResponse
+	13, // 43: quorumca.v1.CA.RenewNodeCertificate:output_type -> quorumca.v1.RenewNodeCertificateResponse
+	25, // 44: quorumca.v1.CA.Heartbeat:output_type -> quorumca.v1.HeartbeatResponse
+	27, // 45: quorumca.v1.CA.Gossip:output_type -> quorumca.v1.GossipResponse
+	15, // 46: quorumca.v1.Control.Status:output_type -> quorumca.v1.StatusResponse
+	19, // 47: quorumca.v1.Control.JoinToken:output_type -> quorumca.v1.JoinTokenResponse
+	21, // 48: quorumca.v1.Control.AddVoter:output_type -> quorumca.v1.AddVoterResponse
+	23, // 49: quorumca.v1.Control.Ping:output_type -> quorumca.v1.PingResponse
+	37, // 50: quorumca.v1.Control.ListNodes:output_type -> quorumca.v1.ListNodesResponse
+	39, // 51: quorumca.v1.Control.SetRole:output_type -> quorumca.v1.SetRoleResponse
+	41, // 52: quorumca.v1.Control.RemoveNode:output_type -> quorumca.v1.RemoveNodeResponse
+	43, // 53: quorumca.v1.Control.Update:output_type -> quorumca.v1.UpdateResponse
+	49, // 54: quorumca.v1.Control.CreateToken:output_type -> quorumca.v1.CreateTokenResponse
+	52, // 55: quorumca.v1.Control.ListTokens:output_type -> quorumca.v1.ListTokensResponse
+	54, // 56: quorumca.v1.Control.RevokeToken:output_type -> quorumca.v1.RevokeTokenResponse
+	56, // 57: quorumca.v1.Control.IssueAdminCertificate:output_type -> quorumca.v1.IssueAdminCertificateResponse
+	59, // 58: quorumca.v1.Control.ListAdminCertificates:output_type -> quorumca.v1.ListAdminCertificatesResponse
+	61, // 59: quorumca.v1.Control.RevokeAdminCertificates:output_type -> quorumca.v1.RevokeAdminCertificatesResponse
+	45, // 60: quorumca.v1.Control.UnlockKey:output_type -> quorumca.v1.UnlockKeyResponse
+	47, // 61: quorumca.v1.Control.Unlock:output_type -> quorumca.v1.UnlockResponse
+	30, // 62: quorumca.v1.Control.RotateCA:output_type -> quorumca.v1.RotateCAResponse
+	32, // 63: quorumca.v1.Control.GetCA:output_type -> quorumca.v1.GetCAResponse
+	1,  // 64: quorumca.v1.Control.RevokeCertificate:output_type -> quorumca.v1.RevokeCertificateResponse
+	3,  // 65: quorumca.v1.Control.Backup:output_type -> quorumca.v1.BackupChunk
+	11, // 66: quorumca.v1.Internal.Admit:output_type -> quorumca.v1.IssueNodeCertificateResponse
+	6,  // 67: quorumca.v1.Internal.ReadIndex:output_type -> quorumca.v1.ReadIndexResponse
+	41, // [41:68] is the sub-list for method output_type
+	14, // [14:41] is the sub-list for method input_type
 	14, // [14:14] is the sub-list for extension type_name
 	14, // [14:14] is the sub-list for extension extendee
 	0,  // [0:14] is the sub-list for field type_name
@@ -4052,14 +4213,14 @@ func file_quorumca_proto_init() {
 	if File_quorumca_proto != nil {
 		return
 	}
-	file_quorumca_proto_msgTypes[40].OneofWrappers = []any{}
+	file_quorumca_proto_msgTypes[42].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quorumca_proto_rawDesc), len(file_quorumca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   60,
+			NumMessages:   62,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

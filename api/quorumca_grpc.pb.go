@@ -337,6 +337,7 @@ const (
 	Control_Unlock_FullMethodName                  = "/quorumca.v1.Control/Unlock"
 	Control_RotateCA_FullMethodName                = "/quorumca.v1.Control/RotateCA"
 	Control_GetCA_FullMethodName                   = "/quorumca.v1.Control/GetCA"
+	Control_RevokeCertificate_FullMethodName       = "/quorumca.v1.Control/RevokeCertificate"
 	Control_Backup_FullMethodName                  = "/quorumca.v1.Control/Backup"
 )
 
@@ -392,6 +393,8 @@ type ControlClient interface {
 	// GetCA returns the trust bundle and the progress of the rotation in
 	// progress, or the outcome of the last one.
 	GetCA(ctx context.Context, in *GetCARequest, opts ...grpc.CallOption) (*GetCAResponse, error)
+	// RevokeCertificate revokes a node or admin certificate by serial.
+	RevokeCertificate(ctx context.Context, in *RevokeCertificateRequest, opts ...grpc.CallOption) (*RevokeCertificateResponse, error)
 	// Backup streams the replicated state at a committed index: the first
 	// chunk says which, the others carry the state (fsm's snapshot
 	// encoding). The manager called answers: it first waits until it has
@@ -587,6 +590,16 @@ func (c *controlClient) GetCA(ctx context.Context, in *GetCARequest, opts ...grp
 	return out, nil
 }
 
+func (c *controlClient) RevokeCertificate(ctx context.Context, in *RevokeCertificateRequest, opts ...grpc.CallOption) (*RevokeCertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeCertificateResponse)
+	err := c.cc.Invoke(ctx, Control_RevokeCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *controlClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[0], Control_Backup_FullMethodName, cOpts...)
@@ -658,6 +671,8 @@ type ControlServer interface {
 	// GetCA returns the trust bundle and the progress of the rotation in
 	// progress, or the outcome of the last one.
 	GetCA(context.Context, *GetCARequest) (*GetCAResponse, error)
+	// RevokeCertificate revokes a node or admin certificate by serial.
+	RevokeCertificate(context.Context, *RevokeCertificateRequest) (*RevokeCertificateResponse, error)
 	// Backup streams the replicated state at a committed index: the first
 	// chunk says which, the others carry the state (fsm's snapshot
 	// encoding). The manager called answers: it first waits until it has
@@ -726,6 +741,9 @@ func (UnimplementedControlServer) RotateCA(context.Context, *RotateCARequest) (*
 }
 func (UnimplementedControlServer) GetCA(context.Context, *GetCARequest) (*GetCAResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCA not implemented")
+}
+func (UnimplementedControlServer) RevokeCertificate(context.Context, *RevokeCertificateRequest) (*RevokeCertificateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeCertificate not implemented")
 }
 func (UnimplementedControlServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupChunk]) error {
 	return status.Error(codes.Unimplemented, "method Backup not implemented")
@@ -1075,6 +1093,24 @@ func _Control_GetCA_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_RevokeCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).RevokeCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_RevokeCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).RevokeCertificate(ctx, req.(*RevokeCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Control_Backup_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(BackupRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -1164,6 +1200,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetCA",
 			Handler:    _Control_GetCA_Handler,
+		},
+		{
+			MethodName: "RevokeCertificate",
+			Handler:    _Control_RevokeCertificate_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

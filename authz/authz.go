@@ -89,6 +89,9 @@ type Caller struct {
 	// Forwarder is the node ID of the manager that relayed the call, or ""
 	// for a call made to this manager.
 	Forwarder string
+	// Revoked marks a node whose current certificate was revoked: it may
+	// only heartbeat and renew (with a fresh key), as it is asked to.
+	Revoked bool
 }
 
 // Request is a call as the manager received it.
@@ -151,6 +154,7 @@ const (
 	ReasonNotForwardable    = "NOT_FORWARDABLE"
 	ReasonForwarderUntrusty = "FORWARDER_NOT_TRUSTED"
 	ReasonNotReady          = "NOT_READY"
+	ReasonRevoked           = "REVOKED"
 )
 
 // Error is a refusal: one of the errors above, a reason for programs and a
@@ -249,13 +253,29 @@ func identify(leaf *x509.Certificate, chain []*x509.Certificate, status ca.TLSSt
 	if st.IsRemoved(id.NodeID) {
 		return Caller{}, refuse(ErrDenied, ReasonRemoved, "node %s was removed from the cluster; join it again with a new token", id.NodeID)
 	}
+	if err := checkRevoked(id, c.Serial, st); err != nil {
+		return Caller{}, err
+	}
 	n, ok := st.Node(id.NodeID)
 	if !ok {
 		c.Kind = Node
 		return c, refuse(ErrDenied, ReasonUnknownNode, "node %s is not a member of this cluster (or this manager has not caught up with its join yet)", id.NodeID)
 	}
 	c.Kind, c.Role = Node, n.Role
+	c.Revoked = st.IsRevoked(c.Serial)
 	return c, nil
+}
+
+// checkRevoked refuses a revoked node certificate, but the one the node
+// holds now: that node renews, with a fresh key, as it is asked to.
+func checkRevoked(id ca.Identity, serial string, st *fsm.State) error {
+	if serial == "" || !st.IsRevoked(serial) {
+		return nil
+	}
+	if n, ok := st.Node(id.NodeID); ok && n.Cert.Serial == serial {
+		return nil
+	}
+	return refuse(ErrDenied, ReasonRevoked, "certificate %s of node %s was revoked", serial, id.NodeID)
 }
 
 // forwarded returns the original caller of a call the manager f relayed.
@@ -263,7 +283,7 @@ func forwarded(r Request, v View, rule Rule, f Caller) (Caller, error) {
 	if rule.Route != Forward {
 		return Caller{}, refuse(ErrDenied, ReasonNotForwardable, "%s is not relayed between managers: the caller must make it to the leader itself", r.Method)
 	}
-	if !isManager(f) || v.Voter == nil || !v.Voter(f.ID.NodeID) {
+	if !isManager(f) || f.Revoked || v.Voter == nil || !v.Voter(f.ID.NodeID) {
 		return Caller{}, refuse(ErrDenied, ReasonForwarderUntrusty, "only a manager that is a Raft voter relays calls; %s", describe(f))
 	}
 	var c Caller
@@ -307,6 +327,9 @@ func admit(who Who, c Caller, v View) error {
 	}
 	if c.Kind != Node {
 		return refuse(ErrDenied, ReasonNotNode, "this call is for nodes; %s", describe(c))
+	}
+	if c.Revoked && who != Member {
+		return refuse(ErrDenied, ReasonRevoked, "certificate %s of node %s was revoked: the node renews with a fresh key at its next heartbeat", c.Serial, c.ID.NodeID)
 	}
 	switch who {
 	case Member:
@@ -374,10 +397,11 @@ func pool(roots []*x509.Certificate) *x509.CertPool {
 }
 
 // CheckHandshake is the check made at every TLS handshake with a verified
-// client certificate, before any call: the certificates of removed nodes
-// and revoked admin certificates are refused. (A node or admin certificate
-// the state does not know yet passes: this manager may lag behind the
-// leader that issued it; Decide refuses it per call.)
+// client certificate, before any call: the certificates of removed nodes,
+// revoked certificates (but the one a node holds now, which it may use to
+// renew) and revoked admin certificates are refused. (A node or admin
+// certificate the state does not know yet passes: this manager may lag
+// behind the leader that issued it; Decide refuses it per call.)
 func CheckHandshake(id ca.Identity, serial string, st *fsm.State) error {
 	if id.Role == ca.RoleAdmin {
 		if rec, ok := st.Admin(serial); ok && rec.Revoked() {
@@ -388,15 +412,17 @@ func CheckHandshake(id ca.Identity, serial string, st *fsm.State) error {
 	if st.IsRemoved(id.NodeID) {
 		return refuse(ErrDenied, ReasonRemoved, "node %s was removed from the cluster; join it again with a new token", id.NodeID)
 	}
-	return nil
+	return checkRevoked(id, serial, st)
 }
 
-// CheckRaftPeer decides whether the manager id may take part in Raft: not
-// removed, and not demoted since its certificate was issued. A manager
+// CheckRaftPeer decides whether the manager id, with the certificate
+// serial, may take part in Raft: not removed, the certificate not revoked
+// (a manager's current one is, until it renews, since Raft stays up while
+// it does), and not demoted since its certificate was issued. A manager
 // the state does not know yet passes (it joined moments ago, and this
 // manager has not applied that yet).
-func CheckRaftPeer(id ca.Identity, st *fsm.State) error {
-	if err := CheckHandshake(id, "", st); err != nil {
+func CheckRaftPeer(id ca.Identity, serial string, st *fsm.State) error {
+	if err := CheckHandshake(id, serial, st); err != nil {
 		return err
 	}
 	if n, ok := st.Node(id.NodeID); ok && n.Role != ca.RoleManager {

@@ -41,6 +41,9 @@ const (
 	pAdminRevok = "admin (revoked)"
 	pAdminUnrec = "admin (never recorded)"
 	pAdminExp   = "admin (expired)"
+	pRevokedOld = "node showing a revoked earlier certificate"
+	pRevokedCur = "node whose current certificate is revoked"
+	pRevokedMgr = "manager whose current certificate is revoked"
 )
 
 func newWorld(t *testing.T) *world {
@@ -85,6 +88,21 @@ func newWorld(t *testing.T) *world {
 	node(pWorker, ca.RoleWorker, ca.RoleWorker)
 	node(pDemoted, ca.RoleManager, ca.RoleWorker)
 	node(pPromoted, ca.RoleWorker, ca.RoleManager)
+	revoked := map[string]fsm.Revocation{}
+	revoke := func(name string, role ca.Role, current bool) string {
+		id, serial := issue(name, signer, role, clusterID, now.Add(-time.Hour), day)
+		n := fsm.Node{ID: id, Role: role, Cert: fsm.CertInfo{Serial: serial}}
+		if !current {
+			n.Cert, n.Prev = fsm.CertInfo{Serial: "feed"}, []fsm.CertInfo{{Serial: serial}}
+		}
+		nodes = append(nodes, n)
+		revoked[serial] = fsm.Revocation{NodeID: id, NotAfter: now.Add(day), At: now.Add(-time.Minute), Reason: ca.ReasonKeyCompromise}
+		return id
+	}
+	revoke(pRevokedOld, ca.RoleWorker, false)
+	revoke(pRevokedCur, ca.RoleWorker, true)
+	// A voter: its relays are refused for the revocation alone.
+	revokedVoter := revoke(pRevokedMgr, ca.RoleManager, true)
 	removedID, _ := issue(pRemoved, signer, ca.RoleWorker, clusterID, now.Add(-time.Hour), day)
 	issue(pUnknown, signer, ca.RoleWorker, clusterID, now.Add(-time.Hour), day)
 	issue(pForeign, foreign, ca.RoleManager, other, now.Add(-time.Hour), day)
@@ -111,8 +129,9 @@ func newWorld(t *testing.T) *world {
 		Nodes:     fsm.NewNodeMap(nodes...),
 		Removed:   map[string]time.Time{removedID: now.Add(day)},
 		Admins:    admins,
+		Revoked:   revoked,
 	}
-	w.view = authz.View{State: st, Roots: roots, Voter: func(id string) bool { return id == voter }}
+	w.view = authz.View{State: st, Roots: roots, Voter: func(id string) bool { return id == voter || id == revokedVoter }}
 	return w
 }
 
@@ -153,6 +172,11 @@ var classes = map[string][]authz.Who{
 	pAdminRevok: {authz.Anyone},
 	pAdminUnrec: {authz.Anyone},
 	pAdminExp:   {authz.Anyone},
+	// A revoked earlier certificate is refused; a revoked current one may
+	// only heartbeat and renew (into a fresh key), even a manager's.
+	pRevokedOld: {authz.Anyone},
+	pRevokedCur: {authz.Anyone, authz.Member},
+	pRevokedMgr: {authz.Anyone, authz.Member},
 }
 
 func sortedMethods() []string {
@@ -186,10 +210,10 @@ func TestDecideDirect(t *testing.T) {
 }
 
 // forwarders are the managers (or not) a relayed call may come through.
-var forwarders = []string{pVoter, pNonVoter, pWorker, pDemoted, pPromoted, pRemoved, pAdmin, ""}
+var forwarders = []string{pVoter, pNonVoter, pWorker, pDemoted, pPromoted, pRemoved, pAdmin, pRevokedMgr, ""}
 
 // claims are the original callers a forwarder may name.
-var claims = []string{"local", pVoter, pNonVoter, pWorker, pDemoted, pAdmin, pAdminRevok, pAdminUnrec, pRemoved, pForeign, ""}
+var claims = []string{"local", pVoter, pNonVoter, pWorker, pDemoted, pAdmin, pAdminRevok, pAdminUnrec, pRemoved, pForeign, pRevokedOld, pRevokedMgr, ""}
 
 // TestDecideForwarded runs every relayed claim through every forwarder
 // for every method: the leader believes a relay only from a manager that
@@ -288,6 +312,8 @@ func TestReasons(t *testing.T) {
 		{pAdminRevok, authz.ReasonAdminRevoked, authz.ErrDenied},
 		{pAdminUnrec, authz.ReasonAdminUnknown, authz.ErrDenied},
 		{pAdminExp, authz.ReasonUntrusted, authz.ErrDenied},
+		{pRevokedOld, authz.ReasonRevoked, authz.ErrDenied},
+		{pRevokedMgr, authz.ReasonRevoked, authz.ErrDenied},
 	} {
 		_, err := authz.Decide(w.direct(status, tt.p), w.view)
 		var ae *authz.Error
@@ -339,7 +365,7 @@ func TestHandshakeChecks(t *testing.T) {
 	w := newWorld(t)
 	for p, want := range map[string]bool{
 		pVoter: true, pWorker: true, pDemoted: true, pUnknown: true, pAdmin: true, pAdminUnrec: true,
-		pRemoved: false, pAdminRevok: false,
+		pRemoved: false, pAdminRevok: false, pRevokedOld: false, pRevokedCur: true,
 	} {
 		leaf := w.chains[p][0]
 		id, err := ca.IdentityOf(leaf)
@@ -351,9 +377,10 @@ func TestHandshakeChecks(t *testing.T) {
 			t.Errorf("CheckHandshake(%s) = %v, want allowed=%v", p, err, want)
 		}
 	}
-	for p, want := range map[string]bool{pVoter: true, pNonVoter: true, pUnknown: true, pDemoted: false, pRemoved: false} {
-		id, _ := ca.IdentityOf(w.chains[p][0])
-		if err := authz.CheckRaftPeer(id, w.view.State); (err == nil) != want {
+	for p, want := range map[string]bool{pVoter: true, pNonVoter: true, pUnknown: true, pDemoted: false, pRemoved: false, pRevokedMgr: true} {
+		leaf := w.chains[p][0]
+		id, _ := ca.IdentityOf(leaf)
+		if err := authz.CheckRaftPeer(id, leaf.SerialNumber.Text(16), w.view.State); (err == nil) != want {
 			t.Errorf("CheckRaftPeer(%s) = %v, want allowed=%v", p, err, want)
 		}
 	}

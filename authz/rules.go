@@ -87,6 +87,7 @@ var rules = map[string]Rule{
 	controlService + "UnlockKey":               {Who: Operator, Route: Forward, Read: true},
 	controlService + "Unlock":                  {Who: HostOnly, Route: Here}, // a locked manager's socket
 	controlService + "Backup":                  {Who: Operator, Route: Here}, // a stream; current through Internal.ReadIndex
+	controlService + "RevokeCertificate":       {Who: Operator, Route: Forward},
 
 	internalService + "Admit":     {Who: Voter, Route: LeaderOnly},
 	internalService + "ReadIndex": {Who: Voter, Route: LeaderOnly},

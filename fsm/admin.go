@@ -21,8 +21,10 @@ type AdminCert struct {
 	IssuedBy string    `json:"issued_by"`
 	IssuedAt time.Time `json:"issued_at"`
 	NotAfter time.Time `json:"not_after"`
-	// RevokedAt is when `admin-cert rm` revoked it; zero while it is good.
+	// RevokedAt is when `admin-cert rm` (or `cert revoke`) revoked it;
+	// zero while it is good. Reason is the RFC 5280 reason code.
 	RevokedAt time.Time `json:"revoked_at,omitzero"`
+	Reason    int       `json:"reason,omitempty"`
 }
 
 // Revoked reports whether the certificate was revoked.

@@ -52,7 +52,7 @@ func apply(s *State, index uint64, cmd Command) (*State, error) {
 	case cmd.SetRole != nil:
 		return applySetRole(s, cmd.SetRole)
 	case cmd.RemoveNode != nil:
-		return applyRemoveNode(s, cmd.RemoveNode)
+		return applyRemoveNode(s, cmd.At, cmd.RemoveNode)
 	case cmd.Prune != nil:
 		return applyPrune(s, cmd.At), nil
 	case cmd.UpdateConfig != nil:
@@ -75,6 +75,10 @@ func apply(s *State, index uint64, cmd Command) (*State, error) {
 		return applyRevokeAdmin(s, cmd.At, cmd.RevokeAdmin)
 	case cmd.SetAutolock != nil:
 		return applySetAutolock(s, cmd.SetAutolock)
+	case cmd.RevokeCert != nil:
+		return applyRevokeCert(s, cmd.At, cmd.RevokeCert)
+	case cmd.SetCRLs != nil:
+		return applySetCRLs(s, cmd.SetCRLs)
 	case cmd.Recover != nil:
 		return applyRecover(s, cmd.At, index, cmd.Recover)
 	case cmd.ConfirmNodes != nil:
@@ -245,7 +249,7 @@ func applySetRole(s *State, in *SetRole) (*State, error) {
 	return next, nil
 }
 
-func applyRemoveNode(s *State, in *RemoveNode) (*State, error) {
+func applyRemoveNode(s *State, at time.Time, in *RemoveNode) (*State, error) {
 	n, ok := s.Nodes.Get(in.NodeID)
 	if !ok {
 		if s.IsRemoved(in.NodeID) {
@@ -264,13 +268,16 @@ func applyRemoveNode(s *State, in *RemoveNode) (*State, error) {
 		next.GossipKey = in.GossipKey
 	}
 	next.cloneRemoved()
-	next.remove(n)
+	next.cloneRevoked()
+	next.remove(n, at)
 	return next, nil
 }
 
 // remove moves n from Nodes to Removed, until its last certificate
-// expires. The caller has cloned Removed.
-func (s *State) remove(n Node) {
+// expires, and revokes its valid certificates. The caller has cloned
+// Removed and Revoked.
+func (s *State) remove(n Node, at time.Time) {
+	s.revokeAll(n, at, ca.ReasonCessationOfOperation)
 	s.Nodes = s.Nodes.Without(n.ID)
 	until := n.CertsValidUntil
 	if n.Cert.NotAfter.After(until) {
@@ -299,7 +306,13 @@ func applyPrune(s *State, at time.Time) *State {
 			admins = append(admins, serial)
 		}
 	}
-	if len(removed) == 0 && len(tokens) == 0 && len(admins) == 0 {
+	var revoked []string
+	for serial, r := range s.Revoked {
+		if !at.Before(r.NotAfter) {
+			revoked = append(revoked, serial)
+		}
+	}
+	if len(removed) == 0 && len(tokens) == 0 && len(admins) == 0 && len(revoked) == 0 {
 		c := *s
 		return &c
 	}
@@ -322,6 +335,12 @@ func applyPrune(s *State, at time.Time) *State {
 			delete(next.Admins, serial)
 		}
 	}
+	if len(revoked) > 0 {
+		next.cloneRevoked()
+		for _, serial := range revoked {
+			delete(next.Revoked, serial)
+		}
+	}
 	return next
 }
 
@@ -339,6 +358,11 @@ func (s *State) NeedsPrune(at time.Time) bool {
 	}
 	for _, a := range s.Admins {
 		if !at.Before(a.NotAfter) {
+			return true
+		}
+	}
+	for _, r := range s.Revoked {
+		if !at.Before(r.NotAfter) {
 			return true
 		}
 	}
@@ -474,7 +498,7 @@ func applyStartRotation(s *State, at time.Time, in *StartRotation) (*State, erro
 		return nil, fmt.Errorf("%w: the new CA is the current one", ErrBadCommand)
 	}
 	next := s.clone()
-	next.Rotation = &Rotation{StartedAt: at, From: s.CAStatus, Chain: in.Chain, Bundle: in.Bundle}
+	next.Rotation = &Rotation{StartedAt: at, From: s.CAStatus, Chain: in.Chain, Bundle: in.Bundle, FromCA: s.CA}
 	next.CA = in.CA
 	next.External = in.External
 	next.CAStatus = status

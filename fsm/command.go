@@ -49,6 +49,9 @@ type Command struct {
 
 	Recover      *Recover      `json:"recover,omitempty"`
 	ConfirmNodes *ConfirmNodes `json:"confirm_nodes,omitempty"`
+
+	RevokeCert *RevokeCert `json:"revoke_cert,omitempty"`
+	SetCRLs    *SetCRLs    `json:"set_crls,omitempty"`
 }
 
 // SetGossipKey gives a cluster made before gossip existed its gossip key.
@@ -262,7 +265,7 @@ func Decode(b []byte) (Command, error) {
 		c.Prune != nil, c.UpdateConfig != nil, c.CreateToken != nil, c.RevokeToken != nil, c.SetAddrs != nil,
 		c.StartRotation != nil, c.CompleteRotation != nil, c.SetGossipKey != nil,
 		c.IssueAdmin != nil, c.RevokeAdmin != nil, c.SetAutolock != nil, c.RotateUnlockKey != nil,
-		c.Recover != nil, c.ConfirmNodes != nil,
+		c.Recover != nil, c.ConfirmNodes != nil, c.RevokeCert != nil, c.SetCRLs != nil,
 	} {
 		if set {
 			n++

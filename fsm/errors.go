@@ -39,6 +39,9 @@ var (
 	// certificate the state does not record (never issued, or expired and
 	// pruned).
 	ErrUnknownAdmin = errors.New("fsm: unknown admin certificate")
+	// ErrUnknownCert is returned for a revocation of a serial no valid
+	// certificate the state records has.
+	ErrUnknownCert = errors.New("fsm: unknown certificate")
 )
 
 // ErrNewer is returned for what a newer quorumca wrote and this package

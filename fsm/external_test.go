@@ -372,7 +372,7 @@ func (w *extWorld) startedWith(rot, next ca.Material, status ca.TLSStatus, exter
 		if !after.CAStatus.Equal(status) {
 			t.Errorf("CAStatus = %v, want %v", after.CAStatus, status)
 		}
-		wantRot := &fsm.Rotation{StartedAt: now, From: before.CAStatus, Chain: next.Chain, Bundle: next.Bundle}
+		wantRot := &fsm.Rotation{StartedAt: now, From: before.CAStatus, Chain: next.Chain, Bundle: next.Bundle, FromCA: before.CA}
 		if d := diff(after.Rotation, wantRot); d != "" {
 			t.Errorf("Rotation differs:\n%s", d)
 		}
@@ -381,7 +381,11 @@ func (w *extWorld) startedWith(rot, next ca.Material, status ca.TLSStatus, exter
 		if d := diff(after, want); d != "" {
 			t.Errorf("StartRotation changed more than the CA, the rotation and the external CAs:\n%s", d)
 		}
-		keyGone(t, after, w.material.Key)
+		if before.Signs() {
+			keyOnlyInRotation(t, after, w.material.Key)
+		} else {
+			keyGone(t, after, w.material.Key)
+		}
 		// The material is usable as the state says: signed with, or
 		// checked for an external CA.
 		var err error

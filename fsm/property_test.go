@@ -301,7 +301,8 @@ func TestProperties(t *testing.T) {
 				if err2 != nil {
 					t.Fatalf("step %d: Prune = %v", i, err2)
 				}
-				dropped := len(pruned.Removed) != len(next.Removed) || len(pruned.Tokens) != len(next.Tokens)
+				dropped := len(pruned.Removed) != len(next.Removed) || len(pruned.Tokens) != len(next.Tokens) ||
+					len(pruned.Admins) != len(next.Admins) || len(pruned.Revoked) != len(next.Revoked)
 				if got := next.NeedsPrune(g.at); got != dropped {
 					t.Fatalf("step %d: NeedsPrune(%v) = %v, but Prune dropped something = %v", i, g.at, got, dropped)
 				}

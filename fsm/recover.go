@@ -84,10 +84,11 @@ func applyRecover(s *State, at time.Time, index uint64, in *Recover) (*State, er
 	next := s.clone()
 	next.GossipKey = in.GossipKey
 	next.cloneRemoved()
+	next.cloneRevoked()
 	rec := &Recovery{Kind: in.Kind, At: at, Index: index, From: in.From}
 	for _, id := range in.Lost {
 		if n, ok := next.Nodes.Get(id); ok && n.Role == ca.RoleManager {
-			next.remove(n)
+			next.remove(n, at)
 			rec.Lost = append(rec.Lost, id)
 		}
 	}

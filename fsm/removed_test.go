@@ -80,10 +80,13 @@ func TestRemovedUntilLatestCertificate(t *testing.T) {
 				{tt.until, false},
 				{tt.until.Add(time.Hour), false},
 			} {
-				if got := s.NeedsPrune(p.at); got != !p.kept {
-					t.Errorf("NeedsPrune(%v) = %v, want %v", p.at, got, !p.kept)
-				}
 				pruned := apply(t, s, fsm.Command{At: p.at, Prune: &fsm.Prune{}})
+				// The removal's revocations of earlier, shorter-lived
+				// certificates may go before the removal itself.
+				dropped := len(pruned.Removed) != len(s.Removed) || len(pruned.Revoked) != len(s.Revoked)
+				if got := s.NeedsPrune(p.at); got != dropped || (!p.kept && !got) {
+					t.Errorf("NeedsPrune(%v) = %v, want %v (Prune dropped something: %v)", p.at, got, !p.kept || dropped, dropped)
+				}
 				if got := pruned.IsRemoved(tt.nodeID); got != p.kept {
 					t.Errorf("after Prune at %v: IsRemoved(%s) = %v, want %v", p.at, tt.nodeID, got, p.kept)
 				}

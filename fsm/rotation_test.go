@@ -206,6 +206,20 @@ func runRotCases(t *testing.T, w *rotWorld, cases []rotCase) {
 // keyGone fails the test if any of the PEM keys oldKeys, or its DER,
 // appears anywhere in s: in its JSON (as PEM or in base64), or in any of
 // its byte slices and strings.
+// keyOnlyInRotation checks that the key a rotation in progress retired is
+// in Rotation.FromCA, to sign its root's CRL, and nowhere else in s.
+func keyOnlyInRotation(t *testing.T, s *fsm.State, key []byte) {
+	t.Helper()
+	if s.Rotation == nil || !bytes.Equal(s.Rotation.FromCA.Key, key) {
+		t.Errorf("state at %d: Rotation.FromCA does not hold the key the rotation retired", s.Index)
+		return
+	}
+	c, r := *s, *s.Rotation
+	r.FromCA = ca.Material{}
+	c.Rotation = &r
+	keyGone(t, &c, key)
+}
+
 func keyGone(t *testing.T, s *fsm.State, oldKeys ...[]byte) {
 	t.Helper()
 	js, err := json.Marshal(s)
@@ -319,7 +333,7 @@ func TestInitGossipKey(t *testing.T) {
 func (w *rotWorld) started(expiry time.Duration) func(t *testing.T, before, after *fsm.State) {
 	return func(t *testing.T, before, after *fsm.State) {
 		t.Helper()
-		wantRot := &fsm.Rotation{StartedAt: now, From: before.CAStatus, Chain: w.next.Chain, Bundle: w.next.Bundle}
+		wantRot := &fsm.Rotation{StartedAt: now, From: before.CAStatus, Chain: w.next.Chain, Bundle: w.next.Bundle, FromCA: before.CA}
 		if d := diff(after.Rotation, wantRot); d != "" {
 			t.Errorf("Rotation differs:\n%s", d)
 		}
@@ -344,7 +358,7 @@ func (w *rotWorld) started(expiry time.Duration) func(t *testing.T, before, afte
 		if d := diff(after, want); d != "" {
 			t.Errorf("StartRotation changed more than the CA and the rotation:\n%s", d)
 		}
-		keyGone(t, after, w.material.Key)
+		keyOnlyInRotation(t, after, w.material.Key)
 		// The material is usable, and signs under the status recorded.
 		signer, err := ca.NewSigner(after.CA)
 		if err != nil {
@@ -395,7 +409,7 @@ func TestStartRotation(t *testing.T) {
 		{name: "a second rotation after the first completed", setup: completed,
 			cmd: fsm.Command{At: completeAt.Add(time.Hour), StartRotation: &fsm.StartRotation{CA: rot3, Chain: next3.Chain, Bundle: next3.Bundle}},
 			check: func(t *testing.T, before, after *fsm.State) {
-				wantRot := &fsm.Rotation{StartedAt: completeAt.Add(time.Hour), From: w.newStatus, Bundle: next3.Bundle}
+				wantRot := &fsm.Rotation{StartedAt: completeAt.Add(time.Hour), From: w.newStatus, Bundle: next3.Bundle, FromCA: before.CA}
 				if d := diff(after.Rotation, wantRot); d != "" {
 					t.Errorf("Rotation differs:\n%s", d)
 				}
@@ -406,7 +420,7 @@ func TestStartRotation(t *testing.T) {
 					t.Errorf("LastRotation changed when the next rotation started:\n%s", d)
 				}
 				keyGone(t, after, w.material.Key)
-				keyGone(t, after, w.rot.Key)
+				keyOnlyInRotation(t, after, w.rot.Key)
 			}},
 	})
 }
@@ -1082,7 +1096,20 @@ func checkRotationInvariants(t *testing.T, s *fsm.State, tr *rotTracker) {
 	if s.Grace() < fsm.MinRotationGrace {
 		t.Fatalf("state at %d: Grace() = %s", s.Index, s.Grace())
 	}
-	keyGone(t, s, tr.retiredKeys...)
+	// The key a rotation in progress retired stays in Rotation.FromCA, to
+	// sign its root's CRL, and nowhere else; every other retired key is
+	// gone (DESIGN.md flow 5: erased at completion).
+	stripped := s
+	if r := s.Rotation; r != nil {
+		if len(tr.retiredKeys) == 0 || !bytes.Equal(r.FromCA.Key, tr.retiredKeys[len(tr.retiredKeys)-1]) {
+			t.Fatalf("state at %d: Rotation.FromCA does not hold the key the rotation retired", s.Index)
+		}
+		c, rc := *s, *r
+		rc.FromCA = ca.Material{}
+		c.Rotation = &rc
+		stripped = &c
+	}
+	keyGone(t, stripped, tr.retiredKeys...)
 	if t.Failed() {
 		t.FailNow()
 	}

@@ -2,6 +2,7 @@ package fsm_test
 
 import (
 	"bytes"
+	"encoding/hex"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -41,6 +42,10 @@ import (
 //	                                      KIND: force-new-cluster or restore; after: the
 //	                                      last index known committed; manager: the restored one
 //	confirm ID...                         the nodes showed their certificates
+//	revoke ID [prev=K] [reason=R]         revoke node ID's current certificate (or its
+//	                                      K-th earlier one); R an RFC 5280 name
+//	revoke-serial S                       revoke by serial (hex)
+//	crls N                                publish a CRL set numbered N
 //	index                                 print the index of the last command
 //	state                                 print nodes, removals and tokens
 //	snapshot                              check restore(snapshot(state)) == state
@@ -144,6 +149,12 @@ func (r *scriptRunner) run(d *datadriven.TestData) string {
 		}
 		return c
 	}
+	// certOf is cert, with a serial of its own for node id.
+	certOf := func(id string) fsm.CertInfo {
+		c := cert()
+		c.Serial += hex.EncodeToString([]byte(id))
+		return c
+	}
 	c := fsm.Command{At: r.clock}
 	switch d.Cmd {
 	case "state":
@@ -167,7 +178,7 @@ func (r *scriptRunner) run(d *datadriven.TestData) string {
 		r.secrets[ca.RoleManager] = []string{r.f.managerSecret}
 	case "join":
 		role := r.role(arg(1))
-		c.Issue = &fsm.Issue{Node: fsm.Node{ID: arg(0), Role: role, Cert: cert()}, Join: true}
+		c.Issue = &fsm.Issue{Node: fsm.Node{ID: arg(0), Role: role, Cert: certOf(arg(0))}, Join: true}
 		secret := opts["secret"]
 		if secret == "" {
 			secret = role.Short()
@@ -193,7 +204,7 @@ func (r *scriptRunner) run(d *datadriven.TestData) string {
 			c.Issue.SecretHash = fsm.HashSecret(hist[len(hist)-1])
 		}
 	case "renew":
-		c.Issue = &fsm.Issue{Node: fsm.Node{ID: arg(0), Role: r.role(arg(1)), Cert: cert()}}
+		c.Issue = &fsm.Issue{Node: fsm.Node{ID: arg(0), Role: r.role(arg(1)), Cert: certOf(arg(0))}}
 	case "rotate":
 		role := r.role(arg(0))
 		secret := fmt.Sprintf("%s-secret-%d", role.Short(), len(r.secrets[role]))
@@ -239,6 +250,35 @@ func (r *scriptRunner) run(d *datadriven.TestData) string {
 		c.Recover = rec
 	case "confirm":
 		c.ConfirmNodes = &fsm.ConfirmNodes{IDs: args}
+	case "revoke":
+		n, ok := r.s.Node(arg(0))
+		if !ok {
+			r.fail("%q: no node %s", line, arg(0))
+		}
+		cert := n.Cert
+		if k, ok := opts["prev"]; ok {
+			i, err := strconv.Atoi(k)
+			if err != nil || i >= len(n.Prev) {
+				r.fail("%q: node %s has no earlier certificate %s", line, n.ID, k)
+			}
+			cert = n.Prev[i]
+		}
+		reason := ca.ReasonUnspecified
+		if name, ok := opts["reason"]; ok {
+			var err error
+			if reason, err = ca.ParseReason(name); err != nil {
+				r.fail("%q: %v", line, err)
+			}
+		}
+		c.RevokeCert = &fsm.RevokeCert{Serial: cert.Serial, Reason: reason}
+	case "revoke-serial":
+		c.RevokeCert = &fsm.RevokeCert{Serial: arg(0)}
+	case "crls":
+		n, err := strconv.ParseUint(arg(0), 10, 64)
+		if err != nil {
+			r.fail("%q: %v", line, err)
+		}
+		c.SetCRLs = &fsm.SetCRLs{CRLs: fsm.CRLSet{Number: n, ThisUpdate: r.clock, NextUpdate: r.clock.Add(time.Hour), Covers: "test", PEM: []byte("crl")}}
 	case "index":
 		return fmt.Sprintf("index %d", r.s.Index)
 	default:
@@ -259,6 +299,7 @@ func errorName(err error) string {
 		fsm.ErrBadCommand: "ErrBadCommand", fsm.ErrStale: "ErrStale", fsm.ErrRemoved: "ErrRemoved",
 		fsm.ErrLastManager: "ErrLastManager", fsm.ErrTokenUnusable: "ErrTokenUnusable",
 		fsm.ErrUnknownToken: "ErrUnknownToken", fsm.ErrRotating: "ErrRotating",
+		fsm.ErrUnknownCert: "ErrUnknownCert",
 	}
 	if n, ok := names[kind(err)]; ok {
 		return n
@@ -287,6 +328,12 @@ func (r *scriptRunner) dump() string {
 	}
 	slices.Sort(removed)
 	out = append(out, removed...)
+	var revoked []string
+	for _, rev := range s.Revoked {
+		revoked = append(revoked, fmt.Sprintf("revoked %s cert until %s at %s reason %s", rev.NodeID, rel(rev.NotAfter), rel(rev.At), ca.ReasonName(rev.Reason)))
+	}
+	slices.Sort(revoked)
+	out = append(out, revoked...)
 	var tokens []string
 	for id, tok := range s.Tokens {
 		tokens = append(tokens, fmt.Sprintf("token %s %s uses %d expires %s", id, tok.Role.Short(), tok.UsesLeft, rel(tok.ExpiresAt)))

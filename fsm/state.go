@@ -71,6 +71,13 @@ type State struct {
 	// Recovery records the last time the cluster was brought back from a
 	// lost majority: force-new-cluster, or a restore from a backup.
 	Recovery *Recovery `json:"recovery,omitempty"`
+	// Revoked holds the node certificates revoked before they expire, by
+	// serial; Prune drops them once expired. CRLs is what the cluster
+	// publishes of them (and of revoked admin certificates); nil until the
+	// leader signs the first set, and while the cluster holds no key (an
+	// external CA signs).
+	Revoked map[string]Revocation `json:"revoked,omitempty"`
+	CRLs    *CRLSet               `json:"crls,omitempty"`
 }
 
 // ExternalCA is one external CA endpoint: a CFSSL server whose sign API
@@ -123,8 +130,8 @@ func (s *State) Grace() time.Duration {
 // runs, State.CA signs with the new key and carries the new root
 // cross-signed by the old key in its chain, and State.CA.Bundle is still
 // the old bundle, so that new certificates verify under the old root and
-// the new one. The old key is gone from the state from the start: it was
-// only needed to cross-sign.
+// the new one. The old key stays (FromCA) only to sign the old root's CRL,
+// and goes when the rotation completes.
 type Rotation struct {
 	StartedAt time.Time `json:"started_at"`
 	// From is the TLS status certificates had before the rotation.
@@ -133,6 +140,11 @@ type Rotation struct {
 	// the rotation completes: the new CA's own chain, and its root alone.
 	Chain  []byte `json:"chain,omitempty"`
 	Bundle []byte `json:"bundle"`
+	// FromCA is the CA material before the rotation, key included when
+	// the cluster held it: its CRL is still needed by consumers that check
+	// the whole chain (the cross-signed certificate is its), until the
+	// rotation completes and it is dropped.
+	FromCA ca.Material `json:"from_ca,omitzero"`
 }
 
 // RotationRecord describes a completed rotation.

@@ -287,6 +287,9 @@ func (s caService) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*a
 	if r := st.LastRotation; r != nil {
 		resp.BundleSince = r.CompletedAt.UnixNano()
 	}
+	if crls := st.CRLs; crls != nil && crls.Number > req.GetCrlNumber() {
+		resp.Crl, resp.CrlNumber = crls.PEM, crls.Number
+	}
 	if resp.Renew && st.Rotation != nil && !c.Status.Equal(st.CAStatus) {
 		// Every node hears of a rotation within one heartbeat period:
 		// spread their renewals.
@@ -304,11 +307,12 @@ func (s caService) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*a
 // needsRenewal reports whether the certificate c presented is out of date:
 // another role than the node has now, another issuer than the current CA,
 // one the state does not record (issued by an entry a restore or a forced
-// new cluster lost), or valid for longer than the cluster's cert expiry
+// new cluster lost), one revoked (the node renews with a fresh key), or
+// valid for longer than the cluster's cert expiry
 // allows (after `update --cert-expiry` shortened it; only when the cluster
 // signs itself).
 func needsRenewal(st *fsm.State, n fsm.Node, c call, now time.Time) bool {
-	if c.ID.Role != n.Role || !c.Status.Equal(st.CAStatus) || !n.Knows(c.Serial) {
+	if c.ID.Role != n.Role || !c.Status.Equal(st.CAStatus) || !n.Knows(c.Serial) || st.IsRevoked(c.Serial) {
 		return true
 	}
 	if !st.Signs() {

@@ -170,8 +170,8 @@ func (m *Manager) checkHandshake(id ca.Identity, leaf *x509.Certificate) error {
 }
 
 // checkRaftPeer decides whether a manager may take part in Raft.
-func (m *Manager) checkRaftPeer(id ca.Identity) error {
-	return authz.CheckRaftPeer(id, m.machine.State())
+func (m *Manager) checkRaftPeer(id ca.Identity, serial string) error {
+	return authz.CheckRaftPeer(id, serial, m.machine.State())
 }
 
 // peerAddr is the address of the peer of ctx's call, for records.

@@ -21,6 +21,24 @@ type term struct {
 	// ready is closed once the leader has applied every entry committed
 	// before it led (a Barrier): only then does it answer reads.
 	ready chan struct{}
+
+	mu     sync.Mutex      // guards warned
+	warned map[string]bool // what the term's upkeep said once
+}
+
+// warnOnce reports whether what has not been said yet this term, and
+// marks it said.
+func (t *term) warnOnce(what string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.warned[what] {
+		return false
+	}
+	if t.warned == nil {
+		t.warned = map[string]bool{}
+	}
+	t.warned[what] = true
+	return true
 }
 
 // leadership holds this manager's term while it leads, and tells waiters
@@ -132,6 +150,7 @@ func (m *Manager) leaderLoop(ctx context.Context, t *term) {
 			m.reconcile(ctx)
 		}
 		m.driveRotation(ctx)
+		m.publishCRLs(ctx, m.machine.State(), t)
 	}
 }
 

@@ -56,11 +56,12 @@ type Config struct {
 	// O = ClusterID, or its connection is closed.
 	ClusterID string
 
-	// Authorize, if not nil, is asked about every peer that passed the checks
-	// above, on both accepted and dialled connections; an error refuses the
-	// peer (the caller refuses removed nodes this way). It is called from the
-	// transport's goroutines and must not block for long.
-	Authorize func(ca.Identity) error
+	// Authorize, if not nil, is asked about every peer that passed the
+	// checks above, with its certificate's serial (hex), on both accepted
+	// and dialled connections; an error refuses the peer (the caller
+	// refuses removed nodes and revoked certificates this way). It is
+	// called from the transport's goroutines and must not block for long.
+	Authorize func(id ca.Identity, serial string) error
 
 	// StateMachine is what the Node replicates.
 	StateMachine StateMachine

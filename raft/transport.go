@@ -112,7 +112,7 @@ type streamLayer struct {
 	ln        net.Listener
 	addr      net.Addr
 	clusterID string
-	authorize func(ca.Identity) error
+	authorize func(id ca.Identity, serial string) error
 	log       *slog.Logger
 	tls       atomic.Pointer[tlsConfigs]
 
@@ -139,7 +139,7 @@ type streamConfig struct {
 	advertise string
 	tls       *tls.Config
 	clusterID string
-	authorize func(ca.Identity) error
+	authorize func(id ca.Identity, serial string) error
 	log       *slog.Logger
 }
 
@@ -425,7 +425,7 @@ func (s *streamLayer) check(cs tls.ConnectionState) (ca.Identity, error) {
 		return id, fmt.Errorf("%w: node %s belongs to cluster %s, not %s", errPeerRefused, id.NodeID, id.ClusterID, s.clusterID)
 	}
 	if s.authorize != nil {
-		if err := s.authorize(id); err != nil {
+		if err := s.authorize(id, cs.VerifiedChains[0][0].SerialNumber.Text(16)); err != nil {
 			return id, fmt.Errorf("%w: node %s: %w", errPeerRefused, id.NodeID, err)
 		}
 	}

@@ -28,7 +28,7 @@ type testStream struct {
 	logs *recorder
 }
 
-func newTestStream(t *testing.T, c *testkit.CA, id ca.Identity, authorize func(ca.Identity) error) *testStream {
+func newTestStream(t *testing.T, c *testkit.CA, id ca.Identity, authorize func(ca.Identity, string) error) *testStream {
 	t.Helper()
 	s := newTestStreamTLS(t, c, c.TLSConfig(t, id), authorize)
 	s.id = id.NodeID
@@ -36,7 +36,7 @@ func newTestStream(t *testing.T, c *testkit.CA, id ca.Identity, authorize func(c
 }
 
 // newTestStreamTLS is newTestStream with the caller's TLS configuration.
-func newTestStreamTLS(t *testing.T, c *testkit.CA, cfg *tls.Config, authorize func(ca.Identity) error) *testStream {
+func newTestStreamTLS(t *testing.T, c *testkit.CA, cfg *tls.Config, authorize func(ca.Identity, string) error) *testStream {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -259,7 +259,7 @@ func TestTransportAuthorizeHook(t *testing.T) {
 	c := testkit.NewCA(t)
 	removedID := newID(t)
 	errRemoved := errors.New("node was removed")
-	authorize := func(id ca.Identity) error {
+	authorize := func(id ca.Identity, _ string) error {
 		if id.NodeID == removedID {
 			return errRemoved
 		}

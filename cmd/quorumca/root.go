@@ -57,7 +57,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newInitCmd(g), newJoinCmd(g), newRunCmd(g),
 		newStatusCmd(g), newJoinTokenCmd(g), newNodeCmd(g), newUpdateCmd(g), newCACmd(g), newAdminCertCmd(g),
-		newUnlockKeyCmd(g), newUnlockCmd(g), newBackupCmd(g), newRestoreCmd(g),
+		newUnlockKeyCmd(g), newUnlockCmd(g), newBackupCmd(g), newRestoreCmd(g), newCertCmd(g),
 	)
 	return root
 }
