@@ -56,6 +56,87 @@ type Credentials struct {
 	roots   *x509.CertPool
 	// crlNumber is the number of the CRL set in crl.pem (0: none).
 	crlNumber uint64
+	// group is who besides the owner may read the files (SetGroup).
+	group filesGroup
+}
+
+// filesGroup is the group that may read a node's certificate files.
+type filesGroup struct {
+	set bool
+	gid int
+	// key: node.key too (a worker's); a manager's holds its Raft data key.
+	key bool
+}
+
+// mode returns the mode of a file (a key or not) and the group to give
+// it (-1: none).
+func (g filesGroup) mode(key bool) (os.FileMode, int) {
+	switch {
+	case !g.set && key:
+		return 0o600, -1
+	case !g.set:
+		return 0o644, -1
+	case key && !g.key:
+		return 0o600, g.gid
+	}
+	return 0o640, g.gid
+}
+
+// write writes one of the files, atomically, with its mode and group.
+func (g filesGroup) write(path string, data []byte, key bool) error {
+	mode, gid := g.mode(key)
+	if err := atomicfile.WriteGroup(path, data, mode, gid); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	return nil
+}
+
+// SetGroup lets group gid read the certificate files (node.crt,
+// root-ca.crt, crl.pem, and node.key when key is set) from now on, and
+// through the data and certificate directories: the files are 0640, the
+// certificate directory 0750, the data directory 0710, all of group gid.
+// The files there now are changed at once, and every write keeps it so.
+func (c *Credentials) SetGroup(gid int, key bool) error {
+	c.updateMu.Lock()
+	defer c.updateMu.Unlock()
+	c.mu.Lock()
+	c.group = filesGroup{set: true, gid: gid, key: key}
+	g := c.group
+	c.mu.Unlock()
+	for _, d := range []struct {
+		path string
+		mode os.FileMode
+	}{{filepath.Dir(c.dir), 0o710}, {c.dir, 0o750}} {
+		if err := os.Chown(d.path, -1, gid); err != nil {
+			return fmt.Errorf("agent: --cert-group: %w", err)
+		}
+		if err := os.Chmod(d.path, d.mode); err != nil {
+			return fmt.Errorf("agent: --cert-group: %w", err)
+		}
+	}
+	for _, f := range []struct {
+		name string
+		key  bool
+	}{{CertFile, false}, {BundleFile, false}, {CRLFile, false}, {KeyFile, true}} {
+		path := filepath.Join(c.dir, f.name)
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		mode, gid := g.mode(f.key)
+		if err := os.Chown(path, -1, gid); err != nil {
+			return fmt.Errorf("agent: --cert-group: %w", err)
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			return fmt.Errorf("agent: --cert-group: %w", err)
+		}
+	}
+	return nil
+}
+
+func (c *Credentials) filesGroup() filesGroup {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.group
 }
 
 // CertDir returns <dataDir>/certificates.
@@ -152,7 +233,7 @@ func (c *Credentials) update(keyPEM, certPEM, bundle []byte) error {
 	if err != nil {
 		return err
 	}
-	if err := writeCredentials(c.dir, keyFile, certPEM, bundle); err != nil {
+	if err := writeCredentials(c.dir, c.filesGroup(), keyFile, certPEM, bundle); err != nil {
 		return err
 	}
 	if err := c.set(keyPEM, certPEM, bundle); err != nil {
@@ -202,7 +283,7 @@ func (c *Credentials) SetNodeKey(change func(*NodeKey)) error {
 	if err := os.MkdirAll(c.dir, 0o700); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	if err := WriteFileAtomic(filepath.Join(c.dir, KeyFile), keyFile, 0o600); err != nil {
+	if err := c.filesGroup().write(filepath.Join(c.dir, KeyFile), keyFile, true); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -233,7 +314,7 @@ func (c *Credentials) UpdateCRL(pem []byte, number uint64) error {
 	if len(crls) == 0 {
 		return errors.New("agent: the CRL set holds no CRL")
 	}
-	if err := WriteFileAtomic(filepath.Join(c.dir, CRLFile), pem, 0o644); err != nil {
+	if err := c.filesGroup().write(filepath.Join(c.dir, CRLFile), pem, false); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -304,13 +385,13 @@ func (c *Credentials) set(keyPEM, certPEM, bundle []byte) error {
 // either the old pair or the new one: node.key.new is written in full,
 // then node.crt.new, then both are renamed into place, key first.
 // recoverPending completes or discards an interrupted write.
-func writeCredentials(dir string, keyPEM, certPEM, bundle []byte) error {
+func writeCredentials(dir string, g filesGroup, keyPEM, certPEM, bundle []byte) error {
 	newKey := filepath.Join(dir, KeyFile+".new")
 	newCert := filepath.Join(dir, CertFile+".new")
-	if err := WriteFileAtomic(newKey, keyPEM, 0o600); err != nil {
+	if err := g.write(newKey, keyPEM, true); err != nil {
 		return err
 	}
-	if err := WriteFileAtomic(newCert, certPEM, 0o644); err != nil {
+	if err := g.write(newCert, certPEM, false); err != nil {
 		return err
 	}
 	if err := os.Rename(newKey, filepath.Join(dir, KeyFile)); err != nil {
@@ -322,7 +403,7 @@ func writeCredentials(dir string, keyPEM, certPEM, bundle []byte) error {
 	if err := atomicfile.SyncDir(dir); err != nil {
 		return err
 	}
-	return WriteFileAtomic(filepath.Join(dir, BundleFile), bundle, 0o644)
+	return g.write(filepath.Join(dir, BundleFile), bundle, false)
 }
 
 // recoverPending finishes a writeCredentials that a crash interrupted. A

@@ -14,7 +14,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -72,6 +74,15 @@ type Config struct {
 	// those node.json records (a manager restored from a backup on a new
 	// address): recorded in node.json at start.
 	ManagerAddrs []string
+
+	// Hooks run after every change of the node's certificate files
+	// (--on-renew, --reload-signal).
+	Hooks agent.HookConfig
+	// CertGroup, a group's name or ID, may read the certificate files
+	// (node.crt, root-ca.crt, crl.pem, and a worker's node.key: a
+	// manager's holds its Raft data key and stays 0600). Empty: the
+	// owner alone reads node.key, and root alone can reach the files.
+	CertGroup string
 }
 
 // Join says how to join a cluster.
@@ -97,7 +108,19 @@ func (c Config) Validate() error {
 	case c.Join != nil && (c.Join.Token == "") == (c.Join.TokenFile == ""):
 		return errors.New("node: give Join.Token or Join.TokenFile, not both or neither")
 	}
-	return nil
+	return c.Hooks.Validate()
+}
+
+// lookupGroup returns the ID of a group given by name or number.
+func lookupGroup(name string) (int, error) {
+	if gid, err := strconv.Atoi(name); err == nil && gid >= 0 {
+		return gid, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return 0, fmt.Errorf("node: --cert-group %s: %w", name, err)
+	}
+	return strconv.Atoi(g.Gid)
 }
 
 // daemon is what a role runs: a manager or a worker.
@@ -119,6 +142,11 @@ type Node struct {
 	store  *agent.NodeStore
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	// hooks run on every change of the certificate files; nil for none.
+	hooks *agent.Hooks
+	// certGID is CertGroup's ID, -1 for none.
+	certGID int
 
 	mu  sync.Mutex // guards cur, err and unlockKey
 	cur daemon
@@ -175,7 +203,17 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		cfg.Out = io.Discard
 	}
 	cfg.Manager.Logger = cfg.Logger
-	n := &Node{cfg: cfg, log: cfg.Logger, done: make(chan struct{})}
+	n := &Node{cfg: cfg, log: cfg.Logger, done: make(chan struct{}), certGID: -1}
+	if cfg.CertGroup != "" {
+		gid, err := lookupGroup(cfg.CertGroup)
+		if err != nil {
+			return nil, err
+		}
+		n.certGID = gid
+	}
+	if cfg.Hooks.Enabled() {
+		n.hooks = agent.NewHooks(cfg.Hooks, n.credentials, n.log)
+	}
 	if err := agent.CheckDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
@@ -232,6 +270,23 @@ func (n *Node) Worker() *worker.Worker {
 	return w
 }
 
+// credentials returns the credentials of the daemon the node runs, or nil
+// (locked, or between daemons).
+func (n *Node) credentials() *agent.Credentials {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch d := n.cur.(type) {
+	case *manager.Manager:
+		return d.Credentials()
+	case *worker.Worker:
+		return d.Credentials()
+	}
+	return nil
+}
+
+// Hooks returns the node's renewal hooks, nil without any.
+func (n *Node) Hooks() *agent.Hooks { return n.hooks }
+
 // Store returns the node's node.json.
 func (n *Node) Store() *agent.NodeStore { return n.store }
 
@@ -251,6 +306,12 @@ func (n *Node) set(d daemon, err error) {
 // the cluster asks, until ctx ends or a daemon fails.
 func (n *Node) run(ctx context.Context, d daemon, started chan struct{}) {
 	defer close(n.done)
+	if n.hooks != nil {
+		hctx, stop := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Go(func() { n.hooks.Run(hctx) })
+		defer func() { stop(); wg.Wait() }()
+	}
 	for {
 		begun := time.Now()
 		err := n.serve(ctx, d, started)
@@ -300,6 +361,12 @@ func (n *Node) serve(ctx context.Context, d daemon, started chan struct{}) error
 		n.set(nil, nil)
 	}()
 	n.set(d, nil)
+	if creds := n.credentials(); creds != nil {
+		if err := n.followFiles(creds, d); err != nil {
+			d.Close()
+			return err
+		}
+	}
 	var ready <-chan struct{} = closed
 	if m, ok := d.(*manager.Manager); ok {
 		ready = m.Ready()
@@ -315,6 +382,21 @@ func (n *Node) serve(ctx context.Context, d daemon, started chan struct{}) error
 	case err := <-runErr:
 		return err
 	}
+}
+
+// followFiles applies --cert-group to the daemon's certificate files and
+// runs the hooks on every change of them.
+func (n *Node) followFiles(creds *agent.Credentials, d daemon) error {
+	if n.certGID >= 0 {
+		_, isWorker := d.(*worker.Worker)
+		if err := creds.SetGroup(n.certGID, isWorker); err != nil {
+			return err
+		}
+	}
+	if n.hooks != nil {
+		creds.OnUpdate(n.hooks.Changed)
+	}
+	return nil
 }
 
 // switchRole records the role the node's certificate names now, after its

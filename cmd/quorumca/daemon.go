@@ -23,6 +23,8 @@ type daemonFlags struct {
 	gossipAddr, gossipAdvertiseAddr                        string
 	publishTokens                                          string
 	unlockKeyFile                                          string
+	onRenew, reloadSignal, reloadPIDFile, certGroup        string
+	onRenewTimeout, onRenewSplay                           time.Duration
 }
 
 func (d *daemonFlags) register(cmd *cobra.Command) {
@@ -30,6 +32,12 @@ func (d *daemonFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&d.unlockKeyFile, "unlock-key-file", "", "with autolock, a file holding the unlock key (one per line: the keys before and after a rotation may both be there): a locked manager reads it, and waits for it, to unlock unattended")
 	f.StringVar(&d.publishTokens, "publish-tokens", "", "as a manager, keep the current join tokens in DIR/worker.token and DIR/manager.token (0600), for nodes that join unattended")
+	f.StringVar(&d.onRenew, "on-renew", "", "command to run (sh -c) after the certificate files change: renewal, rotation, CRL; their paths are in $QUORUMCA_CERT_FILE, $QUORUMCA_KEY_FILE, $QUORUMCA_CA_FILE, $QUORUMCA_CRL_FILE")
+	f.DurationVar(&d.onRenewTimeout, "on-renew-timeout", agent.DefaultHookTimeout, "how long --on-renew may run before it is killed")
+	f.DurationVar(&d.onRenewSplay, "on-renew-splay", agent.DefaultHookSplay, "the most a change waits, at random, before the hooks run, so that a fleet does not reload at once (0: the default; negative: none)")
+	f.StringVar(&d.reloadSignal, "reload-signal", "", "signal (HUP, USR1, ...) to send to the process in --reload-pidfile after the certificate files change")
+	f.StringVar(&d.reloadPIDFile, "reload-pidfile", "", "file holding the process ID --reload-signal goes to (nginx's pid file, for one)")
+	f.StringVar(&d.certGroup, "cert-group", "", "group (name or ID) that may read the certificate files (and a worker's node.key), for services on this machine")
 }
 
 // registerAddrs registers the address flags alone.
@@ -71,6 +79,18 @@ func (g *globals) nodeConfig(cmd *cobra.Command, d *daemonFlags) (node.Config, e
 	}
 	cfg.Manager.PublishTokens = d.publishTokens
 	cfg.UnlockKeyFile = d.unlockKeyFile
+	cfg.CertGroup = d.certGroup
+	cfg.Hooks = agent.HookConfig{Command: d.onRenew, PIDFile: d.reloadPIDFile, Timeout: d.onRenewTimeout, Splay: d.onRenewSplay}
+	if d.reloadSignal != "" {
+		sig, err := agent.ParseSignal(d.reloadSignal)
+		if err != nil {
+			return node.Config{}, err
+		}
+		cfg.Hooks.Signal = sig
+	}
+	if err := cfg.Hooks.Validate(); err != nil {
+		return node.Config{}, err
+	}
 	// The addresses as the manager would take them, checked now: a typo
 	// is refused before anything is created.
 	mc := manager.DefaultConfig()

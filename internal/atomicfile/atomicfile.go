@@ -11,6 +11,13 @@ import (
 // Write writes data to path: a temporary file in the same directory with
 // perm, fsynced, renamed over path, and the directory fsynced.
 func Write(path string, data []byte, perm os.FileMode) error {
+	return WriteGroup(path, data, perm, -1)
+}
+
+// WriteGroup is Write, the file belonging to group gid before it takes
+// path's place (gid -1: the process's group), so that a reader of that
+// group never finds it unreadable.
+func WriteGroup(path string, data []byte, perm os.FileMode, gid int) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -24,6 +31,11 @@ func Write(path string, data []byte, perm os.FileMode) error {
 			os.Remove(name)
 		}
 	}()
+	if gid >= 0 {
+		if err := tmp.Chown(-1, gid); err != nil {
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+	}
 	if err := tmp.Chmod(perm); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
