@@ -282,3 +282,21 @@ func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
 }
+
+// TestNodeTLSStandardLibraryOnly: the package programs on a node import
+// brings nothing but the standard library (no Raft, gossip or gRPC).
+func TestNodeTLSStandardLibraryOnly(t *testing.T) {
+	module, pkgs := goList(t, "-deps", "./nodetls")
+	found := false
+	for _, p := range pkgs {
+		switch {
+		case p.ImportPath == module+"/nodetls":
+			found = true
+		case !p.Standard:
+			t.Errorf("nodetls depends on %s, which is not the standard library", p.ImportPath)
+		}
+	}
+	if !found {
+		t.Fatalf("go list -deps ./nodetls did not list nodetls")
+	}
+}
