@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of quorumca on a fresh machine: installs what the tests
-# call (openssl, and CloudFlare's cfssl for the external CA tests) when it is
+# call (openssl, nginx, and CloudFlare's cfssl for the external CA tests) when it is
 # missing, then runs the Go tests. The README's test command, and what .ci/run
 # calls.
 set -euo pipefail
@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# nginx: the integration tests run Debian's nginx in front of a node's files.
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${need_apt[*]}" >&2
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi

@@ -183,6 +183,9 @@ func readCA(certFile, keyFile string) (m ca.Material, certPEM, keyPEM []byte, er
 	if m, err = ca.Import(certPEM, keyPEM, time.Now()); err != nil {
 		return ca.Material{}, nil, nil, fmt.Errorf("--ca-cert/--ca-key: %w", err)
 	}
+	for _, w := range ca.Lint(m) {
+		fmt.Fprintf(os.Stderr, "warning: --ca-cert: %s\n", w)
+	}
 	return m, certPEM, keyPEM, nil
 }
 
