@@ -39,6 +39,9 @@ func TestMain(m *testing.M) {
 	if targets := os.Getenv(floodEnv); targets != "" {
 		os.Exit(flood(strings.Split(targets, ",")))
 	}
+	if spec := os.Getenv(nodeTLSEnv); spec != "" {
+		os.Exit(nodeTLSHelper(spec))
+	}
 	os.Exit(m.Run())
 }
 
