@@ -113,9 +113,11 @@ func (m *Manager) publishCRLs(ctx context.Context, st *fsm.State, t *term) {
 }
 
 // parseSerial reads a certificate serial as people write it: hex, any
-// case, with or without colons (as openssl prints it) or a 0x prefix.
+// case, with or without colons, a 0x prefix, or openssl x509 -serial's
+// serial= prefix.
 func parseSerial(s string) (string, error) {
-	clean := strings.ToLower(strings.TrimPrefix(strings.ReplaceAll(strings.TrimSpace(s), ":", ""), "0x"))
+	clean := strings.ToLower(strings.ReplaceAll(strings.TrimSpace(s), ":", ""))
+	clean = strings.TrimPrefix(strings.TrimPrefix(clean, "serial="), "0x")
 	n, ok := new(big.Int).SetString(clean, 16)
 	if !ok || n.Sign() <= 0 {
 		return "", fmt.Errorf("%w: serial %q is not a hex number", fsm.ErrBadCommand, s)
