@@ -5,9 +5,11 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/quorumca/quorumca/api"
@@ -38,20 +40,50 @@ func (r *Renewer) diagnose(ctx context.Context) {
 		if err != nil {
 			continue
 		}
-		if string(bundle) == string(creds.Bundle()) {
-			return
-		}
-		if _, _, err := ca.ParseBundle(bundle); err != nil {
-			continue // not an answer to judge by
+		if string(bundle) != string(creds.Bundle()) {
+			if _, _, err := ca.ParseBundle(bundle); err != nil {
+				continue // not an answer to judge by
+			}
 		}
 		_, _, err = ca.VerifyPEM(creds.certPEMs(), bundle, r.cfg.Now())
+		if err != nil && string(bundle) == string(creds.Bundle()) {
+			return // an expired certificate: status says so
+		}
 		if err == nil {
+			if r.refusedBy(ctx, addr) {
+				r.setProblem(fmt.Errorf("%w: the manager at %s refuses this node's certificate, which the cluster's root still covers: the node was removed from the cluster (or its certificate revoked and not yet renewed). "+
+					"If it was removed, rejoin it: stop it, remove its data directory, and run `quorumca join --token-file FILE %s` with a token from `quorumca join-token worker` (or manager) on a manager", ErrRefused, addr, addr))
+			}
 			return
 		}
 		r.setProblem(fmt.Errorf("%w: its certificate chains to a root CA that the managers (%s) no longer trust, because the cluster's root was rotated while it was unreachable. "+
 			"Rejoin it: stop it, remove its data directory, and run `quorumca join --token TOKEN %s` with a token from `quorumca join-token worker` (or manager) on a manager", ErrLeftBehind, addr, addr))
 		return
 	}
+}
+
+// ErrRefused is the problem of a node whose certificate, though its
+// cluster's root covers it, the managers refuse at the handshake: a
+// removed node.
+var ErrRefused = errors.New("agent: the managers refuse this node's certificate")
+
+// refusedBy reports whether the manager at addr refuses this node's
+// certificate at the TLS handshake: a server that refuses a client
+// certificate sends the bad_certificate alert (under TLS 1.3, after the
+// client has finished; the first read gets it).
+func (r *Renewer) refusedBy(ctx context.Context, addr string) bool {
+	cfg := r.cfg.Credentials.ClientTLS(ManagerName)
+	cfg.NextProtos = []string{"h2"}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	conn, err := (&tls.Dialer{Config: cfg}).DialContext(ctx, "tcp", addr)
+	if err == nil {
+		defer conn.Close()
+		deadline, _ := ctx.Deadline()
+		conn.SetReadDeadline(deadline)
+		_, err = conn.Read(make([]byte, 1))
+	}
+	return err != nil && strings.Contains(err.Error(), "tls: bad certificate")
 }
 
 // ErrNoManager is returned when no manager in the list answered.

@@ -924,7 +924,10 @@ type StatusResponse struct {
 	// behind by a root rotation must rejoin).
 	Problem string `protobuf:"bytes,11,opt,name=problem,proto3" json:"problem,omitempty"`
 	// The last recovery from a lost majority, if any.
-	Recovery      *Recovery `protobuf:"bytes,12,opt,name=recovery,proto3" json:"recovery,omitempty"`
+	Recovery *Recovery `protobuf:"bytes,12,opt,name=recovery,proto3" json:"recovery,omitempty"`
+	// The node's health, one of api.Health*: "ok", or the worst thing
+	// wrong with it. quorumca status exits with the matching code.
+	Health        string `protobuf:"bytes,13,opt,name=health,proto3" json:"health,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1041,6 +1044,13 @@ func (x *StatusResponse) GetRecovery() *Recovery {
 		return x.Recovery
 	}
 	return nil
+}
+
+func (x *StatusResponse) GetHealth() string {
+	if x != nil {
+		return x.Health
+	}
+	return ""
 }
 
 type Recovery struct {
@@ -3813,7 +3823,7 @@ const file_quorumca_proto_rawDesc = "" +
 	"\vcertificate\x18\x02 \x01(\fR\vcertificate\x12\x16\n" +
 	"\x06bundle\x18\x03 \x01(\fR\x06bundle\x12\x1a\n" +
 	"\bmanagers\x18\x04 \x03(\tR\bmanagers\"\x0f\n" +
-	"\rStatusRequest\"\xbd\x03\n" +
+	"\rStatusRequest\"\xd5\x03\n" +
 	"\x0eStatusResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x17\n" +
@@ -3829,7 +3839,8 @@ const file_quorumca_proto_rawDesc = "" +
 	"\brotation\x18\n" +
 	" \x01(\v2\x15.quorumca.v1.RotationR\brotation\x12\x18\n" +
 	"\aproblem\x18\v \x01(\tR\aproblem\x121\n" +
-	"\brecovery\x18\f \x01(\v2\x15.quorumca.v1.RecoveryR\brecovery\"x\n" +
+	"\brecovery\x18\f \x01(\v2\x15.quorumca.v1.RecoveryR\brecovery\x12\x16\n" +
+	"\x06health\x18\r \x01(\tR\x06health\"x\n" +
 	"\bRecovery\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
 	"\x02at\x18\x02 \x01(\x03R\x02at\x12\x12\n" +

@@ -58,6 +58,7 @@ func (s controlService) Status(ctx context.Context, _ *api.StatusRequest) (*api.
 		resp.LeaderAddr = n.Addr
 	}
 	resp.Problem = m.problem()
+	resp.Health = m.health(st, leaderID, resp.Problem)
 	servers, err := m.raft.Servers()
 	if err != nil {
 		return nil, err
@@ -138,6 +139,21 @@ func (m *Manager) ping(ctx context.Context, addr string) error {
 // anything.
 func (s controlService) Ping(context.Context, *api.PingRequest) (*api.PingResponse, error) {
 	return &api.PingResponse{NodeId: s.m.node.NodeID, Problem: s.m.problem()}, nil
+}
+
+// health is this manager's api.Health*: the worst thing wrong with it.
+func (m *Manager) health(st *fsm.State, leaderID, problem string) string {
+	switch {
+	case st.IsRemoved(m.node.NodeID):
+		return api.HealthRemoved
+	case !m.cfg.Now().Before(m.creds.NotAfter()):
+		return api.HealthCertExpired
+	case leaderID == "":
+		return api.HealthNoLeader
+	case problem != "":
+		return api.HealthProblem
+	}
+	return api.HealthOK
 }
 
 // problem says what keeps this manager from serving, "" if nothing: a log

@@ -166,6 +166,7 @@ func (c lockedControl) Status(ctx context.Context, _ *api.StatusRequest) (*api.S
 	return &api.StatusResponse{
 		ClusterId: nc.ClusterID, NodeId: nc.NodeID, Role: string(nc.Role),
 		Problem: fmt.Sprintf("%s (unlock key %s)", lockedProblem, c.l.err.KEK),
+		Health:  api.HealthLocked,
 	}, nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -192,7 +193,30 @@ func (c *control) Status(ctx context.Context, _ *api.StatusRequest) (*api.Status
 		}
 		resp.Managers = append(resp.Managers, &api.Manager{Addr: addr, Reachability: reach})
 	}
+	resp.Health = w.health(resp)
 	return resp, nil
+}
+
+// health is this worker's api.Health*, from what Status found.
+func (w *Worker) health(resp *api.StatusResponse) string {
+	problem := w.renewer.Problem()
+	now := time.Now
+	if w.cfg.Now != nil {
+		now = w.cfg.Now
+	}
+	switch {
+	case errors.Is(problem, agent.ErrRefused):
+		return api.HealthRemoved
+	case errors.Is(problem, agent.ErrLeftBehind):
+		return api.HealthLeftBehind
+	case !now().Before(w.cfg.Credentials.NotAfter()):
+		return api.HealthCertExpired
+	case !slices.ContainsFunc(resp.Managers, func(m *api.Manager) bool { return m.GetReachability() == "reachable" }):
+		return api.HealthNoLeader
+	case problem != nil:
+		return api.HealthProblem
+	}
+	return api.HealthOK
 }
 
 // GetCA returns the trust bundle this worker holds; a rotation's progress

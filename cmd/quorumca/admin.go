@@ -2,13 +2,17 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/quorumca/quorumca/api"
 )
@@ -34,21 +38,42 @@ func newStatusCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the cluster as this node sees it",
-		Args:  cobra.NoArgs,
+		Long: `Show the cluster as this node sees it.
+
+Exit codes (for health checks): 0 healthy; 1 the command failed;
+2 no daemon answers on the control socket; 3 no leader (no quorum), or a
+worker reaches no manager; 4 the node was removed, or left behind by a root
+rotation: join it again; 5 its certificate has expired; 6 a manager waits
+for ` + "`quorumca unlock`" + `; 7 it serves but reports a problem (a full disk).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := g.checkFormat(); err != nil {
 				return err
 			}
 			client, ctx, done, err := g.control(cmd, 10*time.Second)
-			if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return withCode(exitNoDaemon, "%v", err)
+			} else if err != nil {
 				return err
 			}
 			defer done()
 			st, err := client.Status(ctx, &api.StatusRequest{})
-			if err != nil {
+			if code := status.Code(err); code == codes.Unavailable || code == codes.DeadlineExceeded {
+				return withCode(exitNoDaemon, "no daemon answers on the control socket: %v", rpcError(err))
+			} else if err != nil {
 				return rpcError(err)
 			}
-			return printStatus(cmd.OutOrStdout(), g.format, st)
+			if err := printStatus(cmd.OutOrStdout(), g.format, st); err != nil {
+				return err
+			}
+			if code, ok := healthExit[st.GetHealth()]; ok && code != exitOK {
+				msg := st.GetHealth()
+				if p := st.GetProblem(); p != "" {
+					msg += ": " + p
+				}
+				return withCode(code, "unhealthy: %s", msg)
+			}
+			return nil
 		},
 	}
 	addFormatFlag(cmd, g)

@@ -15,6 +15,6 @@ func main() {
 	defer stop()
 	if err := newRootCmd().ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "quorumca:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
 }
