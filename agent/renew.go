@@ -8,11 +8,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
@@ -72,7 +75,11 @@ type Renewer struct {
 	// answered counts the heartbeats the leader answered, each with the
 	// renewal it called for done or failed.
 	answered int
-	problem  error
+	// failed counts the renewals that failed, by reason (renewalReason);
+	// lastHeartbeat is when a heartbeat was last answered.
+	failed        map[string]int
+	lastHeartbeat time.Time
+	problem       error
 	// bundleSince is the age of the newest bundle a heartbeat gave.
 	bundleSince int64
 	// kick asks Run to renew now.
@@ -174,6 +181,9 @@ func (r *Renewer) Run(ctx context.Context) error {
 		}
 		failures = 0
 		r.setProblem(nil)
+		r.mu.Lock()
+		r.lastHeartbeat = r.cfg.Now()
+		r.mu.Unlock()
 		if p := time.Duration(hb.GetPeriodMs()) * time.Millisecond; p > 0 {
 			period = p
 		}
@@ -302,6 +312,47 @@ func (r *Renewer) heartbeat(ctx context.Context) (*api.HeartbeatResponse, error)
 func (r *Renewer) Renew(ctx context.Context) error { return r.renew(ctx) }
 
 func (r *Renewer) renew(ctx context.Context) error {
+	err := r.renewOnce(ctx)
+	if err != nil {
+		r.mu.Lock()
+		if r.failed == nil {
+			r.failed = map[string]int{}
+		}
+		r.failed[renewalReason(err)]++
+		r.mu.Unlock()
+	}
+	return err
+}
+
+// renewalReason names why a renewal failed, for metrics: the reason a
+// manager gave, or the gRPC code.
+func renewalReason(err error) string {
+	if reason, _ := api.ErrorReason(err); reason != "" {
+		return strings.ToLower(reason)
+	}
+	if s, ok := status.FromError(err); ok {
+		return strings.ToLower(s.Code().String())
+	}
+	return "error"
+}
+
+// RenewalCounts returns how many renewals succeeded, and how many failed
+// by reason, since the Renewer started.
+func (r *Renewer) RenewalCounts() (ok int, failed map[string]int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.renewed, maps.Clone(r.failed)
+}
+
+// LastHeartbeat returns when a manager last answered a heartbeat (zero
+// for never).
+func (r *Renewer) LastHeartbeat() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastHeartbeat
+}
+
+func (r *Renewer) renewOnce(ctx context.Context) error {
 	creds := r.cfg.Credentials
 	oldRole := creds.Identity().Role
 	key, err := ca.GenerateKey(r.cfg.Rand)

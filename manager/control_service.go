@@ -141,6 +141,13 @@ func (s controlService) Ping(context.Context, *api.PingRequest) (*api.PingRespon
 	return &api.PingResponse{NodeId: s.m.node.NodeID, Problem: s.m.problem()}, nil
 }
 
+// Health returns this manager's api.Health*, and its problem if any.
+func (m *Manager) Health() (string, string) {
+	leaderID, _ := m.raft.Leader()
+	problem := m.problem()
+	return m.health(m.machine.State(), leaderID, problem), problem
+}
+
 // health is this manager's api.Health*: the worst thing wrong with it.
 func (m *Manager) health(st *fsm.State, leaderID, problem string) string {
 	switch {

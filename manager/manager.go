@@ -49,6 +49,7 @@ type Manager struct {
 	anonymous    chan struct{}
 	rotation     rotationTracker
 	rotationKick chan struct{}
+	metrics      *metrics
 
 	mu   sync.Mutex              // guards quit
 	quit context.CancelCauseFunc // ends Run, with its reason

@@ -48,6 +48,7 @@ func newManager(cfg Config) (*Manager, error) {
 		log:          cfg.Logger,
 		machine:      fsm.NewMachine(),
 		ready:        make(chan struct{}),
+		metrics:      newMetrics(),
 		rotationKick: make(chan struct{}, 1),
 		anonymous:    make(chan struct{}, maxAnonymousCalls),
 	}, nil
@@ -331,7 +332,7 @@ func (m *Manager) assemble() {
 	m.peers = newPeerConns(m.creds)
 	m.server = grpc.NewServer(
 		grpc.Creds(serverCreds(m.creds, m.checkHandshake)),
-		grpc.ChainUnaryInterceptor(m.intercept(authz.Direct)),
+		grpc.ChainUnaryInterceptor(m.observe(authz.Direct), m.intercept(authz.Direct)),
 		grpc.ChainStreamInterceptor(m.interceptStream(authz.Direct)),
 		grpc.InTapHandle(m.tapAnonymous),
 		grpc.MaxRecvMsgSize(maxRecvMsg),

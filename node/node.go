@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -83,6 +84,9 @@ type Config struct {
 	// manager's holds its Raft data key and stays 0600). Empty: the
 	// owner alone reads node.key, and root alone can reach the files.
 	CertGroup string
+	// MetricsAddr, when set, is where the node serves Prometheus metrics
+	// (/metrics) and its probes (/healthz, /readyz): --metrics-addr.
+	MetricsAddr string
 }
 
 // Join says how to join a cluster.
@@ -145,6 +149,10 @@ type Node struct {
 
 	// hooks run on every change of the certificate files; nil for none.
 	hooks *agent.Hooks
+	// metricsAddr is where the metrics server listens ("" for none);
+	// metricsDone is closed once it has stopped.
+	metricsAddr string
+	metricsDone chan struct{}
 	// certGID is CertGroup's ID, -1 for none.
 	certGID int
 
@@ -217,11 +225,32 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err := agent.CheckDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	// The metrics address is taken first: a port in use fails the start
+	// before anything is written.
+	var metricsLn net.Listener
+	if cfg.MetricsAddr != "" {
+		var err error
+		if metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return nil, fmt.Errorf("--metrics-addr: %w", err)
+		}
+	}
 	first, err := n.bootstrap(ctx)
 	if err != nil {
+		if metricsLn != nil {
+			metricsLn.Close()
+		}
 		return nil, err
 	}
 	ctx, n.cancel = context.WithCancel(ctx)
+	if metricsLn != nil {
+		ln := metricsLn
+		n.metricsAddr = ln.Addr().String()
+		n.metricsDone = make(chan struct{})
+		go func() {
+			defer close(n.metricsDone)
+			n.serveMetrics(ctx, ln)
+		}()
+	}
 	started := make(chan struct{})
 	go n.run(ctx, first, started)
 	select {
@@ -240,6 +269,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 func (n *Node) Stop() error {
 	n.cancel()
 	<-n.done
+	if n.metricsDone != nil {
+		<-n.metricsDone
+	}
 	return n.Err()
 }
 
@@ -289,6 +321,9 @@ func (n *Node) Hooks() *agent.Hooks { return n.hooks }
 
 // Store returns the node's node.json.
 func (n *Node) Store() *agent.NodeStore { return n.store }
+
+// MetricsAddr returns where the node serves its metrics, "" for nowhere.
+func (n *Node) MetricsAddr() string { return n.metricsAddr }
 
 // SocketPath returns the control socket's path.
 func (n *Node) SocketPath() string { return n.cfg.SocketPath }

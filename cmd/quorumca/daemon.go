@@ -19,12 +19,12 @@ import (
 
 // daemonFlags are the flags of the commands that run the daemon.
 type daemonFlags struct {
-	listenAddr, advertiseAddr, raftAddr, raftAdvertiseAddr string
-	gossipAddr, gossipAdvertiseAddr                        string
-	publishTokens                                          string
-	unlockKeyFile                                          string
-	onRenew, reloadSignal, reloadPIDFile, certGroup        string
-	onRenewTimeout, onRenewSplay                           time.Duration
+	listenAddr, advertiseAddr, raftAddr, raftAdvertiseAddr       string
+	gossipAddr, gossipAdvertiseAddr                              string
+	publishTokens                                                string
+	unlockKeyFile                                                string
+	onRenew, reloadSignal, reloadPIDFile, certGroup, metricsAddr string
+	onRenewTimeout, onRenewSplay                                 time.Duration
 }
 
 func (d *daemonFlags) register(cmd *cobra.Command) {
@@ -38,6 +38,7 @@ func (d *daemonFlags) register(cmd *cobra.Command) {
 	f.StringVar(&d.reloadSignal, "reload-signal", "", "signal (HUP, USR1, ...) to send to the process in --reload-pidfile after the certificate files change")
 	f.StringVar(&d.reloadPIDFile, "reload-pidfile", "", "file holding the process ID --reload-signal goes to (nginx's pid file, for one)")
 	f.StringVar(&d.certGroup, "cert-group", "", "group (name or ID) that may read the certificate files (and a worker's node.key), for services on this machine")
+	f.StringVar(&d.metricsAddr, "metrics-addr", "", "HOST:PORT to serve Prometheus metrics (/metrics) and probes (/healthz, /readyz) on; off when empty")
 }
 
 // registerAddrs registers the address flags alone.
@@ -80,6 +81,7 @@ func (g *globals) nodeConfig(cmd *cobra.Command, d *daemonFlags) (node.Config, e
 	cfg.Manager.PublishTokens = d.publishTokens
 	cfg.UnlockKeyFile = d.unlockKeyFile
 	cfg.CertGroup = d.certGroup
+	cfg.MetricsAddr = d.metricsAddr
 	cfg.Hooks = agent.HookConfig{Command: d.onRenew, PIDFile: d.reloadPIDFile, Timeout: d.onRenewTimeout, Splay: d.onRenewSplay}
 	if d.reloadSignal != "" {
 		sig, err := agent.ParseSignal(d.reloadSignal)
