@@ -112,6 +112,7 @@ type Client struct {
 	timeout time.Duration
 	skip    time.Duration
 	now     func() time.Time
+	observe func(url, result string)
 }
 
 // endpoint is one server.
@@ -135,7 +136,10 @@ func New(cfg Config) (*Client, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	c := &Client{timeout: cfg.Timeout, skip: cfg.Skip, now: cfg.Now}
+	c := &Client{timeout: cfg.Timeout, skip: cfg.Skip, now: cfg.Now, observe: cfg.Observe}
+	if c.observe == nil {
+		c.observe = func(string, string) {}
+	}
 	for _, e := range cfg.Endpoints {
 		ep := &endpoint{url: strings.TrimSuffix(e.URL, "/"), authKey: bytes.Clone(e.AuthKey), cert: cfg.ClientCertificate}
 		tc := ca.HardenTLS(&tls.Config{GetClientCertificate: ep.clientCertificate})
@@ -280,17 +284,21 @@ func (c *Client) call(ctx context.Context, path string, body any, accept func(ce
 		case err == nil:
 			if err = accept(cert); err == nil {
 				ep.mark(true, c.now(), c.skip)
+				c.observe(ep.url, "ok")
 				return cert, nil
 			}
 			// A certificate not taken: a server misconfigured, or
 			// another CA.
 			refusal = err
 			ep.mark(false, c.now(), c.skip)
+			c.observe(ep.url, "not_taken")
 		case refused:
 			refusal = fmt.Errorf("%w: %s: %w", ErrRefused, ep.url, err)
+			c.observe(ep.url, "refused")
 		default:
 			down = true
 			ep.mark(false, c.now(), c.skip)
+			c.observe(ep.url, "down")
 		}
 		failures = append(failures, fmt.Sprintf("%s: %v", ep.url, err))
 	}

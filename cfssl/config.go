@@ -63,6 +63,10 @@ type Config struct {
 	ClientCertificate func() *tls.Certificate
 	// Now is the clock of the skip window (default time.Now).
 	Now func() time.Time
+	// Observe, when set, hears how each request to each server ended:
+	// "ok", "not_taken" (a certificate the caller refused), "refused" (an
+	// error answer) or "down" (no answer). For metrics.
+	Observe func(url, result string)
 }
 
 // DefaultConfig returns a Config with the default timeouts and clock, and

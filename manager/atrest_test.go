@@ -199,21 +199,24 @@ func TestLockedManagerOpensWithTheKeyOnly(t *testing.T) {
 	reopen(t, m)
 }
 
-// failpoint stops the first step named name once armed, as a kill there
-// would.
+// failpoint stops every step named name once armed, as a kill there
+// would: nothing after it happens (the leader goes on committing, a CRL
+// for one, and each change of the state takes the manager back to the
+// step).
 type failpoint struct {
 	name       string
 	armed, hit atomic.Bool
 }
 
 func (f *failpoint) hook(step string) error {
-	if step == f.name && f.armed.Load() && !f.hit.Swap(true) {
+	if step == f.name && f.armed.Load() {
+		f.hit.Store(true)
 		return errCrash
 	}
 	return nil
 }
 
-// crashAt returns a test step hook that stops the first step named name.
+// crashAt returns a test step hook that stops the steps named name.
 func crashAt(name string) (func(string) error, *atomic.Bool) {
 	f := &failpoint{name: name}
 	f.armed.Store(true)

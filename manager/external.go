@@ -31,14 +31,15 @@ type externalCA struct {
 // the certificate to present to a CA that asks for one (mutual TLS): this
 // manager's, which follows its renewals; nil before it has one (init). A
 // list the cluster could not take is refused with fsm.ErrBadCommand.
-func newExternalCA(cas []fsm.ExternalCA, cert func() *tls.Certificate, timeout, skip time.Duration, now func() time.Time) (*externalCA, error) {
+// observe, when set, hears how each request to each CA ended (metrics).
+func newExternalCA(cas []fsm.ExternalCA, cert func() *tls.Certificate, timeout, skip time.Duration, now func() time.Time, observe func(url, result string)) (*externalCA, error) {
 	if len(cas) == 0 {
 		return nil, fmt.Errorf("%w: the cluster has no key and no external CA", fsm.ErrBadCommand)
 	}
 	if err := fsm.CheckExternal(cas); err != nil {
 		return nil, err
 	}
-	cfg := cfssl.Config{Timeout: timeout, Skip: skip, ClientCertificate: cert, Now: now}
+	cfg := cfssl.Config{Timeout: timeout, Skip: skip, ClientCertificate: cert, Now: now, Observe: observe}
 	for _, c := range cas {
 		cfg.Endpoints = append(cfg.Endpoints, cfssl.Endpoint{URL: c.URL, RootCAs: c.CACert, AuthKey: c.AuthKey})
 	}

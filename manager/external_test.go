@@ -65,7 +65,7 @@ func TestNewExternalCARefuses(t *testing.T) {
 		{"second one bad", []fsm.ExternalCA{trusted, {Protocol: fsm.ProtocolCFSSL, URL: "ftp://127.0.0.1"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e, err := newExternalCA(tc.cas, nil, testkit.ExternalTimeout, testkit.ExternalSkip, time.Now)
+			e, err := newExternalCA(tc.cas, nil, testkit.ExternalTimeout, testkit.ExternalSkip, time.Now, nil)
 			if err == nil {
 				e.close()
 				t.Fatal("accepted")
@@ -77,7 +77,7 @@ func TestNewExternalCARefuses(t *testing.T) {
 		})
 	}
 	// Without cacert, the system's roots are used.
-	e, err := newExternalCA([]fsm.ExternalCA{{Protocol: fsm.ProtocolCFSSL, URL: "https://127.0.0.1:8888"}}, nil, testkit.ExternalTimeout, testkit.ExternalSkip, time.Now)
+	e, err := newExternalCA([]fsm.ExternalCA{{Protocol: fsm.ProtocolCFSSL, URL: "https://127.0.0.1:8888"}}, nil, testkit.ExternalTimeout, testkit.ExternalSkip, time.Now, nil)
 	if err != nil {
 		t.Fatalf("without cacert: %v", err)
 	}
@@ -88,7 +88,7 @@ func TestNewExternalCARefuses(t *testing.T) {
 func TestExternalSameAuthKey(t *testing.T) {
 	a := fsm.ExternalCA{Protocol: fsm.ProtocolCFSSL, URL: "https://127.0.0.1:8888", CACert: extTestCert(t)}
 	a.AuthKey = []byte("0123456789abcdef")
-	e, err := newExternalCA([]fsm.ExternalCA{a}, nil, testkit.ExternalTimeout, testkit.ExternalSkip, time.Now)
+	e, err := newExternalCA([]fsm.ExternalCA{a}, nil, testkit.ExternalTimeout, testkit.ExternalSkip, time.Now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +217,7 @@ func TestExternalErrorStatus(t *testing.T) {
 		{"cancelled before the call", []fsm.ExternalCA{refusing}, cancelled, nil, codes.Canceled, context.Canceled},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e, err := newExternalCA(tc.cas, nil, 200*time.Millisecond, testkit.ExternalSkip, time.Now)
+			e, err := newExternalCA(tc.cas, nil, 200*time.Millisecond, testkit.ExternalSkip, time.Now, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/quorumca/quorumca/fsm"
 	"github.com/quorumca/quorumca/raft"
@@ -23,7 +24,11 @@ func (m *Manager) propose(ctx context.Context, cmd fsm.Command) (*fsm.State, err
 		ctx, cancel = context.WithTimeout(ctx, m.cfg.ApplyTimeout)
 		defer cancel()
 	}
+	start := time.Now()
 	out, err := m.raft.Apply(ctx, b)
+	if err == nil {
+		m.metrics.applyTime.Observe(time.Since(start).Seconds())
+	}
 	if err != nil {
 		if errors.Is(err, raft.ErrDiskFull) {
 			return nil, fmt.Errorf("on manager %s (%s): %w", m.node.NodeID, m.apiAddr, err)

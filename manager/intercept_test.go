@@ -109,7 +109,14 @@ func TestFollowerRelaysAdministration(t *testing.T) {
 // TestRelayedCallNeverRelayedAgain: a relayed call that reaches a manager
 // which is not the leader is refused, not relayed again.
 func TestRelayedCallNeverRelayedAgain(t *testing.T) {
-	_, follower := pair(t)
+	leader, follower := pair(t)
+	// A follower that lags behind the leader says so instead: wait until
+	// it knows both managers.
+	testkit.Eventually(t, "the follower knows both managers", testkit.True(func() bool {
+		_, a := follower.State().Node(leader.NodeID())
+		_, b := follower.State().Node(follower.NodeID())
+		return a && b
+	}))
 	conn := dial(t, follower.Addr(), follower.Credentials().ClientTLS(agent.ManagerName))
 	ctx := metadata.AppendToOutgoingContext(t.Context(), mdForwardedLocal, "1", mdForwardedAddr, "local")
 	_, err := api.NewControlClient(conn).ListNodes(ctx, &api.ListNodesRequest{})

@@ -28,6 +28,13 @@ type metrics struct {
 	issued     *prometheus.CounterVec
 	issueTime  *prometheus.HistogramVec
 	heartbeats *prometheus.CounterVec
+	externals  *prometheus.CounterVec
+	applyTime  prometheus.Histogram
+}
+
+// external counts a request to an external CA (cfssl.Config.Observe).
+func (mt *metrics) external(url, result string) {
+	mt.externals.WithLabelValues(url, result).Inc()
 }
 
 func newMetrics() *metrics {
@@ -45,6 +52,15 @@ func newMetrics() *metrics {
 			Name: "quorumca_heartbeats_total",
 			Help: "Heartbeats this manager answered, by result.",
 		}, []string{"result"}),
+		externals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "quorumca_external_ca_requests_total",
+			Help: "Requests this manager made to external CAs, by URL and result (ok, not_taken, refused, down).",
+		}, []string{"url", "result"}),
+		applyTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "quorumca_raft_apply_duration_seconds",
+			Help:    "Time to commit and apply a change this manager proposed to Raft.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
 	}
 }
 
@@ -123,11 +139,11 @@ var (
 	descRotation = prometheus.NewDesc("quorumca_rotation_in_progress",
 		"1 while a root CA rotation runs.", nil, nil)
 	descRotationNodes = prometheus.NewDesc("quorumca_rotation_nodes",
-		"Nodes of the rotation in progress: total, renewed under the new CA, and skipped (unreachable past the grace).",
+		"Nodes of the rotation in progress: total, renewed (serving a certificate of the new CA), trusting the new root, skipped (unreachable past the grace).",
 		[]string{"state"}, nil)
 	descNodes = prometheus.NewDesc("quorumca_nodes",
-		"Nodes the cluster records, by role and TLS status.",
-		[]string{"role", "tls_status"}, nil)
+		"Nodes the cluster records, by role, status (ready, down; unknown on a manager that does not lead: only the leader hears heartbeats) and TLS status.",
+		[]string{"role", "status", "tls_status"}, nil)
 	descRevoked = prometheus.NewDesc("quorumca_revoked_certificates",
 		"Unexpired revoked certificates the CRLs list.", nil, nil)
 	descRaftState = prometheus.NewDesc("quorumca_raft_state",
@@ -146,6 +162,8 @@ func (c managerCollector) Describe(ch chan<- *prometheus.Desc) {
 	c.m.metrics.issued.Describe(ch)
 	c.m.metrics.issueTime.Describe(ch)
 	c.m.metrics.heartbeats.Describe(ch)
+	c.m.metrics.externals.Describe(ch)
+	c.m.metrics.applyTime.Describe(ch)
 	for _, d := range []*prometheus.Desc{descCAExpiry, descRotation, descRotationNodes, descNodes, descRevoked, descRaftState, descRaftLeader, descRaftIndex, descRaftContact} {
 		ch <- d
 	}
@@ -156,6 +174,8 @@ func (c managerCollector) Collect(ch chan<- prometheus.Metric) {
 	m.metrics.issued.Collect(ch)
 	m.metrics.issueTime.Collect(ch)
 	m.metrics.heartbeats.Collect(ch)
+	m.metrics.externals.Collect(ch)
+	m.metrics.applyTime.Collect(ch)
 	st := m.machine.State()
 	now := m.cfg.Now()
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
@@ -178,22 +198,31 @@ func (c managerCollector) Collect(ch chan<- prometheus.Metric) {
 				gauge(descCAExpiry, float64(cert.NotAfter.Unix()), part.kind, cert.Subject.String())
 			}
 		}
-		rotating, total, renewed := 0.0, 0.0, 0.0
-		byStatus := map[[2]string]float64{}
+		leader := m.raft.IsLeader()
+		byStatus := map[[3]string]float64{}
 		for _, n := range st.Nodes.All() {
-			total++
-			if n.Cert.Issuer.Equal(st.CAStatus) {
-				renewed++
+			status := "unknown" // only the leader hears heartbeats
+			if leader {
+				status = "down"
+				if m.live(n.ID, now) {
+					status = "ready"
+				}
 			}
-			byStatus[[2]string{string(n.Role), tlsStatus(st, n, "")}]++
+			byStatus[[3]string{string(n.Role), status, tlsStatus(st, n, "")}]++
 		}
 		for k, v := range byStatus {
-			gauge(descNodes, v, k[0], k[1])
+			gauge(descNodes, v, k[0], k[1], k[2])
 		}
+		rotating := 0.0
 		if st.Rotation != nil {
 			rotating = 1
-			gauge(descRotationNodes, total, "total")
-			gauge(descRotationNodes, renewed, "renewed")
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			r := m.rotationOfLeader(ctx, st)
+			cancel()
+			gauge(descRotationNodes, float64(r.GetTotal()), "total")
+			gauge(descRotationNodes, float64(r.GetConverged()), "renewed")
+			gauge(descRotationNodes, float64(r.GetTrusting()), "trusting")
+			gauge(descRotationNodes, float64(r.GetSkipped()), "skipped")
 		}
 		gauge(descRotation, rotating)
 		gauge(descRevoked, float64(len(st.RevokedAt(now))))

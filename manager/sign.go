@@ -110,7 +110,7 @@ func (m *Manager) externalClient(cas []fsm.ExternalCA) (*externalCA, error) {
 	if m.ext != nil && m.ext.same(cas) {
 		return m.ext, nil
 	}
-	c, err := newExternalCA(cas, m.clientCertificate, m.cfg.ExternalTimeout, m.cfg.ExternalSkip, m.cfg.Now)
+	c, err := newExternalCA(cas, m.clientCertificate, m.cfg.ExternalTimeout, m.cfg.ExternalSkip, m.cfg.Now, m.metrics.external)
 	if err != nil {
 		return nil, err
 	}
@@ -177,7 +177,7 @@ func (m *Manager) externalMaterial(ctx context.Context, cas []fsm.ExternalCA, ce
 		given = &g
 	}
 	// A list the cluster does not use yet gets a client of its own.
-	client, err := newExternalCA(cas, m.clientCertificate, m.cfg.ExternalTimeout, m.cfg.ExternalSkip, m.cfg.Now)
+	client, err := newExternalCA(cas, m.clientCertificate, m.cfg.ExternalTimeout, m.cfg.ExternalSkip, m.cfg.Now, m.metrics.external)
 	if err != nil {
 		return ca.Material{}, err
 	}
@@ -259,7 +259,7 @@ func (m *Manager) verifyExternal(ctx context.Context, cas []fsm.ExternalCA, mate
 		return err
 	}
 	for _, c := range cas {
-		client, err := newExternalCA([]fsm.ExternalCA{c}, m.clientCertificate, m.cfg.ExternalTimeout, m.cfg.ExternalSkip, m.cfg.Now)
+		client, err := newExternalCA([]fsm.ExternalCA{c}, m.clientCertificate, m.cfg.ExternalTimeout, m.cfg.ExternalSkip, m.cfg.Now, m.metrics.external)
 		if err != nil {
 			return err
 		}

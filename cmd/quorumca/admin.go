@@ -93,6 +93,7 @@ type statusJSON struct {
 	Rotation        *rotationJSON `json:"rotation,omitempty"`
 	Recovery        *recoveryJSON `json:"recovery,omitempty"`
 	Problem         string        `json:"problem,omitempty"`
+	Health          string        `json:"health,omitempty"`
 	Managers        []managerJSON `json:"managers"`
 }
 
@@ -128,6 +129,7 @@ func printStatus(w io.Writer, format string, st *api.StatusResponse) error {
 		ClusterID: st.GetClusterId(), NodeID: st.GetNodeId(), Role: st.GetRole(),
 		LeaderID: st.GetLeaderId(), LeaderAddr: st.GetLeaderAddr(),
 		RootFingerprint: st.GetRootFingerprint(), Nodes: st.GetNodes(),
+		Health:   st.GetHealth(),
 		Managers: []managerJSON{},
 	}
 	if s := st.GetCertExpirySeconds(); s > 0 {

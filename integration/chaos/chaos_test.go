@@ -680,8 +680,38 @@ func TestChaosRemovedNodeCertsRefused(t *testing.T) {
 			t.Errorf("node ls on %s lists %v, want 5 nodes without worker2 %s", m, nodeIDs(ns), id)
 		}
 	}
-	t.Logf("SUMMARY TestChaosRemovedNodeCertsRefused: worker2 %s stopped and removed (node rm --force); its certificate worked at the 3 managers before, and all 3 refused Heartbeat and RenewNodeCertificate on new connections and on those opened before, within %s after; node ls lists 5 nodes without it; scenario %s",
-		id, since(removedAt), since(start))
+
+	// A worker removed while it runs: its status says so (exit 4) and
+	// the image's HEALTHCHECK turns its container unhealthy.
+	st3, err := c.status("worker3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.mustCLI("manager1", "node", "rm", "--force", st3.NodeID)
+	removed3 := time.Now()
+	c.eventually("worker3's status says it was removed", waitBound, func() error {
+		st, err := c.status("worker3")
+		if err != nil {
+			return err
+		}
+		if st.Health != "removed" {
+			return fmt.Errorf("health %q (%s)", st.Health, st.Problem)
+		}
+		return nil
+	})
+	c.eventually("worker3's container unhealthy", waitBound, func() error {
+		if h := c.health("worker3"); h != "unhealthy" {
+			return fmt.Errorf("worker3 is %s", h)
+		}
+		return nil
+	})
+	for _, svc := range []string{"manager1", "worker1"} {
+		if h := c.health(svc); h != "healthy" {
+			t.Errorf("%s is %s after worker3's removal, want healthy", svc, h)
+		}
+	}
+	t.Logf("SUMMARY TestChaosRemovedNodeCertsRefused: worker2 %s stopped and removed (node rm --force); its certificate worked at the 3 managers before, and all 3 refused Heartbeat and RenewNodeCertificate on new connections and on those opened before, within %s after; node ls lists 5 nodes without it; worker3, removed while running, reported itself removed and its container turned unhealthy %s after; scenario %s",
+		id, since(removedAt), since(removed3), since(start))
 }
 
 func gossip(ctx context.Context, conn *grpc.ClientConn) error {
