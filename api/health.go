@@ -16,12 +16,12 @@ const (
 	// HealthCertExpired: the node's certificate has expired or cannot be
 	// read.
 	HealthCertExpired = "cert_expired"
+	// HealthProblem: the node reports a problem of its own (a full disk,
+	// a log it cannot apply): see StatusResponse.Problem.
+	HealthProblem = "problem"
 	// HealthNoLeader: a manager knows no leader (no quorum); a worker
 	// reaches no manager.
 	HealthNoLeader = "no_leader"
-	// HealthProblem: the node serves, but reports a problem (a full disk,
-	// a log it cannot apply): see StatusResponse.Problem.
-	HealthProblem = "problem"
 	// HealthOK: nothing wrong.
 	HealthOK = "ok"
 )

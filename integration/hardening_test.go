@@ -377,8 +377,8 @@ func TestDiskFullSaysDiskFull(t *testing.T) {
 		t.Errorf("JoinToken(rotate) on a full disk: reason %q, want %s", r, api.ReasonDiskFull)
 	}
 	st, err := c.Managers[0].Control().Status(ctx, &api.StatusRequest{})
-	if err != nil || !strings.Contains(st.GetProblem(), "disk full") {
-		t.Errorf("Status() on a full disk = problem %q, %v; want it to say the disk is full", st.GetProblem(), err)
+	if err != nil || !strings.Contains(st.GetProblem(), "disk full") || st.GetHealth() != api.HealthProblem {
+		t.Errorf("Status() on a full disk = problem %q, health %q, %v; want it to say the disk is full (health %q: status exits 7)", st.GetProblem(), st.GetHealth(), err, api.HealthProblem)
 	}
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)

@@ -155,10 +155,10 @@ func (m *Manager) health(st *fsm.State, leaderID, problem string) string {
 		return api.HealthRemoved
 	case !m.cfg.Now().Before(m.creds.NotAfter()):
 		return api.HealthCertExpired
+	case problem != "": // a full disk, a log it cannot apply: the cause of a lost leader, often
+		return api.HealthProblem
 	case leaderID == "":
 		return api.HealthNoLeader
-	case problem != "":
-		return api.HealthProblem
 	}
 	return api.HealthOK
 }

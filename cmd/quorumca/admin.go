@@ -44,7 +44,8 @@ Exit codes (for health checks): 0 healthy; 1 the command failed;
 2 no daemon answers on the control socket; 3 no leader (no quorum), or a
 worker reaches no manager; 4 the node was removed, or left behind by a root
 rotation: join it again; 5 its certificate has expired; 6 a manager waits
-for ` + "`quorumca unlock`" + `; 7 it serves but reports a problem (a full disk).`,
+for ` + "`quorumca unlock`" + `; 7 it reports a problem of its own (a full disk,
+a log it cannot apply).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := g.checkFormat(); err != nil {

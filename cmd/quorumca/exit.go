@@ -18,7 +18,7 @@ const (
 	exitRejoin     = 4 // removed from the cluster, or left behind by a rotation: join again
 	exitCertExpiry = 5 // the node's certificate has expired or cannot be read
 	exitLocked     = 6 // a manager waits for `quorumca unlock`
-	exitProblem    = 7 // the node serves but reports a problem (disk full, ...)
+	exitProblem    = 7 // the node reports a problem of its own (disk full, ...)
 )
 
 // healthExit maps a node's reported health to status's exit code.

@@ -34,10 +34,13 @@ func wantStatusExit(t *testing.T, what string, n *clustertest.Node, want int) {
 }
 
 // TestStatusExitCodes: status exits 0 on a healthy manager and worker,
-// and with its documented code when no daemon runs, a worker was removed,
+// and with its documented code when a flag is bad, no daemon runs, a worker was removed,
 // a manager is locked, a manager has no leader, and a worker's
 // certificate has expired.
 func TestStatusExitCodes(t *testing.T) {
+	if out, err := run(t, "status", "--format", "yaml"); exitCode(err) != exitError {
+		t.Errorf("status with a bad flag exits %d (%v), want %d\n%s", exitCode(err), err, exitError, out)
+	}
 	if out, err := run(t, "status", "--data-dir", t.TempDir()); exitCode(err) != exitNoDaemon {
 		t.Errorf("status with no daemon exits %d (%v), want %d\n%s", exitCode(err), err, exitNoDaemon, out)
 	}
