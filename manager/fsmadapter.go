@@ -34,6 +34,15 @@ func (m *Manager) propose(ctx context.Context, cmd fsm.Command) (*fsm.State, err
 	if !ok {
 		panic(fmt.Sprintf("manager: state machine returned %T", out)) // broken invariant
 	}
+	if res.Err == nil {
+		// The change is committed: the call's audit line lists it, or,
+		// outside any call, a line of its own records it.
+		if c := callOf(ctx); c.commits != nil {
+			c.commits.add(commandName(cmd))
+		} else {
+			m.auditCommit(commandName(cmd))
+		}
+	}
 	return res.State, res.Err
 }
 
