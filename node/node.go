@@ -24,6 +24,7 @@ import (
 
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/audit"
 	"github.com/quorumca/quorumca/internal/wait"
 	"github.com/quorumca/quorumca/manager"
 	"github.com/quorumca/quorumca/worker"
@@ -83,6 +84,12 @@ type Config struct {
 	// manager's holds its Raft data key and stays 0600). Empty: the
 	// owner alone reads node.key, and root alone can reach the files.
 	CertGroup string
+
+	// AuditLog, when set, is the file where the node, while it runs a
+	// manager, appends the manager's audit log (--audit-log; see
+	// manager/audit.go). Start opens it (mode 0600) or fails; a worker
+	// keeps it open for the day it is promoted.
+	AuditLog string
 }
 
 // Join says how to join a cluster.
@@ -217,8 +224,16 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err := agent.CheckDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	if cfg.AuditLog != "" {
+		log, err := audit.Open(cfg.AuditLog)
+		if err != nil {
+			return nil, fmt.Errorf("node: %w", err)
+		}
+		n.cfg.Manager.Audit = log
+	}
 	first, err := n.bootstrap(ctx)
 	if err != nil {
+		n.cfg.Manager.Audit.Close()
 		return nil, err
 	}
 	ctx, n.cancel = context.WithCancel(ctx)
@@ -306,6 +321,8 @@ func (n *Node) set(d daemon, err error) {
 // the cluster asks, until ctx ends or a daemon fails.
 func (n *Node) run(ctx context.Context, d daemon, started chan struct{}) {
 	defer close(n.done)
+	// After the daemon stopped: it writes no line any more.
+	defer n.cfg.Manager.Audit.Close()
 	if n.hooks != nil {
 		hctx, stop := context.WithCancel(ctx)
 		var wg sync.WaitGroup
