@@ -1,12 +1,22 @@
 package manager
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumca/quorumca/agent"
+	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/authz"
 	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/internal/audit"
 )
 
 // TestAuditActionsCoverEveryMethod: every method the policy knows has its
@@ -43,4 +53,63 @@ func TestCommandName(t *testing.T) {
 	if got := commandName(fsm.Command{}); got != "unknown" {
 		t.Errorf("commandName(Command{}) = %q, want unknown", got)
 	}
+}
+
+// TestAuditLogFailureStopsChanges: once the audit log cannot be written,
+// a call that changes the state is refused before it runs (nothing
+// commits unrecorded), while reads go on; a call without a certificate
+// that the API turns away before reading it is recorded as a refusal,
+// and a caller's unfit request ID is replaced.
+func TestAuditLogFailureStopsChanges(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	log, err := audit.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := initManager(t, func(c *Config) { c.Audit = log })
+	ctl := local(t, m)
+
+	conn := dial(t, m.Addr(), agent.BundleClientTLS(m.Credentials().Roots(), agent.ManagerName))
+	ctx := metadata.AppendToOutgoingContext(t.Context(), audit.RequestIDHeader, "not fit for a log")
+	if _, err := api.NewControlClient(conn).ListNodes(ctx, &api.ListNodesRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("ListNodes() without a certificate = %v, want Unauthenticated", err)
+	}
+	recs := readAudit(t, path)
+	last := recs[len(recs)-1]
+	if last.Action != "node.ls" || last.Result != audit.ResultRefused || last.Actor.Kind != "anonymous" || last.Code != "Unauthenticated" {
+		t.Errorf("last line after an anonymous ListNodes = %+v, want its refusal", last)
+	}
+	if !audit.ValidRequestID(last.RequestID) || strings.Contains(last.RequestID, "fit") {
+		t.Errorf("request ID %q, want one the manager made in place of the caller's", last.RequestID)
+	}
+
+	if _, err := ctl.JoinToken(t.Context(), &api.JoinTokenRequest{Role: "worker", Rotate: true}); err != nil {
+		t.Fatalf("JoinToken(rotate) = %v", err)
+	}
+	log.Close() // as a failed write leaves it
+	secret := m.State().WorkerSecret
+	_, err = ctl.JoinToken(t.Context(), &api.JoinTokenRequest{Role: "worker", Rotate: true})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "audit log") {
+		t.Errorf("JoinToken(rotate) with a broken audit log = %v, want Unavailable naming the audit log", err)
+	}
+	if m.State().WorkerSecret != secret {
+		t.Errorf("a rotation committed while the audit log could not record it")
+	}
+	if _, err := ctl.ListNodes(t.Context(), &api.ListNodesRequest{}); err != nil {
+		t.Errorf("ListNodes() with a broken audit log = %v, want an answer: reads are not recorded", err)
+	}
+}
+
+func readAudit(t *testing.T, path string) []audit.Record {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	recs, err := audit.Read(f)
+	if err != nil || len(recs) == 0 {
+		t.Fatalf("audit.Read(%s) = %d records, %v", path, len(recs), err)
+	}
+	return recs
 }

@@ -158,9 +158,6 @@ func (l *Log) Write(r Record) error {
 	if l.err != nil {
 		return l.err
 	}
-	if l.f == nil {
-		return fmt.Errorf("audit: %s is closed", l.path)
-	}
 	if _, err := l.f.Write(b); err != nil {
 		l.err = fmt.Errorf("audit: write %s: %w", l.path, err)
 		return l.err
@@ -182,7 +179,7 @@ func (l *Log) Err() error {
 	return l.err
 }
 
-// Close closes the file; later Writes fail.
+// Close closes the file; later Writes fail, and Err says it is closed.
 func (l *Log) Close() error {
 	if l == nil {
 		return nil
@@ -194,6 +191,9 @@ func (l *Log) Close() error {
 	}
 	err := l.f.Close()
 	l.f = nil
+	if l.err == nil {
+		l.err = fmt.Errorf("audit: %s is closed", l.path)
+	}
 	return err
 }
 
