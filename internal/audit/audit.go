@@ -3,7 +3,7 @@
 // by itself, appended to a file that only its owner reads.
 //
 // Every line is written and fsynced before the call it records is
-// answered: a line that Write returned for survives a crash of the
+// answered (concurrent writers share fsyncs): a line that Write returned for survives a crash of the
 // process or the machine. What a crash can lose is a line that was being
 // written: a change the Raft log committed just before the crash may then
 // have no line (its answer was never sent). A torn last line is the only
@@ -104,11 +104,22 @@ const maxError = 300
 
 // Log is an audit log file. A nil *Log records nothing. Its methods may be
 // called from any goroutine.
+//
+// Concurrent writers share fsyncs (group commit): a writer appends its
+// line, then waits for an fsync that began after its write, and the first
+// writer to find none running starts one for all lines written so far.
+// That needs two mutexes, where the house has one per struct: with one,
+// every writer would wait for every fsync before it could even append.
 type Log struct {
-	mu   sync.Mutex // guards f and err
-	f    *os.File
-	err  error // the first failed write; every later Write returns it too
 	path string
+
+	mu      sync.Mutex // guards f, err and written; never held across an fsync
+	f       *os.File
+	err     error  // the first failure; every later Write returns it too
+	written uint64 // lines written
+
+	syncMu sync.Mutex // guards synced; held across an fsync; taken before mu
+	synced uint64     // lines known to be on disk
 }
 
 // Open opens the audit log at path to append to it, creating it with mode
@@ -154,19 +165,51 @@ func (l *Log) Write(r Record) error {
 	}
 	b = append(b, '\n')
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.err != nil {
+		defer l.mu.Unlock()
 		return l.err
 	}
+	// One write(2) of a whole line on an O_APPEND file: lines never
+	// interleave, and a crash tears the last one at most.
 	if _, err := l.f.Write(b); err != nil {
-		l.err = fmt.Errorf("audit: write %s: %w", l.path, err)
-		return l.err
+		defer l.mu.Unlock()
+		return l.fail(fmt.Errorf("audit: write %s: %w", l.path, err))
 	}
-	if err := l.f.Sync(); err != nil {
-		l.err = fmt.Errorf("audit: fsync %s: %w", l.path, err)
-		return l.err
+	l.written++
+	line := l.written
+	l.mu.Unlock()
+	return l.sync(line)
+}
+
+// sync returns once line is on disk: an fsync that began after it was
+// written has succeeded, this caller's or another's.
+func (l *Log) sync(line uint64) error {
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	l.mu.Lock()
+	f, upto, err := l.f, l.written, l.err
+	l.mu.Unlock()
+	if l.synced >= line {
+		return nil
 	}
+	if err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.fail(fmt.Errorf("audit: fsync %s: %w", l.path, err))
+	}
+	l.synced = upto
 	return nil
+}
+
+// fail records the log's first failure and returns it; l.mu is held.
+func (l *Log) fail(err error) error {
+	if l.err == nil {
+		l.err = err
+	}
+	return l.err
 }
 
 // Err returns the failure that stopped the log, or nil while it writes.
@@ -184,6 +227,10 @@ func (l *Log) Close() error {
 	if l == nil {
 		return nil
 	}
+	// No fsync runs while the file closes: every line a Write returned
+	// for is on disk, and a Write waiting for its fsync fails.
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.f == nil {
@@ -191,9 +238,7 @@ func (l *Log) Close() error {
 	}
 	err := l.f.Close()
 	l.f = nil
-	if l.err == nil {
-		l.err = fmt.Errorf("audit: %s is closed", l.path)
-	}
+	l.fail(fmt.Errorf("audit: %s is closed", l.path))
 	return err
 }
 
