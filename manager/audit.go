@@ -301,15 +301,19 @@ func (m *Manager) audit(r authz.Request, c call, req, resp any, err error) error
 
 // auditCommit records a change this manager committed by itself, outside
 // any call (the leader's work: a rotation's completion, a prune, the
-// cluster's creation).
-func (m *Manager) auditCommit(name string) {
-	err := m.cfg.Audit.Write(audit.Record{
+// cluster's creation), or, with the error of its proposal, one that may
+// have committed (name ends in "?").
+func (m *Manager) auditCommit(name string, target audit.Target, err error) {
+	rec := audit.Record{
 		Time: m.cfg.Now().UTC(), Manager: m.node.NodeID,
 		Actor:  audit.Actor{Kind: "leader", NodeID: m.node.NodeID, Role: string(ca.RoleManager)},
-		Action: "commit." + name, Result: audit.ResultOK, Commits: []string{name},
-	})
+		Action: "commit." + strings.TrimSuffix(name, "?"), Target: target, Result: audit.ResultOK, Commits: []string{name},
+	}
 	if err != nil {
-		m.log.Error("audit log", "err", err, "commit", name)
+		rec.Result, rec.Error = audit.ResultError, err.Error()
+	}
+	if werr := m.cfg.Audit.Write(rec); werr != nil {
+		m.log.Error("audit log", "err", werr, "commit", name)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 
 	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/internal/audit"
 	"github.com/quorumca/quorumca/raft"
 )
 
@@ -25,6 +26,9 @@ func (m *Manager) propose(ctx context.Context, cmd fsm.Command) (*fsm.State, err
 	}
 	out, err := m.raft.Apply(ctx, b)
 	if err != nil {
+		// The entry may commit all the same (leadership lost, or the wait
+		// ended, while it was in flight): the audit log says it may have.
+		m.noteCommit(ctx, commandName(cmd)+"?", err)
 		if errors.Is(err, raft.ErrDiskFull) {
 			return nil, fmt.Errorf("on manager %s (%s): %w", m.node.NodeID, m.apiAddr, err)
 		}
@@ -35,15 +39,20 @@ func (m *Manager) propose(ctx context.Context, cmd fsm.Command) (*fsm.State, err
 		panic(fmt.Sprintf("manager: state machine returned %T", out)) // broken invariant
 	}
 	if res.Err == nil {
-		// The change is committed: the call's audit line lists it, or,
-		// outside any call, a line of its own records it.
-		if c := callOf(ctx); c.commits != nil {
-			c.commits.add(commandName(cmd))
-		} else {
-			m.auditCommit(commandName(cmd))
-		}
+		m.noteCommit(ctx, commandName(cmd), nil)
 	}
 	return res.State, res.Err
+}
+
+// noteCommit records, for the audit log, that the command name committed
+// (err nil) or may have (name ends in "?"): the line of the call in ctx
+// lists it or, outside any call, a line of its own records it.
+func (m *Manager) noteCommit(ctx context.Context, name string, err error) {
+	if c := callOf(ctx); c.commits != nil {
+		c.commits.add(name)
+		return
+	}
+	m.auditCommit(name, audit.Target{}, err)
 }
 
 // stateMachine adapts fsm.Machine to raft.StateMachine: entries are

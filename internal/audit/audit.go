@@ -65,7 +65,10 @@ type Record struct {
 	Error  string `json:"error,omitempty"`
 	// Commits are the Raft commands this call committed on this manager,
 	// by name ("issue", "remove_node"...); a relayed call commits on the
-	// leader, whose own log lists them.
+	// leader, whose own log lists them. A name that ends in "?" is a
+	// command whose proposal failed in a way that leaves its fate unknown
+	// (leadership lost, or the wait ended, while it was in flight): it
+	// may have committed.
 	Commits []string `json:"commits,omitempty"`
 }
 
