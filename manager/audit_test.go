@@ -1,6 +1,8 @@
 package manager
 
 import (
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -86,7 +88,17 @@ func TestAuditLogFailureStopsChanges(t *testing.T) {
 	if _, err := ctl.JoinToken(t.Context(), &api.JoinTokenRequest{Role: "worker", Rotate: true}); err != nil {
 		t.Fatalf("JoinToken(rotate) = %v", err)
 	}
+	// A backup (a stream) hands out the whole state: recorded once done.
+	if err := drainBackup(t, ctl); err != nil {
+		t.Fatalf("Backup() = %v", err)
+	}
+	if recs := readAudit(t, path); recs[len(recs)-1].Action != "backup" || recs[len(recs)-1].Result != audit.ResultOK {
+		t.Errorf("last line after a backup = %+v, want the backup", recs[len(recs)-1])
+	}
 	log.Close() // as a failed write leaves it
+	if err := drainBackup(t, ctl); status.Code(err) != codes.Unavailable {
+		t.Errorf("Backup() with a broken audit log = %v, want Unavailable", err)
+	}
 	secret := m.State().WorkerSecret
 	_, err = ctl.JoinToken(t.Context(), &api.JoinTokenRequest{Role: "worker", Rotate: true})
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "audit log") {
@@ -97,6 +109,24 @@ func TestAuditLogFailureStopsChanges(t *testing.T) {
 	}
 	if _, err := ctl.ListNodes(t.Context(), &api.ListNodesRequest{}); err != nil {
 		t.Errorf("ListNodes() with a broken audit log = %v, want an answer: reads are not recorded", err)
+	}
+}
+
+// drainBackup reads a whole backup from ctl.
+func drainBackup(t *testing.T, ctl api.ControlClient) error {
+	t.Helper()
+	stream, err := ctl.Backup(t.Context(), &api.BackupRequest{})
+	if err != nil {
+		return err
+	}
+	for {
+		_, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
 	}
 }
 
