@@ -74,7 +74,7 @@ var auditActions = map[string]auditAction{
 		return "renew", t
 	}, always},
 	caMethod + "Heartbeat": {self("heartbeat"), never},
-	caMethod + "Gossip":    {self("gossip.key"), never},
+	caMethod + "Gossip":    {self("gossip.key"), always}, // hands out the gossip key
 
 	controlMethod + "Status":   {named("status"), never},
 	controlMethod + "Ping":     {named("ping"), never},
@@ -375,7 +375,7 @@ func certActor(a *audit.Actor, leaf *x509.Certificate) {
 	a.Kind, a.Serial = "node", serialHex(leaf.SerialNumber)
 	id, err := ca.IdentityOf(leaf)
 	if err != nil {
-		a.Kind = "unknown certificate"
+		a.Kind = "unknown"
 		return
 	}
 	if id.Role == ca.RoleAdmin {
