@@ -8,12 +8,14 @@ import (
 	"strconv"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
 	"github.com/quorumca/quorumca/authz"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/audit"
 	"github.com/quorumca/quorumca/raft"
 )
 
@@ -39,6 +41,11 @@ type call struct {
 	Addr string
 	// UID is the user of the control socket's peer, or -1.
 	UID int
+	// RequestID names the call in the audit log, on every manager it
+	// passes through.
+	RequestID string
+	// commits collects what the call committed, for the audit log.
+	commits *commitLog
 }
 
 type callKey struct{}
@@ -161,6 +168,16 @@ func forwardContext(ctx context.Context, c call) context.Context {
 		kv = append(kv, mdForwardedChain, string(cert.Raw))
 	}
 	return metadata.AppendToOutgoingContext(ctx, kv...)
+}
+
+// passRequestID gives every call a manager makes to another while it
+// serves a call the request ID of the call it serves (a relay, a join's
+// admission), so that the lines of both managers' audit logs share it.
+func passRequestID(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if id := callOf(ctx).RequestID; id != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, audit.RequestIDHeader, id)
+	}
+	return invoke(ctx, method, req, reply, cc, opts...)
 }
 
 // checkHandshake runs at every TLS handshake with a client certificate:

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/quorumca/quorumca/agent"
+	"github.com/quorumca/quorumca/internal/audit"
 	"github.com/quorumca/quorumca/membership"
 )
 
@@ -97,6 +98,11 @@ type Config struct {
 	// current join tokens (worker.token, manager.token, 0600), for nodes
 	// that bootstrap from a shared volume.
 	PublishTokens string
+	// Audit, when set, is the audit log (--audit-log): a line for every
+	// call that changes the state or hands out a secret, every refusal,
+	// and every change the leader commits by itself (see audit.go). The
+	// node opens and closes it; nil records nothing.
+	Audit *audit.Log
 }
 
 // DefaultConfig returns a Config with the default ports and data directory.

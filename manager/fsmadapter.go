@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/internal/audit"
 	"github.com/quorumca/quorumca/raft"
 )
 
@@ -30,6 +31,9 @@ func (m *Manager) propose(ctx context.Context, cmd fsm.Command) (*fsm.State, err
 		m.metrics.applyTime.Observe(time.Since(start).Seconds())
 	}
 	if err != nil {
+		// The entry may commit all the same (leadership lost, or the wait
+		// ended, while it was in flight): the audit log says it may have.
+		m.noteCommit(ctx, commandName(cmd)+"?", err)
 		if errors.Is(err, raft.ErrDiskFull) {
 			return nil, fmt.Errorf("on manager %s (%s): %w", m.node.NodeID, m.apiAddr, err)
 		}
@@ -39,7 +43,21 @@ func (m *Manager) propose(ctx context.Context, cmd fsm.Command) (*fsm.State, err
 	if !ok {
 		panic(fmt.Sprintf("manager: state machine returned %T", out)) // broken invariant
 	}
+	if res.Err == nil {
+		m.noteCommit(ctx, commandName(cmd), nil)
+	}
 	return res.State, res.Err
+}
+
+// noteCommit records, for the audit log, that the command name committed
+// (err nil) or may have (name ends in "?"): the line of the call in ctx
+// lists it or, outside any call, a line of its own records it.
+func (m *Manager) noteCommit(ctx context.Context, name string, err error) {
+	if c := callOf(ctx); c.commits != nil {
+		c.commits.add(name)
+		return
+	}
+	m.auditCommit(name, audit.Target{}, err)
 }
 
 // stateMachine adapts fsm.Machine to raft.StateMachine: entries are

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/authz"
+	"github.com/quorumca/quorumca/internal/audit"
 )
 
 // intercept returns the one interceptor of a manager's gRPC servers: it
@@ -25,32 +27,48 @@ import (
 // routes the call as the method's rule says (answered here, relayed to the
 // leader, or the caller redirected there). Handlers only do their own
 // work, and return domain errors; they become gRPC status codes here.
+// The audit log records the call (audit.go) once its result is known,
+// before it is answered.
 func (m *Manager) intercept(arrival authz.Arrival) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		r, c := m.requestOf(ctx, info.FullMethod, arrival)
+		c.RequestID, c.commits = m.requestID(ctx), &commitLog{}
+		sendRequestID(ctx, c.RequestID)
 		decided, err := authz.Decide(r, m.view())
 		rule, _ := authz.RuleFor(info.FullMethod)
 		if err != nil && !(authz.Lagging(err) && r.Arrival == authz.Direct && rule.Route != authz.Here && !m.raft.IsLeader()) {
-			m.log.Warn("call refused", "method", info.FullMethod, "from", c.Addr, "arrival", r.Arrival, "err", err)
-			return nil, toStatus(err)
+			m.log.Warn("call refused", "method", info.FullMethod, "from", c.Addr, "arrival", r.Arrival, "err", err, "request_id", c.RequestID)
+			return nil, m.audit(r, c, req, nil, toStatus(err))
+		}
+		if err := m.auditBroken(info.FullMethod, req); err != nil {
+			return nil, err
 		}
 		// A caller this manager does not know yet (it lags behind the
 		// leader) is sent on: the leader decides again.
 		c.Caller = decided
-		ctx = context.WithValue(ctx, callKey{}, c)
-		switch rule.Route {
-		case authz.Forward:
-			return m.forward(ctx, info.FullMethod, req, rule, handler)
-		case authz.Redirect, authz.LeaderOnly:
-			if !m.raft.IsLeader() {
-				if err := m.redirect(ctx); !isSelf(err) {
-					return nil, toStatus(err)
-				}
+		resp, err := m.route(context.WithValue(ctx, callKey{}, c), req, info.FullMethod, rule, handler)
+		if err != nil {
+			resp = nil
+		}
+		return resp, m.audit(r, c, req, resp, err)
+	}
+}
+
+// route answers an authorized call where its rule says: here, through
+// the leader, or by sending the caller there. Its error is a status.
+func (m *Manager) route(ctx context.Context, req any, method string, rule authz.Rule, handler grpc.UnaryHandler) (any, error) {
+	switch rule.Route {
+	case authz.Forward:
+		return m.forward(ctx, method, req, rule, handler)
+	case authz.Redirect, authz.LeaderOnly:
+		if !m.raft.IsLeader() {
+			if err := m.redirect(ctx); !isSelf(err) {
+				return nil, toStatus(err)
 			}
 		}
-		resp, err := handler(ctx, req)
-		return resp, toStatus(err)
 	}
+	resp, err := handler(ctx, req)
+	return resp, toStatus(err)
 }
 
 // interceptStream is intercept for the streaming methods: the same
@@ -60,16 +78,24 @@ func (m *Manager) interceptStream(arrival authz.Arrival) grpc.StreamServerInterc
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		ctx := ss.Context()
 		r, c := m.requestOf(ctx, info.FullMethod, arrival)
+		c.RequestID, c.commits = m.requestID(ctx), &commitLog{}
+		_ = ss.SetHeader(metadata.Pairs(audit.RequestIDHeader, c.RequestID)) // fails only once headers are sent
 		decided, err := authz.Decide(r, m.view())
 		if err != nil {
-			m.log.Warn("call refused", "method", info.FullMethod, "from", c.Addr, "arrival", r.Arrival, "err", err)
-			return toStatus(err)
+			m.log.Warn("call refused", "method", info.FullMethod, "from", c.Addr, "arrival", r.Arrival, "err", err, "request_id", c.RequestID)
+			return m.audit(r, c, nil, nil, toStatus(err))
 		}
 		if rule, _ := authz.RuleFor(info.FullMethod); rule.Route != authz.Here {
 			return status.Errorf(codes.Internal, "manager: stream %s is not answered here: the policy routes streams nowhere else", info.FullMethod)
 		}
+		if err := m.auditBroken(info.FullMethod, nil); err != nil {
+			return err
+		}
 		c.Caller = decided
-		return toStatus(handler(srv, &callStream{ServerStream: ss, ctx: context.WithValue(ctx, callKey{}, c)}))
+		// A stream's answer is under way when its handler returns: its line
+		// is written then, with its result.
+		err = toStatus(handler(srv, &callStream{ServerStream: ss, ctx: context.WithValue(ctx, callKey{}, c)}))
+		return m.audit(r, c, nil, nil, err)
 	}
 }
 
@@ -227,7 +253,12 @@ func (m *Manager) tapAnonymous(ctx context.Context, info *tap.Info) (context.Con
 		}
 	}
 	if rule, ok := authz.RuleFor(info.FullMethodName); !ok || rule.Who != authz.Anyone {
-		return nil, status.Errorf(codes.Unauthenticated, "%s needs a certificate of this cluster (mutual TLS)", info.FullMethodName)
+		err := status.Errorf(codes.Unauthenticated, "%s needs a certificate of this cluster (mutual TLS)", info.FullMethodName)
+		c := call{Addr: "unknown", UID: -1, RequestID: m.requestIDOf(info.Header)}
+		if p := peerAddr(ctx); p != nil {
+			c.Addr = p.String()
+		}
+		return nil, m.audit(authz.Request{Method: info.FullMethodName, Arrival: authz.Direct}, c, nil, nil, err)
 	}
 	select {
 	case m.anonymous <- struct{}{}:

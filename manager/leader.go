@@ -9,6 +9,7 @@ import (
 
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/internal/audit"
 	"github.com/quorumca/quorumca/internal/wait"
 	"github.com/quorumca/quorumca/progress"
 	"github.com/quorumca/quorumca/raft"
@@ -211,6 +212,9 @@ func (m *Manager) reconcile(ctx context.Context) {
 			m.log.Warn("reconcile: remove voter", "node_id", srv.ID, "err", err)
 		} else {
 			m.log.Info("reconcile: removed voter no longer a manager", "node_id", srv.ID)
+			// A change of the Raft configuration, not of the state: the
+			// audit log records it all the same.
+			m.auditCommit("remove_voter", audit.Target{NodeID: srv.ID}, nil)
 		}
 	}
 	if len(st.GossipKey) == 0 {

@@ -44,7 +44,7 @@ func (p *peerConns) get(addr string) (*grpc.ClientConn, error) {
 		return c, nil
 	}
 	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(p.creds.ClientTLS(agent.ManagerName))),
-		grpc.WithChainUnaryInterceptor(nameLeader))
+		grpc.WithChainUnaryInterceptor(nameLeader, passRequestID))
 	if err != nil {
 		return nil, fmt.Errorf("manager: connect to %s: %w", addr, err)
 	}

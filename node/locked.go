@@ -1,7 +1,9 @@
 package node
 
 import (
+	"cmp"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -11,12 +13,14 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/audit"
 )
 
 // errUnlocked is the reason a locked node's daemon ends: it was given the
@@ -132,6 +136,45 @@ func (l *locked) check(key string) error {
 	return nil
 }
 
+// audit records an Unlock call that ended with err (a status, or nil) in
+// the manager's audit log, as the manager's interceptor records calls: a
+// wrong key is a refusal. It returns the error to answer with.
+func (l *locked) audit(ctx context.Context, err error) error {
+	log := l.n.cfg.Manager.Audit
+	if log == nil {
+		return err
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	id := ""
+	if ids := md.Get(audit.RequestIDHeader); len(ids) > 0 && audit.ValidRequestID(ids[0]) {
+		id = ids[0]
+	} else if id, _ = audit.NewRequestID(cmp.Or[io.Reader](l.n.cfg.Manager.Rand, rand.Reader)); id == "" {
+		id = "unknown"
+	}
+	_ = grpc.SetHeader(ctx, metadata.Pairs(audit.RequestIDHeader, id)) // fails only once headers are sent
+	rec := audit.Record{
+		Time: l.now().UTC(), Manager: l.n.store.Get().NodeID, RequestID: id,
+		Actor: audit.Actor{Kind: "host"}, Action: "unlock", Method: "/quorumca.v1.Control/Unlock", Arrival: "local",
+		Result: audit.ResultOK,
+	}
+	if err != nil {
+		rec.Result, rec.Code, rec.Error = audit.ResultRefused, status.Code(err).String(), status.Convert(err).Message()
+	}
+	if werr := log.Write(rec); werr != nil {
+		l.n.log.Error("audit log", "err", werr, "action", "unlock")
+		return status.Errorf(codes.Internal, "this manager could not record the unlock in its audit log: %v", werr)
+	}
+	return err
+}
+
+// now is the node's clock.
+func (l *locked) now() time.Time {
+	if now := l.n.cfg.Manager.Now; now != nil {
+		return now()
+	}
+	return time.Now()
+}
+
 // Local serves status and Unlock.
 func (l *locked) Local() *grpc.Server {
 	s := grpc.NewServer()
@@ -172,10 +215,13 @@ func (c lockedControl) Status(ctx context.Context, _ *api.StatusRequest) (*api.S
 
 func (c lockedControl) Unlock(ctx context.Context, req *api.UnlockRequest) (*api.UnlockResponse, error) {
 	if err := onSocket(ctx); err != nil {
-		return nil, err
+		return nil, c.l.audit(ctx, err)
 	}
 	if err := c.l.check(req.GetUnlockKey()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, c.l.audit(ctx, status.Error(codes.InvalidArgument, err.Error()))
+	}
+	if err := c.l.audit(ctx, nil); err != nil {
+		return nil, err
 	}
 	select {
 	case c.l.keys <- req.GetUnlockKey():

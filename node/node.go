@@ -25,6 +25,7 @@ import (
 
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/audit"
 	"github.com/quorumca/quorumca/internal/wait"
 	"github.com/quorumca/quorumca/manager"
 	"github.com/quorumca/quorumca/worker"
@@ -87,6 +88,12 @@ type Config struct {
 	// MetricsAddr, when set, is where the node serves Prometheus metrics
 	// (/metrics) and its probes (/healthz, /readyz): --metrics-addr.
 	MetricsAddr string
+
+	// AuditLog, when set, is the file where the node, while it runs a
+	// manager, appends the manager's audit log (--audit-log; see
+	// manager/audit.go). Start opens it (mode 0600) or fails; a worker
+	// keeps it open for the day it is promoted.
+	AuditLog string
 }
 
 // Join says how to join a cluster.
@@ -225,17 +232,26 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err := agent.CheckDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	if cfg.AuditLog != "" {
+		log, err := audit.Open(cfg.AuditLog)
+		if err != nil {
+			return nil, fmt.Errorf("node: %w", err)
+		}
+		n.cfg.Manager.Audit = log
+	}
 	// The metrics address is taken first: a port in use fails the start
 	// before anything is written.
 	var metricsLn net.Listener
 	if cfg.MetricsAddr != "" {
 		var err error
 		if metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			n.cfg.Manager.Audit.Close()
 			return nil, fmt.Errorf("--metrics-addr: %w", err)
 		}
 	}
 	first, err := n.bootstrap(ctx)
 	if err != nil {
+		n.cfg.Manager.Audit.Close()
 		if metricsLn != nil {
 			metricsLn.Close()
 		}
@@ -341,6 +357,8 @@ func (n *Node) set(d daemon, err error) {
 // the cluster asks, until ctx ends or a daemon fails.
 func (n *Node) run(ctx context.Context, d daemon, started chan struct{}) {
 	defer close(n.done)
+	// After the daemon stopped: it writes no line any more.
+	defer n.cfg.Manager.Audit.Close()
 	if n.hooks != nil {
 		hctx, stop := context.WithCancel(ctx)
 		var wg sync.WaitGroup

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/audit"
 	"github.com/quorumca/quorumca/internal/testkit"
 	"github.com/quorumca/quorumca/manager"
 )
@@ -66,15 +68,19 @@ func TestJoinWhenReadyLogsNoToken(t *testing.T) {
 
 // TestLockedNode: with autolock on, a node that restarts is locked: its
 // socket says so and takes the unlock key (a wrong one refused), or it
-// reads the key from --unlock-key-file, and then runs its manager.
+// reads the key from --unlock-key-file, and then runs its manager. The
+// audit log, kept across the restarts, records both unlocks and neither
+// key.
 func TestLockedNode(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
 	sock := filepath.Join(t.TempDir(), "q.sock")
+	auditLog := filepath.Join(t.TempDir(), "audit.log")
 	var out bytes.Buffer
 	cfg := Config{
 		DataDir: dir, SocketPath: sock, Out: &out,
 		ListenAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0",
-		Init: &manager.InitOptions{Autolock: true},
+		Init:     &manager.InitOptions{Autolock: true},
+		AuditLog: auditLog,
 	}
 	n, err := Start(t.Context(), cfg)
 	if err != nil {
@@ -117,6 +123,28 @@ func TestLockedNode(t *testing.T) {
 	}
 	testkit.Eventually(t, "the unlocked node runs its manager", testkit.True(func() bool { return n.Manager() != nil }))
 	n.Stop()
+	b, err := os.ReadFile(auditLog)
+	if err != nil {
+		t.Fatalf("read the audit log: %v", err)
+	}
+	recs, _ := audit.Read(bytes.NewReader(b))
+	var results []string
+	for _, r := range recs {
+		if r.Action == "unlock" {
+			results = append(results, r.Result)
+		}
+	}
+	if want := []string{audit.ResultRefused, audit.ResultOK}; !slices.Equal(results, want) {
+		t.Errorf("audit log's unlock lines = %v, want %v:\n%s", results, want, b)
+	}
+	if len(recs) == 0 || recs[0].Action != "commit.init" {
+		t.Errorf("audit log does not begin with the cluster's creation:\n%s", b)
+	}
+	for _, k := range []string{key, wrong, strings.TrimPrefix(key, "QCKEY-1-"), strings.TrimPrefix(wrong, "QCKEY-1-")} {
+		if strings.Contains(string(b), k) {
+			t.Errorf("the audit log holds an unlock key")
+		}
+	}
 
 	// Unattended: the key in a file, written after the node started, after
 	// another key (the file may hold the keys before and after a rotation).

@@ -21,7 +21,7 @@ import (
 type daemonFlags struct {
 	listenAddr, advertiseAddr, raftAddr, raftAdvertiseAddr       string
 	gossipAddr, gossipAdvertiseAddr                              string
-	publishTokens                                                string
+	publishTokens, auditLog                                      string
 	unlockKeyFile                                                string
 	onRenew, reloadSignal, reloadPIDFile, certGroup, metricsAddr string
 	onRenewTimeout, onRenewSplay                                 time.Duration
@@ -32,6 +32,7 @@ func (d *daemonFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&d.unlockKeyFile, "unlock-key-file", "", "with autolock, a file holding the unlock key (one per line: the keys before and after a rotation may both be there): a locked manager reads it, and waits for it, to unlock unattended")
 	f.StringVar(&d.publishTokens, "publish-tokens", "", "as a manager, keep the current join tokens in DIR/worker.token and DIR/manager.token (0600), for nodes that join unattended")
+	f.StringVar(&d.auditLog, "audit-log", "", "as a manager, append an audit log to FILE (0600): one JSON line, fsynced before the answer, per call that changes the cluster or hands out a secret, per refused call, and per change the leader makes by itself; no secret is ever written")
 	f.StringVar(&d.onRenew, "on-renew", "", "command to run (sh -c) after the certificate files change: renewal, rotation, CRL; their paths are in $QUORUMCA_CERT_FILE, $QUORUMCA_KEY_FILE, $QUORUMCA_CA_FILE, $QUORUMCA_CRL_FILE")
 	f.DurationVar(&d.onRenewTimeout, "on-renew-timeout", agent.DefaultHookTimeout, "how long --on-renew may run before it is killed")
 	f.DurationVar(&d.onRenewSplay, "on-renew-splay", agent.DefaultHookSplay, "the most a change waits, at random, before the hooks run, so that a fleet does not reload at once (0: the default; negative: none)")
@@ -82,6 +83,7 @@ func (g *globals) nodeConfig(cmd *cobra.Command, d *daemonFlags) (node.Config, e
 	cfg.UnlockKeyFile = d.unlockKeyFile
 	cfg.CertGroup = d.certGroup
 	cfg.MetricsAddr = d.metricsAddr
+	cfg.AuditLog = d.auditLog
 	cfg.Hooks = agent.HookConfig{Command: d.onRenew, PIDFile: d.reloadPIDFile, Timeout: d.onRenewTimeout, Splay: d.onRenewSplay}
 	if d.reloadSignal != "" {
 		sig, err := agent.ParseSignal(d.reloadSignal)

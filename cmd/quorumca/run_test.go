@@ -26,6 +26,7 @@ func TestRunBootstrapFlagsRefused(t *testing.T) {
 		{"token file without addr", []string{"run", "--join-token-file", "t"}, "needs --join-addr"},
 		{"addr without token file, no node", []string{"run", "--join-addr", "127.0.0.1:1"}, "give --join-token-file too"},
 		{"force-new-cluster and init", []string{"run", "--init", "--force-new-cluster"}, "neither --init"},
+		{"audit log that cannot be opened", []string{"run", "--init", "--audit-log", filepath.Join(os.DevNull, "audit.log")}, "--audit-log"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			data := t.TempDir()
