@@ -58,8 +58,41 @@ func newRootCmd() *cobra.Command {
 		newInitCmd(g), newJoinCmd(g), newRunCmd(g),
 		newStatusCmd(g), newJoinTokenCmd(g), newNodeCmd(g), newUpdateCmd(g), newCACmd(g), newAdminCertCmd(g),
 		newUnlockKeyCmd(g), newUnlockCmd(g), newBackupCmd(g), newRestoreCmd(g), newCertCmd(g),
+		newVersionCmd(g),
 	)
+	refuseUnknownSubcommands(root)
 	return root
+}
+
+// refuseUnknownSubcommands makes every command that only groups others
+// (node, admin-cert, cert) refuse an argument that names none of them, as
+// the root does: cobra would print the group's help and exit 0, and a
+// script would take a typo for success. Run with no argument, such a
+// command still prints its help.
+func refuseUnknownSubcommands(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		refuseUnknownSubcommands(sub)
+	}
+	if c.HasParent() && c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+		c.Args = unknownSubcommand
+		c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	}
+}
+
+// unknownSubcommand is the Args of a group command: no argument, or the
+// error cobra gives the root for an unknown command, with its suggestions.
+func unknownSubcommand(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2 // cobra's default, set on the root only
+	}
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		msg += "\n\nDid you mean this?\n\t" + strings.Join(s, "\n\t") + "\n"
+	}
+	return fmt.Errorf("%s\nRun '%s --help' for usage", msg, cmd.CommandPath())
 }
 
 // defaultDataDir is --data-dir's default when QUORUMCA_DATA_DIR is unset.
