@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path"
 	"slices"
 	"sync"
 	"time"
@@ -151,10 +152,35 @@ func (w *Worker) saveGossipAddr(bind string) {
 
 // Local returns the gRPC server of the worker's control socket: its status
 // and the trust bundle it holds.
+// A call the worker does not serve (administration: node ls, join-token,
+// ...) is refused with ErrManagerOnly's message rather than gRPC's
+// "method ListNodes not implemented".
 func (w *Worker) Local() *grpc.Server {
-	s := grpc.NewServer()
+	s := grpc.NewServer(grpc.ChainUnaryInterceptor(managerOnlyUnary), grpc.ChainStreamInterceptor(managerOnlyStream))
 	api.RegisterControlServer(s, &control{w: w})
 	return s
+}
+
+// ErrManagerOnly is the message (as a FailedPrecondition status) of a call
+// to a worker's control socket that only a manager answers.
+var ErrManagerOnly = errors.New("this node is a worker: administration runs on a manager; give the --data-dir of a manager on its machine, or --host tcp://MANAGER:2377 with an admin certificate (quorumca admin-cert create, on a manager)")
+
+// managerOnly turns the Unimplemented error of a Control method the worker
+// does not serve into ErrManagerOnly's, naming the call.
+func managerOnly(method string, err error) error {
+	if status.Code(err) != codes.Unimplemented {
+		return err
+	}
+	return status.Errorf(codes.FailedPrecondition, "%s: %v", path.Base(method), ErrManagerOnly)
+}
+
+func managerOnlyUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	resp, err := handler(ctx, req)
+	return resp, managerOnly(info.FullMethod, err)
+}
+
+func managerOnlyStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	return managerOnly(info.FullMethod, handler(srv, ss))
 }
 
 // control is the worker's part of the Control API, on its socket only.
