@@ -41,3 +41,43 @@ func TestAdminOnWorkerSaysRunOnManager(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinTokenNamesTheManagerAsked: join-token and join-token create
+// print a join command through the manager the command asked (its
+// advertise address, or --host tcp://'s), with the token in a file, not
+// on the command line.
+func TestJoinTokenNamesTheManagerAsked(t *testing.T) {
+	c := clustertest.New(t, clustertest.Options{Managers: 2})
+	for _, m := range c.Managers {
+		out, err := run(t, on(m, "join-token", "worker")...)
+		if err != nil {
+			t.Fatalf("join-token worker on %s = %v", m.Name, err)
+		}
+		for _, want := range []string{
+			"(umask 077; echo " + c.WorkerToken + " > worker.token)",
+			"quorumca join --token-file worker.token " + m.Addr() + "\n",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("join-token worker on %s printed\n%s\nwant %q", m.Name, out, want)
+			}
+		}
+		if strings.Contains(out, "--token "+c.WorkerToken) {
+			t.Errorf("join-token worker on %s printed\n%s\nwant no token on join's command line", m.Name, out)
+		}
+	}
+	f := c.Managers[1]
+	out, err := run(t, on(f, "join-token", "create", "manager", "--uses", "1")...)
+	if err != nil || !strings.Contains(out, "quorumca join --token-file manager.token "+f.Addr()+"\n") {
+		t.Fatalf("join-token create manager on %s = %v\n%s\nwant a join through %s", f.Name, err, out, f.Addr())
+	}
+
+	certs := t.TempDir() + "/admin"
+	if out, err := run(t, on(c.Managers[0], "admin-cert", "create", "--out", certs)...); err != nil {
+		t.Fatalf("admin-cert create = %v\n%s", err, out)
+	}
+	t.Setenv("QUORUMCA_CERT_PATH", certs)
+	out, err = run(t, "join-token", "manager", "--host", "tcp://"+f.Addr())
+	if err != nil || !strings.Contains(out, "quorumca join --token-file manager.token "+f.Addr()+"\n") {
+		t.Fatalf("join-token manager --host tcp://%s = %v\n%s\nwant a join through it", f.Addr(), err, out)
+	}
+}
