@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/quorumca/quorumca/internal/testkit/clustertest"
 )
@@ -79,5 +80,38 @@ func TestJoinTokenNamesTheManagerAsked(t *testing.T) {
 	out, err = run(t, "join-token", "manager", "--host", "tcp://"+f.Addr())
 	if err != nil || !strings.Contains(out, "quorumca join --token-file manager.token "+f.Addr()+"\n") {
 		t.Fatalf("join-token manager --host tcp://%s = %v\n%s\nwant a join through it", f.Addr(), err, out)
+	}
+}
+
+// TestCAShowsRotationInProgress: `ca` prints the trust bundle on stdout
+// and, while a rotation runs (here held by a stopped worker within a long
+// grace), its progress on stderr; with no rotation, stderr stays empty.
+func TestCAShowsRotationInProgress(t *testing.T) {
+	c := clustertest.New(t, clustertest.Options{Managers: 1, Workers: 1, Grace: time.Hour})
+	m := c.Managers[0]
+	getCA := func() (stdout, stderr string, err error) {
+		t.Helper()
+		cmd := newRootCmd()
+		var o, e strings.Builder
+		cmd.SetOut(&o)
+		cmd.SetErr(&e)
+		cmd.SetArgs(on(m, "ca"))
+		err = cmd.Execute()
+		return o.String(), e.String(), err
+	}
+	stdout, stderr, err := getCA()
+	if err != nil || stdout != string(c.Bundle) || stderr != "" {
+		t.Fatalf("ca with no rotation = %v, stdout\n%s\nstderr %q; want the bundle alone", err, stdout, stderr)
+	}
+	c.Workers[0].Stop()
+	newRoot := c.Rotate()
+	stdout, stderr, err = getCA()
+	if err != nil || !strings.HasPrefix(stdout, "-----BEGIN CERTIFICATE-----") || strings.Contains(stdout, "rotation") {
+		t.Fatalf("ca during a rotation = %v, stdout\n%s\nwant the bundle alone on stdout", err, stdout)
+	}
+	for _, want := range []string{"Root rotation in progress since ", "to new root " + short(newRoot), "rotated TLS certificates:", "/2 nodes"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("ca during a rotation printed on stderr\n%s\nwant %q", stderr, want)
+		}
 	}
 }
