@@ -50,6 +50,11 @@ type Config struct {
 // node: it must go on as a manager.
 var ErrPromoted = errors.New("worker: node promoted to manager")
 
+// ErrLeft is the reason Run returns when the node removed itself from the
+// cluster (quorumca leave): the node then deletes its credentials and
+// stops.
+var ErrLeft = errors.New("worker: node left the cluster")
+
 // Worker is a worker daemon.
 type Worker struct {
 	cfg     Config
@@ -111,7 +116,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	wg.Go(func() { w.gossip.Run(ctx) })
 	<-ctx.Done()
 	wg.Wait()
-	if cause := context.Cause(ctx); errors.Is(cause, ErrPromoted) {
+	if cause := context.Cause(ctx); errors.Is(cause, ErrPromoted) || errors.Is(cause, ErrLeft) {
 		return cause
 	}
 	return nil
@@ -252,6 +257,57 @@ func (c *control) GetCA(ctx context.Context, _ *api.GetCARequest) (*api.GetCARes
 		return nil, err
 	}
 	return &api.GetCAResponse{Bundle: c.w.cfg.Credentials.Bundle()}, nil
+}
+
+// RemoveNode, on the worker's socket, is `quorumca leave`: the worker has
+// a manager remove it (its own certificate may ask that for itself), then
+// stops with ErrLeft, and the node deletes its credentials. Another node
+// ID is a manager's business.
+func (c *control) RemoveNode(ctx context.Context, req *api.RemoveNodeRequest) (*api.RemoveNodeResponse, error) {
+	if err := onSocket(ctx); err != nil {
+		return nil, err
+	}
+	w := c.w
+	nc := w.cfg.Store.Get()
+	if req.GetNodeId() != nc.NodeID {
+		return nil, status.Errorf(codes.FailedPrecondition, "RemoveNode: %v", ErrManagerOnly)
+	}
+	var errs []error
+	for _, addr := range nc.Managers {
+		err := removeSelf(ctx, w.cfg.Credentials, addr, nc.NodeID)
+		if err == nil {
+			w.cfg.Logger.Info("left the cluster: a manager removed this node", "node_id", nc.NodeID, "manager", addr)
+			w.mu.Lock()
+			quit := w.quit
+			w.mu.Unlock()
+			if quit != nil {
+				quit(ErrLeft)
+			}
+			return &api.RemoveNodeResponse{}, nil
+		}
+		if s, ok := status.FromError(err); ok {
+			err = errors.New(s.Message())
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+	}
+	if len(errs) == 0 {
+		errs = append(errs, errors.New("the node knows no manager"))
+	}
+	return nil, status.Errorf(codes.Unavailable, "no manager removed this node, which still runs as a member; retry, or have it removed with `quorumca node rm %s` on a manager: %v", nc.NodeID, errors.Join(errs...))
+}
+
+// removeSelf asks the manager at addr, over mutual TLS with the node's
+// certificate, to remove the node id (itself).
+func removeSelf(ctx context.Context, creds *agent.Credentials, addr, id string) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(creds.ClientTLS(agent.ManagerName))))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = api.NewControlClient(conn).RemoveNode(ctx, &api.RemoveNodeRequest{NodeId: id, Force: true})
+	return err
 }
 
 // reachManager checks that a manager answers over mutual TLS with a

@@ -1,10 +1,18 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumca/quorumca/agent"
+	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/internal/testkit"
 	"github.com/quorumca/quorumca/internal/testkit/clustertest"
 )
 
@@ -113,5 +121,56 @@ func TestCAShowsRotationInProgress(t *testing.T) {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("ca during a rotation printed on stderr\n%s\nwant %q", stderr, want)
 		}
+	}
+}
+
+// TestLeave: leave on a manager refuses and says to demote it first; on a
+// worker, a manager removes the worker, which deletes its credentials
+// and stops.
+func TestLeave(t *testing.T) {
+	c := clustertest.New(t, clustertest.Options{Managers: 1, Workers: 1})
+	m, w := c.Managers[0], c.Workers[0]
+	if _, err := run(t, on(m, "leave")...); err == nil || !strings.Contains(err.Error(), "demote this manager first") {
+		t.Fatalf("leave on a manager = %v, want \"demote this manager first\"", err)
+	}
+	if _, err := run(t, "leave", "--host", "tcp://127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "own control socket") {
+		t.Fatalf("leave --host tcp:// = %v, want it refused", err)
+	}
+	out, err := run(t, on(w, "leave")...)
+	if err != nil || !strings.Contains(out, "Node "+w.ID()+" left cluster "+c.ClusterID) {
+		t.Fatalf("leave on a worker = %v\n%s", err, out)
+	}
+	if out, _ := run(t, on(m, "node", "ls", "-q")...); strings.Contains(out, w.ID()) {
+		t.Errorf("node ls -q after leave = %q, still lists %s", out, w.ID())
+	}
+	select {
+	case <-w.Node().Done():
+	case <-time.After(testkit.Wait):
+		t.Fatalf("the worker still runs %s after leave", testkit.Wait)
+	}
+	if err := w.Node().Err(); err != nil {
+		t.Errorf("the worker stopped with %v, want nil", err)
+	}
+	for _, p := range []string{filepath.Join(w.Dir, "certificates"), filepath.Join(w.Dir, agent.NodeFile)} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("after leave, %s: stat = %v, want it deleted", p, err)
+		}
+	}
+}
+
+// TestWorkerRemovesOnlyItself: a worker's certificate may have a manager
+// remove that worker (leave), and no other node.
+func TestWorkerRemovesOnlyItself(t *testing.T) {
+	c := clustertest.New(t, clustertest.Options{Managers: 1, Workers: 2})
+	m, w0, w1 := c.Managers[0], c.Workers[0], c.Workers[1]
+	conn := c.Dial(m.Addr(), w0.Credentials().ClientTLS(agent.ManagerName))
+	for _, target := range []string{w1.ID(), m.ID()} {
+		_, err := api.NewControlClient(conn).RemoveNode(testkit.Ctx(t), &api.RemoveNodeRequest{NodeId: target, Force: true})
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "may remove only itself") {
+			t.Errorf("RemoveNode(%s) with worker %s's certificate = %v, want PermissionDenied", target, w0.ID(), err)
+		}
+	}
+	if out, _ := run(t, on(m, "node", "ls", "-q")...); !strings.Contains(out, w1.ID()) || !strings.Contains(out, m.ID()) {
+		t.Fatalf("a refused RemoveNode removed a node: node ls -q = %q", out)
 	}
 }

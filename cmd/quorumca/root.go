@@ -66,7 +66,7 @@ func newRootCmd() *cobra.Command {
 		newInitCmd(g), newJoinCmd(g), newRunCmd(g),
 		newStatusCmd(g), newJoinTokenCmd(g), newNodeCmd(g), newUpdateCmd(g), newCACmd(g), newAdminCertCmd(g),
 		newUnlockKeyCmd(g), newUnlockCmd(g), newBackupCmd(g), newRestoreCmd(g), newCertCmd(g),
-		newVersionCmd(g),
+		newVersionCmd(g), newLeaveCmd(g),
 	)
 	refuseUnknownSubcommands(root)
 	return root
