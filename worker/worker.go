@@ -23,6 +23,7 @@ import (
 
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/authz"
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/membership"
 )
@@ -273,22 +274,32 @@ func (c *control) RemoveNode(ctx context.Context, req *api.RemoveNodeRequest) (*
 		return nil, status.Errorf(codes.FailedPrecondition, "RemoveNode: %v", ErrManagerOnly)
 	}
 	var errs []error
+	left := func(how string) (*api.RemoveNodeResponse, error) {
+		w.cfg.Logger.Info("left the cluster", "node_id", nc.NodeID, "how", how)
+		w.mu.Lock()
+		quit := w.quit
+		w.mu.Unlock()
+		if quit != nil {
+			quit(ErrLeft)
+		}
+		return &api.RemoveNodeResponse{}, nil
+	}
 	for _, addr := range nc.Managers {
 		err := removeSelf(ctx, w.cfg.Credentials, addr, nc.NodeID)
-		if err == nil {
-			w.cfg.Logger.Info("left the cluster: a manager removed this node", "node_id", nc.NodeID, "manager", addr)
-			w.mu.Lock()
-			quit := w.quit
-			w.mu.Unlock()
-			if quit != nil {
-				quit(ErrLeft)
-			}
-			return &api.RemoveNodeResponse{}, nil
+		// A node already removed is refused as such: it has left, too.
+		if err == nil || api.HasReason(err, authz.ReasonRemoved) {
+			return left("removed by manager " + addr)
 		}
 		if s, ok := status.FromError(err); ok {
 			err = errors.New(s.Message())
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+	}
+	// The managers refuse this node's certificate at the handshake (a
+	// removed node's is): the renewer concluded so from their answers. The
+	// node is out of the cluster already.
+	if errors.Is(w.renewer.Problem(), agent.ErrRefused) {
+		return left("the managers refuse its certificate")
 	}
 	if len(errs) == 0 {
 		errs = append(errs, errors.New("the node knows no manager"))

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -172,5 +174,35 @@ func TestWorkerRemovesOnlyItself(t *testing.T) {
 	}
 	if out, _ := run(t, on(m, "node", "ls", "-q")...); !strings.Contains(out, w1.ID()) || !strings.Contains(out, m.ID()) {
 		t.Fatalf("a refused RemoveNode removed a node: node ls -q = %q", out)
+	}
+}
+
+// TestLeaveAfterRemoval: a worker that an operator already removed may
+// still leave: the managers' REMOVED refusal counts as its removal, and it
+// deletes its credentials and stops.
+func TestLeaveAfterRemoval(t *testing.T) {
+	c := clustertest.New(t, clustertest.Options{Managers: 1, Workers: 1})
+	m, w := c.Managers[0], c.Workers[0]
+	if out, err := run(t, on(m, "node", "rm", "--force", w.ID())...); err != nil {
+		t.Fatalf("node rm --force %s = %v\n%s", w.ID(), err, out)
+	}
+	// The worker learns it from the managers' refusals.
+	testkit.EventuallyWithin(t, testkit.Wait, "the worker to see its certificate refused", func() error {
+		if p := w.Renewer().Problem(); !errors.Is(p, agent.ErrRefused) {
+			return fmt.Errorf("renewer problem = %v, want agent.ErrRefused", p)
+		}
+		return nil
+	})
+	out, err := run(t, on(w, "leave")...)
+	if err != nil || !strings.Contains(out, "Node "+w.ID()+" left cluster") {
+		t.Fatalf("leave on a removed worker = %v\n%s", err, out)
+	}
+	select {
+	case <-w.Node().Done():
+	case <-time.After(testkit.Wait):
+		t.Fatalf("the removed worker still runs %s after leave", testkit.Wait)
+	}
+	if _, err := os.Stat(filepath.Join(w.Dir, "certificates")); !os.IsNotExist(err) {
+		t.Errorf("after leave, certificates: stat = %v, want it deleted", err)
 	}
 }

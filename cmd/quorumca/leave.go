@@ -43,7 +43,7 @@ ID, on a manager), then run leave on it once it is a worker.`,
 			if _, err := client.RemoveNode(ctx, &api.RemoveNodeRequest{NodeId: st.GetNodeId()}); err != nil {
 				return rpcError(err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Node %s left cluster %s: a manager removed it; its credentials are deleted and its daemon stops.\n", st.GetNodeId(), st.GetClusterId())
+			fmt.Fprintf(cmd.OutOrStdout(), "Node %s left cluster %s: the managers no longer admit it; its credentials are deleted and its daemon stops.\n", st.GetNodeId(), st.GetClusterId())
 			return nil
 		},
 	}
