@@ -5,6 +5,9 @@
 FROM scratch
 COPY bin/quorumca-static /quorumca
 VOLUME ["/data"]
+# Every command in the container, `docker-compose exec manager1 /quorumca
+# node ls` included, uses the data dir of the volume without --data-dir.
+ENV QUORUMCA_DATA_DIR=/data
 # API (gRPC), Raft, gossip (TCP and UDP).
 EXPOSE 2377 2378 7946 7946/udp
 HEALTHCHECK --interval=5s --timeout=4s --start-period=60s --retries=3 \

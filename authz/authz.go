@@ -317,7 +317,7 @@ func admit(who Who, c Caller, v View) error {
 			return nil
 		}
 		return refuse(ErrDenied, ReasonNotHost, "this call is made only on a manager's control socket (its host's administrator); %s", describe(c))
-	case Operator:
+	case Operator, OperatorOrSelf:
 		if c.Kind == Host || c.Kind == Admin {
 			return nil
 		}
@@ -339,8 +339,14 @@ func admit(who Who, c Caller, v View) error {
 			return refuse(ErrDenied, ReasonRoleChanged, "node %s is a %s now, but its certificate says %s; it renews at its next heartbeat", c.ID.NodeID, c.Role.Short(), c.ID.Role.Short())
 		}
 		return nil
+	case OperatorOrSelf:
+		if !isManager(c) {
+			// For itself only, which the handler checks.
+			return nil
+		}
 	}
-	// Manager, Operator and Voter need a manager.
+	// Manager, Operator, OperatorOrSelf (for another node) and Voter
+	// need a manager.
 	if c.ID.Role != ca.RoleManager {
 		return refuse(ErrDenied, ReasonNotManager, "%s; this call is for managers and administrators", describe(c))
 	}

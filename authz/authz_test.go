@@ -158,13 +158,13 @@ func (w *world) direct(method, p string) authz.Request {
 // call what Anyone may).
 var classes = map[string][]authz.Who{
 	"":          {authz.Anyone},
-	"local":     {authz.Anyone, authz.Operator, authz.HostOnly},
-	pVoter:      {authz.Anyone, authz.Member, authz.CurrentMember, authz.Manager, authz.Operator, authz.Voter},
-	pNonVoter:   {authz.Anyone, authz.Member, authz.CurrentMember, authz.Manager, authz.Operator},
-	pWorker:     {authz.Anyone, authz.Member, authz.CurrentMember},
-	pDemoted:    {authz.Anyone, authz.Member},
-	pPromoted:   {authz.Anyone, authz.Member},
-	pAdmin:      {authz.Anyone, authz.Operator},
+	"local":     {authz.Anyone, authz.Operator, authz.HostOnly, authz.OperatorOrSelf},
+	pVoter:      {authz.Anyone, authz.Member, authz.CurrentMember, authz.Manager, authz.Operator, authz.Voter, authz.OperatorOrSelf},
+	pNonVoter:   {authz.Anyone, authz.Member, authz.CurrentMember, authz.Manager, authz.Operator, authz.OperatorOrSelf},
+	pWorker:     {authz.Anyone, authz.Member, authz.CurrentMember, authz.OperatorOrSelf},
+	pDemoted:    {authz.Anyone, authz.Member, authz.OperatorOrSelf},
+	pPromoted:   {authz.Anyone, authz.Member, authz.OperatorOrSelf},
+	pAdmin:      {authz.Anyone, authz.Operator, authz.OperatorOrSelf},
 	pRemoved:    {authz.Anyone},
 	pUnknown:    {authz.Anyone},
 	pForeign:    {authz.Anyone},
@@ -284,11 +284,13 @@ func TestDemotedManagerEscalation(t *testing.T) {
 		}
 	}
 	// Directly, the demoted manager's old certificate may still renew and
-	// heartbeat as itself (into its worker certificate), and nothing else.
+	// heartbeat as itself (into its worker certificate), and remove itself
+	// (OperatorOrSelf: the manager's handler refuses any other target, see
+	// cmd/quorumca TestWorkerRemovesOnlyItself), and nothing else.
 	for _, method := range sortedMethods() {
 		rule, _ := authz.RuleFor(method)
 		_, err := authz.Decide(w.direct(method, pDemoted), w.view)
-		if want := rule.Who == authz.Anyone || rule.Who == authz.Member; (err == nil) != want {
+		if want := rule.Who == authz.Anyone || rule.Who == authz.Member || rule.Who == authz.OperatorOrSelf; (err == nil) != want {
 			t.Errorf("Decide(%s from the demoted manager) = %v, want allowed=%v", method, err, want)
 		}
 	}

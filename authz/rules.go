@@ -24,6 +24,10 @@ const (
 	HostOnly
 	// Voter is a Manager that is also a Raft voter.
 	Voter
+	// OperatorOrSelf is an Operator, or any other node of the cluster for
+	// a call about itself: the handler checks that the call names the
+	// caller (a worker that leaves removes itself).
+	OperatorOrSelf
 )
 
 // Route says which manager answers a method.
@@ -77,7 +81,7 @@ var rules = map[string]Rule{
 	controlService + "GetCA":                   {Who: Operator, Route: Forward, Read: true},
 	controlService + "ListAdminCertificates":   {Who: Operator, Route: Forward, Read: true},
 	controlService + "SetRole":                 {Who: Operator, Route: Forward},
-	controlService + "RemoveNode":              {Who: Operator, Route: Forward},
+	controlService + "RemoveNode":              {Who: OperatorOrSelf, Route: Forward}, // a worker leaving: itself only
 	controlService + "Update":                  {Who: Operator, Route: Forward},
 	controlService + "CreateToken":             {Who: Operator, Route: Forward},
 	controlService + "RevokeToken":             {Who: Operator, Route: Forward},

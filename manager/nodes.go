@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/authz"
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
 	"github.com/quorumca/quorumca/progress"
@@ -161,6 +162,11 @@ func (m *Manager) checkQuorumWithout(ctx context.Context, id string) error {
 // and the gossip key is replaced so that its gossip is no longer heard.
 func (s controlService) RemoveNode(ctx context.Context, req *api.RemoveNodeRequest) (*api.RemoveNodeResponse, error) {
 	m := s.m
+	// authz admits any node of the cluster (authz.OperatorOrSelf), for
+	// itself alone: a worker that leaves.
+	if c := callOf(ctx); c.Kind == authz.Node && !(c.ID.Role == ca.RoleManager && c.Role == ca.RoleManager) && req.GetNodeId() != c.ID.NodeID {
+		return nil, fmt.Errorf("%w: node %s may remove only itself (quorumca leave), not %s; removing another node is for managers and administrators", authz.ErrDenied, c.ID.NodeID, req.GetNodeId())
+	}
 	st := m.machine.State()
 	n, ok := st.Node(req.GetNodeId())
 	if !ok {

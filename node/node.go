@@ -378,6 +378,9 @@ func (n *Node) run(ctx context.Context, d daemon, started chan struct{}) {
 				return
 			}
 			continue
+		case errors.Is(err, worker.ErrLeft):
+			n.set(nil, n.forget())
+			return
 		case !errors.Is(err, manager.ErrRoleChanged) && !errors.Is(err, worker.ErrPromoted):
 			n.set(nil, err)
 			return
@@ -395,6 +398,20 @@ func (n *Node) run(ctx context.Context, d daemon, started chan struct{}) {
 			return
 		}
 	}
+}
+
+// forget deletes what made the data directory a node of the cluster, its
+// credentials and node.json, once the node left it: the directory may
+// then join again.
+func (n *Node) forget() error {
+	n.cfg.Logger.Info("left the cluster: deleting the node's credentials and node.json", "data_dir", n.cfg.DataDir)
+	if err := os.RemoveAll(agent.CertDir(n.cfg.DataDir)); err != nil {
+		return fmt.Errorf("the node left the cluster, but its credentials remain: %w", err)
+	}
+	if err := os.Remove(filepath.Join(n.cfg.DataDir, agent.NodeFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("the node left the cluster, but its node.json remains: %w", err)
+	}
+	return nil
 }
 
 // serve runs d with the control socket serving it, and closes started

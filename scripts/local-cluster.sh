@@ -11,7 +11,31 @@ cd "$(dirname "$0")/.."
 top=$PWD
 dir=$top/.cluster
 bin=$dir/bin/quorumca
+# The nodes listen on 127.0.0.1, ports BASE+1..BASE+5 (API), BASE+11..15
+# (Raft) and BASE+21..25 (gossip, TCP and UDP); BASE is $QUORUMCA_BASE_PORT,
+# default 23770. When one is taken, the script says which and stops.
 base_port=${QUORUMCA_BASE_PORT:-23770}
+case $base_port in
+  ''|*[!0-9]*) echo "QUORUMCA_BASE_PORT=$base_port: give a number, e.g. 24770" >&2; exit 2 ;;
+esac
+if [ "$base_port" -lt 1024 ] || [ "$base_port" -gt 65500 ]; then
+  echo "QUORUMCA_BASE_PORT=$base_port: give a number from 1024 to 65500 (the nodes use BASE+1 to BASE+25)" >&2; exit 2
+fi
+
+# check_ports: every port the cluster will use is free, or say which is
+# taken and what to do.
+check_ports() {
+  local taken=()
+  for off in 1 2 3 4 5 11 12 13 14 15 21 22 23 24 25; do
+    local p=$((base_port + off))
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then taken+=("$p"); fi
+  done
+  if [ ${#taken[@]} -gt 0 ]; then
+    echo "port(s) ${taken[*]} on 127.0.0.1 are taken by another program (another local cluster, or a quorumca on its default ports?)." >&2
+    echo "Stop it, or choose other ports: QUORUMCA_BASE_PORT=$((base_port + 1000)) $0 (it uses BASE+1 to BASE+25)." >&2
+    exit 1
+  fi
+}
 
 stop() {
   if [ -d "$dir" ]; then
@@ -32,7 +56,11 @@ wait_socket() {
   for _ in $(seq 150); do
     if "$bin" status --data-dir "$dir/$n" >/dev/null 2>&1; then return 0; fi
     if ! kill -0 "$(cat "$dir/$n/pid")" 2>/dev/null; then
-      echo "$n exited; its log:" >&2; cat "$dir/$n/log" >&2; exit 1
+      echo "$n exited; its log:" >&2; cat "$dir/$n/log" >&2
+      if grep -q "address already in use" "$dir/$n/log"; then
+        echo "A port $n needs is taken: choose other ports with QUORUMCA_BASE_PORT=$((base_port + 1000)) $0 (it uses BASE+1 to BASE+25)." >&2
+      fi
+      exit 1
     fi
     sleep 0.2
   done
@@ -57,6 +85,7 @@ case "${1:-start}" in
 esac
 
 stop
+check_ports
 rm -rf "$dir"
 mkdir -p "$dir/bin"
 echo "building quorumca..."

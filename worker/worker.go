@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path"
 	"slices"
 	"sync"
 	"time"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/authz"
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/membership"
 )
@@ -48,6 +50,11 @@ type Config struct {
 // ErrPromoted is the reason Run returns when the cluster promoted the
 // node: it must go on as a manager.
 var ErrPromoted = errors.New("worker: node promoted to manager")
+
+// ErrLeft is the reason Run returns when the node removed itself from the
+// cluster (quorumca leave): the node then deletes its credentials and
+// stops.
+var ErrLeft = errors.New("worker: node left the cluster")
 
 // Worker is a worker daemon.
 type Worker struct {
@@ -110,7 +117,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	wg.Go(func() { w.gossip.Run(ctx) })
 	<-ctx.Done()
 	wg.Wait()
-	if cause := context.Cause(ctx); errors.Is(cause, ErrPromoted) {
+	if cause := context.Cause(ctx); errors.Is(cause, ErrPromoted) || errors.Is(cause, ErrLeft) {
 		return cause
 	}
 	return nil
@@ -151,10 +158,35 @@ func (w *Worker) saveGossipAddr(bind string) {
 
 // Local returns the gRPC server of the worker's control socket: its status
 // and the trust bundle it holds.
+// A call the worker does not serve (administration: node ls, join-token,
+// ...) is refused with ErrManagerOnly's message rather than gRPC's
+// "method ListNodes not implemented".
 func (w *Worker) Local() *grpc.Server {
-	s := grpc.NewServer()
+	s := grpc.NewServer(grpc.ChainUnaryInterceptor(managerOnlyUnary), grpc.ChainStreamInterceptor(managerOnlyStream))
 	api.RegisterControlServer(s, &control{w: w})
 	return s
+}
+
+// ErrManagerOnly is the message (as a FailedPrecondition status) of a call
+// to a worker's control socket that only a manager answers.
+var ErrManagerOnly = errors.New("this node is a worker: administration runs on a manager; give the --data-dir of a manager on its machine, or --host tcp://MANAGER:2377 with an admin certificate (quorumca admin-cert create, on a manager)")
+
+// managerOnly turns the Unimplemented error of a Control method the worker
+// does not serve into ErrManagerOnly's, naming the call.
+func managerOnly(method string, err error) error {
+	if status.Code(err) != codes.Unimplemented {
+		return err
+	}
+	return status.Errorf(codes.FailedPrecondition, "%s: %v", path.Base(method), ErrManagerOnly)
+}
+
+func managerOnlyUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	resp, err := handler(ctx, req)
+	return resp, managerOnly(info.FullMethod, err)
+}
+
+func managerOnlyStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	return managerOnly(info.FullMethod, handler(srv, ss))
 }
 
 // control is the worker's part of the Control API, on its socket only.
@@ -226,6 +258,67 @@ func (c *control) GetCA(ctx context.Context, _ *api.GetCARequest) (*api.GetCARes
 		return nil, err
 	}
 	return &api.GetCAResponse{Bundle: c.w.cfg.Credentials.Bundle()}, nil
+}
+
+// RemoveNode, on the worker's socket, is `quorumca leave`: the worker has
+// a manager remove it (its own certificate may ask that for itself), then
+// stops with ErrLeft, and the node deletes its credentials. Another node
+// ID is a manager's business.
+func (c *control) RemoveNode(ctx context.Context, req *api.RemoveNodeRequest) (*api.RemoveNodeResponse, error) {
+	if err := onSocket(ctx); err != nil {
+		return nil, err
+	}
+	w := c.w
+	nc := w.cfg.Store.Get()
+	if req.GetNodeId() != nc.NodeID {
+		return nil, status.Errorf(codes.FailedPrecondition, "RemoveNode: %v", ErrManagerOnly)
+	}
+	var errs []error
+	left := func(how string) (*api.RemoveNodeResponse, error) {
+		w.cfg.Logger.Info("left the cluster", "node_id", nc.NodeID, "how", how)
+		w.mu.Lock()
+		quit := w.quit
+		w.mu.Unlock()
+		if quit != nil {
+			quit(ErrLeft)
+		}
+		return &api.RemoveNodeResponse{}, nil
+	}
+	for _, addr := range nc.Managers {
+		err := removeSelf(ctx, w.cfg.Credentials, addr, nc.NodeID)
+		// A node already removed is refused as such: it has left, too.
+		if err == nil || api.HasReason(err, authz.ReasonRemoved) {
+			return left("removed by manager " + addr)
+		}
+		if s, ok := status.FromError(err); ok {
+			err = errors.New(s.Message())
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+	}
+	// The managers refuse this node's certificate at the handshake (a
+	// removed node's is): the renewer concluded so from their answers. The
+	// node is out of the cluster already.
+	if errors.Is(w.renewer.Problem(), agent.ErrRefused) {
+		return left("the managers refuse its certificate")
+	}
+	if len(errs) == 0 {
+		errs = append(errs, errors.New("the node knows no manager"))
+	}
+	return nil, status.Errorf(codes.Unavailable, "no manager removed this node, which still runs as a member; retry, or have it removed with `quorumca node rm %s` on a manager: %v", nc.NodeID, errors.Join(errs...))
+}
+
+// removeSelf asks the manager at addr, over mutual TLS with the node's
+// certificate, to remove the node id (itself).
+func removeSelf(ctx context.Context, creds *agent.Credentials, addr, id string) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(creds.ClientTLS(agent.ManagerName))))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = api.NewControlClient(conn).RemoveNode(ctx, &api.RemoveNodeRequest{NodeId: id, Force: true})
+	return err
 }
 
 // reachManager checks that a manager answers over mutual TLS with a

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -237,12 +238,7 @@ func newJoinTokenCmd(g *globals) *cobra.Command {
 			if rotate {
 				fmt.Fprintf(w, "Rotated the %s join token; the old one no longer admits anyone.\n", args[0])
 			}
-			fmt.Fprintf(w, "To add a %s to this cluster, run:\n\n", args[0])
-			addr := "MANAGER_ADDR"
-			if len(resp.GetManagers()) > 0 {
-				addr = resp.GetManagers()[0]
-			}
-			fmt.Fprintf(w, "    quorumca join --token %s %s\n\n", resp.GetToken(), addr)
+			printJoinCommand(w, args[0], resp.GetToken(), g.askedAddr(ctx, client, resp.GetManagers()))
 			return nil
 		},
 	}
@@ -250,4 +246,36 @@ func newJoinTokenCmd(g *globals) *cobra.Command {
 	cmd.Flags().BoolVar(&rotate, "rotate", false, "replace the token's secret: the old token stops working at once")
 	cmd.AddCommand(newJoinTokenCreateCmd(g), newJoinTokenLsCmd(g), newJoinTokenRevokeCmd(g))
 	return cmd
+}
+
+// askedAddr returns the API address of the manager the command asked, for
+// the join command it prints: the address of --host tcp://, or else the
+// advertise address the manager on the control socket has in the state;
+// failing both, the first of managers (the state's), or MANAGER_ADDR.
+func (g *globals) askedAddr(ctx context.Context, client api.ControlClient, managers []string) string {
+	if addr, ok := strings.CutPrefix(g.host, "tcp://"); ok {
+		return addr
+	}
+	if st, err := client.Status(ctx, &api.StatusRequest{}); err == nil {
+		for _, m := range st.GetManagers() {
+			if m.GetNodeId() == st.GetNodeId() && m.GetAddr() != "" {
+				return m.GetAddr()
+			}
+		}
+	}
+	if len(managers) > 0 {
+		return managers[0]
+	}
+	return "MANAGER_ADDR"
+}
+
+// printJoinCommand prints how to add a node of role with token through the
+// manager at addr. The token goes into a file (umask 077, echo being a
+// shell builtin): on join's command line, every local user would see it
+// in ps.
+func printJoinCommand(w io.Writer, role, token, addr string) {
+	file := role + ".token"
+	fmt.Fprintf(w, "To add a %s to this cluster, run on the new machine:\n\n", role)
+	fmt.Fprintf(w, "    (umask 077; echo %s > %s)\n", token, file)
+	fmt.Fprintf(w, "    quorumca join --token-file %s %s\n\n", file, addr)
 }

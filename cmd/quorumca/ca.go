@@ -110,6 +110,11 @@ give it with --ca-key; it is used once and not stored.`,
 				if err != nil {
 					return rpcError(err)
 				}
+				// The bundle alone on stdout (scripts keep it in a file);
+				// a running rotation's progress on stderr.
+				if rot := resp.GetRotation(); rot.GetInProgress() {
+					printRotationInProgress(cmd.ErrOrStderr(), rot)
+				}
 				_, err = w.Write(resp.GetBundle())
 				return err
 			}
@@ -199,6 +204,15 @@ func watchRotation(ctx context.Context, client api.ControlClient, startedAt int6
 		case <-time.After(caPoll):
 		}
 	}
+}
+
+// printRotationInProgress tells of the rotation rot, in progress: since
+// when, to which root, and how far the nodes are.
+func printRotationInProgress(w io.Writer, rot *api.Rotation) {
+	fmt.Fprintf(w, "Root rotation in progress since %s, to new root %s:\n",
+		time.Unix(rot.GetStartedAt(), 0).UTC().Format(time.RFC3339), short(rot.GetNewRootFingerprint()))
+	(&progress{w: w}).show(rot)
+	fmt.Fprintln(w, "It completes by itself; `quorumca status` shows it too. The trust bundle of now follows.")
 }
 
 // untrusting counts the nodes, skipped ones aside, that do not trust the

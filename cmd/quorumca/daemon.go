@@ -17,6 +17,12 @@ import (
 	"github.com/quorumca/quorumca/node"
 )
 
+// daemonEnvHelp is what the daemon commands' --help says of the
+// environment.
+const daemonEnvHelp = `Every flag may also be set with QUORUMCA_<FLAG> (--listen-addr:
+QUORUMCA_LISTEN_ADDR), except --force-new-cluster and --token; a flag on
+the command line wins. See quorumca --help.`
+
 // daemonFlags are the flags of the commands that run the daemon.
 type daemonFlags struct {
 	listenAddr, advertiseAddr, raftAddr, raftAdvertiseAddr       string
@@ -123,7 +129,11 @@ func newInitCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create a new cluster with this machine as its first manager, and run it",
-		Args:  cobra.NoArgs,
+		Long: `Create a new cluster with this machine as its first manager, and run it
+in the foreground (under systemd, docker, or a terminal left open).
+
+` + daemonEnvHelp,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := agent.CheckDataDir(g.dataDir); err != nil {
 				return err
@@ -205,7 +215,9 @@ func newJoinCmd(g *globals) *cobra.Command {
 
 The join token comes from --token-file (the file's first line), or from
 $QUORUMCA_JOIN_TOKEN. --token works too, but every local user sees it in
-` + "`ps`" + `.`,
+` + "`ps`" + `. The node then runs in the foreground.
+
+` + daemonEnvHelp,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := agent.CheckDataDir(g.dataDir); err != nil {
@@ -279,7 +291,9 @@ first (one restored from a backup on a new address).
 --force-new-cluster is for a manager that survived the loss of the
 majority of managers: it becomes the only voter, keeping the cluster's
 identity (cluster ID, CA, nodes, tokens); the lost managers are removed,
-and must join again with a manager token from an empty data directory.`,
+and must join again with a manager token from an empty data directory.
+
+` + daemonEnvHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if doInit && tokenFile != "" {

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -55,13 +59,13 @@ func toNodeJSON(n *api.Node) nodeJSON {
 	return out
 }
 
-func listNodes(cmd *cobra.Command, g *globals, id string) ([]nodeJSON, error) {
+func listNodes(cmd *cobra.Command, g *globals) ([]nodeJSON, error) {
 	client, ctx, done, err := g.control(cmd, 15*time.Second)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
-	resp, err := client.ListNodes(ctx, &api.ListNodesRequest{NodeId: id})
+	resp, err := client.ListNodes(ctx, &api.ListNodesRequest{})
 	if err != nil {
 		return nil, rpcError(err)
 	}
@@ -73,17 +77,24 @@ func listNodes(cmd *cobra.Command, g *globals, id string) ([]nodeJSON, error) {
 }
 
 func newNodeLsCmd(g *globals) *cobra.Command {
+	var quiet bool
 	cmd := &cobra.Command{
-		Use:   "ls",
+		Use:   "ls [-q]",
 		Short: "List nodes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := g.checkFormat(); err != nil {
 				return err
 			}
-			nodes, err := listNodes(cmd, g, "")
+			nodes, err := listNodes(cmd, g)
 			if err != nil {
 				return err
+			}
+			if quiet {
+				for _, n := range nodes {
+					fmt.Fprintln(cmd.OutOrStdout(), n.ID)
+				}
+				return nil
 			}
 			if g.format == "json" {
 				return writeJSON(cmd.OutOrStdout(), nodes)
@@ -92,7 +103,87 @@ func newNodeLsCmd(g *globals) *cobra.Command {
 		},
 	}
 	addFormatFlag(cmd, g)
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print the node IDs only, one a line")
 	return cmd
+}
+
+// resolveNodes names the node of each of args: the node whose ID it is, or
+// else the only one whose ID starts with it. A prefix that starts no ID,
+// or several, is an error that lists the candidates. A node named twice
+// counts once.
+func resolveNodes(nodes []nodeJSON, args []string) ([]nodeJSON, error) {
+	var out []nodeJSON
+	var errs []error
+	for _, arg := range args {
+		n, err := resolveNode(nodes, arg)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !slices.ContainsFunc(out, func(o nodeJSON) bool { return o.ID == n.ID }) {
+			out = append(out, n)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+func resolveNode(nodes []nodeJSON, arg string) (nodeJSON, error) {
+	if arg == "" {
+		return nodeJSON{}, errors.New("an empty node ID: give a node's ID, or the start of it (see `quorumca node ls`)")
+	}
+	var matches []nodeJSON
+	for _, n := range nodes {
+		if n.ID == arg {
+			return n, nil
+		}
+		if strings.HasPrefix(n.ID, arg) {
+			matches = append(matches, n)
+		}
+	}
+	switch len(matches) {
+	case 1:
+		return matches[0], nil
+	case 0:
+		return nodeJSON{}, fmt.Errorf("no node has an ID starting with %q: see `quorumca node ls`", arg)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "node ID prefix %q names %d nodes; give more of the ID:", arg, len(matches))
+	for _, n := range matches {
+		fmt.Fprintf(&b, "\n\t%s  %s  %s", n.ID, strings.TrimPrefix(n.Role, "swarm-"), dash(n.Addr))
+	}
+	return nodeJSON{}, errors.New(b.String())
+}
+
+// forNodes resolves args against the cluster's nodes and, when every one
+// names a node, calls do for each node, going on after a failure; it
+// returns every failure, each naming its node.
+func forNodes(cmd *cobra.Command, g *globals, args []string, timeout time.Duration, do func(context.Context, api.ControlClient, nodeJSON) error) error {
+	client, ctx, done, err := g.control(cmd, timeout)
+	if err != nil {
+		return err
+	}
+	defer done()
+	resp, err := client.ListNodes(ctx, &api.ListNodesRequest{})
+	if err != nil {
+		return rpcError(err)
+	}
+	all := make([]nodeJSON, 0, len(resp.GetNodes()))
+	for _, n := range resp.GetNodes() {
+		all = append(all, toNodeJSON(n))
+	}
+	// Every name resolves, or nothing is done: a typo among several IDs
+	// does not leave the command half done.
+	nodes, err := resolveNodes(all, args)
+	if err != nil {
+		return fmt.Errorf("%w\nnothing was changed", err)
+	}
+	var errs []error
+	for _, n := range nodes {
+		if err := do(ctx, client, n); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", n.ID, rpcError(err)))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func printNodes(w io.Writer, nodes []nodeJSON) error {
@@ -119,38 +210,38 @@ func printNodes(w io.Writer, nodes []nodeJSON) error {
 
 func newNodeInspectCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "inspect NODE_ID",
-		Short: "Show one node in detail",
-		Args:  cobra.ExactArgs(1),
+		Use:   "inspect NODE_ID...",
+		Short: "Show nodes in detail (by ID, or a unique start of one)",
+		Long: `Show nodes in detail. Each NODE_ID is a node's ID, or the start of one
+that no other node's ID starts with.
+
+With --format json, one node is an object, and several an array.`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := g.checkFormat(); err != nil {
 				return err
 			}
-			nodes, err := listNodes(cmd, g, args[0])
+			all, err := listNodes(cmd, g)
 			if err != nil {
 				return err
 			}
-			if g.format == "json" {
-				return writeJSON(cmd.OutOrStdout(), nodes[0])
+			nodes, err := resolveNodes(all, args)
+			if err != nil {
+				return err
 			}
-			n := nodes[0]
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "ID:              %s\n", n.ID)
-			fmt.Fprintf(w, "Role:            %s\n", n.Role)
-			fmt.Fprintf(w, "Address:         %s\n", dash(n.Addr))
-			if n.RaftAddr != "" {
-				fmt.Fprintf(w, "Raft address:    %s\n", n.RaftAddr)
-				fmt.Fprintf(w, "Reachability:    %s\n", n.Reachability)
-				fmt.Fprintf(w, "Leader:          %v\n", n.Leader)
+			if g.format == "json" {
+				if len(args) == 1 {
+					return writeJSON(w, nodes[0])
+				}
+				return writeJSON(w, nodes)
 			}
-			fmt.Fprintf(w, "Status:          %s\n", n.Status)
-			fmt.Fprintf(w, "Joined:          %s\n", n.JoinedAt.Format(time.RFC3339))
-			if n.LastSeen != nil {
-				fmt.Fprintf(w, "Last seen:       %s\n", n.LastSeen.Format(time.RFC3339))
+			for i, n := range nodes {
+				if i > 0 {
+					fmt.Fprintln(w)
+				}
+				printNode(w, n)
 			}
-			fmt.Fprintf(w, "Cert serial:     %s\n", n.CertSerial)
-			fmt.Fprintf(w, "Cert expires:    %s\n", n.CertNotAfter.Format(time.RFC3339))
-			fmt.Fprintf(w, "TLS status:      %s\n", n.TLSStatus)
 			return nil
 		},
 	}
@@ -158,22 +249,42 @@ func newNodeInspectCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+func printNode(w io.Writer, n nodeJSON) {
+	fmt.Fprintf(w, "ID:              %s\n", n.ID)
+	fmt.Fprintf(w, "Role:            %s\n", n.Role)
+	fmt.Fprintf(w, "Address:         %s\n", dash(n.Addr))
+	if n.RaftAddr != "" {
+		fmt.Fprintf(w, "Raft address:    %s\n", n.RaftAddr)
+		fmt.Fprintf(w, "Reachability:    %s\n", n.Reachability)
+		fmt.Fprintf(w, "Leader:          %v\n", n.Leader)
+	}
+	fmt.Fprintf(w, "Status:          %s\n", n.Status)
+	fmt.Fprintf(w, "Joined:          %s\n", n.JoinedAt.Format(time.RFC3339))
+	if n.LastSeen != nil {
+		fmt.Fprintf(w, "Last seen:       %s\n", n.LastSeen.Format(time.RFC3339))
+	}
+	fmt.Fprintf(w, "Cert serial:     %s\n", n.CertSerial)
+	fmt.Fprintf(w, "Cert expires:    %s\n", n.CertNotAfter.Format(time.RFC3339))
+	fmt.Fprintf(w, "TLS status:      %s\n", n.TLSStatus)
+}
+
 func newNodeRoleCmd(g *globals, verb, role string) *cobra.Command {
 	return &cobra.Command{
-		Use:   verb + " NODE_ID",
-		Short: fmt.Sprintf("Make a node a %s (it renews its certificate with the new role)", role),
-		Args:  cobra.ExactArgs(1),
+		Use:   verb + " NODE_ID...",
+		Short: fmt.Sprintf("Make nodes %ss (each renews its certificate with the new role)", role),
+		Long: fmt.Sprintf(`Make nodes %ss: each renews its certificate with the new role. Each
+NODE_ID is a node's ID, or the start of one that no other node's ID starts
+with; if one names no node, or several, nothing is done. A node that fails
+does not stop the others; the command then fails, naming it.`, role),
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			client, ctx, done, err := g.control(cmd, 30*time.Second)
-			if err != nil {
-				return err
-			}
-			defer done()
-			if _, err := client.SetRole(ctx, &api.SetRoleRequest{NodeId: args[0], Role: role}); err != nil {
-				return rpcError(err)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Node %s is now a %s.\n", args[0], role)
-			return nil
+			return forNodes(cmd, g, args, 30*time.Second, func(ctx context.Context, client api.ControlClient, n nodeJSON) error {
+				if _, err := client.SetRole(ctx, &api.SetRoleRequest{NodeId: n.ID, Role: role}); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Node %s is now a %s.\n", n.ID, role)
+				return nil
+			})
 		},
 	}
 }
@@ -181,20 +292,22 @@ func newNodeRoleCmd(g *globals, verb, role string) *cobra.Command {
 func newNodeRmCmd(g *globals) *cobra.Command {
 	var force bool
 	cmd := &cobra.Command{
-		Use:   "rm [--force] NODE_ID",
-		Short: "Remove a node: its certificates are refused from then on",
-		Args:  cobra.ExactArgs(1),
+		Use:   "rm [--force] NODE_ID...",
+		Short: "Remove nodes: their certificates are refused from then on",
+		Long: `Remove nodes: their certificates are refused from then on. Each NODE_ID
+is a node's ID, or the start of one that no other node's ID starts with;
+if one names no node, or several, nothing is removed. Each node removed is
+printed; a node that fails does not stop the others, and the command then
+fails, naming it.`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			client, ctx, done, err := g.control(cmd, 30*time.Second)
-			if err != nil {
-				return err
-			}
-			defer done()
-			if _, err := client.RemoveNode(ctx, &api.RemoveNodeRequest{NodeId: args[0], Force: force}); err != nil {
-				return rpcError(err)
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), args[0])
-			return nil
+			return forNodes(cmd, g, args, 30*time.Second, func(ctx context.Context, client api.ControlClient, n nodeJSON) error {
+				if _, err := client.RemoveNode(ctx, &api.RemoveNodeRequest{NodeId: n.ID, Force: force}); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), n.ID)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "remove the node even if it is live")

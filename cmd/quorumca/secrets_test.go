@@ -9,10 +9,11 @@ import (
 	"testing"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // cliEnvVars returns every QUORUMCA_* variable the CLI's own (non-test)
-// source names as a string literal, so that a variable added later is
+// source names as a string literal, and every flag's variable, so that a variable added later is
 // covered by the tests below without anyone remembering to list it.
 func cliEnvVars(t *testing.T) []string {
 	t.Helper()
@@ -34,6 +35,20 @@ func cliEnvVars(t *testing.T) []string {
 			if !slices.Contains(vars, m[1]) {
 				vars = append(vars, m[1])
 			}
+		}
+	}
+	// And the variable of every flag: flagsFromEnv makes their names.
+	for _, path := range commandPaths(newRootCmd(), nil) {
+		c, _, err := newRootCmd().Find(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fs := range []*pflag.FlagSet{c.Flags(), c.PersistentFlags(), c.InheritedFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) {
+				if v := EnvName(f.Name); !slices.Contains(vars, v) {
+					vars = append(vars, v)
+				}
+			})
 		}
 	}
 	for _, want := range []string{"QUORUMCA_DATA_DIR", "QUORUMCA_HOST", "QUORUMCA_CERT_PATH", "QUORUMCA_JOIN_TOKEN"} {
@@ -244,5 +259,73 @@ func TestJoinTokenFlagNotesPS(t *testing.T) {
 				t.Errorf("join %v wrote %q to stdout, want nothing", tc.args, stdout.String())
 			}
 		})
+	}
+}
+
+// TestFlagsFromEnv: every global flag, and every flag of init, join and
+// run, takes QUORUMCA_<FLAG> when the command line leaves it out; a flag
+// given wins; a value the flag refuses names the variable; the flags of
+// administration commands, --force-new-cluster and --token are never read
+// from the environment.
+func TestFlagsFromEnv(t *testing.T) {
+	for _, v := range cliEnvVars(t) {
+		t.Setenv(v, "")
+	}
+	empty := t.TempDir()
+	certs := t.TempDir()
+	tests := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"global flag", map[string]string{"QUORUMCA_LOG_LEVEL": "loud"},
+			[]string{"run", "--data-dir", empty}, "--log-level \"loud\""},
+		{"daemon flag", map[string]string{"QUORUMCA_LISTEN_ADDR": "nohostport"},
+			[]string{"init", "--data-dir", empty}, "ListenAddr (--listen-addr) \"nohostport\" is not host:port"},
+		{"daemon flag, command line wins", map[string]string{"QUORUMCA_LISTEN_ADDR": "nohostport"},
+			[]string{"run", "--data-dir", empty, "--listen-addr", "127.0.0.1:0"}, empty + " has no node.json"},
+		{"bad value names the variable", map[string]string{"QUORUMCA_CERT_EXPIRY": "soon"},
+			[]string{"init", "--data-dir", empty}, "$QUORUMCA_CERT_EXPIRY (for --cert-expiry): invalid argument \"soon\""},
+		{"bad bool", map[string]string{"QUORUMCA_INIT": "maybe"},
+			[]string{"run", "--data-dir", empty}, "$QUORUMCA_INIT (for --init)"},
+		{"force-new-cluster not read", map[string]string{"QUORUMCA_FORCE_NEW_CLUSTER": "true"},
+			[]string{"run", "--data-dir", empty}, empty + " has no node.json"},
+		{"admin command flags not read", map[string]string{"QUORUMCA_TTL": "garbage", "QUORUMCA_USES": "x"},
+			[]string{"join-token", "create", "worker", "--data-dir", empty}, "give --ttl or --uses"},
+		{"tls flag over cert path", map[string]string{"QUORUMCA_CERT_PATH": certs, "QUORUMCA_TLSCACERT": "/nonexistent/env.pem"},
+			[]string{"status", "--host", "tcp://127.0.0.1:1"}, "--tlscacert: open /nonexistent/env.pem"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			out, err := run(t, tt.args...)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("quorumca %s with %v = %v\n%s\nwant an error containing %q", strings.Join(tt.args, " "), tt.env, err, out, tt.want)
+			}
+			if entries, _ := os.ReadDir(empty); len(entries) > 0 {
+				t.Fatalf("quorumca %s with %v wrote into the data dir", strings.Join(tt.args, " "), tt.env)
+			}
+		})
+	}
+	t.Run("help", func(t *testing.T) {
+		for _, args := range [][]string{{"--help"}, {"init", "--help"}, {"join", "--help"}, {"run", "--help"}} {
+			out, err := run(t, args...)
+			if err != nil || !strings.Contains(out, "QUORUMCA_<FLAG>") {
+				t.Errorf("quorumca %s = %v\n%s\nwant QUORUMCA_<FLAG> explained", strings.Join(args, " "), err, out)
+			}
+		}
+	})
+}
+
+// TestEnvName: a flag's variable is its name upper-cased, dashes as
+// underscores.
+func TestEnvName(t *testing.T) {
+	for flag, want := range map[string]string{"data-dir": "QUORUMCA_DATA_DIR", "host": "QUORUMCA_HOST", "raft-advertise-addr": "QUORUMCA_RAFT_ADVERTISE_ADDR"} {
+		if got := EnvName(flag); got != want {
+			t.Errorf("EnvName(%q) = %q, want %q", flag, got, want)
+		}
 	}
 }

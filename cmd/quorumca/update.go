@@ -121,12 +121,8 @@ func newJoinTokenCreateCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(w, resp.GetToken())
 				return nil
 			}
-			fmt.Fprintf(w, "Created join token %s. To add a %s, run:\n\n", resp.GetId(), args[0])
-			addr := "MANAGER_ADDR"
-			if len(resp.GetManagers()) > 0 {
-				addr = resp.GetManagers()[0]
-			}
-			fmt.Fprintf(w, "    quorumca join --token %s %s\n\n", resp.GetToken(), addr)
+			fmt.Fprintf(w, "Created join token %s.\n", resp.GetId())
+			printJoinCommand(w, args[0], resp.GetToken(), g.askedAddr(ctx, client, resp.GetManagers()))
 			return nil
 		},
 	}

@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/quorumca/quorumca/api"
@@ -24,8 +26,14 @@ func (g *globals) control(cmd *cobra.Command, timeout time.Duration) (api.Contro
 
 // rpcError turns a gRPC error into the daemon's own message.
 func rpcError(err error) error {
-	if s, ok := status.FromError(err); ok {
-		return errors.New(s.Message())
+	s, ok := status.FromError(err)
+	if !ok {
+		return err
 	}
-	return err
+	if s.Code() == codes.Unimplemented {
+		// A worker answers this itself (worker.ErrManagerOnly); a locked
+		// manager, or a daemon of another release, does not.
+		return fmt.Errorf("the daemon does not answer this command (%s): it runs on an unlocked manager; if --data-dir or --host names a worker, use a manager's, and if `quorumca status` says locked, run `quorumca unlock` first", s.Message())
+	}
+	return errors.New(s.Message())
 }
