@@ -123,6 +123,16 @@ func TestMetricsFromALiveCluster(t *testing.T) {
 	if v, _ := value(fams, "quorumca_raft_state", map[string]string{"state": "leader"}); v != 1 {
 		t.Errorf("quorumca_raft_state{state=leader} = %v on the only manager", v)
 	}
+	// hashicorp/raft's own, through its go-metrics sink.
+	var raftOwn []string
+	for name := range fams {
+		if strings.HasPrefix(name, "quorumca_raft_") {
+			raftOwn = append(raftOwn, name)
+		}
+	}
+	if _, ok := fams["quorumca_raft_commitTime"]; !ok {
+		t.Errorf("no quorumca_raft_commitTime from hashicorp/raft's metrics; raft metrics: %v", raftOwn)
+	}
 	joins := func() (ok, bad float64) {
 		fams := families(t, m0)
 		ok, _ = value(fams, "quorumca_issuance_total", map[string]string{"kind": "join", "role": "swarm-worker", "result": "ok"})

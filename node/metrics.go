@@ -10,8 +10,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
+	gometrics "github.com/hashicorp/go-metrics"
+	gmprom "github.com/hashicorp/go-metrics/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -127,10 +130,47 @@ func (n *Node) Ready() error {
 	return nil
 }
 
+// raftSink is the process's one go-metrics sink: hashicorp/raft reports
+// its own metrics (commit and apply times, replication, FSM) through the
+// go-metrics global, which a process has once; they are exported as they
+// come, named quorumca_raft_*, beside the node's.
+var raftSink struct {
+	once sync.Once
+	reg  *prometheus.Registry
+	err  error
+}
+
+func raftGatherer() (prometheus.Gatherer, error) {
+	raftSink.once.Do(func() {
+		reg := prometheus.NewRegistry()
+		sink, err := gmprom.NewPrometheusSinkFrom(gmprom.PrometheusOpts{Registerer: reg, Expiration: time.Minute, Name: "quorumca_raft_sink"})
+		if err != nil {
+			raftSink.err = err
+			return
+		}
+		cfg := gometrics.DefaultConfig("quorumca")
+		cfg.EnableHostname = false
+		cfg.EnableRuntimeMetrics = false
+		cfg.EnableServiceLabel = false
+		if _, err := gometrics.NewGlobal(cfg, sink); err != nil {
+			raftSink.err = err
+			return
+		}
+		raftSink.reg = reg
+	})
+	return raftSink.reg, raftSink.err
+}
+
 // serveMetrics serves /metrics, /healthz and /readyz on ln until ctx ends.
 func (n *Node) serveMetrics(ctx context.Context, ln net.Listener) {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(n.Registry(), promhttp.HandlerOpts{ErrorLog: nil}))
+	gatherers := prometheus.Gatherers{n.Registry()}
+	if g, err := raftGatherer(); err != nil {
+		n.log.Warn("hashicorp/raft's metrics are not exported", "err", err)
+	} else {
+		gatherers = append(gatherers, g)
+	}
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherers, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
