@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"log/slog"
 	"net"
 	"sync/atomic"
@@ -176,6 +177,9 @@ func Enroll(ctx context.Context, cfg JoinConfig) (Enrollment, error) {
 	req := &api.IssueNodeCertificateRequest{
 		Csr: csr, TokenProof: ca.TokenProof(sha256.Sum256([]byte(tok.Secret)), ekm, csr), TokenDigest: tok.DigestString(),
 		Addr: cfg.Addr, RaftAddr: cfg.RaftAddr,
+	}
+	if h, err := os.Hostname(); err == nil {
+		req.Hostname = h
 	}
 	var resp *api.IssueNodeCertificateResponse
 	// A cluster whose external CAs do not answer says so: ask again until

@@ -495,7 +495,10 @@ type IssueNodeCertificateRequest struct {
 	// connection's exported keying material and the CSR (ca.TokenProof).
 	TokenProof []byte `protobuf:"bytes,5,opt,name=token_proof,json=tokenProof,proto3" json:"token_proof,omitempty"`
 	// The root digest the token pins, as written in the token.
-	TokenDigest   string `protobuf:"bytes,6,opt,name=token_digest,json=tokenDigest,proto3" json:"token_digest,omitempty"`
+	TokenDigest string `protobuf:"bytes,6,opt,name=token_digest,json=tokenDigest,proto3" json:"token_digest,omitempty"`
+	// The joining machine's host name, for people (node ls); a name that is
+	// not a host name is dropped.
+	Hostname      string `protobuf:"bytes,7,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -572,6 +575,13 @@ func (x *IssueNodeCertificateRequest) GetTokenDigest() string {
 	return ""
 }
 
+func (x *IssueNodeCertificateRequest) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
 type AdmitRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Csr   []byte                 `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
@@ -585,7 +595,9 @@ type AdmitRequest struct {
 	Addr     string `protobuf:"bytes,5,opt,name=addr,proto3" json:"addr,omitempty"`
 	RaftAddr string `protobuf:"bytes,6,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
 	// The joining node's network address, as the relaying manager saw it.
-	PeerAddr      string `protobuf:"bytes,7,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"`
+	PeerAddr string `protobuf:"bytes,7,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"`
+	// The joining machine's host name, checked by the relaying manager.
+	Hostname      string `protobuf:"bytes,8,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -665,6 +677,13 @@ func (x *AdmitRequest) GetRaftAddr() string {
 func (x *AdmitRequest) GetPeerAddr() string {
 	if x != nil {
 		return x.PeerAddr
+	}
+	return ""
+}
+
+func (x *AdmitRequest) GetHostname() string {
+	if x != nil {
+		return x.Hostname
 	}
 	return ""
 }
@@ -2306,7 +2325,9 @@ type Node struct {
 	LastSeen  int64  `protobuf:"varint,12,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	// Recorded by an entry a forced new cluster committed, and not yet
 	// shown by the node: it may never have received its certificate.
-	Unconfirmed   bool `protobuf:"varint,13,opt,name=unconfirmed,proto3" json:"unconfirmed,omitempty"`
+	Unconfirmed bool `protobuf:"varint,13,opt,name=unconfirmed,proto3" json:"unconfirmed,omitempty"`
+	// The host name the node gave when it joined, if any.
+	Hostname      string `protobuf:"bytes,14,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2430,6 +2451,13 @@ func (x *Node) GetUnconfirmed() bool {
 		return x.Unconfirmed
 	}
 	return false
+}
+
+func (x *Node) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
 }
 
 type ListNodesRequest struct {
@@ -3790,7 +3818,7 @@ const file_quorumca_proto_rawDesc = "" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\"\x16\n" +
 	"\x14GetRootBundleRequest\"/\n" +
 	"\x15GetRootBundleResponse\x12\x16\n" +
-	"\x06bundle\x18\x01 \x01(\fR\x06bundle\"\xba\x01\n" +
+	"\x06bundle\x18\x01 \x01(\fR\x06bundle\"\xd6\x01\n" +
 	"\x1bIssueNodeCertificateRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12\x12\n" +
@@ -3798,7 +3826,8 @@ const file_quorumca_proto_rawDesc = "" +
 	"\traft_addr\x18\x04 \x01(\tR\braftAddr\x12\x1f\n" +
 	"\vtoken_proof\x18\x05 \x01(\fR\n" +
 	"tokenProof\x12!\n" +
-	"\ftoken_digest\x18\x06 \x01(\tR\vtokenDigest\"\xbe\x01\n" +
+	"\ftoken_digest\x18\x06 \x01(\tR\vtokenDigest\x12\x1a\n" +
+	"\bhostname\x18\a \x01(\tR\bhostname\"\xda\x01\n" +
 	"\fAdmitRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x1f\n" +
@@ -3807,7 +3836,8 @@ const file_quorumca_proto_rawDesc = "" +
 	"\btoken_id\x18\x04 \x01(\tR\atokenId\x12\x12\n" +
 	"\x04addr\x18\x05 \x01(\tR\x04addr\x12\x1b\n" +
 	"\traft_addr\x18\x06 \x01(\tR\braftAddr\x12\x1b\n" +
-	"\tpeer_addr\x18\a \x01(\tR\bpeerAddr\"\xc0\x01\n" +
+	"\tpeer_addr\x18\a \x01(\tR\bpeerAddr\x12\x1a\n" +
+	"\bhostname\x18\b \x01(\tR\bhostname\"\xc0\x01\n" +
 	"\x1cIssueNodeCertificateResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x1d\n" +
@@ -3931,7 +3961,7 @@ const file_quorumca_proto_rawDesc = "" +
 	"\x05state\x18\x03 \x01(\tR\x05state\x12\x1d\n" +
 	"\n" +
 	"down_since\x18\x04 \x01(\x03R\tdownSince\x12&\n" +
-	"\x0ftrusts_new_root\x18\x05 \x01(\bR\rtrustsNewRoot\"\xf1\x02\n" +
+	"\x0ftrusts_new_root\x18\x05 \x01(\bR\rtrustsNewRoot\"\x8d\x03\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x12\n" +
@@ -3948,7 +3978,8 @@ const file_quorumca_proto_rawDesc = "" +
 	" \x01(\tR\ttlsStatus\x12\x1b\n" +
 	"\tjoined_at\x18\v \x01(\x03R\bjoinedAt\x12\x1b\n" +
 	"\tlast_seen\x18\f \x01(\x03R\blastSeen\x12 \n" +
-	"\vunconfirmed\x18\r \x01(\bR\vunconfirmed\"+\n" +
+	"\vunconfirmed\x18\r \x01(\bR\vunconfirmed\x12\x1a\n" +
+	"\bhostname\x18\x0e \x01(\tR\bhostname\"+\n" +
 	"\x10ListNodesRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"<\n" +
 	"\x11ListNodesResponse\x12'\n" +

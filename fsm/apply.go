@@ -104,6 +104,8 @@ func applyInit(s *State, at time.Time, index uint64, in *Init) (*State, error) {
 		return nil, fmt.Errorf("%w: init needs two distinct join secrets", ErrBadCommand)
 	case in.Manager.ID == "" || in.Manager.Role != ca.RoleManager:
 		return nil, fmt.Errorf("%w: init needs its first manager", ErrBadCommand)
+	case in.Manager.Hostname != "" && !ValidHostname(in.Manager.Hostname):
+		return nil, fmt.Errorf("%w: host name %q", ErrBadCommand, in.Manager.Hostname)
 	case len(in.GossipKey) != GossipKeySize:
 		return nil, fmt.Errorf("%w: init needs a gossip key of %d bytes", ErrBadCommand, GossipKeySize)
 	}
@@ -159,6 +161,9 @@ func applyIssue(s *State, at time.Time, index uint64, in *Issue) (*State, error)
 	if n.ID == "" || (n.Role != ca.RoleManager && n.Role != ca.RoleWorker) || n.Cert.Serial == "" {
 		return nil, fmt.Errorf("%w: issue needs a node ID, a role and a serial", ErrBadCommand)
 	}
+	if n.Hostname != "" && !ValidHostname(n.Hostname) {
+		return nil, fmt.Errorf("%w: host name %q", ErrBadCommand, n.Hostname)
+	}
 	if !n.Cert.Issuer.Equal(s.CAStatus) {
 		return nil, fmt.Errorf("%w: certificate for %s was signed by %s, not the current CA %s", ErrStale, n.ID, n.Cert.Issuer, s.CAStatus)
 	}
@@ -193,6 +198,7 @@ func applyIssue(s *State, at time.Time, index uint64, in *Issue) (*State, error)
 			return nil, fmt.Errorf("%w: node %s is a %s now, not a %s", ErrStale, n.ID, old.Role.Short(), n.Role.Short())
 		}
 		n.JoinedAt = old.JoinedAt
+		n.Hostname = old.Hostname
 		if n.Addr == "" {
 			n.Addr = old.Addr
 		}

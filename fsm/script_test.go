@@ -178,7 +178,7 @@ func (r *scriptRunner) run(d *datadriven.TestData) string {
 		r.secrets[ca.RoleManager] = []string{r.f.managerSecret}
 	case "join":
 		role := r.role(arg(1))
-		c.Issue = &fsm.Issue{Node: fsm.Node{ID: arg(0), Role: role, Cert: certOf(arg(0))}, Join: true}
+		c.Issue = &fsm.Issue{Node: fsm.Node{ID: arg(0), Role: role, Cert: certOf(arg(0)), Hostname: opts["host"]}, Join: true}
 		secret := opts["secret"]
 		if secret == "" {
 			secret = role.Short()
@@ -316,6 +316,9 @@ func (r *scriptRunner) dump() string {
 		line := fmt.Sprintf("node %s %s cert %s..%s valid-until %s", n.ID, n.Role.Short(), rel(n.Cert.IssuedAt), rel(n.Cert.NotAfter), rel(n.CertsValidUntil))
 		if n.RaftAddr != "" {
 			line += " raft " + n.RaftAddr
+		}
+		if n.Hostname != "" {
+			line += " host " + n.Hostname
 		}
 		if n.Unconfirmed {
 			line += " unconfirmed"

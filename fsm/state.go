@@ -195,6 +195,9 @@ type Node struct {
 	Addr string `json:"addr,omitempty"`
 	// RaftAddr is a manager's Raft address; empty for workers.
 	RaftAddr string `json:"raft_addr,omitempty"`
+	// Hostname is the host name the node gave when it joined (see
+	// ValidHostname), for people; empty if it gave none.
+	Hostname string `json:"hostname,omitempty"`
 	// Cert describes the node's current certificate; Prev the ones it had
 	// before, while they are valid (at most MaxPrevCerts, latest last).
 	Cert CertInfo   `json:"cert"`
@@ -309,4 +312,19 @@ func (s *State) cloneTokens() {
 		t[k] = v
 	}
 	s.Tokens = t
+}
+
+// ValidHostname reports whether h may be recorded as a node's host name:
+// at most 253 characters of letters, digits, '.', '-' and '_' (nothing a
+// terminal would take for a command).
+func ValidHostname(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, r := range h {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
 }

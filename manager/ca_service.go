@@ -100,10 +100,15 @@ func (m *Manager) checkJoin(ctx context.Context, req *api.IssueNodeCertificateRe
 			return nil, err
 		}
 	}
-	return &api.AdmitRequest{
+	admit := &api.AdmitRequest{
 		Csr: req.GetCsr(), Role: string(role), SecretHash: hash[:], TokenId: tokenID,
 		Addr: addr, RaftAddr: req.GetRaftAddr(), PeerAddr: callOf(ctx).Addr,
-	}, nil
+	}
+	// A host name is for people: one that is not is dropped, not refused.
+	if h := req.GetHostname(); fsm.ValidHostname(h) {
+		admit.Hostname = h
+	}
+	return admit, nil
 }
 
 // keyingMaterial exports the keying material of the TLS connection ctx's
@@ -168,6 +173,9 @@ func (m *Manager) admit(ctx context.Context, a *api.AdmitRequest) (*api.IssueNod
 		return nil, err
 	}
 	n := fsm.Node{ID: nodeID, Role: role, Addr: a.GetAddr(), Cert: certInfo(issued, status)}
+	if h := a.GetHostname(); fsm.ValidHostname(h) {
+		n.Hostname = h
+	}
 	if role == ca.RoleManager {
 		n.RaftAddr = a.GetRaftAddr()
 	} else if n.Addr == "" {

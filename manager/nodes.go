@@ -37,7 +37,7 @@ func (s controlService) ListNodes(ctx context.Context, req *api.ListNodesRequest
 			Status: "down", Leader: n.ID == leaderID,
 			CertSerial: n.Cert.Serial, CertNotAfter: n.Cert.NotAfter.Unix(),
 			TlsStatus: tlsStatus(st, n, rotState[n.ID]), JoinedAt: n.JoinedAt.Unix(),
-			Unconfirmed: n.Unconfirmed,
+			Unconfirmed: n.Unconfirmed, Hostname: n.Hostname,
 		}
 		if ob, ok := m.obs.get(n.ID); ok {
 			an.LastSeen = ob.at.Unix()

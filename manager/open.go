@@ -171,6 +171,9 @@ func Init(ctx context.Context, cfg Config, opts InitOptions) (_ *Manager, err er
 		ID: nodeID, Role: ca.RoleManager, Addr: m.apiAddr, RaftAddr: m.raftAddr,
 		Cert: certInfo(issued, status),
 	}
+	if h, err := os.Hostname(); err == nil && fsm.ValidHostname(h) {
+		self.Hostname = h
+	}
 	if _, err := m.propose(ctx, fsm.Command{At: now, Init: &fsm.Init{
 		ClusterID: clusterID, CertExpiry: opts.CertExpiry, CA: material, External: opts.External,
 		WorkerSecret: workerSecret, ManagerSecret: managerSecret, GossipKey: gossipKey, Manager: self,

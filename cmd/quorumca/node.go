@@ -42,6 +42,11 @@ type nodeJSON struct {
 	// Unconfirmed: recorded by an entry a forced new cluster committed,
 	// and not shown by the node since.
 	Unconfirmed bool `json:"unconfirmed,omitempty"`
+	// Hostname is the host name the node gave when it joined.
+	Hostname string `json:"hostname,omitempty"`
+	// Self marks the manager that answered (the node whose control
+	// socket was asked, or the one --host names).
+	Self bool `json:"self,omitempty"`
 }
 
 func toNodeJSON(n *api.Node) nodeJSON {
@@ -50,7 +55,7 @@ func toNodeJSON(n *api.Node) nodeJSON {
 		Status: n.GetStatus(), Reachability: n.GetReachability(), Leader: n.GetLeader(),
 		CertSerial: n.GetCertSerial(), CertNotAfter: time.Unix(n.GetCertNotAfter(), 0).UTC(),
 		TLSStatus: n.GetTlsStatus(), JoinedAt: time.Unix(n.GetJoinedAt(), 0).UTC(),
-		Unconfirmed: n.GetUnconfirmed(),
+		Unconfirmed: n.GetUnconfirmed(), Hostname: n.GetHostname(),
 	}
 	if s := n.GetLastSeen(); s > 0 {
 		t := time.Unix(s, 0).UTC()
@@ -69,9 +74,16 @@ func listNodes(cmd *cobra.Command, g *globals) ([]nodeJSON, error) {
 	if err != nil {
 		return nil, rpcError(err)
 	}
+	// The node asked is marked, as docker node ls marks it.
+	var self string
+	if ping, err := client.Ping(ctx, &api.PingRequest{}); err == nil {
+		self = ping.GetNodeId()
+	}
 	out := make([]nodeJSON, 0, len(resp.GetNodes()))
 	for _, n := range resp.GetNodes() {
-		out = append(out, toNodeJSON(n))
+		nj := toNodeJSON(n)
+		nj.Self = nj.ID == self
+		out = append(out, nj)
 	}
 	return out, nil
 }
@@ -131,23 +143,34 @@ func resolveNode(nodes []nodeJSON, arg string) (nodeJSON, error) {
 	if arg == "" {
 		return nodeJSON{}, errors.New("an empty node ID: give a node's ID, or the start of it (see `quorumca node ls`)")
 	}
-	var matches []nodeJSON
+	var matches, byHost []nodeJSON
 	for _, n := range nodes {
 		if n.ID == arg {
 			return n, nil
+		}
+		if n.Hostname == arg {
+			byHost = append(byHost, n)
 		}
 		if strings.HasPrefix(n.ID, arg) {
 			matches = append(matches, n)
 		}
 	}
+	// A host name names its node when one node alone has it; several
+	// nodes on one machine (data dirs of their own) need their IDs.
+	switch {
+	case len(byHost) == 1:
+		return byHost[0], nil
+	case len(byHost) > 1:
+		matches = byHost
+	}
 	switch len(matches) {
 	case 1:
 		return matches[0], nil
 	case 0:
-		return nodeJSON{}, fmt.Errorf("no node has an ID starting with %q: see `quorumca node ls`", arg)
+		return nodeJSON{}, fmt.Errorf("no node has the host name %q or an ID starting with it: see `quorumca node ls`", arg)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "node ID prefix %q names %d nodes; give more of the ID:", arg, len(matches))
+	fmt.Fprintf(&b, "%q names %d nodes; give more of the ID:", arg, len(matches))
 	for _, n := range matches {
 		fmt.Fprintf(&b, "\n\t%s  %s  %s", n.ID, strings.TrimPrefix(n.Role, "swarm-"), dash(n.Addr))
 	}
@@ -188,7 +211,7 @@ func forNodes(cmd *cobra.Command, g *globals, args []string, timeout time.Durati
 
 func printNodes(w io.Writer, nodes []nodeJSON) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tADDRESS\tROLE\tSTATUS\tMANAGER STATUS\tCERT EXPIRES\tTLS STATUS")
+	fmt.Fprintln(tw, "ID\tHOSTNAME\tADDRESS\tROLE\tSTATUS\tMANAGER STATUS\tCERT EXPIRES\tTLS STATUS")
 	for _, n := range nodes {
 		mgr := n.Reachability
 		if n.Leader {
@@ -202,7 +225,11 @@ func printNodes(w io.Writer, nodes []nodeJSON) error {
 		if n.Unconfirmed {
 			status += " (unconfirmed)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.ID, dash(n.Addr), role, status, dash(mgr),
+		id := n.ID
+		if n.Self {
+			id += " *" // this node, as docker node ls marks it
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, dash(n.Hostname), dash(n.Addr), role, status, dash(mgr),
 			n.CertNotAfter.Format(time.RFC3339), n.TLSStatus)
 	}
 	return tw.Flush()
@@ -252,6 +279,7 @@ With --format json, one node is an object, and several an array.`,
 func printNode(w io.Writer, n nodeJSON) {
 	fmt.Fprintf(w, "ID:              %s\n", n.ID)
 	fmt.Fprintf(w, "Role:            %s\n", n.Role)
+	fmt.Fprintf(w, "Hostname:        %s\n", dash(n.Hostname))
 	fmt.Fprintf(w, "Address:         %s\n", dash(n.Addr))
 	if n.RaftAddr != "" {
 		fmt.Fprintf(w, "Raft address:    %s\n", n.RaftAddr)

@@ -2,20 +2,21 @@ package main
 
 import (
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 
 	"github.com/quorumca/quorumca/internal/testkit/clustertest"
 )
 
-// TestResolveNode: a node is named by its ID or a unique start of it; a
-// prefix that names none or several is an error that says so and lists
-// the candidates.
+// TestResolveNode: a node is named by its ID, its host name when no other
+// node has it, or a unique start of its ID; a name that names none or
+// several is an error that says so and lists the candidates.
 func TestResolveNode(t *testing.T) {
 	nodes := []nodeJSON{
-		{ID: "abc123", Role: "swarm-manager", Addr: "10.0.0.1:2377"},
-		{ID: "abd456", Role: "swarm-worker"},
-		{ID: "abd4567", Role: "swarm-worker"},
+		{ID: "abc123", Role: "swarm-manager", Addr: "10.0.0.1:2377", Hostname: "web-1"},
+		{ID: "abd456", Role: "swarm-worker", Hostname: "db"},
+		{ID: "abd4567", Role: "swarm-worker", Hostname: "db"},
 	}
 	tests := []struct {
 		arg     string
@@ -26,9 +27,11 @@ func TestResolveNode(t *testing.T) {
 		{"abc", "abc123", nil},
 		{"abd456", "abd456", nil}, // an exact ID wins over a longer one it starts
 		{"abd4567", "abd4567", nil},
-		{"ab", "", []string{`node ID prefix "ab" names 3 nodes; give more of the ID`, "abc123  manager  10.0.0.1:2377", "abd456  worker  -"}},
+		{"ab", "", []string{`"ab" names 3 nodes; give more of the ID`, "abc123  manager  10.0.0.1:2377", "abd456  worker  -"}},
+		{"web-1", "abc123", nil},
+		{"db", "", []string{`"db" names 2 nodes`, "abd456", "abd4567"}},
 		{"abd", "", []string{`"abd" names 2 nodes`, "abd456", "abd4567"}},
-		{"zzz", "", []string{`no node has an ID starting with "zzz": see ` + "`quorumca node ls`"}},
+		{"zzz", "", []string{`no node has the host name "zzz" or an ID starting with it: see ` + "`quorumca node ls`"}},
 		{"", "", []string{"an empty node ID"}},
 	}
 	for _, tt := range tests {
@@ -78,15 +81,24 @@ func uniquePrefix(t *testing.T, id string, ids []string) string {
 	return ""
 }
 
-// TestNodeCommandsTakePrefixesAndSeveralIDs: node ls -q prints the IDs
-// alone; inspect, rm and promote take unique ID prefixes and several IDs;
+// TestNodeCommandsTakePrefixesAndSeveralIDs: node ls names each node's
+// host and marks the node asked; node ls -q prints the IDs alone; inspect, rm and promote take unique ID prefixes and several IDs;
 // an unknown or ambiguous name changes nothing.
 func TestNodeCommandsTakePrefixesAndSeveralIDs(t *testing.T) {
 	c := clustertest.New(t, clustertest.Options{Managers: 1, Workers: 2})
 	m, w0, w1 := c.Managers[0], c.Workers[0], c.Workers[1]
 	ids := []string{m.ID(), w0.ID(), w1.ID()}
 
-	out, err := run(t, on(m, "node", "ls", "-q")...)
+	// node ls names each node's host and marks the node asked.
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, on(m, "node", "ls")...)
+	if err != nil || !strings.Contains(out, "HOSTNAME") || !strings.Contains(out, m.ID()+" *") || strings.Contains(out, w0.ID()+" *") || strings.Count(out, " "+host+" ") != 3 {
+		t.Fatalf("node ls = %v\n%s\nwant HOSTNAME %s on each node, and the manager asked marked *", err, out, host)
+	}
+	out, err = run(t, on(m, "node", "ls", "-q")...)
 	if err != nil {
 		t.Fatalf("node ls -q = %v", err)
 	}
@@ -119,7 +131,7 @@ func TestNodeCommandsTakePrefixesAndSeveralIDs(t *testing.T) {
 	// A name that resolves to nothing: nothing is removed, the good one
 	// included.
 	out, err = run(t, on(m, "node", "rm", "--force", p1, "zzzzzz")...)
-	if err == nil || !strings.Contains(err.Error(), `no node has an ID starting with "zzzzzz"`) || !strings.Contains(err.Error(), "nothing was changed") {
+	if err == nil || !strings.Contains(err.Error(), `no node has the host name "zzzzzz"`) || !strings.Contains(err.Error(), "nothing was changed") {
 		t.Fatalf("node rm %s zzzzzz = %v\n%s\nwant the unknown name refused and nothing changed", p1, err, out)
 	}
 	if out, _ := run(t, on(m, "node", "ls", "-q")...); !strings.Contains(out, w1.ID()) {
