@@ -9,9 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"log/slog"
 	"net"
+	"os"
 	"sync/atomic"
 	"time"
 
