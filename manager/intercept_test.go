@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -28,6 +29,14 @@ func pair(t *testing.T) (leader, follower *testManager) {
 	testkit.Eventually(t, "the follower is a voter that knows the leader", func() error {
 		if id, _ := follower.raft.Leader(); id != leader.NodeID() || !leader.isVoter(follower.NodeID()) {
 			return errNoLeader
+		}
+		// It knows the leader's Raft ID before it has applied the entries
+		// that record both managers (and the leader's API address, which
+		// relaying needs): a follower that lags says so instead.
+		for _, id := range []string{leader.NodeID(), follower.NodeID()} {
+			if n, ok := follower.State().Node(id); !ok || n.Addr == "" {
+				return fmt.Errorf("the follower's state does not record %s and its address yet", id)
+			}
 		}
 		return nil
 	})
@@ -109,14 +118,7 @@ func TestFollowerRelaysAdministration(t *testing.T) {
 // TestRelayedCallNeverRelayedAgain: a relayed call that reaches a manager
 // which is not the leader is refused, not relayed again.
 func TestRelayedCallNeverRelayedAgain(t *testing.T) {
-	leader, follower := pair(t)
-	// A follower that lags behind the leader says so instead: wait until
-	// it knows both managers.
-	testkit.Eventually(t, "the follower knows both managers", testkit.True(func() bool {
-		_, a := follower.State().Node(leader.NodeID())
-		_, b := follower.State().Node(follower.NodeID())
-		return a && b
-	}))
+	_, follower := pair(t)
 	conn := dial(t, follower.Addr(), follower.Credentials().ClientTLS(agent.ManagerName))
 	ctx := metadata.AppendToOutgoingContext(t.Context(), mdForwardedLocal, "1", mdForwardedAddr, "local")
 	_, err := api.NewControlClient(conn).ListNodes(ctx, &api.ListNodesRequest{})
