@@ -93,6 +93,9 @@ func newJoinTokenCreateCmd(g *globals) *cobra.Command {
 		Short: "Add a join token that expires after --ttl or runs out after --uses joins",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
 			if args[0] != "worker" && args[0] != "manager" {
 				return fmt.Errorf("role %q: use worker or manager", args[0])
 			}
@@ -121,14 +124,19 @@ func newJoinTokenCreateCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(w, resp.GetToken())
 				return nil
 			}
+			addr := g.askedAddr(ctx, client, resp.GetManagers())
+			if g.format == "json" {
+				return writeJSON(w, joinTokenJSON{ID: resp.GetId(), Role: args[0], Token: resp.GetToken(), JoinAddr: addr})
+			}
 			fmt.Fprintf(w, "Created join token %s.\n", resp.GetId())
-			printJoinCommand(w, args[0], resp.GetToken(), g.askedAddr(ctx, client, resp.GetManagers()))
+			printJoinCommand(w, args[0], resp.GetToken(), addr)
 			return nil
 		},
 	}
+	addFormatFlag(cmd, g)
 	cmd.Flags().DurationVar(&ttl, "ttl", 0, "how long the token admits nodes (0: no expiry)")
 	cmd.Flags().IntVar(&uses, "uses", 0, "how many nodes the token admits (0: unlimited)")
-	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print the token only")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print the token only (wins over --format)")
 	return cmd
 }
 
@@ -188,12 +196,20 @@ func newJoinTokenLsCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// tokenRevokedJSON is the stable --format json shape of join-token revoke.
+type tokenRevokedJSON struct {
+	ID string `json:"id"`
+}
+
 func newJoinTokenRevokeCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "revoke TOKEN_ID",
 		Short: "Revoke an extra join token at once",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
 			client, ctx, done, err := g.control(cmd, 30*time.Second)
 			if err != nil {
 				return err
@@ -202,10 +218,15 @@ func newJoinTokenRevokeCmd(g *globals) *cobra.Command {
 			if _, err := client.RevokeToken(ctx, &api.RevokeTokenRequest{Id: args[0]}); err != nil {
 				return rpcError(err)
 			}
+			if g.format == "json" {
+				return writeJSON(cmd.OutOrStdout(), tokenRevokedJSON{ID: args[0]})
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Revoked join token %s.\n", args[0])
 			return nil
 		},
 	}
+	addFormatFlag(cmd, g)
+	return cmd
 }
 
 // validity says until when a PEM certificate is valid.
