@@ -23,6 +23,9 @@ func newUpdateCmd(g *globals) *cobra.Command {
 		Short: "Change cluster settings",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
 			fl := cmd.Flags()
 			if !fl.Changed("cert-expiry") && !fl.Changed("rotation-grace") && !fl.Changed("external-ca") && !fl.Changed("autolock") {
 				return fmt.Errorf("nothing to update: give --cert-expiry, --rotation-grace, --external-ca or --autolock")
@@ -57,6 +60,18 @@ func newUpdateCmd(g *globals) *cobra.Command {
 				return rpcError(err)
 			}
 			w := cmd.OutOrStdout()
+			if g.format == "json" {
+				out := updateJSON{
+					CertExpirySeconds: resp.GetCertExpirySeconds(), RotationGraceSeconds: resp.GetRotationGraceSeconds(),
+					ExternalCAs: externalJSON(resp.GetExternalCa()), Autolock: resp.GetAutolock(),
+				}
+				// The unlock key, made when --autolock turned it on, as the
+				// table form prints it.
+				if fl.Changed("autolock") {
+					out.UnlockKey = resp.GetUnlockKey()
+				}
+				return writeJSON(w, out)
+			}
 			if fl.Changed("cert-expiry") {
 				fmt.Fprintf(w, "Cert expiry: %s. Nodes whose certificates outlive it renew now.\n", time.Duration(resp.GetCertExpirySeconds())*time.Second)
 			}
@@ -75,11 +90,39 @@ func newUpdateCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	addFormatFlag(cmd, g)
 	cmd.Flags().DurationVar(&certExpiry, "cert-expiry", 0, "validity of node certificates issued from now on (minimum 1h)")
 	cmd.Flags().DurationVar(&grace, "rotation-grace", fsm.DefaultRotationGrace, "how long a root rotation waits for an unreachable node (minimum 1s)")
 	cmd.Flags().BoolVar(&autolock, "autolock", false, "seal every manager's keys under an unlock key (a manager that restarts is locked until it is given it)")
 	cmd.Flags().StringArrayVar(&externalCAs, "external-ca", nil, "replace the cluster's external CAs (each must answer and sign with the cluster's CA): "+externalCAUsage)
 	return cmd
+}
+
+// updateJSON is the stable --format json shape of update: the cluster's
+// settings after the change, every one of them.
+type updateJSON struct {
+	CertExpirySeconds    int64            `json:"cert_expiry_seconds"`
+	RotationGraceSeconds int64            `json:"rotation_grace_seconds"`
+	ExternalCAs          []externalCAJSON `json:"external_cas"`
+	Autolock             bool             `json:"autolock"`
+	// UnlockKey is the key made when this update turned autolock on.
+	UnlockKey string `json:"unlock_key,omitempty"`
+}
+
+// externalCAJSON is an external CA in --format json: never its auth key,
+// only whether one is set.
+type externalCAJSON struct {
+	Protocol   string `json:"protocol"`
+	URL        string `json:"url"`
+	AuthKeySet bool   `json:"auth_key_set"`
+}
+
+func externalJSON(cas []*api.ExternalCA) []externalCAJSON {
+	out := []externalCAJSON{}
+	for _, e := range cas {
+		out = append(out, externalCAJSON{Protocol: e.GetProtocol(), URL: e.GetUrl(), AuthKeySet: len(e.GetAuthKey()) > 0})
+	}
+	return out
 }
 
 func newJoinTokenCreateCmd(g *globals) *cobra.Command {
