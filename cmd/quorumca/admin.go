@@ -218,6 +218,9 @@ func newJoinTokenCmd(g *globals) *cobra.Command {
 		Short: "Show (or rotate) the token that admits workers or managers",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
 			if args[0] != "worker" && args[0] != "manager" {
 				return fmt.Errorf("role %q: use worker or manager", args[0])
 			}
@@ -235,17 +238,35 @@ func newJoinTokenCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(w, resp.GetToken())
 				return nil
 			}
+			addr := g.askedAddr(ctx, client, resp.GetManagers())
+			if g.format == "json" {
+				return writeJSON(w, joinTokenJSON{Role: args[0], Token: resp.GetToken(), JoinAddr: addr, Rotated: rotate})
+			}
 			if rotate {
 				fmt.Fprintf(w, "Rotated the %s join token; the old one no longer admits anyone.\n", args[0])
 			}
-			printJoinCommand(w, args[0], resp.GetToken(), g.askedAddr(ctx, client, resp.GetManagers()))
+			printJoinCommand(w, args[0], resp.GetToken(), addr)
 			return nil
 		},
 	}
-	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print the token only")
+	addFormatFlag(cmd, g)
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print the token only (wins over --format)")
 	cmd.Flags().BoolVar(&rotate, "rotate", false, "replace the token's secret: the old token stops working at once")
 	cmd.AddCommand(newJoinTokenCreateCmd(g), newJoinTokenLsCmd(g), newJoinTokenRevokeCmd(g))
 	return cmd
+}
+
+// joinTokenJSON is the stable --format json shape of join-token and
+// join-token create: the token (the secret the table form prints too) and
+// the address of the manager to join through.
+type joinTokenJSON struct {
+	// ID is the extra token's ID (join-token create only).
+	ID       string `json:"id,omitempty"`
+	Role     string `json:"role"`
+	Token    string `json:"token"`
+	JoinAddr string `json:"join_addr"`
+	// Rotated: join-token --rotate replaced the token's secret.
+	Rotated bool `json:"rotated,omitempty"`
 }
 
 // askedAddr returns the API address of the manager the command asked, for

@@ -33,6 +33,9 @@ func newAdminCertCreateCmd(g *globals) *cobra.Command {
 		Short: "Issue an admin client certificate into DIR (ca.pem, cert.pem, key.pem); on a manager's control socket only",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
 			if out == "" {
 				return fmt.Errorf("--out DIR is required")
 			}
@@ -76,14 +79,42 @@ func newAdminCertCreateCmd(g *globals) *cobra.Command {
 					return err
 				}
 			}
+			if g.format == "json" {
+				j := adminCertCreatedJSON{
+					Dir: out, CA: filepath.Join(out, "ca.pem"), Cert: filepath.Join(out, "cert.pem"), Key: filepath.Join(out, "key.pem"),
+					Serial: resp.GetSerial(),
+				}
+				if certs, err := ca.ParseCertificates(resp.GetCertificate()); err == nil {
+					j.NotAfter = certs[0].NotAfter.UTC()
+				}
+				return writeJSON(cmd.OutOrStdout(), j)
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Wrote ca.pem, cert.pem and key.pem to %s (serial %s, valid %s). Use them with:\n\n    QUORUMCA_CERT_PATH=%s quorumca --host tcp://MANAGER:2377 status\n\nRevoke it with `quorumca admin-cert rm %s`.\n",
 				out, resp.GetSerial(), validity(resp.GetCertificate()), out, resp.GetSerial())
 			return nil
 		},
 	}
+	addFormatFlag(cmd, g)
 	cmd.Flags().StringVar(&out, "out", "", "directory to write ca.pem, cert.pem and key.pem into")
 	cmd.Flags().DurationVar(&ttl, "ttl", 0, fmt.Sprintf("validity of the certificate (default %s, at most %s)", manager.DefaultAdminCertTTL, manager.MaxAdminCertTTL))
 	return cmd
+}
+
+// adminCertCreatedJSON is the stable --format json shape of admin-cert
+// create: where the files are, never what the key is.
+type adminCertCreatedJSON struct {
+	Dir      string    `json:"dir"`
+	CA       string    `json:"ca_file"`
+	Cert     string    `json:"cert_file"`
+	Key      string    `json:"key_file"`
+	Serial   string    `json:"serial"`
+	NotAfter time.Time `json:"not_after"`
+}
+
+// adminCertRmJSON is the stable --format json shape of admin-cert rm: the
+// serials revoked, none when none was left to revoke.
+type adminCertRmJSON struct {
+	Revoked []string `json:"revoked"`
 }
 
 // adminCertJSON is the stable --format json shape of admin-cert ls.
@@ -145,11 +176,14 @@ func newAdminCertLsCmd(g *globals) *cobra.Command {
 }
 
 func newAdminCertRmCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "rm SERIAL... | all",
 		Short: "Revoke admin certificates: every manager refuses them from then on",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
 			req := &api.RevokeAdminCertificatesRequest{}
 			if len(args) == 1 && strings.EqualFold(args[0], "all") {
 				req.All = true
@@ -165,6 +199,9 @@ func newAdminCertRmCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return rpcError(err)
 			}
+			if g.format == "json" {
+				return writeJSON(cmd.OutOrStdout(), adminCertRmJSON{Revoked: append([]string{}, resp.GetSerials()...)})
+			}
 			if len(resp.GetSerials()) == 0 {
 				fmt.Fprintln(cmd.OutOrStdout(), "No admin certificate was left to revoke.")
 				return nil
@@ -173,4 +210,6 @@ func newAdminCertRmCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	addFormatFlag(cmd, g)
+	return cmd
 }

@@ -61,6 +61,9 @@ With no leader (the majority lost), --stale backs up what the manager has
 applied, and says so in the file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
 			if out == "" {
 				return errors.New("--out FILE is required: where to write the backup")
 			}
@@ -97,10 +100,14 @@ applied, and says so in the file.`,
 			if err := agent.WriteFileAtomic(out, file.Bytes(), 0o600); err != nil {
 				return err
 			}
+			if g.format == "json" {
+				return writeJSON(cmd.OutOrStdout(), toBackupJSON(out, h))
+			}
 			printBackup(cmd.OutOrStdout(), out, h)
 			return nil
 		},
 	}
+	addFormatFlag(cmd, g)
 	cmd.Flags().StringVarP(&out, "out", "o", "", "file to write the backup to (0600; replaced atomically)")
 	cmd.Flags().StringVar(&passFile, "passphrase-file", "", "file whose first line is the passphrase to encrypt with (at least 12 characters); default with autolock on: the unlock key")
 	cmd.Flags().BoolVar(&stale, "stale", false, "with no leader: back up what this manager has applied")
@@ -125,6 +132,33 @@ func fetchState(ctx context.Context, client api.ControlClient, stale bool) (*api
 		return nil, nil, fmt.Errorf("the manager sent a state at index %d, not the %d it named", st.Index, info.GetIndex())
 	}
 	return info, st, nil
+}
+
+// backupJSON is the stable --format json shape of backup: what the file
+// holds and how it is keyed, never the key.
+type backupJSON struct {
+	File            string    `json:"file"`
+	ClusterID       string    `json:"cluster_id"`
+	Index           uint64    `json:"index"`
+	Term            uint64    `json:"term"`
+	TakenAt         time.Time `json:"taken_at"`
+	TakenFrom       string    `json:"taken_from"`
+	Stale           bool      `json:"stale"`
+	Nodes           int       `json:"nodes"`
+	Managers        int       `json:"managers"`
+	RootFingerprint string    `json:"root_fingerprint"`
+	// EncryptedWith is "passphrase" or "unlock-key" (then UnlockKeyID
+	// names the key).
+	EncryptedWith string `json:"encrypted_with"`
+	UnlockKeyID   string `json:"unlock_key_id,omitempty"`
+}
+
+func toBackupJSON(path string, h backup.Header) backupJSON {
+	return backupJSON{
+		File: path, ClusterID: h.ClusterID, Index: h.Index, Term: h.Term, TakenAt: h.TakenAt.UTC(), TakenFrom: h.TakenFrom,
+		Stale: h.Stale, Nodes: h.Nodes, Managers: h.Managers, RootFingerprint: h.RootFingerprint,
+		EncryptedWith: h.Key.Kind, UnlockKeyID: h.Key.UnlockKeyID,
+	}
 }
 
 func printBackup(w io.Writer, path string, h backup.Header) {
@@ -160,6 +194,9 @@ The backup opens with the passphrase it was written with
 (--unlock-key-file, else standard input).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
 			if err := agent.CheckDataDir(g.dataDir); err != nil {
 				return err
 			}
@@ -216,14 +253,58 @@ The backup opens with the passphrase it was written with
 			if err != nil {
 				return err
 			}
+			if g.format == "json" {
+				return writeJSON(cmd.OutOrStdout(), toRestoreJSON(g.dataDir, h, r))
+			}
 			printRestore(cmd.OutOrStdout(), g.dataDir, h, r)
 			return nil
 		},
 	}
+	addFormatFlag(cmd, g)
 	d.registerAddrs(cmd)
 	cmd.Flags().StringVar(&passFile, "passphrase-file", "", "file whose first line is the backup's passphrase")
 	cmd.Flags().StringVar(&unlockKeyFile, "unlock-key-file", "", "file holding the unlock key the backup was taken under (default: read standard input)")
 	return cmd
+}
+
+// restoreJSON is the stable --format json shape of restore.
+type restoreJSON struct {
+	ClusterID       string    `json:"cluster_id"`
+	DataDir         string    `json:"data_dir"`
+	NodeID          string    `json:"node_id"`
+	Nodes           int       `json:"nodes"`
+	RootFingerprint string    `json:"root_fingerprint"`
+	BackupIndex     uint64    `json:"backup_index"`
+	BackupTakenAt   time.Time `json:"backup_taken_at"`
+	// RemovedManagers are the backup's managers, removed: each joins
+	// again with a manager token.
+	RemovedManagers []string `json:"removed_managers"`
+	// Autolock: the manager starts locked, and takes the unlock key.
+	Autolock bool `json:"autolock"`
+	// StartCommand is how to start the manager.
+	StartCommand string `json:"start_command"`
+}
+
+func toRestoreJSON(dir string, h backup.Header, r manager.Restored) restoreJSON {
+	st := r.State
+	out := restoreJSON{
+		ClusterID: st.ClusterID, DataDir: dir, NodeID: r.NodeID, Nodes: st.Nodes.Len(), RootFingerprint: h.RootFingerprint,
+		BackupIndex: h.Index, BackupTakenAt: h.TakenAt.UTC(), RemovedManagers: []string{}, Autolock: st.Autolock,
+		StartCommand: restoreStart(dir, st.Autolock),
+	}
+	if st.Recovery != nil {
+		out.RemovedManagers = append(out.RemovedManagers, st.Recovery.Lost...)
+	}
+	return out
+}
+
+// restoreStart is the command that starts the manager restore made in dir.
+func restoreStart(dir string, autolock bool) string {
+	start := "quorumca run --data-dir " + dir
+	if autolock {
+		start += " --unlock-key-file F"
+	}
+	return start
 }
 
 func printRestore(w io.Writer, dir string, h backup.Header, r manager.Restored) {
@@ -234,11 +315,9 @@ func printRestore(w io.Writer, dir string, h backup.Header, r manager.Restored) 
 	if lost := st.Recovery.Lost; len(lost) > 0 {
 		fmt.Fprintf(w, "The backup's managers are removed: %s. To bring one back, empty its data directory and join it with a manager token.\n", strings.Join(lost, ", "))
 	}
-	start := "quorumca run --data-dir " + dir
 	if st.Autolock {
-		start += " --unlock-key-file F"
 		fmt.Fprintln(w, "Autolock is on: it starts locked, and takes the cluster's unlock key.")
 	}
-	fmt.Fprintf(w, "Start it with: %s\n", start)
+	fmt.Fprintf(w, "Start it with: %s\n", restoreStart(dir, st.Autolock))
 	fmt.Fprintln(w, "Workers reconnect by themselves if it listens where a manager of the backup did; otherwise run each once with --join-addr and this manager's address.")
 }

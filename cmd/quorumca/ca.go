@@ -48,6 +48,11 @@ new root through its "CA" signing profile, which needs the new root's key:
 give it with --ca-key; it is used once and not stored.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
+			// -q wins over --format, as everywhere: the bundle alone.
+			asJSON := g.format == "json" && !quiet
 			fl := cmd.Flags()
 			if !rotate {
 				for _, f := range []string{"ca-cert", "ca-key", "cert-expiry", "detach", "external-ca"} {
@@ -110,6 +115,9 @@ give it with --ca-key; it is used once and not stored.`,
 				if err != nil {
 					return rpcError(err)
 				}
+				if asJSON {
+					return writeJSON(w, caJSON{Bundle: string(resp.GetBundle()), Rotation: toCARotationJSON(resp.GetRotation())})
+				}
 				// The bundle alone on stdout (scripts keep it in a file);
 				// a running rotation's progress on stderr.
 				if rot := resp.GetRotation(); rot.GetInProgress() {
@@ -127,6 +135,9 @@ give it with --ca-key; it is used once and not stored.`,
 				return rpcError(err)
 			}
 			rot := started.GetRotation()
+			if asJSON {
+				return printRotateJSON(cmd, client, rot, detach)
+			}
 			if detach {
 				if !quiet {
 					fmt.Fprintf(w, "Root rotation started (new root %s); follow it with `quorumca ca`.\n", short(rot.GetNewRootFingerprint()))
@@ -146,15 +157,136 @@ give it with --ca-key; it is used once and not stored.`,
 	f.StringArrayVar(&externalCAs, "external-ca", nil, "with --rotate: rotate to this "+externalCAUsage)
 	f.DurationVar(&certExpiry, "cert-expiry", 0, "with --rotate: also change the validity of node certificates (minimum 1h)")
 	f.BoolVarP(&detach, "detach", "d", false, "with --rotate: start the rotation and return")
-	f.BoolVarP(&quiet, "quiet", "q", false, "print no progress, only the new root at the end")
+	f.BoolVarP(&quiet, "quiet", "q", false, "print no progress, only the new root at the end (wins over --format)")
+	addFormatFlag(cmd, g)
 	return cmd
 }
+
+// caJSON is the stable --format json shape of ca: the trust bundle and
+// the latest rotation, if any; with --rotate, the new bundle and the
+// rotation as it ended (or as last seen, when watching stopped first).
+type caJSON struct {
+	Bundle   string          `json:"bundle,omitempty"`
+	Rotation *caRotationJSON `json:"rotation,omitempty"`
+	// NodesWaiting (ca --rotate) counts the nodes, skipped ones aside,
+	// that have not taken the new root yet: they do at their next
+	// heartbeat.
+	NodesWaiting uint32 `json:"nodes_waiting,omitempty"`
+	// StoppedWatching (ca --rotate): the command stopped before the
+	// rotation ended; it goes on in the cluster.
+	StoppedWatching bool `json:"stopped_watching,omitempty"`
+}
+
+// caRotationJSON is a root rotation in ca's --format json.
+type caRotationJSON struct {
+	InProgress   bool               `json:"in_progress"`
+	StartedAt    time.Time          `json:"started_at"`
+	CompletedAt  *time.Time         `json:"completed_at,omitempty"`
+	NewRoot      string             `json:"new_root_fingerprint"`
+	Total        uint32             `json:"total"`
+	Converged    uint32             `json:"converged"`
+	Trusting     uint32             `json:"trusting"`
+	Skipped      uint32             `json:"skipped"`
+	GraceSeconds int64              `json:"grace_seconds"`
+	Nodes        []rotationNodeJSON `json:"nodes"`
+}
+
+// rotationNodeJSON is a node in a rotation.
+type rotationNodeJSON struct {
+	ID            string     `json:"id"`
+	Role          string     `json:"role"`
+	State         string     `json:"state"`
+	DownSince     *time.Time `json:"down_since,omitempty"`
+	TrustsNewRoot bool       `json:"trusts_new_root"`
+}
+
+func toCARotationJSON(rot *api.Rotation) *caRotationJSON {
+	if rot == nil {
+		return nil
+	}
+	out := &caRotationJSON{
+		InProgress: rot.GetInProgress(), StartedAt: time.Unix(rot.GetStartedAt(), 0).UTC(), NewRoot: rot.GetNewRootFingerprint(),
+		Total: rot.GetTotal(), Converged: rot.GetConverged(), Trusting: rot.GetTrusting(), Skipped: rot.GetSkipped(),
+		GraceSeconds: rot.GetGraceSeconds(), Nodes: []rotationNodeJSON{},
+	}
+	if c := rot.GetCompletedAt(); c > 0 {
+		t := time.Unix(c, 0).UTC()
+		out.CompletedAt = &t
+	}
+	for _, n := range rot.GetNodes() {
+		nj := rotationNodeJSON{ID: n.GetId(), Role: n.GetRole(), State: n.GetState(), TrustsNewRoot: n.GetTrustsNewRoot()}
+		if d := n.GetDownSince(); d > 0 {
+			t := time.Unix(d, 0).UTC()
+			nj.DownSince = &t
+		}
+		out.Nodes = append(out.Nodes, nj)
+	}
+	return out
+}
+
+// printRotateJSON prints, for ca --rotate --format json, one object: with
+// detach, the rotation just started; else, followed without drawing
+// progress, the rotation as it ended and the new bundle.
+func printRotateJSON(cmd *cobra.Command, client api.ControlClient, started *api.Rotation, detach bool) error {
+	w := cmd.OutOrStdout()
+	if detach {
+		return writeJSON(w, caJSON{Rotation: toCARotationJSON(started)})
+	}
+	end, err := followRotation(cmd.Context(), client, started.GetStartedAt(), func(*api.Rotation) {})
+	if err != nil {
+		return err
+	}
+	rot := end.rot
+	if rot == nil {
+		rot = started
+	}
+	if end.stopped {
+		fmt.Fprintln(cmd.ErrOrStderr(), stoppedWatching)
+	}
+	return writeJSON(w, caJSON{Bundle: string(end.bundle), Rotation: toCARotationJSON(rot), NodesWaiting: end.waiting, StoppedWatching: end.stopped})
+}
+
+// stoppedWatching is what ca --rotate says when it stops watching first.
+const stoppedWatching = "Stopped watching; the rotation goes on. `quorumca ca --rotate` is not needed again: `quorumca status` shows its progress."
 
 // watchRotation shows the progress of the rotation that started at
 // startedAt (unix seconds) until it completed and the reachable nodes
 // trust the new root, then prints the new root.
 func watchRotation(ctx context.Context, client api.ControlClient, startedAt int64, w io.Writer, quiet bool) error {
 	p := &progress{w: w, tty: isTerminal(w), quiet: quiet}
+	end, err := followRotation(ctx, client, startedAt, p.show)
+	if err != nil {
+		return err
+	}
+	if end.stopped {
+		fmt.Fprintln(w, stoppedWatching)
+		return nil
+	}
+	if !quiet {
+		reportRotation(w, end.rot, end.waiting)
+	}
+	_, err = w.Write(end.bundle)
+	return err
+}
+
+// rotationEnd is where followRotation stopped.
+type rotationEnd struct {
+	// rot is the rotation last seen (nil if none was); bundle the trust
+	// bundle once it ended; waiting the nodes, skipped ones aside, that
+	// do not trust the new root yet.
+	rot     *api.Rotation
+	bundle  []byte
+	waiting uint32
+	// stopped: ctx ended first; the rotation goes on.
+	stopped bool
+}
+
+// followRotation polls the rotation that started at startedAt (unix
+// seconds), calling show with each answer, until it completed and the
+// reachable nodes trust the new root (or a minute passed since it
+// completed), or ctx ends.
+func followRotation(ctx context.Context, client api.ControlClient, startedAt int64, show func(*api.Rotation)) (rotationEnd, error) {
+	var last *api.Rotation
 	var lastErr error
 	failingSince := time.Time{}
 	// Once complete, wait this long at most for the nodes to take the new
@@ -167,8 +299,7 @@ func watchRotation(ctx context.Context, client api.ControlClient, startedAt int6
 		cancel()
 		switch {
 		case ctx.Err() != nil:
-			fmt.Fprintln(w, "Stopped watching; the rotation goes on. `quorumca ca --rotate` is not needed again: `quorumca status` shows its progress.")
-			return nil
+			return rotationEnd{rot: last, stopped: true}, nil
 		case err != nil:
 			// A leader change mid-rotation: the new leader carries on.
 			if failingSince.IsZero() {
@@ -176,26 +307,23 @@ func watchRotation(ctx context.Context, client api.ControlClient, startedAt int6
 			}
 			lastErr = err
 			if time.Since(failingSince) > time.Minute || status.Code(err) == codes.PermissionDenied {
-				return fmt.Errorf("lost track of the rotation (it goes on in the cluster): %w", rpcError(lastErr))
+				return rotationEnd{}, fmt.Errorf("lost track of the rotation (it goes on in the cluster): %w", rpcError(lastErr))
 			}
 		default:
 			failingSince = time.Time{}
 			rot := resp.GetRotation()
 			if rot == nil || rot.GetStartedAt() != startedAt {
-				return errors.New("the rotation is no longer the cluster's latest; see `quorumca ca`")
+				return rotationEnd{}, errors.New("the rotation is no longer the cluster's latest; see `quorumca ca`")
 			}
-			p.show(rot)
+			last = rot
+			show(rot)
 			if !rot.GetInProgress() {
 				if completedAt.IsZero() {
 					completedAt = time.Now()
 				}
 				waiting := untrusting(rot)
 				if waiting == 0 || time.Since(completedAt) > spreadWait {
-					if !quiet {
-						reportRotation(w, rot, waiting)
-					}
-					_, err := w.Write(resp.GetBundle())
-					return err
+					return rotationEnd{rot: rot, bundle: resp.GetBundle(), waiting: waiting}, nil
 				}
 			}
 		}

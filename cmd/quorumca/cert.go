@@ -19,6 +19,20 @@ func newCertCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// certRevokedJSON is the stable --format json shape of cert revoke.
+type certRevokedJSON struct {
+	// Serial is the serial as given.
+	Serial string `json:"serial"`
+	// Kind is "node" or "admin"; ID the node's ID, or the admin
+	// certificate's.
+	Kind string `json:"kind"`
+	ID   string `json:"id"`
+	// Current: the node's current certificate (it renews with a fresh
+	// key at its next heartbeat).
+	Current bool   `json:"current"`
+	Reason  string `json:"reason"`
+}
+
 func newCertRevokeCmd(g *globals) *cobra.Command {
 	var reason string
 	cmd := &cobra.Command{
@@ -34,6 +48,9 @@ at its next heartbeat; it does not remove the node: to shut a node out, use
 quorumca node rm.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
 			code, err := ca.ParseReason(reason)
 			if err != nil {
 				return err
@@ -48,6 +65,9 @@ quorumca node rm.`,
 				return rpcError(err)
 			}
 			w := cmd.OutOrStdout()
+			if g.format == "json" {
+				return writeJSON(w, certRevokedJSON{Serial: args[0], Kind: resp.GetKind(), ID: resp.GetId(), Current: resp.GetCurrent(), Reason: reason})
+			}
 			switch {
 			case resp.GetKind() == "admin":
 				fmt.Fprintf(w, "Revoked admin certificate %s (%s).\n", args[0], resp.GetId())
@@ -59,6 +79,7 @@ quorumca node rm.`,
 			return nil
 		},
 	}
+	addFormatFlag(cmd, g)
 	cmd.Flags().StringVar(&reason, "reason", "unspecified", "RFC 5280 reason: unspecified, keyCompromise, affiliationChanged, superseded or cessationOfOperation")
 	return cmd
 }

@@ -12,8 +12,14 @@ import (
 	"github.com/quorumca/quorumca/ca"
 )
 
+// leaveJSON is the stable --format json shape of leave.
+type leaveJSON struct {
+	NodeID    string `json:"node_id"`
+	ClusterID string `json:"cluster_id"`
+}
+
 func newLeaveCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "leave",
 		Short: "Take this worker out of the cluster: a manager removes it, then it deletes its credentials and stops",
 		Long: `Take this worker out of the cluster. The worker asks a manager, with its
@@ -25,6 +31,9 @@ A manager does not leave by itself: demote it first (quorumca node demote
 ID, on a manager), then run leave on it once it is a worker.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
 			if strings.HasPrefix(g.host, "tcp://") {
 				return errors.New("leave runs on the node's own control socket: give its --data-dir (or --host unix://SOCKET), not --host tcp://")
 			}
@@ -43,8 +52,13 @@ ID, on a manager), then run leave on it once it is a worker.`,
 			if _, err := client.RemoveNode(ctx, &api.RemoveNodeRequest{NodeId: st.GetNodeId()}); err != nil {
 				return rpcError(err)
 			}
+			if g.format == "json" {
+				return writeJSON(cmd.OutOrStdout(), leaveJSON{NodeID: st.GetNodeId(), ClusterID: st.GetClusterId()})
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Node %s left cluster %s: the managers no longer admit it; its credentials are deleted and its daemon stops.\n", st.GetNodeId(), st.GetClusterId())
 			return nil
 		},
 	}
+	addFormatFlag(cmd, g)
+	return cmd
 }

@@ -296,25 +296,65 @@ func printNode(w io.Writer, n nodeJSON) {
 	fmt.Fprintf(w, "TLS status:      %s\n", n.TLSStatus)
 }
 
+// nodeRoleJSON is the stable --format json shape of node promote and
+// node demote: the nodes that now have role.
+type nodeRoleJSON struct {
+	Role  string   `json:"role"`
+	Nodes []string `json:"nodes"`
+}
+
+// nodeRmJSON is the stable --format json shape of node rm.
+type nodeRmJSON struct {
+	Removed []string `json:"removed"`
+}
+
+// writeChanged writes, with --format json, v, which names the nodes
+// changed: when err is nil, or when some nodes were changed before others
+// failed (as the table form prints those), so that stdout says what was
+// done; err is returned either way.
+func writeChanged(w io.Writer, changed int, v any, err error) error {
+	if err == nil || changed > 0 {
+		if werr := writeJSON(w, v); werr != nil {
+			return errors.Join(err, werr)
+		}
+	}
+	return err
+}
+
 func newNodeRoleCmd(g *globals, verb, role string) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   verb + " NODE_ID...",
 		Short: fmt.Sprintf("Make nodes %ss (each renews its certificate with the new role)", role),
 		Long: fmt.Sprintf(`Make nodes %ss: each renews its certificate with the new role. Each
 NODE_ID is a node's ID, or the start of one that no other node's ID starts
 with; if one names no node, or several, nothing is done. A node that fails
-does not stop the others; the command then fails, naming it.`, role),
+does not stop the others; the command then fails, naming it. With
+--format json, the nodes changed are printed as {"role": ROLE, "nodes":
+[ID...]}, also when others failed.`, role),
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return forNodes(cmd, g, args, 30*time.Second, func(ctx context.Context, client api.ControlClient, n nodeJSON) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
+			out := nodeRoleJSON{Role: role, Nodes: []string{}}
+			err := forNodes(cmd, g, args, 30*time.Second, func(ctx context.Context, client api.ControlClient, n nodeJSON) error {
 				if _, err := client.SetRole(ctx, &api.SetRoleRequest{NodeId: n.ID, Role: role}); err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "Node %s is now a %s.\n", n.ID, role)
+				out.Nodes = append(out.Nodes, n.ID)
+				if g.format != "json" {
+					fmt.Fprintf(cmd.OutOrStdout(), "Node %s is now a %s.\n", n.ID, role)
+				}
 				return nil
 			})
+			if g.format == "json" {
+				return writeChanged(cmd.OutOrStdout(), len(out.Nodes), out, err)
+			}
+			return err
 		},
 	}
+	addFormatFlag(cmd, g)
+	return cmd
 }
 
 func newNodeRmCmd(g *globals) *cobra.Command {
@@ -326,18 +366,31 @@ func newNodeRmCmd(g *globals) *cobra.Command {
 is a node's ID, or the start of one that no other node's ID starts with;
 if one names no node, or several, nothing is removed. Each node removed is
 printed; a node that fails does not stop the others, and the command then
-fails, naming it.`,
+fails, naming it. With --format json, the nodes removed are printed as
+{"removed": [ID...]}, also when others failed.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return forNodes(cmd, g, args, 30*time.Second, func(ctx context.Context, client api.ControlClient, n nodeJSON) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
+			out := nodeRmJSON{Removed: []string{}}
+			err := forNodes(cmd, g, args, 30*time.Second, func(ctx context.Context, client api.ControlClient, n nodeJSON) error {
 				if _, err := client.RemoveNode(ctx, &api.RemoveNodeRequest{NodeId: n.ID, Force: force}); err != nil {
 					return err
 				}
-				fmt.Fprintln(cmd.OutOrStdout(), n.ID)
+				out.Removed = append(out.Removed, n.ID)
+				if g.format != "json" {
+					fmt.Fprintln(cmd.OutOrStdout(), n.ID)
+				}
 				return nil
 			})
+			if g.format == "json" {
+				return writeChanged(cmd.OutOrStdout(), len(out.Removed), out, err)
+			}
+			return err
 		},
 	}
+	addFormatFlag(cmd, g)
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "remove the node even if it is live")
 	return cmd
 }

@@ -84,8 +84,16 @@ func refuseUnknownSubcommands(c *cobra.Command) {
 	if c.HasParent() && c.HasSubCommands() && c.Run == nil && c.RunE == nil {
 		c.Args = unknownSubcommand
 		c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+		if c.Annotations == nil {
+			c.Annotations = map[string]string{}
+		}
+		c.Annotations[groupAnnotation] = "true"
 	}
 }
+
+// groupAnnotation marks a command that only groups others: it prints its
+// help, and needs no --format.
+const groupAnnotation = "quorumca/group"
 
 // unknownSubcommand is the Args of a group command: no argument, or the
 // error cobra gives the root for an unknown command, with its suggestions.

@@ -28,6 +28,18 @@ func printAutolock(w io.Writer, on bool, key string) {
 	}
 }
 
+// unlockKeyJSON is the stable --format json shape of unlock-key: the key,
+// which the table form prints too.
+type unlockKeyJSON struct {
+	UnlockKey string `json:"unlock_key"`
+	Rotated   bool   `json:"rotated,omitempty"`
+}
+
+// unlockJSON is the stable --format json shape of unlock.
+type unlockJSON struct {
+	Unlocked bool `json:"unlocked"`
+}
+
 func newUnlockKeyCmd(g *globals) *cobra.Command {
 	var quiet, rotate bool
 	cmd := &cobra.Command{
@@ -35,6 +47,9 @@ func newUnlockKeyCmd(g *globals) *cobra.Command {
 		Short: "Show (or rotate) the unlock key of a cluster with autolock on",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
 			client, ctx, done, err := g.control(cmd, 30*time.Second)
 			if err != nil {
 				return err
@@ -49,6 +64,9 @@ func newUnlockKeyCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(w, resp.GetUnlockKey())
 				return nil
 			}
+			if g.format == "json" {
+				return writeJSON(w, unlockKeyJSON{UnlockKey: resp.GetUnlockKey(), Rotated: rotate})
+			}
 			if rotate {
 				fmt.Fprintln(w, "Rotated the unlock key. A manager that was down meanwhile unlocks with the key before, then moves to this one: an --unlock-key-file may hold both, one per line.")
 			}
@@ -56,7 +74,8 @@ func newUnlockKeyCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print the key only")
+	addFormatFlag(cmd, g)
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print the key only (wins over --format)")
 	cmd.Flags().BoolVar(&rotate, "rotate", false, "replace the unlock key")
 	return cmd
 }
@@ -68,6 +87,9 @@ func newUnlockCmd(g *globals) *cobra.Command {
 		Short: "Give a locked manager the unlock key (read from the terminal, or --key-file)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
 			key, err := readUnlockKey(cmd, keyFile, "--key-file")
 			if err != nil {
 				return err
@@ -83,10 +105,14 @@ func newUnlockCmd(g *globals) *cobra.Command {
 			if _, err := client.Unlock(ctx, &api.UnlockRequest{UnlockKey: key}); err != nil {
 				return rpcError(err)
 			}
+			if g.format == "json" {
+				return writeJSON(cmd.OutOrStdout(), unlockJSON{Unlocked: true})
+			}
 			fmt.Fprintln(cmd.OutOrStdout(), "Unlocked: the manager starts.")
 			return nil
 		},
 	}
+	addFormatFlag(cmd, g)
 	cmd.Flags().StringVar(&keyFile, "key-file", "", "file whose first line is the unlock key (default: read it from standard input)")
 	return cmd
 }

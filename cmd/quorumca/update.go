@@ -23,6 +23,9 @@ func newUpdateCmd(g *globals) *cobra.Command {
 		Short: "Change cluster settings",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
 			fl := cmd.Flags()
 			if !fl.Changed("cert-expiry") && !fl.Changed("rotation-grace") && !fl.Changed("external-ca") && !fl.Changed("autolock") {
 				return fmt.Errorf("nothing to update: give --cert-expiry, --rotation-grace, --external-ca or --autolock")
@@ -57,6 +60,18 @@ func newUpdateCmd(g *globals) *cobra.Command {
 				return rpcError(err)
 			}
 			w := cmd.OutOrStdout()
+			if g.format == "json" {
+				out := updateJSON{
+					CertExpirySeconds: resp.GetCertExpirySeconds(), RotationGraceSeconds: resp.GetRotationGraceSeconds(),
+					ExternalCAs: externalJSON(resp.GetExternalCa()), Autolock: resp.GetAutolock(),
+				}
+				// The unlock key, made when --autolock turned it on, as the
+				// table form prints it.
+				if fl.Changed("autolock") {
+					out.UnlockKey = resp.GetUnlockKey()
+				}
+				return writeJSON(w, out)
+			}
 			if fl.Changed("cert-expiry") {
 				fmt.Fprintf(w, "Cert expiry: %s. Nodes whose certificates outlive it renew now.\n", time.Duration(resp.GetCertExpirySeconds())*time.Second)
 			}
@@ -75,11 +90,39 @@ func newUpdateCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	addFormatFlag(cmd, g)
 	cmd.Flags().DurationVar(&certExpiry, "cert-expiry", 0, "validity of node certificates issued from now on (minimum 1h)")
 	cmd.Flags().DurationVar(&grace, "rotation-grace", fsm.DefaultRotationGrace, "how long a root rotation waits for an unreachable node (minimum 1s)")
 	cmd.Flags().BoolVar(&autolock, "autolock", false, "seal every manager's keys under an unlock key (a manager that restarts is locked until it is given it)")
 	cmd.Flags().StringArrayVar(&externalCAs, "external-ca", nil, "replace the cluster's external CAs (each must answer and sign with the cluster's CA): "+externalCAUsage)
 	return cmd
+}
+
+// updateJSON is the stable --format json shape of update: the cluster's
+// settings after the change, every one of them.
+type updateJSON struct {
+	CertExpirySeconds    int64            `json:"cert_expiry_seconds"`
+	RotationGraceSeconds int64            `json:"rotation_grace_seconds"`
+	ExternalCAs          []externalCAJSON `json:"external_cas"`
+	Autolock             bool             `json:"autolock"`
+	// UnlockKey is the key made when this update turned autolock on.
+	UnlockKey string `json:"unlock_key,omitempty"`
+}
+
+// externalCAJSON is an external CA in --format json: never its auth key,
+// only whether one is set.
+type externalCAJSON struct {
+	Protocol   string `json:"protocol"`
+	URL        string `json:"url"`
+	AuthKeySet bool   `json:"auth_key_set"`
+}
+
+func externalJSON(cas []*api.ExternalCA) []externalCAJSON {
+	out := []externalCAJSON{}
+	for _, e := range cas {
+		out = append(out, externalCAJSON{Protocol: e.GetProtocol(), URL: e.GetUrl(), AuthKeySet: len(e.GetAuthKey()) > 0})
+	}
+	return out
 }
 
 func newJoinTokenCreateCmd(g *globals) *cobra.Command {
@@ -93,6 +136,9 @@ func newJoinTokenCreateCmd(g *globals) *cobra.Command {
 		Short: "Add a join token that expires after --ttl or runs out after --uses joins",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
 			if args[0] != "worker" && args[0] != "manager" {
 				return fmt.Errorf("role %q: use worker or manager", args[0])
 			}
@@ -121,14 +167,19 @@ func newJoinTokenCreateCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(w, resp.GetToken())
 				return nil
 			}
+			addr := g.askedAddr(ctx, client, resp.GetManagers())
+			if g.format == "json" {
+				return writeJSON(w, joinTokenJSON{ID: resp.GetId(), Role: args[0], Token: resp.GetToken(), JoinAddr: addr})
+			}
 			fmt.Fprintf(w, "Created join token %s.\n", resp.GetId())
-			printJoinCommand(w, args[0], resp.GetToken(), g.askedAddr(ctx, client, resp.GetManagers()))
+			printJoinCommand(w, args[0], resp.GetToken(), addr)
 			return nil
 		},
 	}
+	addFormatFlag(cmd, g)
 	cmd.Flags().DurationVar(&ttl, "ttl", 0, "how long the token admits nodes (0: no expiry)")
 	cmd.Flags().IntVar(&uses, "uses", 0, "how many nodes the token admits (0: unlimited)")
-	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print the token only")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print the token only (wins over --format)")
 	return cmd
 }
 
@@ -188,12 +239,20 @@ func newJoinTokenLsCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// tokenRevokedJSON is the stable --format json shape of join-token revoke.
+type tokenRevokedJSON struct {
+	ID string `json:"id"`
+}
+
 func newJoinTokenRevokeCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "revoke TOKEN_ID",
 		Short: "Revoke an extra join token at once",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.checkFormat(); err != nil {
+				return err
+			}
 			client, ctx, done, err := g.control(cmd, 30*time.Second)
 			if err != nil {
 				return err
@@ -202,10 +261,15 @@ func newJoinTokenRevokeCmd(g *globals) *cobra.Command {
 			if _, err := client.RevokeToken(ctx, &api.RevokeTokenRequest{Id: args[0]}); err != nil {
 				return rpcError(err)
 			}
+			if g.format == "json" {
+				return writeJSON(cmd.OutOrStdout(), tokenRevokedJSON{ID: args[0]})
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Revoked join token %s.\n", args[0])
 			return nil
 		},
 	}
+	addFormatFlag(cmd, g)
+	return cmd
 }
 
 // validity says until when a PEM certificate is valid.
