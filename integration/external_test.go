@@ -447,6 +447,14 @@ func TestExternalCAUnavailable(t *testing.T) {
 			t.Fatalf("the cluster has %d nodes, want %d", got, before+1)
 		}
 		before = nodes()
+		// The manager's metrics count the requests to the CA by result.
+		fams := gathered(t, rc.Managers[0])
+		url := strings.TrimSuffix(cf.URL, "/")
+		down, _ := value(fams, "quorumca_external_ca_requests_total", map[string]string{"url": url, "result": "down"})
+		ok, _ := value(fams, "quorumca_external_ca_requests_total", map[string]string{"url": url, "result": "ok"})
+		if down < 1 || ok < 1 {
+			t.Errorf("quorumca_external_ca_requests_total{url=%s}: down %v, ok %v; want both counted", url, down, ok)
+		}
 	})
 
 	t.Run("slow, with a fallback", func(t *testing.T) {

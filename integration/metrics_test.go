@@ -49,6 +49,20 @@ func families(t *testing.T, n *clustertest.Node) map[string]*dto.MetricFamily {
 	return fams
 }
 
+// gathered returns n's metrics as its registry gathers them.
+func gathered(t *testing.T, n *clustertest.Node) map[string]*dto.MetricFamily {
+	t.Helper()
+	fams, err := n.Node().Registry().Gather()
+	if err != nil {
+		t.Fatalf("gather %s's metrics: %v", n.Name, err)
+	}
+	out := map[string]*dto.MetricFamily{}
+	for _, f := range fams {
+		out[f.GetName()] = f
+	}
+	return out
+}
+
 // value returns the value of the metric of fam whose labels include
 // labels, and whether there is one.
 func value(fams map[string]*dto.MetricFamily, name string, labels map[string]string) (float64, bool) {
