@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -42,6 +43,18 @@ func (s caService) GetRootBundle(ctx context.Context, _ *api.GetRootBundleReques
 func (s caService) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCertificateRequest) (*api.IssueNodeCertificateResponse, error) {
 	m := s.m
 	adm, err := m.checkJoin(ctx, req)
+	if errors.Is(err, errBadToken) || errors.Is(err, errTokenRoot) {
+		// This manager may lag behind a token or root rotation the
+		// cluster has acknowledged (a follower, or a leader just elected):
+		// catch up with the leader before refusing a token that may be
+		// the current one.
+		// One that cannot catch up cannot judge: it says so (Unavailable)
+		// rather than refuse a token it may not know yet.
+		if rerr := m.readIndex(ctx); rerr != nil {
+			return nil, rerr
+		}
+		adm, err = m.checkJoin(ctx, req)
+	}
 	if err != nil {
 		m.log.Warn("join refused", "from", callOf(ctx).Addr, "err", err)
 		return nil, err
@@ -157,7 +170,16 @@ func (m *Manager) admit(ctx context.Context, a *api.AdmitRequest) (*api.IssueNod
 	// The manager that checked the proof may lag behind a rotation of the
 	// secret: sign nothing for a secret that no longer admits.
 	if !admits(st, role, [32]byte(a.GetSecretHash()), a.GetTokenId(), m.cfg.Now()) {
-		return nil, fmt.Errorf("%w (it was rotated or revoked)", errBadToken)
+		// A leader just elected may not have applied its predecessor's
+		// last entries yet (a rotation to this very secret): catch up,
+		// then judge; a leader that cannot cannot judge.
+		if err := m.leaderReady(ctx); err != nil {
+			return nil, err
+		}
+		st = m.machine.State()
+		if !admits(st, role, [32]byte(a.GetSecretHash()), a.GetTokenId(), m.cfg.Now()) {
+			return nil, fmt.Errorf("%w (it was rotated or revoked)", errBadToken)
+		}
 	}
 	pub, err := ca.ParseCSR(a.GetCsr())
 	if err != nil {

@@ -108,16 +108,19 @@ type callStream struct {
 func (s *callStream) Context() context.Context { return s.ctx }
 
 // forward answers a call on the leader: here if this manager leads
-// (after making sure of its state, for a read), else by relaying it to the
+// (once its state holds every entry committed before its term, and for a
+// read once it has made sure it still leads), else by relaying it to the
 // leader, naming the caller.
 func (m *Manager) forward(ctx context.Context, method string, req any, rule authz.Rule, handler grpc.UnaryHandler) (any, error) {
 	c := callOf(ctx)
 	for {
 		if m.raft.IsLeader() {
+			ready := m.leaderReady // a change: judged on a state that is whole
 			if rule.Read {
-				if err := m.leaderRead(ctx); err != nil {
-					return nil, toStatus(err)
-				}
+				ready = m.leaderRead // a read: and this manager still leads
+			}
+			if err := ready(ctx); err != nil {
+				return nil, toStatus(err)
 			}
 			resp, err := handler(ctx, req)
 			return resp, toStatus(err)

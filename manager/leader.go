@@ -160,6 +160,17 @@ func (m *Manager) leaderLoop(ctx context.Context, t *term) {
 // majority still follows it (hashicorp/raft's leader lease alone can
 // answer stale reads).
 func (m *Manager) leaderRead(ctx context.Context) error {
+	if err := m.leaderReady(ctx); err != nil {
+		return err
+	}
+	return m.raft.VerifyLeader(ctx)
+}
+
+// leaderReady waits, before the leader judges a change by its state (is
+// this node a member? does this secret admit?), until it has applied
+// everything committed before its term: a leader just elected may not
+// have applied its predecessor's last entries yet.
+func (m *Manager) leaderReady(ctx context.Context) error {
 	for {
 		t, changed := m.term.get()
 		if t == nil {
@@ -186,7 +197,7 @@ func (m *Manager) leaderRead(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		return m.raft.VerifyLeader(ctx)
+		return nil
 	}
 }
 
