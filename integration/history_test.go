@@ -3,7 +3,7 @@ package integration
 // Histories checked for linearizability (porcupine): concurrent clients
 // join, remove and inspect nodes and rotate the worker token through every
 // manager of a real in-process cluster, while the leader is stopped and
-// restarted again and again. Each operation's call and answer are
+// restarted, or partitioned from the other managers, again and again. Each operation's call and answer are
 // recorded; porcupine then looks for one order of them that a single
 // sequential quorumca would give.
 
@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -29,7 +30,67 @@ import (
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/internal/testkit"
 	"github.com/quorumca/quorumca/internal/testkit/clustertest"
+	"github.com/quorumca/quorumca/node"
 )
+
+// fabric carries the managers' Raft connections (manager.Config.RaftDial)
+// and can isolate a manager: its dials fail, dials to it fail, and the
+// connections it has are cut, as a partition would.
+type fabric struct {
+	mu       sync.Mutex
+	isolated map[string]bool // by Raft address
+	conns    []fabricConn
+}
+
+type fabricConn struct {
+	from, to string
+	conn     net.Conn
+}
+
+// dialer returns the Raft dialer of the manager whose Raft address self
+// returns (known once it runs).
+func (f *fabric) dialer(self func() string) func(context.Context, string) (net.Conn, error) {
+	return func(ctx context.Context, address string) (net.Conn, error) {
+		from := self()
+		f.mu.Lock()
+		cut := f.isolated[from] || f.isolated[address]
+		f.mu.Unlock()
+		if cut {
+			return nil, fmt.Errorf("fabric: %s and %s are partitioned", from, address)
+		}
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", address)
+		if err != nil {
+			return nil, err
+		}
+		f.mu.Lock()
+		f.conns = append(f.conns, fabricConn{from: from, to: address, conn: conn})
+		f.mu.Unlock()
+		return conn, nil
+	}
+}
+
+// isolate cuts addr off (or heals it, with false).
+func (f *fabric) isolate(addr string, cut bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.isolated == nil {
+		f.isolated = map[string]bool{}
+	}
+	f.isolated[addr] = cut
+	if !cut {
+		return
+	}
+	kept := f.conns[:0]
+	for _, c := range f.conns {
+		if c.from == addr || c.to == addr {
+			c.conn.Close()
+			continue
+		}
+		kept = append(kept, c)
+	}
+	f.conns = kept
+}
 
 // The operations of the model, and what they answered.
 type histInput struct {
@@ -182,7 +243,7 @@ func historySeed(t *testing.T) uint64 {
 	return uint64(time.Now().UnixNano())
 }
 
-// TestHistoriesLinearizableUnderLeaderRestarts: 4 clients make joins,
+// TestHistoriesLinearizableUnderLeaderFaults: 4 clients make joins,
 // removals, inspections and token rotations through the 3 managers for a
 // few seconds while the leader is stopped (its calls in flight fail) and
 // restarted, again and again; the recorded history must be linearizable
@@ -190,7 +251,7 @@ func historySeed(t *testing.T) uint64 {
 // or was removed, the same on every manager. The seed is printed; a
 // failing one reproduces with QUORUMCA_HISTORY_SEED.
 // QUORUMCA_HISTORY_SOAK=D runs for D instead (a longer soak).
-func TestHistoriesLinearizableUnderLeaderRestarts(t *testing.T) {
+func TestHistoriesLinearizableUnderLeaderFaults(t *testing.T) {
 	seed := historySeed(t)
 	t.Logf("seed %d (QUORUMCA_HISTORY_SEED=%d reproduces it)", seed, seed)
 	run := 6 * time.Second
@@ -200,7 +261,17 @@ func TestHistoriesLinearizableUnderLeaderRestarts(t *testing.T) {
 			t.Fatalf("QUORUMCA_HISTORY_SOAK=%q: %v", d, err)
 		}
 	}
-	c := clustertest.New(t, clustertest.Options{Managers: 3})
+	var raftNet fabric
+	c := clustertest.New(t, clustertest.Options{Managers: 3, Configure: func(name string, cfg *node.Config) {
+		dataDir := cfg.DataDir
+		cfg.Manager.RaftDial = raftNet.dialer(func() string {
+			nc, err := agent.LoadNodeConfig(dataDir)
+			if err != nil {
+				return ""
+			}
+			return nc.RaftAdvertiseAddr
+		})
+	}})
 	tok0 := c.Token(c.Leader(), "worker")
 	// What the clients use, fixed before they start (the nodes change
 	// under the faults): each manager's control socket and API address.
@@ -223,9 +294,11 @@ func TestHistoriesLinearizableUnderLeaderRestarts(t *testing.T) {
 	ctx, stop := context.WithTimeout(t.Context(), run)
 	defer stop()
 
-	// Faults: stop the leader, start it again, at seeded moments.
+	// Faults, at seeded moments: the leader is stopped and started
+	// again, or cut off from the other managers' Raft traffic (it goes on
+	// serving its clients, and relaying) and then healed.
 	faults := rand.New(rand.NewPCG(seed, 1))
-	var restarts int
+	var restarts, isolations int
 	var faultErr error
 	var faultsDone sync.WaitGroup
 	faultsDone.Go(func() {
@@ -242,9 +315,18 @@ func TestHistoriesLinearizableUnderLeaderRestarts(t *testing.T) {
 			if leader == nil {
 				continue // an election runs
 			}
+			down := time.Duration(200+faults.IntN(800)) * time.Millisecond
+			if faults.IntN(2) == 0 {
+				addr := leader.RaftAddr()
+				raftNet.isolate(addr, true)
+				isolations++
+				sleepCtx(ctx, down)
+				raftNet.isolate(addr, false)
+				continue
+			}
 			leader.Stop()
 			restarts++
-			sleepCtx(ctx, time.Duration(200+faults.IntN(800))*time.Millisecond)
+			sleepCtx(ctx, down)
 			if err := leader.TryRestart(nil); err != nil {
 				faultErr = fmt.Errorf("restart %s: %w", leader.Name, err)
 				return
@@ -355,9 +437,9 @@ func TestHistoriesLinearizableUnderLeaderRestarts(t *testing.T) {
 			unknown++
 		}
 	}
-	t.Logf("%d operations (%v; %d of unknown outcome), %d leader restarts", len(rec.ops), kinds, unknown, restarts)
-	if kinds["join"] == 0 || kinds["inspect"] == 0 || restarts == 0 {
-		t.Fatalf("the run exercised too little: %v, %d restarts", kinds, restarts)
+	t.Logf("%d operations (%v; %d of unknown outcome), %d leader restarts, %d leader isolations", len(rec.ops), kinds, unknown, restarts, isolations)
+	if kinds["join"] == 0 || kinds["inspect"] == 0 || restarts+isolations == 0 {
+		t.Fatalf("the run exercised too little: %v, %d restarts, %d isolations", kinds, restarts, isolations)
 	}
 	var tokenOps, memberOps []porcupine.Operation
 	issued := map[string]bool{}

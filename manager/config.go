@@ -4,6 +4,7 @@
 package manager
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -51,6 +52,9 @@ type Config struct {
 	// Raft timing; zero values take the raft package's defaults. Tests
 	// shorten them.
 	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout time.Duration
+	// RaftDial, when set, opens Raft's connections to the other managers
+	// (raft.Config.Dial): tests put network faults there.
+	RaftDial func(ctx context.Context, address string) (net.Conn, error)
 	// ApplyTimeout bounds one Raft commit when the caller set no deadline.
 	ApplyTimeout time.Duration
 	// SnapshotThreshold (new log entries that make a snapshot due, and the

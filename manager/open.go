@@ -264,6 +264,7 @@ func (m *Manager) openRaft(bootstrap bool) error {
 	rc.Bootstrap = bootstrap
 	rc.ForceNewCluster = m.cfg.ForceNewCluster
 	rc.Authorize = m.checkRaftPeer
+	rc.Dial = m.cfg.RaftDial
 	if m.cfg.HeartbeatTimeout > 0 {
 		rc.HeartbeatTimeout = m.cfg.HeartbeatTimeout
 	}

@@ -1,6 +1,7 @@
 package raft
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -62,6 +63,11 @@ type Config struct {
 	// refuses removed nodes and revoked certificates this way). It is
 	// called from the transport's goroutines and must not block for long.
 	Authorize func(id ca.Identity, serial string) error
+
+	// Dial, when set, opens the TCP connections to other managers instead
+	// of a net.Dialer: tests put network faults there (a partitioned
+	// leader). TLS runs on top, as ever.
+	Dial func(ctx context.Context, address string) (net.Conn, error)
 
 	// StateMachine is what the Node replicates.
 	StateMachine StateMachine

@@ -178,6 +178,7 @@ func Open(cfg Config) (n *Node, err error) {
 		tls:       cfg.TLS,
 		clusterID: cfg.ClusterID,
 		authorize: cfg.Authorize,
+		dial:      cfg.Dial,
 		log:       logger,
 	})
 	trans := hraft.NewNetworkTransportWithConfig(&hraft.NetworkTransportConfig{

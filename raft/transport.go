@@ -113,6 +113,7 @@ type streamLayer struct {
 	addr      net.Addr
 	clusterID string
 	authorize func(id ca.Identity, serial string) error
+	dial      func(ctx context.Context, address string) (net.Conn, error)
 	log       *slog.Logger
 	tls       atomic.Pointer[tlsConfigs]
 
@@ -140,6 +141,7 @@ type streamConfig struct {
 	tls       *tls.Config
 	clusterID string
 	authorize func(id ca.Identity, serial string) error
+	dial      func(ctx context.Context, address string) (net.Conn, error) // nil: a net.Dialer
 	log       *slog.Logger
 }
 
@@ -150,6 +152,7 @@ func newStreamLayer(c streamConfig) *streamLayer {
 		addr:      advertiseAddr(c.advertise),
 		clusterID: c.clusterID,
 		authorize: c.authorize,
+		dial:      c.dial,
 		log:       c.log,
 		accepted:  make(chan net.Conn, acceptBacklog),
 		done:      make(chan struct{}),
@@ -216,8 +219,12 @@ func (s *streamLayer) Dial(address hraft.ServerAddress, timeout time.Duration) (
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	var d net.Dialer
-	raw, err := d.DialContext(ctx, "tcp", string(address))
+	dial := s.dial
+	if dial == nil {
+		var d net.Dialer
+		dial = func(ctx context.Context, address string) (net.Conn, error) { return d.DialContext(ctx, "tcp", address) }
+	}
+	raw, err := dial(ctx, string(address))
 	if err != nil {
 		return nil, fmt.Errorf("raft: dial manager at %s: %w", address, err)
 	}
