@@ -193,6 +193,9 @@ func (f *Files) read() (*snapshot, error) {
 	return s, nil
 }
 
+// parseCRLs reads every "X509 CRL" block of crl.pem. ca.ParseCRLs does the
+// same, but this package takes nothing from quorumca's own (see the purity
+// test TestNodeTLSStandardLibraryOnly): programs import it alone.
 func parseCRLs(b []byte) ([]*x509.RevocationList, error) {
 	var out []*x509.RevocationList
 	for {
