@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -233,7 +234,13 @@ func (c *Credentials) update(keyPEM, certPEM, bundle []byte) error {
 	if err != nil {
 		return err
 	}
-	if err := writeCredentials(c.dir, c.filesGroup(), keyFile, certPEM, bundle); err != nil {
+	// A renewal rarely changes the bundle: then its file is left as it is
+	// (no rewrite and fsync per renewal).
+	newBundle := bundle
+	if bytes.Equal(bundle, c.Bundle()) {
+		newBundle = nil
+	}
+	if err := writeCredentials(c.dir, c.filesGroup(), keyFile, certPEM, newBundle); err != nil {
 		return err
 	}
 	if err := c.set(keyPEM, certPEM, bundle); err != nil {
@@ -384,7 +391,8 @@ func (c *Credentials) set(keyPEM, certPEM, bundle []byte) error {
 // writeCredentials writes key, chain and bundle so that a crash leaves
 // either the old pair or the new one: node.key.new is written in full,
 // then node.crt.new, then both are renamed into place, key first.
-// recoverPending completes or discards an interrupted write.
+// recoverPending completes or discards an interrupted write. A nil bundle
+// leaves the bundle file as it is.
 func writeCredentials(dir string, g filesGroup, keyPEM, certPEM, bundle []byte) error {
 	newKey := filepath.Join(dir, KeyFile+".new")
 	newCert := filepath.Join(dir, CertFile+".new")
@@ -402,6 +410,9 @@ func writeCredentials(dir string, g filesGroup, keyPEM, certPEM, bundle []byte) 
 	}
 	if err := atomicfile.SyncDir(dir); err != nil {
 		return err
+	}
+	if bundle == nil {
+		return nil
 	}
 	return g.write(filepath.Join(dir, BundleFile), bundle, false)
 }

@@ -57,8 +57,6 @@ type Gossip struct {
 
 	mu     sync.Mutex // guards the fields below
 	member *membership.Member
-	// peers are the addresses the managers gave to join through.
-	peers []string
 }
 
 // NewGossip returns a node's gossip; Run runs it.
@@ -154,22 +152,23 @@ func MetaOf(creds *Credentials) membership.Meta {
 	}
 }
 
+// updateMeta advertises the credentials anew. Gossip spreads the change
+// by its broadcasts and periodic exchanges: nothing waits on it (a
+// rotation's leader learns of a renewal from the node's heartbeats), so a
+// renewal costs no full state exchange with every manager, which in a
+// large cluster's rotation would be N of them at once.
 func (g *Gossip) updateMeta() {
 	g.mu.Lock()
-	m, peers := g.member, g.peers
+	m := g.member
 	g.mu.Unlock()
 	if m == nil {
 		return
 	}
 	if err := m.SetMeta(MetaOf(g.cfg.Credentials)); err != nil {
 		// The change is queued even when the wait for its first
-		// broadcast times out; the join below delivers it anyway.
+		// broadcast times out.
 		g.cfg.Logger.Debug("advertise new certificate in gossip", "err", err)
 	}
-	// Gossip spreads the change by chance; also hand it to the managers
-	// directly (a join is a full state exchange), so that a rotation's
-	// leader hears of it now rather than at the next periodic exchange.
-	g.join(m, peers)
 }
 
 func (g *Gossip) run(ctx context.Context) {
@@ -206,7 +205,7 @@ func (g *Gossip) run(ctx context.Context) {
 		}
 	}
 	g.mu.Lock()
-	g.member, g.peers = m, peers
+	g.member = m
 	g.mu.Unlock()
 	// Credentials may have changed between MetaOf above and now.
 	if err := m.SetMeta(MetaOf(g.cfg.Credentials)); err != nil {
@@ -249,9 +248,6 @@ func (g *Gossip) run(ctx context.Context) {
 			g.cfg.Logger.Debug("gossip: fetch peers", "err", err)
 			continue
 		}
-		g.mu.Lock()
-		g.peers = peers
-		g.mu.Unlock()
 		g.join(m, peers)
 	}
 }

@@ -82,6 +82,8 @@ type Renewer struct {
 	problem       error
 	// bundleSince is the age of the newest bundle a heartbeat gave.
 	bundleSince int64
+	// period is the heartbeat period the leader told last (0 before).
+	period time.Duration
 	// kick asks Run to renew now.
 	kick chan struct{}
 }
@@ -135,6 +137,17 @@ func (r *Renewer) Heartbeats() int {
 	return r.answered
 }
 
+// Period returns the heartbeat period the Renewer keeps: the one the
+// leader told last (it grows with the cluster), or the configured one.
+func (r *Renewer) Period() time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.period > 0 {
+		return r.period
+	}
+	return r.cfg.HeartbeatPeriod
+}
+
 // RenewAt returns when the current certificate is due for renewal.
 func (r *Renewer) RenewAt() time.Time {
 	r.mu.Lock()
@@ -150,21 +163,42 @@ func (r *Renewer) Run(ctx context.Context) error {
 	}
 	period := r.cfg.HeartbeatPeriod
 	failures := 0
+	// retry is set when a busy manager asked to renew again after it: the
+	// renewal is tried again then, with jitter, before any heartbeat.
+	var retry time.Duration
+	renew := func() {
+		err := r.renew(ctx)
+		if err == nil {
+			return
+		}
+		if d, ok := api.RetryAfter(err); ok {
+			retry = d
+			r.cfg.Logger.Debug("manager busy; renewal postponed", "err", err, "retry_after", d)
+			return
+		}
+		failures++
+		r.cfg.Logger.Warn("renewal failed", "err", err, "attempt", failures)
+	}
 	for {
 		next := period
 		if failures > 0 {
 			next = r.backoff(failures)
 		}
+		if retry > 0 {
+			next = retry + r.jitter(retry)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-r.kick:
-			if err := r.renew(ctx); err != nil {
-				failures++
-				r.cfg.Logger.Warn("renewal failed", "err", err, "attempt", failures)
-			}
+			renew()
 			continue
 		case <-time.After(next):
+		}
+		if retry > 0 {
+			retry = 0
+			renew()
+			continue
 		}
 		hb, err := r.heartbeat(ctx)
 		if err != nil {
@@ -186,33 +220,33 @@ func (r *Renewer) Run(ctx context.Context) error {
 		r.mu.Unlock()
 		if p := time.Duration(hb.GetPeriodMs()) * time.Millisecond; p > 0 {
 			period = p
+			r.mu.Lock()
+			r.period = p
+			r.mu.Unlock()
 		}
 		if crl := hb.GetCrl(); len(crl) > 0 {
 			if err := r.cfg.Credentials.UpdateCRL(crl, hb.GetCrlNumber()); err != nil {
 				r.cfg.Logger.Warn("CRLs not stored", "err", err)
 			}
 		}
-		renew := hb.GetRenew()
+		due := hb.GetRenew()
 		fresh := r.newerBundle(hb.GetBundleSince())
 		if b := hb.GetBundle(); fresh && len(b) > 0 && string(b) != string(r.cfg.Credentials.Bundle()) {
 			// The cluster trusts a new bundle (a rotation completed).
 			if err := r.cfg.Credentials.UpdateBundle(b, r.cfg.Now()); err != nil {
 				r.cfg.Logger.Warn("new trust bundle does not cover this node's certificate; renewing", "err", err)
-				renew = true
+				due = true
 			} else {
 				r.cfg.Logger.Info("trust bundle updated", "root", BundleFingerprint(b))
 			}
 		}
-		if renew && hb.GetRenewJitterMs() > 0 {
+		if due && hb.GetRenewJitterMs() > 0 {
 			if !wait.Sleep(ctx, r.jitter(time.Duration(hb.GetRenewJitterMs())*time.Millisecond)) {
 				return nil
 			}
 		}
-		if renew || !r.cfg.Now().Before(r.RenewAt()) {
-			if err := r.renew(ctx); err != nil {
-				failures++
-				r.cfg.Logger.Warn("renewal failed", "err", err, "attempt", failures)
-			}
+		if due || !r.cfg.Now().Before(r.RenewAt()) {
+			renew()
 		}
 		r.mu.Lock()
 		r.answered++

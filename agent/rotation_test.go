@@ -592,6 +592,9 @@ type fakeManager struct {
 	gossip     *api.GossipResponse
 	gossipErr  error
 	calls      map[string]int
+	// refuseRenewal, when set, answers a renewal before it is signed; a
+	// nil answer lets it through.
+	refuseRenewal func() error
 }
 
 func startFakeManager(t *testing.T, server *Credentials, renewWith *testkit.CA) *fakeManager {
@@ -665,6 +668,14 @@ func (f *fakeManager) RenewNodeCertificate(ctx context.Context, req *api.RenewNo
 		return nil, err
 	}
 	f.called("RenewNodeCertificate")
+	f.mu.Lock()
+	refuse := f.refuseRenewal
+	f.mu.Unlock()
+	if refuse != nil {
+		if err := refuse(); err != nil {
+			return nil, err
+		}
+	}
 	if f.renewWith == nil {
 		return nil, status.Error(codes.FailedPrecondition, "test: this fake does not renew")
 	}

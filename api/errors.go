@@ -1,6 +1,8 @@
 package api
 
 import (
+	"time"
+
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/status"
 )
@@ -75,3 +77,20 @@ func LeaderRedirect(err error) (string, bool) {
 // IsExternalCADown reports whether err says the external CAs did not
 // answer.
 func IsExternalCADown(err error) bool { return HasReason(err, ReasonExternalCADown) }
+
+// RetryAfter returns the wait a manager asked for in an
+// errdetails.RetryInfo (a "busy, retry after" answer, reason BUSY).
+func RetryAfter(err error) (time.Duration, bool) {
+	s, ok := status.FromError(err)
+	if !ok || err == nil {
+		return 0, false
+	}
+	for _, d := range s.Details() {
+		if info, ok := d.(*errdetails.RetryInfo); ok && info.GetRetryDelay() != nil {
+			if d := info.GetRetryDelay().AsDuration(); d > 0 {
+				return d, true
+			}
+		}
+	}
+	return 0, false
+}

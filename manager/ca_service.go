@@ -273,6 +273,14 @@ func (s caService) RenewNodeCertificate(ctx context.Context, req *api.RenewNodeC
 	if err != nil {
 		return nil, err
 	}
+	release, err := m.acquireSign(ctx)
+	if err != nil {
+		// A node told to come back later is alive all the same: it
+		// retries before its next heartbeat.
+		m.obs.seen(node.ID, m.cfg.Now())
+		return nil, err
+	}
+	defer release()
 	id := ca.Identity{NodeID: node.ID, Role: node.Role, ClusterID: st.ClusterID}
 	issued, status, err := m.signNode(ctx, st, req.GetCsr(), pub, id, st.CertExpiry)
 	if err != nil {
@@ -305,14 +313,20 @@ func (s caService) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*a
 	now := m.cfg.Now()
 	ob := observation{at: now, serial: c.Serial, issuer: c.Status, bundle: req.GetBundleDigest()}
 	prev, heard := m.obs.heard(n.ID, ob)
+	period := m.heartbeatPeriod(st.Nodes.Len())
+	m.periods.tell(period, now)
 	resp := &api.HeartbeatResponse{
 		Role:              string(n.Role),
 		Renew:             needsRenewal(st, n, c, now),
 		CertExpirySeconds: int64(st.CertExpiry / time.Second),
-		PeriodMs:          m.cfg.HeartbeatPeriod.Milliseconds(),
+		PeriodMs:          period.Milliseconds(),
 		Managers:          managerAddrs(st),
-		Bundle:            st.CA.Bundle,
 		GossipKeyId:       membership.KeyID(st.GossipKey),
+	}
+	// The bundle travels only to a node that holds another one: in a
+	// large cluster it would be most of every answer.
+	if req.GetBundleDigest() != m.bundleDigest(st) {
+		resp.Bundle = st.CA.Bundle
 	}
 	if r := st.LastRotation; r != nil {
 		resp.BundleSince = r.CompletedAt.UnixNano()
@@ -322,10 +336,10 @@ func (s caService) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*a
 	}
 	if resp.Renew && st.Rotation != nil && !c.Status.Equal(st.CAStatus) {
 		// Every node hears of a rotation within one heartbeat period:
-		// spread their renewals.
-		resp.RenewJitterMs = m.cfg.RotationJitter.Milliseconds()
+		// spread their renewals over at least as long again.
+		resp.RenewJitterMs = max(m.cfg.RotationJitter, period).Milliseconds()
 	}
-	if heardNews(prev, heard, ob, m.cfg.HeartbeatPeriod) {
+	if heardNews(prev, heard, ob, m.livePeriod(now)) {
 		m.kickRotation()
 	}
 	if n.Unconfirmed && c.Serial == n.Cert.Serial {

@@ -64,8 +64,20 @@ type Config struct {
 	SnapshotThreshold uint64
 	SnapshotInterval  time.Duration
 	// HeartbeatPeriod is how often nodes heartbeat to the leader (default
-	// 5s); a node silent for three periods is down.
+	// 5s) while the cluster is small enough for MaxHeartbeatsPerSecond; a
+	// node silent for three periods is down.
 	HeartbeatPeriod time.Duration
+	// MaxHeartbeatsPerSecond bounds the heartbeats the leader answers per
+	// second (default 1000): with more nodes than HeartbeatPeriod allows
+	// at that rate, the leader tells them a longer period, and counts a
+	// node down after three of those.
+	MaxHeartbeatsPerSecond int
+	// MaxConcurrentSigns bounds the renewals a manager signs and commits
+	// at once (default 64); more are refused with a "busy, retry after"
+	// answer (ResourceExhausted, reason BUSY, errdetails.RetryInfo) that
+	// nodes honour with jitter, so that a rotation's storm of renewals
+	// never starves heartbeats.
+	MaxConcurrentSigns int
 	// ReconcilePeriod is how often the leader reconciles Raft voters with
 	// the state and prunes expired removals (default 2s).
 	ReconcilePeriod time.Duration
@@ -140,6 +152,12 @@ func (c *Config) setDefaults() {
 	if c.HeartbeatPeriod == 0 {
 		c.HeartbeatPeriod = 5 * time.Second
 	}
+	if c.MaxHeartbeatsPerSecond == 0 {
+		c.MaxHeartbeatsPerSecond = DefaultMaxHeartbeatsPerSecond
+	}
+	if c.MaxConcurrentSigns == 0 {
+		c.MaxConcurrentSigns = DefaultMaxConcurrentSigns
+	}
 	if c.ReconcilePeriod == 0 {
 		c.ReconcilePeriod = 2 * time.Second
 	}
@@ -157,10 +175,23 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// Defaults of the scale bounds (Config.MaxHeartbeatsPerSecond and
+// Config.MaxConcurrentSigns).
+const (
+	DefaultMaxHeartbeatsPerSecond = 1000
+	DefaultMaxConcurrentSigns     = 64
+)
+
 // Validate checks the configuration; its messages name the field.
 func (c Config) Validate() error {
 	if c.DataDir == "" {
 		return errors.New("manager: DataDir (--data-dir) is empty")
+	}
+	if c.MaxHeartbeatsPerSecond < 0 {
+		return fmt.Errorf("manager: MaxHeartbeatsPerSecond (--max-heartbeats-per-second) is %d; give a positive rate, or 0 for the default (%d)", c.MaxHeartbeatsPerSecond, DefaultMaxHeartbeatsPerSecond)
+	}
+	if c.MaxConcurrentSigns < 0 {
+		return fmt.Errorf("manager: MaxConcurrentSigns (--max-concurrent-signs) is %d; give a positive bound, or 0 for the default (%d)", c.MaxConcurrentSigns, DefaultMaxConcurrentSigns)
 	}
 	for _, a := range []struct{ name, addr string }{
 		{"ListenAddr (--listen-addr)", c.ListenAddr},

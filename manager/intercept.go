@@ -268,6 +268,6 @@ func (m *Manager) tapAnonymous(ctx context.Context, info *tap.Info) (context.Con
 		context.AfterFunc(ctx, func() { <-m.anonymous })
 		return ctx, nil
 	default:
-		return nil, withReason(status.New(codes.ResourceExhausted, "too many joins at once on this manager; retry shortly"), api.ReasonBusy, nil).Err()
+		return nil, busyStatus("too many joins at once on this manager; retry shortly")
 	}
 }

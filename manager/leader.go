@@ -350,7 +350,7 @@ func (m *Manager) live(id string, now time.Time) bool {
 		since = t.since
 	}
 	ob, _ := m.obs.get(id)
-	return progress.Live(ob.at, now, m.cfg.HeartbeatPeriod, since)
+	return progress.Live(ob.at, now, m.livePeriod(now), since)
 }
 
 func backoff(attempt int) time.Duration {

@@ -46,7 +46,12 @@ type Manager struct {
 	obs  observations
 	term leadership
 	// anonymous holds a token per call without a certificate in progress.
-	anonymous    chan struct{}
+	anonymous chan struct{}
+	// signing holds a token per renewal being signed and committed
+	// (Config.MaxConcurrentSigns); periods are the heartbeat periods told.
+	signing      chan struct{}
+	periods      periods
+	digests      atomic.Pointer[digestCache]
 	rotation     rotationTracker
 	rotationKick chan struct{}
 	metrics      *metrics

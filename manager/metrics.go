@@ -30,6 +30,9 @@ type metrics struct {
 	heartbeats *prometheus.CounterVec
 	externals  *prometheus.CounterVec
 	applyTime  prometheus.Histogram
+	// signing counts the renewals being signed and committed now
+	// (Config.MaxConcurrentSigns bounds it).
+	signing prometheus.Gauge
 }
 
 // external counts a request to an external CA (cfssl.Config.Observe).
@@ -60,6 +63,10 @@ func newMetrics() *metrics {
 			Name:    "quorumca_raft_apply_duration_seconds",
 			Help:    "Time to commit and apply a change this manager proposed to Raft.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+		signing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "quorumca_signing_in_flight",
+			Help: "Renewals this manager is signing and committing now; beyond its bound (--max-concurrent-signs) they are answered busy.",
 		}),
 	}
 }
@@ -156,6 +163,8 @@ var (
 		[]string{"index"}, nil)
 	descRaftContact = prometheus.NewDesc("quorumca_raft_last_contact_seconds",
 		"Time since this follower last heard from the leader (0 on the leader).", nil, nil)
+	descPeriod = prometheus.NewDesc("quorumca_heartbeat_period_seconds",
+		"The heartbeat period this manager tells nodes now: the configured one, or longer in a cluster too large for --max-heartbeats-per-second at it.", nil, nil)
 )
 
 func (c managerCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -164,7 +173,8 @@ func (c managerCollector) Describe(ch chan<- *prometheus.Desc) {
 	c.m.metrics.heartbeats.Describe(ch)
 	c.m.metrics.externals.Describe(ch)
 	c.m.metrics.applyTime.Describe(ch)
-	for _, d := range []*prometheus.Desc{descCAExpiry, descRotation, descRotationNodes, descNodes, descRevoked, descRaftState, descRaftLeader, descRaftIndex, descRaftContact} {
+	c.m.metrics.signing.Describe(ch)
+	for _, d := range []*prometheus.Desc{descPeriod, descCAExpiry, descRotation, descRotationNodes, descNodes, descRevoked, descRaftState, descRaftLeader, descRaftIndex, descRaftContact} {
 		ch <- d
 	}
 }
@@ -176,11 +186,13 @@ func (c managerCollector) Collect(ch chan<- prometheus.Metric) {
 	m.metrics.heartbeats.Collect(ch)
 	m.metrics.externals.Collect(ch)
 	m.metrics.applyTime.Collect(ch)
+	m.metrics.signing.Collect(ch)
 	st := m.machine.State()
 	now := m.cfg.Now()
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
+	gauge(descPeriod, m.heartbeatPeriod(st.Nodes.Len()).Seconds())
 	if st.Initialized() {
 		signing, _ := ca.ParseCertificates(st.CA.Cert)
 		seen := map[[2]string]bool{} // a label set may be collected once

@@ -51,6 +51,7 @@ func newManager(cfg Config) (*Manager, error) {
 		metrics:      newMetrics(),
 		rotationKick: make(chan struct{}, 1),
 		anonymous:    make(chan struct{}, maxAnonymousCalls),
+		signing:      make(chan struct{}, cfg.MaxConcurrentSigns),
 	}, nil
 }
 

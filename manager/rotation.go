@@ -74,7 +74,7 @@ type rotationView struct {
 func (m *Manager) viewRotation(st *fsm.State, now time.Time, track bool) rotationView {
 	in := progress.Input{
 		State: st, Observations: m.observations(now), Self: m.node.NodeID, Track: track,
-		Now: now, HeartbeatPeriod: m.cfg.HeartbeatPeriod,
+		Now: now, HeartbeatPeriod: m.livePeriod(now),
 	}
 	if t, _ := m.term.get(); t != nil {
 		in.LeaderSince = t.since

@@ -120,10 +120,7 @@ func (n *Node) Ready() error {
 	if p := r.Problem(); errors.Is(p, agent.ErrRefused) || errors.Is(p, agent.ErrLeftBehind) {
 		return p
 	}
-	period := n.cfg.Manager.HeartbeatPeriod
-	if period <= 0 {
-		period = 5 * time.Second
-	}
+	period := r.Period()
 	if last := r.LastHeartbeat(); last.IsZero() || now().Sub(last) > 3*period {
 		return errors.New("no manager answered a heartbeat in three periods")
 	}

@@ -31,6 +31,7 @@ type daemonFlags struct {
 	unlockKeyFile                                                string
 	onRenew, reloadSignal, reloadPIDFile, certGroup, metricsAddr string
 	onRenewTimeout, onRenewSplay                                 time.Duration
+	maxHeartbeats, maxSigns                                      int
 }
 
 func (d *daemonFlags) register(cmd *cobra.Command) {
@@ -46,6 +47,8 @@ func (d *daemonFlags) register(cmd *cobra.Command) {
 	f.StringVar(&d.reloadPIDFile, "reload-pidfile", "", "file holding the process ID --reload-signal goes to (nginx's pid file, for one)")
 	f.StringVar(&d.certGroup, "cert-group", "", "group (name or ID) that may read the certificate files (and a worker's node.key), for services on this machine")
 	f.StringVar(&d.metricsAddr, "metrics-addr", "", "HOST:PORT to serve Prometheus metrics (/metrics) and probes (/healthz, /readyz) on; off when empty")
+	f.IntVar(&d.maxHeartbeats, "max-heartbeats-per-second", manager.DefaultMaxHeartbeatsPerSecond, "as the leader, answer at most this many heartbeats a second: a larger cluster is told a longer heartbeat period (and down-detection follows it)")
+	f.IntVar(&d.maxSigns, "max-concurrent-signs", manager.DefaultMaxConcurrentSigns, "as a manager, sign and commit at most this many renewals at once; more are answered busy, and nodes retry after a jittered wait")
 }
 
 // registerAddrs registers the address flags alone.
@@ -86,6 +89,8 @@ func (g *globals) nodeConfig(cmd *cobra.Command, d *daemonFlags) (node.Config, e
 		GossipAdvertiseAddr: given("gossip-advertise-addr", d.gossipAdvertiseAddr),
 	}
 	cfg.Manager.PublishTokens = d.publishTokens
+	cfg.Manager.MaxHeartbeatsPerSecond = d.maxHeartbeats
+	cfg.Manager.MaxConcurrentSigns = d.maxSigns
 	cfg.UnlockKeyFile = d.unlockKeyFile
 	cfg.CertGroup = d.certGroup
 	cfg.MetricsAddr = d.metricsAddr
@@ -115,6 +120,7 @@ func (g *globals) nodeConfig(cmd *cobra.Command, d *daemonFlags) (node.Config, e
 	} {
 		*a.field = a.value
 	}
+	mc.MaxHeartbeatsPerSecond, mc.MaxConcurrentSigns = d.maxHeartbeats, d.maxSigns
 	return cfg, mc.Validate()
 }
 

@@ -1,0 +1,153 @@
+package manager
+
+import (
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumca/quorumca/agent"
+	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/ca"
+)
+
+func TestPeriodFor(t *testing.T) {
+	const base = 5 * time.Second
+	tests := []struct {
+		rate, n int
+		want    time.Duration
+	}{
+		{1000, 0, base},
+		{1000, 3, base},
+		{1000, 5000, base},                // 1000/s at 5s
+		{1000, 5001, 6 * time.Second},     // rounded up to a whole second
+		{1000, 10000, 10 * time.Second},   // 1000/s at 10s
+		{1000, 100000, 100 * time.Second}, // 1000/s at 100s
+		{50, 10000, 200 * time.Second},
+		{0, 10000, base}, // no bound
+	}
+	for _, tt := range tests {
+		got := periodFor(base, tt.rate, tt.n)
+		if got != tt.want {
+			t.Errorf("periodFor(%v, %d/s, %d nodes) = %v, want %v", base, tt.rate, tt.n, got, tt.want)
+		}
+		if tt.rate > 0 && tt.n > 0 {
+			if rate := float64(tt.n) / got.Seconds(); rate > float64(tt.rate) {
+				t.Errorf("periodFor(%v, %d/s, %d nodes) = %v: %.0f heartbeats a second, over the bound", base, tt.rate, tt.n, got, rate)
+			}
+		}
+	}
+}
+
+// TestLivenessFollowsToldPeriod: after the cluster shrinks and nodes are
+// told a shorter period, a node told the longer one is judged by it until
+// it has had three of them to hear the new one.
+func TestLivenessFollowsToldPeriod(t *testing.T) {
+	const base = time.Second
+	t0 := time.Unix(1_000_000, 0)
+	var ps periods
+	if got := ps.live(base, t0); got != base {
+		t.Fatalf("live() before any period told = %v, want the base %v", got, base)
+	}
+	ps.tell(10*time.Second, t0)
+	if got := ps.live(base, t0); got != 10*time.Second {
+		t.Errorf("live() after telling 10s = %v, want 10s", got)
+	}
+	ps.tell(2*time.Second, t0.Add(time.Second))
+	for _, tt := range []struct {
+		at   time.Duration
+		want time.Duration
+	}{
+		{2 * time.Second, 10 * time.Second},  // a node told 10s may still be waiting
+		{30 * time.Second, 10 * time.Second}, // three 10s periods after the change
+		{31 * time.Second, 2 * time.Second},  // every node has heartbeated since
+	} {
+		if got := ps.live(base, t0.Add(tt.at)); got != tt.want {
+			t.Errorf("live() at +%v = %v, want %v", tt.at, got, tt.want)
+		}
+	}
+	ps.tell(20*time.Second, t0.Add(40*time.Second))
+	if got := ps.live(base, t0.Add(40*time.Second)); got != 20*time.Second {
+		t.Errorf("live() after growing to 20s = %v, want 20s", got)
+	}
+}
+
+// TestHeartbeatPeriodGrowsWithCluster: a leader bounded to fewer
+// heartbeats a second than its nodes at the configured period would make
+// tells a longer period, and judges liveness by it.
+func TestHeartbeatPeriodGrowsWithCluster(t *testing.T) {
+	m := initManager(t, func(c *Config) { c.MaxHeartbeatsPerSecond = 1 })
+	conn := dial(t, m.Addr(), m.Credentials().ClientTLS(agent.ManagerName))
+	resp, err := api.NewCAClient(conn).Heartbeat(t.Context(), &api.HeartbeatRequest{})
+	if err != nil {
+		t.Fatalf("Heartbeat() = %v", err)
+	}
+	// One node at one heartbeat a second: a period of a second, not the
+	// configured one.
+	if got := time.Duration(resp.GetPeriodMs()) * time.Millisecond; got != time.Second {
+		t.Errorf("Heartbeat() period = %v, want 1s (1 node at 1 heartbeat a second; configured %v)", got, m.cfg.HeartbeatPeriod)
+	}
+	if got := m.livePeriod(time.Now()); got != time.Second {
+		t.Errorf("livePeriod() = %v, want the 1s told", got)
+	}
+}
+
+// TestHeartbeatBundleOnlyWhenChanged: the bundle travels only to a node
+// that holds another one.
+func TestHeartbeatBundleOnlyWhenChanged(t *testing.T) {
+	m := initManager(t, nil)
+	conn := dial(t, m.Addr(), m.Credentials().ClientTLS(agent.ManagerName))
+	bundle := m.State().CA.Bundle
+	for _, tt := range []struct {
+		name, digest string
+		want         []byte
+	}{
+		{"no bundle held", "", bundle},
+		{"another bundle held", agent.BundleDigest([]byte("another")), bundle},
+		{"the cluster's bundle held", agent.BundleDigest(bundle), nil},
+	} {
+		resp, err := api.NewCAClient(conn).Heartbeat(t.Context(), &api.HeartbeatRequest{BundleDigest: tt.digest})
+		if err != nil {
+			t.Fatalf("%s: Heartbeat() = %v", tt.name, err)
+		}
+		if string(resp.GetBundle()) != string(tt.want) {
+			t.Errorf("%s: Heartbeat() bundle of %d bytes, want %d", tt.name, len(resp.GetBundle()), len(tt.want))
+		}
+	}
+}
+
+// TestRenewalStormAnsweredBusy: with every signing slot taken, a renewal
+// is answered ResourceExhausted, reason BUSY, with the wait to retry
+// after, and nothing is signed or written; once a slot frees it is taken.
+func TestRenewalStormAnsweredBusy(t *testing.T) {
+	m := initManager(t, func(c *Config) { c.MaxConcurrentSigns = 1 })
+	conn := dial(t, m.Addr(), m.Credentials().ClientTLS(agent.ManagerName))
+	key, err := ca.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := ca.NewCSR(nil, key, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.signing <- struct{}{} // a renewal in flight holds the one slot
+	self, _ := m.State().Node(m.NodeID())
+	_, err = api.NewCAClient(conn).RenewNodeCertificate(t.Context(), &api.RenewNodeCertificateRequest{Csr: csr})
+	if status.Code(err) != codes.ResourceExhausted || !api.HasReason(err, api.ReasonBusy) {
+		t.Fatalf("RenewNodeCertificate() with no slot free = %v, want ResourceExhausted with reason BUSY", err)
+	}
+	if d, ok := api.RetryAfter(err); !ok || d != busyRetry {
+		t.Errorf("RetryAfter() = %v, %v, want %v", d, ok, busyRetry)
+	}
+	if after, _ := m.State().Node(m.NodeID()); after.Cert.Serial != self.Cert.Serial {
+		t.Errorf("the node's certificate %s after a busy answer, want %s: nothing signed", after.Cert.Serial, self.Cert.Serial)
+	}
+	<-m.signing
+	if _, err := api.NewCAClient(conn).RenewNodeCertificate(t.Context(), &api.RenewNodeCertificateRequest{Csr: csr}); err != nil {
+		t.Fatalf("RenewNodeCertificate() with the slot free = %v", err)
+	}
+	if n := len(m.signing); n != 0 {
+		t.Errorf("%d signing slots held after the renewal, want 0", n)
+	}
+}
