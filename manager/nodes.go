@@ -3,6 +3,8 @@ package manager
 import (
 	"context"
 	"fmt"
+	"sort"
+	"strings"
 	"sync"
 
 	"github.com/quorumca/quorumca/api"
@@ -20,6 +22,10 @@ func (s controlService) ListNodes(ctx context.Context, req *api.ListNodesRequest
 	now := m.cfg.Now()
 	leaderID, _ := m.raft.Leader()
 	nodes, err := selectNodes(st, req.GetNodeId())
+	if err != nil {
+		return nil, err
+	}
+	nodes, next, err := pageOf(nodes, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -56,7 +62,58 @@ func (s controlService) ListNodes(ctx context.Context, req *api.ListNodesRequest
 		wg.Go(func() { an.Reachability = m.reachability(ctx, n.Addr) })
 	}
 	wg.Wait()
-	return &api.ListNodesResponse{Nodes: out}, nil
+	return &api.ListNodesResponse{Nodes: out, NextPageToken: next}, nil
+}
+
+// MaxNodesPage bounds the nodes of one ListNodes answer: at a few hundred
+// bytes a node, well under gRPC's 4 MB message limit.
+const MaxNodesPage = 5000
+
+// pageOf returns the page of sorted (in SortedNodes' order) that follows
+// token, of at most size nodes (MaxNodesPage for 0 or more), and the
+// token of the next page ("" for none). A token names the last node of its
+// page by its place in that order, so a page goes on where the last one
+// ended even when nodes joined or left in between.
+func pageOf(sorted []fsm.Node, size uint32, token string) ([]fsm.Node, string, error) {
+	if size == 0 || size > MaxNodesPage {
+		size = MaxNodesPage
+	}
+	start := 0
+	if token != "" {
+		rank, id, ok := strings.Cut(token, "/")
+		if !ok || (rank != "0" && rank != "1") || id == "" {
+			return nil, "", fmt.Errorf("%w: page token %q is not one a ListNodes answer gave; start again without one", fsm.ErrBadCommand, token)
+		}
+		after := sortKey{rank == "0", id}
+		start = sort.Search(len(sorted), func(i int) bool { return after.before(keyOf(sorted[i])) })
+	}
+	end := min(start+int(size), len(sorted))
+	page := sorted[start:end]
+	if end == len(sorted) {
+		return page, "", nil
+	}
+	last := keyOf(page[len(page)-1])
+	rank := "1"
+	if last.manager {
+		rank = "0"
+	}
+	return page, rank + "/" + last.id, nil
+}
+
+// sortKey is a node's place in SortedNodes' order.
+type sortKey struct {
+	manager bool
+	id      string
+}
+
+func keyOf(n fsm.Node) sortKey { return sortKey{n.Role == ca.RoleManager, n.ID} }
+
+// before reports whether k comes strictly before o.
+func (k sortKey) before(o sortKey) bool {
+	if k.manager != o.manager {
+		return k.manager
+	}
+	return k.id < o.id
 }
 
 // selectNodes returns the node named id, or every node for "".

@@ -1,15 +1,19 @@
 package manager
 
 import (
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/fsm"
 )
 
 func TestPeriodFor(t *testing.T) {
@@ -149,5 +153,72 @@ func TestRenewalStormAnsweredBusy(t *testing.T) {
 	}
 	if n := len(m.signing); n != 0 {
 		t.Errorf("%d signing slots held after the renewal, want 0", n)
+	}
+}
+
+// TestPageOf: pages of ListNodes cover every node once, in order, and go
+// on where the last page ended when nodes joined or left in between.
+func TestPageOf(t *testing.T) {
+	var nodes []fsm.Node
+	for _, id := range []string{"m2", "m1"} {
+		nodes = append(nodes, fsm.Node{ID: id, Role: ca.RoleManager})
+	}
+	for i := range 7 {
+		nodes = append(nodes, fsm.Node{ID: fmt.Sprintf("w%d", 7-i), Role: ca.RoleWorker})
+	}
+	st := &fsm.State{Nodes: fsm.NewNodeMap(nodes...)}
+	sorted := st.SortedNodes()
+	ids := func(ns []fsm.Node) (out []string) {
+		for _, n := range ns {
+			out = append(out, n.ID)
+		}
+		return out
+	}
+
+	var got []string
+	token := ""
+	for page := 0; ; page++ {
+		if page > len(sorted) {
+			t.Fatalf("pages never end: token %q", token)
+		}
+		p, next, err := pageOf(sorted, 3, token)
+		if err != nil {
+			t.Fatalf("pageOf(page %d) = %v", page, err)
+		}
+		if len(p) > 3 {
+			t.Errorf("page %d holds %d nodes, want at most 3", page, len(p))
+		}
+		got = append(got, ids(p)...)
+		if next == "" {
+			break
+		}
+		token = next
+	}
+	if diff := cmp.Diff(ids(sorted), got); diff != "" {
+		t.Errorf("pages (-want +got):\n%s", diff)
+	}
+
+	// The first page ends at w1; then w1 and w3 leave, and w0 and m0
+	// join: the next page goes on after w1.
+	first, token, err := pageOf(sorted, 3, "")
+	if err != nil || token == "" {
+		t.Fatalf("pageOf(first) = %v, %q, %v", ids(first), token, err)
+	}
+	changed := st.Nodes.Without("w1").Without("w3").With(fsm.Node{ID: "w0", Role: ca.RoleWorker}).With(fsm.Node{ID: "m0", Role: ca.RoleManager})
+	next, _, err := pageOf((&fsm.State{Nodes: changed}).SortedNodes(), 3, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"w2", "w4", "w5"}, ids(next)); diff != "" {
+		t.Errorf("page after %q with nodes changed (-want +got):\n%s", token, diff)
+	}
+
+	if p, next, err := pageOf(sorted, 0, ""); err != nil || len(p) != len(sorted) || next != "" {
+		t.Errorf("pageOf(size 0) = %d nodes, %q, %v; want all %d in one page (MaxNodesPage)", len(p), next, err, len(sorted))
+	}
+	for _, bad := range []string{"x", "2/w1", "0/", "w1"} {
+		if _, _, err := pageOf(sorted, 3, bad); !errors.Is(err, fsm.ErrBadCommand) {
+			t.Errorf("pageOf(token %q) = %v, want ErrBadCommand", bad, err)
+		}
 	}
 }

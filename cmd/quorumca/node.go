@@ -70,22 +70,44 @@ func listNodes(cmd *cobra.Command, g *globals) ([]nodeJSON, error) {
 		return nil, err
 	}
 	defer done()
-	resp, err := client.ListNodes(ctx, &api.ListNodesRequest{})
+	nodes, err := allNodes(ctx, client)
 	if err != nil {
-		return nil, rpcError(err)
+		return nil, err
 	}
 	// The node asked is marked, as docker node ls marks it.
 	var self string
 	if ping, err := client.Ping(ctx, &api.PingRequest{}); err == nil {
 		self = ping.GetNodeId()
 	}
-	out := make([]nodeJSON, 0, len(resp.GetNodes()))
-	for _, n := range resp.GetNodes() {
+	out := make([]nodeJSON, 0, len(nodes))
+	for _, n := range nodes {
 		nj := toNodeJSON(n)
 		nj.Self = nj.ID == self
 		out = append(out, nj)
 	}
 	return out, nil
+}
+
+// allNodes lists every node, a page at a time (a manager answers at most
+// manager.MaxNodesPage nodes per call).
+func allNodes(ctx context.Context, client api.ControlClient) ([]*api.Node, error) {
+	var out []*api.Node
+	req := &api.ListNodesRequest{}
+	for page := 0; ; page++ {
+		resp, err := client.ListNodes(ctx, req)
+		if err != nil {
+			return nil, rpcError(err)
+		}
+		out = append(out, resp.GetNodes()...)
+		next := resp.GetNextPageToken()
+		if next == "" {
+			return out, nil
+		}
+		if next == req.GetPageToken() || len(resp.GetNodes()) == 0 {
+			return nil, fmt.Errorf("the manager gave page %d without going on (token %q); upgrade the managers to this version of quorumca", page+1, next)
+		}
+		req.PageToken = next
+	}
 }
 
 func newNodeLsCmd(g *globals) *cobra.Command {
@@ -186,12 +208,12 @@ func forNodes(cmd *cobra.Command, g *globals, args []string, timeout time.Durati
 		return err
 	}
 	defer done()
-	resp, err := client.ListNodes(ctx, &api.ListNodesRequest{})
+	listed, err := allNodes(ctx, client)
 	if err != nil {
-		return rpcError(err)
+		return err
 	}
-	all := make([]nodeJSON, 0, len(resp.GetNodes()))
-	for _, n := range resp.GetNodes() {
+	all := make([]nodeJSON, 0, len(listed))
+	for _, n := range listed {
 		all = append(all, toNodeJSON(n))
 	}
 	// Every name resolves, or nothing is done: a typo among several IDs
