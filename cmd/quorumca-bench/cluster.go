@@ -44,7 +44,7 @@ func startCluster(ctx context.Context, dir string, size int, unsealed bool, log 
 	}()
 	cfg := c.config("m0")
 	cfg.Init = &manager.InitOptions{}
-	n, err := node.Start(ctx, cfg)
+	n, err := startLabelled(ctx, cfg, "m0")
 	if err != nil {
 		return nil, fmt.Errorf("init the first manager: %w", err)
 	}
@@ -59,9 +59,10 @@ func startCluster(ctx context.Context, dir string, size int, unsealed bool, log 
 		return nil, err
 	}
 	for i := 1; i < size; i++ {
-		cfg := c.config(fmt.Sprintf("m%d", i))
+		name := fmt.Sprintf("m%d", i)
+		cfg := c.config(name)
 		cfg.Join = &node.Join{Token: managerToken, Addr: c.managers[0].Addr()}
-		n, err := node.Start(ctx, cfg)
+		n, err := startLabelled(ctx, cfg, name)
 		if err != nil {
 			return nil, fmt.Errorf("join manager %d: %w", i, err)
 		}
@@ -70,6 +71,13 @@ func startCluster(ctx context.Context, dir string, size int, unsealed bool, log 
 		}
 	}
 	return c, c.waitVoters(ctx, size)
+}
+
+// startLabelled starts a manager whose goroutines carry the pprof label
+// of its name, so that a CPU profile tells the managers apart.
+func startLabelled(ctx context.Context, cfg node.Config, name string) (n *node.Node, err error) {
+	labelled(ctx, name, func(ctx context.Context) { n, err = node.Start(ctx, cfg) })
+	return n, err
 }
 
 // config is a node configuration with its own data directory and

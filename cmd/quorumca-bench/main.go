@@ -8,6 +8,7 @@
 //	quorumca-bench all                       # the three, at the default sizes
 //	quorumca-bench join -n 2000 -c 64 --cpuprofile join.prof
 //	quorumca-bench --json rotate --agents 500
+//	quorumca-bench scale --nodes 10000       # make bench-scale
 package main
 
 import (
@@ -21,6 +22,7 @@ import (
 	"runtime/pprof"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -36,6 +38,7 @@ type options struct {
 	agents     int
 	unsealed   bool
 	rounds     int
+	idle       time.Duration
 }
 
 func main() {
@@ -106,7 +109,16 @@ func newRoot() *cobra.Command {
 	seal.Flags().IntVarP(&o.n, "nodes", "n", 1000, "number of joins (and renewals) per round and mode")
 	seal.Flags().IntVarP(&o.c, "concurrency", "c", 64, "concurrent joiners (and renewers)")
 	seal.Flags().IntVar(&o.rounds, "rounds", 3, "rounds: each runs both modes, in alternate order; the medians are compared")
-	root.AddCommand(join, renew, rotate, all, seal)
+	scale := &cobra.Command{
+		Use:   "scale",
+		Short: "N simulated nodes (real joins, mutual TLS, heartbeats) on 3 managers: idle CPU per node, join storm, a rotation's renewal storm, node ls",
+		Args:  cobra.NoArgs,
+		RunE:  o.runScale,
+	}
+	scale.Flags().IntVarP(&o.n, "nodes", "n", 10000, "number of simulated nodes")
+	scale.Flags().IntVarP(&o.c, "concurrency", "c", 64, "concurrent joiners")
+	scale.Flags().DurationVar(&o.idle, "idle", 20*time.Second, "how long idle CPU is profiled")
+	root.AddCommand(join, renew, rotate, all, seal, scale)
 	return root
 }
 
@@ -230,9 +242,7 @@ func profile(name string) (stop func() error) {
 	if cpuProfile == "" {
 		return func() error { return nil }
 	}
-	ext := filepath.Ext(cpuProfile)
-	path := strings.TrimSuffix(cpuProfile, ext) + "-" + name + ext
-	f, err := os.Create(path)
+	f, err := os.Create(profilePath(name))
 	if err != nil {
 		return func() error { return err }
 	}
@@ -244,6 +254,12 @@ func profile(name string) (stop func() error) {
 		pprof.StopCPUProfile()
 		return f.Close()
 	}
+}
+
+// profilePath is --cpuprofile's path with "-<name>" before its extension.
+func profilePath(name string) string {
+	ext := filepath.Ext(cpuProfile)
+	return strings.TrimSuffix(cpuProfile, ext) + "-" + name + ext
 }
 
 // logger formats the managers' logs as the daemon does, into the log file
@@ -259,4 +275,29 @@ func (o *options) logger() (*slog.Logger, func(), error) {
 		w, closeLog = f, func() { f.Close() }
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo})), closeLog, nil
+}
+
+// runScale runs the scale benchmark on a fresh 3-manager cluster.
+func (o *options) runScale(cmd *cobra.Command, _ []string) error {
+	if o.n < 1 || o.c < 1 || o.idle <= 0 {
+		return fmt.Errorf("--nodes and -c must be at least 1, --idle positive")
+	}
+	ctx, log, dir, done, err := o.start(cmd)
+	if err != nil {
+		return err
+	}
+	defer done()
+	start := time.Now()
+	note("scale: starting 3 managers in %s", dir)
+	cl, err := startCluster(ctx, dir+"/scale", 3, o.unsealed, log)
+	if err != nil {
+		return err
+	}
+	defer cl.stop()
+	r, err := benchScale(ctx, cl, o.n, o.c, o.idle)
+	if err != nil {
+		return err
+	}
+	r.Figures["run_s"] = time.Since(start).Seconds()
+	return o.write(cmd, []Result{r})
 }

@@ -1,0 +1,518 @@
+package main
+
+// quorumca-bench scale: a real 3-manager cluster and N simulated nodes in
+// one process. Each simulated node joins for real (its own key and
+// certificate), keeps its own mutual-TLS connection to the leader,
+// heartbeats at the period the leader tells it, and renews when told, as
+// agent.Renewer does — but holds its credentials in memory and runs no
+// gossip member: its liveness and its convergence in a rotation are what
+// its authenticated heartbeats show the leader.
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime/pprof"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pprofile "github.com/google/pprof/profile"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/quorumca/quorumca/agent"
+	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/internal/wait"
+)
+
+// labelKey is the pprof label that names which part of the process a
+// goroutine works for: a manager ("m0".."m2") or the simulated nodes.
+const labelKey = "quorumca_bench"
+
+// simLabel labels the simulated nodes' goroutines.
+const simLabel = "nodes"
+
+// simNode is one simulated node.
+type simNode struct {
+	id ca.Identity
+
+	mu     sync.Mutex // guards the fields below
+	keyPEM []byte
+	cert   []byte
+	bundle []byte
+	since  int64 // the age of the bundle taken last (BundleSince)
+	conn   *grpc.ClientConn
+	addr   string
+	period time.Duration
+}
+
+// fleet is the simulated nodes and what they measured.
+type fleet struct {
+	nodes []*simNode
+
+	// beats records heartbeat latencies with their start, for the p99 of
+	// a window; down counts heartbeats that failed.
+	mu        sync.Mutex
+	beats     []beat
+	failed    atomic.Int64
+	renewed   atomic.Int64
+	busy      atomic.Int64
+	renewErrs atomic.Int64
+	lastErr   atomic.Value // error
+}
+
+type beat struct {
+	at  time.Time
+	lat time.Duration
+}
+
+// dial opens the node's connection to addr with its current certificate.
+func (n *simNode) dial(addr string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	pair, err := tls.X509KeyPair(n.cert, n.keyPEM)
+	if err != nil {
+		return err
+	}
+	roots, _, err := ca.ParseBundle(n.bundle)
+	if err != nil {
+		return err
+	}
+	cfg := agent.BundleClientTLS(roots, agent.ManagerName)
+	cfg.Certificates = []tls.Certificate{pair}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)),
+		// The simulated side's buffers are the benchmark's, not the
+		// leader's: keep them small so that the process's memory per node
+		// is mostly the cluster's.
+		grpc.WithReadBufferSize(4<<10), grpc.WithWriteBufferSize(4<<10), grpc.WithSharedWriteBuffer(true))
+	if err != nil {
+		return err
+	}
+	if n.conn != nil {
+		n.conn.Close()
+	}
+	n.conn, n.addr = conn, addr
+	return nil
+}
+
+func (n *simNode) client() api.CAClient {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return api.NewCAClient(n.conn)
+}
+
+func (n *simNode) close() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.conn != nil {
+		n.conn.Close()
+		n.conn = nil
+	}
+}
+
+// heartbeat sends one heartbeat, following a redirect to the leader once,
+// and records its latency.
+func (f *fleet) heartbeat(ctx context.Context, n *simNode) (*api.HeartbeatResponse, error) {
+	for hop := 0; ; hop++ {
+		n.mu.Lock()
+		req := &api.HeartbeatRequest{BundleDigest: agent.BundleDigest(n.bundle)}
+		n.mu.Unlock()
+		start := time.Now()
+		hctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+		resp, err := n.client().Heartbeat(hctx, req)
+		cancel()
+		if err == nil {
+			f.mu.Lock()
+			f.beats = append(f.beats, beat{at: start, lat: time.Since(start)})
+			f.mu.Unlock()
+			return resp, nil
+		}
+		leader, redirected := api.LeaderRedirect(err)
+		if !redirected || hop > 0 {
+			return nil, err
+		}
+		if err := n.dial(leader); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// renew renews n with a fresh key, retrying after a busy answer's wait
+// with jitter, and reconnects with the new certificate; bound ends it.
+func (f *fleet) renew(ctx context.Context, n *simNode, rng *rand.Rand) error {
+	for try := 0; try < 100; try++ {
+		keyPEM, csr, err := newKeyCSR()
+		if err != nil {
+			return err
+		}
+		rctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+		resp, err := n.client().RenewNodeCertificate(rctx, &api.RenewNodeCertificateRequest{Csr: csr})
+		cancel()
+		if d, ok := api.RetryAfter(err); ok {
+			f.busy.Add(1)
+			if !wait.Sleep(ctx, d+time.Duration(rng.Int64N(int64(d)))) {
+				return ctx.Err()
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := checkIssued(resp.GetCertificate(), keyPEM, resp.GetBundle(), n.id); err != nil {
+			return err
+		}
+		n.mu.Lock()
+		n.keyPEM, n.cert, n.bundle = keyPEM, resp.GetCertificate(), resp.GetBundle()
+		addr := n.addr
+		n.mu.Unlock()
+		f.renewed.Add(1)
+		// A TLS connection keeps its handshake's certificate: reconnect,
+		// as an agent does, so that heartbeats present the new one.
+		return n.dial(addr)
+	}
+	return errors.New("renewal still busy after 100 tries")
+}
+
+// live runs n's heartbeat loop until ctx ends: as agent.Renewer, at the
+// period the leader tells, renewing when told (after the jitter it asks
+// for) and heartbeating at once after a renewal.
+func (f *fleet) live(ctx context.Context, n *simNode, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 0x5ca1e))
+	n.mu.Lock()
+	period := n.period
+	n.mu.Unlock()
+	// The nodes start their loops together: spread them over a period.
+	next := time.Duration(rng.Int64N(int64(period)))
+	for {
+		if !wait.Sleep(ctx, next) {
+			return
+		}
+		next = period
+		resp, err := f.heartbeat(ctx, n)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			f.failed.Add(1)
+			f.lastErr.Store(err)
+			next = time.Second + time.Duration(rng.Int64N(int64(time.Second)))
+			continue
+		}
+		if p := time.Duration(resp.GetPeriodMs()) * time.Millisecond; p > 0 {
+			period, next = p, p
+		}
+		due := resp.GetRenew()
+		if b := resp.GetBundle(); len(b) > 0 {
+			n.mu.Lock()
+			if resp.GetBundleSince() >= n.since && !bytes.Equal(b, n.bundle) {
+				// A node takes a new bundle only if its own certificate
+				// chains to it; else it renews.
+				if _, _, err := ca.VerifyPEM(n.cert, b, time.Now()); err == nil {
+					n.bundle, n.since = b, resp.GetBundleSince()
+				} else {
+					due = true
+				}
+			}
+			n.mu.Unlock()
+		}
+		if !due {
+			continue
+		}
+		if j := time.Duration(resp.GetRenewJitterMs()) * time.Millisecond; j > 0 {
+			if !wait.Sleep(ctx, time.Duration(rng.Int64N(int64(j)))) {
+				return
+			}
+		}
+		if err := f.renew(ctx, n, rng); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			f.renewErrs.Add(1)
+			f.lastErr.Store(err)
+			continue
+		}
+		next = 0
+	}
+}
+
+// p99Between is the 99th percentile of the heartbeats started in [from,
+// to), in milliseconds, and how many there were.
+func (f *fleet) p99Between(from, to time.Time) (float64, int) {
+	f.mu.Lock()
+	var lat latencies
+	for _, b := range f.beats {
+		if !b.at.Before(from) && b.at.Before(to) {
+			lat = append(lat, b.lat)
+		}
+	}
+	f.mu.Unlock()
+	return lat.percentile(0.99), len(lat)
+}
+
+// labelled runs f with the pprof label that attributes its goroutines,
+// and the ones they start, to who.
+func labelled(ctx context.Context, who string, f func(context.Context)) {
+	pprof.Do(ctx, pprof.Labels(labelKey, who), f)
+}
+
+// cpuByLabel profiles the process's CPU for d and returns the CPU time
+// spent by the goroutines of each label value ("" for none: the runtime's
+// own work, such as the garbage collector's background marking).
+func cpuByLabel(ctx context.Context, d time.Duration) (map[string]time.Duration, error) {
+	var buf bytes.Buffer
+	if err := pprof.StartCPUProfile(&buf); err != nil {
+		return nil, fmt.Errorf("cpu profile (is --cpuprofile also profiling?): %w", err)
+	}
+	ok := wait.Sleep(ctx, d)
+	pprof.StopCPUProfile()
+	if !ok {
+		return nil, ctx.Err()
+	}
+	if cpuProfile != "" {
+		// --cpuprofile: keep the idle window's profile (labels and all).
+		if err := os.WriteFile(profilePath("idle"), buf.Bytes(), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	p, err := pprofile.Parse(&buf)
+	if err != nil {
+		return nil, err
+	}
+	// The sample type "cpu" is in nanoseconds.
+	idx := -1
+	for i, st := range p.SampleType {
+		if st.Type == "cpu" {
+			idx = i
+		}
+	}
+	if idx < 0 {
+		return nil, errors.New("cpu profile without a cpu sample type")
+	}
+	out := map[string]time.Duration{}
+	for _, s := range p.Sample {
+		who := ""
+		if v := s.Label[labelKey]; len(v) > 0 {
+			who = v[0]
+		}
+		out[who] += time.Duration(s.Value[idx])
+	}
+	return out, nil
+}
+
+// benchScale runs the scale benchmark with n simulated nodes, joined c at
+// a time, and an idle window of idle.
+func benchScale(ctx context.Context, cl *cluster, n, c int, idle time.Duration) (Result, error) {
+	r := Result{Name: "scale", N: n, Concurrency: c, Figures: map[string]float64{}}
+	heap0 := memInUse()
+
+	// The join storm: n real joins, c at a time, through every manager.
+	note("scale: join storm of %d nodes, %d at a time", n, c)
+	var joinedNodes []joined
+	var got measured
+	var err error
+	labelled(ctx, simLabel, func(ctx context.Context) { joinedNodes, got, err = joinAll(ctx, cl, n, c) })
+	if err != nil {
+		return r, fmt.Errorf("join storm: %w", err)
+	}
+	r.Seconds, r.Rate = got.wall.Seconds(), got.rate()
+	r.P50, r.P99 = got.lat.percentile(0.50), got.lat.percentile(0.99)
+	r.CPUPerOp, r.Cores = got.cpuPerOp(), got.cores()
+	r.Figures["join_storm_s"] = got.wall.Seconds()
+
+	leader := cl.leader()
+	if leader < 0 {
+		return r, errors.New("scale: no leader after the join storm")
+	}
+	f := &fleet{nodes: make([]*simNode, n)}
+	for i, j := range joinedNodes {
+		f.nodes[i] = &simNode{id: j.Identity, keyPEM: j.KeyPEM, cert: j.CertPEM, bundle: j.Bundle, period: time.Second}
+	}
+	defer func() {
+		for _, sn := range f.nodes {
+			sn.close()
+		}
+	}()
+	// Every node connects to the leader and heartbeats once: the leader
+	// tells the period.
+	note("scale: %d nodes connect to the leader and heartbeat", n)
+	leaderAddr := cl.managers[leader].Addr()
+	labelled(ctx, simLabel, func(ctx context.Context) {
+		_, err = run(ctx, n, c, func(ctx context.Context, i int) error {
+			sn := f.nodes[i]
+			if err := sn.dial(leaderAddr); err != nil {
+				return err
+			}
+			resp, err := f.heartbeat(ctx, sn)
+			if err != nil {
+				return err
+			}
+			sn.period = time.Duration(resp.GetPeriodMs()) * time.Millisecond
+			return nil
+		})
+	})
+	if err != nil {
+		return r, fmt.Errorf("connect: %w", err)
+	}
+	period := f.nodes[0].period
+	r.Figures["heartbeat_period_s"] = period.Seconds()
+	r.Figures["heartbeats_per_s"] = float64(n) / period.Seconds()
+
+	liveCtx, stopLive := context.WithCancel(ctx)
+	var loops sync.WaitGroup
+	defer func() {
+		stopLive()
+		loops.Wait()
+	}()
+	labelled(liveCtx, simLabel, func(ctx context.Context) {
+		for i, sn := range f.nodes {
+			loops.Go(func() { f.live(ctx, sn, uint64(i)) })
+		}
+	})
+	// Let the loops spread over a period, then measure idle.
+	note("scale: heartbeat period %v (%.0f heartbeats/s); settling for a period, then %v idle", period, float64(n)/period.Seconds(), idle)
+	if !wait.Sleep(ctx, period) {
+		return r, ctx.Err()
+	}
+	byLabel, err := cpuByLabel(ctx, idle)
+	if err != nil {
+		return r, err
+	}
+	perNodeSec := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) / idle.Seconds() }
+	leaderName := fmt.Sprintf("m%d", leader)
+	r.Figures["idle_leader_us_per_node_s"] = perNodeSec(byLabel[leaderName])
+	var followers time.Duration
+	for i := range cl.managers {
+		if i != leader {
+			followers += byLabel[fmt.Sprintf("m%d", i)]
+		}
+	}
+	r.Figures["idle_follower_us_per_node_s"] = perNodeSec(followers / time.Duration(max(len(cl.managers)-1, 1)))
+	r.Figures["idle_nodes_us_per_node_s"] = perNodeSec(byLabel[simLabel])
+	r.Figures["idle_unlabelled_us_per_node_s"] = perNodeSec(byLabel[""])
+	heap := memInUse()
+	r.Figures["process_heap_kib_per_node"] = float64(heap-min(heap0, heap)) / float64(n) / 1024
+	r.Figures["leader_state_nodes"] = float64(cl.managers[leader].State().Nodes.Len())
+
+	// node ls, every page, on the leader's control socket.
+	lsStart := time.Now()
+	listed, down, err := listAll(ctx, cl.control[leader])
+	if err != nil {
+		return r, fmt.Errorf("node ls: %w", err)
+	}
+	r.Figures["node_ls_ms"] = ms(time.Since(lsStart))
+	if listed != n+len(cl.managers) {
+		return r, fmt.Errorf("node ls listed %d nodes, want %d", listed, n+len(cl.managers))
+	}
+	downIdle := down
+
+	// The renewal storm: a root rotation, which every node must renew for.
+	note("scale: rotating the root: %d renewals", n)
+	rotStart := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	_, err = api.NewControlClient(cl.control[leader]).RotateCA(rctx, &api.RotateCARequest{})
+	cancel()
+	if err != nil {
+		return r, fmt.Errorf("rotate: %w", err)
+	}
+	downStorm := map[string]bool{}
+	var lsErr error
+	// Who the leader marks down while the storm runs, every two seconds
+	// (a listing of every node is work for the leader too).
+	lsDone := make(chan struct{})
+	lsCtx, stopLs := context.WithCancel(ctx)
+	go func() {
+		defer close(lsDone)
+		for wait.Sleep(lsCtx, 2*time.Second) {
+			_, d, err := listAllDown(lsCtx, cl.control[leader])
+			if err != nil {
+				if lsCtx.Err() == nil {
+					lsErr = err
+				}
+				continue
+			}
+			for _, id := range d {
+				downStorm[id] = true
+			}
+		}
+	}()
+	err = poll(ctx, 3*time.Minute, func() error {
+		st := cl.managers[leader].State()
+		if st.Rotation != nil || st.LastRotation == nil {
+			return fmt.Errorf("rotation in progress (%d renewed)", f.renewed.Load())
+		}
+		return nil
+	})
+	storm := time.Since(rotStart)
+	stopLs()
+	<-lsDone
+	if err != nil {
+		return r, fmt.Errorf("rotation: %w (last error of a node: %v)", err, f.lastErr.Load())
+	}
+	r.Figures["rotation_storm_s"] = storm.Seconds()
+	p99, beats := f.p99Between(rotStart, rotStart.Add(storm))
+	r.Figures["storm_heartbeat_p99_ms"] = p99
+	r.Figures["storm_heartbeats"] = float64(beats)
+	r.Figures["storm_renewals"] = float64(f.renewed.Load())
+	r.Figures["storm_busy_answers"] = float64(f.busy.Load())
+	r.Figures["heartbeats_failed"] = float64(f.failed.Load())
+	r.Figures["renewals_failed"] = float64(f.renewErrs.Load())
+	if lsErr != nil {
+		note("scale: a node ls during the storm failed: %v", lsErr)
+	}
+	_, downAfter, err := listAll(ctx, cl.control[leader])
+	if err != nil {
+		return r, fmt.Errorf("node ls after the storm: %w", err)
+	}
+	r.Figures["nodes_marked_down"] = float64(downIdle + len(downStorm) + downAfter)
+
+	r.Goals = []Goal{
+		atMost("leader CPU idle", 20, r.Figures["idle_leader_us_per_node_s"], " us/node/s"),
+		atMost("nodes marked down", 0, r.Figures["nodes_marked_down"], ""),
+		atMost("renewal storm after a rotation", 30, storm.Seconds(), " s"),
+		atMost("heartbeat p99 during the storm", 1000, p99, " ms"),
+	}
+	return r, nil
+}
+
+// listAll lists every node a page at a time, as `quorumca node ls` does,
+// and counts them and those marked down.
+func listAll(ctx context.Context, conn *grpc.ClientConn) (listed, down int, err error) {
+	n, ids, err := listAllDown(ctx, conn)
+	return n, len(ids), err
+}
+
+// listAllDown lists every node and returns how many, and the IDs of those
+// marked down.
+func listAllDown(ctx context.Context, conn *grpc.ClientConn) (int, []string, error) {
+	client := api.NewControlClient(conn)
+	req := &api.ListNodesRequest{}
+	var n int
+	var down []string
+	for page := 0; page < 1000; page++ {
+		lctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+		resp, err := client.ListNodes(lctx, req)
+		cancel()
+		if err != nil {
+			return 0, nil, err
+		}
+		for _, nd := range resp.GetNodes() {
+			n++
+			if nd.GetStatus() == "down" {
+				down = append(down, nd.GetId())
+			}
+		}
+		if resp.GetNextPageToken() == "" {
+			slices.Sort(down)
+			return n, down, nil
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+	return 0, nil, errors.New("node ls: more than 1000 pages")
+}
