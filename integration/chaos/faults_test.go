@@ -3,6 +3,8 @@ package chaos
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -299,25 +301,7 @@ func TestChaosIsolateLeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	healedAt := time.Now()
-	c.eventually("the three managers agree on the leader, all reachable", waitBound, func() error {
-		var leader string
-		for _, m := range managers {
-			st, err := c.status(m)
-			if err != nil {
-				return err
-			}
-			if st.LeaderID == "" || (leader != "" && st.LeaderID != leader) {
-				return fmt.Errorf("%s sees leader %q, another %q", m, st.LeaderID, leader)
-			}
-			leader = st.LeaderID
-			for _, mm := range st.Managers {
-				if mm.Reachability != "reachable" {
-					return fmt.Errorf("%s sees manager %s %s", m, mm.NodeID, mm.Reachability)
-				}
-			}
-		}
-		return nil
-	})
+	c.eventually("the three managers agree on the leader, all reachable", waitBound, c.managersAgree)
 	converged := since(healedAt)
 	inv := c.checkInvariants(h, b)
 	sent, acked := h.count("join")
@@ -329,4 +313,190 @@ func TestChaosIsolateLeader(t *testing.T) {
 func firstLine(s string) string {
 	s, _, _ = strings.Cut(s, "\n")
 	return s
+}
+
+// managersAgree checks that the three managers know the same leader and
+// see every manager reachable.
+func (c *cluster) managersAgree() error {
+	var leader string
+	for _, m := range managers {
+		st, err := c.status(m)
+		if err != nil {
+			return err
+		}
+		if st.LeaderID == "" || (leader != "" && st.LeaderID != leader) {
+			return fmt.Errorf("%s sees leader %q, another %q", m, st.LeaderID, leader)
+		}
+		leader = st.LeaderID
+		for _, mm := range st.Managers {
+			if mm.Reachability != "reachable" {
+				return fmt.Errorf("%s sees manager %s %s", m, mm.NodeID, mm.Reachability)
+			}
+		}
+	}
+	return nil
+}
+
+// TestChaosLeaderDiskFull fills the file system of the leader's data
+// directory (each manager's data volume is bound to a 64 MiB tmpfs of the
+// host): the cluster stays available (the full leader steps down, or
+// refuses writes saying its disk is full), nothing acknowledged is lost,
+// and once the space is freed the manager serves again.
+func TestChaosLeaderDiskFull(t *testing.T) {
+	override, disks := smallDisks(t, 64<<20, managers...)
+	c := newCluster(t, "diskfull", 9, override)
+	h := newHistory(t)
+	start := time.Now()
+	b := c.baseline()
+	full, fullID, err := c.leaderService("manager1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	others := slices.DeleteFunc(slices.Clone(managers), func(m string) bool { return m == full })
+	restarts0 := strings.TrimSpace(c.docker("inspect", "-f", "{{.RestartCount}}", c.ctr(full)))
+	for _, m := range managers {
+		c.eventually("a join through "+m, opBound, func() error {
+			_, err := c.join(h, "client", m, "worker-0", b.token, 15*time.Second)
+			return err
+		})
+	}
+
+	filler := filepath.Join(disks[full], "chaos-filler")
+	filled := fillDisk(t, filler)
+	fullAt := time.Now()
+	// Joins go on through every manager (the others relay them to the
+	// leader) until the full leader has noticed (its status says its disk
+	// is full, or it no longer leads, or it stopped answering), and a join
+	// sent after that is acknowledged.
+	var noticed string
+	var noticedAt time.Time
+	available := c.eventually("the full leader notices, and the cluster admits joins after", 2*waitBound, func() error {
+		for _, m := range append(slices.Clone(others), full) {
+			c.join(h, "client", m, "worker-0", b.token, 15*time.Second)
+		}
+		if noticed == "" {
+			st, err := c.status(full)
+			switch {
+			case err != nil:
+				noticed = "its status fails: " + firstLine(err.Error())
+			case strings.Contains(st.Problem, "disk full"):
+				noticed = fmt.Sprintf("its status says %q (health %s)", st.Problem, st.Health)
+			default:
+				if st2, err := c.status(others[0]); err == nil && st2.LeaderID != "" && st2.LeaderID != fullID {
+					noticed = fmt.Sprintf("it no longer leads: %s sees %s", others[0], st2.LeaderID)
+				}
+			}
+			if noticed == "" {
+				return fmt.Errorf("%s (%s) leads on, its status says nothing of its full disk", full, fullID)
+			}
+			noticedAt = time.Now()
+			t.Logf("%s after the fill, the full leader %s: %s", since(fullAt), full, noticed)
+		}
+		for _, o := range h.all() {
+			if o.Op == "join" && o.OK && o.Start.After(noticedAt) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no join acknowledged since the full leader noticed (%s)", noticed)
+	})
+	// What writes through the full manager got: acknowledged (relayed),
+	// or an error that says its disk is full, or no answer (down).
+	var saidFull, unclear []string
+	acked := 0
+	for _, o := range h.all() {
+		if o.Op != "join" || o.Via != full || o.Start.Before(fullAt) {
+			continue
+		}
+		switch {
+		case o.OK:
+			acked++
+		case strings.Contains(o.Result, "disk full"):
+			saidFull = append(saidFull, firstLine(o.Result))
+		default:
+			unclear = append(unclear, firstLine(o.Result))
+		}
+	}
+	t.Logf("joins through the full manager while full: %d acknowledged, %d said disk full, %d other errors: %q", acked, len(saidFull), len(unclear), unclear)
+	restarts := strings.TrimSpace(c.docker("inspect", "-f", "{{.RestartCount}}", c.ctr(full)))
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	freedAt := time.Now()
+	c.waitHealthy(2*waitBound, full)
+	c.eventually(full+" serves again: no problem, a join through it", waitBound, func() error {
+		st, err := c.status(full)
+		if err != nil {
+			return err
+		}
+		if st.Problem != "" {
+			return fmt.Errorf("%s: problem %q", full, st.Problem)
+		}
+		_, err = c.join(h, "client", full, "worker-0", b.token, 15*time.Second)
+		return err
+	})
+	recovered := since(freedAt)
+	c.eventually("the three managers agree on the leader, all reachable", waitBound, c.managersAgree)
+	inv := c.checkInvariants(h, b)
+	sent, ackedAll := h.count("join")
+	t.Logf("SUMMARY TestChaosLeaderDiskFull: leader %s (%s) had its 64 MiB data file system filled (%d MiB written); it noticed: %s; the cluster admitted joins again %s after the fill "+
+		"(through the full manager meanwhile: %d acknowledged, %d said disk full, %d other errors); container restarts %s -> %s; space freed, %s served again in %s; %d joins sent, %d acknowledged; %s; scenario %s",
+		full, fullID, filled>>20, noticed, available.Round(100*time.Millisecond), acked, len(saidFull), len(unclear), restarts0, restarts, full, recovered, sent, ackedAll, inv, since(start))
+}
+
+// TestChaosRollingRestartJoinStorm restarts the managers one at a time,
+// each once the cluster is whole again, while three clients join new
+// nodes through the managers in turn (one join every 400ms each):
+// afterwards every acknowledged join is a node on every manager.
+func TestChaosRollingRestartJoinStorm(t *testing.T) {
+	c := newCluster(t, "rolling", 10)
+	h := newHistory(t)
+	start := time.Now()
+	b := c.baseline()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pace := time.NewTicker(400 * time.Millisecond)
+			defer pace.Stop()
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				case <-pace.C:
+				}
+				c.join(h, fmt.Sprintf("client%d", i), managers[(i+n)%len(managers)], "worker-0", b.token, 10*time.Second)
+			}
+		}()
+	}
+	stopClients := sync.OnceFunc(func() {
+		close(stop)
+		wg.Wait()
+	})
+	defer stopClients()
+
+	var restarts []string
+	for _, m := range managers {
+		at := time.Now()
+		c.docker("restart", "-t", "10", c.ctr(m))
+		c.waitHealthy(waitBound, m)
+		c.eventually("the three managers agree on the leader, all reachable, after "+m+"'s restart", waitBound, c.managersAgree)
+		ackedSince := 0
+		for _, o := range h.all() {
+			if o.Op == "join" && o.OK && o.Start.After(at) {
+				ackedSince++
+			}
+		}
+		restarts = append(restarts, fmt.Sprintf("%s whole again in %s (%d joins acknowledged meanwhile)", m, since(at), ackedSince))
+	}
+	stopClients()
+	sent, acked := h.count("join")
+	if acked < 20 {
+		t.Errorf("only %d of %d joins acknowledged through the rolling restart", acked, sent)
+	}
+	inv := c.checkInvariants(h, b)
+	t.Logf("SUMMARY TestChaosRollingRestartJoinStorm: 3 clients joined through the managers in turn while each manager was restarted in its turn: %s; %d joins sent, %d acknowledged; %s; scenario %s",
+		strings.Join(restarts, "; "), sent, acked, inv, since(start))
 }
