@@ -399,6 +399,29 @@ func TestChaosLeaderDiskFull(t *testing.T) {
 		}
 		return fmt.Errorf("no join acknowledged since the full leader noticed (%s)", noticed)
 	})
+	// The disk stays full for holdFor more: joins go on through each
+	// manager in turn (one every 500ms), and one of the nodes joined
+	// before is removed through the full manager.
+	const holdFor = 15 * time.Second
+	pace := time.NewTicker(500 * time.Millisecond)
+	for i := 0; time.Since(noticedAt) < holdFor; i++ {
+		<-pace.C
+		c.join(h, "steady", managers[i%len(managers)], "worker-0", b.token, 15*time.Second)
+	}
+	pace.Stop()
+	var gone string
+	for _, o := range h.all() {
+		if o.Op == "join" && o.OK && o.Start.Before(fullAt) {
+			gone = o.NodeID
+			break
+		}
+	}
+	rmErr := c.removeNode(h, "admin", full, gone, 20*time.Second)
+	t.Logf("node rm %s through the full manager: %v", gone, rmErr)
+	leaderWhileFull := "unknown"
+	if st, err := c.status(others[0]); err == nil {
+		leaderWhileFull = st.LeaderID
+	}
 	// What writes through the full manager got: acknowledged (relayed),
 	// or an error that says its disk is full, or no answer (down).
 	var saidFull, unclear []string
@@ -417,6 +440,11 @@ func TestChaosLeaderDiskFull(t *testing.T) {
 		}
 	}
 	t.Logf("joins through the full manager while full: %d acknowledged, %d said disk full, %d other errors: %q", acked, len(saidFull), len(unclear), unclear)
+	for _, o := range h.all() {
+		if !o.OK && o.Start.After(fullAt) {
+			t.Logf("failed while full: %s through %s at +%s: %s", o.Op, o.Via, o.Start.Sub(fullAt).Round(100*time.Millisecond), firstLine(o.Result))
+		}
+	}
 	restarts := strings.TrimSpace(c.docker("inspect", "-f", "{{.RestartCount}}", c.ctr(full)))
 
 	if err := os.Remove(filler); err != nil {
@@ -440,8 +468,8 @@ func TestChaosLeaderDiskFull(t *testing.T) {
 	inv := c.checkInvariants(h, b)
 	sent, ackedAll := h.count("join")
 	t.Logf("SUMMARY TestChaosLeaderDiskFull: leader %s (%s) had its 64 MiB data file system filled (%d MiB written); it noticed: %s; the cluster admitted joins again %s after the fill "+
-		"(through the full manager meanwhile: %d acknowledged, %d said disk full, %d other errors); container restarts %s -> %s; space freed, %s served again in %s; %d joins sent, %d acknowledged; %s; scenario %s",
-		full, fullID, filled>>20, noticed, available.Round(100*time.Millisecond), acked, len(saidFull), len(unclear), restarts0, restarts, full, recovered, sent, ackedAll, inv, since(start))
+		"and went on for %s more (leader then %s; through the full manager meanwhile: %d joins acknowledged, %d said disk full, %d other errors; node rm through it: %v); container restarts %s -> %s; space freed, %s served again in %s; %d joins sent, %d acknowledged; %s; scenario %s",
+		full, fullID, filled>>20, noticed, available.Round(100*time.Millisecond), holdFor, leaderWhileFull, acked, len(saidFull), len(unclear), errOrOK(rmErr), restarts0, restarts, full, recovered, sent, ackedAll, inv, since(start))
 }
 
 // TestChaosRollingRestartJoinStorm restarts the managers one at a time,
@@ -499,4 +527,11 @@ func TestChaosRollingRestartJoinStorm(t *testing.T) {
 	inv := c.checkInvariants(h, b)
 	t.Logf("SUMMARY TestChaosRollingRestartJoinStorm: 3 clients joined through the managers in turn while each manager was restarted in its turn: %s; %d joins sent, %d acknowledged; %s; scenario %s",
 		strings.Join(restarts, "; "), sent, acked, inv, since(start))
+}
+
+func errOrOK(err error) string {
+	if err != nil {
+		return firstLine(err.Error())
+	}
+	return "acknowledged"
 }
