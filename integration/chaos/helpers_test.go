@@ -2,7 +2,11 @@
 // managers, 3 workers, each node a container of the FROM-scratch image)
 // through failures: a leader killed mid-rotation, a partitioned manager, a
 // worker paused through a rotation, a restart of everything, a removed
-// node's certificate. Every scenario brings up its own fresh cluster, and
+// node's certificate; and (faults_test.go) a lossy network between
+// managers, the leader cut off, the leader's disk full, a rolling restart
+// under a storm of joins, each checked against a history of what it sent
+// (checkInvariants). The fault scenarios run as root: nsenter, tc or
+// iptables, ip route and mount tmpfs on the host. Every scenario brings up its own fresh cluster, and
 // asserts through the cluster's own CLI (docker exec) and the certificate
 // files in the nodes' volumes (docker cp).
 //
