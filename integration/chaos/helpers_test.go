@@ -2,7 +2,11 @@
 // managers, 3 workers, each node a container of the FROM-scratch image)
 // through failures: a leader killed mid-rotation, a partitioned manager, a
 // worker paused through a rotation, a restart of everything, a removed
-// node's certificate. Every scenario brings up its own fresh cluster, and
+// node's certificate; and (faults_test.go) a lossy network between
+// managers, the leader cut off, the leader's disk full, a rolling restart
+// under a storm of joins, each checked against a history of what it sent
+// (checkInvariants). The fault scenarios run as root: nsenter, tc or
+// iptables, ip route and mount tmpfs on the host. Every scenario brings up its own fresh cluster, and
 // asserts through the cluster's own CLI (docker exec) and the certificate
 // files in the nodes' volumes (docker cp).
 //
@@ -43,7 +47,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/quorumca/quorumca/agent"
+	"github.com/quorumca/quorumca/api"
+	"github.com/quorumca/quorumca/backup"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/fsm"
 )
 
 const (
@@ -266,20 +273,21 @@ func freeNet(index int) (string, error) {
 type cluster struct {
 	t       *testing.T
 	project string
-	net     string // the /24 prefix, e.g. 172.28.60
+	net     string   // the /24 prefix, e.g. 172.28.60
+	extra   []string // compose files laid over docker-compose.yml
 }
 
 // newCluster brings up a fresh cluster for the test and waits until it is
 // healthy; it is taken down (volumes too) when the test ends, however it
-// ends.
-func newCluster(t *testing.T, name string, index int) *cluster {
+// ends. overrides are compose files laid over docker-compose.yml (-f).
+func newCluster(t *testing.T, name string, index int, overrides ...string) *cluster {
 	t.Helper()
 	requireChaos(t)
 	prefix, err := freeNet(index)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, project: fmt.Sprintf("%s%d%s", projectPrefix, os.Getpid(), name), net: prefix}
+	c := &cluster{t: t, project: fmt.Sprintf("%s%d%s", projectPrefix, os.Getpid(), name), net: prefix, extra: overrides}
 	t.Cleanup(c.teardown)
 	start := time.Now()
 	if out, err := c.composeCmd(t.Context(), "up", "-d"); err != nil {
@@ -300,6 +308,9 @@ func (c *cluster) composeCmd(ctx context.Context, args ...string) (string, error
 	ctx, cancel := context.WithTimeout(ctx, 3*cmdTimeout)
 	defer cancel()
 	full := append(slices.Clone(suite.compose[1:]), "-p", c.project, "-f", filepath.Join(suite.root, "docker-compose.yml"))
+	for _, f := range c.extra {
+		full = append(full, "-f", f)
+	}
 	cmd := exec.CommandContext(ctx, suite.compose[0], append(full, args...)...)
 	cmd.Env = c.env()
 	cmd.Dir = suite.root
@@ -949,3 +960,655 @@ func newCSR() ([]byte, error) {
 }
 
 func since(t time.Time) time.Duration { return time.Since(t).Round(100 * time.Millisecond) }
+
+// History: what a fault scenario sent, and what came back. The invariants
+// are checked against it and against every manager's own state; a failed
+// scenario writes it to a temp file.
+
+// op is one operation a scenario sent and its outcome.
+type op struct {
+	Client string `json:"client"`
+	// Op is join, renew, rm or rotate.
+	Op string `json:"op"`
+	// Via is the service the operation was sent to.
+	Via string `json:"via"`
+	// Arg is, for a join, the label of the token it used (never the
+	// secret); for rm and renew, the node ID; for rotate, the label of the
+	// token it replaced.
+	Arg   string    `json:"arg,omitempty"`
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
+	OK    bool      `json:"ok"`
+	// Result is what an acknowledged operation returned, or the error.
+	Result string `json:"result"`
+	// NodeID and Serial are what an acknowledged join or renew issued.
+	NodeID string `json:"node_id,omitempty"`
+	Serial string `json:"serial,omitempty"`
+	cert   []byte
+}
+
+// history is the operations of one scenario; mu guards ops (the clients
+// of a storm record concurrently).
+type history struct {
+	mu  sync.Mutex
+	ops []op
+}
+
+// newHistory returns an empty history that, if the test fails, is written
+// as JSON to a temp file whose path the test logs.
+func newHistory(t *testing.T) *history {
+	h := &history{}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		f, err := os.CreateTemp("", "quorumca-"+t.Name()+"-history-*.json")
+		if err != nil {
+			t.Logf("history not written: %v", err)
+			return
+		}
+		defer f.Close()
+		enc := json.NewEncoder(f)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(h.all()); err != nil {
+			t.Logf("history not written: %v", err)
+			return
+		}
+		t.Logf("history of the %d operations sent: %s", len(h.all()), f.Name())
+	})
+	return h
+}
+
+// record completes o with err's outcome, and appends it.
+func (h *history) record(o op, err error) op {
+	o.End = time.Now()
+	if err != nil {
+		o.OK, o.Result, o.NodeID, o.Serial, o.cert = false, err.Error(), "", "", nil
+	} else {
+		o.OK = true
+		if o.Result == "" {
+			o.Result = strings.TrimSpace(fmt.Sprintf("node %s serial %s", o.NodeID, o.Serial))
+		}
+	}
+	h.mu.Lock()
+	h.ops = append(h.ops, o)
+	h.mu.Unlock()
+	return o
+}
+
+func (h *history) all() []op {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.ops)
+}
+
+// count returns how many operations of a kind were sent, and how many
+// acknowledged.
+func (h *history) count(kind string) (sent, acked int) {
+	for _, o := range h.all() {
+		if o.Op == kind {
+			sent++
+			if o.OK {
+				acked++
+			}
+		}
+	}
+	return sent, acked
+}
+
+// baseline is what a fault scenario reads before its fault: the root the
+// cluster trusts, its nodes, and the worker join token.
+type baseline struct {
+	root  []byte
+	nodes []nodeJSON
+	token string
+}
+
+func (c *cluster) baseline() baseline {
+	c.t.Helper()
+	b := baseline{root: []byte(c.mustCLI("manager1", "ca")), nodes: c.mustNodes("manager1"), token: strings.TrimSpace(c.mustCLI("manager1", "join-token", "-q", "worker"))}
+	if _, err := ca.ParseToken(b.token); err != nil {
+		c.t.Fatalf("join-token -q worker printed %q: %v", b.token, err)
+	}
+	return b
+}
+
+// hostCreds are the credentials a node joined from the host holds.
+type hostCreds struct {
+	id                ca.Identity
+	key, cert, bundle []byte
+}
+
+// join enrolls a new worker from the host through svc, as a joining node
+// does (agent.Enroll: nothing is written), and records it; label names
+// the token in the history.
+func (c *cluster) join(h *history, client, svc, label, token string, d time.Duration) (hostCreds, error) {
+	o := op{Client: client, Op: "join", Via: svc, Arg: label, Start: time.Now()}
+	e, err := agent.Enroll(c.t.Context(), agent.JoinConfig{Token: token, Remote: c.ip(svc) + ":2377", Timeout: d})
+	if err == nil {
+		o.NodeID, o.cert = e.Identity.NodeID, e.CertPEM
+		o.Serial, err = serialOf(e.CertPEM)
+	}
+	h.record(o, err)
+	return hostCreds{id: e.Identity, key: e.KeyPEM, cert: e.CertPEM, bundle: e.Bundle}, err
+}
+
+func serialOf(certPEM []byte) (string, error) {
+	certs, err := ca.ParseCertificates(certPEM)
+	if err != nil {
+		return "", err
+	}
+	return certs[0].SerialNumber.Text(16), nil
+}
+
+// renewAs renews a host-joined node's certificate through svc over mutual
+// TLS with its current one, following a redirect to the leader once, and
+// records it.
+func (c *cluster) renewAs(h *history, client, svc string, n hostCreds, d time.Duration) (hostCreds, error) {
+	o := op{Client: client, Op: "renew", Via: svc, Arg: n.id.NodeID, Start: time.Now()}
+	next, err := c.tryRenew(svc, n, d)
+	if err == nil {
+		o.NodeID, o.cert = next.id.NodeID, next.cert
+		o.Serial, err = serialOf(next.cert)
+	}
+	h.record(o, err)
+	return next, err
+}
+
+func (c *cluster) tryRenew(svc string, n hostCreds, d time.Duration) (hostCreds, error) {
+	key, err := ca.GenerateKey(rand.Reader)
+	if err != nil {
+		return hostCreds{}, err
+	}
+	keyPEM, err := ca.MarshalKey(key)
+	if err != nil {
+		return hostCreds{}, err
+	}
+	csr, err := ca.NewCSR(rand.Reader, key, "")
+	if err != nil {
+		return hostCreds{}, err
+	}
+	cfg := clientTLS(c.t, nodeCredentials{cert: n.cert, key: n.key, root: n.bundle}, n.bundle)
+	ctx, cancel := context.WithTimeout(c.t.Context(), d)
+	defer cancel()
+	addr := c.ip(svc) + ":2377"
+	for hop := 0; ; hop++ {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		if err != nil {
+			return hostCreds{}, err
+		}
+		resp, err := api.NewCAClient(conn).RenewNodeCertificate(ctx, &api.RenewNodeCertificateRequest{Csr: csr})
+		conn.Close()
+		if leader, ok := api.LeaderRedirect(err); ok && hop == 0 {
+			addr = leader
+			continue
+		}
+		if err != nil {
+			return hostCreds{}, fmt.Errorf("RenewNodeCertificate at %s: %w", addr, err)
+		}
+		id, _, err := ca.VerifyPEM(resp.GetCertificate(), resp.GetBundle(), time.Now())
+		if err != nil {
+			return hostCreds{}, fmt.Errorf("renewed certificate from %s: %w", addr, err)
+		}
+		return hostCreds{id: id, key: keyPEM, cert: resp.GetCertificate(), bundle: resp.GetBundle()}, nil
+	}
+}
+
+// removeNode runs node rm --force through svc's CLI, and records it.
+func (c *cluster) removeNode(h *history, client, svc, id string, d time.Duration) error {
+	o := op{Client: client, Op: "rm", Via: svc, Arg: id, Start: time.Now(), Result: "removed " + id}
+	_, err := c.cliTimeout(d, svc, "node", "rm", "--force", id)
+	h.record(o, err)
+	return err
+}
+
+// rotateWorkerToken runs join-token --rotate -q worker through svc's CLI,
+// records it (old and next label the tokens), and returns the new token.
+func (c *cluster) rotateWorkerToken(h *history, client, svc, old, next string, d time.Duration) (string, error) {
+	o := op{Client: client, Op: "rotate", Via: svc, Arg: old, Start: time.Now(), Result: "new token " + next}
+	out, err := c.cliTimeout(d, svc, "join-token", "--rotate", "-q", "worker")
+	token := strings.TrimSpace(out)
+	if err == nil {
+		if _, perr := ca.ParseToken(token); perr != nil {
+			err = fmt.Errorf("join-token --rotate -q printed no token: %w", perr)
+		}
+	}
+	h.record(o, err)
+	return token, err
+}
+
+// localState is a manager's own applied state, read through a stale
+// backup (the one read a follower answers from its own state) written to
+// the shared tokens volume.
+func (c *cluster) localState(svc string) (*fsm.State, error) {
+	const pass = "/tokens/chaos-state.pass"
+	file := "/tokens/chaos-state-" + svc + ".backup"
+	if err := c.writeFile(svc, pass, []byte("chaos suite state check\n")); err != nil {
+		return nil, err
+	}
+	if _, err := c.cli(svc, "backup", "--stale", "--out", file, "--passphrase-file", pass); err != nil {
+		return nil, err
+	}
+	b, err := c.readFile(svc, file)
+	if err != nil {
+		return nil, err
+	}
+	_, st, err := backup.Read(bytes.NewReader(b), backup.Secret{Passphrase: []byte("chaos suite state check")})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %s: %w", svc, file, err)
+	}
+	return st, nil
+}
+
+// checkInvariants waits until the three managers have applied the same
+// state, each its own (a stale backup of each), then checks the history
+// against it:
+//   - every acknowledged join is a node on every manager, unless its
+//     removal was acknowledged, and then it is on none;
+//   - no node ID and no certificate serial was issued twice;
+//   - no certificate was handed to a node after its removal was
+//     acknowledged;
+//   - no token acknowledged as rotated admitted a join sent after that;
+//   - every certificate issued chains to root, the root the cluster
+//     trusted throughout (the scenarios do not rotate it), and names the
+//     node it was issued to; every manager still has that root.
+//
+// It returns a one-line account for the SUMMARY.
+func (c *cluster) checkInvariants(h *history, b baseline) string {
+	c.t.Helper()
+	t := c.t
+	states := map[string]*fsm.State{}
+	c.eventually("the 3 managers applied the same state", 2*waitBound, func() error {
+		for _, m := range managers {
+			st, err := c.localState(m)
+			if err != nil {
+				return err
+			}
+			states[m] = st
+		}
+		for _, m := range managers[1:] {
+			if err := sameState(states[managers[0]], states[m]); err != nil {
+				return fmt.Errorf("%s and %s: %w", managers[0], m, err)
+			}
+		}
+		return nil
+	})
+	ops := h.all()
+	removedAt := map[string]time.Time{} // acknowledged removals: when acknowledged
+	for _, o := range ops {
+		if o.Op == "rm" && o.OK {
+			removedAt[o.Arg] = o.End
+		}
+	}
+	initial := map[string]bool{}
+	serials := map[string]string{}
+	for _, n := range b.nodes {
+		initial[n.ID] = true
+		serials[n.CertSerial] = "initial node " + n.ID
+	}
+	ids := map[string]bool{}
+	issued := 0
+	for _, o := range ops {
+		if !o.OK || (o.Op != "join" && o.Op != "renew") {
+			continue
+		}
+		issued++
+		if o.Op == "join" {
+			if ids[o.NodeID] || initial[o.NodeID] {
+				t.Errorf("node ID %s issued twice (again to a join through %s at %s)", o.NodeID, o.Via, o.Start.Format("15:04:05.000"))
+			}
+			ids[o.NodeID] = true
+			for _, m := range managers {
+				_, there := states[m].Nodes.Get(o.NodeID)
+				if at, removed := removedAt[o.NodeID]; removed && there {
+					t.Errorf("%s: node %s, whose removal was acknowledged at %s, is still a node", m, o.NodeID, at.Format("15:04:05.000"))
+				} else if !removed && !there {
+					t.Errorf("%s: the join of node %s acknowledged at %s through %s is lost: not a node", m, o.NodeID, o.End.Format("15:04:05.000"), o.Via)
+				}
+			}
+		}
+		if prev, dup := serials[o.Serial]; dup {
+			t.Errorf("certificate serial %s issued twice: to %s and to %s %s (through %s)", o.Serial, prev, o.Op, o.NodeID, o.Via)
+		}
+		serials[o.Serial] = o.Op + " " + o.NodeID
+		if at, removed := removedAt[o.NodeID]; removed && o.Start.After(at) {
+			t.Errorf("%s through %s at %s handed node %s a certificate (serial %s) after its removal was acknowledged at %s", o.Op, o.Via, o.Start.Format("15:04:05.000"), o.NodeID, o.Serial, at.Format("15:04:05.000"))
+		}
+		id, _, err := ca.VerifyPEM(o.cert, b.root, o.End)
+		if err != nil {
+			t.Errorf("the certificate %s issued to %s by a %s through %s does not chain to the cluster's root %s: %v", o.Serial, o.NodeID, o.Op, o.Via, describeRoot(b.root), err)
+		} else if id.NodeID != o.NodeID || id.Role != ca.RoleWorker {
+			t.Errorf("the certificate %s of a %s for %s names %+v", o.Serial, o.Op, o.NodeID, id)
+		}
+	}
+	probes := 0
+	for _, r := range ops {
+		if r.Op != "rotate" || !r.OK {
+			continue
+		}
+		for _, o := range ops {
+			if o.Op == "join" && o.Arg == r.Arg && o.Start.After(r.End) {
+				probes++
+				if o.OK {
+					t.Errorf("token %s, acknowledged as rotated at %s, admitted node %s through %s at %s", r.Arg, r.End.Format("15:04:05.000"), o.NodeID, o.Via, o.Start.Format("15:04:05.000"))
+				}
+			}
+		}
+	}
+	// The managers' own records: no serial twice, every removal made.
+	st := states[managers[0]]
+	seen := map[string]string{}
+	for id, n := range st.Nodes.All() {
+		for _, ci := range append([]fsm.CertInfo{n.Cert}, n.Prev...) {
+			if other, dup := seen[ci.Serial]; dup && other != id {
+				t.Errorf("the state records serial %s for nodes %s and %s", ci.Serial, other, id)
+			}
+			seen[ci.Serial] = id
+		}
+	}
+	for id := range removedAt {
+		if _, ok := st.Removed[id]; !ok {
+			t.Errorf("node %s's removal was acknowledged, but the state does not refuse its certificates (not in Removed)", id)
+		}
+	}
+	for _, m := range managers {
+		now, err := c.cli(m, "ca")
+		if err != nil {
+			t.Error(err)
+		} else if !sameCerts([]byte(now), b.root) {
+			t.Errorf("%s: the root is %s, was %s: these scenarios do not rotate it", m, describeRoot([]byte(now)), describeRoot(b.root))
+		}
+	}
+	return fmt.Sprintf("invariants: the 3 managers' own states agree at index %d (%d nodes, %d removed); %d certificates issued, IDs and serials unique, all chain to root sha256:%.16s; %d acknowledged removal(s) held; %d join(s) with a rotated token sent after the rotation, none admitted",
+		st.Index, st.Nodes.Len(), len(st.Removed), issued, agent.BundleFingerprint(b.root), len(removedAt), probes)
+}
+
+// sameState compares what the invariants read of two managers' states.
+func sameState(a, b *fsm.State) error {
+	if a.Index != b.Index {
+		return fmt.Errorf("applied index %d against %d", a.Index, b.Index)
+	}
+	if a.Nodes.Len() != b.Nodes.Len() || len(a.Removed) != len(b.Removed) {
+		return fmt.Errorf("%d nodes, %d removed against %d, %d", a.Nodes.Len(), len(a.Removed), b.Nodes.Len(), len(b.Removed))
+	}
+	for id, n := range a.Nodes.All() {
+		m, ok := b.Nodes.Get(id)
+		if !ok || m.Cert.Serial != n.Cert.Serial {
+			return fmt.Errorf("node %s: serial %s against %s (present: %v)", id, n.Cert.Serial, m.Cert.Serial, ok)
+		}
+	}
+	return nil
+}
+
+// Faults from the host: tc netem and routes in a container's network
+// namespace (nsenter -n runs the host's tc and ip there; the image has
+// neither), and small file systems for data volumes.
+
+// sbin returns the path of an administration command of the host.
+func sbin(name string) string {
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	return "/usr/sbin/" + name
+}
+
+// inNetns runs a host command in svc's network namespace.
+func (c *cluster) inNetns(svc string, args ...string) (string, error) {
+	id := c.containerID(svc)
+	if id == "" {
+		return "", fmt.Errorf("no container for %s", svc)
+	}
+	out, err := c.tryDocker("inspect", "-f", "{{.State.Pid}}", id)
+	if err != nil {
+		return "", err
+	}
+	pid := strings.TrimSpace(out)
+	if pid == "" || pid == "0" {
+		return "", fmt.Errorf("%s is not running", svc)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	out, err = runCmd(ctx, sbin("nsenter"), append([]string{"-t", pid, "-n", "--"}, args...)...)
+	if err != nil {
+		return out, fmt.Errorf("%s: nsenter -n %s: %w", svc, strings.Join(args, " "), err)
+	}
+	return out, nil
+}
+
+// errNoNetem is returned by netem when the kernel has no netem qdisc
+// (sch_netem): some VM kernels ship without it.
+var errNoNetem = errors.New("the kernel has no netem qdisc (sch_netem)")
+
+// netem puts a netem qdisc on svc's eth0 (all it sends) and returns the
+// function that removes it; that runs when the test ends too, however it
+// ends (a container restarted since has a new namespace, without it).
+func (c *cluster) netem(svc string, spec ...string) (remove func() error, err error) {
+	c.t.Helper()
+	tc := sbin("tc")
+	if _, err := c.inNetns(svc, append([]string{tc, "qdisc", "add", "dev", "eth0", "root", "netem"}, spec...)...); err != nil {
+		if strings.Contains(err.Error(), "qdisc kind is unknown") {
+			return nil, fmt.Errorf("%w: %v", errNoNetem, err)
+		}
+		return nil, err
+	}
+	return c.undoing("the netem qdisc of "+svc, func() error {
+		if !c.running(svc) {
+			return nil
+		}
+		out, err := c.inNetns(svc, tc, "qdisc", "show", "dev", "eth0")
+		if err == nil && !strings.Contains(out, "netem") {
+			return nil
+		}
+		_, err = c.inNetns(svc, tc, "qdisc", "del", "dev", "eth0", "root")
+		return err
+	}), nil
+}
+
+// dropTo makes svc drop at random the given fraction of the packets it
+// sends to each of dsts (iptables statistic match in its namespace: where
+// netem is missing, loss without delay), and returns the function that
+// removes the rules; that runs when the test ends too.
+func (c *cluster) dropTo(svc string, fraction float64, dsts ...string) (remove func() error) {
+	c.t.Helper()
+	ipt := sbin("iptables")
+	rule := func(verb, dst string) []string {
+		return []string{ipt, verb, "OUTPUT", "-d", c.ip(dst) + "/32", "-m", "statistic", "--mode", "random", "--probability", strconv.FormatFloat(fraction, 'f', 3, 64), "-j", "DROP"}
+	}
+	for _, d := range dsts {
+		if _, err := c.inNetns(svc, rule("-A", d)...); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	return c.undoing("the packet drops of "+svc, func() error {
+		if !c.running(svc) {
+			return nil
+		}
+		var errs error
+		for _, d := range dsts {
+			if _, err := c.inNetns(svc, rule("-C", d)...); err != nil {
+				continue // gone already
+			}
+			if _, err := c.inNetns(svc, rule("-D", d)...); err != nil {
+				errs = errors.Join(errs, err)
+			}
+		}
+		return errs
+	})
+}
+
+// undoing returns undo, made idempotent, and runs it when the test ends
+// too (an error then fails the test).
+func (c *cluster) undoing(what string, undo func() error) func() error {
+	var once sync.Once
+	var err error
+	f := func() error {
+		once.Do(func() { err = undo() })
+		return err
+	}
+	c.t.Cleanup(func() {
+		if err := f(); err != nil {
+			c.t.Errorf("removing %s: %v", what, err)
+		}
+	})
+	return f
+}
+
+// cut separates svc from each of others, both ways: a prohibit route to
+// the other's address in each one's network namespace, so that neither
+// can send to the other (the rest of the network, the host included,
+// still reaches both). The returned heal deletes the routes; it runs when
+// the test ends too.
+func (c *cluster) cut(svc string, others ...string) (heal func() error) {
+	c.t.Helper()
+	ip := sbin("ip")
+	type route struct{ in, to string }
+	var routes []route
+	for _, o := range others {
+		routes = append(routes, route{svc, c.ip(o)}, route{o, c.ip(svc)})
+	}
+	for _, r := range routes {
+		if _, err := c.inNetns(r.in, ip, "route", "add", "prohibit", r.to+"/32"); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	return c.undoing("the cut of "+svc, func() error {
+		var errs error
+		for _, r := range routes {
+			if !c.running(r.in) {
+				continue // a new namespace, without the route
+			}
+			out, err := c.inNetns(r.in, ip, "route", "show", r.to+"/32")
+			if err == nil && !strings.Contains(out, "prohibit") {
+				continue
+			}
+			if _, err := c.inNetns(r.in, ip, "route", "del", "prohibit", r.to+"/32"); err != nil {
+				errs = errors.Join(errs, err)
+			}
+		}
+		return errs
+	})
+}
+
+// smallDisks mounts a tmpfs of size bytes on the host for each service and
+// returns a compose file that binds each one's data volume to it, and the
+// host directories. The file systems outlive container restarts (the
+// volume is a bind mount); they are unmounted and removed when the test
+// ends, after the project is down if newCluster comes after this.
+func smallDisks(t *testing.T, size int64, svcs ...string) (override string, dirs map[string]string) {
+	t.Helper()
+	top, err := os.MkdirTemp("", fmt.Sprintf("%s%d-disks-", projectPrefix, os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs = map[string]string{}
+	t.Cleanup(func() {
+		for _, d := range dirs {
+			if out, err := exec.Command("umount", d).CombinedOutput(); err != nil {
+				t.Logf("umount %s: %v: %s; lazily", d, err, out)
+				exec.Command("umount", "-l", d).Run()
+			}
+		}
+		if err := os.RemoveAll(top); err != nil {
+			t.Errorf("removing %s: %v", top, err)
+		}
+	})
+	var b strings.Builder
+	b.WriteString("version: \"2.4\"\nvolumes:\n")
+	for _, svc := range svcs {
+		d := filepath.Join(top, svc)
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d,mode=0700", size), "tmpfs", d).CombinedOutput(); err != nil {
+			t.Fatalf("mount a %d-byte tmpfs on %s (the suite runs as root): %v: %s", size, d, err, out)
+		}
+		dirs[svc] = d
+		fmt.Fprintf(&b, "  %s:\n    driver: local\n    driver_opts: {type: none, o: bind, device: %q}\n", svc, d)
+	}
+	override = filepath.Join(top, "disks.yml")
+	if err := os.WriteFile(override, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return override, dirs
+}
+
+// fillDisk writes zeros to path until its file system is full (bounded:
+// 1 GiB), and returns how much it wrote.
+func fillDisk(t *testing.T, path string) int64 {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 64<<10)
+	var n int64
+	for range 1 << 14 {
+		w, err := f.Write(buf)
+		n += int64(w)
+		if errors.Is(err, syscall.ENOSPC) {
+			return n
+		}
+		if err != nil {
+			t.Fatalf("filling %s: %v", path, err)
+		}
+	}
+	t.Fatalf("%s: the disk never filled (%d bytes written)", path, n)
+	return n
+}
+
+// leaderWatch samples which leader some managers know, from a goroutine,
+// until stopped.
+type leaderWatch struct {
+	stop chan struct{}
+	done chan struct{}
+	// Read after stop returns.
+	samples, leaderless int
+	longestGap          time.Duration
+	leaders             map[string]bool
+}
+
+// watchLeader samples status on svcs in turn, one every pollEvery: a
+// sample without a leader (none known, or no answer) opens a gap that
+// the next sample with one closes.
+func (c *cluster) watchLeader(svcs ...string) *leaderWatch {
+	w := &leaderWatch{stop: make(chan struct{}), done: make(chan struct{}), leaders: map[string]bool{}}
+	go func() {
+		defer close(w.done)
+		tick := time.NewTicker(pollEvery)
+		defer tick.Stop()
+		var gapSince time.Time
+		for i := 0; ; i++ {
+			st, err := c.status(svcs[i%len(svcs)])
+			now := time.Now()
+			w.samples++
+			if err != nil || st.LeaderID == "" {
+				w.leaderless++
+				if gapSince.IsZero() {
+					gapSince = now
+				}
+			} else {
+				w.leaders[st.LeaderID] = true
+				if !gapSince.IsZero() {
+					w.longestGap = max(w.longestGap, now.Sub(gapSince))
+					gapSince = time.Time{}
+				}
+			}
+			select {
+			case <-w.stop:
+				if !gapSince.IsZero() {
+					w.longestGap = max(w.longestGap, time.Since(gapSince))
+				}
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return w
+}
+
+// Stop stops the sampling and waits for it.
+func (w *leaderWatch) Stop() {
+	close(w.stop)
+	<-w.done
+}
