@@ -49,7 +49,7 @@ var classes = []struct {
 	{[]error{raft.ErrNoQuorum, raft.ErrNotLeader, errNoLeader, errForwardLoop, raft.ErrShutdown}, codes.Unavailable, api.ReasonNoLeader},
 	{[]error{cfssl.ErrDown}, codes.Unavailable, api.ReasonExternalCADown},
 	{[]error{fsm.ErrStale}, codes.Aborted, ""},
-	{[]error{fsm.ErrUnknownNode, fsm.ErrRemoved, fsm.ErrUnknownToken, fsm.ErrUnknownAdmin}, codes.NotFound, ""},
+	{[]error{fsm.ErrUnknownNode, fsm.ErrRemoved, fsm.ErrUnknownToken, fsm.ErrUnknownAdmin, fsm.ErrUnknownCert}, codes.NotFound, ""},
 	{[]error{fsm.ErrTokenUnusable}, codes.PermissionDenied, api.ReasonBadToken},
 	{[]error{fsm.ErrLastManager, errNodeLive, errQuorum, errNotRotatable, fsm.ErrRotating, cfssl.ErrRefused,
 		ca.ErrExternalCA, fsm.ErrNotInitialized, fsm.ErrNewer}, codes.FailedPrecondition, ""},
