@@ -73,10 +73,11 @@ type Config struct {
 	// node down after three of those.
 	MaxHeartbeatsPerSecond int
 	// MaxConcurrentSigns bounds the renewals a manager signs and commits
-	// at once (default 64); more are refused with a "busy, retry after"
-	// answer (ResourceExhausted, reason BUSY, errdetails.RetryInfo) that
-	// nodes honour with jitter, so that a rotation's storm of renewals
-	// never starves heartbeats.
+	// at once (default 16; Raft commits them together, so a few suffice);
+	// four times as many wait up to a second for a turn, and more are
+	// refused with a "busy, retry after" answer (ResourceExhausted, reason
+	// BUSY, errdetails.RetryInfo) that nodes honour with jitter, so that a
+	// rotation's storm of renewals never starves heartbeats.
 	MaxConcurrentSigns int
 	// ReconcilePeriod is how often the leader reconciles Raft voters with
 	// the state and prunes expired removals (default 2s).
@@ -179,7 +180,7 @@ func (c *Config) setDefaults() {
 // Config.MaxConcurrentSigns).
 const (
 	DefaultMaxHeartbeatsPerSecond = 1000
-	DefaultMaxConcurrentSigns     = 64
+	DefaultMaxConcurrentSigns     = 16
 )
 
 // Validate checks the configuration; its messages name the field.

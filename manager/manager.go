@@ -50,6 +50,7 @@ type Manager struct {
 	// signing holds a token per renewal being signed and committed
 	// (Config.MaxConcurrentSigns); periods are the heartbeat periods told.
 	signing      chan struct{}
+	signWaiting  atomic.Int64
 	periods      periods
 	digests      atomic.Pointer[digestCache]
 	rotation     rotationTracker

@@ -93,10 +93,12 @@ func (m *Manager) livePeriod(now time.Time) time.Duration {
 }
 
 // signWait is how long a renewal waits for a signing slot before it is
-// answered busy; busyRetry is the wait the answer asks for (nodes add
-// jitter up to as much again).
+// answered busy; at most signQueue times Config.MaxConcurrentSigns
+// renewals wait at once, and more are answered busy at once. busyRetry is
+// the wait the answer asks for (nodes add jitter up to as much again).
 const (
-	signWait  = 100 * time.Millisecond
+	signWait  = time.Second
+	signQueue = 4
 	busyRetry = time.Second
 )
 
@@ -104,8 +106,11 @@ const (
 var errBusy = errors.New("too many renewals at once on this manager; retry shortly")
 
 // acquireSign takes one of the manager's signing slots, waiting at most
-// signWait for one; release gives it back. When none frees up it returns
-// a ResourceExhausted status with reason BUSY and a RetryInfo.
+// signWait for one, behind at most signQueue*MaxConcurrentSigns others;
+// release gives it back. When no slot frees up in time it returns a
+// ResourceExhausted status with reason BUSY and a RetryInfo. A renewal
+// that waits costs nothing but its goroutine: the CPU goes to the ones
+// signing and to heartbeats.
 func (m *Manager) acquireSign(ctx context.Context) (release func(), err error) {
 	take := func() func() {
 		m.metrics.signing.Inc()
@@ -119,6 +124,11 @@ func (m *Manager) acquireSign(ctx context.Context) (release func(), err error) {
 		return take(), nil
 	default:
 	}
+	if m.signWaiting.Add(1) > int64(signQueue*cap(m.signing)) {
+		m.signWaiting.Add(-1)
+		return nil, busyStatus(errBusy.Error())
+	}
+	defer m.signWaiting.Add(-1)
 	t := time.NewTimer(signWait)
 	defer t.Stop()
 	select {

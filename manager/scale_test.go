@@ -14,6 +14,7 @@ import (
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/internal/testkit"
 )
 
 func TestPeriodFor(t *testing.T) {
@@ -122,8 +123,9 @@ func TestHeartbeatBundleOnlyWhenChanged(t *testing.T) {
 }
 
 // TestRenewalStormAnsweredBusy: with every signing slot taken, a renewal
-// is answered ResourceExhausted, reason BUSY, with the wait to retry
-// after, and nothing is signed or written; once a slot frees it is taken.
+// waits its turn; behind a full queue, or when no turn comes within
+// signWait, it is answered ResourceExhausted, reason BUSY, with the wait
+// to retry after, and nothing is signed or written.
 func TestRenewalStormAnsweredBusy(t *testing.T) {
 	m := initManager(t, func(c *Config) { c.MaxConcurrentSigns = 1 })
 	conn := dial(t, m.Addr(), m.Credentials().ClientTLS(agent.ManagerName))
@@ -135,24 +137,50 @@ func TestRenewalStormAnsweredBusy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.signing <- struct{}{} // a renewal in flight holds the one slot
-	self, _ := m.State().Node(m.NodeID())
-	_, err = api.NewCAClient(conn).RenewNodeCertificate(t.Context(), &api.RenewNodeCertificateRequest{Csr: csr})
-	if status.Code(err) != codes.ResourceExhausted || !api.HasReason(err, api.ReasonBusy) {
-		t.Fatalf("RenewNodeCertificate() with no slot free = %v, want ResourceExhausted with reason BUSY", err)
+	renew := func() error {
+		_, err := api.NewCAClient(conn).RenewNodeCertificate(t.Context(), &api.RenewNodeCertificateRequest{Csr: csr})
+		return err
 	}
-	if d, ok := api.RetryAfter(err); !ok || d != busyRetry {
-		t.Errorf("RetryAfter() = %v, %v, want %v", d, ok, busyRetry)
+	wantBusy := func(what string, err error) {
+		t.Helper()
+		if status.Code(err) != codes.ResourceExhausted || !api.HasReason(err, api.ReasonBusy) {
+			t.Fatalf("%s: RenewNodeCertificate() = %v, want ResourceExhausted with reason BUSY", what, err)
+		}
+		if d, ok := api.RetryAfter(err); !ok || d != busyRetry {
+			t.Errorf("%s: RetryAfter() = %v, %v, want %v", what, d, ok, busyRetry)
+		}
+	}
+	self, _ := m.State().Node(m.NodeID())
+	m.signing <- struct{}{} // a renewal in flight holds the one slot
+
+	// The queue full: busy at once.
+	m.signWaiting.Add(signQueue)
+	start := time.Now()
+	err = renew()
+	m.signWaiting.Add(-signQueue)
+	wantBusy("queue full", err)
+	if d := time.Since(start); d >= signWait {
+		t.Errorf("busy answer behind a full queue took %v, want it at once (under %v)", d, signWait)
+	}
+	// Room in the queue, but the slot never frees: busy after signWait.
+	start = time.Now()
+	wantBusy("slot held", renew())
+	if d := time.Since(start); d < signWait {
+		t.Errorf("busy answer with room in the queue after %v, want a wait of %v first", d, signWait)
 	}
 	if after, _ := m.State().Node(m.NodeID()); after.Cert.Serial != self.Cert.Serial {
-		t.Errorf("the node's certificate %s after a busy answer, want %s: nothing signed", after.Cert.Serial, self.Cert.Serial)
+		t.Errorf("the node's certificate %s after busy answers, want %s: nothing signed", after.Cert.Serial, self.Cert.Serial)
 	}
+	// A renewal waiting its turn takes the slot when it frees.
+	done := make(chan error, 1)
+	go func() { done <- renew() }()
+	testkit.Eventually(t, "the renewal to wait in the queue", testkit.True(func() bool { return m.signWaiting.Load() == 1 }))
 	<-m.signing
-	if _, err := api.NewCAClient(conn).RenewNodeCertificate(t.Context(), &api.RenewNodeCertificateRequest{Csr: csr}); err != nil {
-		t.Fatalf("RenewNodeCertificate() with the slot free = %v", err)
+	if err := <-done; err != nil {
+		t.Fatalf("RenewNodeCertificate() once the slot freed = %v", err)
 	}
-	if n := len(m.signing); n != 0 {
-		t.Errorf("%d signing slots held after the renewal, want 0", n)
+	if n, w := len(m.signing), m.signWaiting.Load(); n != 0 || w != 0 {
+		t.Errorf("%d signing slots held and %d waiting after the renewal, want 0 and 0", n, w)
 	}
 }
 
