@@ -1,6 +1,6 @@
 # Shortcuts for the commands the README gives.
 
-.PHONY: test cluster bench bench-join bench-renew bench-rotate
+.PHONY: test cluster bench bench-join bench-renew bench-rotate bench-scale
 
 # Every test: unit, integration, and the docker chaos suite when docker answers.
 test:
@@ -25,3 +25,9 @@ bench-renew:
 
 bench-rotate:
 	go run ./cmd/quorumca-bench $(BENCHFLAGS) rotate
+
+# 10,000 simulated nodes on 3 managers (real joins, one mutual-TLS
+# connection each, heartbeats, a rotation's renewal storm): idle CPU per
+# node, join and renewal storms, node ls. A few minutes on 2 cores.
+bench-scale:
+	go run ./cmd/quorumca-bench $(BENCHFLAGS) scale --nodes 10000

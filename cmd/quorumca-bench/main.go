@@ -12,6 +12,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -118,7 +119,28 @@ func newRoot() *cobra.Command {
 	scale.Flags().IntVarP(&o.n, "nodes", "n", 10000, "number of simulated nodes")
 	scale.Flags().IntVarP(&o.c, "concurrency", "c", 64, "concurrent joiners")
 	scale.Flags().DurationVar(&o.idle, "idle", 20*time.Second, "how long idle CPU is profiled")
-	root.AddCommand(join, renew, rotate, all, seal, scale)
+	var managers string
+	fleetCmd := &cobra.Command{
+		Use:    "scale-fleet --managers A,B,C -n N -c C < token",
+		Short:  "the simulated nodes of scale, in their own process (scale runs it)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			in := bufio.NewReader(cmd.InOrStdin())
+			token, err := in.ReadString('\n')
+			if err != nil {
+				return fmt.Errorf("read the join token from standard input: %w", err)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runFleet(ctx, strings.TrimSpace(token), strings.Split(managers, ","), o.n, o.c, in, cmd.OutOrStdout())
+		},
+	}
+	fleetCmd.Flags().StringVar(&managers, "managers", "", "API addresses of the managers, comma-separated")
+	fleetCmd.Flags().IntVarP(&o.n, "nodes", "n", 0, "number of simulated nodes")
+	fleetCmd.Flags().IntVarP(&o.c, "concurrency", "c", 64, "concurrent joiners")
+	fleetCmd.Flags().String("token-file", "-", "where the join token comes from: standard input")
+	root.AddCommand(join, renew, rotate, all, seal, scale, fleetCmd)
 	return root
 }
 
@@ -282,6 +304,9 @@ func (o *options) runScale(cmd *cobra.Command, _ []string) error {
 	if o.n < 1 || o.c < 1 || o.idle <= 0 {
 		return fmt.Errorf("--nodes and -c must be at least 1, --idle positive")
 	}
+	if err := raiseFileLimit(o.n + 2000); err != nil {
+		return err
+	}
 	ctx, log, dir, done, err := o.start(cmd)
 	if err != nil {
 		return err
@@ -300,4 +325,25 @@ func (o *options) runScale(cmd *cobra.Command, _ []string) error {
 	}
 	r.Figures["run_s"] = time.Since(start).Seconds()
 	return o.write(cmd, []Result{r})
+}
+
+// raiseFileLimit makes sure the process may open want files: the leader
+// holds a connection per simulated node.
+func raiseFileLimit(want int) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return err
+	}
+	if lim.Cur >= uint64(want) {
+		return nil
+	}
+	next := lim
+	next.Cur = uint64(want)
+	if next.Max < next.Cur {
+		next.Max = next.Cur
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &next); err != nil {
+		return fmt.Errorf("scale needs %d open files (the leader's end of a connection per node), the limit is %d and raising it failed (%v): raise it with ulimit -n, or give fewer --nodes", want, lim.Cur, err)
+	}
+	return nil
 }

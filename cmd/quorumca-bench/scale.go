@@ -1,23 +1,33 @@
 package main
 
-// quorumca-bench scale: a real 3-manager cluster and N simulated nodes in
-// one process. Each simulated node joins for real (its own key and
-// certificate), keeps its own mutual-TLS connection to the leader,
+// quorumca-bench scale: a real 3-manager cluster in this process and N
+// simulated nodes in a second one (the fleet: this binary's hidden
+// scale-fleet command). Each simulated node joins for real (its own key
+// and certificate), keeps its own mutual-TLS connection to the leader,
 // heartbeats at the period the leader tells it, and renews when told, as
 // agent.Renewer does — but holds its credentials in memory and runs no
 // gossip member: its liveness and its convergence in a rotation are what
 // its authenticated heartbeats show the leader.
+//
+// Two processes, because one cannot hold both ends of 10,000 connections
+// under a 20,000 open-file limit that an unprivileged container cannot
+// raise; and the managers' CPU is then theirs alone.
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"runtime/pprof"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,9 +45,6 @@ import (
 // labelKey is the pprof label that names which part of the process a
 // goroutine works for: a manager ("m0".."m2") or the simulated nodes.
 const labelKey = "quorumca_bench"
-
-// simLabel labels the simulated nodes' goroutines.
-const simLabel = "nodes"
 
 // simNode is one simulated node.
 type simNode struct {
@@ -306,32 +313,51 @@ func cpuByLabel(ctx context.Context, d time.Duration) (map[string]time.Duration,
 	return out, nil
 }
 
-// benchScale runs the scale benchmark with n simulated nodes, joined c at
-// a time, and an idle window of idle.
-func benchScale(ctx context.Context, cl *cluster, n, c int, idle time.Duration) (Result, error) {
-	r := Result{Name: "scale", N: n, Concurrency: c, Figures: map[string]float64{}}
-	heap0 := memInUse()
+// fleetMsg is a line the fleet writes on its standard output, in JSON.
+type fleetMsg struct {
+	Stage string `json:"stage"` // joined, connected, report
+	// joined: the join storm.
+	Joins   int     `json:"joins,omitempty"`
+	Seconds float64 `json:"seconds,omitempty"`
+	P50     float64 `json:"p50_ms,omitempty"`
+	P99     float64 `json:"p99_ms,omitempty"`
+	// connected: the period the leader told.
+	PeriodMs int64 `json:"period_ms,omitempty"`
+	// report: heartbeats started in the window asked, and counters.
+	Beats     int    `json:"beats,omitempty"`
+	Renewed   int64  `json:"renewed,omitempty"`
+	Busy      int64  `json:"busy,omitempty"`
+	Failed    int64  `json:"failed,omitempty"`
+	RenewErrs int64  `json:"renew_errors,omitempty"`
+	LastErr   string `json:"last_error,omitempty"`
+	Err       string `json:"error,omitempty"`
+}
 
-	// The join storm: n real joins, c at a time, through every manager.
-	note("scale: join storm of %d nodes, %d at a time", n, c)
-	var joinedNodes []joined
-	var got measured
-	var err error
-	labelled(ctx, simLabel, func(ctx context.Context) { joinedNodes, got, err = joinAll(ctx, cl, n, c) })
-	if err != nil {
-		return r, fmt.Errorf("join storm: %w", err)
+// runFleet is the fleet process: n joins with token through managers, c
+// at a time; connections to the leader; heartbeat loops until its
+// standard input closes or says "quit". "report FROM TO" (Unix
+// nanoseconds) asks for the heartbeats started in that window.
+func runFleet(ctx context.Context, token string, managers []string, n, c int, in io.Reader, out io.Writer) error {
+	enc := json.NewEncoder(out)
+	send := func(m fleetMsg) error { return enc.Encode(m) }
+	fail := func(err error) error {
+		send(fleetMsg{Stage: "error", Err: err.Error()})
+		return err
 	}
-	r.Seconds, r.Rate = got.wall.Seconds(), got.rate()
-	r.P50, r.P99 = got.lat.percentile(0.50), got.lat.percentile(0.99)
-	r.CPUPerOp, r.Cores = got.cpuPerOp(), got.cores()
-	r.Figures["join_storm_s"] = got.wall.Seconds()
-
-	leader := cl.leader()
-	if leader < 0 {
-		return r, errors.New("scale: no leader after the join storm")
+	nodes := make([]joined, n)
+	got, err := run(ctx, n, c, func(ctx context.Context, i int) error {
+		j, err := enroll(ctx, token, managers[i%len(managers)])
+		nodes[i] = j
+		return err
+	})
+	if err != nil {
+		return fail(fmt.Errorf("join storm: %w", err))
+	}
+	if err := send(fleetMsg{Stage: "joined", Joins: n, Seconds: got.wall.Seconds(), P50: got.lat.percentile(0.5), P99: got.lat.percentile(0.99)}); err != nil {
+		return err
 	}
 	f := &fleet{nodes: make([]*simNode, n)}
-	for i, j := range joinedNodes {
+	for i, j := range nodes {
 		f.nodes[i] = &simNode{id: j.Identity, keyPEM: j.KeyPEM, cert: j.CertPEM, bundle: j.Bundle, period: time.Second}
 	}
 	defer func() {
@@ -339,42 +365,179 @@ func benchScale(ctx context.Context, cl *cluster, n, c int, idle time.Duration) 
 			sn.close()
 		}
 	}()
-	// Every node connects to the leader and heartbeats once: the leader
-	// tells the period.
-	note("scale: %d nodes connect to the leader and heartbeat", n)
-	leaderAddr := cl.managers[leader].Addr()
-	labelled(ctx, simLabel, func(ctx context.Context) {
-		_, err = run(ctx, n, c, func(ctx context.Context, i int) error {
-			sn := f.nodes[i]
-			if err := sn.dial(leaderAddr); err != nil {
-				return err
-			}
-			resp, err := f.heartbeat(ctx, sn)
-			if err != nil {
-				return err
-			}
-			sn.period = time.Duration(resp.GetPeriodMs()) * time.Millisecond
-			return nil
-		})
+	// Every node connects through the manager it joined, heartbeats once
+	// (redirected to the leader), and so learns the period.
+	_, err = run(ctx, n, c, func(ctx context.Context, i int) error {
+		sn := f.nodes[i]
+		if err := sn.dial(nodes[i].via); err != nil {
+			return err
+		}
+		resp, err := f.heartbeat(ctx, sn)
+		if err != nil {
+			return err
+		}
+		sn.period = time.Duration(resp.GetPeriodMs()) * time.Millisecond
+		return nil
 	})
 	if err != nil {
-		return r, fmt.Errorf("connect: %w", err)
+		return fail(fmt.Errorf("connect: %w", err))
 	}
-	period := f.nodes[0].period
-	r.Figures["heartbeat_period_s"] = period.Seconds()
-	r.Figures["heartbeats_per_s"] = float64(n) / period.Seconds()
-
+	if err := send(fleetMsg{Stage: "connected", PeriodMs: f.nodes[0].period.Milliseconds()}); err != nil {
+		return err
+	}
 	liveCtx, stopLive := context.WithCancel(ctx)
 	var loops sync.WaitGroup
 	defer func() {
 		stopLive()
 		loops.Wait()
 	}()
-	labelled(liveCtx, simLabel, func(ctx context.Context) {
-		for i, sn := range f.nodes {
-			loops.Go(func() { f.live(ctx, sn, uint64(i)) })
+	for i, sn := range f.nodes {
+		loops.Go(func() { f.live(liveCtx, sn, uint64(i)) })
+	}
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		var from, to int64
+		switch line := sc.Text(); {
+		case line == "quit":
+			return nil
+		case strings.HasPrefix(line, "report "):
+			if _, err := fmt.Sscanf(line, "report %d %d", &from, &to); err != nil {
+				return fail(fmt.Errorf("fleet: %q: %w", line, err))
+			}
+			p99, beats := f.p99Between(time.Unix(0, from), time.Unix(0, to))
+			m := fleetMsg{Stage: "report", P99: p99, Beats: beats, Renewed: f.renewed.Load(), Busy: f.busy.Load(),
+				Failed: f.failed.Load(), RenewErrs: f.renewErrs.Load()}
+			if e, ok := f.lastErr.Load().(error); ok {
+				m.LastErr = e.Error()
+			}
+			if err := send(m); err != nil {
+				return err
+			}
+		default:
+			return fail(fmt.Errorf("fleet: unknown command %q", line))
 		}
-	})
+	}
+	return sc.Err()
+}
+
+// fleetProc is the fleet process as the benchmark drives it.
+type fleetProc struct {
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	out   *bufio.Scanner
+	stage string
+}
+
+// startFleet starts the fleet process of n nodes joining through
+// managers with token, c at a time.
+func startFleet(ctx context.Context, token string, managers []string, n, c int) (*fleetProc, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, exe, "scale-fleet", "--token-file", "-", "--managers", strings.Join(managers, ","), "-n", fmt.Sprint(n), "-c", fmt.Sprint(c))
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	// The token goes over standard input, never on a command line.
+	if _, err := fmt.Fprintln(in, token); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, err
+	}
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	return &fleetProc{cmd: cmd, in: in, out: sc}, nil
+}
+
+// next reads the fleet's next message, which must be of stage.
+func (p *fleetProc) next(stage string) (fleetMsg, error) {
+	if !p.out.Scan() {
+		return fleetMsg{}, fmt.Errorf("the fleet ended before %s: %v", stage, p.out.Err())
+	}
+	var m fleetMsg
+	if err := json.Unmarshal(p.out.Bytes(), &m); err != nil {
+		return m, fmt.Errorf("fleet: %q: %w", p.out.Text(), err)
+	}
+	if m.Err != "" {
+		return m, fmt.Errorf("fleet: %s", m.Err)
+	}
+	if m.Stage != stage {
+		return m, fmt.Errorf("fleet said %s, want %s", m.Stage, stage)
+	}
+	return m, nil
+}
+
+// report asks for the heartbeats started in [from, to) and the counters.
+func (p *fleetProc) report(from, to time.Time) (fleetMsg, error) {
+	if _, err := fmt.Fprintf(p.in, "report %d %d\n", from.UnixNano(), to.UnixNano()); err != nil {
+		return fleetMsg{}, err
+	}
+	return p.next("report")
+}
+
+// stop ends the fleet and waits for it.
+func (p *fleetProc) stop() {
+	fmt.Fprintln(p.in, "quit")
+	p.in.Close()
+	done := make(chan struct{})
+	go func() {
+		p.cmd.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// benchScale runs the scale benchmark with n simulated nodes, joined c at
+// a time, and an idle window of idle.
+func benchScale(ctx context.Context, cl *cluster, n, c int, idle time.Duration) (Result, error) {
+	r := Result{Name: "scale", N: n, Concurrency: c, Figures: map[string]float64{}}
+	heap0 := memInUse()
+	cpu0 := cpuTime()
+
+	// The join storm: n real joins, c at a time, through every manager.
+	note("scale: join storm of %d nodes, %d at a time", n, c)
+	fp, err := startFleet(ctx, cl.workerToken, cl.addrs(), n, c)
+	if err != nil {
+		return r, fmt.Errorf("start the fleet: %w", err)
+	}
+	defer fp.stop()
+	j, err := fp.next("joined")
+	if err != nil {
+		return r, err
+	}
+	r.Seconds, r.Rate, r.P50, r.P99 = j.Seconds, float64(j.Joins)/j.Seconds, j.P50, j.P99
+	r.CPUPerOp = ms(cpuTime()-cpu0) / float64(n)
+	r.Cores = (cpuTime() - cpu0).Seconds() / j.Seconds
+	r.Figures["join_storm_s"] = j.Seconds
+
+	leader := cl.leader()
+	if leader < 0 {
+		return r, errors.New("scale: no leader after the join storm")
+	}
+	note("scale: %d nodes connect to the leader and heartbeat", n)
+	conn, err := fp.next("connected")
+	if err != nil {
+		return r, err
+	}
+	period := time.Duration(conn.PeriodMs) * time.Millisecond
+	r.Figures["heartbeat_period_s"] = period.Seconds()
+	r.Figures["heartbeats_per_s"] = float64(n) / period.Seconds()
+
 	// Let the loops spread over a period, then measure idle.
 	note("scale: heartbeat period %v (%.0f heartbeats/s); settling for a period, then %v idle", period, float64(n)/period.Seconds(), idle)
 	if !wait.Sleep(ctx, period) {
@@ -385,8 +548,10 @@ func benchScale(ctx context.Context, cl *cluster, n, c int, idle time.Duration) 
 		return r, err
 	}
 	perNodeSec := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) / idle.Seconds() }
-	leaderName := fmt.Sprintf("m%d", leader)
-	r.Figures["idle_leader_us_per_node_s"] = perNodeSec(byLabel[leaderName])
+	if leader = cl.leader(); leader < 0 {
+		return r, errors.New("scale: no leader while idle")
+	}
+	r.Figures["idle_leader_us_per_node_s"] = perNodeSec(byLabel[fmt.Sprintf("m%d", leader)])
 	var followers time.Duration
 	for i := range cl.managers {
 		if i != leader {
@@ -394,15 +559,13 @@ func benchScale(ctx context.Context, cl *cluster, n, c int, idle time.Duration) 
 		}
 	}
 	r.Figures["idle_follower_us_per_node_s"] = perNodeSec(followers / time.Duration(max(len(cl.managers)-1, 1)))
-	r.Figures["idle_nodes_us_per_node_s"] = perNodeSec(byLabel[simLabel])
 	r.Figures["idle_unlabelled_us_per_node_s"] = perNodeSec(byLabel[""])
 	heap := memInUse()
-	r.Figures["process_heap_kib_per_node"] = float64(heap-min(heap0, heap)) / float64(n) / 1024
-	r.Figures["leader_state_nodes"] = float64(cl.managers[leader].State().Nodes.Len())
+	r.Figures["managers_heap_kib_per_node"] = float64(heap-min(heap0, heap)) / float64(n) / 1024
 
 	// node ls, every page, on the leader's control socket.
 	lsStart := time.Now()
-	listed, down, err := listAll(ctx, cl.control[leader])
+	listed, downIdle, err := listAll(ctx, cl.control[leader])
 	if err != nil {
 		return r, fmt.Errorf("node ls: %w", err)
 	}
@@ -410,7 +573,6 @@ func benchScale(ctx context.Context, cl *cluster, n, c int, idle time.Duration) 
 	if listed != n+len(cl.managers) {
 		return r, fmt.Errorf("node ls listed %d nodes, want %d", listed, n+len(cl.managers))
 	}
-	downIdle := down
 
 	// The renewal storm: a root rotation, which every node must renew for.
 	note("scale: rotating the root: %d renewals", n)
@@ -445,24 +607,27 @@ func benchScale(ctx context.Context, cl *cluster, n, c int, idle time.Duration) 
 	err = poll(ctx, 3*time.Minute, func() error {
 		st := cl.managers[leader].State()
 		if st.Rotation != nil || st.LastRotation == nil {
-			return fmt.Errorf("rotation in progress (%d renewed)", f.renewed.Load())
+			return errors.New("rotation in progress")
 		}
 		return nil
 	})
 	storm := time.Since(rotStart)
 	stopLs()
 	<-lsDone
+	rep, rerr := fp.report(rotStart, rotStart.Add(storm))
 	if err != nil {
-		return r, fmt.Errorf("rotation: %w (last error of a node: %v)", err, f.lastErr.Load())
+		return r, fmt.Errorf("rotation: %w (fleet: %d renewed, last error %q)", err, rep.Renewed, rep.LastErr)
+	}
+	if rerr != nil {
+		return r, rerr
 	}
 	r.Figures["rotation_storm_s"] = storm.Seconds()
-	p99, beats := f.p99Between(rotStart, rotStart.Add(storm))
-	r.Figures["storm_heartbeat_p99_ms"] = p99
-	r.Figures["storm_heartbeats"] = float64(beats)
-	r.Figures["storm_renewals"] = float64(f.renewed.Load())
-	r.Figures["storm_busy_answers"] = float64(f.busy.Load())
-	r.Figures["heartbeats_failed"] = float64(f.failed.Load())
-	r.Figures["renewals_failed"] = float64(f.renewErrs.Load())
+	r.Figures["storm_heartbeat_p99_ms"] = rep.P99
+	r.Figures["storm_heartbeats"] = float64(rep.Beats)
+	r.Figures["storm_renewals"] = float64(rep.Renewed)
+	r.Figures["storm_busy_answers"] = float64(rep.Busy)
+	r.Figures["heartbeats_failed"] = float64(rep.Failed)
+	r.Figures["renewals_failed"] = float64(rep.RenewErrs)
 	if lsErr != nil {
 		note("scale: a node ls during the storm failed: %v", lsErr)
 	}
@@ -476,7 +641,7 @@ func benchScale(ctx context.Context, cl *cluster, n, c int, idle time.Duration) 
 		atMost("leader CPU idle", 20, r.Figures["idle_leader_us_per_node_s"], " us/node/s"),
 		atMost("nodes marked down", 0, r.Figures["nodes_marked_down"], ""),
 		atMost("renewal storm after a rotation", 30, storm.Seconds(), " s"),
-		atMost("heartbeat p99 during the storm", 1000, p99, " ms"),
+		atMost("heartbeat p99 during the storm", 1000, rep.P99, " ms"),
 	}
 	return r, nil
 }
