@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 )
 
@@ -143,14 +144,47 @@ type snapshotFile struct {
 	*State
 }
 
-// WriteTo serialises the state, for a snapshot.
+// WriteTo serialises the state, for a snapshot: the JSON of snapshotFile,
+// written as it goes rather than built whole. The nodes come last, as
+// the "nodes" member of the same object, written by NodeMap.writeJSON;
+// JSON does not order an object's members, so ReadState, and the
+// versions before it, read it as they read json.Marshal's.
 func (s *State) WriteTo(w io.Writer) (int64, error) {
-	b, err := json.Marshal(snapshotFile{Format: SnapshotFormat, State: s})
+	head := *s
+	head.Nodes = NodeMap{}
+	b, err := json.Marshal(snapshotFile{Format: SnapshotFormat, State: &head})
 	if err != nil {
 		return 0, fmt.Errorf("fsm: encode state: %w", err)
 	}
-	n, err := w.Write(b)
-	return int64(n), err
+	cw := &countingWriter{w: w}
+	if s.Nodes.Len() == 0 {
+		_, err := cw.Write(b)
+		return cw.n, err
+	}
+	// b is {"format":1,...}: the nodes go in before its closing brace.
+	b = append(b[:len(b)-1], `,"nodes":`...)
+	if _, err := cw.Write(b); err != nil {
+		return cw.n, err
+	}
+	if err := s.Nodes.writeJSON(cw); err != nil {
+		if errors.Is(err, errBadTime) {
+			err = fmt.Errorf("fsm: encode state: %w", err)
+		}
+		return cw.n, err
+	}
+	_, err = cw.Write([]byte{'}'})
+	return cw.n, err
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // ReadState parses a state written by WriteTo, of SnapshotFormat or an
@@ -160,16 +194,92 @@ func ReadState(r io.Reader) (*State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fsm: read snapshot: %w", err)
 	}
+	// The nodes are most of a snapshot: they are cut out, the rest is
+	// read first, then they are read by NodeMap's reader. A snapshot that
+	// is not a plain object with one "nodes" member is read whole, as it
+	// was before.
+	head, nodes, ok := cutNodes(b)
+	if !ok {
+		head = b
+	}
 	// The format first: a later format may not decode as this one does.
-	var head struct {
+	var format struct {
 		Format int `json:"format"`
 	}
-	if json.Unmarshal(b, &head) == nil && head.Format > SnapshotFormat {
-		return nil, &NewerError{Snapshot: true, Version: head.Format, Max: SnapshotFormat}
+	if json.Unmarshal(head, &format) == nil && format.Format > SnapshotFormat {
+		return nil, &NewerError{Snapshot: true, Version: format.Format, Max: SnapshotFormat}
 	}
 	var s State
-	if err := json.NewDecoder(bytes.NewReader(b)).Decode(&s); err != nil {
+	if err := json.NewDecoder(bytes.NewReader(head)).Decode(&s); err != nil {
 		return nil, fmt.Errorf("fsm: decode snapshot: %w", err)
 	}
+	if ok && nodes != nil {
+		if s.Nodes, err = parseNodes(nodes); err != nil {
+			return nil, fmt.Errorf("fsm: decode snapshot: %w", err)
+		}
+	}
 	return &s, nil
+}
+
+// cutNodes splits the JSON object b into the object without its "nodes"
+// member and that member's value (nil when it has none). It reports false
+// when b is not an object of members it can tell apart: keys with
+// escapes, a key that encoding/json would take for "nodes" (it ignores
+// case) but is not, a "nodes" member twice, or anything after the object
+// but white space.
+func cutNodes(b []byte) (head, nodes []byte, ok bool) {
+	r := reader{b: b}
+	r.ws()
+	if !r.byte('{') {
+		return nil, nil, false
+	}
+	head = make([]byte, 0, 4<<10)
+	head = append(head, '{')
+	r.ws()
+	if !r.byte('}') {
+		for {
+			r.ws()
+			start := r.i
+			key, ok := r.str()
+			if !ok {
+				return nil, nil, false
+			}
+			r.ws()
+			if !r.byte(':') {
+				return nil, nil, false
+			}
+			r.ws()
+			vstart := r.i
+			end, ok := skipValue(b, vstart)
+			if !ok {
+				return nil, nil, false
+			}
+			switch {
+			case string(key) == "nodes":
+				if nodes != nil {
+					return nil, nil, false
+				}
+				nodes = b[vstart:end]
+			case strings.EqualFold(string(key), "nodes"):
+				return nil, nil, false
+			default:
+				if len(head) > 1 {
+					head = append(head, ',')
+				}
+				head = append(head, b[start:end]...)
+			}
+			r.i = end
+			r.ws()
+			if r.byte('}') {
+				break
+			}
+			if !r.byte(',') {
+				return nil, nil, false
+			}
+		}
+	}
+	if r.ws(); r.i != len(b) {
+		return nil, nil, false
+	}
+	return append(head, '}'), nodes, true
 }

@@ -39,7 +39,7 @@ type State struct {
 	WorkerSecret  string `json:"worker_secret"`
 	ManagerSecret string `json:"manager_secret"`
 	// Nodes holds every member of the cluster by node ID.
-	Nodes NodeMap `json:"nodes"`
+	Nodes NodeMap `json:"nodes,omitzero"`
 	// Removed holds the nodes removed from the cluster whose certificates
 	// have not all expired yet, by node ID, with the time the last of them
 	// expires: every manager refuses their certificates until then. Prune
