@@ -44,7 +44,9 @@ func readPlain(t *testing.T, b []byte) *fsm.State {
 // snapshot-format1.json, with nodes whose strings need escaping) restores
 // as encoding/json reads it; and what WriteTo writes now reads, with
 // encoding/json alone, as the state it was written from, so that a
-// manager of the version before reads it too.
+// manager of the version before reads it too. (The file's CA key was
+// replaced by a placeholder after it was written: no private key is
+// committed, and reading a snapshot does not parse the key.)
 func TestSnapshotFormat1Compat(t *testing.T) {
 	old, err := os.ReadFile("testdata/snapshot-format1.json")
 	if err != nil {
