@@ -264,6 +264,18 @@ func managerAddrs(st *fsm.State) []string {
 func (s caService) RenewNodeCertificate(ctx context.Context, req *api.RenewNodeCertificateRequest) (*api.RenewNodeCertificateResponse, error) {
 	m := s.m
 	c := callOf(ctx)
+	// A turn first: a busy answer costs no parsing, and the state is
+	// read once the turn has come.
+	release, err := m.acquireSign(ctx)
+	if err != nil {
+		if _, ok := m.machine.State().Node(c.ID.NodeID); ok {
+			// A node told to come back later is alive all the same:
+			// it retries before its next heartbeat.
+			m.obs.seen(c.ID.NodeID, m.cfg.Now())
+		}
+		return nil, err
+	}
+	defer release()
 	st := m.machine.State()
 	node, ok := st.Node(c.ID.NodeID)
 	if !ok {
@@ -273,14 +285,6 @@ func (s caService) RenewNodeCertificate(ctx context.Context, req *api.RenewNodeC
 	if err != nil {
 		return nil, err
 	}
-	release, err := m.acquireSign(ctx)
-	if err != nil {
-		// A node told to come back later is alive all the same: it
-		// retries before its next heartbeat.
-		m.obs.seen(node.ID, m.cfg.Now())
-		return nil, err
-	}
-	defer release()
 	id := ca.Identity{NodeID: node.ID, Role: node.Role, ClusterID: st.ClusterID}
 	issued, status, err := m.signNode(ctx, st, req.GetCsr(), pub, id, st.CertExpiry)
 	if err != nil {

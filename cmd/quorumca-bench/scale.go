@@ -21,7 +21,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc/status"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -73,6 +75,24 @@ type fleet struct {
 	busy      atomic.Int64
 	renewErrs atomic.Int64
 	lastErr   atomic.Value // error
+	// kinds counts the errors by gRPC code and the start of the message.
+	kindsMu sync.Mutex
+	kinds   map[string]int64
+}
+
+// noteErr records an error of a heartbeat or renewal.
+func (f *fleet) noteErr(what string, err error) {
+	f.lastErr.Store(err)
+	msg := status.Convert(err).Message()
+	if len(msg) > 60 {
+		msg = msg[:60]
+	}
+	f.kindsMu.Lock()
+	defer f.kindsMu.Unlock()
+	if f.kinds == nil {
+		f.kinds = map[string]int64{}
+	}
+	f.kinds[what+" "+status.Code(err).String()+": "+msg]++
 }
 
 type beat struct {
@@ -208,7 +228,7 @@ func (f *fleet) live(ctx context.Context, n *simNode, seed uint64) {
 				return
 			}
 			f.failed.Add(1)
-			f.lastErr.Store(err)
+			f.noteErr("heartbeat", err)
 			next = time.Second + time.Duration(rng.Int64N(int64(time.Second)))
 			continue
 		}
@@ -242,7 +262,7 @@ func (f *fleet) live(ctx context.Context, n *simNode, seed uint64) {
 				return
 			}
 			f.renewErrs.Add(1)
-			f.lastErr.Store(err)
+			f.noteErr("renewal", err)
 			continue
 		}
 		next = 0
@@ -324,13 +344,14 @@ type fleetMsg struct {
 	// connected: the period the leader told.
 	PeriodMs int64 `json:"period_ms,omitempty"`
 	// report: heartbeats started in the window asked, and counters.
-	Beats     int    `json:"beats,omitempty"`
-	Renewed   int64  `json:"renewed,omitempty"`
-	Busy      int64  `json:"busy,omitempty"`
-	Failed    int64  `json:"failed,omitempty"`
-	RenewErrs int64  `json:"renew_errors,omitempty"`
-	LastErr   string `json:"last_error,omitempty"`
-	Err       string `json:"error,omitempty"`
+	Beats     int              `json:"beats,omitempty"`
+	Renewed   int64            `json:"renewed,omitempty"`
+	Busy      int64            `json:"busy,omitempty"`
+	Failed    int64            `json:"failed,omitempty"`
+	RenewErrs int64            `json:"renew_errors,omitempty"`
+	LastErr   string           `json:"last_error,omitempty"`
+	Errors    map[string]int64 `json:"errors,omitempty"`
+	Err       string           `json:"error,omitempty"`
 }
 
 // runFleet is the fleet process: n joins with token through managers, c
@@ -410,6 +431,9 @@ func runFleet(ctx context.Context, token string, managers []string, n, c int, in
 			if e, ok := f.lastErr.Load().(error); ok {
 				m.LastErr = e.Error()
 			}
+			f.kindsMu.Lock()
+			m.Errors = maps.Clone(f.kinds)
+			f.kindsMu.Unlock()
 			if err := send(m); err != nil {
 				return err
 			}
@@ -576,6 +600,8 @@ func benchScale(ctx context.Context, cl *cluster, n, c int, idle time.Duration) 
 
 	// The renewal storm: a root rotation, which every node must renew for.
 	note("scale: rotating the root: %d renewals", n)
+	stopProfile := profile("storm")
+	defer stopProfile()
 	rotStart := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	_, err = api.NewControlClient(cl.control[leader]).RotateCA(rctx, &api.RotateCARequest{})
@@ -612,6 +638,7 @@ func benchScale(ctx context.Context, cl *cluster, n, c int, idle time.Duration) 
 		return nil
 	})
 	storm := time.Since(rotStart)
+	stopProfile()
 	stopLs()
 	<-lsDone
 	rep, rerr := fp.report(rotStart, rotStart.Add(storm))
@@ -630,6 +657,9 @@ func benchScale(ctx context.Context, cl *cluster, n, c int, idle time.Duration) 
 	r.Figures["renewals_failed"] = float64(rep.RenewErrs)
 	if lsErr != nil {
 		note("scale: a node ls during the storm failed: %v", lsErr)
+	}
+	for kind, count := range rep.Errors {
+		note("scale: fleet errors: %d x %s", count, kind)
 	}
 	_, downAfter, err := listAll(ctx, cl.control[leader])
 	if err != nil {
