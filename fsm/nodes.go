@@ -133,6 +133,48 @@ func (t *trie) each(yield func(string, Node) bool) bool {
 	return true
 }
 
+// SameIDs reports whether m and o hold the same node IDs. It skips the
+// parts of the two maps that are shared (o made from m, or m from o, by
+// With and Without), so it costs in proportion to what changed between
+// them, not to the number of nodes. Maps built apart may be reported
+// different when they hold the same IDs, never the other way.
+func (m NodeMap) SameIDs(o NodeMap) bool {
+	return m.n == o.n && sameIDs(m.root, o.root)
+}
+
+func sameIDs(a, b *trie) bool {
+	if a == b {
+		return true
+	}
+	if a == nil || b == nil || a.bitmap != b.bitmap || len(a.kids) != len(b.kids) {
+		return false
+	}
+	for i, x := range a.kids {
+		y := b.kids[i]
+		switch {
+		case x.sub != nil && y.sub != nil:
+			if !sameIDs(x.sub, y.sub) {
+				return false
+			}
+		case x.leaf != nil && y.leaf != nil:
+			if x.leaf == y.leaf {
+				continue
+			}
+			if x.leaf.hash != y.leaf.hash || len(x.leaf.nodes) != len(y.leaf.nodes) {
+				return false
+			}
+			for j, n := range x.leaf.nodes {
+				if n.ID != y.leaf.nodes[j].ID {
+					return false
+				}
+			}
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // With returns a map holding n in place of any node with its ID.
 func (m NodeMap) With(n Node) NodeMap {
 	root, prev, ok := m.root.with(hashID(n.ID), 0, n, false)

@@ -155,22 +155,12 @@ func rotationMoved(prev, next *fsm.State) bool {
 	return !sameNodes(prev, next)
 }
 
-// sameNodes reports whether the states hold the same set of node IDs. It
-// looks at the counts alone when next follows prev by one command, which
-// adds or removes one node at most; at every node otherwise.
+// sameNodes reports whether the states hold the same set of node IDs:
+// fsm.NodeMap.SameIDs, which looks only at what changed between them (a
+// renewal changes no ID), so that the leader's watch of a large cluster
+// in a rotation does not walk every node at every applied command.
 func sameNodes(prev, next *fsm.State) bool {
-	if prev.Nodes.Len() != next.Nodes.Len() {
-		return false
-	}
-	if next.Index == prev.Index+1 {
-		return true
-	}
-	for id := range next.Nodes.All() {
-		if _, ok := prev.Nodes.Get(id); !ok {
-			return false
-		}
-	}
-	return true
+	return prev.Nodes.SameIDs(next.Nodes)
 }
 
 // heardNews reports whether a heartbeat's observation ob may change the

@@ -250,3 +250,19 @@ func TestPageOf(t *testing.T) {
 		}
 	}
 }
+
+func TestLookSpacing(t *testing.T) {
+	for _, tt := range []struct {
+		n    int
+		want time.Duration
+	}{
+		{3, 150 * time.Microsecond},
+		{100, 5 * time.Millisecond},
+		{10000, 500 * time.Millisecond},
+		{100000, time.Second},
+	} {
+		if got := lookSpacing(tt.n); got != tt.want {
+			t.Errorf("lookSpacing(%d) = %v, want %v", tt.n, got, tt.want)
+		}
+	}
+}

@@ -84,8 +84,8 @@ type fleet struct {
 func (f *fleet) noteErr(what string, err error) {
 	f.lastErr.Store(err)
 	msg := status.Convert(err).Message()
-	if len(msg) > 60 {
-		msg = msg[:60]
+	if len(msg) > 160 {
+		msg = msg[:160]
 	}
 	f.kindsMu.Lock()
 	defer f.kindsMu.Unlock()
