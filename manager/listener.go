@@ -5,7 +5,10 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Bounds of the API listener against connections that never speak.
@@ -45,9 +48,16 @@ func (l *quietListener) Accept() (net.Conn, error) {
 	l.mu.Lock()
 	qc.elem = l.quiet.PushBack(qc)
 	var evict *quietConn
-	if l.quiet.Len() > l.max {
-		evict = l.quiet.Remove(l.quiet.Front()).(*quietConn)
-		evict.elem = nil
+	for evict == nil && l.quiet.Len() > l.max {
+		oldest := l.quiet.Remove(l.quiet.Front()).(*quietConn)
+		oldest.elem = nil
+		// A client whose bytes wait in the socket spoke: this manager,
+		// busy (a storm of reconnections after renewals), has not read
+		// them yet. Closing it would make it dial again, and the storm
+		// worse.
+		if !pending(oldest.Conn) {
+			evict = oldest
+		}
 	}
 	l.mu.Unlock()
 	if evict != nil {
@@ -93,4 +103,21 @@ func (c *quietConn) Read(b []byte) (int, error) {
 func (c *quietConn) Close() error {
 	c.l.forget(c)
 	return c.Conn.Close()
+}
+
+// pending reports whether c's peer sent bytes not read yet.
+func pending(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	n := 0
+	if err := raw.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }); err != nil {
+		return false
+	}
+	return n > 0
 }
