@@ -340,8 +340,9 @@ func (s caService) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*a
 	}
 	if resp.Renew && st.Rotation != nil && !c.Status.Equal(st.CAStatus) {
 		// Every node hears of a rotation within one heartbeat period:
-		// spread their renewals over at least as long again.
-		resp.RenewJitterMs = max(m.cfg.RotationJitter, period).Milliseconds()
+		// spread their renewals over half as long again, so that the
+		// leader signs at most two thirds of its heartbeat rate.
+		resp.RenewJitterMs = max(m.cfg.RotationJitter, period*3/2).Milliseconds()
 	}
 	if heardNews(prev, heard, ob, m.livePeriod(now)) {
 		m.kickRotation()
