@@ -142,3 +142,43 @@ func TestBenchSealSmall(t *testing.T) {
 		t.Errorf("results %v, want %v", names, want)
 	}
 }
+
+// TestMain lets the test binary be the scale benchmark's fleet process:
+// scale starts os.Executable() with scale-fleet, which under go test is
+// this binary.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "scale-fleet" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// TestBenchScaleSmall runs the scale benchmark with a few nodes, as JSON:
+// every figure is there, the fleet joined, idled, renewed in the rotation
+// and was listed. It checks no speed.
+func TestBenchScaleSmall(t *testing.T) {
+	out, err := runBench(t, "--json", "--dir", t.TempDir(), "scale", "-n", "12", "-c", "4", "--idle", "1s")
+	if err != nil {
+		t.Fatalf("quorumca-bench scale = %v", err)
+	}
+	var results []Result
+	if err := json.Unmarshal([]byte(out), &results); err != nil || len(results) != 1 {
+		t.Fatalf("--json output: %v, %d results\n%s", err, len(results), out)
+	}
+	r := results[0]
+	if r.Name != "scale" || r.N != 12 || r.Rate <= 0 {
+		t.Errorf("result %s n=%d rate=%g, want scale, 12 and a join rate", r.Name, r.N, r.Rate)
+	}
+	for _, k := range []string{"idle_leader_us_per_node_s", "heartbeat_period_s", "rotation_storm_s", "storm_heartbeat_p99_ms", "node_ls_ms", "nodes_marked_down", "join_storm_s"} {
+		if _, ok := r.Figures[k]; !ok {
+			t.Errorf("no figure %s in %v", k, r.Figures)
+		}
+	}
+	if got := r.Figures["storm_renewals"]; got < 12 {
+		t.Errorf("storm_renewals = %g, want every node (12) renewed in the rotation", got)
+	}
+	if len(r.Goals) != 4 {
+		t.Errorf("%d goals, want 4", len(r.Goals))
+	}
+}
