@@ -66,11 +66,15 @@ func newRoot() *cobra.Command {
 	pf.BoolVar(&o.unsealed, "unsealed", false, "run the managers with their Raft stores unsealed (in clear), to compare with a run that seals them (the default)")
 	pf.StringVar(&o.logFile, "log", "", "append the managers' logs to this file (default: formatted, then discarded)")
 
-	sizes := func(cmd *cobra.Command, n bool) {
-		if n {
-			cmd.Flags().IntVarP(&o.n, "nodes", "n", 2000, "number of joins (and renewals)")
-			cmd.Flags().IntVarP(&o.c, "concurrency", "c", 64, "concurrent joiners (and renewers)")
-		}
+	// sizes gives cmd its -n and -c with their defaults. Each command has
+	// its own variables (a flag's default is stored when it is registered:
+	// shared ones would all take the last command's), copied into o when
+	// the command runs.
+	sizes := func(cmd *cobra.Command, n int, what string) {
+		nodes, conc := new(int), new(int)
+		cmd.Flags().IntVarP(nodes, "nodes", "n", n, what)
+		cmd.Flags().IntVarP(conc, "concurrency", "c", 64, "concurrent joiners (and renewers)")
+		cmd.PreRun = func(*cobra.Command, []string) { o.n, o.c = *nodes, *conc }
 	}
 	join := &cobra.Command{
 		Use:   "join",
@@ -78,14 +82,14 @@ func newRoot() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  func(cmd *cobra.Command, _ []string) error { return o.run(cmd, true, false, false) },
 	}
-	sizes(join, true)
+	sizes(join, 2000, "number of joins (and renewals)")
 	renew := &cobra.Command{
 		Use:   "renew",
 		Short: "N renewals over established connections, and the sign-only ceiling",
 		Args:  cobra.NoArgs,
 		RunE:  func(cmd *cobra.Command, _ []string) error { return o.run(cmd, false, true, false) },
 	}
-	sizes(renew, true)
+	sizes(renew, 2000, "number of joins (and renewals)")
 	rotate := &cobra.Command{
 		Use:   "rotate",
 		Short: "a root rotation with A real agents: completion, convergence, memory per idle agent",
@@ -99,7 +103,7 @@ func newRoot() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  func(cmd *cobra.Command, _ []string) error { return o.run(cmd, true, true, true) },
 	}
-	sizes(all, true)
+	sizes(all, 2000, "number of joins (and renewals)")
 	all.Flags().IntVar(&o.agents, "agents", 500, "number of agent daemons")
 	seal := &cobra.Command{
 		Use:   "seal",
@@ -107,8 +111,7 @@ func newRoot() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  o.runSeal,
 	}
-	seal.Flags().IntVarP(&o.n, "nodes", "n", 1000, "number of joins (and renewals) per round and mode")
-	seal.Flags().IntVarP(&o.c, "concurrency", "c", 64, "concurrent joiners (and renewers)")
+	sizes(seal, 1000, "number of joins (and renewals) per round and mode")
 	seal.Flags().IntVar(&o.rounds, "rounds", 3, "rounds: each runs both modes, in alternate order; the medians are compared")
 	scale := &cobra.Command{
 		Use:   "scale",
@@ -116,10 +119,12 @@ func newRoot() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  o.runScale,
 	}
-	scale.Flags().IntVarP(&o.n, "nodes", "n", 10000, "number of simulated nodes")
-	scale.Flags().IntVarP(&o.c, "concurrency", "c", 64, "concurrent joiners")
+	sizes(scale, 10000, "number of simulated nodes")
 	scale.Flags().DurationVar(&o.idle, "idle", 20*time.Second, "how long idle CPU is profiled")
-	var managers string
+	var (
+		managers       string
+		fleetN, fleetC int
+	)
 	fleetCmd := &cobra.Command{
 		Use:    "scale-fleet --managers A,B,C -n N -c C < token",
 		Short:  "the simulated nodes of scale, in their own process (scale runs it)",
@@ -133,12 +138,14 @@ func newRoot() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return runFleet(ctx, strings.TrimSpace(token), strings.Split(managers, ","), o.n, o.c, in, cmd.OutOrStdout())
+			return runFleet(ctx, strings.TrimSpace(token), strings.Split(managers, ","), fleetN, fleetC, in, cmd.OutOrStdout())
 		},
 	}
 	fleetCmd.Flags().StringVar(&managers, "managers", "", "API addresses of the managers, comma-separated")
-	fleetCmd.Flags().IntVarP(&o.n, "nodes", "n", 0, "number of simulated nodes")
-	fleetCmd.Flags().IntVarP(&o.c, "concurrency", "c", 64, "concurrent joiners")
+	// Its own variables: a flag's default is set when it is registered,
+	// and the other commands' -n and -c share o's.
+	fleetCmd.Flags().IntVarP(&fleetN, "nodes", "n", 0, "number of simulated nodes")
+	fleetCmd.Flags().IntVarP(&fleetC, "concurrency", "c", 64, "concurrent joiners")
 	fleetCmd.Flags().String("token-file", "-", "where the join token comes from: standard input")
 	root.AddCommand(join, renew, rotate, all, seal, scale, fleetCmd)
 	return root
