@@ -24,22 +24,8 @@ import (
 // expect (escapes, null, white space, keys of another case) is left to
 // encoding/json, node by node, so that it reads all that it did.
 
-// appendJSON appends the nodes as one JSON object keyed by ID, in ID
-// order, as json.Marshal writes a map[string]Node.
-func (m NodeMap) appendJSON(b []byte) []byte {
-	b = append(b, '{')
-	for i, n := range m.sorted() {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendString(b, n.ID)
-		b = append(b, ':')
-		b = n.appendJSON(b)
-	}
-	return append(b, '}')
-}
-
-// writeJSON writes what appendJSON appends to w, a part at a time.
+// writeJSON writes the nodes to w as one JSON object keyed by ID, in ID
+// order, as json.Marshal writes a map[string]Node, a part at a time.
 func (m NodeMap) writeJSON(w io.Writer) error {
 	const flushAt = 64 << 10
 	b := make([]byte, 0, flushAt+4<<10)

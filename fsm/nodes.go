@@ -363,11 +363,11 @@ func (b *nodeMapBuilder) add(n Node) {
 // MarshalJSON writes the nodes as one JSON object keyed by ID, in key
 // order, as a plain map would be.
 func (m NodeMap) MarshalJSON() ([]byte, error) {
-	b := m.appendJSON(nil)
-	if bytes.Contains(b, []byte(badTime)) {
-		return nil, errBadTime
+	var buf bytes.Buffer
+	if err := m.writeJSON(&buf); err != nil {
+		return nil, err
 	}
-	return b, nil
+	return buf.Bytes(), nil
 }
 
 // IsZero reports whether the map holds no node. A snapshot's head leaves
