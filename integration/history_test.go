@@ -587,6 +587,51 @@ func (w *histWorld) renew(ctx context.Context, addr string, n *histNode) (*api.R
 
 var errRedirected = errors.New("redirected twice")
 
+// join joins a node with in.Token (the worker token, or an extra one) at
+// the manager at addr, as the agent does, and keeps what it was issued;
+// it returns what the join answered, and whether to record it (not when
+// the node refused the bundle served, and sent nothing).
+func (w *histWorld) join(ctx context.Context, addr string, call time.Time, in histInput) (histOutput, bool, error) {
+	res, err := agent.Join(ctx, agent.JoinConfig{DataDir: w.t.TempDir(), Token: in.Token, Remote: addr, Logger: testkit.Logger(), Timeout: 3 * time.Second})
+	switch {
+	case err == nil:
+		cert := res.Credentials.Certificate()
+		chain, err := parseDERs(cert.Certificate)
+		if err != nil {
+			w.t.Errorf("%s: the certificate stored: %v", in.Op, err)
+			return histOutput{}, false, err
+		}
+		out := histOutput{OK: true, ID: res.Node.NodeID, Serial: chain[0].SerialNumber.Text(16)}
+		is := issuance{what: in.Op + " " + out.ID, chain: chain, bundle: res.Credentials.Bundle(), serial: out.Serial, id: out.ID,
+			call: w.rec.since(call), ret: w.rec.since(time.Now())}
+		w.mu.Lock()
+		w.nodes = append(w.nodes, &histNode{id: out.ID, cert: *cert, serials: []string{out.Serial}})
+		w.issued = append(w.issued, is)
+		w.mu.Unlock()
+		return out, true, nil
+	case errors.Is(err, agent.ErrJoinRefused) && status.Code(err) == codes.Aborted && in.Op == opJoinExtra:
+		// An extra token's join whose commit found a new CA (a root
+		// rotation began): nothing was recorded, and it says nothing of
+		// the token.
+		return histOutput{Refused: true, Lenient: true}, true, err
+	case api.HasReason(err, api.ReasonBadToken) || errors.Is(err, agent.ErrJoinRefused) && status.Code(err) == codes.Aborted:
+		// A wrong token (rotated, revoked, dropped); or the worker token
+		// was rotated between the check and the commit: nothing was
+		// recorded.
+		return histOutput{Refused: true}, true, err
+	case errors.Is(err, ca.ErrDigestMismatch):
+		// The bundle the manager served is not the one the token pins:
+		// the node refused, and sent nothing. Only a root rotation changes
+		// the bundle.
+		if !w.rotStarted(w.rec.since(time.Now())) {
+			w.t.Errorf("%s with token …%s: the bundle served is not the one it pins, and no root rotation was asked: %v", in.Op, tail(in.Token), err)
+		}
+		return histOutput{}, false, err
+	default:
+		return histOutput{Unknown: true}, true, err
+	}
+}
+
 // op makes one operation of a client's choosing through the manager
 // whose control client is ctl and API address addr, and returns it with
 // whether to record it (a call that never reached a manager, a failed
@@ -634,35 +679,9 @@ func (w *histWorld) op(ctx context.Context, rng *mrand.Rand, ctl api.ControlClie
 			in.Token = (*known)[len(*known)-1]
 		}
 		mu.Unlock()
-		var res agent.JoinResult
-		res, err = agent.Join(ctx, agent.JoinConfig{DataDir: t.TempDir(), Token: in.Token, Remote: addr, Logger: testkit.Logger(), Timeout: 3 * time.Second})
-		switch {
-		case err == nil:
-			cert := res.Credentials.Certificate()
-			chain, err := parseDERs(cert.Certificate)
-			if err != nil {
-				t.Errorf("join: the certificate stored: %v", err)
-				return in, out, false
-			}
-			out = histOutput{OK: true, ID: res.Node.NodeID, Serial: chain[0].SerialNumber.Text(16)}
-			mu.Lock()
-			*nodes = append(*nodes, &histNode{id: out.ID, cert: *cert, serials: []string{out.Serial}})
-			mu.Unlock()
-			addIssued(issuance{what: opJoin + " " + out.ID, chain: chain, bundle: res.Credentials.Bundle(), serial: out.Serial, id: out.ID})
-		case api.HasReason(err, api.ReasonBadToken) || errors.Is(err, agent.ErrJoinRefused) && status.Code(err) == codes.Aborted:
-			// A wrong token; or the token was rotated between the check
-			// and the commit: nothing was recorded.
-			out = histOutput{Refused: true}
-		case errors.Is(err, ca.ErrDigestMismatch):
-			// The bundle the manager served is not the one the token
-			// pins: the node refused, and sent nothing. Only a root
-			// rotation changes the bundle.
-			if !rotStarted(rec.since(time.Now())) {
-				t.Errorf("join with token …%s: the bundle served is not the one it pins, and no root rotation was asked: %v", tail(in.Token), err)
-			}
+		var record bool
+		if out, record, err = w.join(ctx, addr, call, in); !record {
 			return in, out, false
-		default:
-			out = histOutput{Unknown: true}
 		}
 	case p < 32:
 		n := pickNode(false)
