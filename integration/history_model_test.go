@@ -431,6 +431,10 @@ var rotationModel = porcupine.Model{
 
 func describeOp(in, out any) string {
 	i, o := in.(histInput), out.(histOutput)
+	if i.TokenID != "" || i.Op == opTokenCreate {
+		// An extra token goes by its ID.
+		i.Token, o.Token = "", ""
+	}
 	res := "ok"
 	switch {
 	case o.Unknown:
