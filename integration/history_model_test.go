@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"testing"
 
 	"github.com/anishathalye/porcupine"
 )
@@ -13,28 +14,33 @@ type histInput struct {
 	// Op is one of the op* constants.
 	Op     string
 	ID     string // rm, inspect, renew, revoke: the node; admin ops: the admin serial
-	Token  string // join: the token used
+	Token  string // join, join-extra: the token used
 	Serial string // revoke: the serial revoked
+	// TokenID: join-extra, token-revoke, token-ls: the extra token's ID.
+	TokenID string
 }
 
 type histOutput struct {
 	Unknown bool // the call failed in a way that says nothing of its effect
-	// OK: join, rm, renew, revoke, rotate, admin ops: done; inspect: the
-	// node is a member; admin-inspect: recorded and not revoked; ca: a
+	// OK: join, rm, renew, revoke, rotate, admin ops, token-create,
+	// token-revoke: done; inspect: the node is a member; admin-inspect:
+	// recorded and not revoked; token-ls: the token is listed; ca: a
 	// rotation is in progress.
 	OK bool
-	// Refused: the call was refused, and changed nothing. join: bad token;
-	// rm: no such node; renew: not a member; revoke: revoked already or
-	// not a member; admin-inspect: revoked; ca: the last rotation has
-	// completed.
+	// Refused: the call was refused, and changed nothing. join,
+	// join-extra: bad token; rm: no such node; renew: not a member;
+	// revoke: revoked already or not a member; admin-inspect: revoked;
+	// token-revoke: no such token (revoked already, or never created);
+	// ca: the last rotation has completed.
 	Refused bool
 	// Lenient marks a refusal the model cannot judge (a renewal refused
-	// once a root rotation may have left the node behind, or one whose
-	// commit found a new CA): it changed nothing, and it is not checked.
+	// once a root rotation may have left the node behind, or a renewal or
+	// join-extra whose commit found a new CA): it changed nothing, and it
+	// is not checked.
 	Lenient bool
-	ID      string // join: the node ID
+	ID      string // join, join-extra: the node ID; token-create: the token's ID
 	Serial  string // join, renew, admin-issue: the serial issued; inspect: the node's current one
-	Token   string // rotate, token: the worker token
+	Token   string // rotate, token: the worker token; token-create: the extra token
 	Err     string // what a failed call said, for the reader of a failure
 }
 
@@ -50,19 +56,27 @@ const (
 	opAdminIssue   = "admin-issue"
 	opAdminRm      = "admin-rm"
 	opAdminInspect = "admin-inspect"
-	opCARotate     = "ca-rotate"   // root rotation started
-	opCAComplete   = "ca-complete" // root rotation completed (seen, from its start)
-	opCA           = "ca"          // GetCA: the rotation's progress
-	opStatus       = "status"      // Status: this manager's local view (not linearizable)
+	opCARotate     = "ca-rotate"    // root rotation started
+	opCAComplete   = "ca-complete"  // root rotation completed (seen, from its start)
+	opCA           = "ca"           // GetCA: the rotation's progress
+	opStatus       = "status"       // Status: this manager's local view (not linearizable)
+	opJoinExtra    = "join-extra"   // a join with an extra token
+	opTokenCreate  = "token-create" // an extra worker token created
+	opTokenRevoke  = "token-revoke" // an extra token revoked, by ID
+	opTokenList    = "token-ls"     // ListTokens: is one extra token listed
 )
 
-// The models check a history in three parts, each small enough for
+// The models check a history in four parts, each small enough for
 // porcupine to stay fast:
 //   - tokenModel: the worker join token, over joins (with the standing
 //     worker token), its rotations and reads, and the root rotation's
 //     completion, which replaces it;
+//   - extraTokenModel: each extra join token on its own (porcupine
+//     partitions), over its creation, revocations, the joins with it,
+//     its listings, and the root rotation's completion, which drops it;
 //   - entityModel: each node and each admin certificate on its own
-//     (porcupine partitions), over what names it;
+//     (porcupine partitions), over what names it (joins with an extra
+//     token too);
 //   - rotationModel: the root rotation's progress as GetCA tells it.
 
 // tokenModel's state is the worker token, "" once an operation of unknown
@@ -138,7 +152,7 @@ func (s entState) revoke(serial string) entState {
 func entityKey(op porcupine.Operation) string {
 	i, o := op.Input.(histInput), op.Output.(histOutput)
 	switch i.Op {
-	case opJoin:
+	case opJoin, opJoinExtra:
 		return o.ID
 	case opAdminIssue:
 		return "admin:" + o.Serial
@@ -184,7 +198,7 @@ var entityModel = porcupine.Model{
 	Step: func(st, in, out any) (bool, any) {
 		s, i, o := st.(entState), in.(histInput), out.(histOutput)
 		switch i.Op {
-		case opJoin: // acknowledged joins only
+		case opJoin, opJoinExtra: // acknowledged joins only
 			return s.Status == notJoined, entState{Status: member, Cur: o.Serial}
 		case opRm:
 			switch {
@@ -286,6 +300,91 @@ var entityModel = porcupine.Model{
 	DescribeOperation: describeOp,
 }
 
+// States of one extra join token.
+const (
+	extraNone   = iota // not created (as far as the history says)
+	extraUsable        // created: it admits
+	extraGone          // revoked, or dropped by a root rotation: it never admits again
+)
+
+// extraKey is the partition of an operation on extra tokens: the
+// token's ID.
+func extraKey(op porcupine.Operation) string {
+	if op.Input.(histInput).Op == opTokenCreate {
+		return op.Output.(histOutput).ID
+	}
+	return op.Input.(histInput).TokenID
+}
+
+// extraTokenModel checks each extra join token's operations: created
+// (acknowledged creations only) it is usable; a join with it succeeds
+// only while it is usable, and is refused only once it is not; a
+// revocation succeeds only while it is usable and makes it gone for
+// good, and is refused (NotFound) only when it is not usable; ListTokens
+// lists it only while it is usable. The root rotation's completion drops
+// every extra token: it stands in each partition.
+var extraTokenModel = porcupine.Model{
+	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
+		byKey := map[string][]porcupine.Operation{}
+		var order []string
+		var everywhere []porcupine.Operation
+		for _, op := range history {
+			if op.Input.(histInput).Op == opCAComplete {
+				everywhere = append(everywhere, op)
+				continue
+			}
+			k := extraKey(op)
+			if _, ok := byKey[k]; !ok {
+				order = append(order, k)
+			}
+			byKey[k] = append(byKey[k], op)
+		}
+		var out [][]porcupine.Operation
+		for _, k := range order {
+			out = append(out, append(byKey[k], everywhere...))
+		}
+		return out
+	},
+	Init: func() any { return extraNone },
+	Step: func(st, in, out any) (bool, any) {
+		s, i, o := st.(int), in.(histInput), out.(histOutput)
+		switch i.Op {
+		case opTokenCreate: // acknowledged creations only
+			return s == extraNone, extraUsable
+		case opTokenRevoke:
+			switch {
+			case o.Unknown:
+				if s == extraUsable {
+					return true, extraGone
+				}
+				return true, s
+			case o.OK:
+				return s == extraUsable, extraGone
+			default:
+				return s != extraUsable, s
+			}
+		case opJoinExtra: // joins of known outcome only
+			switch {
+			case o.OK:
+				return s == extraUsable, s
+			case o.Lenient:
+				return true, s
+			default:
+				return s != extraUsable, s
+			}
+		case opTokenList:
+			return o.OK == (s == extraUsable), s
+		case opCAComplete:
+			if s == extraUsable {
+				return true, extraGone
+			}
+			return true, s
+		}
+		return false, s
+	},
+	DescribeOperation: describeOp,
+}
+
 // Root rotation states, as GetCA tells them.
 const (
 	caNever = iota
@@ -332,19 +431,99 @@ var rotationModel = porcupine.Model{
 
 func describeOp(in, out any) string {
 	i, o := in.(histInput), out.(histOutput)
+	if i.TokenID != "" || i.Op == opTokenCreate {
+		// An extra token goes by its ID.
+		i.Token, o.Token = "", ""
+	}
 	res := "ok"
 	switch {
 	case o.Unknown:
 		res = "?"
 	case o.Lenient:
 		res = "refused (not judged)"
-	case (i.Op == opInspect || i.Op == opAdminInspect) && !o.OK && !o.Refused:
+	case (i.Op == opInspect || i.Op == opAdminInspect || i.Op == opTokenList) && !o.OK && !o.Refused:
 		res = "absent"
 	case o.Refused:
 		res = "refused"
 	}
-	return fmt.Sprintf("%s(%s%s%s) -> %s %s", i.Op, tail(i.ID), tail(i.Token), tail(i.Serial), res, tail(o.ID+o.Token+o.Serial))
+	return fmt.Sprintf("%s(%s%s%s%s) -> %s %s", i.Op, tail(i.ID), tail(i.TokenID), tail(i.Token), tail(i.Serial), res, tail(o.ID+o.Token+o.Serial))
 }
 
 // tail shortens a token, ID or serial for a reader: its last 6 characters.
 func tail(s string) string { return s[max(0, len(s)-6):] }
+
+// TestExtraTokenModel: the extra token model takes what quorumca must do,
+// and finds a revoked or dropped token that admits, or is listed, and a
+// revocation of what was never created.
+func TestExtraTokenModel(t *testing.T) {
+	op := func(call, ret int64, in histInput, out histOutput) porcupine.Operation {
+		return porcupine.Operation{Input: in, Output: out, Call: call, Return: ret}
+	}
+	create := func(call, ret int64, id string) porcupine.Operation {
+		return op(call, ret, histInput{Op: opTokenCreate}, histOutput{OK: true, ID: id, Token: "tok-" + id})
+	}
+	revoke := func(call, ret int64, id string, out histOutput) porcupine.Operation {
+		return op(call, ret, histInput{Op: opTokenRevoke, TokenID: id}, out)
+	}
+	join := func(call, ret int64, id string, out histOutput) porcupine.Operation {
+		return op(call, ret, histInput{Op: opJoinExtra, TokenID: id, Token: "tok-" + id}, out)
+	}
+	list := func(call, ret int64, id string, listed bool) porcupine.Operation {
+		return op(call, ret, histInput{Op: opTokenList, TokenID: id}, histOutput{OK: listed})
+	}
+	complete := func(call, ret int64) porcupine.Operation {
+		return op(call, ret, histInput{Op: opCAComplete}, histOutput{OK: true})
+	}
+	ok, refused, unknown := histOutput{OK: true}, histOutput{Refused: true}, histOutput{Unknown: true}
+	for _, tc := range []struct {
+		name  string
+		ops   []porcupine.Operation
+		legal bool
+	}{
+		{"create, join, revoke, refused join, refused revoke", []porcupine.Operation{
+			create(0, 1, "a"), join(2, 3, "a", ok), revoke(4, 5, "a", ok), join(6, 7, "a", refused), revoke(8, 9, "a", refused), list(10, 11, "a", false),
+		}, true},
+		{"a join overlapping the revocation admits", []porcupine.Operation{
+			create(0, 1, "a"), revoke(2, 5, "a", ok), join(3, 6, "a", ok), list(7, 8, "a", false),
+		}, true},
+		{"a revocation of unknown outcome takes effect late, or never", []porcupine.Operation{
+			create(0, 1, "a"), revoke(2, never, "a", unknown), join(3, 4, "a", ok), list(5, 6, "a", true),
+		}, true},
+		{"a token never created: its revocation is refused", []porcupine.Operation{
+			revoke(0, 1, "nosuch", refused),
+		}, true},
+		{"two tokens, one revoked", []porcupine.Operation{
+			create(0, 1, "a"), create(0, 2, "b"), revoke(3, 4, "a", ok), join(5, 6, "b", ok), join(5, 7, "a", refused),
+		}, true},
+		{"the root rotation drops a token created before it", []porcupine.Operation{
+			create(0, 1, "a"), complete(2, 5), join(3, 4, "a", ok), join(6, 7, "a", refused), list(8, 9, "a", false),
+		}, true},
+		{"a revoked token admits", []porcupine.Operation{
+			create(0, 1, "a"), revoke(2, 3, "a", ok), join(4, 5, "a", ok),
+		}, false},
+		{"a token is refused, then admits", []porcupine.Operation{
+			create(0, 1, "a"), revoke(2, never, "a", unknown), join(3, 4, "a", refused), join(5, 6, "a", ok),
+		}, false},
+		{"a token created and not revoked is refused", []porcupine.Operation{
+			create(0, 1, "a"), join(2, 3, "a", refused),
+		}, false},
+		{"a revoked token is listed", []porcupine.Operation{
+			create(0, 1, "a"), revoke(2, 3, "a", ok), list(4, 5, "a", true),
+		}, false},
+		{"a token is revoked twice", []porcupine.Operation{
+			create(0, 1, "a"), revoke(2, 3, "a", ok), revoke(4, 5, "a", ok),
+		}, false},
+		{"a token never created is revoked", []porcupine.Operation{
+			revoke(0, 1, "nosuch", ok),
+		}, false},
+		{"a token the root rotation dropped admits", []porcupine.Operation{
+			create(0, 1, "a"), complete(2, 3), join(4, 5, "a", ok),
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := porcupine.CheckOperations(extraTokenModel, tc.ops); got != tc.legal {
+				t.Errorf("CheckOperations(extraTokenModel, %s) = %v, want %v", tc.name, got, tc.legal)
+			}
+		})
+	}
+}

@@ -2,8 +2,9 @@ package integration
 
 // Histories checked for linearizability (porcupine): concurrent clients
 // join nodes, renew, revoke and remove them, issue and revoke admin
-// certificates, rotate and read the worker token, read the nodes, the
-// status and the CA, and one rotates the root CA, through every manager
+// certificates, rotate and read the worker token, create, revoke, list
+// and join with extra join tokens, read the nodes, the status and the
+// CA, and one rotates the root CA, through every manager
 // of a real in-process cluster, while its managers are stopped and
 // restarted, partitioned, paused, and their Raft traffic dropped and
 // delayed. Each operation's call and answer are recorded; porcupine then
@@ -39,6 +40,7 @@ import (
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
+	"github.com/quorumca/quorumca/fsm"
 	"github.com/quorumca/quorumca/internal/testkit"
 	"github.com/quorumca/quorumca/internal/testkit/clustertest"
 	"github.com/quorumca/quorumca/node"
@@ -135,16 +137,18 @@ const maxRenewals = 4
 // TestHistoriesLinearizableUnderFaults: 4 clients make joins, renewals,
 // revocations, removals and inspections of nodes, admin certificate
 // issues, removals and inspections, worker token rotations and reads,
+// extra join token creations, revocations, listings and joins with them,
 // status and CA reads through the 3 managers, and a fifth rotates the root
 // CA once and follows it to its completion, while faults chosen from the
 // seed hit the managers one at a time: a manager (the leader, or any) is
 // stopped and restarted, partitioned, or paused; or the Raft traffic
-// drops or is delayed. The recorded history must be linearizable (three
+// drops or is delayed. The recorded history must be linearizable (four
 // models, see history_model_test.go), and after recovery every
 // acknowledged issuance is in the state, the same on every manager; no
 // node ID or serial was issued twice; no certificate was handed to a node
-// after its removal was acknowledged; no token admitted after its
-// rotation was acknowledged; every certificate chains to a root the
+// after its removal was acknowledged; no worker token admitted after
+// its rotation was acknowledged, no extra token after its revocation
+// was; every certificate chains to a root the
 // cluster trusted when it was issued. The seed is printed; a failing one
 // reproduces with QUORUMCA_HISTORY_SEED. QUORUMCA_HISTORY_SOAK=D runs the
 // clients for D instead (a longer soak).
@@ -443,7 +447,7 @@ func checkOneHistory(t *testing.T, seed uint64, run time.Duration) histSummary {
 	}
 	kinds := sum.kinds
 	t.Logf("operations: %d (%d of unknown outcome), faults: %d; by kind: %v", sum.ops, sum.unknown, len(spans), kinds)
-	for _, k := range []string{opJoin, opInspect, opRenew, opRm} {
+	for _, k := range []string{opJoin, opInspect, opRenew, opRm, opTokenCreate, opTokenRevoke, opJoinExtra} {
 		if kinds[k] == 0 {
 			t.Errorf("the run made no %s operation: %v", k, kinds)
 		}
@@ -497,6 +501,7 @@ func checkOneHistory(t *testing.T, seed uint64, run time.Duration) histSummary {
 	// Nothing handed to a node after its removal was acknowledged, and no
 	// token admitted after its replacement was acknowledged.
 	checkAfterAcks(t, rec.ops, tok0, rotCall, rotSeen)
+	checkExtraTokens(t, st, rec.ops, rotAsked, rotCall, rotSeen)
 
 	// Status is each manager's own view: it may lag, but names no root
 	// the cluster never had.
@@ -521,6 +526,7 @@ type histWorld struct {
 	nodes  []*histNode
 	admins []string
 	known  []string   // tokens clients may use: the current and older ones
+	extra  []extraTok // extra tokens acknowledged created, revoked ones too
 	roots  [][]byte   // bundles seen: the clients trust them all
 	issued []issuance // certificates handed out
 	fps    []string   // root fingerprints Status answered
@@ -529,6 +535,23 @@ type histWorld struct {
 	rotAsked         bool
 	rotCall, rotSeen int64
 	lastCA           *api.GetCAResponse // the rotator's last answer
+}
+
+// extraTok is an extra join token a client created.
+type extraTok struct{ id, token string }
+
+// pickExtra returns one of the extra tokens created, the last one half
+// the time; ok is false if there is none.
+func (w *histWorld) pickExtra(rng *mrand.Rand) (tok extraTok, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.extra) == 0 {
+		return extraTok{}, false
+	}
+	if rng.IntN(2) == 0 {
+		return w.extra[len(w.extra)-1], true
+	}
+	return w.extra[rng.IntN(len(w.extra))], true
 }
 
 // rootPool returns the roots the clients trust: every bundle seen.
@@ -587,6 +610,51 @@ func (w *histWorld) renew(ctx context.Context, addr string, n *histNode) (*api.R
 
 var errRedirected = errors.New("redirected twice")
 
+// join joins a node with in.Token (the worker token, or an extra one) at
+// the manager at addr, as the agent does, and keeps what it was issued;
+// it returns what the join answered, and whether to record it (not when
+// the node refused the bundle served, and sent nothing).
+func (w *histWorld) join(ctx context.Context, addr string, call time.Time, in histInput) (histOutput, bool, error) {
+	res, err := agent.Join(ctx, agent.JoinConfig{DataDir: w.t.TempDir(), Token: in.Token, Remote: addr, Logger: testkit.Logger(), Timeout: 3 * time.Second})
+	switch {
+	case err == nil:
+		cert := res.Credentials.Certificate()
+		chain, err := parseDERs(cert.Certificate)
+		if err != nil {
+			w.t.Errorf("%s: the certificate stored: %v", in.Op, err)
+			return histOutput{}, false, err
+		}
+		out := histOutput{OK: true, ID: res.Node.NodeID, Serial: chain[0].SerialNumber.Text(16)}
+		is := issuance{what: in.Op + " " + out.ID, chain: chain, bundle: res.Credentials.Bundle(), serial: out.Serial, id: out.ID,
+			call: w.rec.since(call), ret: w.rec.since(time.Now())}
+		w.mu.Lock()
+		w.nodes = append(w.nodes, &histNode{id: out.ID, cert: *cert, serials: []string{out.Serial}})
+		w.issued = append(w.issued, is)
+		w.mu.Unlock()
+		return out, true, nil
+	case errors.Is(err, agent.ErrJoinRefused) && status.Code(err) == codes.Aborted && in.Op == opJoinExtra:
+		// An extra token's join whose commit found a new CA (a root
+		// rotation began): nothing was recorded, and it says nothing of
+		// the token.
+		return histOutput{Refused: true, Lenient: true}, true, err
+	case api.HasReason(err, api.ReasonBadToken) || errors.Is(err, agent.ErrJoinRefused) && status.Code(err) == codes.Aborted:
+		// A wrong token (rotated, revoked, dropped); or the worker token
+		// was rotated between the check and the commit: nothing was
+		// recorded.
+		return histOutput{Refused: true}, true, err
+	case errors.Is(err, ca.ErrDigestMismatch):
+		// The bundle the manager served is not the one the token pins:
+		// the node refused, and sent nothing. Only a root rotation changes
+		// the bundle.
+		if !w.rotStarted(w.rec.since(time.Now())) {
+			w.t.Errorf("%s with token …%s: the bundle served is not the one it pins, and no root rotation was asked: %v", in.Op, tail(in.Token), err)
+		}
+		return histOutput{}, false, err
+	default:
+		return histOutput{Unknown: true}, true, err
+	}
+}
+
 // op makes one operation of a client's choosing through the manager
 // whose control client is ctl and API address addr, and returns it with
 // whether to record it (a call that never reached a manager, a failed
@@ -626,7 +694,7 @@ func (w *histWorld) op(ctx context.Context, rng *mrand.Rand, ctl api.ControlClie
 		*issued = append(*issued, is)
 		mu.Unlock()
 	}
-	switch p := rng.IntN(100); {
+	switch p := rng.IntN(112); {
 	case p < 24:
 		mu.Lock()
 		in = histInput{Op: opJoin, Token: (*known)[rng.IntN(len(*known))]}
@@ -634,35 +702,9 @@ func (w *histWorld) op(ctx context.Context, rng *mrand.Rand, ctl api.ControlClie
 			in.Token = (*known)[len(*known)-1]
 		}
 		mu.Unlock()
-		var res agent.JoinResult
-		res, err = agent.Join(ctx, agent.JoinConfig{DataDir: t.TempDir(), Token: in.Token, Remote: addr, Logger: testkit.Logger(), Timeout: 3 * time.Second})
-		switch {
-		case err == nil:
-			cert := res.Credentials.Certificate()
-			chain, err := parseDERs(cert.Certificate)
-			if err != nil {
-				t.Errorf("join: the certificate stored: %v", err)
-				return in, out, false
-			}
-			out = histOutput{OK: true, ID: res.Node.NodeID, Serial: chain[0].SerialNumber.Text(16)}
-			mu.Lock()
-			*nodes = append(*nodes, &histNode{id: out.ID, cert: *cert, serials: []string{out.Serial}})
-			mu.Unlock()
-			addIssued(issuance{what: opJoin + " " + out.ID, chain: chain, bundle: res.Credentials.Bundle(), serial: out.Serial, id: out.ID})
-		case api.HasReason(err, api.ReasonBadToken) || errors.Is(err, agent.ErrJoinRefused) && status.Code(err) == codes.Aborted:
-			// A wrong token; or the token was rotated between the check
-			// and the commit: nothing was recorded.
-			out = histOutput{Refused: true}
-		case errors.Is(err, ca.ErrDigestMismatch):
-			// The bundle the manager served is not the one the token
-			// pins: the node refused, and sent nothing. Only a root
-			// rotation changes the bundle.
-			if !rotStarted(rec.since(time.Now())) {
-				t.Errorf("join with token …%s: the bundle served is not the one it pins, and no root rotation was asked: %v", tail(in.Token), err)
-			}
+		var record bool
+		if out, record, err = w.join(ctx, addr, call, in); !record {
 			return in, out, false
-		default:
-			out = histOutput{Unknown: true}
 		}
 	case p < 32:
 		n := pickNode(false)
@@ -852,13 +894,69 @@ func (w *histWorld) op(ctx context.Context, rng *mrand.Rand, ctl api.ControlClie
 		mu.Lock()
 		*fps = append(*fps, resp.GetRootFingerprint())
 		mu.Unlock()
-	default:
+	case p < 100:
 		in = histInput{Op: opCA}
 		var resp *api.GetCAResponse
 		if resp, err = ctl.GetCA(ctx, &api.GetCARequest{}); err != nil {
 			return in, out, false
 		}
 		out = caOutput(resp)
+	case p < 103:
+		// An extra worker token, as `join-token create worker --ttl 1h`
+		// makes one: it outlives the run, and admits any number of nodes.
+		in = histInput{Op: opTokenCreate}
+		var resp *api.CreateTokenResponse
+		if resp, err = ctl.CreateToken(ctx, &api.CreateTokenRequest{Role: "worker", TtlSeconds: 3600}); err != nil {
+			// Unknown, and nothing names it: counted, not modelled.
+			out = histOutput{Unknown: true}
+			break
+		}
+		out = histOutput{OK: true, ID: resp.GetId(), Token: resp.GetToken()}
+		mu.Lock()
+		w.extra = append(w.extra, extraTok{id: out.ID, token: out.Token})
+		mu.Unlock()
+	case p < 106:
+		// One created, revoked already or not; now and then one that
+		// never was.
+		tok, ok := w.pickExtra(rng)
+		if !ok || rng.IntN(8) == 0 {
+			tok = extraTok{id: fmt.Sprintf("nosuch%06d", rng.IntN(1_000_000))}
+		}
+		in = histInput{Op: opTokenRevoke, TokenID: tok.id}
+		_, err = ctl.RevokeToken(ctx, &api.RevokeTokenRequest{Id: tok.id})
+		switch status.Code(err) {
+		case codes.OK:
+			out = histOutput{OK: true}
+		case codes.NotFound:
+			out = histOutput{Refused: true}
+		default:
+			out = histOutput{Unknown: true}
+		}
+	case p < 110:
+		tok, ok := w.pickExtra(rng)
+		if !ok {
+			return in, out, false
+		}
+		in = histInput{Op: opJoinExtra, TokenID: tok.id, Token: tok.token}
+		var record bool
+		if out, record, err = w.join(ctx, addr, call, in); !record {
+			return in, out, false
+		}
+	default:
+		tok, ok := w.pickExtra(rng)
+		if !ok {
+			return in, out, false
+		}
+		in = histInput{Op: opTokenList, TokenID: tok.id}
+		var resp *api.ListTokensResponse
+		if resp, err = ctl.ListTokens(ctx, &api.ListTokensRequest{}); err != nil {
+			return in, out, false // a failed read says nothing
+		}
+		for _, lt := range resp.GetTokens() {
+			if lt.GetId() == tok.id {
+				out = histOutput{OK: true}
+			}
+		}
 	}
 	if err != nil {
 		out.Err = err.Error()
@@ -905,13 +1003,28 @@ func refusedRenewal(err error) bool {
 	return containsAny(err.Error(), "remote error: tls: bad certificate", "remote error: tls: certificate required", "remote error: tls: unknown certificate")
 }
 
-// checkHistories checks the three models.
+// checkHistories checks the four models.
 func checkHistories(t *testing.T, seed uint64, tok0 string, ops []porcupine.Operation) {
 	t.Helper()
-	var tokenOps, entityOps, rotationOps []porcupine.Operation
+	var tokenOps, extraOps, entityOps, rotationOps []porcupine.Operation
 	for _, op := range ops {
 		in, out := op.Input.(histInput), op.Output.(histOutput)
 		switch in.Op {
+		case opJoinExtra:
+			if !out.Unknown {
+				// As a join above.
+				extraOps = append(extraOps, op)
+			}
+			if out.OK {
+				entityOps = append(entityOps, op)
+			}
+		case opTokenCreate:
+			if out.OK {
+				// One of unknown outcome names no token.
+				extraOps = append(extraOps, op)
+			}
+		case opTokenRevoke, opTokenList:
+			extraOps = append(extraOps, op)
 		case opJoin:
 			if !out.Unknown {
 				// A join of unknown outcome constrains nothing here (the
@@ -922,8 +1035,11 @@ func checkHistories(t *testing.T, seed uint64, tok0 string, ops []porcupine.Oper
 			if out.OK {
 				entityOps = append(entityOps, op)
 			}
-		case opRotate, opToken, opCAComplete:
+		case opRotate, opToken:
 			tokenOps = append(tokenOps, op)
+		case opCAComplete:
+			tokenOps = append(tokenOps, op)
+			extraOps = append(extraOps, op)
 		case opCARotate, opCA:
 			rotationOps = append(rotationOps, op)
 		case opAdminIssue:
@@ -940,6 +1056,7 @@ func checkHistories(t *testing.T, seed uint64, tok0 string, ops []porcupine.Oper
 		ops   []porcupine.Operation
 	}{
 		{"the worker token", tokenModel(tok0), tokenOps},
+		{"each extra token", extraTokenModel, extraOps},
 		{"each node and admin certificate", entityModel, entityOps},
 		{"the root rotation", rotationModel, rotationOps},
 	} {
@@ -984,11 +1101,17 @@ func checkHistories(t *testing.T, seed uint64, tok0 string, ops []porcupine.Oper
 // if it was called after its removal was; no join with a token succeeds
 // if it was called after a rotation of the worker token, called once
 // that token was known, was acknowledged (or after a root rotation
-// asked once it was known was seen complete).
+// asked once it was known was seen complete); no join with an extra
+// token succeeds if it was called after the token's revocation was
+// acknowledged (or after a root rotation asked once the token was
+// created was seen complete).
 func checkAfterAcks(t *testing.T, ops []porcupine.Operation, tok0 string, rotCall, rotSeen int64) {
 	t.Helper()
 	removedAt := map[string]int64{}
 	known := map[string]int64{tok0: 0} // token: when first known
+	// Extra tokens, by ID: when their creation returned, and when their
+	// first acknowledged revocation did.
+	createdAt, revokedAt := map[string]int64{}, map[string]int64{}
 	var rotations []porcupine.Operation
 	for _, op := range ops {
 		in, out := op.Input.(histInput), op.Output.(histOutput)
@@ -996,6 +1119,12 @@ func checkAfterAcks(t *testing.T, ops []porcupine.Operation, tok0 string, rotCal
 		case in.Op == opRm && out.OK:
 			if at, ok := removedAt[in.ID]; !ok || op.Return < at {
 				removedAt[in.ID] = op.Return
+			}
+		case in.Op == opTokenCreate && out.OK:
+			createdAt[out.ID] = op.Return
+		case in.Op == opTokenRevoke && out.OK:
+			if at, ok := revokedAt[in.TokenID]; !ok || op.Return < at {
+				revokedAt[in.TokenID] = op.Return
 			}
 		case (in.Op == opRotate || in.Op == opToken) && out.OK:
 			if at, ok := known[out.Token]; !ok || op.Return < at {
@@ -1027,6 +1156,53 @@ func checkAfterAcks(t *testing.T, ops []porcupine.Operation, tok0 string, rotCal
 			if rotSeen != never && rotCall > since && rotSeen < op.Call {
 				t.Errorf("join of %s with token …%s at %s admitted after the root rotation that replaced it was seen complete at %s", out.ID, tail(in.Token), time.Duration(op.Call), time.Duration(rotSeen))
 			}
+		case in.Op == opJoinExtra && out.OK:
+			created, ok := createdAt[in.TokenID]
+			if !ok {
+				t.Errorf("join of %s with extra token %s, whose creation no operation acknowledged", out.ID, in.TokenID)
+				continue
+			}
+			if at, ok := revokedAt[in.TokenID]; ok && op.Call > at {
+				t.Errorf("join of %s with extra token %s at %s admitted after the token's revocation was acknowledged at %s", out.ID, in.TokenID, time.Duration(op.Call), time.Duration(at))
+			}
+			if rotSeen != never && rotCall > created && rotSeen < op.Call {
+				t.Errorf("join of %s with extra token %s at %s admitted after the root rotation that dropped it was seen complete at %s", out.ID, in.TokenID, time.Duration(op.Call), time.Duration(rotSeen))
+			}
+		}
+	}
+}
+
+// checkExtraTokens checks the extra tokens in the state after recovery:
+// every one whose creation was acknowledged is there, unless a
+// revocation (of any outcome) or the root rotation may have dropped it;
+// none whose revocation was acknowledged, or that was created before the
+// root rotation was asked and seen complete, is.
+func checkExtraTokens(t *testing.T, st *fsm.State, ops []porcupine.Operation, rotAsked bool, rotCall, rotSeen int64) {
+	t.Helper()
+	revoked := map[string]bool{} // by ID: acknowledged
+	tried := map[string]bool{}   // by ID: a revocation of any outcome
+	for _, op := range ops {
+		in, out := op.Input.(histInput), op.Output.(histOutput)
+		if in.Op == opTokenRevoke && !out.Refused {
+			tried[in.TokenID] = true
+			revoked[in.TokenID] = revoked[in.TokenID] || out.OK
+		}
+	}
+	for _, op := range ops {
+		in, out := op.Input.(histInput), op.Output.(histOutput)
+		if in.Op != opTokenCreate || !out.OK {
+			continue
+		}
+		_, there := st.Tokens[out.ID]
+		dropped := rotSeen != never && op.Return < rotCall
+		mayDrop := rotAsked && (rotSeen == never || op.Call < rotSeen)
+		switch {
+		case there && revoked[out.ID]:
+			t.Errorf("extra token %s, whose revocation was acknowledged, is in the state after recovery", out.ID)
+		case there && dropped:
+			t.Errorf("extra token %s, created at %s before the root rotation was asked at %s and seen complete at %s, is in the state after recovery", out.ID, time.Duration(op.Return), time.Duration(rotCall), time.Duration(rotSeen))
+		case !there && !tried[out.ID] && !mayDrop:
+			t.Errorf("extra token %s, whose creation was acknowledged at %s, is not in the state after recovery, and nothing revoked it", out.ID, time.Duration(op.Return))
 		}
 	}
 }
