@@ -276,10 +276,9 @@ func (s caService) RenewNodeCertificate(ctx context.Context, req *api.RenewNodeC
 		return nil, err
 	}
 	defer release()
-	st := m.machine.State()
-	node, ok := st.Node(c.ID.NodeID)
-	if !ok {
-		return nil, fmt.Errorf("%w: node %s is not a member of this cluster; join it again with a token", fsm.ErrUnknownNode, c.ID.NodeID)
+	st, node, err := m.memberOf(ctx, c.ID.NodeID)
+	if err != nil {
+		return nil, err
 	}
 	pub, err := ca.ParseCSR(req.GetCsr())
 	if err != nil {
@@ -309,10 +308,9 @@ func (s caService) RenewNodeCertificate(ctx context.Context, req *api.RenewNodeC
 func (s caService) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*api.HeartbeatResponse, error) {
 	m := s.m
 	c := callOf(ctx)
-	st := m.machine.State()
-	n, ok := st.Node(c.ID.NodeID)
-	if !ok {
-		return nil, fmt.Errorf("%w: node %s is not a member of this cluster; join it again with a token", fsm.ErrUnknownNode, c.ID.NodeID)
+	st, n, err := m.memberOf(ctx, c.ID.NodeID)
+	if err != nil {
+		return nil, err
 	}
 	now := m.cfg.Now()
 	ob := observation{at: now, serial: c.Serial, issuer: c.Status, bundle: req.GetBundleDigest()}
@@ -351,6 +349,26 @@ func (s caService) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*a
 		m.confirm(ctx, n.ID)
 	}
 	return resp, nil
+}
+
+// memberOf returns the state and the node id of it. An absence is judged
+// only once this leader has applied every entry committed before its term:
+// a leader just elected may not have applied its predecessor's join of the
+// node yet, and must not tell a member that it is none (the history checks
+// caught a renewal refused so).
+func (m *Manager) memberOf(ctx context.Context, id string) (*fsm.State, fsm.Node, error) {
+	st := m.machine.State()
+	if n, ok := st.Node(id); ok {
+		return st, n, nil
+	}
+	if err := m.leaderReady(ctx); err != nil {
+		return nil, fsm.Node{}, err
+	}
+	st = m.machine.State()
+	if n, ok := st.Node(id); ok {
+		return st, n, nil
+	}
+	return nil, fsm.Node{}, fmt.Errorf("%w: node %s is not a member of this cluster; join it again with a token", fsm.ErrUnknownNode, id)
 }
 
 // needsRenewal reports whether the certificate c presented is out of date:

@@ -35,6 +35,14 @@ func (m *Manager) intercept(arrival authz.Arrival) grpc.UnaryServerInterceptor {
 		c.RequestID, c.commits = m.requestID(ctx), &commitLog{}
 		sendRequestID(ctx, c.RequestID)
 		decided, err := authz.Decide(r, m.view())
+		if err != nil && authz.Lagging(err) && m.raft.IsLeader() {
+			// A leader just elected may not have applied the caller's
+			// join (or its own promotion of it) yet: it judges once it
+			// has caught up, not before.
+			if rerr := m.leaderReady(ctx); rerr == nil {
+				decided, err = authz.Decide(r, m.view())
+			}
+		}
 		rule, _ := authz.RuleFor(info.FullMethod)
 		if err != nil && !(authz.Lagging(err) && r.Arrival == authz.Direct && rule.Route != authz.Here && !m.raft.IsLeader()) {
 			m.log.Warn("call refused", "method", info.FullMethod, "from", c.Addr, "arrival", r.Arrival, "err", err, "request_id", c.RequestID)

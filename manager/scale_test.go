@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"testing"
@@ -264,5 +265,69 @@ func TestLookSpacing(t *testing.T) {
 		if got := lookSpacing(tt.n); got != tt.want {
 			t.Errorf("lookSpacing(%d) = %v, want %v", tt.n, got, tt.want)
 		}
+	}
+}
+
+// TestNewLeaderJudgesMembershipAfterCatchingUp: a leader whose term is
+// not ready (it has not applied its predecessor's last entries, such as
+// a node's join) does not answer that node "not a member": it waits for
+// its term's barrier, then judges on the state it has caught up to. The
+// history checks caught a renewal refused so, during a leader change.
+func TestNewLeaderJudgesMembershipAfterCatchingUp(t *testing.T) {
+	m := initManager(t, nil)
+	st := m.State()
+	signer, err := ca.NewSigner(st.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ca.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeID, err := ca.NewID(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := ca.Identity{NodeID: nodeID, Role: ca.RoleWorker, ClusterID: st.ClusterID}
+	issued, err := signer.SignKey(rand.Reader, time.Now(), key.Public(), id, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := ca.MarshalKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := agent.NewCredentials(t.TempDir(), keyPEM, issued.PEM, st.CA.Bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := dial(t, m.Addr(), creds.ClientTLS(agent.ManagerName))
+
+	// The leader's term starts over, not ready: as a leader just elected.
+	fresh := &term{since: time.Now(), ready: make(chan struct{})}
+	m.term.set(fresh)
+	done := make(chan error, 1)
+	go func() {
+		_, err := api.NewCAClient(conn).Heartbeat(t.Context(), &api.HeartbeatRequest{})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("Heartbeat() of a node the leader has not applied yet, before its term is ready = %v, want it to wait", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	// The predecessor's entry: the node's join. Then the barrier.
+	n := fsm.Node{ID: id.NodeID, Role: id.Role, Cert: certInfo(issued, ca.StatusOf(signer.Certificate()))}
+	if _, err := m.propose(t.Context(), fsm.Command{At: time.Now(), Issue: &fsm.Issue{Node: n, Join: true, SecretHash: fsm.HashSecret(st.WorkerSecret)}}); err != nil {
+		t.Fatalf("propose the join = %v", err)
+	}
+	close(fresh.ready)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Heartbeat() once the term is ready and the join applied = %v, want an answer", err)
+		}
+	case <-time.After(testkit.Wait):
+		t.Fatalf("Heartbeat() did not answer within %v of the term being ready", testkit.Wait)
 	}
 }
