@@ -166,14 +166,9 @@ func (r *Renewer) Run(ctx context.Context) error {
 	// retry is set when a busy manager asked to renew again after it: the
 	// renewal is tried again then, with jitter, before any heartbeat.
 	var retry time.Duration
-	// soon is set after a renewal: the next heartbeat goes at once, so
-	// that the leader sees the new certificate (a rotation counts the
-	// node as renewed only then) without waiting a period.
-	soon := false
 	renew := func() {
 		err := r.renew(ctx)
 		if err == nil {
-			soon = true
 			return
 		}
 		if d, ok := api.RetryAfter(err); ok {
@@ -191,9 +186,6 @@ func (r *Renewer) Run(ctx context.Context) error {
 		}
 		if retry > 0 {
 			next = retry + r.jitter(retry)
-		}
-		if soon {
-			next, soon = 0, false
 		}
 		select {
 		case <-ctx.Done():

@@ -75,24 +75,3 @@ func TestRenewerHonoursBusy(t *testing.T) {
 		t.Errorf("RenewalCounts() = %d, %v, want 1 and busy: 2", ok, failed)
 	}
 }
-
-// TestRenewerHeartbeatsAfterRenewal: right after a renewal the node
-// heartbeats with its new certificate, not a period later: a rotation's
-// leader counts the node as renewed from that heartbeat.
-func TestRenewerHeartbeatsAfterRenewal(t *testing.T) {
-	r := newRotation(t)
-	f := startFakeManager(t, r.managerCreds(t), r.next)
-	f.set(func(f *fakeManager) {
-		// Renew once, and a period far longer than the test.
-		f.heartbeat = &api.HeartbeatResponse{Renew: true, PeriodMs: time.Hour.Milliseconds()}
-		f.refuseRenewal = func() error {
-			f.set(func(f *fakeManager) { f.heartbeat = &api.HeartbeatResponse{PeriodMs: time.Hour.Milliseconds()} })
-			return nil
-		}
-	})
-	p := r.next.Issue(t, ca.RoleWorker)
-	creds, _ := newCreds(t, r.next, p)
-	rn := startRenewer(t, creds, f.addr)
-	testkit.Eventually(t, "a renewal", testkit.True(func() bool { return rn.Renewals() > 0 }))
-	testkit.Eventually(t, "a heartbeat after the renewal", testkit.True(func() bool { return f.count("Heartbeat") >= 2 }))
-}

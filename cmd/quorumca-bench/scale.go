@@ -216,7 +216,7 @@ func (f *fleet) renew(ctx context.Context, n *simNode, rng *rand.Rand) error {
 
 // live runs n's heartbeat loop until ctx ends: as agent.Renewer, at the
 // period the leader tells, renewing when told (after the jitter it asks
-// for) and heartbeating at once after a renewal.
+// for); the next heartbeat, a period later, shows the new certificate.
 func (f *fleet) live(ctx context.Context, n *simNode, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 0x5ca1e))
 	n.mu.Lock()
@@ -278,7 +278,6 @@ func (f *fleet) live(ctx context.Context, n *simNode, seed uint64) {
 			f.noteErr("renewal", err)
 			continue
 		}
-		next = 0
 	}
 }
 
