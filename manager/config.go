@@ -68,7 +68,7 @@ type Config struct {
 	// node silent for three periods is down.
 	HeartbeatPeriod time.Duration
 	// MaxHeartbeatsPerSecond bounds the heartbeats the leader answers per
-	// second (default 1000): with more nodes than HeartbeatPeriod allows
+	// second (default 800): with more nodes than HeartbeatPeriod allows
 	// at that rate, the leader tells them a longer period, and counts a
 	// node down after three of those.
 	MaxHeartbeatsPerSecond int
@@ -179,7 +179,7 @@ func (c *Config) setDefaults() {
 // Defaults of the scale bounds (Config.MaxHeartbeatsPerSecond and
 // Config.MaxConcurrentSigns).
 const (
-	DefaultMaxHeartbeatsPerSecond = 1000
+	DefaultMaxHeartbeatsPerSecond = 800
 	DefaultMaxConcurrentSigns     = 16
 )
 
