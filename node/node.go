@@ -368,7 +368,14 @@ func (n *Node) run(ctx context.Context, d daemon, started chan struct{}) {
 	for {
 		begun := time.Now()
 		err := n.serve(ctx, d, started)
-		started = nil
+		if started != nil && isClosed(started) {
+			// Start has returned; the daemons after this one start on
+			// their own. A daemon that ended before it was seen ready
+			// (a locked manager that unlocked at once: serve's select
+			// may take its end first) leaves started to the next one,
+			// or Start would wait for ever.
+			started = nil
+		}
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -567,6 +574,16 @@ func (n *Node) managerConfig(nc agent.NodeConfig) manager.Config {
 	mc.GossipAddr = first(n.cfg.GossipAddr, nc.GossipAddr, agent.DefaultGossipAddr)
 	mc.GossipAdvertiseAddr = first(n.cfg.GossipAdvertiseAddr, nc.GossipAdvertiseAddr)
 	return mc
+}
+
+// isClosed reports whether c is closed.
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // closed is a channel that is closed: a worker serves as soon as it runs.
