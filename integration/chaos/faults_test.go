@@ -61,15 +61,43 @@ func TestChaosNetemManagers(t *testing.T) {
 	// loss alone, between managers, with iptables.
 	fault := "netem loss 10% delay 100ms±50ms on the 3 managers' eth0"
 	var removers []func() error
+	var proxied []func() int // connections through each delay proxy, without netem
 	for _, m := range managers {
 		remove, err := c.netem(m, "loss", "10%", "delay", "100ms", "50ms")
 		if errors.Is(err, errNoNetem) {
-			t.Logf("%v: falling back to 10%% loss between managers (iptables statistic), without delay", err)
-			fault = "NO netem in this kernel: 10% random drop of every packet between managers (iptables statistic), no added delay"
+			t.Logf("%v: falling back to 10%% loss between managers (iptables statistic) and 100ms±50ms of delay (a delay proxy in each manager's namespace)", err)
+			fault = "NO netem in this kernel: 10% random drop of every packet between managers (iptables statistic), and 100ms+0-50ms of delay each way on every connection between managers (a delay proxy in each manager's namespace)"
 			removers = removers[:0]
 			for _, m := range managers {
 				others := slices.DeleteFunc(slices.Clone(managers), func(o string) bool { return o == m })
-				removers = append(removers, c.dropTo(m, 0.10, others...))
+				removeDelay, accepted, err := c.delayTo(m, 100*time.Millisecond, 50*time.Millisecond, others...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				proxied = append(proxied, accepted)
+				removeDrop := c.dropTo(m, 0.10, others...)
+				removers = append(removers, func() error { return errors.Join(removeDrop(), removeDelay()) })
+			}
+			// Connections opened before the redirect do not go through the
+			// proxies: cut the managers apart for a moment, so that they
+			// open new ones.
+			var heals []func() error
+			for i, m := range managers {
+				heals = append(heals, c.cut(m, managers[i+1:]...))
+			}
+			time.Sleep(1500 * time.Millisecond) // the cut itself: nothing to poll
+			for _, heal := range heals {
+				if err := heal(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i, m := range managers {
+				c.eventually(m+"'s connections to the other managers through its delay proxy", opBound, func() error {
+					if proxied[i]() == 0 {
+						return errors.New("no connection through the proxy yet")
+					}
+					return nil
+				})
 			}
 			break
 		}
@@ -172,6 +200,13 @@ func TestChaosNetemManagers(t *testing.T) {
 		if err := remove(); err != nil {
 			t.Errorf("removing %s's fault: %v", managers[i], err)
 		}
+	}
+	if len(proxied) > 0 {
+		total := 0
+		for _, n := range proxied {
+			total += n()
+		}
+		fault += fmt.Sprintf(" (%d connections went through the proxies)", total)
 	}
 	inv := c.checkInvariants(h, b)
 	sent, acked := h.count("join")

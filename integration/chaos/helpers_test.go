@@ -2,9 +2,11 @@
 // managers, 3 workers, each node a container of the FROM-scratch image)
 // through failures: a leader killed mid-rotation, a partitioned manager, a
 // worker paused through a rotation, a restart of everything, a removed
-// node's certificate; and (faults_test.go) a lossy network between
-// managers, the leader cut off, the leader's disk full, a rolling restart
-// under a storm of joins, each checked against a history of what it sent
+// node's certificate; and (faults_test.go) a lossy, slow network between
+// managers (tc netem, or where the kernel has none, iptables loss and a
+// delay proxy, ./delayproxy, run in each manager's namespace), the leader
+// cut off, the leader's disk full, a rolling restart under a storm of
+// joins, each checked against a history of what it sent
 // (checkInvariants). The fault scenarios run as root: nsenter, tc or
 // iptables, ip route and mount tmpfs on the host. Every scenario brings up its own fresh cluster, and
 // asserts through the cluster's own CLI (docker exec) and the certificate
@@ -21,6 +23,7 @@ package chaos
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -37,6 +40,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -1611,4 +1615,107 @@ func (c *cluster) watchLeader(svcs ...string) *leaderWatch {
 func (w *leaderWatch) Stop() {
 	close(w.stop)
 	<-w.done
+}
+
+// delayProxy is the delayproxy program (./delayproxy), built once for the
+// scenarios that need latency where the kernel has no netem.
+var delayProxy = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "qcachaos-delayproxy-")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "delayproxy")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", path, "./delayproxy")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build delayproxy: %w: %s", err, out)
+	}
+	return path, nil
+})
+
+// delayPort is where a delay proxy listens in a container's namespace;
+// delayMark the firewall mark of its own connections (delayproxy's).
+const (
+	delayPort = "17999"
+	delayMark = "0x71ca"
+)
+
+// delayTo delays the TCP connections svc opens to the API and Raft ports
+// of each of dsts by delay plus up to jitter, each way: a delay proxy runs
+// in svc's network namespace and iptables redirects those connections to
+// it (latency where the kernel has no netem). Only connections opened
+// afterwards go through it. It returns the function that removes it all;
+// that runs when the test ends too.
+func (c *cluster) delayTo(svc string, delay, jitter time.Duration, dsts ...string) (remove func() error, accepted func() int, err error) {
+	c.t.Helper()
+	bin, err := delayProxy()
+	if err != nil {
+		return nil, nil, err
+	}
+	out, err := c.tryDocker("inspect", "-f", "{{.State.Pid}}", c.containerID(svc))
+	if err != nil {
+		return nil, nil, err
+	}
+	pid := strings.TrimSpace(out)
+	proxy := exec.Command(sbin("nsenter"), "-t", pid, "-n", "--", bin, "-listen", "0.0.0.0:"+delayPort, "-delay", delay.String(), "-jitter", jitter.String())
+	stdout, err := proxy.StdoutPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := proxy.Start(); err != nil {
+		return nil, nil, err
+	}
+	var count atomic.Int64
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			switch sc.Text() {
+			case "ready":
+				close(ready)
+			case "accepted":
+				count.Add(1)
+			}
+		}
+	}()
+	stopProxy := func() {
+		proxy.Process.Kill()
+		proxy.Wait()
+	}
+	select {
+	case <-ready:
+	case <-time.After(cmdTimeout):
+		stopProxy()
+		return nil, nil, fmt.Errorf("%s: the delay proxy did not start within %v", svc, cmdTimeout)
+	}
+	ipt := sbin("iptables")
+	rule := func(verb, dst, port string) []string {
+		return []string{ipt, "-t", "nat", verb, "OUTPUT", "-p", "tcp", "-d", c.ip(dst) + "/32", "--dport", port,
+			"-m", "mark", "!", "--mark", delayMark, "-j", "REDIRECT", "--to-ports", delayPort}
+	}
+	var added [][]string
+	undo := func() error {
+		var errs []error
+		if c.running(svc) {
+			for _, r := range added {
+				if _, err := c.inNetns(svc, r...); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+		stopProxy()
+		return errors.Join(errs...)
+	}
+	for _, dst := range dsts {
+		for _, port := range []string{"2377", "2378"} {
+			if _, err := c.inNetns(svc, rule("-A", dst, port)...); err != nil {
+				undo()
+				return nil, nil, err
+			}
+			added = append(added, rule("-D", dst, port))
+		}
+	}
+	return c.undoing("the delay proxy of "+svc, undo), func() int { return int(count.Load()) }, nil
 }
