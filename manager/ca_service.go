@@ -364,9 +364,11 @@ func (m *Manager) memberOf(ctx context.Context, id string) (*fsm.State, fsm.Node
 	if err := m.leaderReady(ctx); err != nil {
 		return nil, fsm.Node{}, err
 	}
-	st = m.machine.State()
-	if n, ok := st.Node(id); ok {
-		return st, n, nil
+	if _, ok := m.machine.State().Node(id); ok {
+		// A member after all. The call was authorized against the state
+		// as it was (its caller not known yet): it is asked again, and
+		// judged whole on the state caught up with.
+		return nil, fsm.Node{}, errCaughtUp
 	}
 	return nil, fsm.Node{}, fmt.Errorf("%w: node %s is not a member of this cluster; join it again with a token", fsm.ErrUnknownNode, id)
 }

@@ -40,6 +40,11 @@ func (m *Manager) intercept(arrival authz.Arrival) grpc.UnaryServerInterceptor {
 			// join (or its own promotion of it) yet: it judges once it
 			// has caught up, not before.
 			if rerr := m.leaderReady(ctx); rerr == nil {
+				// What the call is (the caller's certificate status among
+				// them) is read from the state too: read it again.
+				id, commits := c.RequestID, c.commits
+				r, c = m.requestOf(ctx, info.FullMethod, arrival)
+				c.RequestID, c.commits = id, commits
 				decided, err = authz.Decide(r, m.view())
 			}
 		}

@@ -30,6 +30,9 @@ var (
 	// errForwardLoop is returned when a forwarded call reaches a manager
 	// that is not the leader either (leadership is moving); retry.
 	errForwardLoop = errors.New("leadership is changing; retry")
+	// errCaughtUp is returned for a node's call that reached a leader
+	// just elected before it had applied the node's join: retry.
+	errCaughtUp = errors.New("this manager has just caught up with the cluster's state; retry")
 )
 
 // classes maps domain errors to gRPC codes and, for programs, reasons. The
@@ -46,7 +49,7 @@ var classes = []struct {
 	{[]error{authz.ErrDenied}, codes.PermissionDenied, ""},
 	{[]error{errBadToken, errTokenRoot}, codes.PermissionDenied, api.ReasonBadToken},
 	{[]error{raft.ErrDiskFull}, codes.Unavailable, api.ReasonDiskFull},
-	{[]error{raft.ErrNoQuorum, raft.ErrNotLeader, errNoLeader, errForwardLoop, raft.ErrShutdown}, codes.Unavailable, api.ReasonNoLeader},
+	{[]error{raft.ErrNoQuorum, raft.ErrNotLeader, errNoLeader, errForwardLoop, raft.ErrShutdown, errCaughtUp}, codes.Unavailable, api.ReasonNoLeader},
 	{[]error{cfssl.ErrDown}, codes.Unavailable, api.ReasonExternalCADown},
 	{[]error{fsm.ErrStale}, codes.Aborted, ""},
 	{[]error{fsm.ErrUnknownNode, fsm.ErrRemoved, fsm.ErrUnknownToken, fsm.ErrUnknownAdmin, fsm.ErrUnknownCert}, codes.NotFound, ""},
