@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -87,6 +88,13 @@ type Hooks struct {
 	changed chan struct{}
 	// runs hears of every run (Ran).
 	runs chan struct{}
+	// settled hears when the hooks have run for every change (Settled).
+	settled chan struct{}
+
+	mu sync.Mutex // guards want and done
+	// want counts the changes; done is want as it was when the last run
+	// started: the changes that run covered.
+	want, done uint64
 }
 
 // NewHooks returns the hooks of cfg; creds returns the node's credentials
@@ -98,11 +106,17 @@ func NewHooks(cfg HookConfig, creds func() *Credentials, log *slog.Logger) *Hook
 	if cfg.Splay == 0 {
 		cfg.Splay = DefaultHookSplay
 	}
-	return &Hooks{cfg: cfg, creds: creds, log: log.With("component", "hooks"), changed: make(chan struct{}, 1), runs: make(chan struct{}, 64)}
+	return &Hooks{
+		cfg: cfg, creds: creds, log: log.With("component", "hooks"),
+		changed: make(chan struct{}, 1), runs: make(chan struct{}, 64), settled: make(chan struct{}, 1),
+	}
 }
 
 // Changed says the files changed. It never blocks.
 func (h *Hooks) Changed() {
+	h.mu.Lock()
+	h.want++
+	h.mu.Unlock()
 	select {
 	case h.changed <- struct{}{}:
 	default:
@@ -112,6 +126,17 @@ func (h *Hooks) Changed() {
 // Ran returns a channel that receives once after every run of the hooks
 // (for tests: a full buffer drops the news).
 func (h *Hooks) Ran() <-chan struct{} { return h.runs }
+
+// Settled reports whether the hooks have run since the last change of the
+// files, whether they succeeded or not (a failure is logged, and the node
+// does not wait for ever on a broken command): the node's consumers have
+// been told of its current files. wake receives when that may have
+// become true; it has one reader, the node's renewer.
+func (h *Hooks) Settled() (settled bool, wake <-chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.done == h.want, h.settled
+}
 
 // Run runs the hooks on every change until ctx ends.
 func (h *Hooks) Run(ctx context.Context) error {
@@ -124,10 +149,18 @@ func (h *Hooks) Run(ctx context.Context) error {
 		if h.cfg.Splay > 0 && !wait.Sleep(ctx, rand.N(h.cfg.Splay)) {
 			return nil
 		}
+		h.mu.Lock()
+		covers := h.want
+		h.mu.Unlock()
 		h.run(ctx)
-		select {
-		case h.runs <- struct{}{}:
-		default:
+		h.mu.Lock()
+		h.done = covers
+		h.mu.Unlock()
+		for _, c := range []chan struct{}{h.runs, h.settled} {
+			select {
+			case c <- struct{}{}:
+			default:
+			}
 		}
 	}
 }

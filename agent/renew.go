@@ -48,8 +48,22 @@ type RenewerConfig struct {
 	Now func() time.Time
 	// Self is this node's own API address, if it is a manager: a node
 	// does not ask itself whether it was left behind.
-	Self   string
-	Logger *slog.Logger
+	Self string
+	// Reloads says whether the node's consumers have taken its current
+	// files (Hooks.Settled: its renewal hooks ran since the files
+	// changed); nil when it has no hooks. After a renewal the Renewer
+	// heartbeats as soon as they have, so that the leader sees the new
+	// certificate without waiting a period (a rotation waits for it), and
+	// each heartbeat says whether they are still reloading: the leader
+	// does not count a node converged while its servers may present the
+	// old certificate.
+	Reloads Reloads
+	Logger  *slog.Logger
+}
+
+// Reloads is what a Renewer asks of a node's renewal hooks (Hooks).
+type Reloads interface {
+	Settled() (settled bool, wake <-chan struct{})
 }
 
 // Renewer keeps a node's certificate current (DESIGN.md flow 4): it
@@ -166,9 +180,15 @@ func (r *Renewer) Run(ctx context.Context) error {
 	// retry is set when a busy manager asked to renew again after it: the
 	// renewal is tried again then, with jitter, before any heartbeat.
 	var retry time.Duration
+	// report is set after a renewal: the next heartbeat goes as soon as
+	// the node's consumers have taken the new certificate. A renewal that
+	// such a heartbeat called for does not set it again (a manager that
+	// kept saying "renew" would otherwise be asked at full speed).
+	report := false
 	renew := func() {
 		err := r.renew(ctx)
 		if err == nil {
+			report = true
 			return
 		}
 		if d, ok := api.RetryAfter(err); ok {
@@ -187,18 +207,24 @@ func (r *Renewer) Run(ctx context.Context) error {
 		if retry > 0 {
 			next = retry + r.jitter(retry)
 		}
-		select {
-		case <-ctx.Done():
+		kicked, ok := r.await(ctx, next, report && retry == 0)
+		if !ok {
 			return nil
-		case <-r.kick:
+		}
+		if kicked {
 			renew()
 			continue
-		case <-time.After(next):
 		}
 		if retry > 0 {
 			retry = 0
 			renew()
 			continue
+		}
+		// This heartbeat reports the last renewal if the node's consumers
+		// have taken it; one that goes while they reload does not.
+		reported := false
+		if settled, _ := r.reloaded(); report && settled {
+			reported, report = true, false
 		}
 		hb, err := r.heartbeat(ctx)
 		if err != nil {
@@ -247,11 +273,51 @@ func (r *Renewer) Run(ctx context.Context) error {
 		}
 		if due || !r.cfg.Now().Before(r.RenewAt()) {
 			renew()
+			if reported {
+				report = false
+			}
 		}
 		r.mu.Lock()
 		r.answered++
 		r.mu.Unlock()
 	}
+}
+
+// await waits d, or less when report is set and the node's consumers have
+// taken its files (at once without hooks), or until a renewal is asked
+// for (kicked). ok is false when ctx ended.
+func (r *Renewer) await(ctx context.Context, d time.Duration, report bool) (kicked, ok bool) {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		var wake <-chan struct{}
+		if report {
+			settled, w := r.reloaded()
+			if settled {
+				return false, true
+			}
+			wake = w
+		}
+		select {
+		case <-ctx.Done():
+			return false, false
+		case <-r.kick:
+			return true, true
+		case <-timer.C:
+			return false, true
+		case <-wake:
+			// The hooks ran: look again (another change may have come).
+		}
+	}
+}
+
+// reloaded reports whether the node's consumers have taken its current
+// files (always, without hooks), and what wakes when they may have.
+func (r *Renewer) reloaded() (bool, <-chan struct{}) {
+	if r.cfg.Reloads == nil {
+		return true, nil
+	}
+	return r.cfg.Reloads.Settled()
 }
 
 // schedule picks the next renewal instant for the current certificate.
@@ -328,7 +394,11 @@ func (r *Renewer) heartbeat(ctx context.Context) (*api.HeartbeatResponse, error)
 	var resp *api.HeartbeatResponse
 	err := r.call(ctx, func(ctx context.Context, conn *grpc.ClientConn) error {
 		var err error
-		resp, err = api.NewCAClient(conn).Heartbeat(ctx, &api.HeartbeatRequest{BundleDigest: BundleDigest(r.cfg.Credentials.Bundle()), CrlNumber: r.cfg.Credentials.CRLNumber()})
+		settled, _ := r.reloaded()
+		resp, err = api.NewCAClient(conn).Heartbeat(ctx, &api.HeartbeatRequest{
+			BundleDigest: BundleDigest(r.cfg.Credentials.Bundle()), CrlNumber: r.cfg.Credentials.CRLNumber(),
+			Reloading: !settled,
+		})
 		return err
 	})
 	if err != nil {

@@ -592,6 +592,8 @@ type fakeManager struct {
 	gossip     *api.GossipResponse
 	gossipErr  error
 	calls      map[string]int
+	// reloading is what each heartbeat said of the node's consumers.
+	reloading []bool
 	// refuseRenewal, when set, answers a renewal before it is signed; a
 	// nil answer lets it through.
 	refuseRenewal func() error
@@ -652,13 +654,14 @@ func (f *fakeManager) GetRootBundle(context.Context, *api.GetRootBundleRequest) 
 	return &api.GetRootBundleResponse{Bundle: f.rootBundle}, nil
 }
 
-func (f *fakeManager) Heartbeat(ctx context.Context, _ *api.HeartbeatRequest) (*api.HeartbeatResponse, error) {
+func (f *fakeManager) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*api.HeartbeatResponse, error) {
 	if _, err := caller(ctx); err != nil {
 		return nil, err
 	}
 	f.called("Heartbeat")
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.reloading = append(f.reloading, req.GetReloading())
 	return f.heartbeat, f.hbErr
 }
 
@@ -704,12 +707,14 @@ func (f *fakeManager) Gossip(ctx context.Context, _ *api.GossipRequest) (*api.Go
 // managers until the test ends, and returns it.
 func startRenewer(t *testing.T, creds *Credentials, managers ...string) *Renewer {
 	t.Helper()
-	r := NewRenewer(RenewerConfig{
-		Credentials:     creds,
-		Managers:        managers,
-		HeartbeatPeriod: 10 * time.Millisecond,
-		MaxBackoff:      40 * time.Millisecond,
-	})
+	return startRenewerWith(t, RenewerConfig{Credentials: creds, Managers: managers})
+}
+
+// startRenewerWith is startRenewer of cfg (its period and backoff fast).
+func startRenewerWith(t *testing.T, cfg RenewerConfig) *Renewer {
+	t.Helper()
+	cfg.HeartbeatPeriod, cfg.MaxBackoff = 10*time.Millisecond, 40*time.Millisecond
+	r := NewRenewer(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()

@@ -1525,7 +1525,13 @@ type HeartbeatRequest struct {
 	// SHA-256 (hex) of the trust bundle the node holds.
 	BundleDigest string `protobuf:"bytes,1,opt,name=bundle_digest,json=bundleDigest,proto3" json:"bundle_digest,omitempty"`
 	// The number of the CRL set the node holds (0 for none).
-	CrlNumber     uint64 `protobuf:"varint,2,opt,name=crl_number,json=crlNumber,proto3" json:"crl_number,omitempty"`
+	CrlNumber uint64 `protobuf:"varint,2,opt,name=crl_number,json=crlNumber,proto3" json:"crl_number,omitempty"`
+	// The node's consumers have not taken its current certificate yet: its
+	// renewal hooks (a reload of the servers that use its files) have not
+	// run since the files changed. The leader does not count the
+	// certificate presented as converged in a rotation until a heartbeat
+	// without this flag shows it.
+	Reloading     bool `protobuf:"varint,3,opt,name=reloading,proto3" json:"reloading,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1572,6 +1578,13 @@ func (x *HeartbeatRequest) GetCrlNumber() uint64 {
 		return x.CrlNumber
 	}
 	return 0
+}
+
+func (x *HeartbeatRequest) GetReloading() bool {
+	if x != nil {
+		return x.Reloading
+	}
+	return false
 }
 
 type HeartbeatResponse struct {
@@ -3929,11 +3942,12 @@ const file_quorumca_proto_rawDesc = "" +
 	"\vPingRequest\"A\n" +
 	"\fPingResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
-	"\aproblem\x18\x02 \x01(\tR\aproblem\"V\n" +
+	"\aproblem\x18\x02 \x01(\tR\aproblem\"t\n" +
 	"\x10HeartbeatRequest\x12#\n" +
 	"\rbundle_digest\x18\x01 \x01(\tR\fbundleDigest\x12\x1d\n" +
 	"\n" +
-	"crl_number\x18\x02 \x01(\x04R\tcrlNumber\"\xde\x02\n" +
+	"crl_number\x18\x02 \x01(\x04R\tcrlNumber\x12\x1c\n" +
+	"\treloading\x18\x03 \x01(\bR\treloading\"\xde\x02\n" +
 	"\x11HeartbeatResponse\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x14\n" +
 	"\x05renew\x18\x02 \x01(\bR\x05renew\x12.\n" +

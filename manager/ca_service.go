@@ -314,7 +314,7 @@ func (s caService) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*a
 	}
 	now := m.cfg.Now()
 	ob := observation{at: now, serial: c.Serial, issuer: c.Status, bundle: req.GetBundleDigest()}
-	prev, heard := m.obs.heard(n.ID, ob)
+	prev, heard := m.obs.heard(n.ID, ob, req.GetReloading())
 	period := m.heartbeatPeriod(st.Nodes.Len())
 	m.periods.tell(period, now)
 	resp := &api.HeartbeatResponse{
@@ -337,10 +337,7 @@ func (s caService) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*a
 		resp.Crl, resp.CrlNumber = crls.PEM, crls.Number
 	}
 	if resp.Renew && st.Rotation != nil && !c.Status.Equal(st.CAStatus) {
-		// Every node hears of a rotation within one heartbeat period:
-		// spread their renewals over half as long again, so that the
-		// leader signs at most two thirds of its heartbeat rate.
-		resp.RenewJitterMs = max(m.cfg.RotationJitter, period*3/2).Milliseconds()
+		resp.RenewJitterMs = rotationJitter(st.Rotation.StartedAt, now, period, m.cfg.RotationJitter).Milliseconds()
 	}
 	if heardNews(prev, heard, ob, m.livePeriod(now)) {
 		m.kickRotation()

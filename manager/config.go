@@ -91,9 +91,13 @@ type Config struct {
 	// GossipKeyGrace is how long the previous gossip key is still read
 	// after the cluster moved to a new one (default 30s).
 	GossipKeyGrace time.Duration
-	// RotationJitter bounds the random wait before a node renews for a
-	// root rotation, to spread the renewals (default 2s).
+	// RotationJitter is the least a rotation's renewals are spread over
+	// (default 2s): the leader spreads them over two heartbeat periods
+	// from the rotation's start, and never less than this.
 	RotationJitter time.Duration
+	// Reloads are this node's renewal hooks, nil for none: its renewer
+	// tells the leader while they have not run (agent.RenewerConfig).
+	Reloads agent.Reloads
 	// ExternalTimeout bounds one request to an external CA (default
 	// DefaultExternalTimeout); ExternalSkip is how long an external CA that
 	// failed is tried only after the others (default DefaultExternalSkip).

@@ -307,14 +307,20 @@ type observations struct {
 }
 
 // heard records a heartbeat, and returns the observation it replaces (ok:
-// there was one).
-func (o *observations) heard(id string, ob observation) (prev observation, ok bool) {
+// there was one). A node whose consumers are still reloading (its renewal
+// hooks have not run since its files changed) is recorded with the
+// certificate it showed before: its servers may present that one still,
+// and a rotation must not count the new one yet.
+func (o *observations) heard(id string, ob observation, reloading bool) (prev observation, ok bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.m == nil {
 		o.m = map[string]observation{}
 	}
 	prev, ok = o.m[id]
+	if reloading {
+		ob.serial, ob.issuer = prev.serial, prev.issuer
+	}
 	o.m[id] = ob
 	return prev, ok
 }

@@ -363,6 +363,7 @@ func (m *Manager) assemble() {
 		HeartbeatPeriod: m.cfg.HeartbeatPeriod,
 		Rand:            m.cfg.Rand,
 		Now:             m.cfg.Now,
+		Reloads:         m.cfg.Reloads,
 		Logger:          m.log.With("component", "renewer"),
 	})
 	m.creds.OnUpdate(func() {

@@ -163,6 +163,19 @@ func sameNodes(prev, next *fsm.State) bool {
 	return prev.Nodes.SameIDs(next.Nodes)
 }
 
+// rotationJitter is the most a node told to renew for the rotation
+// started at start waits, at random, before it renews: what is left of a
+// window of two heartbeat periods from the start, so that the last
+// renewal is due two periods after it, yet never under half a period (a
+// node that hears late: after a leader change, or back from down) nor
+// under least. Every node hears within a period; those that hear early
+// spread over more of the window. At most about 0.7 N renewals a period
+// fall due, under the leader's heartbeat rate.
+func rotationJitter(start, now time.Time, period, least time.Duration) time.Duration {
+	left := start.Add(2 * period).Sub(now)
+	return max(left, period/2, least)
+}
+
 // heardNews reports whether a heartbeat's observation ob may change the
 // rotation's progress from what the node's previous observation prev (ok:
 // there was one) showed: the node presents another certificate or holds

@@ -151,3 +151,69 @@ func TestHeardNews(t *testing.T) {
 		})
 	}
 }
+
+// TestRotationJitter: a rotation's renewals fall due within two heartbeat
+// periods of its start, whenever a node hears of it; a node that hears
+// late still waits up to half a period, and never less than the least.
+func TestRotationJitter(t *testing.T) {
+	const period = 10 * time.Second
+	start := time.Unix(5000, 0)
+	tests := []struct {
+		name  string
+		after time.Duration
+		least time.Duration
+		want  time.Duration
+	}{
+		{"heard at the start", 0, time.Second, 2 * period},
+		{"heard a period in", period, time.Second, period},
+		{"heard 1.6 periods in", 16 * time.Second, time.Second, 5 * time.Second},
+		{"heard after the window (a new leader)", 3 * period, time.Second, 5 * time.Second},
+		{"a least over the window", 0, time.Minute, time.Minute},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := rotationJitter(start, start.Add(tt.after), period, tt.least); got != tt.want {
+				t.Errorf("rotationJitter(+%v, period %v, least %v) = %v, want %v", tt.after, period, tt.least, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestReloadingNodeKeepsItsPresentedCertificate: a heartbeat that says the
+// node's consumers are still reloading is recorded with the certificate
+// the node showed before, so that a rotation does not count the new one
+// while a server may present the old; the next heartbeat without the
+// flag records the new one, and is news.
+func TestReloadingNodeKeepsItsPresentedCertificate(t *testing.T) {
+	const period = time.Second
+	t0 := time.Unix(1000, 0)
+	oldIssuer, newIssuer := ca.TLSStatus{IssuerSubject: []byte("old")}, ca.TLSStatus{IssuerSubject: []byte("new")}
+	var obs observations
+	obs.heard("n1", observation{at: t0, serial: "1", issuer: oldIssuer, bundle: "d"}, false)
+
+	renewed := observation{at: t0.Add(period), serial: "2", issuer: newIssuer, bundle: "d"}
+	prev, ok := obs.heard("n1", renewed, true)
+	got, _ := obs.get("n1")
+	if got.serial != "1" || !got.issuer.Equal(oldIssuer) || !got.at.Equal(renewed.at) {
+		t.Fatalf("after a reloading heartbeat with serial 2: recorded serial %s at %v, want serial 1 of the old issuer, heard at %v", got.serial, got.at, renewed.at)
+	}
+	if heardNews(prev, ok, got, period) {
+		t.Errorf("a reloading heartbeat is news to the rotation: %+v after %+v", got, prev)
+	}
+
+	renewed.at = renewed.at.Add(period)
+	prev, ok = obs.heard("n1", renewed, false)
+	got, _ = obs.get("n1")
+	if got.serial != "2" || !got.issuer.Equal(newIssuer) {
+		t.Fatalf("after the reload: recorded serial %s, want 2 of the new issuer", got.serial)
+	}
+	if !heardNews(prev, ok, got, period) {
+		t.Errorf("the heartbeat after the reload is not news to the rotation")
+	}
+
+	// A node first heard while reloading shows no certificate yet.
+	obs.heard("n2", observation{at: t0, serial: "7", issuer: newIssuer}, true)
+	if got, _ := obs.get("n2"); got.serial != "" {
+		t.Errorf("a node first heard reloading is recorded with serial %q, want none", got.serial)
+	}
+}

@@ -557,6 +557,7 @@ func (n *Node) open(ctx context.Context) (daemon, error) {
 		Store: n.store, Credentials: creds, Logger: n.log,
 		HeartbeatPeriod: mc.HeartbeatPeriod, Rand: mc.Rand, Now: mc.Now,
 		GossipTiming: mc.GossipTiming, GossipKeyGrace: mc.GossipKeyGrace,
+		Reloads: n.reloads(),
 	})
 }
 
@@ -573,7 +574,17 @@ func (n *Node) managerConfig(nc agent.NodeConfig) manager.Config {
 	mc.RaftAdvertiseAddr = first(n.cfg.RaftAdvertiseAddr, recordedFor(mc.RaftListenAddr, nc.RaftAdvertiseAddr))
 	mc.GossipAddr = first(n.cfg.GossipAddr, nc.GossipAddr, agent.DefaultGossipAddr)
 	mc.GossipAdvertiseAddr = first(n.cfg.GossipAdvertiseAddr, nc.GossipAdvertiseAddr)
+	mc.Reloads = n.reloads()
 	return mc
+}
+
+// reloads are the node's hooks as its renewer asks them, nil for none (not
+// a nil *Hooks in the interface).
+func (n *Node) reloads() agent.Reloads {
+	if n.hooks == nil {
+		return nil
+	}
+	return n.hooks
 }
 
 // isClosed reports whether c is closed.

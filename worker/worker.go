@@ -45,6 +45,9 @@ type Config struct {
 	// cluster moved to a new one (see agent.GossipConfig).
 	GossipTiming   membership.Timing
 	GossipKeyGrace time.Duration
+	// Reloads are the node's renewal hooks, nil for none (see
+	// agent.RenewerConfig).
+	Reloads agent.Reloads
 }
 
 // ErrPromoted is the reason Run returns when the cluster promoted the
@@ -86,6 +89,7 @@ func New(cfg Config) (*Worker, error) {
 		HeartbeatPeriod: cfg.HeartbeatPeriod,
 		Rand:            cfg.Rand,
 		Now:             cfg.Now,
+		Reloads:         cfg.Reloads,
 		Logger:          cfg.Logger.With("component", "renewer"),
 	})
 	w.gossip = agent.NewGossip(agent.GossipConfig{
