@@ -216,7 +216,8 @@ func (f *fleet) renew(ctx context.Context, n *simNode, rng *rand.Rand) error {
 
 // live runs n's heartbeat loop until ctx ends: as agent.Renewer, at the
 // period the leader tells, renewing when told (after the jitter it asks
-// for); the next heartbeat, a period later, shows the new certificate.
+// for); a heartbeat at once after a renewal shows the new certificate (a
+// simulated node has no hooks to wait for).
 func (f *fleet) live(ctx context.Context, n *simNode, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 0x5ca1e))
 	n.mu.Lock()
@@ -225,11 +226,14 @@ func (f *fleet) live(ctx context.Context, n *simNode, seed uint64) {
 	// The nodes start their loops together: spread them over a period.
 	next := time.Duration(rng.Int64N(int64(period)))
 	failures := 0
+	report := false // this heartbeat reports a renewal
 	for {
 		if !wait.Sleep(ctx, next) {
 			return
 		}
 		next = period
+		reporting := report
+		report = false
 		resp, err := f.heartbeat(ctx, n)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -277,6 +281,9 @@ func (f *fleet) live(ctx context.Context, n *simNode, seed uint64) {
 			f.renewErrs.Add(1)
 			f.noteErr("renewal", err)
 			continue
+		}
+		if !reporting {
+			next, report = 0, true
 		}
 	}
 }
