@@ -3,7 +3,6 @@ package manager
 import (
 	"context"
 	"io"
-	"maps"
 	"sync"
 	"time"
 
@@ -338,11 +337,16 @@ func (o *observations) seen(id string, at time.Time) {
 	o.m[id] = ob
 }
 
-// all returns a copy of every observation, by node ID.
-func (o *observations) all() map[string]observation {
+// progress returns every observation, by node ID, as progress takes
+// them, with room for one more (the leader's own).
+func (o *observations) progress() map[string]progress.Observation {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return maps.Clone(o.m)
+	out := make(map[string]progress.Observation, len(o.m)+1)
+	for id, ob := range o.m {
+		out[id] = progress.Observation{At: ob.at, Serial: ob.serial, Issuer: ob.issuer, Bundle: ob.bundle}
+	}
+	return out
 }
 
 func (o *observations) get(id string) (observation, bool) {

@@ -31,7 +31,11 @@ func (s controlService) ListNodes(ctx context.Context, req *api.ListNodesRequest
 	}
 	rotState := map[string]string{}
 	if st.Rotation != nil {
-		for _, rn := range m.viewRotation(st, now, false).info.GetNodes() {
+		page := make(map[string]bool, len(nodes))
+		for _, n := range nodes {
+			page[n.ID] = true
+		}
+		for _, rn := range m.viewRotationOf(st, now, false, page).info.GetNodes() {
 			rotState[rn.GetId()] = rn.GetState()
 		}
 	}

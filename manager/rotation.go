@@ -72,9 +72,17 @@ type rotationView struct {
 // and only the leader's rotation step tracks (records who is down since
 // when).
 func (m *Manager) viewRotation(st *fsm.State, now time.Time, track bool) rotationView {
+	return m.viewRotationOf(st, now, track, nil)
+}
+
+// viewRotationOf is viewRotation of the nodes only names (all for nil): a
+// page of node ls needs its own nodes' states, not a look at every node.
+func (m *Manager) viewRotationOf(st *fsm.State, now time.Time, track bool, only map[string]bool) rotationView {
 	in := progress.Input{
 		State: st, Observations: m.observations(now), Self: m.node.NodeID, Track: track,
 		Now: now, HeartbeatPeriod: m.livePeriod(now),
+		// The leader's step (track) needs no list of the nodes.
+		Brief: track, Only: only,
 	}
 	if t, _ := m.term.get(); t != nil {
 		in.LeaderSince = t.since
@@ -118,11 +126,7 @@ func rotationToAPI(p *progress.Progress) rotationView {
 // observations are what this manager heard of every node, and for itself
 // what its own credentials are, as progress takes them.
 func (m *Manager) observations(now time.Time) map[string]progress.Observation {
-	heard := m.obs.all()
-	out := make(map[string]progress.Observation, len(heard)+1)
-	for id, ob := range heard {
-		out[id] = progress.Observation{At: ob.at, Serial: ob.serial, Issuer: ob.issuer, Bundle: ob.bundle}
-	}
+	out := m.obs.progress()
 	out[m.node.NodeID] = progress.Observation{
 		At:     now,
 		Serial: m.creds.Leaf().SerialNumber.Text(16),

@@ -16,6 +16,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/quorumca/quorumca/ca"
@@ -101,6 +103,14 @@ type Input struct {
 	// LeaderSince is when this manager's leadership began; zero when it
 	// does not lead.
 	LeaderSince time.Time
+	// Brief leaves Progress.Nodes out: the leader's rotation step needs
+	// only the counts, Done and Skipped, and looks often in a large
+	// cluster.
+	Brief bool
+	// Only, when set, limits the look to the nodes it names (a page of
+	// node ls): the Progress then covers those alone, counts and Done
+	// included.
+	Only map[string]bool
 }
 
 // Node is one node's part in a rotation.
@@ -180,7 +190,13 @@ func Rotation(in Input) (*Progress, Tracker) {
 	}
 	ours := r != nil && tracker.DownSince != nil && tracker.Rotation.Equal(r.StartedAt)
 	p.Done = r != nil
-	for _, n := range st.SortedNodes() {
+	// The nodes are visited in the state's order (no sort of them all at
+	// every look); what is returned is sorted as SortedNodes sorts.
+	var skipped []Node
+	for _, n := range st.Nodes.All() {
+		if in.Only != nil && !in.Only[n.ID] {
+			continue
+		}
 		ob := in.Observations[n.ID]
 		issued := n.Cert.Issuer.Equal(st.CAStatus)
 		serves := issued && ob.Serial == n.Cert.Serial && ob.Issuer.Equal(st.CAStatus)
@@ -196,7 +212,9 @@ func Rotation(in Input) (*Progress, Tracker) {
 				pn.State = Skipped
 				p.Counts.Skipped++
 			}
-			p.Nodes = append(p.Nodes, pn)
+			if !in.Brief {
+				p.Nodes = append(p.Nodes, pn)
+			}
 			continue
 		}
 		reachable := n.ID == in.Self || Live(ob.At, in.Now, in.HeartbeatPeriod, in.LeaderSince)
@@ -220,7 +238,7 @@ func Rotation(in Input) (*Progress, Tracker) {
 				if in.Now.Sub(since) >= st.Grace() {
 					pn.State = Skipped
 					p.Counts.Skipped++
-					p.Skipped = append(p.Skipped, n.ID)
+					skipped = append(skipped, pn)
 					break
 				}
 			}
@@ -232,9 +250,28 @@ func Rotation(in Input) (*Progress, Tracker) {
 			pn.State = Pending
 			p.Done = false
 		}
-		p.Nodes = append(p.Nodes, pn)
+		if !in.Brief {
+			p.Nodes = append(p.Nodes, pn)
+		}
+	}
+	slices.SortFunc(p.Nodes, byRoleAndID)
+	slices.SortFunc(skipped, byRoleAndID)
+	for _, n := range skipped {
+		p.Skipped = append(p.Skipped, n.ID)
 	}
 	return p, tracker
+}
+
+// byRoleAndID orders nodes as fsm.State.SortedNodes does: managers first,
+// then by ID.
+func byRoleAndID(a, b Node) int {
+	if (a.Role == ca.RoleManager) != (b.Role == ca.RoleManager) {
+		if a.Role == ca.RoleManager {
+			return -1
+		}
+		return 1
+	}
+	return strings.Compare(a.ID, b.ID)
 }
 
 // Live reports whether a node last heard from at heard (zero for never) is

@@ -174,6 +174,34 @@ func TestRotationProperties(t *testing.T) {
 		if !reflect.DeepEqual(p, p2) || !reflect.DeepEqual(next, next2) {
 			t.Fatalf("%s: Rotation is not deterministic:\n%+v\n%+v", where, p, p2)
 		}
+		// Brief is the same look without the list of nodes.
+		brief := in
+		brief.Brief = true
+		if pb, nextb := progress.Rotation(brief); p != nil {
+			full := *p
+			full.Nodes = nil
+			if !reflect.DeepEqual(pb, &full) || !reflect.DeepEqual(nextb, next) {
+				t.Fatalf("%s: Rotation(Brief) = %+v, want %+v without its nodes", where, pb, p)
+			}
+		} else if pb != nil {
+			t.Fatalf("%s: Rotation(Brief) = %+v, want nil", where, pb)
+		}
+		// Only is the same look of some nodes: theirs, in the same order.
+		if p != nil {
+			some := in
+			some.Only = map[string]bool{}
+			var want []progress.Node
+			for i, n := range p.Nodes {
+				if i%2 == 0 {
+					some.Only[n.ID] = true
+					want = append(want, n)
+				}
+			}
+			ps, _ := progress.Rotation(some)
+			if !reflect.DeepEqual(ps.Nodes, want) || ps.Counts.Total != len(want) {
+				t.Fatalf("%s: Rotation(Only: every other node) = %+v (total %d), want %+v", where, ps.Nodes, ps.Counts.Total, want)
+			}
+		}
 		after, _, _ := deepCopy(t, in)
 		if string(after) != string(state) || !reflect.DeepEqual(in.Observations, obs) || !sameTracker(in.Tracker, tracker) {
 			t.Fatalf("%s: Rotation changed its input", where)
