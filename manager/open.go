@@ -336,7 +336,7 @@ func (m *Manager) waitLeader(ctx context.Context) error {
 func (m *Manager) assemble() {
 	m.peers = newPeerConns(m.creds)
 	m.server = grpc.NewServer(
-		grpc.Creds(withTurns(serverCreds(m.creds, m.checkHandshake), m.metrics.handshakeTurn)),
+		grpc.Creds(serverCreds(m.creds, m.checkHandshake)),
 		grpc.ChainUnaryInterceptor(m.observe(authz.Direct), m.intercept(authz.Direct)),
 		grpc.ChainStreamInterceptor(m.interceptStream(authz.Direct)),
 		grpc.InTapHandle(m.tapAnonymous),
