@@ -33,18 +33,9 @@ type metrics struct {
 	// signing counts the renewals being signed and committed now
 	// (Config.MaxConcurrentSigns bounds it).
 	signing prometheus.Gauge
-	// handshakeWait is how long TLS handshakes waited for their turn
-	// (turnCreds); handshakesBusy counts those that waited too long.
-	handshakeWait  prometheus.Histogram
-	handshakesBusy prometheus.Counter
-}
-
-// handshakeTurn records how a TLS handshake's turn went (turnCreds).
-func (mt *metrics) handshakeTurn(d time.Duration, ok bool) {
-	mt.handshakeWait.Observe(d.Seconds())
-	if !ok {
-		mt.handshakesBusy.Inc()
-	}
+	// silentClosed counts the API connections closed for silence
+	// (quietListener).
+	silentClosed prometheus.Counter
 }
 
 // external counts a request to an external CA (cfssl.Config.Observe).
@@ -76,14 +67,9 @@ func newMetrics() *metrics {
 			Help:    "Time to commit and apply a change this manager proposed to Raft.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}),
-		handshakeWait: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "quorumca_tls_handshake_wait_seconds",
-			Help:    "Time a TLS handshake on the API port waited for its turn (a manager runs a few per CPU at once).",
-			Buckets: []float64{.001, .005, .025, .1, .25, .5, 1, 2.5},
-		}),
-		handshakesBusy: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "quorumca_tls_handshakes_busy_total",
-			Help: "Connections to the API port closed because their TLS handshake waited too long for its turn; their clients dial again after a backoff.",
+		silentClosed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "quorumca_api_silent_connections_closed_total",
+			Help: "API connections closed before they sent a byte, the oldest first, when more than 256 were silent at once (a flood, or a manager too busy to read them).",
 		}),
 		signing: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "quorumca_signing_in_flight",
@@ -195,8 +181,7 @@ func (c managerCollector) Describe(ch chan<- *prometheus.Desc) {
 	c.m.metrics.externals.Describe(ch)
 	c.m.metrics.applyTime.Describe(ch)
 	c.m.metrics.signing.Describe(ch)
-	c.m.metrics.handshakeWait.Describe(ch)
-	c.m.metrics.handshakesBusy.Describe(ch)
+	c.m.metrics.silentClosed.Describe(ch)
 	for _, d := range []*prometheus.Desc{descPeriod, descCAExpiry, descRotation, descRotationNodes, descNodes, descRevoked, descRaftState, descRaftLeader, descRaftIndex, descRaftContact} {
 		ch <- d
 	}
@@ -210,8 +195,7 @@ func (c managerCollector) Collect(ch chan<- prometheus.Metric) {
 	m.metrics.externals.Collect(ch)
 	m.metrics.applyTime.Collect(ch)
 	m.metrics.signing.Collect(ch)
-	m.metrics.handshakeWait.Collect(ch)
-	m.metrics.handshakesBusy.Collect(ch)
+	m.metrics.silentClosed.Collect(ch)
 	st := m.machine.State()
 	now := m.cfg.Now()
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {

@@ -34,7 +34,9 @@ func (m *Manager) Run(ctx context.Context) error {
 	defer m.Close()
 
 	var wg sync.WaitGroup
-	wg.Go(func() { m.server.Serve(newQuietListener(m.apiLn, maxQuietConns)) })
+	ln := newQuietListener(m.apiLn, maxQuietConns)
+	ln.evicted = m.metrics.silentClosed.Inc
+	wg.Go(func() { m.server.Serve(ln) })
 	wg.Go(func() { m.renewer.Run(ctx) })
 	wg.Go(func() { m.gossip.Run(ctx) })
 	wg.Go(func() { m.followLeadership(ctx) })
