@@ -92,7 +92,7 @@ type Config struct {
 	// after the cluster moved to a new one (default 30s).
 	GossipKeyGrace time.Duration
 	// RotationJitter is the least a rotation's renewals are spread over
-	// (default 2s): the leader spreads them over two heartbeat periods
+	// (default 2s): the leader spreads them over three heartbeat periods
 	// from the rotation's start, and never less than this.
 	RotationJitter time.Duration
 	// Reloads are this node's renewal hooks, nil for none: its renewer

@@ -167,16 +167,22 @@ func sameNodes(prev, next *fsm.State) bool {
 	return prev.Nodes.SameIDs(next.Nodes)
 }
 
+// rotationWindow is how many heartbeat periods from a rotation's start
+// its renewals are spread over.
+const rotationWindow = 3
+
 // rotationJitter is the most a node told to renew for the rotation
 // started at start waits, at random, before it renews: what is left of a
-// window of two heartbeat periods from the start, so that the last
-// renewal is due two periods after it, yet never under half a period (a
-// node that hears late: after a leader change, or back from down) nor
-// under least. Every node hears within a period; those that hear early
-// spread over more of the window. At most about 0.7 N renewals a period
-// fall due, under the leader's heartbeat rate.
+// window of rotationWindow heartbeat periods from the start, so that the
+// last renewal is due then, yet never under half a period (a node that
+// hears late: after a leader change, or back from down) nor under least.
+// Every node hears within a period; those that hear early spread over
+// more of the window. About ln(3/2) = 0.4 N renewals a period fall due
+// at the most, half the leader's heartbeat rate: each renewal also costs
+// a TLS handshake (the node reconnects with its new certificate), and a
+// storm that outruns the CPU collapses into timeouts and retries.
 func rotationJitter(start, now time.Time, period, least time.Duration) time.Duration {
-	left := start.Add(2 * period).Sub(now)
+	left := start.Add(rotationWindow * period).Sub(now)
 	return max(left, period/2, least)
 }
 

@@ -152,8 +152,8 @@ func TestHeardNews(t *testing.T) {
 	}
 }
 
-// TestRotationJitter: a rotation's renewals fall due within two heartbeat
-// periods of its start, whenever a node hears of it; a node that hears
+// TestRotationJitter: a rotation's renewals fall due within three
+// heartbeat periods of its start, whenever a node hears of it; a node that hears
 // late still waits up to half a period, and never less than the least.
 func TestRotationJitter(t *testing.T) {
 	const period = 10 * time.Second
@@ -164,10 +164,10 @@ func TestRotationJitter(t *testing.T) {
 		least time.Duration
 		want  time.Duration
 	}{
-		{"heard at the start", 0, time.Second, 2 * period},
-		{"heard a period in", period, time.Second, period},
-		{"heard 1.6 periods in", 16 * time.Second, time.Second, 5 * time.Second},
-		{"heard after the window (a new leader)", 3 * period, time.Second, 5 * time.Second},
+		{"heard at the start", 0, time.Second, 3 * period},
+		{"heard a period in", period, time.Second, 2 * period},
+		{"heard 2.6 periods in", 26 * time.Second, time.Second, 5 * time.Second},
+		{"heard after the window (a new leader)", 4 * period, time.Second, 5 * time.Second},
 		{"a least over the window", 0, time.Minute, time.Minute},
 	}
 	for _, tt := range tests {
