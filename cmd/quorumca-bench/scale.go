@@ -27,6 +27,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"regexp"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -35,6 +36,7 @@ import (
 	"time"
 
 	pprofile "github.com/google/pprof/profile"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -82,10 +84,15 @@ type fleet struct {
 	kinds   map[string]int64
 }
 
+// addrPattern matches an IP address and port in an error message.
+var addrPattern = regexp.MustCompile(`\d+\.\d+\.\d+\.\d+:\d+`)
+
 // noteErr records an error of a heartbeat or renewal.
 func (f *fleet) noteErr(what string, err error) {
 	f.lastErr.Store(err)
-	msg := status.Convert(err).Message()
+	// Addresses differ from one connection to the next: the kinds would
+	// be as many as the errors.
+	msg := addrPattern.ReplaceAllString(status.Convert(err).Message(), "ADDR")
 	if len(msg) > 160 {
 		msg = msg[:160]
 	}
@@ -504,7 +511,7 @@ func startFleet(ctx context.Context, token string, managers []string, n, c int) 
 		return nil, err
 	}
 	sc := bufio.NewScanner(out)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	sc.Buffer(make([]byte, 64<<10), 16<<20) // a report's error kinds may be many
 	return &fleetProc{cmd: cmd, in: in, out: sc}, nil
 }
 
@@ -688,6 +695,17 @@ func benchScale(ctx context.Context, cl *cluster, n, c int, idle time.Duration) 
 	r.Figures["storm_busy_answers"] = float64(rep.Busy)
 	r.Figures["heartbeats_failed"] = float64(rep.Failed)
 	r.Figures["renewals_failed"] = float64(rep.RenewErrs)
+	// Connections the leader closed for silence (since it started; none
+	// before the storm in a healthy run).
+	for fig, metric := range map[string]string{
+		"leader_silent_conns_closed": "quorumca_api_silent_connections_closed_total",
+	} {
+		v, err := counterOf(cl.managers[leader].Collector(), metric)
+		if err != nil {
+			return r, err
+		}
+		r.Figures[fig] = v
+	}
 	if lsErr != nil {
 		note("scale: a node ls during the storm failed: %v", lsErr)
 	}
@@ -748,4 +766,22 @@ func listAllDown(ctx context.Context, conn *grpc.ClientConn) (int, []string, err
 		req.PageToken = resp.GetNextPageToken()
 	}
 	return 0, nil, errors.New("node ls: more than 1000 pages")
+}
+
+// counterOf reads the counter name from c.
+func counterOf(c prometheus.Collector, name string) (float64, error) {
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(c); err != nil {
+		return 0, err
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		return 0, err
+	}
+	for _, f := range families {
+		if f.GetName() == name && len(f.GetMetric()) == 1 {
+			return f.GetMetric()[0].GetCounter().GetValue(), nil
+		}
+	}
+	return 0, fmt.Errorf("metric %s: not found", name)
 }
