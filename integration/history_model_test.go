@@ -166,6 +166,30 @@ func entityKey(op porcupine.Operation) string {
 	return i.ID
 }
 
+// partitionBy splits a history by key, in the order keys first appear;
+// the operations everywhere reports (nil: none) stand in every part.
+func partitionBy(history []porcupine.Operation, key func(porcupine.Operation) string, everywhere func(porcupine.Operation) bool) [][]porcupine.Operation {
+	byKey := map[string][]porcupine.Operation{}
+	var order []string
+	var all []porcupine.Operation
+	for _, op := range history {
+		if everywhere != nil && everywhere(op) {
+			all = append(all, op)
+			continue
+		}
+		k := key(op)
+		if _, ok := byKey[k]; !ok {
+			order = append(order, k)
+		}
+		byKey[k] = append(byKey[k], op)
+	}
+	out := make([][]porcupine.Operation, 0, len(order))
+	for _, k := range order {
+		out = append(out, append(byKey[k], all...))
+	}
+	return out
+}
+
 // entityModel checks each node's and each admin certificate's operations.
 //
 // A node: joined (acknowledged joins only) it is a member with the
@@ -179,20 +203,7 @@ func entityKey(op porcupine.Operation) string {
 // refuses it then); inspection tells which.
 var entityModel = porcupine.Model{
 	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		byKey := map[string][]porcupine.Operation{}
-		var order []string
-		for _, op := range history {
-			k := entityKey(op)
-			if _, ok := byKey[k]; !ok {
-				order = append(order, k)
-			}
-			byKey[k] = append(byKey[k], op)
-		}
-		var out [][]porcupine.Operation
-		for _, k := range order {
-			out = append(out, byKey[k])
-		}
-		return out
+		return partitionBy(history, entityKey, nil)
 	},
 	Init: func() any { return entState{} },
 	Step: func(st, in, out any) (bool, any) {
@@ -325,25 +336,9 @@ func extraKey(op porcupine.Operation) string {
 // every extra token: it stands in each partition.
 var extraTokenModel = porcupine.Model{
 	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		byKey := map[string][]porcupine.Operation{}
-		var order []string
-		var everywhere []porcupine.Operation
-		for _, op := range history {
-			if op.Input.(histInput).Op == opCAComplete {
-				everywhere = append(everywhere, op)
-				continue
-			}
-			k := extraKey(op)
-			if _, ok := byKey[k]; !ok {
-				order = append(order, k)
-			}
-			byKey[k] = append(byKey[k], op)
-		}
-		var out [][]porcupine.Operation
-		for _, k := range order {
-			out = append(out, append(byKey[k], everywhere...))
-		}
-		return out
+		return partitionBy(history, extraKey, func(op porcupine.Operation) bool {
+			return op.Input.(histInput).Op == opCAComplete
+		})
 	},
 	Init: func() any { return extraNone },
 	Step: func(st, in, out any) (bool, any) {

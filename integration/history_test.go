@@ -713,14 +713,7 @@ func (w *histWorld) op(ctx context.Context, rng *mrand.Rand, ctl api.ControlClie
 		}
 		in = histInput{Op: opRm, ID: n.id}
 		_, err = ctl.RemoveNode(ctx, &api.RemoveNodeRequest{NodeId: in.ID, Force: true})
-		switch status.Code(err) {
-		case codes.OK:
-			out = histOutput{OK: true}
-		case codes.NotFound:
-			out = histOutput{Refused: true}
-		default:
-			out = histOutput{Unknown: true}
-		}
+		out = notFoundOutput(err)
 	case p < 46:
 		n := pickNode(false)
 		if n == nil {
@@ -856,14 +849,7 @@ func (w *histWorld) op(ctx context.Context, rng *mrand.Rand, ctl api.ControlClie
 		if rng.IntN(2) == 0 {
 			in = histInput{Op: opAdminRm, ID: s}
 			_, err = ctl.RevokeAdminCertificates(ctx, &api.RevokeAdminCertificatesRequest{Serials: []string{s}})
-			switch status.Code(err) {
-			case codes.OK:
-				out = histOutput{OK: true}
-			case codes.NotFound:
-				out = histOutput{Refused: true}
-			default:
-				out = histOutput{Unknown: true}
-			}
+			out = notFoundOutput(err)
 		} else {
 			in = histInput{Op: opRevoke, ID: "admin:" + s, Serial: s}
 			_, err = ctl.RevokeCertificate(ctx, &api.RevokeCertificateRequest{Serial: s})
@@ -924,14 +910,7 @@ func (w *histWorld) op(ctx context.Context, rng *mrand.Rand, ctl api.ControlClie
 		}
 		in = histInput{Op: opTokenRevoke, TokenID: tok.id}
 		_, err = ctl.RevokeToken(ctx, &api.RevokeTokenRequest{Id: tok.id})
-		switch status.Code(err) {
-		case codes.OK:
-			out = histOutput{OK: true}
-		case codes.NotFound:
-			out = histOutput{Refused: true}
-		default:
-			out = histOutput{Unknown: true}
-		}
+		out = notFoundOutput(err)
 	case p < 110:
 		tok, ok := w.pickExtra(rng)
 		if !ok {
@@ -977,6 +956,20 @@ func caOutput(resp *api.GetCAResponse) histOutput {
 		return histOutput{OK: true}
 	default:
 		return histOutput{Refused: true}
+	}
+}
+
+// notFoundOutput is what an answer says of a call that is refused only
+// when what it names does not exist (any more): done, refused, or unknown
+// (a failure says nothing of whether it took effect).
+func notFoundOutput(err error) histOutput {
+	switch status.Code(err) {
+	case codes.OK:
+		return histOutput{OK: true}
+	case codes.NotFound:
+		return histOutput{Refused: true}
+	default:
+		return histOutput{Unknown: true}
 	}
 }
 

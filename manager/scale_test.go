@@ -1,7 +1,6 @@
 package manager
 
 import (
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"testing"
@@ -276,28 +275,10 @@ func TestLookSpacing(t *testing.T) {
 func TestNewLeaderJudgesMembershipAfterCatchingUp(t *testing.T) {
 	m := initManager(t, nil)
 	st := m.State()
-	signer, err := ca.NewSigner(st.CA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ca.GenerateKey(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodeID, err := ca.NewID(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := ca.Identity{NodeID: nodeID, Role: ca.RoleWorker, ClusterID: st.ClusterID}
-	issued, err := signer.SignKey(rand.Reader, time.Now(), key.Public(), id, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyPEM, err := ca.MarshalKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds, err := agent.NewCredentials(t.TempDir(), keyPEM, issued.PEM, st.CA.Bundle)
+	cluster := testkit.CAFrom(t, st.ClusterID, st.CA)
+	leaf := cluster.Issue(t, ca.RoleWorker)
+	id := leaf.ID
+	creds, err := agent.NewCredentials(t.TempDir(), leaf.KeyPEM, leaf.CertPEM, st.CA.Bundle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +298,10 @@ func TestNewLeaderJudgesMembershipAfterCatchingUp(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 	// The predecessor's entry: the node's join. Then the barrier.
-	n := fsm.Node{ID: id.NodeID, Role: id.Role, Cert: certInfo(issued, ca.StatusOf(signer.Certificate()))}
+	cert := creds.Leaf()
+	n := fsm.Node{ID: id.NodeID, Role: id.Role, Cert: fsm.CertInfo{
+		Serial: serialHex(leaf.Serial), NotBefore: cert.NotBefore, NotAfter: cert.NotAfter, Issuer: ca.StatusOf(cluster.Cert),
+	}}
 	if _, err := m.propose(t.Context(), fsm.Command{At: time.Now(), Issue: &fsm.Issue{Node: n, Join: true, SecretHash: fsm.HashSecret(st.WorkerSecret)}}); err != nil {
 		t.Fatalf("propose the join = %v", err)
 	}
