@@ -446,6 +446,15 @@ func TestRotationSkipsDownWorker(t *testing.T) {
 			return nil
 		})
 	}
+	// The leader counted it down once, and no other node.
+	markedDown := 0.0
+	for _, mg := range rc.RunningManagers() {
+		v, _ := value(gathered(t, mg), "quorumca_rotation_nodes_marked_down_total", nil)
+		markedDown += v
+	}
+	if markedDown != 1 {
+		t.Errorf("quorumca_rotation_nodes_marked_down_total summed over the managers = %v, want 1 (the stopped worker)", markedDown)
+	}
 	got := rc.WaitRotation(root, false)
 	if r := got.GetRotation(); r.GetSkipped() != 1 {
 		t.Errorf("GetCA() after completion: %s; want the stopped worker alone skipped", clustertest.RotationSummary(r))

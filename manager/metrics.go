@@ -36,6 +36,9 @@ type metrics struct {
 	// silentClosed counts the API connections closed for silence
 	// (quietListener).
 	silentClosed prometheus.Counter
+	// markedDown counts the nodes this manager's rotation step, as
+	// leader, found down (rotationView).
+	markedDown prometheus.Counter
 }
 
 // external counts a request to an external CA (cfssl.Config.Observe).
@@ -70,6 +73,10 @@ func newMetrics() *metrics {
 		silentClosed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "quorumca_api_silent_connections_closed_total",
 			Help: "API connections closed before they sent a byte, the oldest first, when more than 256 were silent at once (a flood, or a manager too busy to read them).",
+		}),
+		markedDown: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "quorumca_rotation_nodes_marked_down_total",
+			Help: "Nodes this manager, leading a root rotation, found down (silent for three heartbeat periods): each time one goes down. A node down at a rotation's end is left behind once the grace passes.",
 		}),
 		signing: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "quorumca_signing_in_flight",
@@ -182,6 +189,7 @@ func (c managerCollector) Describe(ch chan<- *prometheus.Desc) {
 	c.m.metrics.applyTime.Describe(ch)
 	c.m.metrics.signing.Describe(ch)
 	c.m.metrics.silentClosed.Describe(ch)
+	c.m.metrics.markedDown.Describe(ch)
 	for _, d := range []*prometheus.Desc{descPeriod, descCAExpiry, descRotation, descRotationNodes, descNodes, descRevoked, descRaftState, descRaftLeader, descRaftIndex, descRaftContact} {
 		ch <- d
 	}
@@ -196,6 +204,7 @@ func (c managerCollector) Collect(ch chan<- prometheus.Metric) {
 	m.metrics.applyTime.Collect(ch)
 	m.metrics.signing.Collect(ch)
 	m.metrics.silentClosed.Collect(ch)
+	m.metrics.markedDown.Collect(ch)
 	st := m.machine.State()
 	now := m.cfg.Now()
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {

@@ -92,10 +92,23 @@ func (m *Manager) viewRotationOf(st *fsm.State, now time.Time, track bool, only 
 	in.Tracker = t.cur
 	p, next := progress.Rotation(in)
 	if track {
+		m.metrics.markedDown.Add(float64(wentDown(t.cur, next)))
 		t.cur = next
 	}
 	t.mu.Unlock()
 	return rotationToAPI(p)
+}
+
+// wentDown counts the nodes next holds down that prev did not, for the
+// same rotation (a tracker of another rotation starts over).
+func wentDown(prev, next progress.Tracker) int {
+	n := 0
+	for id := range next.DownSince {
+		if _, ok := prev.DownSince[id]; !ok || !prev.Rotation.Equal(next.Rotation) {
+			n++
+		}
+	}
+	return n
 }
 
 // rotationToAPI converts a progress to the API's form, and what the

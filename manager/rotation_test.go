@@ -217,3 +217,32 @@ func TestReloadingNodeKeepsItsPresentedCertificate(t *testing.T) {
 		t.Errorf("a node first heard reloading is recorded with serial %q, want none", got.serial)
 	}
 }
+
+// TestWentDown: the leader counts a node down once when it goes down in a
+// rotation, not again while it stays down, and anew in another rotation.
+func TestWentDown(t *testing.T) {
+	t0 := time.Date(2030, time.January, 1, 0, 0, 0, 0, time.UTC)
+	tracker := func(rot time.Time, ids ...string) progress.Tracker {
+		tr := progress.Tracker{Rotation: rot, DownSince: map[string]time.Time{}}
+		for _, id := range ids {
+			tr.DownSince[id] = t0
+		}
+		return tr
+	}
+	for _, tc := range []struct {
+		name       string
+		prev, next progress.Tracker
+		want       int
+	}{
+		{"none", progress.Tracker{}, tracker(t0), 0},
+		{"first", progress.Tracker{}, tracker(t0, "w1", "w2"), 2},
+		{"still down", tracker(t0, "w1"), tracker(t0, "w1"), 0},
+		{"one more", tracker(t0, "w1"), tracker(t0, "w1", "w2"), 1},
+		{"back up", tracker(t0, "w1", "w2"), tracker(t0, "w2"), 0},
+		{"another rotation", tracker(t0, "w1"), tracker(t0.Add(time.Hour), "w1"), 1},
+	} {
+		if got := wentDown(tc.prev, tc.next); got != tc.want {
+			t.Errorf("%s: wentDown() = %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}
