@@ -124,6 +124,7 @@ func newRoot() *cobra.Command {
 	var (
 		managers       string
 		fleetN, fleetC int
+		fleetProfile   string
 	)
 	fleetCmd := &cobra.Command{
 		Use:    "scale-fleet --managers A,B,C -n N -c C < token",
@@ -138,7 +139,7 @@ func newRoot() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return runFleet(ctx, strings.TrimSpace(token), strings.Split(managers, ","), fleetN, fleetC, in, cmd.OutOrStdout())
+			return runFleet(ctx, strings.TrimSpace(token), strings.Split(managers, ","), fleetN, fleetC, fleetProfile, in, cmd.OutOrStdout())
 		},
 	}
 	fleetCmd.Flags().StringVar(&managers, "managers", "", "API addresses of the managers, comma-separated")
@@ -147,6 +148,7 @@ func newRoot() *cobra.Command {
 	fleetCmd.Flags().IntVarP(&fleetN, "nodes", "n", 0, "number of simulated nodes")
 	fleetCmd.Flags().IntVarP(&fleetC, "concurrency", "c", 64, "concurrent joiners")
 	fleetCmd.Flags().String("token-file", "-", "where the join token comes from: standard input")
+	fleetCmd.Flags().StringVar(&fleetProfile, "profile", "", "write a CPU profile of the nodes' life after the join storm to this file")
 	root.AddCommand(join, renew, rotate, all, seal, scale, fleetCmd)
 	return root
 }

@@ -170,7 +170,8 @@ func TestBenchScaleSmall(t *testing.T) {
 	if r.Name != "scale" || r.N != 12 || r.Rate <= 0 {
 		t.Errorf("result %s n=%d rate=%g, want scale, 12 and a join rate", r.Name, r.N, r.Rate)
 	}
-	for _, k := range []string{"idle_leader_us_per_node_s", "heartbeat_period_s", "rotation_storm_s", "storm_heartbeat_p99_ms", "node_ls_ms", "nodes_marked_down", "join_storm_s"} {
+	for _, k := range []string{"idle_leader_us_per_node_s", "heartbeat_period_s", "rotation_storm_s", "storm_heartbeat_p99_ms", "node_ls_ms", "nodes_marked_down", "join_storm_s",
+		"storm_leaderships_lost", "storm_sched_latency_p99_ms", "storm_sched_latency_max_ms"} {
 		if _, ok := r.Figures[k]; !ok {
 			t.Errorf("no figure %s in %v", k, r.Figures)
 		}
