@@ -146,7 +146,7 @@ func (m *Manager) leaderLoop(ctx context.Context, t *term) {
 		case <-tick.C:
 			reconcile = true
 		case <-m.rotationKick:
-			// A look at a rotation costs O(N log N): in a large cluster's
+			// A look at a rotation costs O(N): in a large cluster's
 			// renewal storm, kicks come faster than that; the ones that
 			// come while it waits are taken together.
 			if pause := lookSpacing(m.machine.State().Nodes.Len()) - time.Since(looked); pause > 0 {
@@ -378,8 +378,10 @@ func backoff(attempt int) time.Duration {
 }
 
 // lookSpacing is the least time between two looks at a rotation the
-// leader takes when kicked, for a cluster of n nodes: none for a small
-// one, half a second at 10,000 nodes, at most a second.
+// leader takes when kicked, for a cluster of n nodes: 100 µs a node, at
+// most a second (reached at 10,000 nodes). A look costs about 2 µs a
+// node (22 ms at 10,000 in a storm's profile), so looks take at most 2 %
+// of a core; the completion is seen at most a second later.
 func lookSpacing(n int) time.Duration {
-	return min(time.Second, time.Duration(n)*50*time.Microsecond)
+	return min(time.Second, time.Duration(n)*100*time.Microsecond)
 }

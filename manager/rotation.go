@@ -152,8 +152,8 @@ func (m *Manager) observations(now time.Time) map[string]progress.Observation {
 // The leader looks at the rotation (driveRotation) on every tick of its
 // loop, and when kicked: when the state's rotation or set of nodes changes
 // (rotationMoved), and when a heartbeat shows something new of its node
-// (heardNews). A look costs O(N log N) for N nodes: kicking it at every
-// applied command, N renewals per rotation, cost O(N² log N).
+// (heardNews). A look costs O(N) for N nodes: kicking it at every
+// applied command, N renewals per rotation, would cost O(N²).
 
 // rotationMoved reports whether the state next may show another progress
 // than prev (nil for none) did, as far as the state goes: another rotation

@@ -256,9 +256,10 @@ func TestLookSpacing(t *testing.T) {
 		n    int
 		want time.Duration
 	}{
-		{3, 150 * time.Microsecond},
-		{100, 5 * time.Millisecond},
-		{10000, 500 * time.Millisecond},
+		{3, 300 * time.Microsecond},
+		{100, 10 * time.Millisecond},
+		{5000, 500 * time.Millisecond},
+		{10000, time.Second},
 		{100000, time.Second},
 	} {
 		if got := lookSpacing(tt.n); got != tt.want {
