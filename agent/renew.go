@@ -19,7 +19,6 @@ import (
 
 	"github.com/quorumca/quorumca/api"
 	"github.com/quorumca/quorumca/ca"
-	"github.com/quorumca/quorumca/internal/wait"
 )
 
 // RenewerConfig configures a Renewer.
@@ -185,7 +184,15 @@ func (r *Renewer) Run(ctx context.Context) error {
 	// such a heartbeat called for does not set it again (a manager that
 	// kept saying "renew" would otherwise be asked at full speed).
 	report := false
+	// renewAt is when a renewal a heartbeat asked for after a jitter is
+	// due (zero: none waits). The node heartbeats at its period
+	// meanwhile: a rotation's jitter may be three periods, as long as the
+	// leader lets a node be silent. renewQuiet: the heartbeat that asked
+	// for it reported a renewal (see report).
+	var renewAt time.Time
+	renewQuiet := false
 	renew := func() {
+		renewAt = time.Time{}
 		err := r.renew(ctx)
 		if err == nil {
 			report = true
@@ -207,6 +214,10 @@ func (r *Renewer) Run(ctx context.Context) error {
 		if retry > 0 {
 			next = retry + r.jitter(retry)
 		}
+		deferred := !renewAt.IsZero() && retry == 0
+		if deferred {
+			next = min(next, time.Until(renewAt))
+		}
 		kicked, ok := r.await(ctx, next, report && retry == 0)
 		if !ok {
 			return nil
@@ -218,6 +229,13 @@ func (r *Renewer) Run(ctx context.Context) error {
 		if retry > 0 {
 			retry = 0
 			renew()
+			continue
+		}
+		if deferred && !time.Now().Before(renewAt) {
+			renew()
+			if renewQuiet {
+				report = false
+			}
 			continue
 		}
 		// This heartbeat reports the last renewal if the node's consumers
@@ -266,10 +284,13 @@ func (r *Renewer) Run(ctx context.Context) error {
 				r.cfg.Logger.Info("trust bundle updated", "root", BundleFingerprint(b))
 			}
 		}
-		if due && hb.GetRenewJitterMs() > 0 {
-			if !wait.Sleep(ctx, r.jitter(time.Duration(hb.GetRenewJitterMs())*time.Millisecond)) {
-				return nil
+		if due && hb.GetRenewJitterMs() > 0 && r.cfg.Now().Before(r.RenewAt()) {
+			// Later, heartbeating meanwhile; the first jitter drawn holds.
+			if renewAt.IsZero() {
+				renewAt = time.Now().Add(r.jitter(time.Duration(hb.GetRenewJitterMs()) * time.Millisecond))
+				renewQuiet = reported
 			}
+			due = false
 		}
 		if due || !r.cfg.Now().Before(r.RenewAt()) {
 			renew()

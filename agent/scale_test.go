@@ -181,3 +181,59 @@ func TestRenewerReportsRenewalAfterReload(t *testing.T) {
 		t.Errorf("hooks.Settled() = false after the hooks ran")
 	}
 }
+
+// maxRand reads as all ones: Renewer.jitter draws near its bound.
+type maxRand struct{}
+
+func (maxRand) Read(b []byte) (int, error) {
+	for i := range b {
+		b[i] = 0xff
+	}
+	return len(b), nil
+}
+
+// TestRenewerHeartbeatsWhileWaitingToRenew: a node told to renew after a
+// jitter of up to three periods (a rotation's window) keeps heartbeating
+// at its period while it waits, and renews once, when the jitter ends. A
+// node that went silent for its jitter was marked down by the leader
+// whenever the jitter drawn, plus the renewal, passed three periods.
+func TestRenewerHeartbeatsWhileWaitingToRenew(t *testing.T) {
+	const (
+		period = 20 * time.Millisecond
+		window = 30 * period // the jitter told: fifteen times the live window
+	)
+	r := newRotation(t)
+	f := startFakeManager(t, r.managerCreds(t), r.next)
+	var (
+		mu          sync.Mutex
+		beatsBefore = -1 // heartbeats answered before the renewal
+	)
+	f.set(func(f *fakeManager) {
+		f.heartbeat = &api.HeartbeatResponse{Renew: true, RenewJitterMs: window.Milliseconds(), PeriodMs: period.Milliseconds()}
+		f.refuseRenewal = func() error {
+			mu.Lock()
+			beatsBefore = f.count("Heartbeat")
+			mu.Unlock()
+			f.set(func(f *fakeManager) { f.heartbeat = &api.HeartbeatResponse{PeriodMs: period.Milliseconds()} })
+			return nil
+		}
+	})
+	creds, _ := newCreds(t, r.next, r.next.Issue(t, ca.RoleWorker))
+	start := time.Now()
+	rn := startRenewerWith(t, RenewerConfig{Credentials: creds, Managers: []string{f.addr}, Rand: maxRand{}})
+
+	testkit.Eventually(t, "the renewal after its jitter", testkit.True(func() bool { return rn.Renewals() > 0 }))
+	waited := time.Since(start)
+	mu.Lock()
+	defer mu.Unlock()
+	// maxRand draws 2^64-1 ns modulo 600 ms: 109.6 ms, five periods.
+	if waited < 100*time.Millisecond {
+		t.Fatalf("renewed %v after the start, want after the jitter drawn (about 110ms)", waited)
+	}
+	if beatsBefore < 4 {
+		t.Errorf("%d heartbeats before the renewal %v after the start, want one a period (%v) while it waited: a silent node is marked down", beatsBefore, waited, period)
+	}
+	if got := f.count("RenewNodeCertificate"); got != 1 {
+		t.Errorf("%d renewals, want 1: each heartbeat's renew must not start another", got)
+	}
+}
