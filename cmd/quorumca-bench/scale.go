@@ -223,7 +223,7 @@ func (f *fleet) renew(ctx context.Context, n *simNode, rng *rand.Rand) error {
 
 // live runs n's heartbeat loop until ctx ends: as agent.Renewer, at the
 // period the leader tells, renewing when told (after the jitter it asks
-// for); a heartbeat at once after a renewal shows the new certificate (a
+// for, heartbeating meanwhile); a heartbeat at once after a renewal shows the new certificate (a
 // simulated node has no hooks to wait for).
 func (f *fleet) live(ctx context.Context, n *simNode, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 0x5ca1e))
@@ -234,11 +234,26 @@ func (f *fleet) live(ctx context.Context, n *simNode, seed uint64) {
 	next := time.Duration(rng.Int64N(int64(period)))
 	failures := 0
 	report := false // this heartbeat reports a renewal
+	// renewAt: a renewal told with a jitter is due then; the node
+	// heartbeats meanwhile, as agent.Renewer does.
+	var renewAt time.Time
+	quiet := false // the renewal at renewAt was asked by a reporting heartbeat
 	for {
+		deferred := !renewAt.IsZero()
+		if deferred {
+			next = min(next, time.Until(renewAt))
+		}
 		if !wait.Sleep(ctx, next) {
 			return
 		}
 		next = period
+		if deferred && !time.Now().Before(renewAt) {
+			renewAt = time.Time{}
+			if f.renewNow(ctx, n, rng) && !quiet {
+				next, report = 0, true
+			}
+			continue
+		}
 		reporting := report
 		report = false
 		resp, err := f.heartbeat(ctx, n)
@@ -277,22 +292,28 @@ func (f *fleet) live(ctx context.Context, n *simNode, seed uint64) {
 			continue
 		}
 		if j := time.Duration(resp.GetRenewJitterMs()) * time.Millisecond; j > 0 {
-			if !wait.Sleep(ctx, time.Duration(rng.Int64N(int64(j)))) {
-				return
+			if renewAt.IsZero() {
+				renewAt, quiet = time.Now().Add(time.Duration(rng.Int64N(int64(j)))), reporting
+				next = min(next, time.Until(renewAt))
 			}
-		}
-		if err := f.renew(ctx, n, rng); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			f.renewErrs.Add(1)
-			f.noteErr("renewal", err)
 			continue
 		}
-		if !reporting {
+		if f.renewNow(ctx, n, rng) && !reporting {
 			next, report = 0, true
 		}
 	}
+}
+
+// renewNow renews n, recording a failure; it reports whether n renewed.
+func (f *fleet) renewNow(ctx context.Context, n *simNode, rng *rand.Rand) bool {
+	if err := f.renew(ctx, n, rng); err != nil {
+		if ctx.Err() == nil {
+			f.renewErrs.Add(1)
+			f.noteErr("renewal", err)
+		}
+		return false
+	}
+	return true
 }
 
 // p99Between is the 99th percentile of the heartbeats started in [from,
