@@ -46,8 +46,11 @@ var errNotRotatable = errors.New("cannot rotate")
 // leader's looks. It starts afresh with each term, as the observations it
 // is made from do.
 type rotationTracker struct {
-	mu  sync.Mutex // guards cur
+	mu  sync.Mutex // guards cur and doneSince
 	cur progress.Tracker
+	// doneSince is when the leader first saw no node hold the rotation
+	// back, and has seen so at every look since (zero: not done).
+	doneSince time.Time
 }
 
 // restart forgets everything, for a new term.
@@ -55,6 +58,35 @@ func (t *rotationTracker) restart() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.cur = progress.Tracker{}
+	t.doneSince = time.Time{}
+}
+
+// rotationSettle is how long a rotation must stay done before the leader
+// completes it and the bundle drops the old root. A node reports its new
+// certificate once its hooks have run, but a hook that signals a server
+// (nginx's SIGHUP) returns before the server has reloaded, and a program
+// following the files through nodetls looks at them every second by
+// default: until they have, they present the certificate of the old root,
+// which clients that already took the new bundle would refuse.
+const rotationSettle = 2 * time.Second
+
+// settled reports whether a look that found the rotation done (done) at
+// now may complete it: once it has been done at every look for
+// rotationSettle. The first look that finds it done returns false and
+// asks wake to be called when the settle time has passed.
+func (t *rotationTracker) settled(done bool, now time.Time, wake func()) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case !done:
+		t.doneSince = time.Time{}
+		return false
+	case t.doneSince.IsZero():
+		t.doneSince = now
+		time.AfterFunc(rotationSettle, wake)
+		return false
+	}
+	return now.Sub(t.doneSince) >= rotationSettle
 }
 
 // rotationView is the progress of a rotation as one manager sees it.
@@ -216,8 +248,9 @@ func (m *Manager) driveRotation(ctx context.Context) {
 	if !st.Initialized() || st.Rotation == nil {
 		return
 	}
-	view := m.viewRotation(st, m.cfg.Now(), true)
-	if !view.done {
+	now := m.cfg.Now()
+	view := m.viewRotation(st, now, true)
+	if !m.rotation.settled(view.done, now, m.kickRotation) {
 		return
 	}
 	worker, err := ca.NewSecret(m.cfg.Rand)
@@ -242,6 +275,7 @@ func (m *Manager) driveRotation(ctx context.Context) {
 		m.log.Warn("rotation: complete", "err", err)
 		return
 	}
+	m.rotation.settled(false, now, nil) // the next rotation settles anew
 	took := next.LastRotation.CompletedAt.Sub(next.LastRotation.StartedAt)
 	if len(view.skipped) > 0 {
 		m.log.Warn("root rotation completed without unreachable nodes: they must rejoin", "skipped", view.skipped, "took", took)

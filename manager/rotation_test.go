@@ -7,6 +7,7 @@ import (
 	"github.com/quorumca/quorumca/agent"
 	"github.com/quorumca/quorumca/ca"
 	"github.com/quorumca/quorumca/fsm"
+	"github.com/quorumca/quorumca/internal/testkit"
 	"github.com/quorumca/quorumca/progress"
 )
 
@@ -244,5 +245,47 @@ func TestWentDown(t *testing.T) {
 		if got := wentDown(tc.prev, tc.next); got != tc.want {
 			t.Errorf("%s: wentDown() = %d, want %d", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestRotationSettles: the leader completes a rotation only once it has
+// been done at every look for rotationSettle, so that servers reloading
+// on a signal, and programs polling the files, present the new
+// certificate before the bundle drops the old root. A look that finds it
+// not done starts the wait over; the first done look asks for a wake-up.
+func TestRotationSettles(t *testing.T) {
+	t0 := time.Date(2030, time.January, 1, 0, 0, 0, 0, time.UTC)
+	var tr rotationTracker
+	woken := make(chan struct{}, 4)
+	wake := func() { woken <- struct{}{} }
+	steps := []struct {
+		done bool
+		at   time.Duration
+		want bool
+	}{
+		{false, 0, false},
+		{true, time.Second, false},                        // done: the wait starts
+		{true, time.Second + rotationSettle/2, false},     // not long enough
+		{false, 2 * time.Second, false},                   // a node holds it back again
+		{true, 3 * time.Second, false},                    // the wait starts over
+		{true, 3*time.Second + rotationSettle - 1, false}, // just short
+		{true, 3*time.Second + rotationSettle, true},      // settled
+		{true, 3*time.Second + 2*rotationSettle, true},    // still
+	}
+	for i, s := range steps {
+		if got := tr.settled(s.done, t0.Add(s.at), wake); got != s.want {
+			t.Errorf("step %d: settled(%v, +%v) = %v, want %v", i, s.done, s.at, got, s.want)
+		}
+	}
+	for range 2 { // one wake-up per wait started
+		select {
+		case <-woken:
+		case <-time.After(rotationSettle + testkit.Wait):
+			t.Fatal("no wake-up after the settle time")
+		}
+	}
+	tr.restart()
+	if tr.settled(true, t0.Add(time.Hour), wake) {
+		t.Error("settled() after restart = true at the first done look")
 	}
 }
